@@ -1,0 +1,26 @@
+# ds_kronos: `make demo` sets everything up and runs the main job on the demo market; `make test` runs the tests.
+# Both create .venv/ on first use. TORCH_SPEC overrides the torch requirement chosen by launch/install_torch.sh.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ds_kronos_installed
+DEMO_DIR ?= demo_runs
+
+.PHONY: setup test demo clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): setup.py launch/install_torch.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@bash launch/install_torch.sh $(PY)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	DS_ACCELERATOR=cpu bash launch/demo.sh $(DEMO_DIR)
+
+clean-venv:
+	rm -rf $(VENV)

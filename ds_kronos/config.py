@@ -1,0 +1,152 @@
+"""Job configs: kw-only dataclasses with a docstring per field, loadable from YAML/JSON, overridable on the CLI.
+
+Each job (data preparation, training, evaluation) has one dataclass. Fields are declared with :func:`option`,
+which records the help text; :func:`parse_config` builds the argument parser from the fields, reads
+``--config FILE`` first, applies command-line overrides on top, then calls the dataclass's ``problems()`` method
+and raises one :class:`ConfigError` that lists every problem (rather than stopping at the first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import types
+import typing
+from typing import Any, Sequence, TypeVar
+
+from ds_kronos.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[Any] | None = None,
+           default_factory: Any = dataclasses.MISSING, cli: bool = True) -> Any:
+    """Declare a config field with its help text (shown by ``--help`` and in the docs)."""
+    metadata = {"help": help, "choices": tuple(choices) if choices else None, "cli": cli}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """Return (inner type, optional?) for ``X | None`` annotations."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _converter(tp: Any, optional: bool):
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (str,)
+        convert_item = _converter(item, False)
+
+        def convert_list(text: str):
+            if optional and text.lower() in ("", "none", "null"):
+                return None
+            return [convert_item(part) for part in text.split(",") if part.strip()]
+        return convert_list
+    base = {bool: _parse_bool, int: int, float: float, str: str}.get(tp, str)
+
+    def convert(text: str):
+        if optional and text.lower() in ("none", "null"):
+            return None
+        return base(text)
+    return convert
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read a YAML or JSON mapping of option names to values."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path}: not found")
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml and json raise different types; both are the user's file being malformed
+        raise ConfigError(f"config file {path}: cannot parse: {exc}".replace("\n", " ")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of option names to values")
+    return data
+
+
+def from_mapping(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
+    """Build ``cls`` from a mapping, rejecting unknown keys with their names."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return cls(**values)
+
+
+def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip().split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML or JSON file with option values (CLI flags win)")
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if not field.metadata.get("cli", True):
+            continue
+        tp, optional = _base_type(hints[field.name])
+        default = field.default if field.default is not dataclasses.MISSING else (
+            field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{field.metadata.get('help', '')} "
+                                  f"(default: {default!r})"}
+        if field.metadata.get("choices"):
+            kwargs["choices"] = field.metadata["choices"]
+        if tp is bool:
+            # `--flag` alone means true; `--flag false` is accepted too.
+            kwargs.update(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
+        else:
+            kwargs["type"] = _converter(tp, optional)
+        parser.add_argument(f"--{field.name}", **kwargs)
+    return parser
+
+
+def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: str | None = None,
+                 parser: argparse.ArgumentParser | None = None) -> T:
+    """Defaults <- ``--config`` file <- command-line flags, then validate (all problems at once)."""
+    parser = parser or build_parser(cls, description)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        raise ConfigError(f"unrecognised argument(s): {' '.join(extra)} (see --help)")
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(load_file(args.config))
+    values.update({k: v for k, v in vars(args).items() if k != "config"})
+    config = from_mapping(cls, values, source=args.config or "command line")
+    validate(config)
+    return config
+
+
+def validate(config: Any) -> None:
+    """Call ``config.problems()`` and raise one ConfigError listing every problem."""
+    problems = list(config.problems()) if hasattr(config, "problems") else []
+    if problems:
+        if len(problems) == 1:
+            raise ConfigError(problems[0])
+        raise ConfigError(f"{len(problems)} problems in the configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)

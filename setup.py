@@ -1,0 +1,29 @@
+"""ds_kronos package metadata. Install with `make setup` (creates .venv/ and picks a suitable torch)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="ds_kronos",
+    version="0.1.0",
+    description="DeepSpeed-backed, scalable fine-tuning for the Kronos financial foundation models",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ds_kronos", "ds_kronos.*"]),
+    install_requires=[
+        # torch is not pinned here: `make setup` installs the CPU build 2.13.0 when no torch is present and no GPU
+        # is visible, and keeps a torch the user already has (e.g. a CUDA build).
+        "torch>=2.4",
+        "deepspeed>=0.19,<0.20",
+        "comet_ml>=3.40",
+        "pyqlib>=0.9.7",
+        "numpy>=1.26",
+        "pandas>=2.2",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.33",
+        "matplotlib>=3.8",
+        "pyyaml>=6",
+    ],
+    extras_require={"dev": ["pytest>=8"]},
+    license="MIT",
+)

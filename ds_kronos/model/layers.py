@@ -1,0 +1,292 @@
+"""Building blocks shared by the Kronos tokenizer and predictor.
+
+Module and parameter names mirror the published checkpoints (``q_proj``, ``rotary.inv_freq``, ``ffn.w1`` ...),
+so their state dicts load strictly. Behaviour that defines what the published weights mean is kept as upstream
+has it; the places where this code deliberately differs are marked "Differs from upstream".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm, computed in fp32 whatever the input dtype (as upstream)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class FeedForward(nn.Module):
+    """SwiGLU feed-forward: w2(silu(w1 x) * w3 x), no biases."""
+
+    def __init__(self, d_model: int, ff_dim: int, dropout_p: float = 0.0):
+        super().__init__()
+        self.w1 = nn.Linear(d_model, ff_dim, bias=False)
+        self.w3 = nn.Linear(d_model, ff_dim, bias=False)
+        self.w2 = nn.Linear(ff_dim, d_model, bias=False)
+        self.ffn_dropout = nn.Dropout(dropout_p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+def rotary_inv_freq(head_dim: int, device: torch.device | None = None) -> torch.Tensor:
+    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim))
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding with angles always computed in fp32.
+
+    Differs from upstream: upstream caches cos/sin in the dtype of its ``inv_freq`` buffer, so after ``.to(bf16)``
+    the positions themselves are rounded (errors near 0.2 rad within the first 100 positions) and the cache goes
+    stale on a dtype change. Here ``inv_freq`` is kept in fp32 through any module cast (it is still saved, as the
+    published checkpoints contain it), angles and the rotation are computed in fp32 and only the result is cast
+    back to the activations' dtype. In fp32 the arithmetic is the same as upstream's.
+    """
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.register_buffer("inv_freq", rotary_inv_freq(head_dim))
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32 and not self.inv_freq.is_meta:
+            # A dtype cast must not round the frequencies: rebuild them exactly on the new device.
+            self.inv_freq = rotary_inv_freq(self.head_dim, device=self.inv_freq.device)
+        return result
+
+    def cos_sin(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq = self.inv_freq.to(device=device, dtype=torch.float32)
+        positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+        angles = torch.outer(positions, inv_freq)
+        angles = torch.cat((angles, angles), dim=-1)
+        return angles.cos(), angles.sin()
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x1, x2 = x32.chunk(2, dim=-1)
+        rotated = torch.cat((-x2, x1), dim=-1)
+        return (x32 * cos + rotated * sin).to(x.dtype)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q and k ([B, H, L, D]). Positions are those of the queries, as in the published model: keys of a
+        longer sequence against a single query (the decode step of the dependency layer) all get position 0."""
+        cos, sin = self.cos_sin(q.shape[-2], q.device)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+
+def _attention_mask(q_len: int, k_len: int, causal: bool, key_padding_mask: torch.Tensor | None,
+                    device: torch.device) -> torch.Tensor | None:
+    """Boolean mask (True = may attend) combining causality and key padding, or None when nothing is masked.
+
+    Differs from upstream: upstream hands the padding mask to SDPA together with ``is_causal=True``, which SDPA
+    rejects, and with the opposite polarity to its loss. Here ``key_padding_mask`` is True/1 at padded positions
+    (the loss's convention); a query always keeps itself so that no row is fully masked.
+    """
+    if key_padding_mask is None:
+        return None
+    allowed = ~key_padding_mask.bool()[:, None, None, :]  # [B, 1, 1, K]
+    if causal:
+        allowed = allowed & torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril()
+    return allowed | torch.eye(q_len, k_len, dtype=torch.bool, device=device)
+
+
+class MultiHeadAttentionWithRoPE(nn.Module):
+    """Causal self-attention with rotary embedding, through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, d_model: int, n_heads: int, attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0):
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.rotary = RotaryEmbedding(self.head_dim)
+        self.attn_dropout_p = attn_dropout_p
+        self.resid_dropout = nn.Dropout(resid_dropout_p)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def attend(self, query: torch.Tensor, key_value: torch.Tensor, causal: bool,
+               key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        batch, q_len, _ = query.shape
+        q, k = self.rotary(self._heads(self.q_proj(query)), self._heads(self.k_proj(key_value)))
+        v = self._heads(self.v_proj(key_value))
+        mask = _attention_mask(q_len, k.shape[-2], causal, key_padding_mask, query.device)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+            dropout_p=self.attn_dropout_p if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(batch, q_len, self.d_model)
+        return self.resid_dropout(self.out_proj(out))
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attend(x, x, causal=True, key_padding_mask=key_padding_mask)
+
+
+class MultiHeadCrossAttentionWithRoPE(MultiHeadAttentionWithRoPE):
+    """Cross-attention of the dependency-aware layer.
+
+    As upstream (and so as the published weights were trained): causal in training mode, unmasked in eval mode.
+    """
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if value is not None and value is not key:
+            raise ValueError("the dependency layer attends over one sequence: key and value must be the same tensor")
+        return self.attend(query, key, causal=self.training, key_padding_mask=key_padding_mask)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm1 x), then + ffn(norm2 x)."""
+
+    def __init__(self, d_model: int, n_heads: int, ff_dim: int, ffn_dropout_p: float = 0.0,
+                 attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0):
+        super().__init__()
+        self.norm1 = RMSNorm(d_model)
+        self.self_attn = MultiHeadAttentionWithRoPE(d_model, n_heads, attn_dropout_p, resid_dropout_p)
+        self.norm2 = RMSNorm(d_model)
+        self.ffn = FeedForward(d_model, ff_dim, ffn_dropout_p)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x), key_padding_mask=key_padding_mask)
+        return x + self.ffn(self.norm2(x))
+
+
+class HierarchicalEmbedding(nn.Module):
+    """Embeds (s1, s2) token pairs: both tables scaled by sqrt(d_model), concatenated, then fused linearly."""
+
+    def __init__(self, s1_bits: int, s2_bits: int, d_model: int):
+        super().__init__()
+        self.s1_bits = s1_bits
+        self.s2_bits = s2_bits
+        self.d_model = d_model
+        self.emb_s1 = nn.Embedding(2 ** s1_bits, d_model)
+        self.emb_s2 = nn.Embedding(2 ** s2_bits, d_model)
+        self.fusion_proj = nn.Linear(2 * d_model, d_model)
+        nn.init.normal_(self.emb_s1.weight, mean=0.0, std=d_model ** -0.5)
+        nn.init.normal_(self.emb_s2.weight, mean=0.0, std=d_model ** -0.5)
+
+    def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor) -> torch.Tensor:
+        scale = math.sqrt(self.d_model)
+        return self.fusion_proj(torch.cat([self.emb_s1(s1_ids) * scale, self.emb_s2(s2_ids) * scale], dim=-1))
+
+
+class FixedEmbedding(nn.Module):
+    """Frozen sinusoidal table (used when ``learn_te`` is false); stored as ``emb.weight`` like upstream."""
+
+    def __init__(self, num_embeddings: int, d_model: int):
+        super().__init__()
+        position = torch.arange(num_embeddings).float().unsqueeze(1)
+        div_term = (torch.arange(0, d_model, 2).float() * -(math.log(10000.0) / d_model)).exp()
+        table = torch.zeros(num_embeddings, d_model)
+        table[:, 0::2] = torch.sin(position * div_term)
+        table[:, 1::2] = torch.cos(position * div_term)
+        self.emb = nn.Embedding(num_embeddings, d_model)
+        self.emb.weight = nn.Parameter(table, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.emb(x).detach()
+
+
+class TemporalEmbedding(nn.Module):
+    """Sum of embeddings of [minute, hour, weekday, day, month] (stamp[..., 0..4])."""
+
+    def __init__(self, d_model: int, learn_te: bool):
+        super().__init__()
+        table = nn.Embedding if learn_te else FixedEmbedding
+        self.minute_embed = table(60, d_model)
+        self.hour_embed = table(24, d_model)
+        self.weekday_embed = table(7, d_model)
+        self.day_embed = table(32, d_model)
+        self.month_embed = table(13, d_model)
+
+    def forward(self, stamp: torch.Tensor) -> torch.Tensor:
+        stamp = stamp.long()
+        # Summation order as upstream, so fp32 results match to the last bit.
+        return (self.hour_embed(stamp[..., 1]) + self.weekday_embed(stamp[..., 2]) + self.day_embed(stamp[..., 3])
+                + self.month_embed(stamp[..., 4]) + self.minute_embed(stamp[..., 0]))
+
+
+class DependencyAwareLayer(nn.Module):
+    """Conditions the s2 prediction on an s1 token: cross-attention from the s1 embedding to the context.
+
+    The published models build it without ``n_heads``, so it always has 4 heads; that is part of the format.
+    """
+
+    N_HEADS = 4
+
+    def __init__(self, d_model: int, attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0):
+        super().__init__()
+        self.cross_attn = MultiHeadCrossAttentionWithRoPE(d_model, self.N_HEADS, attn_dropout_p, resid_dropout_p)
+        self.norm = RMSNorm(d_model)
+
+    def forward(self, hidden_states: torch.Tensor, sibling_embed: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        attn_out = self.cross_attn(sibling_embed, hidden_states, key_padding_mask=key_padding_mask)
+        return self.norm(hidden_states + attn_out)
+
+
+class DualHead(nn.Module):
+    """Two linear heads (s1 and s2 vocabularies) and the dual cross-entropy loss."""
+
+    def __init__(self, s1_bits: int, s2_bits: int, d_model: int):
+        super().__init__()
+        self.vocab_s1 = 2 ** s1_bits
+        self.vocab_s2 = 2 ** s2_bits
+        self.proj_s1 = nn.Linear(d_model, self.vocab_s1)
+        self.proj_s2 = nn.Linear(d_model, self.vocab_s2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_s1(x)
+
+    def cond_forward(self, x2: torch.Tensor) -> torch.Tensor:
+        return self.proj_s2(x2)
+
+    def compute_loss(self, s1_logits: torch.Tensor, s2_logits: torch.Tensor, s1_targets: torch.Tensor,
+                     s2_targets: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                     reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (loss, s1_loss, s2_loss) with loss = (ce_s1 + ce_s2) / 2; positions where ``padding_mask`` is
+        nonzero are left out. ``reduction="none"`` gives per-sample means ([B]) for exact distributed averages."""
+        if reduction == "none":
+            return self._per_sample_loss(s1_logits, s2_logits, s1_targets, s2_targets, padding_mask)
+        if padding_mask is not None:
+            valid = padding_mask == 0
+            s1_logits, s2_logits = s1_logits[valid], s2_logits[valid]
+            s1_targets, s2_targets = s1_targets[valid], s2_targets[valid]
+        ce_s1 = F.cross_entropy(s1_logits.reshape(-1, self.vocab_s1).float(), s1_targets.reshape(-1))
+        ce_s2 = F.cross_entropy(s2_logits.reshape(-1, self.vocab_s2).float(), s2_targets.reshape(-1))
+        return (ce_s1 + ce_s2) / 2, ce_s1, ce_s2
+
+    def _per_sample_loss(self, s1_logits, s2_logits, s1_targets, s2_targets, padding_mask):
+        batch = s1_logits.shape[0]
+        ce_s1 = F.cross_entropy(s1_logits.reshape(-1, self.vocab_s1).float(), s1_targets.reshape(-1),
+                                reduction="none").view(batch, -1)
+        ce_s2 = F.cross_entropy(s2_logits.reshape(-1, self.vocab_s2).float(), s2_targets.reshape(-1),
+                                reduction="none").view(batch, -1)
+        if padding_mask is None:
+            ce_s1, ce_s2 = ce_s1.mean(dim=1), ce_s2.mean(dim=1)
+        else:
+            valid = (padding_mask == 0).to(ce_s1.dtype)
+            count = valid.sum(dim=1).clamp_min(1)
+            ce_s1, ce_s2 = (ce_s1 * valid).sum(dim=1) / count, (ce_s2 * valid).sum(dim=1) / count
+        return (ce_s1 + ce_s2) / 2, ce_s1, ce_s2

@@ -1,0 +1,107 @@
+"""Kronos: the autoregressive predictor over (s1, s2) token pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ds_kronos.model.checkpoint import PretrainedMixin
+from ds_kronos.model.configs import (PREDICTOR_ALIASES, PREDICTOR_PRESETS, KronosConfig, PredictorPreset,
+                                     resolve_preset)
+from ds_kronos.model.layers import (DependencyAwareLayer, DualHead, FixedEmbedding, HierarchicalEmbedding, RMSNorm,
+                                    TemporalEmbedding, TransformerBlock)
+
+
+class Kronos(nn.Module, PretrainedMixin):
+    """Decoder-only transformer predicting the next s1 token, then the s2 token conditioned on an s1 token.
+
+    ``forward(s1_ids, s2_ids, stamp=None, padding_mask=None, use_teacher_forcing=False, s1_targets=None)`` returns
+    ``(s1_logits, s2_logits)``. In training, s2 is conditioned on ``s1_targets`` with teacher forcing, otherwise on
+    an s1 id sampled from the (detached) s1 distribution, as upstream trains. ``padding_mask`` is 1/True at padded
+    positions.
+    """
+
+    config_class = KronosConfig
+
+    def __init__(self, config: KronosConfig | None = None, **kwargs: Any):
+        super().__init__()
+        self.config = config if config is not None else KronosConfig(**kwargs)
+        c = self.config
+        self.s1_bits, self.s2_bits = c.s1_bits, c.s2_bits
+        self.s1_vocab_size = 2 ** c.s1_bits
+        self.d_model = c.d_model
+        self.token_drop = nn.Dropout(c.token_dropout_p)
+        self.embedding = HierarchicalEmbedding(c.s1_bits, c.s2_bits, c.d_model)
+        self.time_emb = TemporalEmbedding(c.d_model, c.learn_te)
+        self.transformer = nn.ModuleList(
+            TransformerBlock(c.d_model, c.n_heads, c.ff_dim, c.ffn_dropout_p, c.attn_dropout_p, c.resid_dropout_p)
+            for _ in range(c.n_layers))
+        self.norm = RMSNorm(c.d_model)
+        self.dep_layer = DependencyAwareLayer(c.d_model)
+        self.head = DualHead(c.s1_bits, c.s2_bits, c.d_model)
+        self.gradient_checkpointing = False
+        """Recompute each block's activations in backward (saves memory, costs ~1/3 more compute)."""
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Upstream's initialisation. Frozen sinusoidal time tables (learn_te=False) are left as they are."""
+        if isinstance(module, FixedEmbedding):
+            return
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_normal_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding) and module.weight.requires_grad:
+            nn.init.normal_(module.weight, mean=0.0, std=self.d_model ** -0.5)
+        elif isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
+
+    @classmethod
+    def from_preset(cls, name: str) -> "Kronos":
+        """Random initialisation of a named configuration (tiny, mini, small, base, large, 1b, 3b)."""
+        return cls(preset(name).config)
+
+    def _embed(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None) -> torch.Tensor:
+        x = self.embedding(s1_ids, s2_ids)
+        if stamp is not None:
+            x = x + self.time_emb(stamp)
+        return self.token_drop(x)
+
+    def decode_s1(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None = None,
+                  padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (s1_logits [B, T, V1], context [B, T, d_model] after the final norm)."""
+        x = self._embed(s1_ids, s2_ids, stamp)
+        for block in self.transformer:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, padding_mask, use_reentrant=False)
+            else:
+                x = block(x, key_padding_mask=padding_mask)
+        x = self.norm(x)
+        return self.head(x), x
+
+    def decode_s2(self, context: torch.Tensor, s1_ids: torch.Tensor,
+                  padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """s2 logits conditioned on the context and the given s1 ids."""
+        sibling = self.embedding.emb_s1(s1_ids)
+        return self.head.cond_forward(self.dep_layer(context, sibling, key_padding_mask=padding_mask))
+
+    def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None = None,
+                padding_mask: torch.Tensor | None = None, use_teacher_forcing: bool = False,
+                s1_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        s1_logits, context = self.decode_s1(s1_ids, s2_ids, stamp, padding_mask)
+        if use_teacher_forcing:
+            if s1_targets is None:
+                raise ValueError("use_teacher_forcing=True needs s1_targets")
+            conditioning = s1_targets
+        else:
+            probs = F.softmax(s1_logits.detach().float(), dim=-1)
+            conditioning = torch.multinomial(probs.view(-1, self.s1_vocab_size), 1).view(s1_ids.shape)
+        return s1_logits, self.decode_s2(context, conditioning, padding_mask)
+
+
+def preset(name: str) -> PredictorPreset:
+    return resolve_preset(name, PREDICTOR_PRESETS, PREDICTOR_ALIASES, "predictor")

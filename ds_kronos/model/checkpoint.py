@@ -175,7 +175,9 @@ class PretrainedMixin:
                         state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
         """Write the folder (fp32). ``state_dict`` overrides the module's own (e.g. gathered fp32 master weights)."""
         module: nn.Module = self  # type: ignore[assignment]
-        own = module.state_dict()
-        state = dict(own if state_dict is None else state_dict)
-        check_state_dict(own, state, f"save_pretrained({folder})")
+        state = dict(module.state_dict() if state_dict is None else state_dict)
+        # Shapes come from the config, not from the module, whose parameters may be partitioned (ZeRO-3).
+        with torch.device("meta"):
+            reference = type(self)(self.config)
+        check_state_dict(reference.state_dict(), state, f"save_pretrained({folder})")
         return write_folder(folder, self.config.to_dict(), state, _MODEL_CARD.format(cls=type(self).__name__))

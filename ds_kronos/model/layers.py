@@ -146,14 +146,17 @@ class MultiHeadAttentionWithRoPE(nn.Module):
 class MultiHeadCrossAttentionWithRoPE(MultiHeadAttentionWithRoPE):
     """Cross-attention of the dependency-aware layer.
 
-    As upstream (and so as the published weights were trained): causal in training mode, unmasked in eval mode.
+    By default as upstream (and so as the published weights were trained): causal in training mode, unmasked in
+    eval mode. Unmasked, position t sees the context of t+1, which already contains the s2 token it is asked to
+    predict; evaluations that score every position therefore pass ``causal=True``.
     """
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None = None,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_padding_mask: torch.Tensor | None = None, causal: bool | None = None) -> torch.Tensor:
         if value is not None and value is not key:
             raise ValueError("the dependency layer attends over one sequence: key and value must be the same tensor")
-        return self.attend(query, key, causal=self.training, key_padding_mask=key_padding_mask)
+        causal = self.training if causal is None else causal
+        return self.attend(query, key, causal=causal, key_padding_mask=key_padding_mask)
 
 
 class TransformerBlock(nn.Module):
@@ -241,8 +244,8 @@ class DependencyAwareLayer(nn.Module):
         self.norm = RMSNorm(d_model)
 
     def forward(self, hidden_states: torch.Tensor, sibling_embed: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        attn_out = self.cross_attn(sibling_embed, hidden_states, key_padding_mask=key_padding_mask)
+                key_padding_mask: torch.Tensor | None = None, causal: bool | None = None) -> torch.Tensor:
+        attn_out = self.cross_attn(sibling_embed, hidden_states, key_padding_mask=key_padding_mask, causal=causal)
         return self.norm(hidden_states + attn_out)
 
 

@@ -22,7 +22,8 @@ class Kronos(nn.Module, PretrainedMixin):
     ``forward(s1_ids, s2_ids, stamp=None, padding_mask=None, use_teacher_forcing=False, s1_targets=None)`` returns
     ``(s1_logits, s2_logits)``. In training, s2 is conditioned on ``s1_targets`` with teacher forcing, otherwise on
     an s1 id sampled from the (detached) s1 distribution, as upstream trains. ``padding_mask`` is 1/True at padded
-    positions.
+    positions. ``causal_s2=True`` keeps the dependency layer causal in eval mode too, for scoring every position
+    (by default it follows upstream: causal only in training).
     """
 
     config_class = KronosConfig
@@ -83,15 +84,16 @@ class Kronos(nn.Module, PretrainedMixin):
         x = self.norm(x)
         return self.head(x), x
 
-    def decode_s2(self, context: torch.Tensor, s1_ids: torch.Tensor,
-                  padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """s2 logits conditioned on the context and the given s1 ids."""
+    def decode_s2(self, context: torch.Tensor, s1_ids: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                  causal: bool | None = None) -> torch.Tensor:
+        """s2 logits conditioned on the context and the given s1 ids (``causal``: see the dependency layer)."""
         sibling = self.embedding.emb_s1(s1_ids)
-        return self.head.cond_forward(self.dep_layer(context, sibling, key_padding_mask=padding_mask))
+        return self.head.cond_forward(self.dep_layer(context, sibling, key_padding_mask=padding_mask, causal=causal))
 
     def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None = None,
                 padding_mask: torch.Tensor | None = None, use_teacher_forcing: bool = False,
-                s1_targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                s1_targets: torch.Tensor | None = None, causal_s2: bool | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         s1_logits, context = self.decode_s1(s1_ids, s2_ids, stamp, padding_mask)
         if use_teacher_forcing:
             if s1_targets is None:
@@ -100,7 +102,7 @@ class Kronos(nn.Module, PretrainedMixin):
         else:
             probs = F.softmax(s1_logits.detach().float(), dim=-1)
             conditioning = torch.multinomial(probs.view(-1, self.s1_vocab_size), 1).view(s1_ids.shape)
-        return s1_logits, self.decode_s2(context, conditioning, padding_mask)
+        return s1_logits, self.decode_s2(context, conditioning, padding_mask, causal=causal_s2)
 
 
 def preset(name: str) -> PredictorPreset:

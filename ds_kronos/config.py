@@ -22,9 +22,13 @@ T = TypeVar("T")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[Any] | None = None,
-           default_factory: Any = dataclasses.MISSING, cli: bool = True) -> Any:
-    """Declare a config field with its help text (shown by ``--help`` and in the docs)."""
-    metadata = {"help": help, "choices": tuple(choices) if choices else None, "cli": cli}
+           default_factory: Any = dataclasses.MISSING, cli: bool = True, nargs: str | None = None) -> Any:
+    """Declare a config field with its help text (shown by ``--help`` and in the docs).
+
+    ``nargs="+"`` (list fields only) lets the flag take several space-separated values (``--csv a.csv b.csv``);
+    each value may still be comma-separated, so the comma form keeps working.
+    """
+    metadata = {"help": help, "choices": tuple(choices) if choices else None, "cli": cli, "nargs": nargs}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -67,6 +71,14 @@ def _converter(tp: Any, optional: bool):
             return None
         return base(text)
     return convert
+
+
+class _FlattenLists(argparse.Action):
+    """Store the values of an ``nargs`` list flag as one flat list (each token was already split on commas)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        flat = [item for value in values for item in (value if isinstance(value, list) else [value])]
+        setattr(namespace, self.dest, flat)
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -119,6 +131,8 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
             kwargs.update(nargs="?", const=True, type=_parse_bool, metavar="BOOL")
         else:
             kwargs["type"] = _converter(tp, optional)
+            if field.metadata.get("nargs"):
+                kwargs.update(nargs=field.metadata["nargs"], action=_FlattenLists)
         parser.add_argument(f"--{field.name}", **kwargs)
     return parser
 

@@ -1,0 +1,124 @@
+"""Reading bars from CSV files, one symbol per file (symbol = file stem).
+
+Column names are matched case-insensitively: a time column (timestamps, timestamp, date, datetime or time),
+open, high, low, close, volume (or vol) and optionally amount (or amt; derived as mean(OHLC) x volume when
+absent). Rows are sorted by time; duplicate timestamps (first kept) and rows with a missing value are dropped and
+counted. A file that cannot be used is skipped with its reason; the caller fails only when nothing is left.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+
+from ds_kronos.data.series import SourceData, SymbolSeries, build_values, infer_frequency
+from ds_kronos.errors import DataError
+
+TIME_NAMES = ("timestamps", "timestamp", "date", "datetime", "time")
+REQUIRED = MappingProxyType({"open": ("open",), "high": ("high",), "low": ("low",), "close": ("close",),
+                             "volume": ("volume", "vol")})
+OPTIONAL = MappingProxyType({"amount": ("amount", "amt")})
+
+
+class _Skip(Exception):
+    """A file-level problem: the file is skipped and the reason reported."""
+
+
+def _find(columns: dict[str, str], aliases: tuple[str, ...]) -> str | None:
+    return next((columns[a] for a in aliases if a in columns), None)
+
+
+def _numeric(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = values.isna() & raw.notna() & (raw.astype(str).str.strip().str.lower() != "nan")
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        # +2: one for the header line, one because people count lines from 1.
+        raise _Skip(f"{path}: column {column!r} has a non-numeric value {str(raw.iloc[row])!r} on line {row + 2}")
+    return values.to_numpy(dtype=np.float64)
+
+
+def read_csv_file(path: Path) -> tuple[SymbolSeries, dict[str, int], str]:
+    """One file -> (series, drop counts, inferred frequency); raises _Skip for an unusable file."""
+    if not path.is_file():
+        raise _Skip(f"{path}: file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=True)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise _Skip(f"{path}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
+    columns = {str(c).strip().lower(): c for c in frame.columns}
+    time_col = _find(columns, TIME_NAMES)
+    if time_col is None:
+        raise _Skip(f"{path}: missing a time column (one of {', '.join(TIME_NAMES)}); "
+                    f"columns are {', '.join(map(str, frame.columns))}")
+    picked = {}
+    for name, aliases in REQUIRED.items():
+        picked[name] = _find(columns, aliases)
+        if picked[name] is None:
+            raise _Skip(f"{path}: missing required column {name!r}; columns are {', '.join(map(str, frame.columns))}")
+    amount_col = _find(columns, OPTIONAL["amount"])
+    if len(frame) == 0:
+        raise _Skip(f"{path}: no rows")
+    stamps = pd.to_datetime(frame[time_col], errors="coerce")
+    if stamps.isna().any() and frame[time_col].notna()[stamps.isna()].any():
+        row = int(np.flatnonzero((stamps.isna() & frame[time_col].notna()).to_numpy())[0])
+        raise _Skip(f"{path}: cannot parse time {frame[time_col].iloc[row]!r} on line {row + 2}")
+    if getattr(stamps.dt, "tz", None) is not None:
+        # Keep the exchange's wall clock: time features describe the trading session, not UTC.
+        stamps = stamps.dt.tz_localize(None)
+    cols = {name: _numeric(frame, c, path) for name, c in picked.items()}
+    amount = _numeric(frame, amount_col, path) if amount_col is not None else None
+    ts = stamps.to_numpy().astype("datetime64[ns]").astype(np.int64)
+    matrix = np.stack([cols[n] for n in REQUIRED] + ([amount] if amount is not None else []), axis=1)
+    ok = ~np.isnan(matrix).any(axis=1) & stamps.notna().to_numpy()
+    n_nan = int((~ok).sum())
+    ts, matrix = ts[ok], matrix[ok]
+    order = np.argsort(ts, kind="stable")
+    ts, matrix = ts[order], matrix[order]
+    first = np.r_[True, ts[1:] != ts[:-1]]
+    n_dup = int((~first).sum())
+    ts, matrix = ts[first], matrix[first]
+    if len(ts) == 0:
+        raise _Skip(f"{path}: no complete rows left after dropping rows with missing values")
+    values = build_values(*(matrix[:, i] for i in range(5)), matrix[:, 5] if amount is not None else None)
+    return SymbolSeries(path.stem, ts, values), {"duplicates": n_dup, "nan": n_nan}, infer_frequency(ts)
+
+
+def read_csv_files(paths: list[str | os.PathLike]) -> SourceData:
+    series, skipped, notes, freqs = [], [], [], Counter()
+    amount_everywhere = True
+    for raw in paths:
+        path = Path(raw).expanduser()
+        try:
+            s, drops, freq = read_csv_file(path)
+        except _Skip as exc:
+            skipped.append((str(path), str(exc)))
+            continue
+        if s.symbol in {x.symbol for x in series}:
+            skipped.append((str(path), f"{path}: symbol {s.symbol!r} given twice (file stems must be unique)"))
+            continue
+        notes.append(f"{path}: {len(s)} bars, dropped {drops['duplicates']} duplicate timestamps and "
+                     f"{drops['nan']} rows with missing values; bar spacing {freq or 'unknown'}")
+        amount_everywhere &= _has_amount(path)
+        series.append(s)
+        freqs[freq] += 1
+    if not series:
+        first = skipped[0][1] if skipped else "no CSV files given"
+        more = f" (and {len(skipped) - 1} more file(s) skipped)" if len(skipped) > 1 else ""
+        raise DataError(first + more)
+    freq = freqs.most_common(1)[0][0]
+    if len(freqs) > 1:
+        notes.append(f"files have different bar spacings {dict(freqs)}; recording {freq}")
+    fields = ["open", "high", "low", "close", "volume"] + (["amount"] if amount_everywhere else [])
+    return SourceData(series=series, fields=fields, freq=freq, skipped=skipped, notes=notes)
+
+
+def _has_amount(path: Path) -> bool:
+    header = pd.read_csv(path, nrows=0).columns
+    return any(str(c).strip().lower() in OPTIONAL["amount"] for c in header)

@@ -1,0 +1,150 @@
+"""A synthetic market written as a real Qlib provider folder, for demos, tests and benchmarks.
+
+Layout written (what pyqlib's file storage reads)::
+
+    calendars/day.txt                      business days, one YYYY-MM-DD per line
+    instruments/all.txt, csi300.txt        SYMBOL<TAB>start<TAB>end (upper-case symbols, e.g. SH600000)
+    features/<symbol lower-case>/<field>.day.bin
+                                           little-endian float32: first value = calendar index of the first bar,
+                                           then one value per calendar day from there (NaN = suspended day)
+
+Fields: open, high, low, close, volume, and amount only when asked (by default it is left out, so the
+"derive amt = mean(OHLC) x volume" path of the preparation is the one exercised; no $factor, prices are taken
+as already adjusted). Each symbol follows a market factor plus its own GARCH(1,1) volatility with Student-t
+innovations (volatility clustering, fat tails); volume rises with the absolute return; high/low bracket open and
+close. Symbols list and delist at different dates and have a few suspended days; csi300 is a subset whose
+membership may start after listing. Everything is a pure function of the seed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ds_kronos.config import option
+from ds_kronos.errors import DataError
+
+FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+
+
+@dataclass(kw_only=True)
+class DemoMarketConfig:
+    """Write a synthetic daily market as a Qlib provider folder."""
+
+    out: str | None = option(None, help="folder to create (must not exist unless --overwrite)")
+    symbols: int = option(40, help="number of symbols")
+    seed: int = option(0, help="random seed (same seed, same market)")
+    start: str = option("2011-01-01", help="first calendar day")
+    end: str = option("2025-06-30", help="last calendar day")
+    amount: bool = option(False, help="also write amount.day.bin (by default amt is derived at preparation)")
+    overwrite: bool = option(False, help="replace an existing demo market folder at --out")
+
+    def problems(self) -> list[str]:
+        problems = []
+        if not self.out:
+            problems.append("--out is required")
+        if not 1 <= self.symbols <= 2000:
+            problems.append(f"--symbols must be in 1..2000, got {self.symbols}")
+        try:
+            if pd.Timestamp(self.end) - pd.Timestamp(self.start) < pd.Timedelta(days=30):
+                problems.append(f"--start {self.start} .. --end {self.end} must span at least 30 days")
+        except ValueError:
+            problems.append(f"cannot parse --start {self.start!r} / --end {self.end!r} as dates")
+        return problems
+
+
+def _symbol_names(n: int) -> list[str]:
+    half = (n + 1) // 2
+    return [f"SH{600000 + i}" for i in range(half)] + [f"SZ{1 + i:06d}" for i in range(n - half)]
+
+
+def _garch_returns(rng: np.random.Generator, n: int, daily_vol: float, alpha: float, beta: float,
+                   dof: float) -> np.ndarray:
+    """GARCH(1,1) returns with unit-variance Student-t shocks; long-run std = daily_vol."""
+    omega = daily_vol ** 2 * (1.0 - alpha - beta)
+    shocks = rng.standard_t(dof, size=n) / np.sqrt(dof / (dof - 2.0))
+    returns = np.empty(n)
+    var = daily_vol ** 2
+    for t in range(n):  # the recursion is inherently sequential; n is a few thousand days
+        returns[t] = np.sqrt(var) * shocks[t]
+        var = omega + alpha * returns[t] ** 2 + beta * var
+    return returns
+
+
+def _simulate_symbol(rng: np.random.Generator, market: np.ndarray) -> dict[str, np.ndarray]:
+    n = len(market)
+    loading = rng.uniform(0.6, 1.3)
+    idio = _garch_returns(rng, n, daily_vol=rng.uniform(0.012, 0.025), alpha=rng.uniform(0.05, 0.1),
+                          beta=rng.uniform(0.85, 0.9), dof=rng.uniform(3.5, 6.0))
+    ret = loading * market + idio
+    close = rng.uniform(5.0, 60.0) * np.exp(np.cumsum(ret))
+    prev_close = np.r_[close[0] * np.exp(-ret[0]), close[:-1]]
+    scale = np.abs(ret).mean()
+    # The overnight gap takes part of the day's move, so open sits between the previous and the current close.
+    open_ = prev_close * np.exp(ret * rng.uniform(0.0, 0.4, n) + rng.normal(0.0, 0.2 * scale, n))
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0.0, 0.6 * scale, n)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0.0, 0.6 * scale, n)))
+    base = np.exp(rng.uniform(np.log(2e5), np.log(2e7)))
+    volume = np.round(base * (1.0 + 25.0 * np.abs(ret)) * np.exp(rng.normal(0.0, 0.25, n)))
+    amount = (open_ + high + low + close) / 4.0 * volume * np.exp(rng.normal(0.0, 0.002, n))
+    return {"open": open_, "high": high, "low": low, "close": close, "volume": volume, "amount": amount}
+
+
+def write_demo_market(out: str | os.PathLike, *, symbols: int = 40, seed: int = 0, start: str = "2011-01-01",
+                      end: str = "2025-06-30", amount: bool = False, overwrite: bool = False) -> Path:
+    """Write the synthetic market to ``out`` (atomically: temp folder, then rename); returns the path."""
+    out = Path(out)
+    if out.exists():
+        if not overwrite:
+            raise DataError(f"{out}: output path exists; pass --overwrite to replace it")
+        if not (out / "calendars" / "day.txt").is_file() and any(out.iterdir()):
+            raise DataError(f"{out}: exists and is not a Qlib folder; refusing to overwrite it")
+    calendar = pd.bdate_range(start, end)
+    n_days = len(calendar)
+    rng = np.random.default_rng(seed)
+    names = _symbol_names(symbols)
+    market = _garch_returns(rng, n_days, daily_vol=0.011, alpha=0.08, beta=0.9, dof=5.0)
+    fields = FIELDS + (("amount",) if amount else ())
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "calendars").mkdir(parents=True)
+        (tmp / "instruments").mkdir()
+        (tmp / "calendars" / "day.txt").write_text("\n".join(calendar.strftime("%Y-%m-%d")) + "\n")
+        all_lines, index_lines = [], []
+        for k, name in enumerate(names):
+            # About 60% trade over the whole calendar (so the default splits all have data); the rest list late
+            # and/or delist early, with at least ~250 days of history.
+            first, last = 0, n_days - 1
+            kind = rng.uniform()
+            if kind > 0.6:
+                first = int(rng.integers(0, max(1, n_days - 300)))
+            if kind > 0.8 or rng.uniform() < 0.1:
+                last = int(rng.integers(min(first + 250, n_days - 1), n_days))
+            bars = _simulate_symbol(rng, market[first:last + 1])
+            halted = rng.choice(last - first + 1, size=min(3, last - first), replace=False)
+            folder = tmp / "features" / name.lower()
+            folder.mkdir(parents=True)
+            for field in fields:
+                values = bars[field].astype(np.float64)
+                values[halted] = np.nan
+                np.concatenate([[first], values]).astype("<f4").tofile(folder / f"{field}.day.bin")
+            span = f"{calendar[first]:%Y-%m-%d}\t{calendar[last]:%Y-%m-%d}"
+            all_lines.append(f"{name}\t{span}")
+            if k % 3 != 2:
+                joined = first if k % 4 else min(last, first + 120)
+                index_lines.append(f"{name}\t{calendar[joined]:%Y-%m-%d}\t{calendar[last]:%Y-%m-%d}")
+        (tmp / "instruments" / "all.txt").write_text("\n".join(all_lines) + "\n")
+        (tmp / "instruments" / "csi300.txt").write_text("\n".join(index_lines) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,94 @@
+"""The data-preparation job: source -> per-symbol series -> splits -> prepared folder, with a summary on stdout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ds_kronos.config import validate
+from ds_kronos.data.csv_source import read_csv_files
+from ds_kronos.data.prepare_config import PrepareConfig
+from ds_kronos.data.prepared import SPLITS, check_output_path, write_prepared
+from ds_kronos.data.qlib_source import read_qlib
+from ds_kronos.data.series import SourceData
+from ds_kronos.data.splits import SplitResult, split_by_fractions, split_by_ranges
+from ds_kronos.errors import DataError
+
+
+def _read_source(config: PrepareConfig, log: Callable[[str], None]) -> tuple[SourceData, dict]:
+    if config.qlib_dir is not None:
+        ranges = config.ranges()
+        start = min(r.start for r in ranges.values())
+        stop = max(r.stop for r in ranges.values())
+        # qlib takes inclusive date strings; stop is exclusive, so step back one nanosecond.
+        first, last = str(_day(start)), str(_day(stop - 1))
+        log(f"reading Qlib folder {config.qlib_dir} ({config.instrument}, {first}..{last}) through pyqlib")
+        data = read_qlib(config.qlib_dir, config.instrument, first, last)
+        return data, {"kind": "qlib", "path": str(Path(config.qlib_dir).resolve()), "instrument": config.instrument,
+                      "fields": data.fields}
+    log(f"reading {len(config.csv)} CSV file(s)")
+    data = read_csv_files(config.csv)
+    return data, {"kind": "csv", "path": [str(Path(p).resolve()) for p in config.csv], "fields": data.fields}
+
+
+def _day(ns: int) -> np.datetime64:
+    return np.datetime64(int(ns), "ns").astype("datetime64[D]")
+
+
+def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
+    """Run the whole preparation described by ``config``; returns the written manifest."""
+    validate(config)
+    out = Path(config.out)
+    # Fail before the (possibly long) read rather than after it.
+    check_output_path(out, config.overwrite)
+    data, source = _read_source(config, log)
+    for note in data.notes:
+        log(f"  {note}")
+    for name, reason in data.skipped:
+        log(f"  skipped {name}: {reason}")
+    window = config.window
+    usable = [s for s in data.series if len(s) >= window]
+    short = [s.symbol for s in data.series if len(s) < window]
+    log(f"symbols read: {len(data.series)}; dropped {len(short)} shorter than one window ({window} bars)"
+        + (f": {', '.join(short[:10])}{' ...' if len(short) > 10 else ''}" if short else "")
+        + (f"; skipped {len(data.skipped)} unusable" if data.skipped else ""))
+    if not usable:
+        where = config.qlib_dir or ", ".join(config.csv)
+        raise DataError(f"{where}: every series is shorter than one window ({window} bars = lookback "
+                        f"{config.lookback} + predict {config.predict} + 1); nothing to prepare")
+    if config.split is not None:
+        result = split_by_fractions(usable, tuple(config.split), config.lookback, window)
+        split_meta = {"split_mode": "fractions", "fractions": list(config.split), "ranges": None}
+    else:
+        ranges = config.ranges()
+        result = split_by_ranges(usable, ranges, window)
+        split_meta = {"split_mode": "ranges", "fractions": None,
+                      "ranges": {name: str(r).split("..") for name, r in ranges.items()}}
+    _check_splits(config, result, window)
+    meta = {"source": source, "freq": data.freq, "lookback": config.lookback, "predict": config.predict,
+            **split_meta, "dropped": {"too_short": short, "skipped": [list(x) for x in data.skipped],
+                                      "too_short_per_split": result.too_short}}
+    manifest = write_prepared(out, result.series, meta, overwrite=config.overwrite)
+    for name in SPLITS:
+        info = manifest["splits"][name]
+        dropped = len(result.too_short[name])
+        log(f"{name:5s}: {len(info['symbols'])} symbols, {info['rows']} rows, {info['windows']} windows, "
+            f"{info['first']} .. {info['last']}" + (f" ({dropped} symbols too short here)" if dropped else ""))
+    log(f"wrote {out} (bar spacing {data.freq}, sha256 {manifest['sha256'][:12]})")
+    return manifest
+
+
+def _check_splits(config: PrepareConfig, result: SplitResult, window: int) -> None:
+    where = config.qlib_dir or ", ".join(config.csv)
+    for name in SPLITS:
+        if result.series[name]:
+            continue
+        if config.split is not None:
+            raise DataError(f"{where}: split {name} ({config.split[SPLITS.index(name)]:g} of the bars) has no symbol "
+                            f"with a full window of {window} bars; use a smaller --lookback/--predict or more data")
+        ranges = config.ranges()
+        hint = "" if config.qlib_dir else "; for a short history use --split 0.8,0.1,0.1"
+        raise DataError(f"{where}: {name} range {ranges[name]} has no symbol with a full window of {window} bars"
+                        f"{hint}")

@@ -1,0 +1,77 @@
+"""Options of the data-preparation job (``launch/prepare_data.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from ds_kronos.config import option
+from ds_kronos.data.splits import DateRange, parse_range
+
+# Upstream Kronos' convention: val and test start a few months before the previous split ends (lookback overlap).
+DEFAULT_RANGES: Mapping[str, str] = MappingProxyType({
+    "train": "2011-01-01,2022-12-31",
+    "val": "2022-09-01,2024-06-30",
+    "test": "2024-04-01,2025-06-05",
+})
+
+
+@dataclass(kw_only=True)
+class PrepareConfig:
+    """Prepare a Qlib provider folder or CSV files as a memory-mappable train/val/test dataset."""
+
+    qlib_dir: str | None = option(None, help="Qlib provider folder (calendars/, instruments/, features/)")
+    csv: list[str] | None = option(None, nargs="+",
+                                   help="CSV file(s), one symbol per file (symbol = file stem); not with --qlib_dir")
+    instrument: str = option("csi300", help="Qlib market (csi300, all, ...) or a comma list of symbols")
+    out: str | None = option(None, help="output folder of the prepared dataset")
+    train_range: list[str] | None = option(None, help=f"train dates START,END (default {DEFAULT_RANGES['train']})")
+    val_range: list[str] | None = option(None, help=f"val dates START,END (default {DEFAULT_RANGES['val']})")
+    test_range: list[str] | None = option(None, help=f"test dates START,END (default {DEFAULT_RANGES['test']})")
+    split: list[float] | None = option(None, help="time-ordered fractions TRAIN,VAL,TEST instead of date ranges "
+                                                  "(e.g. 0.8,0.1,0.1); val/test start `lookback` bars early")
+    lookback: int = option(90, help="bars of context per window (normalisation uses these only)")
+    predict: int = option(10, help="bars to predict per window; a window is lookback + predict + 1 bars")
+    overwrite: bool = option(False, help="replace an existing prepared dataset at --out")
+
+    @property
+    def window(self) -> int:
+        return self.lookback + self.predict + 1
+
+    def ranges(self) -> dict[str, DateRange]:
+        given = {"train": self.train_range, "val": self.val_range, "test": self.test_range}
+        return {name: parse_range(value if value is not None else DEFAULT_RANGES[name])
+                for name, value in given.items()}
+
+    def problems(self) -> list[str]:
+        problems = []
+        if (self.qlib_dir is None) == (not self.csv):
+            problems.append("give exactly one of --qlib_dir DIR or --csv FILE [FILE ...]")
+        if not self.out:
+            problems.append("--out is required (folder to write the prepared dataset to)")
+        elif self.qlib_dir and Path(self.out).resolve() == Path(self.qlib_dir).resolve():
+            problems.append(f"--out {self.out} is the Qlib folder itself")
+        if not self.instrument.strip():
+            problems.append("--instrument is empty")
+        if self.lookback < 1:
+            problems.append(f"--lookback must be >= 1, got {self.lookback}")
+        if self.predict < 1:
+            problems.append(f"--predict must be >= 1, got {self.predict}")
+        for name in ("train_range", "val_range", "test_range"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.split is not None:
+                problems.append(f"--{name} and --split are mutually exclusive")
+                continue
+            try:
+                parse_range(value)
+            except ValueError as exc:
+                problems.append(f"--{name}: {exc}")
+        if self.split is not None:
+            text = ",".join(map(str, self.split))
+            if len(self.split) != 3 or min(self.split) <= 0 or sum(self.split) > 1.0 + 1e-9:
+                problems.append(f"--split needs three positive fractions summing to at most 1, got {text}")
+        return problems

@@ -1,0 +1,106 @@
+"""Reading daily bars from a Qlib provider folder through pyqlib (never by parsing the .bin files here).
+
+qlib is imported inside :func:`read_qlib` only: it is slow to import and configures logging on import, and most
+users of ``ds_kronos.data`` (the trainer's workers) never need it. Only the folder listing is inspected directly,
+to give clear errors and to find which optional fields ($amount, $vwap) exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ds_kronos.data.series import SourceData, SymbolSeries, build_values
+from ds_kronos.errors import DataError
+
+BASE_FIELDS: tuple[str, ...] = ("$open", "$high", "$low", "$close", "$volume")
+
+
+def _check_provider(root: Path) -> None:
+    if not root.is_dir():
+        raise DataError(f"{root}: Qlib folder not found")
+    calendar = root / "calendars" / "day.txt"
+    if not calendar.is_file() or calendar.stat().st_size == 0:
+        raise DataError(f"{root}: not a Qlib provider folder with daily data (missing or empty calendars/day.txt)")
+    if not (root / "features").is_dir():
+        raise DataError(f"{root}: not a Qlib provider folder (no features/ folder)")
+
+
+def _resolve_instruments(root: Path, instrument: str) -> tuple[str | None, list[str]]:
+    """Return (market name or None, explicit symbols). A name with a file in instruments/ is a market."""
+    names = [p.strip() for p in instrument.split(",") if p.strip()]
+    if len(names) == 1 and (root / "instruments" / f"{names[0].lower()}.txt").is_file():
+        return names[0].lower(), []
+    if len(names) == 1 and not (root / "features" / names[0].lower()).is_dir():
+        raise DataError(f"{root}: unknown instrument {names[0]!r} (no instruments/{names[0].lower()}.txt "
+                        f"and no features/{names[0].lower()}/)")
+    return None, [n.upper() for n in names]
+
+
+def _init_qlib(root: Path) -> None:
+    import qlib
+
+    # kernels=1: qlib otherwise forks a joblib pool per request, which is slow for a few symbols and misbehaves
+    # under pytest/DeepSpeed launchers. Caches off: they would write into the provider folder.
+    logging.getLogger("qlib").setLevel(logging.WARNING)
+    qlib.init(provider_uri=str(root), region="cn", kernels=1, expression_cache=None, dataset_cache=None,
+              logging_level=logging.WARNING, clear_mem_cache=True)
+
+
+def read_qlib(qlib_dir: str | os.PathLike, instrument: str, start: str, end: str) -> SourceData:
+    """Bars of ``instrument`` (market name such as csi300/all, or comma list of symbols) between two dates."""
+    root = Path(qlib_dir).expanduser().resolve()
+    _check_provider(root)
+    market, symbols = _resolve_instruments(root, instrument)
+    skipped: list[tuple[str, str]] = []
+    if symbols:
+        missing = [s for s in symbols if not (root / "features" / s.lower()).is_dir()]
+        skipped += [(s, f"not in {root}/features") for s in missing]
+        symbols = [s for s in symbols if s not in missing]
+        if not symbols:
+            raise DataError(f"{root}: unknown instrument(s) {', '.join(missing)} (no features folder)")
+    _init_qlib(root)
+    from qlib.data import D
+
+    universe = D.instruments(market) if market else symbols
+    if market:
+        symbols = D.list_instruments(universe, start_time=start, end_time=end, as_list=True)
+        if not symbols:
+            raise DataError(f"{root / 'instruments' / (market + '.txt')}: no symbols listed between {start} and {end}")
+    have = {f: [s for s in symbols if (root / "features" / s.lower() / f"{f[1:]}.day.bin").is_file()]
+            for f in ("$amount", "$vwap")}
+    fields = list(BASE_FIELDS) + [f for f in ("$amount", "$vwap") if have[f]]
+    frame = D.features(universe, fields, start_time=start, end_time=end, freq="day")
+    if frame is None or frame.empty:
+        raise DataError(f"{root}: no rows for {instrument!r} between {start} and {end}")
+    frame = frame.sort_index()
+    inst = frame.index.get_level_values("instrument").to_numpy()
+    stamps = frame.index.get_level_values("datetime").to_numpy().astype("datetime64[ns]").astype(np.int64)
+    data = frame[fields].to_numpy(dtype=np.float64)
+    present = set(inst.tolist())
+    skipped += [(s, "no rows in the date range") for s in symbols if s not in present]
+    starts = np.flatnonzero(np.r_[True, inst[1:] != inst[:-1]])
+    bounds = np.r_[starts, len(inst)]
+    series, nan_rows = [], 0
+    amount_col = fields.index("$amount") if "$amount" in fields else None
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        block = data[a:b]
+        # Suspended days are stored as NaN by Qlib; such bars carry no information, so they are dropped.
+        ok = ~np.isnan(block[:, :5]).any(axis=1)
+        nan_rows += int((~ok).sum())
+        block, ts = block[ok], stamps[a:b][ok]
+        if len(ts) == 0:
+            skipped.append((str(inst[a]), "only missing values in the date range"))
+            continue
+        amount = None
+        if amount_col is not None and not np.isnan(block[:, amount_col]).any():
+            amount = block[:, amount_col]
+        values = build_values(block[:, 0], block[:, 1], block[:, 2], block[:, 3], block[:, 4], amount)
+        series.append(SymbolSeries(str(inst[a]), ts, values))
+    notes = [f"dropped {nan_rows} bars with missing values (suspended days)"] if nan_rows else []
+    if not have["$amount"]:
+        notes.append("no $amount field: amt derived as mean(open, high, low, close) x volume")
+    return SourceData(series=series, fields=fields, freq="1D", skipped=skipped, notes=notes)

@@ -1,0 +1,23 @@
+"""Write a synthetic daily market as a Qlib provider folder (see ds_kronos/data/demo_market.py).
+
+    python launch/make_demo_data.py --out demo_qlib --symbols 40 --seed 0
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from ds_kronos.cli import run_main
+from ds_kronos.config import parse_config
+from ds_kronos.data.demo_market import DemoMarketConfig, write_demo_market
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_config(DemoMarketConfig, argv)
+    path = write_demo_market(config.out, symbols=config.symbols, seed=config.seed, start=config.start,
+                             end=config.end, amount=config.amount, overwrite=config.overwrite)
+    print(f"wrote demo market with {config.symbols} symbols ({config.start}..{config.end}) to {path}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,124 @@
+"""Reading a DeepSpeed JSON and filling its "auto" values from the job's options and data.
+
+As in the Hugging Face DeepSpeed integration: ``train_micro_batch_size_per_gpu``, ``gradient_accumulation_steps``,
+``train_batch_size`` and the scheduler's ``total_num_steps`` / ``warmup_num_steps`` may be "auto". An explicit JSON
+value wins over a default; an explicit JSON value that contradicts an option the user set is an error naming both.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ds_kronos.errors import ConfigError
+
+AUTO = "auto"
+WARMUP_FRACTION = 0.03
+"""Share of optimizer steps spent warming up: upstream's OneCycleLR(pct_start=0.03)."""
+
+
+def load_ds_config(path: str) -> dict[str, Any]:
+    if not path:
+        raise ConfigError("--deepspeed_config is required (e.g. ds_configs/zero2.json)")
+    if not os.path.isfile(path):
+        raise ConfigError(f"--deepspeed_config {path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--deepspeed_config {path}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                          f"{exc.msg})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--deepspeed_config {path}: not a text file") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"--deepspeed_config {path}: expected a JSON object")
+    if "optimizer" not in config:
+        raise ConfigError(f"--deepspeed_config {path}: no \"optimizer\" section (ds_configs/ has examples)")
+    return config
+
+
+def _pick(config: dict, key: str, option_value: Any, default: Any, option_name: str, path: str) -> Any:
+    """Resolve one value that both the JSON and an option may set."""
+    json_value = config.get(key, AUTO)
+    if json_value == AUTO:
+        return default if option_value is None else option_value
+    if option_value is not None and option_value != json_value:
+        raise ConfigError(f"{path} sets {key}={json_value} but --{option_name} is {option_value}; "
+                          f"set one of them (or make the JSON value \"auto\")")
+    return json_value
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    micro_batch: int
+    grad_accum: int
+    world_size: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.grad_accum * self.world_size
+
+
+def resolve_batch(config: dict, path: str, *, batch_size: int | None, grad_accum: int | None, world_size: int,
+                  default_micro: int, default_accum: int) -> BatchPlan:
+    micro = _pick(config, "train_micro_batch_size_per_gpu", batch_size, default_micro, "batch_size", path)
+    accum = _pick(config, "gradient_accumulation_steps", grad_accum, default_accum, "grad_accum", path)
+    plan = BatchPlan(int(micro), int(accum), world_size)
+    total = config.get("train_batch_size", AUTO)
+    if total != AUTO and int(total) != plan.global_batch:
+        raise ConfigError(f"{path} sets train_batch_size={total}, but micro batch {plan.micro_batch} x accumulation "
+                          f"{plan.grad_accum} x world size {world_size} = {plan.global_batch}")
+    return plan
+
+
+def warmup_steps(total_steps: int) -> int:
+    return max(1, round(WARMUP_FRACTION * total_steps))
+
+
+def resolve_ds_config(config: dict, path: str, *, plan: BatchPlan, total_steps: int, lr: float | None,
+                      use_onecycle: bool, on_cpu: bool) -> dict[str, Any]:
+    """A copy of ``config`` with every "auto" filled and the CPU/scheduler adjustments applied."""
+    resolved = copy.deepcopy(config)
+    resolved["train_micro_batch_size_per_gpu"] = plan.micro_batch
+    resolved["gradient_accumulation_steps"] = plan.grad_accum
+    resolved["train_batch_size"] = plan.global_batch
+
+    params = resolved["optimizer"].setdefault("params", {})
+    params["lr"] = _pick(params, "lr", lr, None, "lr", path)
+    if params["lr"] is None:
+        raise ConfigError(f"{path}: optimizer.params.lr is \"auto\" and --lr is not set")
+    offloaded = resolved.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
+    if on_cpu and not offloaded:
+        # FusedAdam needs CUDA; on the CPU accelerator the plain torch AdamW is the fast, exact choice.
+        params.setdefault("torch_adam", True)
+
+    if use_onecycle:
+        # torch's OneCycleLR is handed to deepspeed.initialize instead (it must see the plain torch optimizer).
+        resolved.pop("scheduler", None)
+    elif "scheduler" in resolved:
+        sched_params = resolved["scheduler"].setdefault("params", {})
+        for key, value in (("total_num_steps", total_steps), ("warmup_num_steps", warmup_steps(total_steps))):
+            if sched_params.get(key, AUTO) == AUTO:
+                sched_params[key] = value
+        for key in ("warmup_max_lr", "cycle_max_lr"):
+            if sched_params.get(key) == AUTO:
+                sched_params[key] = params["lr"]
+    return resolved
+
+
+def steps_per_epoch(batches_per_rank: int, grad_accum: int) -> int:
+    return batches_per_rank // grad_accum
+
+
+def total_optimizer_steps(epochs: int, per_epoch: int, max_steps: int) -> tuple[int, int]:
+    """(total optimizer steps, epochs to run): ``max_steps`` (if set) decides and the epoch count follows."""
+    if per_epoch < 1:
+        raise ConfigError("the training split yields no optimizer step per epoch: lower --batch_size/--grad_accum "
+                          "or raise --n_train_iter")
+    if max_steps:
+        return max_steps, math.ceil(max_steps / per_epoch)
+    return epochs * per_epoch, epochs

@@ -1,0 +1,109 @@
+"""Rank-0 reporting: progress lines, comet_ml (online or offline), the metric history and the loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ds_kronos.errors import ConfigError
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+class CometLogger:
+    """comet_ml experiment with upstream's metric names. Offline mode writes a zip archive under ``directory``."""
+
+    def __init__(self, mode: str, project: str, name: str | None, directory: Path, parameters: dict[str, Any]):
+        # Auto-logging hooks into torch and argparse; the trainer logs what it means to log.
+        os.environ.setdefault("COMET_DISABLE_AUTO_LOGGING", "1")
+        import comet_ml
+
+        quiet = dict(log_code=False, log_graph=False, auto_param_logging=False, auto_metric_logging=False,
+                     auto_output_logging=False, log_env_details=False, log_git_metadata=False, log_git_patch=False,
+                     log_env_gpu=False, log_env_host=False, log_env_cpu=False, display_summary_level=0)
+        if mode == "online":
+            api_key = os.environ.get("COMET_API_KEY")
+            if not api_key:
+                raise ConfigError("--comet online needs COMET_API_KEY in the environment (or use --comet offline)")
+            self.experiment = comet_ml.Experiment(api_key=api_key, project_name=project, **quiet)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.experiment = comet_ml.OfflineExperiment(project_name=project, offline_directory=str(directory),
+                                                         **quiet)
+        if name:
+            self.experiment.set_name(name)
+        self.experiment.log_parameters(parameters)
+
+    def log(self, name: str, value: float, step: int | None = None, epoch: int | None = None) -> None:
+        self.experiment.log_metric(name, value, step=step, epoch=epoch)
+
+    def end(self) -> None:
+        self.experiment.end()
+
+
+@dataclass
+class History:
+    """Everything plotted and summarised at the end (rank 0)."""
+
+    train: list[tuple[int, float]] = field(default_factory=list)
+    val: list[tuple[int, float]] = field(default_factory=list)
+
+    def plot(self, path: Path, title: str) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        if self.train:
+            ax.plot(*zip(*self.train), label="train loss (mean over log interval)", lw=1)
+        if self.val:
+            ax.plot(*zip(*self.val), "o-", label="validation loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("cross-entropy (mean of s1 and s2)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, path)
+
+
+class Progress:
+    """One line per log interval: step, epoch, losses, lr, samples/s, ETA."""
+
+    def __init__(self, total_steps: int, epochs: int, samples_per_step: int, start_step: int = 0):
+        self.total_steps, self.epochs, self.samples_per_step = total_steps, epochs, samples_per_step
+        self.start_step = start_step
+        self.start = self.last = time.perf_counter()
+        self.last_step = start_step
+
+    def line(self, step: int, epoch: int, loss: float, s1: float, s2: float, lr: float) -> str:
+        now = time.perf_counter()
+        rate = (step - self.last_step) * self.samples_per_step / max(now - self.last, 1e-9)
+        overall = (step - self.start_step) / max(now - self.start, 1e-9)
+        eta = (self.total_steps - step) / overall if overall > 0 else 0.0
+        self.last, self.last_step = now, step
+        return (f"step {step}/{self.total_steps} | epoch {epoch + 1}/{self.epochs} | loss {loss:.4f} "
+                f"(s1 {s1:.4f}, s2 {s2:.4f}) | lr {lr:.3e} | {rate:.1f} samples/s | ETA {format_seconds(eta)}")
+
+
+def say(message: str) -> None:
+    print(message, flush=True, file=sys.stdout)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,84 @@
+"""Process-level set-up: distributed init through DeepSpeed, device, threads, seeds."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_runtime(threads: int | None = None) -> Runtime:
+    """Initialise torch.distributed through ``deepspeed.init_distributed`` (gloo/shm on CPU, NCCL on GPU).
+
+    Works under the deepspeed launcher, torchrun, or as a plain single process (then a 1-process group on a free
+    local port is created, so the same code path runs everywhere).
+    """
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    accelerator = get_accelerator()
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))
+    if accelerator.device_name() == "cpu":
+        # Several ranks share the cores: oversubscribing threads makes every rank slower.
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_world)))
+    elif threads:
+        torch.set_num_threads(threads)
+    deepspeed.init_distributed()
+    import deepspeed.comm as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if accelerator.device_name() == "cpu":
+        device = torch.device("cpu")
+    else:
+        accelerator.set_device(local_rank)
+        device = torch.device(accelerator.device_name(local_rank))
+    return Runtime(rank, local_rank, world, local_world, device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def barrier() -> None:
+    import deepspeed.comm as dist
+    dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    import deepspeed.comm as dist
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+

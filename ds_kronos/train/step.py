@@ -1,0 +1,35 @@
+"""The training/validation step shared by the loop and validation: tokenize (frozen), shift, predict, score."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ds_kronos.model import KronosTokenizer
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    s1_in: torch.Tensor
+    s2_in: torch.Tensor
+    s1_out: torch.Tensor
+    s2_out: torch.Tensor
+    stamp: torch.Tensor
+
+
+@torch.no_grad()
+def tokenize_batch(tokenizer: KronosTokenizer, x: torch.Tensor, stamp: torch.Tensor, device: torch.device,
+                   dtype: torch.dtype) -> StepInputs:
+    """Upstream's step: ids of the window, inputs = ids[:, :-1], targets = ids[:, 1:], stamps of the inputs."""
+    x = x.to(device, non_blocking=True)
+    s1, s2 = tokenizer.encode(x.to(dtype), half=True)
+    return StepInputs(s1[:, :-1], s2[:, :-1], s1[:, 1:], s2[:, 1:], stamp.to(device, non_blocking=True)[:, :-1])
+
+
+def predict_and_score(model, head, batch: StepInputs, teacher_forcing: bool, causal_s2: bool | None = None,
+                      reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward through ``model`` (the DeepSpeed engine, so gradients are synchronised) and the dual-head loss."""
+    s1_logits, s2_logits = model(batch.s1_in, batch.s2_in, batch.stamp, use_teacher_forcing=teacher_forcing,
+                                 s1_targets=batch.s1_out if teacher_forcing else None, causal_s2=causal_s2)
+    return head.compute_loss(s1_logits, s2_logits, batch.s1_out, batch.s2_out, reduction=reduction)

@@ -1,0 +1,323 @@
+"""The predictor fine-tuning job: data -> frozen tokenizer -> DeepSpeed engine -> validation -> outputs.
+
+Run recipe (CPU, 2 processes)::
+
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train.py --deepspeed_config ds_configs/zero2.json \\
+        --data prepared/ --tokenizer tiny --predictor tiny --epochs 2 --batch_size 16 --save_dir runs/demo
+
+Outputs in ``save_dir``: ``best_model/`` (published folder format, fp32 master weights), ``checkpoints/`` (DeepSpeed
+state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet offline``, ``comet/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ds_kronos.data import PreparedDataset, ShardedWindowSampler, WindowDataset
+from ds_kronos.errors import UserError
+from ds_kronos.forecast import check_pair
+from ds_kronos.model import Kronos, KronosTokenizer
+from ds_kronos.train.checkpoints import gather_fp32_state_dict, load_training_state, save_training_state
+from ds_kronos.train.config import DEFAULT_GRAD_ACCUM, DEFAULT_MICRO_BATCH, TrainConfig
+from ds_kronos.train.ds_config import (load_ds_config, resolve_batch, resolve_ds_config, total_optimizer_steps,
+                                       warmup_steps)
+from ds_kronos.train.reporting import CometLogger, History, Progress, say, write_json_atomic
+from ds_kronos.train.runtime import Runtime, barrier, init_runtime, seed_everything
+from ds_kronos.train.schedule import onecycle_factory
+from ds_kronos.train.step import predict_and_score, tokenize_batch
+from ds_kronos.train.validation import ValidationResult, validate
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_model(cls, name_or_path: str):
+    """A checkpoint folder, else a preset name (random init)."""
+    if Path(name_or_path).expanduser().exists() or "/" in name_or_path:
+        return cls.from_pretrained(name_or_path)
+    return cls.from_preset(name_or_path)
+
+
+def tokenizer_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "auto":
+        # fp16 on GPU as upstream; on CPU fp16 is slow and bf16 flips tokens (see README), so fp32.
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[choice]
+
+
+@dataclass
+class Position:
+    """Where the run stands; saved in checkpoints so a resumed run continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    micro_in_epoch: int = 0
+    best_val: float = math.inf
+    first_val: float | None = None
+    last_val: float | None = None
+    samples: int = 0
+    train_seconds: float = 0.0
+    history: History = field(default_factory=History)
+
+    def to_client_state(self) -> dict[str, Any]:
+        state = dataclasses.asdict(self)
+        state["history"] = {"train": self.history.train, "val": self.history.val}
+        return state
+
+    @classmethod
+    def from_client_state(cls, state: dict[str, Any]) -> "Position":
+        values = {k: v for k, v in state.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        history = values.pop("history", {"train": [], "val": []})
+        return cls(**values, history=History([tuple(p) for p in history["train"]],
+                                             [tuple(p) for p in history["val"]]))
+
+
+class PredictorTrainer:
+    def __init__(self, config: TrainConfig):
+        self._start = time.perf_counter()
+        self.config = config
+        self.ds_json = load_ds_config(config.deepspeed_config)  # fail fast, before processes wait on each other
+        self.runtime: Runtime = init_runtime(config.threads)
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        seed_everything(config.seed)  # identical preset init on every rank
+        self.save_dir = Path(config.save_dir)
+        self.checkpoint_dir = self.save_dir / "checkpoints"
+        if self.runtime.is_main:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self._build_data()
+        self._build_models()
+        self._build_engine()
+        self.position = Position()
+        self.comet: CometLogger | None = None
+        self._checkpointed_step = -1
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _build_data(self) -> None:
+        c, rt = self.config, self.runtime
+        prepared = PreparedDataset.open(c.data)
+        self.train_set = WindowDataset(prepared, "train", max_samples=c.n_train_iter, seed=c.seed, clip=c.clip)
+        self.val_set = WindowDataset(prepared, "val", max_samples=c.n_val_iter, seed=c.seed, shuffle=False,
+                                     clip=c.clip)
+        self.plan = resolve_batch(self.ds_json, c.deepspeed_config, batch_size=c.batch_size, grad_accum=c.grad_accum,
+                                  world_size=rt.world_size, default_micro=DEFAULT_MICRO_BATCH,
+                                  default_accum=DEFAULT_GRAD_ACCUM)
+        self.train_sampler = ShardedWindowSampler(len(self.train_set), rank=rt.rank, world_size=rt.world_size,
+                                                  batch_size=self.plan.micro_batch, drop_last=True)
+        val_sampler = ShardedWindowSampler(len(self.val_set), rank=rt.rank, world_size=rt.world_size,
+                                           batch_size=self.plan.micro_batch, drop_last=False)
+        workers = c.num_workers if c.num_workers is not None else (0 if rt.on_cpu else 2)
+
+        def loader(dataset, sampler) -> DataLoader:
+            # A private generator: creating a DataLoader iterator must not consume the global torch RNG, or a
+            # resumed run (which creates its iterator mid-epoch) would sample differently from an uninterrupted one.
+            return DataLoader(dataset, batch_size=self.plan.micro_batch, sampler=sampler, num_workers=workers,
+                              pin_memory=rt.device.type == "cuda", generator=torch.Generator())
+
+        self.train_loader = loader(self.train_set, self.train_sampler)
+        self.val_loader = loader(self.val_set, val_sampler)
+        self.steps_per_epoch = self.train_sampler.batches_per_epoch() // self.plan.grad_accum
+        self.total_steps, self.epochs = total_optimizer_steps(c.epochs, self.steps_per_epoch, c.max_steps)
+
+    def _build_models(self) -> None:
+        c, rt = self.config, self.runtime
+        self.tokenizer_dtype = tokenizer_dtype(c.tokenizer_dtype, rt.device)
+        tokenizer = load_model(KronosTokenizer, c.tokenizer)
+        self.tokenizer = tokenizer.eval().requires_grad_(False).to(rt.device, self.tokenizer_dtype)
+        self.predictor = load_model(Kronos, c.predictor)
+        check_pair(self.tokenizer, self.predictor)
+        self.predictor.gradient_checkpointing = c.activation_checkpointing
+
+    def _build_engine(self) -> None:
+        import deepspeed
+
+        c = self.config
+        use_onecycle = c.lr_schedule == "onecycle"
+        self.ds_config = resolve_ds_config(self.ds_json, c.deepspeed_config, plan=self.plan,
+                                           total_steps=self.total_steps, lr=c.lr, use_onecycle=use_onecycle,
+                                           on_cpu=self.runtime.on_cpu)
+        max_lr = self.ds_config["optimizer"]["params"]["lr"]
+        trainable = [p for p in self.predictor.parameters() if p.requires_grad]
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=self.predictor, model_parameters=trainable, config=self.ds_config,
+            lr_scheduler=onecycle_factory(max_lr, self.total_steps) if use_onecycle else None)
+        if not use_onecycle and getattr(self.scheduler, "last_batch_iteration", None) == -1:
+            # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
+            self.scheduler.step()
+
+    # ------------------------------------------------------------------------------------------------ run
+    def _banner(self) -> None:
+        c, rt, plan = self.config, self.runtime, self.plan
+        params = sum(p.numel() for p in self.predictor.parameters())
+        zero = self.ds_config.get("zero_optimization", {}).get("stage", 0)
+        precision = "bf16" if self.ds_config.get("bf16", {}).get("enabled") else (
+            "fp16" if self.ds_config.get("fp16", {}).get("enabled") else "fp32")
+        say(f"ds_kronos: {rt.world_size} process(es) on {rt.device.type}, ZeRO-{zero}, {precision}; predictor "
+            f"{c.predictor} ({params:,} params), tokenizer {c.tokenizer} ({str(self.tokenizer_dtype)[6:]}, frozen)")
+        say(f"data {c.data}: {self.train_set.num_windows:,} train windows ({len(self.train_set):,} per epoch), "
+            f"{self.val_set.num_windows:,} val windows ({len(self.val_set):,} per evaluation); window "
+            f"{self.train_set.window} bars")
+        say(f"batch {plan.micro_batch} per rank x {plan.grad_accum} accumulation x {rt.world_size} ranks = "
+            f"{plan.global_batch}; {self.steps_per_epoch} steps/epoch, {self.total_steps} steps over {self.epochs} "
+            f"epoch(s); lr schedule {c.lr_schedule} (warm-up {warmup_steps(self.total_steps)} steps)")
+
+    def _evaluate(self, label: str) -> ValidationResult:
+        c = self.config
+        result = validate(self.engine, self.tokenizer, self.val_loader, self.runtime, self.tokenizer_dtype,
+                          c.teacher_forcing, c.seed)
+        pos = self.position
+        pos.last_val = result.loss
+        if pos.first_val is None:
+            pos.first_val = result.loss
+        pos.history.val.append((pos.step, result.loss))
+        improved = result.loss < pos.best_val
+        if improved:
+            pos.best_val = result.loss
+        state = gather_fp32_state_dict(self.engine) if improved else None  # collective
+        if self.runtime.is_main:
+            note = ""
+            if improved:
+                self.predictor.save_pretrained(self.save_dir / "best_model", state_dict=state)
+                note = " (best so far: saved best_model/)"
+            say(f"validation {label} at step {pos.step}: loss {result.loss:.4f} (s1 {result.s1_loss:.4f}, "
+                f"s2 {result.s2_loss:.4f}) over {result.samples} samples{note}")
+            if self.comet:
+                self.comet.log("val_predictor_loss_epoch", result.loss, step=pos.step, epoch=pos.epoch)
+                self.comet.log("val_S1_loss", result.s1_loss, step=pos.step)
+                self.comet.log("val_S2_loss", result.s2_loss, step=pos.step)
+        return result
+
+    def _checkpoint(self) -> None:
+        if self._checkpointed_step == self.position.step:
+            return
+        save_training_state(self.engine, self.runtime, self.checkpoint_dir, self.position.step,
+                            self.position.to_client_state(), self.config.keep_last)
+        self._checkpointed_step = self.position.step
+
+    def run(self) -> dict[str, Any]:
+        c, rt = self.config, self.runtime
+        if c.resume:
+            self.position = Position.from_client_state(load_training_state(self.engine, rt, self.checkpoint_dir))
+            if rt.is_main:
+                say(f"resumed from step {self.position.step} (epoch {self.position.epoch + 1}, micro-batch "
+                    f"{self.position.micro_in_epoch})")
+        if rt.is_main:
+            self._banner()
+            if c.comet != "off":
+                self.comet = CometLogger(c.comet, c.comet_project, c.comet_name, self.save_dir / "comet",
+                                         {**dataclasses.asdict(c), "world_size": rt.world_size})
+        if c.eval_at_start and self.position.step == 0 and not self.position.history.val:
+            self._evaluate("before training")
+        stopped_early = self._train()
+        summary = self._finish(stopped_early)
+        if self.comet:
+            self.comet.end()
+        return summary
+
+    def _train(self) -> bool:
+        """The epoch loop; returns True when stopped by ``exit_after_steps``."""
+        c, rt, pos, plan = self.config, self.runtime, self.position, self.plan
+        head = self.engine.module.head
+        micro_per_epoch = self.steps_per_epoch * plan.grad_accum
+        progress = Progress(self.total_steps, self.epochs, plan.global_batch, start_step=pos.step)
+        running = torch.zeros(3, device=rt.device)
+        running_count = 0
+        self.engine.train()
+        while pos.step < self.total_steps:
+            if pos.micro_in_epoch >= micro_per_epoch:
+                pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
+            self.train_sampler.set_epoch(pos.epoch)
+            self.train_sampler.set_start_batch(pos.micro_in_epoch)
+            epoch_start = time.perf_counter()
+            for x, stamp in self.train_loader:
+                if pos.micro_in_epoch >= micro_per_epoch or pos.step >= self.total_steps:
+                    break
+                batch = tokenize_batch(self.tokenizer, x, stamp, rt.device, self.tokenizer_dtype)
+                loss, s1_loss, s2_loss = predict_and_score(self.engine, head, batch, c.teacher_forcing)
+                self.engine.backward(loss)
+                self.engine.step()
+                running += torch.stack([loss.detach(), s1_loss.detach(), s2_loss.detach()]).float()
+                running_count += 1
+                pos.micro_in_epoch += 1
+                if pos.micro_in_epoch % plan.grad_accum:
+                    continue
+                pos.step += 1
+                pos.samples += plan.global_batch
+                if pos.step % c.log_every == 0 or pos.step == self.total_steps:
+                    mean = (running / running_count).tolist()  # the one host sync, at log intervals only
+                    running.zero_()
+                    running_count = 0
+                    pos.history.train.append((pos.step, mean[0]))
+                    if rt.is_main:
+                        lr = self.engine.get_lr()[0]
+                        say(progress.line(pos.step, pos.epoch, mean[0], mean[1], mean[2], lr))
+                        if self.comet:
+                            for name, value in (("train_predictor_loss_batch", mean[0]),
+                                                ("train_S1_loss_each_batch", mean[1]),
+                                                ("train_S2_loss_each_batch", mean[2]),
+                                                ("predictor_learning_rate", lr)):
+                                self.comet.log(name, value, step=pos.step)
+                end_of_epoch = pos.micro_in_epoch >= micro_per_epoch or pos.step >= self.total_steps
+                if (c.eval_every and pos.step % c.eval_every == 0) or end_of_epoch:
+                    pos.train_seconds += time.perf_counter() - epoch_start
+                    self._evaluate("end of epoch" if end_of_epoch else "periodic")
+                    epoch_start = time.perf_counter()
+                if (c.save_every and pos.step % c.save_every == 0) or (end_of_epoch and not c.save_every):
+                    self._checkpoint()
+                if c.exit_after_steps and pos.step == c.exit_after_steps and pos.step < self.total_steps:
+                    self._checkpoint()
+                    if rt.is_main:
+                        say(f"stopping after step {pos.step} as asked (--exit_after_steps); resume with --resume")
+                    return True
+            pos.train_seconds += time.perf_counter() - epoch_start
+            pos.micro_in_epoch = max(pos.micro_in_epoch, micro_per_epoch)  # the loader is exhausted either way
+        if not pos.history.val or pos.history.val[-1][0] != pos.step:
+            self._evaluate("final")
+        self._checkpoint()
+        return False
+
+    def _finish(self, stopped_early: bool) -> dict[str, Any]:
+        rt, pos = self.runtime, self.position
+        summary = {
+            "status": "stopped (exit_after_steps)" if stopped_early else "finished",
+            "config": dataclasses.asdict(self.config),
+            "deepspeed_config": self.ds_config,
+            "world_size": rt.world_size,
+            "device": rt.device.type,
+            "steps": pos.step,
+            "total_steps": self.total_steps,
+            "epochs": self.epochs,
+            "steps_per_epoch": self.steps_per_epoch,
+            "global_batch": self.plan.global_batch,
+            "first_val_loss": pos.first_val,
+            "best_val_loss": pos.best_val if math.isfinite(pos.best_val) else None,
+            "final_val_loss": pos.last_val,
+            "train_samples": pos.samples,
+            "train_seconds": round(pos.train_seconds, 3),
+            "samples_per_s": round(pos.samples / pos.train_seconds, 3) if pos.train_seconds else None,
+            "wall_seconds": round(time.perf_counter() - self._start, 3),
+            "best_model": str(self.save_dir / "best_model"),
+        }
+        if rt.is_main:
+            write_json_atomic(self.save_dir / "summary.json", summary)
+            pos.history.plot(self.save_dir / "loss_curve.png", f"Kronos fine-tuning ({self.config.predictor})")
+            say(f"done: {summary['status']} at step {pos.step}; best val {summary['best_val_loss']}, final val "
+                f"{summary['final_val_loss']}; {summary['samples_per_s']} samples/s; outputs in {self.save_dir}")
+        barrier()
+        return summary
+
+
+def run_training(config: TrainConfig) -> dict[str, Any]:
+    trainer = PredictorTrainer(config)
+    try:
+        return trainer.run()
+    except torch.cuda.OutOfMemoryError as exc:  # a user-fixable sizing problem
+        raise UserError(f"out of GPU memory: {str(exc).splitlines()[0]} (lower --batch_size, use ZeRO-3, "
+                        f"offload or --activation_checkpointing; see launch/plan.py)") from None

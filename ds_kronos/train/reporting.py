@@ -56,7 +56,18 @@ class History:
     """Everything plotted and summarised at the end (rank 0)."""
 
     train: list[tuple[int, float]] = field(default_factory=list)
+    """(step, mean training loss over the log interval)"""
     val: list[tuple[int, float]] = field(default_factory=list)
+    """(step, validation loss)"""
+    lr: list[tuple[int, float]] = field(default_factory=list)
+    """(step, learning rate used by that optimizer step), at log intervals"""
+
+    def to_dict(self) -> dict[str, list]:
+        return {"train": self.train, "val": self.val, "lr": self.lr}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, list]) -> "History":
+        return cls(*([tuple(p) for p in values.get(key, [])] for key in ("train", "val", "lr")))
 
     def plot(self, path: Path, title: str) -> None:
         import matplotlib

@@ -5,8 +5,8 @@ Run recipe (CPU, 2 processes)::
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train.py --deepspeed_config ds_configs/zero2.json \\
         --data prepared/ --tokenizer tiny --predictor tiny --epochs 2 --batch_size 16 --save_dir runs/demo
 
-Outputs in ``save_dir``: ``best_model/`` (published folder format, fp32 master weights), ``checkpoints/`` (DeepSpeed
-state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet offline``, ``comet/``.
+Outputs in ``save_dir``: ``best_model/`` (lowest validation loss) and ``final_model/`` (last step), both in the
+published folder format from the fp32 master weights, ``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet offline``, ``comet/``.
 """
 
 from __future__ import annotations
@@ -68,16 +68,14 @@ class Position:
     history: History = field(default_factory=History)
 
     def to_client_state(self) -> dict[str, Any]:
-        state = dataclasses.asdict(self)
-        state["history"] = {"train": self.history.train, "val": self.history.val}
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        state["history"] = self.history.to_dict()
         return state
 
     @classmethod
     def from_client_state(cls, state: dict[str, Any]) -> "Position":
         values = {k: v for k, v in state.items() if k in {f.name for f in dataclasses.fields(cls)}}
-        history = values.pop("history", {"train": [], "val": []})
-        return cls(**values, history=History([tuple(p) for p in history["train"]],
-                                             [tuple(p) for p in history["val"]]))
+        return cls(**{**values, "history": History.from_dict(values.get("history", {}))})
 
 
 class PredictorTrainer:
@@ -242,6 +240,7 @@ class PredictorTrainer:
                 batch = tokenize_batch(self.tokenizer, x, stamp, rt.device, self.tokenizer_dtype)
                 loss, s1_loss, s2_loss = predict_and_score(self.engine, head, batch, c.teacher_forcing)
                 self.engine.backward(loss)
+                lr_used = self.engine.get_lr()[0]  # the lr this step applies (the scheduler moves on in step())
                 self.engine.step()
                 running += torch.stack([loss.detach(), s1_loss.detach(), s2_loss.detach()]).float()
                 running_count += 1
@@ -255,8 +254,9 @@ class PredictorTrainer:
                     running.zero_()
                     running_count = 0
                     pos.history.train.append((pos.step, mean[0]))
+                    pos.history.lr.append((pos.step, lr_used))
                     if rt.is_main:
-                        lr = self.engine.get_lr()[0]
+                        lr = lr_used
                         say(progress.line(pos.step, pos.epoch, mean[0], mean[1], mean[2], lr))
                         if self.comet:
                             for name, value in (("train_predictor_loss_batch", mean[0]),
@@ -281,6 +281,9 @@ class PredictorTrainer:
         if not pos.history.val or pos.history.val[-1][0] != pos.step:
             self._evaluate("final")
         self._checkpoint()
+        state = gather_fp32_state_dict(self.engine)  # collective
+        if rt.is_main:
+            self.predictor.save_pretrained(self.save_dir / "final_model", state_dict=state)
         return False
 
     def _finish(self, stopped_early: bool) -> dict[str, Any]:
@@ -304,6 +307,8 @@ class PredictorTrainer:
             "samples_per_s": round(pos.samples / pos.train_seconds, 3) if pos.train_seconds else None,
             "wall_seconds": round(time.perf_counter() - self._start, 3),
             "best_model": str(self.save_dir / "best_model"),
+            "final_model": None if stopped_early else str(self.save_dir / "final_model"),
+            "history": pos.history.to_dict(),
         }
         if rt.is_main:
             write_json_atomic(self.save_dir / "summary.json", summary)

@@ -1,0 +1,220 @@
+"""The DeepSpeed predictor trainer, run for real: 2 CPU ranks through the deepspeed launcher on the demo data.
+
+One short run per ds_configs/*.json is made once per session (module fixture) and inspected by several tests, to
+keep the suite's time down: 2 epochs x 4 optimizer steps, 75 validation samples (38 + 37 over the two ranks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ds_kronos.data import PreparedDataset, WindowDataset
+from ds_kronos.model import Kronos, KronosTokenizer
+from ds_kronos.train.ds_config import warmup_steps
+from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
+from helpers import REPO
+
+CONFIGS = sorted(p.stem for p in (REPO / "ds_configs").glob("*.json"))
+TOTAL_STEPS = 8
+VAL_SAMPLES = 75
+SEED = 100
+# Extra options per config: zero1 exercises the exact OneCycleLR mode and comet offline, zero3 teacher forcing.
+EXTRA = {"zero1": ["--lr_schedule", "onecycle", "--comet", "offline"], "zero3": ["--teacher_forcing"]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "COMET_DISABLE_AUTO_LOGGING": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def deepspeed_train(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    command = [str(REPO / ".venv" / "bin" / "deepspeed") if (REPO / ".venv" / "bin" / "deepspeed").exists()
+               else "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
+               str(REPO / "launch" / "train.py"), *args]
+    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tiny_models")
+    torch.manual_seed(SEED)
+    KronosTokenizer.from_preset("tiny").save_pretrained(folder / "tokenizer")
+    Kronos.from_preset("tiny").save_pretrained(folder / "predictor")
+    return folder / "tokenizer", folder / "predictor"
+
+
+def common_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) -> list[str]:
+    tokenizer, predictor = checkpoints
+    return ["--data", str(prepared), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
+            "--save_dir", str(save_dir), "--epochs", "2", "--n_train_iter", "128", "--n_val_iter", str(VAL_SAMPLES),
+            "--batch_size", "16", "--log_every", "1", "--seed", str(SEED)]
+
+
+@pytest.fixture(scope="module")
+def config_runs(demo_prepared_dir, tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("config_runs")
+    runs = {}
+    for name in CONFIGS:
+        save_dir = root / name
+        deepspeed_train(common_args(demo_prepared_dir, tiny_checkpoints, save_dir)
+                        + ["--deepspeed_config", f"ds_configs/{name}.json", *EXTRA.get(name, [])])
+        runs[name] = save_dir
+    return runs
+
+
+def summary(save_dir: Path) -> dict:
+    return json.loads((save_dir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_trains_and_writes_loadable_models(config_runs, name):
+    result = summary(config_runs[name])
+    assert result["status"] == "finished"
+    assert result["steps"] == TOTAL_STEPS and result["world_size"] == 2
+    assert result["deepspeed_config"]["train_batch_size"] == 32
+    losses = [loss for _, loss in result["history"]["train"]]
+    assert len(losses) == TOTAL_STEPS and all(np.isfinite(losses))
+    assert [step for step, _ in result["history"]["val"]] == [0, 4, 8]
+    assert result["best_val_loss"] == min(loss for _, loss in result["history"]["val"])
+    for folder in ("best_model", "final_model"):
+        model = Kronos.from_pretrained(config_runs[name] / folder)
+        assert all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())
+    assert (config_runs[name] / "loss_curve.png").stat().st_size > 1000
+    assert (config_runs[name] / "checkpoints" / "latest").read_text().strip() == "step00000008"
+
+
+def test_training_moves_the_weights_and_lowers_the_loss(config_runs, tiny_checkpoints):
+    result = summary(config_runs["zero2"])
+    assert result["final_val_loss"] < result["first_val_loss"]
+    before = Kronos.from_pretrained(tiny_checkpoints[1]).state_dict()
+    after = Kronos.from_pretrained(config_runs["zero2"] / "final_model").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # Buffers travel unchanged (rotary frequencies stay fp32 even though bf16 engines cast the module).
+    bf16 = Kronos.from_pretrained(config_runs["zero2_bf16"] / "final_model").state_dict()
+    for key in before:
+        if key.endswith("inv_freq"):
+            assert torch.equal(before[key], bf16[key])
+
+
+def test_zero0_and_zero2_give_the_same_losses(config_runs):
+    zero0, zero2 = summary(config_runs["zero0"]), summary(config_runs["zero2"])
+    np.testing.assert_allclose([v for _, v in zero0["history"]["train"]], [v for _, v in zero2["history"]["train"]],
+                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose([v for _, v in zero0["history"]["val"]], [v for _, v in zero2["history"]["val"]],
+                               rtol=0, atol=1e-4)
+    a = Kronos.from_pretrained(config_runs["zero0"] / "final_model").state_dict()
+    b = Kronos.from_pretrained(config_runs["zero2"] / "final_model").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+
+
+def test_bf16_run_tracks_fp32(config_runs):
+    fp32, bf16 = summary(config_runs["zero2"]), summary(config_runs["zero2_bf16"])
+    np.testing.assert_allclose([v for _, v in bf16["history"]["val"]], [v for _, v in fp32["history"]["val"]],
+                               atol=0.02)
+
+
+def test_all_reduced_validation_equals_single_process(config_runs, demo_prepared_dir, tiny_checkpoints):
+    """75 samples over 2 ranks (38 + 37): the all-reduced mean must equal one process scoring all 75."""
+    first_val = summary(config_runs["zero3"])["history"]["val"][0]
+    assert first_val[0] == 0
+    tokenizer = KronosTokenizer.from_pretrained(tiny_checkpoints[0]).eval()
+    model = Kronos.from_pretrained(tiny_checkpoints[1]).eval()
+    dataset = WindowDataset(PreparedDataset.open(demo_prepared_dir), "val", max_samples=VAL_SAMPLES, seed=SEED,
+                            shuffle=False)
+    x, stamp = dataset.get_batch(list(range(len(dataset))))
+    with torch.no_grad():
+        s1, s2 = tokenizer.encode(x, half=True)
+        s1_logits, s2_logits = model(s1[:, :-1], s2[:, :-1], stamp[:, :-1], use_teacher_forcing=True,
+                                     s1_targets=s1[:, 1:], causal_s2=True)
+        per_sample, _, _ = model.head.compute_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:], reduction="none")
+    assert per_sample.shape == (VAL_SAMPLES,)
+    assert first_val[1] == pytest.approx(per_sample.double().mean().item(), abs=1e-5)
+    # A mean of per-rank means (upstream's reduction) would differ:
+    rank_means = (per_sample[0::2].mean() + per_sample[1::2].mean()) / 2
+    assert abs(rank_means.item() - per_sample.mean().item()) > 1e-7
+
+
+def test_learning_rate_trajectories_in_real_runs(config_runs):
+    deepspeed_lrs = [lr for _, lr in summary(config_runs["zero2"])["history"]["lr"]]
+    np.testing.assert_allclose(deepspeed_lrs, warmup_cosine_trajectory(4e-5, TOTAL_STEPS, warmup_steps(TOTAL_STEPS)),
+                               rtol=1e-9)
+    onecycle_lrs = [lr for _, lr in summary(config_runs["zero1"])["history"]["lr"]]
+    np.testing.assert_allclose(onecycle_lrs, onecycle_trajectory(4e-5, TOTAL_STEPS)[0], rtol=1e-9)
+
+
+def test_comet_offline_archive_holds_upstream_metric_names(config_runs):
+    archives = list((config_runs["zero1"] / "comet").glob("*.zip"))
+    assert len(archives) == 1
+    with zipfile.ZipFile(archives[0]) as archive:
+        text = "".join(archive.read(name).decode("utf-8", "replace") for name in archive.namelist()
+                       if name.endswith((".json", ".jsonl", ".txt")) or "messages" in name)
+    for metric in ("train_predictor_loss_batch", "train_S1_loss_each_batch", "train_S2_loss_each_batch",
+                   "predictor_learning_rate", "val_predictor_loss_epoch"):
+        assert metric in text, metric
+
+
+def test_resume_continues_exactly(config_runs, demo_prepared_dir, tiny_checkpoints, tmp_path):
+    """Stopped after step 3 (mid-epoch) and resumed: the same weights as the uninterrupted zero2 run."""
+    save_dir = tmp_path / "resumed"
+    args = common_args(demo_prepared_dir, tiny_checkpoints, save_dir) + ["--deepspeed_config", "ds_configs/zero2.json"]
+    first = deepspeed_train(args + ["--exit_after_steps", "3"])
+    assert "stopping after step 3" in first.stdout
+    assert summary(save_dir)["status"].startswith("stopped")
+    second = deepspeed_train(args + ["--resume"])
+    assert "resumed from step 3" in second.stdout
+    resumed = Kronos.from_pretrained(save_dir / "final_model").state_dict()
+    straight = Kronos.from_pretrained(config_runs["zero2"] / "final_model").state_dict()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(summary(save_dir)["history"]["train"], summary(config_runs["zero2"])["history"]["train"],
+                               rtol=0, atol=1e-6)
+
+
+def run_single(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), *args], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("content,expected", [
+    (None, "file not found"),
+    ('{"optimizer": {"type": "AdamW", ', "not valid JSON (line 1"),
+    ('{"train_micro_batch_size_per_gpu": 8, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}}',
+     "sets train_micro_batch_size_per_gpu=8 but --batch_size is 16"),
+])
+def test_bad_deepspeed_config_is_one_clear_line(demo_prepared_dir, tmp_path, content, expected):
+    path = tmp_path / "ds.json"
+    if content is not None:
+        path.write_text(content)
+    result = run_single(["--data", str(demo_prepared_dir), "--deepspeed_config", str(path), "--batch_size", "16",
+                         "--save_dir", str(tmp_path / "out")])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_bad_options_are_listed_together(tmp_path):
+    result = run_single(["--data", str(tmp_path / "missing"), "--epochs", "0", "--lr", "-1"])
+    assert result.returncode == 2
+    assert "3 problems" in result.stderr and "--epochs must be >= 1" in result.stderr
+    assert "--lr must be > 0" in result.stderr and "no such folder" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -24,7 +24,7 @@ from ds_kronos.train.ds_config import warmup_steps
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
 from helpers import REPO
 
-CONFIGS = sorted(p.stem for p in (REPO / "ds_configs").glob("*.json"))
+CONFIGS = sorted(p.stem for p in (REPO / "ds_configs").glob("zero*.json"))
 TOTAL_STEPS = 8
 VAL_SAMPLES = 75
 SEED = 100
@@ -42,10 +42,11 @@ def env() -> dict[str, str]:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "COMET_DISABLE_AUTO_LOGGING": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def deepspeed_train(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    command = [str(REPO / ".venv" / "bin" / "deepspeed") if (REPO / ".venv" / "bin" / "deepspeed").exists()
-               else "deepspeed", "--num_gpus", "2", "--master_port", str(free_port()),
-               str(REPO / "launch" / "train.py"), *args]
+def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py") -> subprocess.CompletedProcess:
+    """Run a launch/ script on 2 CPU ranks through the real deepspeed launcher."""
+    launcher = REPO / ".venv" / "bin" / "deepspeed"
+    command = [str(launcher) if launcher.exists() else "deepspeed", "--num_gpus", "2", "--master_port",
+               str(free_port()), str(REPO / "launch" / script), *args]
     result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result

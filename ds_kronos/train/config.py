@@ -1,4 +1,5 @@
-"""Options of the predictor fine-tuning job (``launch/train.py``).
+"""Options of the two training jobs: the predictor (``launch/train.py``) and the tokenizer
+(``launch/train_tokenizer.py``). They share every option of the trainer; each adds what its model needs.
 
 Defaults follow upstream's finetune/config.py where it has one (batch 50, 30 epochs, n_train_iter 2000 x batch,
 n_val_iter 400 x batch, seed 100, clip 5). The DeepSpeed JSON owns the optimizer, precision and ZeRO settings;
@@ -18,12 +19,10 @@ DEFAULT_GRAD_ACCUM = 1
 
 
 @dataclass(kw_only=True)
-class TrainConfig:
-    """Fine-tune a Kronos predictor over a frozen tokenizer with DeepSpeed."""
+class CommonTrainConfig:
+    """Options shared by both training jobs."""
 
     data: str = option(None, help="prepared dataset folder (launch/prepare_data.py output)")
-    tokenizer: str = option("tiny", help="tokenizer checkpoint folder, or a preset name for a random one")
-    predictor: str = option("tiny", help="predictor checkpoint folder to fine-tune, or a preset name (random init)")
     save_dir: str = option("runs/predictor", help="output folder: best_model/, checkpoints/, summary.json, plots")
     deepspeed_config: str = option("ds_configs/zero2.json", help="DeepSpeed JSON (ZeRO stage, optimizer, precision)")
     local_rank: int = option(-1, help="set by the deepspeed launcher")
@@ -39,7 +38,6 @@ class TrainConfig:
     lr_schedule: str = option("config", choices=("config", "onecycle"),
                               help="'config': the scheduler in the JSON (WarmupCosineLR); 'onecycle': torch "
                                    "OneCycleLR exactly as upstream (also cycles AdamW's beta1 0.85-0.95)")
-    teacher_forcing: bool = option(False, help="condition the s2 head on the true s1 token instead of a sampled one")
     seed: int = option(100, help="seed of model init (presets), data order and sampling")
 
     eval_every: int = option(0, help="also validate every K optimizer steps (0: once per epoch)")
@@ -60,8 +58,6 @@ class TrainConfig:
 
     num_workers: int | None = option(None, help="DataLoader workers per rank (default: 0 on CPU, 2 on GPU)")
     threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)")
-    tokenizer_dtype: str = option("auto", choices=("auto", "fp32", "bf16", "fp16"),
-                                  help="frozen tokenizer dtype: auto = fp16 on GPU as upstream, fp32 on CPU")
     activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward (saves memory)")
     clip: float = option(5.0, help="clip normalised features to [-clip, clip]")
 
@@ -88,3 +84,25 @@ class TrainConfig:
         if not self.clip > 0:
             problems.append(f"--clip must be > 0, got {self.clip}")
         return problems
+
+
+@dataclass(kw_only=True)
+class TrainConfig(CommonTrainConfig):
+    """Fine-tune a Kronos predictor over a frozen tokenizer with DeepSpeed."""
+
+    tokenizer: str = option("tiny", help="frozen tokenizer: checkpoint folder (e.g. from launch/train_tokenizer.py) "
+                                         "or a preset name for a random one")
+    predictor: str = option("tiny", help="predictor checkpoint folder to fine-tune, or a preset name (random init)")
+    teacher_forcing: bool = option(False, help="condition the s2 head on the true s1 token instead of a sampled one")
+    tokenizer_dtype: str = option("auto", choices=("auto", "fp32", "bf16", "fp16"),
+                                  help="frozen tokenizer dtype: auto = fp16 on GPU as upstream, fp32 on CPU")
+
+
+@dataclass(kw_only=True)
+class TokenizerTrainConfig(CommonTrainConfig):
+    """Fine-tune a Kronos tokenizer with DeepSpeed (upstream's first stage)."""
+
+    tokenizer: str = option("tiny", help="tokenizer checkpoint folder to fine-tune, or a preset name (random init)")
+    save_dir: str = option("runs/tokenizer", help="output folder: best_model/, checkpoints/, summary.json, plots")
+    deepspeed_config: str = option("ds_configs/tokenizer_zero2.json",
+                                   help="DeepSpeed JSON (upstream's tokenizer settings: lr 2e-4, clipping 2.0)")

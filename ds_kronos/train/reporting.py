@@ -69,7 +69,7 @@ class History:
     def from_dict(cls, values: dict[str, list]) -> "History":
         return cls(*([tuple(p) for p in values.get(key, [])] for key in ("train", "val", "lr")))
 
-    def plot(self, path: Path, title: str) -> None:
+    def plot(self, path: Path, title: str, ylabel: str) -> None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -80,7 +80,7 @@ class History:
         if self.val:
             ax.plot(*zip(*self.val), "o-", label="validation loss")
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("cross-entropy (mean of s1 and s2)")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -100,14 +100,16 @@ class Progress:
         self.start = self.last = time.perf_counter()
         self.last_step = start_step
 
-    def line(self, step: int, epoch: int, loss: float, s1: float, s2: float, lr: float) -> str:
+    def line(self, step: int, epoch: int, losses: dict[str, float], lr: float) -> str:
         now = time.perf_counter()
         rate = (step - self.last_step) * self.samples_per_step / max(now - self.last, 1e-9)
         overall = (step - self.start_step) / max(now - self.start, 1e-9)
         eta = (self.total_steps - step) / overall if overall > 0 else 0.0
         self.last, self.last_step = now, step
-        return (f"step {step}/{self.total_steps} | epoch {epoch + 1}/{self.epochs} | loss {loss:.4f} "
-                f"(s1 {s1:.4f}, s2 {s2:.4f}) | lr {lr:.3e} | {rate:.1f} samples/s | ETA {format_seconds(eta)}")
+        (name, loss), *parts = losses.items()
+        detail = ", ".join(f"{label} {value:.4f}" for label, value in parts)
+        return (f"step {step}/{self.total_steps} | epoch {epoch + 1}/{self.epochs} | {name} {loss:.4f} ({detail}) "
+                f"| lr {lr:.3e} | {rate:.1f} samples/s | ETA {format_seconds(eta)}")
 
 
 def say(message: str) -> None:

@@ -1,9 +1,13 @@
-"""The predictor fine-tuning job: data -> frozen tokenizer -> DeepSpeed engine -> validation -> outputs.
+"""The training jobs: data -> (frozen tokenizer) -> DeepSpeed engine -> validation -> outputs.
 
-Run recipe (CPU, 2 processes)::
+One trainer for both stages; the task (ds_kronos.train.tasks) decides the model and loss. Run recipe (CPU, 2
+processes)::
 
+    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train_tokenizer.py --data prepared/ --tokenizer tiny \\
+        --epochs 2 --batch_size 16 --save_dir runs/tok
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train.py --deepspeed_config ds_configs/zero2.json \\
-        --data prepared/ --tokenizer tiny --predictor tiny --epochs 2 --batch_size 16 --save_dir runs/demo
+        --data prepared/ --tokenizer runs/tok/best_model --predictor tiny --epochs 2 --batch_size 16 \\
+        --save_dir runs/demo
 
 Outputs in ``save_dir``: ``best_model/`` (lowest validation loss) and ``final_model/`` (last step), both in the
 published folder format from the fp32 master weights, ``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet offline``, ``comet/``.
@@ -24,33 +28,16 @@ from torch.utils.data import DataLoader
 
 from ds_kronos.data import PreparedDataset, ShardedWindowSampler, WindowDataset
 from ds_kronos.errors import UserError
-from ds_kronos.forecast import check_pair
-from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.train.checkpoints import gather_fp32_state_dict, load_training_state, save_training_state
-from ds_kronos.train.config import DEFAULT_GRAD_ACCUM, DEFAULT_MICRO_BATCH, TrainConfig
+from ds_kronos.train.config import (DEFAULT_GRAD_ACCUM, DEFAULT_MICRO_BATCH, CommonTrainConfig,
+                                    TokenizerTrainConfig, TrainConfig)
 from ds_kronos.train.ds_config import (load_ds_config, resolve_batch, resolve_ds_config, total_optimizer_steps,
                                        warmup_steps)
 from ds_kronos.train.reporting import CometLogger, History, Progress, say, write_json_atomic
 from ds_kronos.train.runtime import Runtime, barrier, init_runtime, seed_everything
 from ds_kronos.train.schedule import onecycle_factory
-from ds_kronos.train.step import predict_and_score, tokenize_batch
+from ds_kronos.train.tasks import PredictorTask, TokenizerTask
 from ds_kronos.train.validation import ValidationResult, validate
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def load_model(cls, name_or_path: str):
-    """A checkpoint folder, else a preset name (random init)."""
-    if Path(name_or_path).expanduser().exists() or "/" in name_or_path:
-        return cls.from_pretrained(name_or_path)
-    return cls.from_preset(name_or_path)
-
-
-def tokenizer_dtype(choice: str, device: torch.device) -> torch.dtype:
-    if choice == "auto":
-        # fp16 on GPU as upstream; on CPU fp16 is slow and bf16 flips tokens (see README), so fp32.
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return DTYPES[choice]
 
 
 @dataclass
@@ -78,8 +65,20 @@ class Position:
         return cls(**{**values, "history": History.from_dict(values.get("history", {}))})
 
 
-class PredictorTrainer:
-    def __init__(self, config: TrainConfig):
+def build_task(config: CommonTrainConfig, device: torch.device) -> PredictorTask | TokenizerTask:
+    if isinstance(config, TrainConfig):
+        return PredictorTask(tokenizer=config.tokenizer, predictor=config.predictor,
+                             teacher_forcing=config.teacher_forcing, tokenizer_dtype=config.tokenizer_dtype,
+                             device=device, activation_checkpointing=config.activation_checkpointing)
+    if isinstance(config, TokenizerTrainConfig):
+        return TokenizerTask(tokenizer=config.tokenizer, device=device)
+    raise TypeError(f"no training task for {type(config).__name__}")
+
+
+class Trainer:
+    """Runs one training job (the task decides which model and loss) on a DeepSpeed engine."""
+
+    def __init__(self, config: CommonTrainConfig):
         self._start = time.perf_counter()
         self.config = config
         self.ds_json = load_ds_config(config.deepspeed_config)  # fail fast, before processes wait on each other
@@ -91,7 +90,8 @@ class PredictorTrainer:
         if self.runtime.is_main:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self._build_data()
-        self._build_models()
+        self.task = build_task(config, self.runtime.device)
+        self.model = self.task.model
         self._build_engine()
         self.position = Position()
         self.comet: CometLogger | None = None
@@ -124,15 +124,6 @@ class PredictorTrainer:
         self.steps_per_epoch = self.train_sampler.batches_per_epoch() // self.plan.grad_accum
         self.total_steps, self.epochs = total_optimizer_steps(c.epochs, self.steps_per_epoch, c.max_steps)
 
-    def _build_models(self) -> None:
-        c, rt = self.config, self.runtime
-        self.tokenizer_dtype = tokenizer_dtype(c.tokenizer_dtype, rt.device)
-        tokenizer = load_model(KronosTokenizer, c.tokenizer)
-        self.tokenizer = tokenizer.eval().requires_grad_(False).to(rt.device, self.tokenizer_dtype)
-        self.predictor = load_model(Kronos, c.predictor)
-        check_pair(self.tokenizer, self.predictor)
-        self.predictor.gradient_checkpointing = c.activation_checkpointing
-
     def _build_engine(self) -> None:
         import deepspeed
 
@@ -142,9 +133,9 @@ class PredictorTrainer:
                                            total_steps=self.total_steps, lr=c.lr, use_onecycle=use_onecycle,
                                            on_cpu=self.runtime.on_cpu)
         max_lr = self.ds_config["optimizer"]["params"]["lr"]
-        trainable = [p for p in self.predictor.parameters() if p.requires_grad]
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=self.predictor, model_parameters=trainable, config=self.ds_config,
+            model=self.model, model_parameters=trainable, config=self.ds_config,
             lr_scheduler=onecycle_factory(max_lr, self.total_steps) if use_onecycle else None)
         if not use_onecycle and getattr(self.scheduler, "last_batch_iteration", None) == -1:
             # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
@@ -153,12 +144,12 @@ class PredictorTrainer:
     # ------------------------------------------------------------------------------------------------ run
     def _banner(self) -> None:
         c, rt, plan = self.config, self.runtime, self.plan
-        params = sum(p.numel() for p in self.predictor.parameters())
+        params = sum(p.numel() for p in self.model.parameters())
         zero = self.ds_config.get("zero_optimization", {}).get("stage", 0)
         precision = "bf16" if self.ds_config.get("bf16", {}).get("enabled") else (
             "fp16" if self.ds_config.get("fp16", {}).get("enabled") else "fp32")
-        say(f"ds_kronos: {rt.world_size} process(es) on {rt.device.type}, ZeRO-{zero}, {precision}; predictor "
-            f"{c.predictor} ({params:,} params), tokenizer {c.tokenizer} ({str(self.tokenizer_dtype)[6:]}, frozen)")
+        say(f"ds_kronos {self.task.kind} training: {rt.world_size} process(es) on {rt.device.type}, ZeRO-{zero}, "
+            f"{precision}; {self.task.description}; {params:,} trainable-model parameters")
         say(f"data {c.data}: {self.train_set.num_windows:,} train windows ({len(self.train_set):,} per epoch), "
             f"{self.val_set.num_windows:,} val windows ({len(self.val_set):,} per evaluation); window "
             f"{self.train_set.window} bars")
@@ -167,9 +158,8 @@ class PredictorTrainer:
             f"epoch(s); lr schedule {c.lr_schedule} (warm-up {warmup_steps(self.total_steps)} steps)")
 
     def _evaluate(self, label: str) -> ValidationResult:
-        c = self.config
-        result = validate(self.engine, self.tokenizer, self.val_loader, self.runtime, self.tokenizer_dtype,
-                          c.teacher_forcing, c.seed)
+        c, names = self.config, self.task.names
+        result = validate(self.engine, self.task, self.val_loader, self.runtime, c.seed)
         pos = self.position
         pos.last_val = result.loss
         if pos.first_val is None:
@@ -182,14 +172,16 @@ class PredictorTrainer:
         if self.runtime.is_main:
             note = ""
             if improved:
-                self.predictor.save_pretrained(self.save_dir / "best_model", state_dict=state)
+                self.model.save_pretrained(self.save_dir / "best_model", state_dict=state)
                 note = " (best so far: saved best_model/)"
-            say(f"validation {label} at step {pos.step}: loss {result.loss:.4f} (s1 {result.s1_loss:.4f}, "
-                f"s2 {result.s2_loss:.4f}) over {result.samples} samples{note}")
+            parts = ", ".join(f"{name.removeprefix('val_').removesuffix('_loss')} {value:.4f}"
+                              for name, value in zip(names.val_components_comet, result.components))
+            say(f"validation {label} at step {pos.step}: loss {result.loss:.4f} ({parts}) over {result.samples} "
+                f"samples{note}")
             if self.comet:
-                self.comet.log("val_predictor_loss_epoch", result.loss, step=pos.step, epoch=pos.epoch)
-                self.comet.log("val_S1_loss", result.s1_loss, step=pos.step)
-                self.comet.log("val_S2_loss", result.s2_loss, step=pos.step)
+                self.comet.log(names.val_comet, result.loss, step=pos.step, epoch=pos.epoch)
+                for name, value in zip(names.val_components_comet, result.components):
+                    self.comet.log(name, value, step=pos.step)
         return result
 
     def _checkpoint(self) -> None:
@@ -221,11 +213,10 @@ class PredictorTrainer:
 
     def _train(self) -> bool:
         """The epoch loop; returns True when stopped by ``exit_after_steps``."""
-        c, rt, pos, plan = self.config, self.runtime, self.position, self.plan
-        head = self.engine.module.head
+        c, rt, pos, plan, names = self.config, self.runtime, self.position, self.plan, self.task.names
         micro_per_epoch = self.steps_per_epoch * plan.grad_accum
         progress = Progress(self.total_steps, self.epochs, plan.global_batch, start_step=pos.step)
-        running = torch.zeros(3, device=rt.device)
+        running = torch.zeros(len(names.labels), device=rt.device)
         running_count = 0
         self.engine.train()
         while pos.step < self.total_steps:
@@ -237,12 +228,11 @@ class PredictorTrainer:
             for x, stamp in self.train_loader:
                 if pos.micro_in_epoch >= micro_per_epoch or pos.step >= self.total_steps:
                     break
-                batch = tokenize_batch(self.tokenizer, x, stamp, rt.device, self.tokenizer_dtype)
-                loss, s1_loss, s2_loss = predict_and_score(self.engine, head, batch, c.teacher_forcing)
-                self.engine.backward(loss)
+                losses = self.task.train_losses(self.engine, x, stamp)
+                self.engine.backward(losses[0])
                 lr_used = self.engine.get_lr()[0]  # the lr this step applies (the scheduler moves on in step())
                 self.engine.step()
-                running += torch.stack([loss.detach(), s1_loss.detach(), s2_loss.detach()]).float()
+                running += losses.detach().float()
                 running_count += 1
                 pos.micro_in_epoch += 1
                 if pos.micro_in_epoch % plan.grad_accum:
@@ -256,13 +246,9 @@ class PredictorTrainer:
                     pos.history.train.append((pos.step, mean[0]))
                     pos.history.lr.append((pos.step, lr_used))
                     if rt.is_main:
-                        lr = lr_used
-                        say(progress.line(pos.step, pos.epoch, mean[0], mean[1], mean[2], lr))
+                        say(progress.line(pos.step, pos.epoch, dict(zip(names.labels, mean)), lr_used))
                         if self.comet:
-                            for name, value in (("train_predictor_loss_batch", mean[0]),
-                                                ("train_S1_loss_each_batch", mean[1]),
-                                                ("train_S2_loss_each_batch", mean[2]),
-                                                ("predictor_learning_rate", lr)):
+                            for name, value in zip(names.train_comet + (names.lr_comet,), mean + [lr_used]):
                                 self.comet.log(name, value, step=pos.step)
                 end_of_epoch = pos.micro_in_epoch >= micro_per_epoch or pos.step >= self.total_steps
                 if (c.eval_every and pos.step % c.eval_every == 0) or end_of_epoch:
@@ -283,12 +269,13 @@ class PredictorTrainer:
         self._checkpoint()
         state = gather_fp32_state_dict(self.engine)  # collective
         if rt.is_main:
-            self.predictor.save_pretrained(self.save_dir / "final_model", state_dict=state)
+            self.model.save_pretrained(self.save_dir / "final_model", state_dict=state)
         return False
 
     def _finish(self, stopped_early: bool) -> dict[str, Any]:
         rt, pos = self.runtime, self.position
         summary = {
+            "task": self.task.kind,
             "status": "stopped (exit_after_steps)" if stopped_early else "finished",
             "config": dataclasses.asdict(self.config),
             "deepspeed_config": self.ds_config,
@@ -312,15 +299,17 @@ class PredictorTrainer:
         }
         if rt.is_main:
             write_json_atomic(self.save_dir / "summary.json", summary)
-            pos.history.plot(self.save_dir / "loss_curve.png", f"Kronos fine-tuning ({self.config.predictor})")
+            pos.history.plot(self.save_dir / "loss_curve.png", f"Kronos {self.task.kind} training",
+                             "mean of s1 and s2 cross-entropy" if self.task.kind == "predictor"
+                             else "(recon_pre + recon_all + bsq) / 2; val: full recon MSE")
             say(f"done: {summary['status']} at step {pos.step}; best val {summary['best_val_loss']}, final val "
                 f"{summary['final_val_loss']}; {summary['samples_per_s']} samples/s; outputs in {self.save_dir}")
         barrier()
         return summary
 
 
-def run_training(config: TrainConfig) -> dict[str, Any]:
-    trainer = PredictorTrainer(config)
+def run_training(config: CommonTrainConfig) -> dict[str, Any]:
+    trainer = Trainer(config)
     try:
         return trainer.run()
     except torch.cuda.OutOfMemoryError as exc:  # a user-fixable sizing problem

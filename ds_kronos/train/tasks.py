@@ -1,0 +1,126 @@
+"""What is trained: the predictor over a frozen tokenizer, or the tokenizer itself.
+
+The trainer (engine, data, schedule, validation reduction, checkpoints, logging) is shared; a task supplies the
+model to put in the engine, the training loss with its logged components, and per-sample validation sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ds_kronos.forecast import check_pair
+from ds_kronos.model import Kronos, KronosTokenizer
+from ds_kronos.train.step import predict_and_score, tokenize_batch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_model(cls, name_or_path: str):
+    """A checkpoint folder, else a preset name (random init)."""
+    if Path(name_or_path).expanduser().exists() or "/" in name_or_path:
+        return cls.from_pretrained(name_or_path)
+    return cls.from_preset(name_or_path)
+
+
+def resolve_tokenizer_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "auto":
+        # fp16 on GPU as upstream; on CPU fp16 is slow and bf16 flips tokens (see README), so fp32.
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return DTYPES[choice]
+
+
+@dataclass(frozen=True)
+class MetricNames:
+    """Component labels for progress lines and the comet metric names (upstream's) of each component."""
+
+    labels: tuple[str, ...]
+    train_comet: tuple[str, ...]
+    lr_comet: str
+    val_comet: str
+    val_components_comet: tuple[str, ...]
+
+
+class PredictorTask:
+    """Next-token prediction with the dual head; tokens come from a frozen tokenizer outside the engine."""
+
+    kind = "predictor"
+    names = MetricNames(labels=("loss", "s1", "s2"),
+                        train_comet=("train_predictor_loss_batch", "train_S1_loss_each_batch",
+                                     "train_S2_loss_each_batch"),
+                        lr_comet="predictor_learning_rate", val_comet="val_predictor_loss_epoch",
+                        val_components_comet=("val_S1_loss", "val_S2_loss"))
+
+    def __init__(self, *, tokenizer: str, predictor: str, teacher_forcing: bool, tokenizer_dtype: str,
+                 device: torch.device, activation_checkpointing: bool):
+        self.tokenizer_dtype = resolve_tokenizer_dtype(tokenizer_dtype, device)
+        self.device = device
+        frozen = load_model(KronosTokenizer, tokenizer)
+        self.tokenizer = frozen.eval().requires_grad_(False).to(device, self.tokenizer_dtype)
+        self.model: nn.Module = load_model(Kronos, predictor)
+        check_pair(self.tokenizer, self.model)
+        self.model.gradient_checkpointing = activation_checkpointing
+        self.teacher_forcing = teacher_forcing
+        self.description = (f"predictor {predictor}, tokenizer {tokenizer} "
+                            f"({str(self.tokenizer_dtype).removeprefix('torch.')}, frozen)")
+
+    def train_losses(self, engine, x: torch.Tensor, stamp: torch.Tensor) -> torch.Tensor:
+        """[loss (with grad), s1 loss, s2 loss]."""
+        batch = tokenize_batch(self.tokenizer, x, stamp, self.device, self.tokenizer_dtype)
+        return torch.stack(predict_and_score(engine, engine.module.head, batch, self.teacher_forcing))
+
+    def validation_sums(self, engine, x: torch.Tensor, stamp: torch.Tensor) -> torch.Tensor:
+        """Sums over the batch of per-sample [loss, s1, s2] and the sample count."""
+        batch = tokenize_batch(self.tokenizer, x, stamp, self.device, self.tokenizer_dtype)
+        per_sample = predict_and_score(engine, engine.module.head, batch, self.teacher_forcing, causal_s2=True,
+                                       reduction="none")
+        return _sums(per_sample)
+
+
+class TokenizerTask:
+    """Upstream's tokenizer objective: (MSE(s1-only recon) + MSE(full recon) + quantizer loss) / 2.
+
+    The quantizer loss contains entropy terms with a negative sign, so the total can go below zero; that is
+    expected. Watch the reconstruction components: they are what the predictor's tokens can express. Validation
+    (and the best model) is by the full reconstruction MSE, as upstream.
+    """
+
+    kind = "tokenizer"
+    names = MetricNames(labels=("loss", "recon_pre", "recon_all", "bsq"),
+                        train_comet=("train_tokenizer_loss_batch", "train_recon_loss_pre_each_batch",
+                                     "train_recon_loss_each_batch", "train_vqvae_vq_loss_each_batch"),
+                        lr_comet="tokenizer_learning_rate", val_comet="val_tokenizer_loss_epoch",
+                        val_components_comet=("val_recon_loss_pre", "val_bsq_loss"))
+
+    def __init__(self, *, tokenizer: str, device: torch.device):
+        self.device = device
+        self.model: nn.Module = load_model(KronosTokenizer, tokenizer)
+        self.description = f"tokenizer {tokenizer}"
+
+    def _forward(self, engine, x: torch.Tensor):
+        x = x.to(self.device, non_blocking=True)
+        (recon_pre, recon_all), bsq_loss, _, _ = engine(x)
+        return x, recon_pre.float(), recon_all.float(), bsq_loss.float()
+
+    def train_losses(self, engine, x: torch.Tensor, stamp: torch.Tensor) -> torch.Tensor:
+        """[loss (with grad), recon_pre, recon_all, bsq]."""
+        x, recon_pre, recon_all, bsq_loss = self._forward(engine, x)
+        loss_pre, loss_all = F.mse_loss(recon_pre, x), F.mse_loss(recon_all, x)
+        return torch.stack([(loss_pre + loss_all + bsq_loss) / 2, loss_pre, loss_all, bsq_loss])
+
+    def validation_sums(self, engine, x: torch.Tensor, stamp: torch.Tensor) -> torch.Tensor:
+        """Sums over the batch of per-sample [full MSE (the validation loss), s1-only MSE, bsq] and the count.
+        The quantizer loss is a batch statistic; it enters as batch mean x batch size."""
+        x, recon_pre, recon_all, bsq_loss = self._forward(engine, x)
+        per_all = (recon_all - x).pow(2).flatten(1).mean(dim=1)
+        per_pre = (recon_pre - x).pow(2).flatten(1).mean(dim=1)
+        return _sums((per_all, per_pre, bsq_loss.expand_as(per_all)))
+
+
+def _sums(per_sample: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    count = torch.tensor(float(per_sample[0].numel()), device=per_sample[0].device)
+    return torch.stack([t.double().sum() for t in per_sample] + [count.double()])

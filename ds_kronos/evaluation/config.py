@@ -1,0 +1,74 @@
+"""Options of the evaluation job (``launch/evaluate.py``).
+
+Sampling defaults follow upstream's ``KronosPredictor.predict`` (T 1.0, top_p 0.9, one sample); ``--top_k 1``
+makes the forecast greedy (deterministic, and independent of how origins are split across ranks).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ds_kronos.config import option
+
+SPLIT_CHOICES = ("train", "val", "test")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """Forecast a prepared split from rolling origins and score the forecasts against naive baselines."""
+
+    data: str | None = option(None, help="prepared dataset folder (launch/prepare_data.py output)")
+    tokenizer: str | None = option(None, help="tokenizer checkpoint folder, or a preset name (random weights)")
+    predictor: str | None = option(None, help="predictor checkpoint folder, or a preset name (random weights)")
+    out: str = option("runs/evaluation", help="output folder: report.json, forecast_examples.png, ic_over_time.png")
+    split: str = option("test", choices=SPLIT_CHOICES, help="split of the prepared dataset to forecast")
+    local_rank: int = option(-1, help="set by the deepspeed launcher")
+
+    max_context: int = option(512, help="most tokens the predictor sees (older history is dropped)")
+    pred_len: int | None = option(None, help="bars to forecast per origin (default: the prepared set's predict)")
+    stride: int | None = option(None, help="bars between consecutive forecast origins (default: pred_len, so "
+                                           "forecast windows do not overlap)")
+    max_origins_per_symbol: int | None = option(None, help="keep only the latest N origins of each symbol "
+                                                           "(default: all)")
+    sample_count: int = option(1, help="sampled paths averaged into one forecast")
+    temperature: float = option(1.0, help="sampling temperature")
+    top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p")
+    top_p: float = option(0.9, help="nucleus sampling mass (1.0: off)")
+    seed: int = option(0, help="seed of the sampler (rank r uses seed + r) and of preset (random) weights")
+    batch_size: int = option(64, help="origins forecast together per rank")
+    clip: float = option(5.0, help="clip normalised features to [-clip, clip] (as in training)")
+    examples: int = option(4, help="symbols shown in forecast_examples.png")
+    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)")
+
+    def problems(self) -> list[str]:
+        problems = []
+        if not self.data:
+            problems.append("--data is required: a prepared dataset folder (see launch/prepare_data.py)")
+        elif not os.path.isdir(self.data):
+            problems.append(f"--data {self.data}: no such folder")
+        for name in ("tokenizer", "predictor"):
+            if not getattr(self, name):
+                problems.append(f"--{name} is required: a checkpoint folder or a preset name")
+        if not self.out:
+            problems.append("--out must name a folder")
+        for name in ("max_context", "sample_count", "batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("pred_len", "stride", "max_origins_per_symbol", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"--{name} must be >= 1, got {value}")
+        if self.pred_len is not None and self.pred_len > self.max_context:
+            problems.append(f"--pred_len {self.pred_len} exceeds --max_context {self.max_context}")
+        if self.examples < 0:
+            problems.append(f"--examples must be >= 0, got {self.examples}")
+        if self.top_k < 0:
+            problems.append(f"--top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"--top_p must be in (0, 1], got {self.top_p}")
+        if not self.temperature > 0:
+            problems.append(f"--temperature must be > 0, got {self.temperature}")
+        if not self.clip > 0:
+            problems.append(f"--clip must be > 0, got {self.clip}")
+        return problems

@@ -1,0 +1,273 @@
+"""The evaluation job: rolling origins -> batched autoregressive forecasts on every rank -> metrics on rank 0.
+
+Rank r forecasts the origins of symbols r, r + world_size, ...; rank 0 gathers the forecasts (padded tensors,
+see :mod:`ds_kronos.evaluation.gather`), recomputes the realised windows from the memory-mapped split, scores
+the model and the naive baselines and writes the report. All input checks run before the process group is set
+up, so bad input fails fast with one line on every rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ds_kronos.data.prepared import PreparedDataset, SplitArrays
+from ds_kronos.errors import ConfigError, DataError
+from ds_kronos.evaluation import metrics
+from ds_kronos.evaluation.config import EvalConfig
+from ds_kronos.evaluation.gather import gather_forecasts
+from ds_kronos.evaluation.origins import NORM_EPS, Origins, build_origins, origin_windows
+from ds_kronos.evaluation.report import (EXAMPLES_PLOT, IC_PLOT, REPORT_NAME, Example, format_table, plot_examples,
+                                         plot_ic, write_json_atomic)
+from ds_kronos.forecast import autoregressive_forecast, check_pair
+from ds_kronos.model import Kronos, KronosTokenizer
+
+CLOSE = 3  # column of the close in values.npy (open, high, low, close, vol, amt)
+TARGET_CHUNK = 8192  # origins per chunk when rank 0 rebuilds the realised windows (bounds memory)
+
+DEFINITIONS = {
+    "units": "MAE/RMSE are in normalised units: each origin's values minus the mean, divided by (std + 1e-5), of "
+             "its own lookback rows, clipped to [-clip, clip] (as training windows); all_features averages the "
+             "per-feature MAE/RMSE over open, high, low, close, vol, amt",
+    "return": "close at the horizon / close of the last history bar - 1, in price units",
+    "direction": "binary: up (return > 0) vs down-or-flat (return <= 0); 'accuracy' is at the last horizon",
+    "ic": "per origin date, Pearson (IC) / Spearman (RankIC) correlation across symbols of predicted vs realised "
+          "return over the whole forecast window; dates with < 3 symbols or a constant side are skipped; "
+          "ICIR = mean / sample std over dates",
+    "last_value": "every feature of the last history bar repeated; predicts a zero return (down-or-flat), so its "
+                  "IC is undefined (null)",
+    "zero_return": "close unchanged (close-only forecaster, all_features null); direction down-or-flat, IC null; "
+                   "its close metrics equal last_value's by construction",
+    "history_mean": "every feature at its lookback mean (0 in normalised units); a mean-reversion forecast, so it "
+                    "has an IC",
+    "origins": "one every `stride` bars of the split's calendar from bar lookback-1, where a symbol has lookback "
+               "bars of history and pred_len bars after it; max_origins_per_symbol keeps the latest",
+}
+
+
+def say(message: str) -> None:
+    print(message, flush=True, file=sys.stdout)
+
+
+def load_model(cls: type, name_or_path: str) -> Any:
+    """A checkpoint folder, else a preset name (random init; seed torch first for identical weights on all ranks)."""
+    if Path(name_or_path).expanduser().exists() or "/" in name_or_path:
+        return cls.from_pretrained(name_or_path)
+    return cls.from_preset(name_or_path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What will be forecast: the split, the horizon settings and the origins (identical on every rank)."""
+
+    prepared: PreparedDataset
+    split: SplitArrays
+    lookback: int
+    pred_len: int
+    stride: int
+    origins: Origins
+
+
+def plan_evaluation(config: EvalConfig) -> Plan:
+    prepared = PreparedDataset.open(config.data)
+    split = prepared.split(config.split)
+    if not split.symbols or int(split.offsets[-1]) == 0:
+        raise DataError(f"{prepared.path}: split {config.split!r} has no rows")
+    lookback = prepared.lookback
+    pred_len = config.pred_len or prepared.predict
+    stride = config.stride or pred_len
+    if pred_len > config.max_context:
+        raise ConfigError(f"--pred_len {pred_len} (the prepared set's predict) exceeds --max_context "
+                          f"{config.max_context}")
+    origins = build_origins(split.timestamps, split.offsets, lookback, pred_len, stride,
+                            config.max_origins_per_symbol)
+    if len(origins) == 0:
+        raise DataError(f"{prepared.path}: split {config.split!r}: no forecast origin fits: each needs {lookback} "
+                        f"bars of history and {pred_len} after, the longest symbol has {int(split.lengths.max())} "
+                        f"rows")
+    return Plan(prepared, split, lookback, pred_len, stride, origins)
+
+
+def forecast_origins(config: EvalConfig, plan: Plan, origins: Origins, tokenizer: KronosTokenizer,
+                     predictor: Kronos, device: torch.device, generator: torch.Generator,
+                     progress: Callable[[str], None] | None) -> np.ndarray:
+    """Normalised forecasts float32 [n, pred_len, 6] of ``origins``, ``batch_size`` origins per call."""
+    lookback, pred_len = plan.lookback, plan.pred_len
+    preds = np.empty((len(origins), pred_len, 6), dtype=np.float32)
+    start_time = time.perf_counter()
+    every = max(1, -(-len(origins) // config.batch_size) // 10)
+    for start in range(0, len(origins), config.batch_size):
+        rows = origins.rows[start:start + config.batch_size]
+        win = origin_windows(plan.split, rows, lookback, pred_len, config.clip)
+        x = torch.from_numpy(np.ascontiguousarray(win.norm[:, :lookback])).to(device)
+        x_stamp = torch.from_numpy(np.ascontiguousarray(win.stamp[:, :lookback])).to(device)
+        # The time features of the real future bars (their calendar is known at forecast time).
+        y_stamp = torch.from_numpy(np.ascontiguousarray(win.stamp[:, lookback:])).to(device)
+        out = autoregressive_forecast(tokenizer, predictor, x, x_stamp, y_stamp, config.max_context, pred_len,
+                                      config.clip, config.temperature, config.top_k, config.top_p,
+                                      config.sample_count, generator)
+        preds[start:start + len(rows)] = out[:, -pred_len:, :]
+        done = start + len(rows)
+        # About ten progress lines per run, whatever its size.
+        if progress is not None and (done == len(origins) or (start // config.batch_size + 1) % every == 0):
+            rate = done / max(time.perf_counter() - start_time, 1e-9)
+            progress(f"rank 0: forecast {done}/{len(origins)} origins ({rate:.1f} origins/s)")
+    return preds
+
+
+@dataclasses.dataclass(frozen=True)
+class Realised:
+    """What rank 0 needs about every origin's windows to score forecasts (all [n, ...], origin order)."""
+
+    future_norm: np.ndarray      # float32 [n, H, 6] clipped normalised realised future
+    last_norm: np.ndarray        # float32 [n, 6] normalised last history bar
+    future_close: np.ndarray     # float32 [n, H] realised close, price units
+    last_close: np.ndarray       # float32 [n]
+    close_mean: np.ndarray       # float32 [n] lookback mean of the close
+    close_std: np.ndarray        # float32 [n] lookback std of the close
+
+
+def realised_windows(plan: Plan, clip: float) -> Realised:
+    parts: dict[str, list[np.ndarray]] = {f.name: [] for f in dataclasses.fields(Realised)}
+    L = plan.lookback
+    for start in range(0, len(plan.origins), TARGET_CHUNK):
+        win = origin_windows(plan.split, plan.origins.rows[start:start + TARGET_CHUNK], L, plan.pred_len, clip)
+        parts["future_norm"].append(win.norm[:, L:])
+        parts["last_norm"].append(win.norm[:, L - 1])
+        parts["future_close"].append(win.raw[:, L:, CLOSE])
+        parts["last_close"].append(win.raw[:, L - 1, CLOSE])
+        parts["close_mean"].append(win.mean[:, 0, CLOSE])
+        parts["close_std"].append(win.std[:, 0, CLOSE])
+    return Realised(**{name: np.concatenate(arrays) for name, arrays in parts.items()})
+
+
+def score_all(pred_norm: np.ndarray, real: Realised, dates: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """Scores of the model and the baselines, and the model's predicted close in price units [n, H]."""
+    horizon = real.future_norm.shape[1]
+    real_returns = metrics.window_returns(real.future_close, real.last_close)
+    actual_close_norm = real.future_norm[:, :, CLOSE]
+    model_close = pred_norm[:, :, CLOSE] * (real.close_std[:, None] + NORM_EPS) + real.close_mean[:, None]
+    common = dict(actual_close_norm=actual_close_norm, real_returns=real_returns, dates=dates)
+    scores = {"model": metrics.score(pred_close_norm=pred_norm[:, :, CLOSE], pred_returns=metrics.window_returns(
+        model_close, real.last_close), pred_norm=pred_norm, actual_norm=real.future_norm, **common)}
+    last = np.repeat(real.last_norm[:, None, :], horizon, axis=1)
+    flat = np.zeros_like(real_returns)  # both "unchanged close" baselines predict a zero return exactly
+    scores["last_value"] = metrics.score(pred_close_norm=last[:, :, CLOSE], pred_returns=flat, pred_norm=last,
+                                         actual_norm=real.future_norm, with_ic=False, **common)
+    scores["zero_return"] = metrics.score(pred_close_norm=last[:, :, CLOSE], pred_returns=flat, with_ic=False,
+                                          **common)
+    mean_close = np.repeat(real.close_mean[:, None], horizon, axis=1)
+    scores["history_mean"] = metrics.score(
+        pred_close_norm=np.zeros_like(actual_close_norm), pred_returns=metrics.window_returns(
+            mean_close, real.last_close), pred_norm=np.zeros_like(real.future_norm), actual_norm=real.future_norm,
+        **common)
+    return scores, model_close
+
+
+def pick_examples(plan: Plan, real: Realised, model_close: np.ndarray, count: int) -> list[Example]:
+    """The latest origin of up to ``count`` symbols spread over the symbol list."""
+    symbols_present = np.unique(plan.origins.symbols)
+    if count == 0 or symbols_present.size == 0:
+        return []
+    chosen = symbols_present[np.unique(np.linspace(0, symbols_present.size - 1, min(count, symbols_present.size))
+                                       .round().astype(int))]
+    examples = []
+    for symbol in chosen:
+        i = int(np.flatnonzero(plan.origins.symbols == symbol)[-1])
+        row = int(plan.origins.rows[i])
+        history = slice(row - plan.lookback, row)
+        examples.append(Example(
+            symbol=plan.split.symbols[symbol],
+            history_ns=np.asarray(plan.split.timestamps[history]),
+            history_close=np.asarray(plan.split.values[history, CLOSE]),
+            future_ns=np.asarray(plan.split.timestamps[row:row + plan.pred_len]),
+            actual_close=real.future_close[i], forecast_close=model_close[i]))
+    return examples
+
+
+def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict[str, Any] | None:
+    """Run the job; returns the report on rank 0 and None on the other ranks."""
+    t0 = time.perf_counter()
+    plan = plan_evaluation(config)
+    # Seed before building preset (random) models: every rank must hold the same weights.
+    torch.manual_seed(config.seed)
+    tokenizer = load_model(KronosTokenizer, config.tokenizer)
+    predictor = load_model(Kronos, config.predictor)
+    check_pair(tokenizer, predictor)
+
+    # Imports deepspeed: only once the inputs are known to be good.
+    from ds_kronos.train.runtime import barrier, init_runtime
+    runtime = init_runtime(config.threads)
+    main = runtime.is_main
+    tokenizer, predictor = tokenizer.to(runtime.device).float(), predictor.to(runtime.device).float()
+    load_seconds = time.perf_counter() - t0
+    mine = plan.origins.for_rank(runtime.rank, runtime.world_size)
+    if main:
+        n_symbols = np.unique(plan.origins.symbols).size
+        log(f"evaluating split {config.split!r} of {plan.prepared.path}: {n_symbols} symbols, "
+            f"{len(plan.origins)} origins (lookback {plan.lookback}, pred_len {plan.pred_len}, stride "
+            f"{plan.stride}) on {runtime.world_size} rank(s)")
+
+    generator = torch.Generator(device=runtime.device)
+    generator.manual_seed(config.seed + runtime.rank)
+    t1 = time.perf_counter()
+    preds = forecast_origins(config, plan, mine, tokenizer, predictor, runtime.device, generator,
+                             log if main else None)
+    gathered = gather_forecasts(mine.rows, preds, time.perf_counter() - t1, runtime.rank, runtime.world_size,
+                                runtime.device)
+    report = None if gathered is None else write_outputs(config, plan, gathered, runtime.world_size, t0,
+                                                         load_seconds, log)
+    # The other ranks wait for rank 0 before tearing down: a rank leaving the group while rank 0 still holds
+    # it intermittently aborts the process ("terminate called without an active exception").
+    barrier()
+    torch.distributed.destroy_process_group()
+    return report
+
+
+def write_outputs(config: EvalConfig, plan: Plan, gathered: tuple[np.ndarray, np.ndarray, float], world_size: int,
+                  t0: float, load_seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """Rank 0: score the gathered forecasts, write report.json and the plots, print the table."""
+    rows, pred_norm, forecast_seconds = gathered
+    if not np.array_equal(rows, plan.origins.rows):  # origins are in row order; a mismatch is a bug, not input
+        raise RuntimeError("gathered forecasts do not match the planned origins")
+
+    real = realised_windows(plan, config.clip)
+    dates = plan.origins.dates(plan.split.timestamps)
+    scores, model_close = score_all(pred_norm, real, dates)
+    # The same series the model's IC summary is computed from, kept for the plot and the report.
+    ic_dates, ic, rank_ic = metrics.daily_ic(dates, metrics.window_returns(model_close, real.last_close)[:, -1],
+                                             metrics.window_returns(real.future_close, real.last_close)[:, -1])
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{Path(plan.prepared.path).name} / {config.split}, pred_len {plan.pred_len}"
+    plot_examples(out / EXAMPLES_PLOT, pick_examples(plan, real, model_close, config.examples), title)
+    plot_ic(out / IC_PLOT, ic_dates, ic, rank_ic, f"daily cross-sectional IC, {title}")
+
+    report = {
+        "config": dataclasses.asdict(config),
+        "data": {"path": str(plan.prepared.path), "split": config.split, "freq": plan.prepared.freq,
+                 "lookback": plan.lookback, "pred_len": plan.pred_len, "stride": plan.stride},
+        "counts": {"symbols": len(plan.split.symbols), "symbols_with_origins": int(np.unique(plan.origins.symbols)
+                                                                                   .size),
+                   "origins": len(plan.origins), "dates": int(np.unique(dates).size),
+                   "ic_dates": int(ic_dates.size), "ranks": world_size},
+        "model": scores["model"],
+        "baselines": {name: value for name, value in scores.items() if name != "model"},
+        "ic_series": {"dates": [str(d) for d in ic_dates.astype("datetime64[ns]").astype("datetime64[s]")],
+                      "ic": ic, "rank_ic": rank_ic},
+        "timing": {"setup_seconds": load_seconds, "forecast_seconds": forecast_seconds,
+                   "origins_per_second": len(plan.origins) / max(forecast_seconds, 1e-9),
+                   "total_seconds": time.perf_counter() - t0},
+        "definitions": DEFINITIONS,
+    }
+    write_json_atomic(out / REPORT_NAME, report)
+    log(format_table(scores))
+    log(f"wrote {out / REPORT_NAME}, {out / EXAMPLES_PLOT}, {out / IC_PLOT}")
+    return report

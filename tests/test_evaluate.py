@@ -1,0 +1,322 @@
+"""Evaluation job: metric functions against hand-computed values, origin building, and launch/evaluate.py runs
+(single process, reproducibility, the deepspeed launcher with 2 CPU ranks, bad input)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ds_kronos.cli import run_main
+from ds_kronos.evaluation import metrics
+from ds_kronos.evaluation.origins import build_origins, origin_windows
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "launch" / "evaluate.py"
+DAY = 86_400 * 10**9
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------------------------
+
+def test_horizon_errors_by_hand():
+    pred = np.array([[1.0, 2.0], [3.0, 4.0]])
+    actual = np.array([[0.0, 0.0], [1.0, 1.0]])  # errors [[1, 2], [2, 3]]
+    result = metrics.horizon_errors(pred, actual)
+    assert result["mae_per_horizon"] == pytest.approx([1.5, 2.5])
+    assert result["rmse_per_horizon"] == pytest.approx([math.sqrt(2.5), math.sqrt(6.5)])
+    assert result["mae"] == pytest.approx(2.0)
+    assert result["rmse"] == pytest.approx(math.sqrt(4.5))
+    # Two features, the second forecast perfectly: per-feature values are averaged over the features.
+    both = metrics.horizon_errors(np.stack([pred, actual], axis=-1), np.stack([actual, actual], axis=-1))
+    assert both["mae_per_horizon"] == pytest.approx([0.75, 1.25])
+    assert both["rmse_per_horizon"] == pytest.approx([math.sqrt(2.5) / 2, math.sqrt(6.5) / 2])
+    assert both["rmse"] == pytest.approx(math.sqrt(4.5) / 2)
+
+
+def test_direction_accuracy_up_vs_down_or_flat():
+    pred = np.array([[0.1, -0.2], [0.0, 0.3], [-0.1, 0.2]])
+    real = np.array([[0.2, -0.1], [-0.1, -0.3], [0.0, 0.1]])
+    # h1: up/up, flat/down, down/flat -> all right; h2: down/down right, up/down wrong, up/up right.
+    result = metrics.direction_accuracy(pred, real)
+    assert result["per_horizon"] == pytest.approx([1.0, 2 / 3])
+    assert result["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_rankdata_and_correlations_by_hand():
+    assert metrics.rankdata(np.array([10.0, 20.0, 20.0, 5.0])).tolist() == [2.0, 3.5, 3.5, 1.0]
+    # x=[1,2,3], y=[1,3,2]: deviations [-1,0,1], [-1,1,0] -> 1 / sqrt(2 * 2)
+    assert metrics.pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+    # Tied ranks [1, 2.5, 2.5, 4] vs [1, 2, 3, 4]: 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10)
+    assert metrics.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(3 / math.sqrt(10))
+    assert metrics.spearman([1, 2, 3, 100], [4, 9, 10, 11]) == pytest.approx(1.0)
+    assert math.isnan(metrics.pearson([0.1, 0.1, 0.1], [1, 2, 3]))  # constant side: undefined
+
+
+def test_daily_ic_skips_small_and_constant_dates_and_summarises():
+    a = [0.01, 0.03, -0.02, 0.00], [0.02, 0.01, -0.01, 0.005]
+    b = [1.0, 2.0, 3.0], [1.0, 3.0, 2.0]
+    c = [0.5, 0.2], [0.1, 0.3]                # 2 symbols: skipped
+    d = [0.0, 0.0, 0.0], [0.1, -0.1, 0.2]     # constant prediction: skipped
+    blocks = {4: a, 1: b, 2: c, 3: d}          # dates out of order on purpose
+    dates = np.concatenate([[day] * len(p) for day, (p, _) in blocks.items()]) * DAY
+    pred = np.concatenate([p for p, _ in blocks.values()])
+    real = np.concatenate([r for _, r in blocks.values()])
+    used, ic, rank_ic = metrics.daily_ic(dates, pred, real)
+    assert used.tolist() == [1 * DAY, 4 * DAY]
+    ic_a = np.corrcoef(a[0], a[1])[0, 1]
+    rank_a = np.corrcoef(np.argsort(np.argsort(a[0])), np.argsort(np.argsort(a[1])))[0, 1]  # no ties in a
+    assert ic.tolist() == pytest.approx([0.5, ic_a])
+    assert rank_ic.tolist() == pytest.approx([0.5, rank_a])
+    summary = metrics.ic_summary(ic, rank_ic)
+    std = math.sqrt(((0.5 - ic_a) ** 2) / 2)  # sample std of two values: |x - y| / sqrt(2)
+    assert summary["mean_ic"] == pytest.approx((0.5 + ic_a) / 2)
+    assert summary["ic_std"] == pytest.approx(std)
+    assert summary["icir"] == pytest.approx((0.5 + ic_a) / 2 / std)
+    assert summary["mean_rank_ic"] == pytest.approx((0.5 + rank_a) / 2)
+    assert summary["dates"] == 2
+    assert metrics.ic_summary(np.zeros(0), np.zeros(0))["mean_ic"] is None
+
+
+def test_score_of_a_constant_forecaster_has_no_ic():
+    real = np.array([[0.1], [-0.2], [0.3]])
+    result = metrics.score(pred_close_norm=np.zeros((3, 1)), actual_close_norm=np.ones((3, 1)),
+                           pred_returns=np.zeros((3, 1)), real_returns=real, dates=np.zeros(3, np.int64),
+                           with_ic=False)
+    assert result["ic"]["mean_ic"] is None and result["ic"]["dates"] == 0
+    assert result["all_features"] is None
+    assert result["direction"]["accuracy"] == pytest.approx(1 / 3)  # "down or flat" is right once
+    assert result["close"]["mae"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Origins
+# ---------------------------------------------------------------------------------------------------------------------
+
+def crafted_split() -> tuple[np.ndarray, np.ndarray]:
+    """Symbol 0: days 0..9; symbol 1: days 2..9 (listed late); symbol 2: days 0..9 without day 4 (suspended)."""
+    days = [list(range(10)), list(range(2, 10)), [d for d in range(10) if d != 4]]
+    timestamps = np.concatenate([np.array(d, dtype=np.int64) * DAY for d in days])
+    offsets = np.array([0, 10, 18, 27], dtype=np.int64)
+    return timestamps, offsets
+
+
+def test_origins_on_a_shared_calendar_grid():
+    timestamps, offsets = crafted_split()
+    # lookback 3, pred_len 2, stride 2: grid = calendar days 2, 4, 6, 8; the last history bar needs 2 bars before
+    # it and 2 after it inside its symbol.
+    origins = build_origins(timestamps, offsets, lookback=3, pred_len=2, stride=2)
+    assert origins.rows.tolist() == [3, 5, 7, 13, 15, 21, 24]
+    assert origins.symbols.tolist() == [0, 0, 0, 1, 1, 2, 2]
+    assert (origins.dates(timestamps) // DAY).tolist() == [2, 4, 6, 4, 6, 2, 6]
+    for row, symbol in zip(origins.rows, origins.symbols):  # history and future stay inside the symbol
+        assert offsets[symbol] <= row - 3 and row + 2 <= offsets[symbol + 1]
+
+    latest = build_origins(timestamps, offsets, lookback=3, pred_len=2, stride=2, max_per_symbol=1)
+    assert latest.rows.tolist() == [7, 15, 24]
+    assert origins.for_rank(1, 2).rows.tolist() == [13, 15]
+    assert origins.for_rank(0, 2).symbols.tolist() == [0, 0, 0, 2, 2]
+    assert build_origins(timestamps, offsets, lookback=3, pred_len=1, stride=1).rows.size == 7 + 5 + 6
+    assert len(build_origins(timestamps, offsets, lookback=3, pred_len=8, stride=1)) == 0
+
+
+def test_origin_windows_normalise_like_window_dataset(demo_prepared_dir):
+    from ds_kronos.data import PreparedDataset, WindowDataset
+
+    prepared = PreparedDataset.open(demo_prepared_dir)
+    split = prepared.test
+    lookback, pred_len = prepared.lookback, 4
+    origins = build_origins(split.timestamps, split.offsets, lookback, pred_len, stride=7)
+    windows = origin_windows(split, origins.rows, lookback, pred_len, clip=5.0)
+    # A WindowDataset window has lookback + predict + 1 bars: predict = pred_len - 1 gives the same span.
+    reference = WindowDataset(prepared, "test", predict=pred_len - 1)
+    x, stamp = reference.windows(origins.rows - lookback)
+    np.testing.assert_array_equal(windows.norm, x.numpy())
+    np.testing.assert_array_equal(windows.stamp, stamp.numpy())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# launch/evaluate.py
+# ---------------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
+    import torch
+
+    from ds_kronos.model import Kronos, KronosTokenizer
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    KronosTokenizer.from_preset("tiny").save_pretrained(root / "tokenizer")
+    Kronos.from_preset("tiny").save_pretrained(root / "predictor")
+    return root / "tokenizer", root / "predictor"
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def eval_args(data: Path, models: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--tokenizer", str(models[0]), "--predictor", str(models[1]), "--out", str(out),
+            "--max_origins_per_symbol", "3", "--sample_count", "1", "--threads", "1", *extra]
+
+
+def run_eval(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=120)
+
+
+def metric_sections(report: dict) -> dict:
+    return {"model": report["model"], "baselines": report["baselines"], "counts": report["counts"]}
+
+
+def finite_numbers(value) -> list[float]:
+    if isinstance(value, dict):
+        return [x for v in value.values() for x in finite_numbers(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in finite_numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+@pytest.fixture(scope="module")
+def sampled_run(demo_prepared_dir, tiny_models, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("eval") / "a"
+    result = run_eval(eval_args(demo_prepared_dir, tiny_models, out, "--seed", "7"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_end_to_end_report_plots_and_table(sampled_run, demo_prepared_dir):
+    from ds_kronos.data import PreparedDataset
+
+    out, result = sampled_run
+    report = json.loads((out / "report.json").read_text())
+    assert {"config", "data", "counts", "model", "baselines", "ic_series", "timing", "definitions"} <= set(report)
+    assert set(report["baselines"]) == {"last_value", "zero_return", "history_mean"}
+    for name in ("forecast_examples.png", "ic_over_time.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for line in ("model", "last_value", "zero_return", "history_mean"):
+        assert any(row.startswith(line + " ") for row in result.stdout.splitlines()), result.stdout
+
+    prepared = PreparedDataset.open(demo_prepared_dir)
+    split, lookback, pred_len = prepared.test, prepared.lookback, prepared.predict
+    origins = build_origins(split.timestamps, split.offsets, lookback, pred_len, pred_len, max_per_symbol=3)
+    counts = report["counts"]
+    assert counts["origins"] == len(origins) == 3 * counts["symbols_with_origins"]
+    assert counts["symbols"] == len(split.symbols) and counts["ranks"] == 1
+    assert report["data"]["pred_len"] == pred_len and report["data"]["stride"] == pred_len
+
+    model = report["model"]
+    for section in ("close", "all_features"):
+        assert len(model[section]["mae_per_horizon"]) == pred_len
+    numbers = finite_numbers(model) + finite_numbers(report["baselines"]["last_value"]["close"])
+    assert numbers and all(math.isfinite(x) for x in numbers)
+    assert model["ic"]["dates"] == counts["ic_dates"] == len(report["ic_series"]["ic"]) > 0
+    assert model["ic"]["mean_ic"] == pytest.approx(np.mean(report["ic_series"]["ic"]))
+    assert model["ic"]["mean_rank_ic"] == pytest.approx(np.mean(report["ic_series"]["rank_ic"]))
+    assert report["baselines"]["last_value"]["ic"]["mean_ic"] is None
+    assert report["baselines"]["history_mean"]["ic"]["mean_ic"] is not None
+
+    # Independent re-computation of the baselines from the raw rows, one origin at a time.
+    abs_err, real_end = [], []
+    for row in origins.rows:
+        close = np.asarray(split.values[row - lookback: row + pred_len, 3], dtype=np.float64)
+        mean, std = close[:lookback].mean(), close[:lookback].std()
+        norm = np.clip((close - mean) / (std + 1e-5), -5, 5)
+        abs_err.append(np.abs(norm[lookback:] - norm[lookback - 1]))
+        real_end.append(close[-1] / close[lookback - 1] - 1)
+    last_value = report["baselines"]["last_value"]
+    assert last_value["close"]["mae_per_horizon"] == pytest.approx(np.mean(abs_err, axis=0).tolist(), rel=1e-4)
+    down_or_flat = float(np.mean(np.array(real_end) <= 0))
+    assert report["baselines"]["zero_return"]["direction"]["accuracy"] == pytest.approx(down_or_flat)
+    assert last_value["direction"]["accuracy"] == pytest.approx(down_or_flat)
+
+
+def test_same_seed_reproduces_the_metrics(sampled_run, demo_prepared_dir, tiny_models, tmp_path):
+    first = json.loads((sampled_run[0] / "report.json").read_text())
+    result = run_eval(eval_args(demo_prepared_dir, tiny_models, tmp_path / "b", "--seed", "7"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    second = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert metric_sections(second) == metric_sections(first)
+    assert second["ic_series"] == first["ic_series"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_deepspeed_two_ranks_match_one_process(demo_prepared_dir, tiny_models, tmp_path):
+    # Greedy decoding: the forecast of an origin then does not depend on which rank's generator drew it.
+    greedy = ("--top_k", "1", "--seed", "3")
+    single = run_eval(eval_args(demo_prepared_dir, tiny_models, tmp_path / "one", *greedy))
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = Path(sys.executable).parent / "deepspeed"
+    command = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), str(SCRIPT),
+               *eval_args(demo_prepared_dir, tiny_models, tmp_path / "two", *greedy)]
+    double = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=180)
+    assert double.returncode == 0, (double.stdout + double.stderr)[-3000:]
+    one = json.loads((tmp_path / "one" / "report.json").read_text())
+    two = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert two["counts"]["ranks"] == 2
+    assert {**two["counts"], "ranks": 1} == one["counts"]
+    assert two["baselines"] == one["baselines"]
+    # Batches differ between the runs (each rank batches only its symbols); allow float rounding, nothing more.
+    a, b = finite_numbers(one["model"]), finite_numbers(two["model"])
+    assert len(a) == len(b) and a == pytest.approx(b, rel=1e-4, abs=1e-6)
+
+
+def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
+    from importlib import util
+
+    spec = util.spec_from_file_location("evaluate_script", SCRIPT)
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(module.main, argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def test_bad_input_gives_one_line_and_exit_2(demo_prepared_dir, tiny_models, tmp_path, capsys):
+    import torch
+
+    from ds_kronos.model import TOKENIZER_PRESETS, KronosTokenizer
+
+    mismatched = tmp_path / "tokenizer_8bit"
+    torch.manual_seed(0)
+    KronosTokenizer(TOKENIZER_PRESETS["tiny"].replace(s1_bits=8, s2_bits=8)).save_pretrained(mismatched)
+    no_test = tmp_path / "no_test"
+    shutil.copytree(demo_prepared_dir, no_test)
+    manifest = json.loads((no_test / "manifest.json").read_text())
+    del manifest["splits"]["test"]
+    (no_test / "manifest.json").write_text(json.dumps(manifest))
+
+    tok, pred = tiny_models
+    cases = {
+        "no such folder": ["--data", str(tmp_path / "missing"), "--tokenizer", str(tok), "--predictor", str(pred)],
+        "split 'test' missing": ["--data", str(no_test), "--tokenizer", str(tok), "--predictor", str(pred)],
+        "no forecast origin fits": eval_args(demo_prepared_dir, tiny_models, tmp_path / "o", "--pred_len", "400"),
+        "tokenizer and predictor do not match": eval_args(demo_prepared_dir, (mismatched, pred), tmp_path / "o"),
+        "does not exist": eval_args(demo_prepared_dir, (tmp_path / "nope", pred), tmp_path / "o"),
+    }
+    for expected, argv in cases.items():
+        code, err = run_in_process(argv, capsys)
+        assert code == 2, (expected, err)
+        assert len(err.strip().splitlines()) == 1 and expected in err, (expected, err)
+    assert not (tmp_path / "o").exists()
+
+    # The real script: one stderr line, exit status 2.
+    result = run_eval(eval_args(demo_prepared_dir, (mismatched, pred), tmp_path / "o"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [line for line in result.stderr.strip().splitlines()
+                                                  if "tokenizer and predictor do not match" in line]

@@ -1,0 +1,274 @@
+"""Training throughput of the DeepSpeed step against a plain torch DDP loop (same model, data and step).
+
+    python benchmarks/train_throughput.py --variant small --zero 2 --world_size 2 --micro_batch 16 \\
+        --precision bf16 --steps 20 --warmup 3                          # GPU: one process per GPU
+    DS_ACCELERATOR=cpu python benchmarks/train_throughput.py --variant mini --world_size 2 --steps 4
+
+It starts its own processes (torch.multiprocessing, spawn), first for DeepSpeed (deepspeed.initialize with the
+ds_configs/ file the planner names for --zero/--precision, "auto" values resolved by ds_kronos.train.ds_config),
+then for the baseline: torch DDP over the same process group, torch AdamW with the JSON's hyper-parameters,
+gradient clipping as the JSON, fp32 or bf16 autocast. Both run the real step: frozen tokenizer ->
+tokenize_batch -> predict_and_score -> backward -> step, on random bars generated in memory (a few batches,
+cycled). Timings are per optimizer step after --warmup steps, synchronised; the median is used.
+
+Printed: samples/s, tokens/s, median step time, peak memory per rank (RSS on CPU, max_memory_allocated on GPU),
+model FLOPs per sample (formula in ds_kronos.plan.flops), MFU against --peak_tflops or a matmul probe at this
+precision (the probe gives the achievable, not the datasheet, peak: its MFU reads higher), and the ratio
+DeepSpeed / DDP. The LAST line is one JSON object (samples_per_s, baseline_samples_per_s, ratio, peak_rss_mb,
+mfu, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ds_kronos.cli import run_main
+from ds_kronos.config import option, parse_config
+from ds_kronos.errors import UserError
+from ds_kronos.model import PREDICTOR_PRESETS
+
+
+@dataclass(kw_only=True)
+class ThroughputConfig:
+    """Measure DeepSpeed training throughput against a torch DDP baseline."""
+
+    variant: str = option("mini", choices=tuple(PREDICTOR_PRESETS), help="predictor preset")
+    zero: int = option(0, choices=(0, 1, 2, 3), help="ZeRO stage")
+    offload: bool = option(False, help="ZeRO-2/3 CPU offload (see launch/plan.py)")
+    world_size: int = option(1, help="processes (one per GPU on a GPU machine)")
+    micro_batch: int = option(8, help="samples per rank per step")
+    context: int | None = option(None, help="tokens per sample (default: min(preset max_context, 512))")
+    precision: str = option("fp32", choices=("fp32", "bf16"), help="training precision")
+    activation_checkpointing: bool = option(False, help="recompute blocks in backward")
+    steps: int = option(10, help="timed optimizer steps")
+    warmup: int = option(2, help="untimed steps first")
+    peak_tflops: float | None = option(None, help="peak TFLOP/s per device for MFU (default: a matmul probe)")
+    threads: int | None = option(None, help="torch threads per process on CPU (default: cores / processes)")
+    baseline: bool = option(True, help="also run the torch DDP baseline")
+    seed: int = option(0, help="random seed")
+
+    def problems(self) -> list[str]:
+        problems = [f"--{name} must be at least 1" for name in ("world_size", "micro_batch", "steps")
+                    if getattr(self, name) < 1]
+        if self.warmup < 0:
+            problems.append("--warmup must be >= 0")
+        if self.offload and self.zero < 2:
+            problems.append("--offload needs --zero 2 or 3")
+        return problems
+
+
+# ------------------------------------------------------------------------------------------------ in each process
+def _peak_memory_bytes(device) -> tuple[int, int]:
+    """(peak RSS, peak accelerator memory) since the last reset."""
+    import torch
+
+    from ds_kronos.plan.measure import peak_rss_bytes
+    gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return peak_rss_bytes(), gpu
+
+
+def _reset_peaks(device) -> None:
+    import torch
+
+    from ds_kronos.plan.measure import reset_peak_rss
+    reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _sync(device) -> None:
+    import torch
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_tflops(device, dtype, seconds: float = 1.0) -> float:
+    """Achievable dense matmul TFLOP/s of this process at ``dtype`` (square matmuls, repeated for ``seconds``)."""
+    import torch
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        done += 1
+        if device.type == "cuda" and done % 10:
+            continue
+        _sync(device)
+    _sync(device)
+    return 2 * n ** 3 * done / (time.perf_counter() - start) / 1e12
+
+
+def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str) -> None:
+    """One rank of one phase ("deepspeed" or "ddp"); writes its timings to out_dir/<mode>_<rank>.json."""
+    config = ThroughputConfig(**values)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(config.world_size),
+                      LOCAL_WORLD_SIZE=str(config.world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import logging
+
+    import torch
+
+    from ds_kronos.model import Kronos, KronosTokenizer, preset
+    from ds_kronos.plan.measure import random_batch
+    from ds_kronos.train.runtime import barrier, init_runtime, seed_everything
+    from ds_kronos.train.step import predict_and_score, tokenize_batch
+    from ds_kronos.train.trainer import tokenizer_dtype
+
+    runtime = init_runtime(config.threads)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    device, bf16 = runtime.device, config.precision == "bf16"
+    probe = None
+    if mode == "deepspeed" and config.peak_tflops is None:
+        probe = matmul_tflops(device, torch.bfloat16 if bf16 else torch.float32)  # all ranks at once: shared cores
+    seed_everything(config.seed)
+    spec = preset(config.variant)
+    tok_dtype = tokenizer_dtype("auto", device)
+    tokenizer = KronosTokenizer.from_preset(spec.tokenizer).eval().requires_grad_(False).to(device, tok_dtype)
+    model = Kronos.from_preset(config.variant)
+    model.gradient_checkpointing = config.activation_checkpointing
+    context = config.context or min(spec.max_context, 512)
+    generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
+    data = [random_batch(config.micro_batch, context, generator) for _ in range(4)]
+
+    ds_json = _ds_json(config, runtime.on_cpu)
+    if mode == "deepspeed":
+        import deepspeed
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
+                                               config=ds_json)
+        head = engine.module.head
+
+        def step(batch) -> None:
+            loss, _, _ = predict_and_score(engine, head, batch, teacher_forcing=False)
+            engine.backward(loss)
+            engine.step()
+    else:
+        from torch.nn.parallel import DistributedDataParallel
+        model = model.to(device)
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        params = ds_json["optimizer"]["params"]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"], betas=tuple(params["betas"]),
+                                      eps=params["eps"], weight_decay=params["weight_decay"])
+        clip = ds_json.get("gradient_clipping", 0.0)
+        head = model.head
+
+        def step(batch) -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss, _, _ = predict_and_score(ddp, head, batch, teacher_forcing=False)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    times = []
+    for i in range(config.warmup + config.steps):
+        if i == config.warmup:
+            barrier()
+            _reset_peaks(device)
+        bars, stamp = data[i % len(data)]
+        _sync(device)
+        start = time.perf_counter()
+        step(tokenize_batch(tokenizer, bars, stamp, device, tok_dtype))
+        _sync(device)
+        if i >= config.warmup:
+            times.append(time.perf_counter() - start)
+    rss, gpu = _peak_memory_bytes(device)
+    result = {"times": times, "peak_rss": rss, "peak_gpu": gpu, "probe_tflops": probe, "device": device.type,
+              "threads": torch.get_num_threads(), "context": context,
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    Path(out_dir, f"{mode}_{rank}.json").write_text(json.dumps(result), encoding="utf-8")
+    barrier()
+
+
+def _ds_json(config: ThroughputConfig, on_cpu: bool) -> dict[str, Any]:
+    from ds_kronos.plan.planner import ds_config_for
+    from ds_kronos.train.ds_config import BatchPlan, resolve_ds_config
+
+    choice = ds_config_for(config.zero, config.offload, config.precision)
+    plan = BatchPlan(config.micro_batch, 1, config.world_size)
+    return resolve_ds_config(choice.load(), choice.path, plan=plan, total_steps=config.warmup + config.steps,
+                             lr=None, use_onecycle=False, on_cpu=on_cpu)
+
+
+# ----------------------------------------------------------------------------------------------------- parent
+def _phase(mode: str, config: ThroughputConfig) -> list[dict[str, Any]]:
+    import torch.multiprocessing as mp
+
+    from ds_kronos.train.runtime import _free_port
+    with tempfile.TemporaryDirectory(prefix="ds_kronos_bench_") as out_dir:
+        mp.start_processes(worker, args=(mode, dataclasses.asdict(config), _free_port(), out_dir),
+                           nprocs=config.world_size, join=True, start_method="spawn")
+        return [json.loads(Path(out_dir, f"{mode}_{r}.json").read_text()) for r in range(config.world_size)]
+
+
+def _summary(results: list[dict[str, Any]], config: ThroughputConfig, flops: float, peak: float) -> dict[str, Any]:
+    # A step ends when the slowest rank's does: take the per-step maximum over ranks.
+    per_step = [max(r["times"][i] for r in results) for i in range(config.steps)]
+    median = statistics.median(per_step)
+    samples = config.micro_batch * config.world_size / median
+    return {"samples_per_s": samples, "tokens_per_s": samples * results[0]["context"], "step_s_median": median,
+            "peak_rss_mb": max(r["peak_rss"] for r in results) / 2 ** 20,
+            "peak_gpu_mb": max(r["peak_gpu"] for r in results) / 2 ** 20,
+            "mfu": samples * flops / (peak * 1e12 * config.world_size)}
+
+
+def run(config: ThroughputConfig) -> dict[str, Any]:
+    from ds_kronos.plan.counts import model_counts
+    from ds_kronos.plan.flops import flops_per_sample
+
+    counts = model_counts(config.variant)
+    context = config.context or min(counts.max_context, 512)
+    flops = flops_per_sample(counts, context)
+    ds = _phase("deepspeed", config)
+    peak = config.peak_tflops or ds[0]["probe_tflops"]
+    peak_source = "--peak_tflops" if config.peak_tflops else f"matmul probe ({config.precision}, per process)"
+    mine = _summary(ds, config, flops, peak)
+    print(f"Kronos-{config.variant} ({counts.total_params:,} params), {config.world_size} x {ds[0]['device_name']} "
+          f"({ds[0]['threads']} threads each), ZeRO-{config.zero}{' + offload' if config.offload else ''}, "
+          f"{config.precision}, micro batch {config.micro_batch} x context {context}, {config.steps} steps after "
+          f"{config.warmup} warm-up")
+    print(f"model FLOPs per sample {flops / 1e9:.2f} GFLOP (6 x {counts.matmul_params:,} x {context} + attention); "
+          f"peak {peak:.2f} TFLOP/s per device from {peak_source}")
+    _print("deepspeed", mine)
+    report: dict[str, Any] = {"variant": config.variant, "zero": config.zero, "world_size": config.world_size,
+                              "precision": config.precision, "micro_batch": config.micro_batch, "context": context,
+                              **mine, "flops_per_sample": flops, "peak_tflops": peak,
+                              "baseline_samples_per_s": None, "ratio": None}
+    if config.baseline:
+        base = _summary(_phase("ddp", config), config, flops, peak)
+        _print("torch DDP", base)
+        report.update(baseline_samples_per_s=base["samples_per_s"], ratio=mine["samples_per_s"] / base["samples_per_s"],
+                      baseline_peak_rss_mb=base["peak_rss_mb"], baseline_peak_gpu_mb=base["peak_gpu_mb"],
+                      baseline_mfu=base["mfu"])
+        print(f"ratio DeepSpeed / DDP: {report['ratio']:.3f}")
+    return report
+
+
+def _print(label: str, s: dict[str, Any]) -> None:
+    gpu = f", peak GPU {s['peak_gpu_mb']:.0f} MiB/rank" if s["peak_gpu_mb"] else ""
+    print(f"{label:<10} {s['samples_per_s']:10.2f} samples/s {s['tokens_per_s']:12.0f} tokens/s  step median "
+          f"{s['step_s_median'] * 1000:8.1f} ms  peak RSS {s['peak_rss_mb']:.0f} MiB/rank{gpu}  MFU {s['mfu']:.1%}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_config(ThroughputConfig, argv)
+    try:
+        report = run(config)
+    except Exception as exc:  # a worker's failure arrives as ProcessRaisedException with its traceback text
+        if type(exc).__name__ == "ProcessRaisedException":
+            raise UserError(f"a benchmark process failed:\n{exc}") from None
+        raise
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,204 @@
+"""Plan a training run: per-rank memory of a configuration, and the least-sharded configuration that fits.
+
+Escalation order of :func:`recommend` (cheapest first): ZeRO 0 < 1 < 2 < 3 < 3 + offload at the requested micro
+batch; then the same with activation checkpointing (about a third more compute); then half the micro batch (with
+twice the gradient accumulation, so the global batch is unchanged), and so on down to 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ds_kronos.config import option
+from ds_kronos.errors import CheckpointError, ConfigError
+from ds_kronos.model import PREDICTOR_PRESETS
+from ds_kronos.plan.counts import ModelCounts, model_counts
+from ds_kronos.plan.memory import BYTES, MemoryEstimate, Setup, estimate
+
+GIB = 1024 ** 3
+DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+SHARDING_LADDER: tuple[tuple[int, bool], ...] = ((0, False), (1, False), (2, False), (3, False), (3, True))
+
+
+@dataclass(kw_only=True)
+class PlanRequest:
+    """Per-rank memory of a Kronos training configuration, and the configuration that fits a device."""
+
+    variant: str | None = option(None, help=f"predictor preset: {', '.join(PREDICTOR_PRESETS)}")
+    world_size: int = option(1, help="data-parallel processes (GPUs) in all")
+    gpus_per_node: int | None = option(None, help="processes per node (default: world_size, at most 8)")
+    zero: int = option(0, choices=(0, 1, 2, 3), help="ZeRO stage")
+    offload: bool = option(False, help="offload optimizer states (ZeRO-2) or optimizer and params (ZeRO-3) to CPU")
+    micro_batch: int = option(16, help="samples per rank per micro step")
+    context: int | None = option(None, help="tokens per sample (default: the preset's max_context)")
+    precision: str = option("fp32", choices=tuple(BYTES), help="training precision")
+    activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward")
+    memory_gb: float | None = option(None, help="memory per device in GiB: recommend a configuration that fits")
+    margin: float = option(0.2, help="share of --memory_gb kept free (allocator slack, CUDA context, buffers)")
+    write_ds_config: str | None = option(None, help="write the recommended (else the planned) DeepSpeed JSON "
+                                         "here, with any changes it needs merged in")
+    device: str = option("gpu", choices=("gpu", "cpu"), help="accelerator kind: on CPU, attention dropout takes "
+                         "torch's math attention kernel, which stores the T x T scores")
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.variant is None:
+            problems.append(f"--variant is required ({', '.join(PREDICTOR_PRESETS)})")
+        else:
+            try:
+                model_counts(self.variant)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+        for name in ("world_size", "micro_batch", "context", "gpus_per_node"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"--{name} must be at least 1, got {value}")
+        if self.offload and self.zero < 2:
+            problems.append(f"--offload needs --zero 2 or 3 (got --zero {self.zero})")
+        if self.memory_gb is not None and self.memory_gb <= 0:
+            problems.append(f"--memory_gb must be positive, got {self.memory_gb}")
+        if not 0 <= self.margin < 1:
+            problems.append(f"--margin must be in [0, 1), got {self.margin}")
+        gpn = self.gpus_per_node
+        if gpn and self.world_size >= 1 and self.world_size % min(gpn, self.world_size):
+            problems.append(f"--world_size {self.world_size} is not a multiple of --gpus_per_node {gpn}")
+        return problems
+
+    def setup(self, counts: ModelCounts) -> Setup:
+        gpn = min(self.gpus_per_node or min(self.world_size, 8), self.world_size)
+        return Setup(world_size=self.world_size, gpus_per_node=gpn, zero=self.zero, offload=self.offload,
+                     micro_batch=self.micro_batch, context=self.context or counts.max_context,
+                     precision=self.precision, activation_checkpointing=self.activation_checkpointing,
+                     math_attention=self.device == "cpu" and counts.config.attn_dropout_p > 0)
+
+
+@dataclass(frozen=True)
+class DsConfigChoice:
+    """A ds_configs/ file and the changes (if any) it needs for the planned configuration."""
+
+    path: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if not self.overrides:
+            return self.path
+        return f"{self.path} with {json.dumps(self.overrides, sort_keys=True)} merged in"
+
+    def load(self, folder: Path = DS_CONFIG_DIR) -> dict[str, Any]:
+        """The JSON (its "auto" values left for the trainer) with the overrides merged."""
+        from ds_kronos.train.ds_config import load_ds_config
+
+        return self.apply(load_ds_config(str(folder / Path(self.path).name)))
+
+    def write(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.load(), indent=2) + "\n", encoding="utf-8")
+
+    def apply(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A copy of ``config`` with the overrides merged (nested mappings merged key by key)."""
+        merged = copy.deepcopy(config)
+        _merge(merged, self.overrides)
+        return merged
+
+
+def _merge(target: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _describe_json(config: dict) -> tuple[int, bool, str]:
+    zero = config.get("zero_optimization", {})
+    offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    precision = "bf16" if config.get("bf16", {}).get("enabled") else ("fp16" if config.get("fp16", {}).get(
+        "enabled") else "fp32")
+    return int(zero.get("stage", 0)), offload, precision
+
+
+def ds_config_for(zero: int, offload: bool, precision: str, folder: Path = DS_CONFIG_DIR) -> DsConfigChoice:
+    """The ds_configs/ file matching (stage, offload, precision), else the closest one plus the changes needed."""
+    files: dict[tuple[int, bool, str], str] = {}
+    # Only the predictor's zero*.json files: others there (e.g. tokenizer_zero2.json) serve other jobs.
+    for path in sorted(folder.glob("zero*.json")) if folder.is_dir() else []:
+        try:
+            files.setdefault(_describe_json(json.loads(path.read_text(encoding="utf-8"))), f"ds_configs/{path.name}")
+        except (ValueError, AttributeError):
+            continue  # not a DeepSpeed config: not a candidate
+    if (zero, offload, precision) in files:
+        return DsConfigChoice(files[(zero, offload, precision)])
+    bf16 = {"bf16": {"enabled": True}} if precision == "bf16" else {}
+    if (zero, offload, "fp32") in files:
+        return DsConfigChoice(files[(zero, offload, "fp32")], bf16)
+    # No file with this offload setting: the plain file of the stage, with offload switched on (ZeRO-3 offloads
+    # the params as well, as ds_configs/zero3_offload.json does and as the planner assumes).
+    key = (zero, False, precision) if (zero, False, precision) in files else (zero, False, "fp32")
+    overrides: dict[str, Any] = {} if key[2] == precision else dict(bf16)
+    if offload:
+        target = {"device": "cpu", "pin_memory": False}
+        zero_changes = {"offload_optimizer": target}
+        if zero == 3:
+            zero_changes["offload_param"] = dict(target)
+        overrides["zero_optimization"] = zero_changes
+    return DsConfigChoice(files.get(key, f"ds_configs/zero{zero}.json"), overrides)
+
+
+@dataclass(frozen=True)
+class Plan:
+    request: PlanRequest
+    counts: ModelCounts
+    setup: Setup
+    estimate: MemoryEstimate
+    ds_config: DsConfigChoice
+
+    def fits(self, memory_gb: float, margin: float) -> bool:
+        return self.estimate.total <= memory_gb * GIB * (1 - margin)
+
+
+def plan(request: PlanRequest) -> Plan:
+    counts = model_counts(request.variant)
+    setup = request.setup(counts)
+    return Plan(request, counts, setup, estimate(counts, setup),
+                ds_config_for(setup.zero, setup.offload, setup.precision))
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    chosen: Plan | None
+    """The first candidate that fits, or None when even ZeRO-3 + offload at micro batch 1 does not."""
+    tried: tuple[Plan, ...]
+    grad_accum_factor: int
+    """Multiply the gradient accumulation by this to keep the requested global batch."""
+
+
+def candidates(request: PlanRequest):
+    """Requests in escalation order (see the module docstring)."""
+    micro = request.micro_batch
+    while True:
+        for checkpointing in (False, True):
+            for zero, offload in SHARDING_LADDER:
+                yield dataclasses.replace(request, zero=zero, offload=offload, micro_batch=micro,
+                                          activation_checkpointing=checkpointing or request.activation_checkpointing)
+        if micro == 1:
+            return
+        micro = max(1, micro // 2)
+
+
+def recommend(request: PlanRequest, memory_gb: float | None = None) -> Recommendation:
+    """The least-sharded configuration whose per-rank total fits ``memory_gb`` (default: the request's) with the
+    request's safety margin."""
+    memory_gb = memory_gb if memory_gb is not None else request.memory_gb
+    if memory_gb is None:
+        raise ConfigError("recommend() needs --memory_gb")
+    tried = []
+    for candidate in candidates(request):
+        option_plan = plan(candidate)
+        tried.append(option_plan)
+        if option_plan.fits(memory_gb, request.margin):
+            return Recommendation(option_plan, tuple(tried), request.micro_batch // candidate.micro_batch)
+    return Recommendation(None, tuple(tried), 1)

@@ -21,6 +21,9 @@ class EvalConfig:
     data: str | None = option(None, help="prepared dataset folder (launch/prepare_data.py output)")
     tokenizer: str | None = option(None, help="tokenizer checkpoint folder, or a preset name (random weights)")
     predictor: str | None = option(None, help="predictor checkpoint folder, or a preset name (random weights)")
+    reference_predictor: str | None = option(
+        None, help="a second predictor (e.g. the starting point of fine-tuning) forecast on the same origins with "
+                   "the same sampler seeds and reported as 'reference'")
     out: str = option("runs/evaluation", help="output folder: report.json, forecast_examples.png, ic_over_time.png")
     split: str = option("test", choices=SPLIT_CHOICES, help="split of the prepared dataset to forecast")
     local_rank: int = option(-1, help="set by the deepspeed launcher")

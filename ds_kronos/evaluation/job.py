@@ -55,13 +55,6 @@ def say(message: str) -> None:
     print(message, flush=True, file=sys.stdout)
 
 
-def load_model(cls: type, name_or_path: str) -> Any:
-    """A checkpoint folder, else a preset name (random init; seed torch first for identical weights on all ranks)."""
-    if Path(name_or_path).expanduser().exists() or "/" in name_or_path:
-        return cls.from_pretrained(name_or_path)
-    return cls.from_preset(name_or_path)
-
-
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What will be forecast: the split, the horizon settings and the origins (identical on every rank)."""
@@ -147,15 +140,24 @@ def realised_windows(plan: Plan, clip: float) -> Realised:
     return Realised(**{name: np.concatenate(arrays) for name, arrays in parts.items()})
 
 
-def score_all(pred_norm: np.ndarray, real: Realised, dates: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-    """Scores of the model and the baselines, and the model's predicted close in price units [n, H]."""
+def score_all(pred_norm: np.ndarray, real: Realised, dates: np.ndarray,
+              reference_norm: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Scores of the model (and the reference predictor) and the baselines, and the model's predicted close in price
+    units [n, H]."""
     horizon = real.future_norm.shape[1]
     real_returns = metrics.window_returns(real.future_close, real.last_close)
     actual_close_norm = real.future_norm[:, :, CLOSE]
-    model_close = pred_norm[:, :, CLOSE] * (real.close_std[:, None] + NORM_EPS) + real.close_mean[:, None]
     common = dict(actual_close_norm=actual_close_norm, real_returns=real_returns, dates=dates)
-    scores = {"model": metrics.score(pred_close_norm=pred_norm[:, :, CLOSE], pred_returns=metrics.window_returns(
-        model_close, real.last_close), pred_norm=pred_norm, actual_norm=real.future_norm, **common)}
+
+    def score_forecaster(norm: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+        close = norm[:, :, CLOSE] * (real.close_std[:, None] + NORM_EPS) + real.close_mean[:, None]
+        return metrics.score(pred_close_norm=norm[:, :, CLOSE], pred_returns=metrics.window_returns(
+            close, real.last_close), pred_norm=norm, actual_norm=real.future_norm, **common), close
+
+    scores = {}
+    scores["model"], model_close = score_forecaster(pred_norm)
+    if reference_norm is not None:
+        scores["reference"] = score_forecaster(reference_norm)[0]
     last = np.repeat(real.last_norm[:, None, :], horizon, axis=1)
     flat = np.zeros_like(real_returns)  # both "unchanged close" baselines predict a zero return exactly
     scores["last_value"] = metrics.score(pred_close_norm=last[:, :, CLOSE], pred_returns=flat, pred_norm=last,
@@ -197,9 +199,12 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
     plan = plan_evaluation(config)
     # Seed before building preset (random) models: every rank must hold the same weights.
     torch.manual_seed(config.seed)
-    tokenizer = load_model(KronosTokenizer, config.tokenizer)
-    predictor = load_model(Kronos, config.predictor)
+    tokenizer = KronosTokenizer.from_folder_or_preset(config.tokenizer)
+    predictor = Kronos.from_folder_or_preset(config.predictor)
     check_pair(tokenizer, predictor)
+    reference = Kronos.from_folder_or_preset(config.reference_predictor) if config.reference_predictor else None
+    if reference is not None:
+        check_pair(tokenizer, reference)
 
     # Imports deepspeed: only once the inputs are known to be good.
     from ds_kronos.train.runtime import barrier, init_runtime
@@ -214,15 +219,19 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
             f"{len(plan.origins)} origins (lookback {plan.lookback}, pred_len {plan.pred_len}, stride "
             f"{plan.stride}) on {runtime.world_size} rank(s)")
 
-    generator = torch.Generator(device=runtime.device)
-    generator.manual_seed(config.seed + runtime.rank)
-    t1 = time.perf_counter()
-    preds = forecast_origins(config, plan, mine, tokenizer, predictor, runtime.device, generator,
-                             log if main else None)
-    gathered = gather_forecasts(mine.rows, preds, time.perf_counter() - t1, runtime.rank, runtime.world_size,
+    def forecast(model: Kronos):
+        generator = torch.Generator(device=runtime.device)
+        generator.manual_seed(config.seed + runtime.rank)
+        t1 = time.perf_counter()
+        preds = forecast_origins(config, plan, mine, tokenizer, model.to(runtime.device).float(), runtime.device,
+                                 generator, log if main else None)
+        return gather_forecasts(mine.rows, preds, time.perf_counter() - t1, runtime.rank, runtime.world_size,
                                 runtime.device)
+
+    gathered = forecast(predictor)
+    gathered_reference = forecast(reference) if reference is not None else None
     report = None if gathered is None else write_outputs(config, plan, gathered, runtime.world_size, t0,
-                                                         load_seconds, log)
+                                                         load_seconds, log, gathered_reference)
     # The other ranks wait for rank 0 before tearing down: a rank leaving the group while rank 0 still holds
     # it intermittently aborts the process ("terminate called without an active exception").
     barrier()
@@ -231,7 +240,8 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
 
 
 def write_outputs(config: EvalConfig, plan: Plan, gathered: tuple[np.ndarray, np.ndarray, float], world_size: int,
-                  t0: float, load_seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
+                  t0: float, load_seconds: float, log: Callable[[str], None],
+                  gathered_reference: tuple[np.ndarray, np.ndarray, float] | None = None) -> dict[str, Any]:
     """Rank 0: score the gathered forecasts, write report.json and the plots, print the table."""
     rows, pred_norm, forecast_seconds = gathered
     if not np.array_equal(rows, plan.origins.rows):  # origins are in row order; a mismatch is a bug, not input
@@ -239,7 +249,8 @@ def write_outputs(config: EvalConfig, plan: Plan, gathered: tuple[np.ndarray, np
 
     real = realised_windows(plan, config.clip)
     dates = plan.origins.dates(plan.split.timestamps)
-    scores, model_close = score_all(pred_norm, real, dates)
+    scores, model_close = score_all(pred_norm, real, dates,
+                                    None if gathered_reference is None else gathered_reference[1])
     # The same series the model's IC summary is computed from, kept for the plot and the report.
     ic_dates, ic, rank_ic = metrics.daily_ic(dates, metrics.window_returns(model_close, real.last_close)[:, -1],
                                              metrics.window_returns(real.future_close, real.last_close)[:, -1])
@@ -259,7 +270,8 @@ def write_outputs(config: EvalConfig, plan: Plan, gathered: tuple[np.ndarray, np
                    "origins": len(plan.origins), "dates": int(np.unique(dates).size),
                    "ic_dates": int(ic_dates.size), "ranks": world_size},
         "model": scores["model"],
-        "baselines": {name: value for name, value in scores.items() if name != "model"},
+        "reference": scores.get("reference"),
+        "baselines": {name: value for name, value in scores.items() if name not in ("model", "reference")},
         "ic_series": {"dates": [str(d) for d in ic_dates.astype("datetime64[ns]").astype("datetime64[s]")],
                       "ic": ic, "rank_ic": rank_ic},
         "timing": {"setup_seconds": load_seconds, "forecast_seconds": forecast_seconds,

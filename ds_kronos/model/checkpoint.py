@@ -171,6 +171,14 @@ class PretrainedMixin:
         model.load_state_dict(state, strict=True)
         return model.to(map_location)
 
+    @classmethod
+    def from_folder_or_preset(cls: type[M], name_or_path: str) -> M:
+        """A checkpoint folder (or hub id), else a preset name (random init: seed torch first for identical weights
+        on every rank)."""
+        if Path(name_or_path).expanduser().exists() or "/" in name_or_path:
+            return cls.from_pretrained(name_or_path)
+        return cls.from_preset(name_or_path)  # type: ignore[attr-defined]
+
     def save_pretrained(self, folder: str | os.PathLike,
                         state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
         """Write the folder (fp32). ``state_dict`` overrides the module's own (e.g. gathered fp32 master weights)."""

@@ -7,7 +7,6 @@ model to put in the engine, the training loss with its logged components, and pe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +17,6 @@ from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.train.step import predict_and_score, tokenize_batch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def load_model(cls, name_or_path: str):
-    """A checkpoint folder, else a preset name (random init)."""
-    if Path(name_or_path).expanduser().exists() or "/" in name_or_path:
-        return cls.from_pretrained(name_or_path)
-    return cls.from_preset(name_or_path)
 
 
 def resolve_tokenizer_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -59,9 +51,9 @@ class PredictorTask:
                  device: torch.device, activation_checkpointing: bool):
         self.tokenizer_dtype = resolve_tokenizer_dtype(tokenizer_dtype, device)
         self.device = device
-        frozen = load_model(KronosTokenizer, tokenizer)
+        frozen = KronosTokenizer.from_folder_or_preset(tokenizer)
         self.tokenizer = frozen.eval().requires_grad_(False).to(device, self.tokenizer_dtype)
-        self.model: nn.Module = load_model(Kronos, predictor)
+        self.model: nn.Module = Kronos.from_folder_or_preset(predictor)
         check_pair(self.tokenizer, self.model)
         self.model.gradient_checkpointing = activation_checkpointing
         self.teacher_forcing = teacher_forcing
@@ -98,7 +90,7 @@ class TokenizerTask:
 
     def __init__(self, *, tokenizer: str, device: torch.device):
         self.device = device
-        self.model: nn.Module = load_model(KronosTokenizer, tokenizer)
+        self.model: nn.Module = KronosTokenizer.from_folder_or_preset(tokenizer)
         self.description = f"tokenizer {tokenizer}"
 
     def _forward(self, engine, x: torch.Tensor):

@@ -28,10 +28,9 @@ stage "3/4 predictor training (the main job)"
   --data "$OUT/prepared" --tokenizer "$OUT/tokenizer/best_model" --save_dir "$OUT/predictor" --seed "$SEED"
 
 stage "4/4 evaluation on the test split"
-# The reference is the tiny preset built with the same seed right after the same tokenizer load: the exact
-# starting point of stage 3.
+# The reference is stage 3's starting point (the random tiny preset it began from, saved as initial_model/).
 $PY launch/evaluate.py --data "$OUT/prepared" --tokenizer "$OUT/tokenizer/best_model" \
-  --predictor "$OUT/predictor/best_model" --reference_predictor tiny --seed "$SEED" --out "$OUT/evaluation"
+  --predictor "$OUT/predictor/best_model" --reference_predictor "$OUT/predictor/initial_model" --seed "$SEED" --out "$OUT/evaluation"
 
 printf '\ndemo finished:\n  %s\n  %s\n  %s\n' "$OUT/predictor/summary.json (best_model/, loss_curve.png)" \
   "$OUT/tokenizer/summary.json (best_model/)" "$OUT/evaluation/report.json (forecast_examples.png, ic_over_time.png)"

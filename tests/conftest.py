@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+import torch
+
+from ds_kronos.model import Kronos, KronosTokenizer
+from helpers import CONFIGS, EXTRA, SEED, common_args, deepspeed_train
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Data pipeline fixtures (tests/test_data_*.py): one small demo market and its prepared dataset per test session.
 # ---------------------------------------------------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO_SYMBOLS = 8
 DEMO_LOOKBACK = 30
 DEMO_PREDICT = 5
-
-
-def shared_dir() -> Path:
-    """The project's shared/ folder: the repo's sibling (as CI lays it out), or $DS_KRONOS_SHARED."""
-    return Path(os.environ.get("DS_KRONOS_SHARED", REPO.parent / "shared"))
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +35,27 @@ def demo_prepared_dir(demo_qlib_dir, tmp_path_factory) -> Path:
                            predict=DEMO_PREDICT)
     prepare_dataset(config, log=lambda line: None)
     return out
+
+
+# --- Training fixtures (tests/test_train*.py, tests/test_scale.py) -------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """A seeded tiny tokenizer and predictor saved as checkpoint folders (the runs' starting point)."""
+    folder = tmp_path_factory.mktemp("tiny_models")
+    torch.manual_seed(SEED)
+    KronosTokenizer.from_preset("tiny").save_pretrained(folder / "tokenizer")
+    Kronos.from_preset("tiny").save_pretrained(folder / "predictor")
+    return folder / "tokenizer", folder / "predictor"
+
+
+@pytest.fixture(scope="session")
+def config_runs(demo_prepared_dir, tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """One short 2-rank run per ds_configs/zero*.json, made once and inspected by several tests."""
+    root = tmp_path_factory.mktemp("config_runs")
+    runs = {}
+    for name in CONFIGS:
+        save_dir = root / name
+        deepspeed_train(common_args(demo_prepared_dir, tiny_checkpoints, save_dir)
+                        + ["--deepspeed_config", f"ds_configs/{name}.json", *EXTRA.get(name, [])])
+        runs[name] = save_dir
+    return runs

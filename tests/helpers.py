@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,3 +21,45 @@ def shared_dir() -> Path:
 
 def golden_dir() -> Path:
     return shared_dir() / "golden"
+
+
+# --- Training runs through the real deepspeed launcher (tests/test_train*.py, tests/test_scale.py) -----------------
+
+CONFIGS = sorted(p.stem for p in (REPO / "ds_configs").glob("zero*.json"))
+TOTAL_STEPS = 8
+VAL_SAMPLES = 75
+SEED = 100
+# Extra options per config: zero1 exercises the exact OneCycleLR mode and comet offline, zero3 teacher forcing.
+EXTRA = {"zero1": ["--lr_schedule", "onecycle", "--comet", "offline"], "zero3": ["--teacher_forcing"]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "COMET_DISABLE_AUTO_LOGGING": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py") -> subprocess.CompletedProcess:
+    """Run a launch/ script on 2 CPU ranks through the real deepspeed launcher."""
+    launcher = REPO / ".venv" / "bin" / "deepspeed"
+    command = [str(launcher) if launcher.exists() else "deepspeed", "--num_gpus", "2", "--master_port",
+               str(free_port()), str(REPO / "launch" / script), *args]
+    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def common_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) -> list[str]:
+    """The short run every config makes: 2 epochs x 4 steps of 2 x 16 samples, 75 validation samples."""
+    tokenizer, predictor = checkpoints
+    return ["--data", str(prepared), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
+            "--save_dir", str(save_dir), "--epochs", "2", "--n_train_iter", "128", "--n_val_iter", str(VAL_SAMPLES),
+            "--batch_size", "16", "--log_every", "1", "--seed", str(SEED)]
+
+
+def summary(save_dir: Path) -> dict:
+    return json.loads((save_dir / "summary.json").read_text())

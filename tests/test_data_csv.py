@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import shared_dir
+from helpers import shared_dir
 from ds_kronos.data import PreparedDataset, PrepareConfig, prepare_dataset
 
 KLINE = shared_dir() / "data" / "kline_5min_2500.csv"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 PREPARE = str(REPO / "launch" / "prepare_data.py")
 DEMO = str(REPO / "launch" / "make_demo_data.py")

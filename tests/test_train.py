@@ -1,18 +1,14 @@
 """The DeepSpeed predictor trainer, run for real: 2 CPU ranks through the deepspeed launcher on the demo data.
 
-One short run per ds_configs/*.json is made once per session (module fixture) and inspected by several tests, to
+One short run per ds_configs/zero*.json is made once per session (a session fixture, also used by test_scale.py) and inspected by several tests, to
 keep the suite's time down: 2 epochs x 4 optimizer steps, 75 validation samples (38 + 37 over the two ranks).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,67 +18,8 @@ from ds_kronos.data import PreparedDataset, WindowDataset
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.train.ds_config import warmup_steps
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
-from helpers import REPO
-
-CONFIGS = sorted(p.stem for p in (REPO / "ds_configs").glob("zero*.json"))
-TOTAL_STEPS = 8
-VAL_SAMPLES = 75
-SEED = 100
-# Extra options per config: zero1 exercises the exact OneCycleLR mode and comet offline, zero3 teacher forcing.
-EXTRA = {"zero1": ["--lr_schedule", "onecycle", "--comet", "offline"], "zero3": ["--teacher_forcing"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "COMET_DISABLE_AUTO_LOGGING": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py") -> subprocess.CompletedProcess:
-    """Run a launch/ script on 2 CPU ranks through the real deepspeed launcher."""
-    launcher = REPO / ".venv" / "bin" / "deepspeed"
-    command = [str(launcher) if launcher.exists() else "deepspeed", "--num_gpus", "2", "--master_port",
-               str(free_port()), str(REPO / "launch" / script), *args]
-    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tiny_models")
-    torch.manual_seed(SEED)
-    KronosTokenizer.from_preset("tiny").save_pretrained(folder / "tokenizer")
-    Kronos.from_preset("tiny").save_pretrained(folder / "predictor")
-    return folder / "tokenizer", folder / "predictor"
-
-
-def common_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) -> list[str]:
-    tokenizer, predictor = checkpoints
-    return ["--data", str(prepared), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
-            "--save_dir", str(save_dir), "--epochs", "2", "--n_train_iter", "128", "--n_val_iter", str(VAL_SAMPLES),
-            "--batch_size", "16", "--log_every", "1", "--seed", str(SEED)]
-
-
-@pytest.fixture(scope="module")
-def config_runs(demo_prepared_dir, tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("config_runs")
-    runs = {}
-    for name in CONFIGS:
-        save_dir = root / name
-        deepspeed_train(common_args(demo_prepared_dir, tiny_checkpoints, save_dir)
-                        + ["--deepspeed_config", f"ds_configs/{name}.json", *EXTRA.get(name, [])])
-        runs[name] = save_dir
-    return runs
-
-
-def summary(save_dir: Path) -> dict:
-    return json.loads((save_dir / "summary.json").read_text())
-
+from helpers import (CONFIGS, REPO, SEED, TOTAL_STEPS, VAL_SAMPLES, common_args, deepspeed_train, env,
+                     summary)
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_trains_and_writes_loadable_models(config_runs, name):

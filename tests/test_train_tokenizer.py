@@ -11,8 +11,7 @@ import torch
 
 from ds_kronos.model import Kronos, KronosTokenizer, KronosTokenizerConfig
 from ds_kronos.train.tasks import TokenizerTask
-from helpers import REPO, golden_dir
-from test_train import deepspeed_train, env
+from helpers import REPO, deepspeed_train, env, golden_dir
 
 
 class _Direct:
@@ -48,6 +47,9 @@ def test_tokenizer_training_lowers_reconstruction_and_feeds_the_predictor(demo_p
     assert val[-1] < val[0]  # full-reconstruction MSE on the validation split fell
     tokenizer = KronosTokenizer.from_pretrained(tokenizer_dir / "best_model")
     assert tokenizer.config == KronosTokenizer.from_preset("tiny").config
+    # Started from a preset: the random starting point is kept, and training moved away from it.
+    initial = KronosTokenizer.from_pretrained(tokenizer_dir / "initial_model").state_dict()
+    assert any(not torch.equal(initial[k], v) for k, v in tokenizer.state_dict().items())
     predictor_dir = tmp_path / "pred"
     result = deepspeed_train(["--data", str(demo_prepared_dir), "--tokenizer", str(tokenizer_dir / "best_model"),
                               "--predictor", "tiny", "--save_dir", str(predictor_dir), "--epochs", "1",

@@ -66,6 +66,11 @@ def resolve_folder(name_or_path: str | os.PathLike) -> Path:
     raise CheckpointError(f"checkpoint folder {path} does not exist")
 
 
+def names_checkpoint(name_or_path: str) -> bool:
+    """True for an existing path or a hub id ("org/name"); False for a bare preset name like "small"."""
+    return Path(name_or_path).expanduser().exists() or "/" in str(name_or_path)
+
+
 def _cached_snapshot(repo_id: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
@@ -175,7 +180,7 @@ class PretrainedMixin:
     def from_folder_or_preset(cls: type[M], name_or_path: str) -> M:
         """A checkpoint folder (or hub id), else a preset name (random init: seed torch first for identical weights
         on every rank)."""
-        if Path(name_or_path).expanduser().exists() or "/" in name_or_path:
+        if names_checkpoint(name_or_path):
             return cls.from_pretrained(name_or_path)
         return cls.from_preset(name_or_path)  # type: ignore[attr-defined]
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from ds_kronos.forecast import check_pair
 from ds_kronos.model import Kronos, KronosTokenizer
+from ds_kronos.model.checkpoint import names_checkpoint
 from ds_kronos.train.step import predict_and_score, tokenize_batch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,6 +55,7 @@ class PredictorTask:
         frozen = KronosTokenizer.from_folder_or_preset(tokenizer)
         self.tokenizer = frozen.eval().requires_grad_(False).to(device, self.tokenizer_dtype)
         self.model: nn.Module = Kronos.from_folder_or_preset(predictor)
+        self.random_init = not names_checkpoint(predictor)
         check_pair(self.tokenizer, self.model)
         self.model.gradient_checkpointing = activation_checkpointing
         self.teacher_forcing = teacher_forcing
@@ -91,6 +93,7 @@ class TokenizerTask:
     def __init__(self, *, tokenizer: str, device: torch.device):
         self.device = device
         self.model: nn.Module = KronosTokenizer.from_folder_or_preset(tokenizer)
+        self.random_init = not names_checkpoint(tokenizer)
         self.description = f"tokenizer {tokenizer}"
 
     def _forward(self, engine, x: torch.Tensor):

@@ -10,7 +10,7 @@ processes)::
         --save_dir runs/demo
 
 Outputs in ``save_dir``: ``best_model/`` (lowest validation loss) and ``final_model/`` (last step), both in the
-published folder format from the fp32 master weights, ``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet offline``, ``comet/``.
+published folder format from the fp32 master weights, ``initial_model/`` (when training starts from a preset), ``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet offline``, ``comet/``.
 """
 
 from __future__ import annotations
@@ -92,6 +92,9 @@ class Trainer:
         self._build_data()
         self.task = build_task(config, self.runtime.device)
         self.model = self.task.model
+        if self.task.random_init and self.runtime.is_main and not config.resume:
+            # A preset starts from random weights: keep them, so the run can be compared with its starting point.
+            self.model.save_pretrained(self.save_dir / "initial_model")
         self._build_engine()
         self.position = Position()
         self.comet: CometLogger | None = None

@@ -121,7 +121,7 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
     from ds_kronos.plan.measure import random_batch
     from ds_kronos.train.runtime import barrier, init_runtime, seed_everything
     from ds_kronos.train.step import predict_and_score, tokenize_batch
-    from ds_kronos.train.trainer import tokenizer_dtype
+    from ds_kronos.train.tasks import resolve_tokenizer_dtype
 
     runtime = init_runtime(config.threads)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
@@ -131,7 +131,7 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
         probe = matmul_tflops(device, torch.bfloat16 if bf16 else torch.float32)  # all ranks at once: shared cores
     seed_everything(config.seed)
     spec = preset(config.variant)
-    tok_dtype = tokenizer_dtype("auto", device)
+    tok_dtype = resolve_tokenizer_dtype("auto", device)
     tokenizer = KronosTokenizer.from_preset(spec.tokenizer).eval().requires_grad_(False).to(device, tok_dtype)
     model = Kronos.from_preset(config.variant)
     model.gradient_checkpointing = config.activation_checkpointing
@@ -203,9 +203,9 @@ def _ds_json(config: ThroughputConfig, on_cpu: bool) -> dict[str, Any]:
 def _phase(mode: str, config: ThroughputConfig) -> list[dict[str, Any]]:
     import torch.multiprocessing as mp
 
-    from ds_kronos.train.runtime import _free_port
+    from ds_kronos.train.runtime import free_port
     with tempfile.TemporaryDirectory(prefix="ds_kronos_bench_") as out_dir:
-        mp.start_processes(worker, args=(mode, dataclasses.asdict(config), _free_port(), out_dir),
+        mp.start_processes(worker, args=(mode, dataclasses.asdict(config), free_port(), out_dir),
                            nprocs=config.world_size, join=True, start_method="spawn")
         return [json.loads(Path(out_dir, f"{mode}_{r}.json").read_text()) for r in range(config.world_size)]
 

@@ -122,8 +122,10 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
         tp, optional = _base_type(hints[field.name])
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{field.metadata.get('help', '')} "
-                                  f"(default: {default!r})"}
+        text = field.metadata.get("help", "")
+        # Help that already explains its default (e.g. "default: the preset's max_context") keeps its wording.
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS,
+                                  "help": text if "default" in text else f"{text} (default: {default!r})"}
         if field.metadata.get("choices"):
             kwargs["choices"] = field.metadata["choices"]
         if tp is bool:
@@ -151,6 +153,15 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
     config = from_mapping(cls, values, source=args.config or "command line")
     validate(config)
     return config
+
+
+def prepared_data_problems(data: str | None) -> list[str]:
+    """The ``--data`` check shared by every job that reads a prepared dataset."""
+    if not data:
+        return ["--data is required: a prepared dataset folder (see launch/prepare_data.py)"]
+    if not os.path.isdir(data):
+        return [f"--data {data}: no such folder"]
+    return []
 
 
 def validate(config: Any) -> None:

@@ -52,11 +52,12 @@ def test_auto_values_are_filled_and_explicit_values_win():
                                  on_cpu=True)
     assert resolved["train_batch_size"] == 400
     assert resolved["scheduler"]["params"] == {"total_num_steps": 1000, "warmup_num_steps": 30}
-    assert resolved["optimizer"]["params"]["torch_adam"] is True
+    assert resolved["optimizer"]["params"]["torch_adam"] is True and resolved["optimizer"]["params"]["fused"]
     assert config["scheduler"]["params"]["total_num_steps"] == "auto"  # the caller's dict is not modified
     onecycle = resolve_ds_config(config, "x.json", plan=plan, total_steps=1000, lr=None, use_onecycle=True,
                                  on_cpu=False)
     assert "scheduler" not in onecycle and "torch_adam" not in onecycle["optimizer"]["params"]
+    assert "fused" not in onecycle["optimizer"]["params"]  # on GPU DeepSpeed picks its own FusedAdam
 
 
 def test_contradictions_name_both_values():
@@ -77,3 +78,13 @@ def test_max_steps_decides_the_schedule_length():
     assert total_optimizer_steps(30, 100, 250) == (250, 3)
     with pytest.raises(ConfigError, match="no optimizer step per epoch"):
         total_optimizer_steps(1, 0, 0)
+
+
+def test_slurm_processes_get_their_rank_from_slurm_variables():
+    from ds_kronos.train.runtime import slurm_rendezvous
+    srun = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_TASKS_PER_NODE": "8(x2)",
+            "MASTER_ADDR": "node1", "MASTER_PORT": "29600"}
+    assert slurm_rendezvous(srun) == {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8",
+                                      "MASTER_PORT": "29600"}
+    assert slurm_rendezvous({**srun, "RANK": "3"}) == {}  # a launcher already set the variables
+    assert slurm_rendezvous({k: v for k, v in srun.items() if k != "MASTER_ADDR"}) == {}

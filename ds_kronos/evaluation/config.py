@@ -2,14 +2,14 @@
 
 Sampling defaults follow upstream's ``KronosPredictor.predict`` (T 1.0, top_p 0.9, one sample); ``--top_k 1``
 makes the forecast greedy (deterministic, and independent of how origins are split across ranks).
+``--backtest`` adds pyqlib's TopkDropout backtest (``ds_kronos.evaluation.backtest``).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from ds_kronos.config import option
+from ds_kronos.config import option, prepared_data_problems
 
 SPLIT_CHOICES = ("train", "val", "test")
 
@@ -44,12 +44,19 @@ class EvalConfig:
     examples: int = option(4, help="symbols shown in forecast_examples.png")
     threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)")
 
+    backtest: bool = option(False, help="also run pyqlib's TopkDropout backtest of the model's predicted returns "
+                                        "(needs a set prepared from a Qlib folder holding --benchmark)")
+    benchmark: str = option("SH000300", help="--backtest: Qlib instrument of the benchmark series")
+    topk: int = option(50, help="--backtest: stocks held (capped at half the symbols with a signal)")
+    n_drop: int = option(5, help="--backtest: stocks swapped per day at most (capped at topk and at the symbols "
+                                 "not held)")
+    limit_threshold: float = option(0.095, help="--backtest: no buy (sell) when $change >= (<= -) this; 0: off "
+                                                "(also off where the provider has no $change)")
+    qlib_dir: str | None = option(None, help="--backtest: Qlib provider folder (default: the prepared set's "
+                                             "source path)")
+
     def problems(self) -> list[str]:
-        problems = []
-        if not self.data:
-            problems.append("--data is required: a prepared dataset folder (see launch/prepare_data.py)")
-        elif not os.path.isdir(self.data):
-            problems.append(f"--data {self.data}: no such folder")
+        problems = prepared_data_problems(self.data)
         for name in ("tokenizer", "predictor"):
             if not getattr(self, name):
                 problems.append(f"--{name} is required: a checkpoint folder or a preset name")
@@ -74,4 +81,12 @@ class EvalConfig:
             problems.append(f"--temperature must be > 0, got {self.temperature}")
         if not self.clip > 0:
             problems.append(f"--clip must be > 0, got {self.clip}")
+        if self.backtest:
+            if not self.benchmark:
+                problems.append("--benchmark must name a Qlib instrument with --backtest")
+            for name in ("topk", "n_drop"):
+                if getattr(self, name) < 1:
+                    problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
+            if not 0.0 <= self.limit_threshold < 1.0:
+                problems.append(f"--limit_threshold must be in [0, 1), got {self.limit_threshold}")
         return problems

@@ -9,10 +9,9 @@ explicit JSON value is used, an "auto" JSON value is filled from the option, and
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from ds_kronos.config import option
+from ds_kronos.config import option, prepared_data_problems
 
 DEFAULT_MICRO_BATCH = 50
 DEFAULT_GRAD_ACCUM = 1
@@ -62,11 +61,7 @@ class CommonTrainConfig:
     clip: float = option(5.0, help="clip normalised features to [-clip, clip]")
 
     def problems(self) -> list[str]:
-        problems = []
-        if not self.data:
-            problems.append("--data is required: a prepared dataset folder (see launch/prepare_data.py)")
-        elif not os.path.isdir(self.data):
-            problems.append(f"--data {self.data}: no such folder")
+        problems = prepared_data_problems(self.data)
         if not self.deepspeed_config:
             problems.append("--deepspeed_config is required")
         for name in ("epochs", "n_train_iter", "n_val_iter", "log_every", "keep_last"):

@@ -28,24 +28,40 @@ class Runtime:
         return self.device.type == "cpu"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
+def slurm_rendezvous(environ: dict[str, str]) -> dict[str, str]:
+    """torch.distributed variables for a process started directly by srun (``deepspeed --launcher slurm``).
+
+    srun sets only SLURM_* variables; DeepSpeed's slurm runner exports MASTER_ADDR/MASTER_PORT. Empty when this
+    is not such a process (or when RANK is already set, e.g. by the deepspeed or torchrun launcher).
+    """
+    if "RANK" in environ or "SLURM_PROCID" not in environ or "MASTER_ADDR" not in environ:
+        return {}
+    per_node = environ.get("SLURM_NTASKS_PER_NODE") or environ.get("SLURM_TASKS_PER_NODE", "1")
+    per_node = per_node.split("(")[0].split(",")[0]  # "8(x2)" -> "8"
+    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": environ.get("SLURM_NTASKS", "1"),
+            "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"), "LOCAL_WORLD_SIZE": per_node,
+            "MASTER_PORT": environ.get("MASTER_PORT", "29500")}
+
+
 def init_runtime(threads: int | None = None) -> Runtime:
     """Initialise torch.distributed through ``deepspeed.init_distributed`` (gloo/shm on CPU, NCCL on GPU).
 
-    Works under the deepspeed launcher, torchrun, or as a plain single process (then a 1-process group on a free
+    Works under the deepspeed launcher (also with ``--launcher slurm``), torchrun, or as a plain single process (then a 1-process group on a free
     local port is created, so the same code path runs everywhere).
     """
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    os.environ.update(slurm_rendezvous(dict(os.environ)))
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     accelerator = get_accelerator()
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))
     if accelerator.device_name() == "cpu":

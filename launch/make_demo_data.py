@@ -1,6 +1,7 @@
 """Write a synthetic daily market as a Qlib provider folder (see ds_kronos/data/demo_market.py).
 
-    python launch/make_demo_data.py --out demo_qlib --symbols 40 --seed 0
+    python launch/make_demo_data.py --out demo_qlib --symbols 40 --seed 0     # with the SH000300 benchmark index
+    python launch/make_demo_data.py --out demo_qlib --benchmark ''               # without one
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from ds_kronos.data.demo_market import DemoMarketConfig, write_demo_market
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(DemoMarketConfig, argv)
     path = write_demo_market(config.out, symbols=config.symbols, seed=config.seed, start=config.start,
-                             end=config.end, amount=config.amount, overwrite=config.overwrite)
-    print(f"wrote demo market with {config.symbols} symbols ({config.start}..{config.end}) to {path}")
+                             end=config.end, amount=config.amount, overwrite=config.overwrite,
+                             benchmark=config.benchmark or None)
+    index = f" and benchmark {config.benchmark.upper()}" if config.benchmark else ""
+    print(f"wrote demo market with {config.symbols} symbols{index} ({config.start}..{config.end}) to {path}")
 
 
 if __name__ == "__main__":

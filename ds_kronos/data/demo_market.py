@@ -8,12 +8,19 @@ Layout written (what pyqlib's file storage reads)::
                                            little-endian float32: first value = calendar index of the first bar,
                                            then one value per calendar day from there (NaN = suspended day)
 
+    instruments/benchmark.txt              only with a benchmark: the index symbol (kept out of all.txt and
+                                           csi300.txt, so it never becomes a training symbol)
+
 Fields: open, high, low, close, volume, and amount only when asked (by default it is left out, so the
-"derive amt = mean(OHLC) x volume" path of the preparation is the one exercised; no $factor, prices are taken
-as already adjusted). Each symbol follows a market factor plus its own GARCH(1,1) volatility with Student-t
+"derive amt = mean(OHLC) x volume" path of the preparation is the one exercised); for Qlib's backtest exchange
+also factor (1.0: prices are taken as already adjusted) and change (close / previous traded close - 1, NaN on
+suspended days; the exchange's price-limit check reads it). Each symbol follows a market factor plus its own GARCH(1,1) volatility with Student-t
 innovations (volatility clustering, fat tails); volume rises with the absolute return; high/low bracket open and
 close. Symbols list and delist at different dates and have a few suspended days; csi300 is a subset whose
-membership may start after listing. Everything is a pure function of the seed.
+membership may start after listing. With ``benchmark`` (e.g. SH000300), an index is written too: the
+equal-weighted average of the daily close-to-close returns of the csi300 members trading that day, compounded
+from 1000 (open = previous close, high/low = max/min of the two, volume = members' total). Everything is a pure
+function of the seed (the benchmark draws no random numbers, so the symbols do not depend on it).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from ds_kronos.config import option
 from ds_kronos.errors import DataError
 
 FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
+BENCHMARK_LIST = "benchmark.txt"  # instruments/ file naming the demo's benchmark index (not a training universe)
 
 
 @dataclass(kw_only=True)
@@ -42,6 +50,8 @@ class DemoMarketConfig:
     start: str = option("2011-01-01", help="first calendar day")
     end: str = option("2025-06-30", help="last calendar day")
     amount: bool = option(False, help="also write amount.day.bin (by default amt is derived at preparation)")
+    benchmark: str = option("SH000300", help="index symbol written as a benchmark series for the evaluation's "
+                                             "--backtest ('' for none)")
     overwrite: bool = option(False, help="replace an existing demo market folder at --out")
 
     def problems(self) -> list[str]:
@@ -50,6 +60,8 @@ class DemoMarketConfig:
             problems.append("--out is required")
         if not 1 <= self.symbols <= 2000:
             problems.append(f"--symbols must be in 1..2000, got {self.symbols}")
+        if self.benchmark and self.benchmark.upper() in _symbol_names(self.symbols):
+            problems.append(f"--benchmark {self.benchmark} clashes with a demo symbol name")
         try:
             if pd.Timestamp(self.end) - pd.Timestamp(self.start) < pd.Timedelta(days=30):
                 problems.append(f"--start {self.start} .. --end {self.end} must span at least 30 days")
@@ -96,9 +108,15 @@ def _simulate_symbol(rng: np.random.Generator, market: np.ndarray) -> dict[str, 
 
 
 def write_demo_market(out: str | os.PathLike, *, symbols: int = 40, seed: int = 0, start: str = "2011-01-01",
-                      end: str = "2025-06-30", amount: bool = False, overwrite: bool = False) -> Path:
-    """Write the synthetic market to ``out`` (atomically: temp folder, then rename); returns the path."""
+                      end: str = "2025-06-30", amount: bool = False, overwrite: bool = False,
+                      benchmark: str | None = None) -> Path:
+    """Write the synthetic market to ``out`` (atomically: temp folder, then rename); returns the path.
+
+    ``benchmark``: also write this index symbol (see the module docstring); None or '' for none."""
     out = Path(out)
+    names = _symbol_names(symbols)
+    if benchmark and benchmark.upper() in names:
+        raise DataError(f"benchmark {benchmark} clashes with a demo symbol name")
     if out.exists():
         if not overwrite:
             raise DataError(f"{out}: output path exists; pass --overwrite to replace it")
@@ -107,7 +125,6 @@ def write_demo_market(out: str | os.PathLike, *, symbols: int = 40, seed: int = 
     calendar = pd.bdate_range(start, end)
     n_days = len(calendar)
     rng = np.random.default_rng(seed)
-    names = _symbol_names(symbols)
     market = _garch_returns(rng, n_days, daily_vol=0.011, alpha=0.08, beta=0.9, dof=5.0)
     fields = FIELDS + (("amount",) if amount else ())
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
@@ -117,6 +134,7 @@ def write_demo_market(out: str | os.PathLike, *, symbols: int = 40, seed: int = 
         (tmp / "instruments").mkdir()
         (tmp / "calendars" / "day.txt").write_text("\n".join(calendar.strftime("%Y-%m-%d")) + "\n")
         all_lines, index_lines = [], []
+        members: list[tuple[np.ndarray, np.ndarray]] = []  # (close, volume) over the calendar of csi300 members
         for k, name in enumerate(names):
             # About 60% trade over the whole calendar (so the default splits all have data); the rest list late
             # and/or delist early, with at least ~250 days of history.
@@ -131,16 +149,25 @@ def write_demo_market(out: str | os.PathLike, *, symbols: int = 40, seed: int = 
             folder = tmp / "features" / name.lower()
             folder.mkdir(parents=True)
             for field in fields:
-                values = bars[field].astype(np.float64)
-                values[halted] = np.nan
-                np.concatenate([[first], values]).astype("<f4").tofile(folder / f"{field}.day.bin")
+                bars[field] = bars[field].astype(np.float64)
+                bars[field][halted] = np.nan
+            bars["factor"] = np.ones(last - first + 1)
+            bars["change"] = _change(bars["close"])
+            for field in fields + ("factor", "change"):
+                np.concatenate([[first], bars[field]]).astype("<f4").tofile(folder / f"{field}.day.bin")
             span = f"{calendar[first]:%Y-%m-%d}\t{calendar[last]:%Y-%m-%d}"
             all_lines.append(f"{name}\t{span}")
             if k % 3 != 2:
                 joined = first if k % 4 else min(last, first + 120)
                 index_lines.append(f"{name}\t{calendar[joined]:%Y-%m-%d}\t{calendar[last]:%Y-%m-%d}")
+                close, volume = np.full(n_days, np.nan), np.full(n_days, np.nan)
+                close[joined:last + 1] = bars["close"][joined - first:]
+                volume[joined:last + 1] = bars["volume"][joined - first:]
+                members.append((close, volume))
         (tmp / "instruments" / "all.txt").write_text("\n".join(all_lines) + "\n")
         (tmp / "instruments" / "csi300.txt").write_text("\n".join(index_lines) + "\n")
+        if benchmark:
+            _write_benchmark(tmp, benchmark.upper(), members, calendar)
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)
@@ -148,3 +175,33 @@ def write_demo_market(out: str | os.PathLike, *, symbols: int = 40, seed: int = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _change(close: np.ndarray) -> np.ndarray:
+    """close / previous traded close - 1 (NaN on suspended days and on the first bar)."""
+    prev = pd.Series(close).ffill().shift(1).to_numpy()
+    return close / prev - 1.0
+
+
+def _write_benchmark(root: Path, symbol: str, members: list[tuple[np.ndarray, np.ndarray]],
+                     calendar: pd.DatetimeIndex) -> None:
+    """The equal-weighted index of the csi300 members (see the module docstring), over the whole calendar."""
+    if not members:
+        raise DataError("no csi300 member to build the benchmark index from")
+    close = np.stack([c for c, _ in members])
+    volume = np.stack([v for _, v in members])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        returns = close[:, 1:] / close[:, :-1] - 1.0  # NaN unless a member traded on both days
+    traded = np.isfinite(returns)
+    # Days where no member traded on both sides keep the level flat.
+    daily = np.where(traded, returns, 0.0).sum(axis=0) / np.maximum(traded.sum(axis=0), 1)
+    level = 1000.0 * np.cumprod(np.r_[1.0, 1.0 + daily])
+    prev = np.r_[level[0], level[:-1]]
+    bars = {"open": prev, "high": np.maximum(prev, level), "low": np.minimum(prev, level), "close": level,
+            "volume": np.nansum(volume, axis=0), "factor": np.ones_like(level), "change": level / prev - 1.0}
+    folder = root / "features" / symbol.lower()
+    folder.mkdir(parents=True)
+    for field, values in bars.items():
+        np.concatenate([[0], values]).astype("<f4").tofile(folder / f"{field}.day.bin")
+    (root / "instruments" / BENCHMARK_LIST).write_text(
+        f"{symbol}\t{calendar[0]:%Y-%m-%d}\t{calendar[-1]:%Y-%m-%d}\n")

@@ -40,7 +40,8 @@ def _resolve_instruments(root: Path, instrument: str) -> tuple[str | None, list[
     return None, [n.upper() for n in names]
 
 
-def _init_qlib(root: Path) -> None:
+def init_qlib(root: Path) -> None:
+    """qlib.init on a provider folder, as every reader of this project does it."""
     import qlib
 
     # kernels=1: qlib otherwise forks a joblib pool per request, which is slow for a few symbols and misbehaves
@@ -62,7 +63,7 @@ def read_qlib(qlib_dir: str | os.PathLike, instrument: str, start: str, end: str
         symbols = [s for s in symbols if s not in missing]
         if not symbols:
             raise DataError(f"{root}: unknown instrument(s) {', '.join(missing)} (no features folder)")
-    _init_qlib(root)
+    init_qlib(root)
     from qlib.data import D
 
     universe = D.instruments(market) if market else symbols

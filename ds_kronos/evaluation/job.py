@@ -2,8 +2,9 @@
 
 Rank r forecasts the origins of symbols r, r + world_size, ...; rank 0 gathers the forecasts (padded tensors,
 see :mod:`ds_kronos.evaluation.gather`), recomputes the realised windows from the memory-mapped split, scores
-the model and the naive baselines and writes the report. All input checks run before the process group is set
-up, so bad input fails fast with one line on every rank.
+the model and the naive baselines and writes the report (and, with ``--backtest``, runs pyqlib's TopkDropout
+backtest of the forecasts, see :mod:`ds_kronos.evaluation.backtest`). All input checks run before the process
+group is set up, so bad input fails fast with one line on every rank.
 """
 
 from __future__ import annotations
@@ -65,10 +66,15 @@ class Plan:
     pred_len: int
     stride: int
     origins: Origins
+    qlib_dir: Path | None = None  # --backtest: the checked Qlib provider folder
 
 
 def plan_evaluation(config: EvalConfig) -> Plan:
     prepared = PreparedDataset.open(config.data)
+    qlib_dir = None
+    if config.backtest:
+        from ds_kronos.evaluation.backtest import check_backtest  # no qlib import: only the folder is checked
+        qlib_dir = check_backtest(prepared, config.benchmark, config.qlib_dir)
     split = prepared.split(config.split)
     if not split.symbols or int(split.offsets[-1]) == 0:
         raise DataError(f"{prepared.path}: split {config.split!r} has no rows")
@@ -84,7 +90,7 @@ def plan_evaluation(config: EvalConfig) -> Plan:
         raise DataError(f"{prepared.path}: split {config.split!r}: no forecast origin fits: each needs {lookback} "
                         f"bars of history and {pred_len} after, the longest symbol has {int(split.lengths.max())} "
                         f"rows")
-    return Plan(prepared, split, lookback, pred_len, stride, origins)
+    return Plan(prepared, split, lookback, pred_len, stride, origins, qlib_dir)
 
 
 def forecast_origins(config: EvalConfig, plan: Plan, origins: Origins, tokenizer: KronosTokenizer,
@@ -278,8 +284,28 @@ def write_outputs(config: EvalConfig, plan: Plan, gathered: tuple[np.ndarray, np
                    "origins_per_second": len(plan.origins) / max(forecast_seconds, 1e-9),
                    "total_seconds": time.perf_counter() - t0},
         "definitions": DEFINITIONS,
+        "backtest": None,
     }
+    written = [out / REPORT_NAME, out / EXAMPLES_PLOT, out / IC_PLOT]
+    backtest_table = None
+    if plan.qlib_dir is not None:
+        from ds_kronos.evaluation.backtest import BACKTEST_PLOT, format_backtest, plot_backtest, run_backtest
+
+        t1 = time.perf_counter()
+        section, daily = run_backtest(
+            plan.qlib_dir, dates, np.asarray(plan.split.symbols)[plan.origins.symbols],
+            metrics.window_returns(model_close, real.last_close)[:, -1], plan.stride,
+            int(np.max(plan.split.timestamps)), config.benchmark, config.topk, config.n_drop,
+            config.limit_threshold, log)
+        plot_backtest(out / BACKTEST_PLOT, daily, f"TopkDropout backtest vs {config.benchmark}, {title}")
+        report["backtest"] = section
+        report["timing"]["backtest_seconds"] = time.perf_counter() - t1
+        report["timing"]["total_seconds"] = time.perf_counter() - t0
+        backtest_table = format_backtest(section)
+        written.append(out / BACKTEST_PLOT)
     write_json_atomic(out / REPORT_NAME, report)
     log(format_table(scores))
-    log(f"wrote {out / REPORT_NAME}, {out / EXAMPLES_PLOT}, {out / IC_PLOT}")
+    if backtest_table is not None:
+        log(backtest_table)
+    log(f"wrote {', '.join(str(path) for path in written)}")
     return report

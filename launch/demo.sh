@@ -4,7 +4,7 @@
 #   2. train the tiny tokenizer (launch/train_tokenizer.py, ZeRO-2)
 #   3. train the tiny predictor over that frozen tokenizer (launch/train.py, ZeRO-2): the main job
 #   4. forecast the test split with the trained predictor and with its untrained starting point, against naive
-#      baselines (launch/evaluate.py)
+#      baselines, and backtest the predictor's signal with pyqlib's TopkDropout strategy (launch/evaluate.py)
 # Re-running reuses the market and the prepared data. NPROC=1 runs a single process per stage.
 set -euo pipefail
 OUT=${1:-demo_runs}
@@ -30,7 +30,8 @@ stage "3/4 predictor training (the main job)"
 stage "4/4 evaluation on the test split"
 # The reference is stage 3's starting point (the random tiny preset it began from, saved as initial_model/).
 $PY launch/evaluate.py --data "$OUT/prepared" --tokenizer "$OUT/tokenizer/best_model" \
-  --predictor "$OUT/predictor/best_model" --reference_predictor "$OUT/predictor/initial_model" --seed "$SEED" --out "$OUT/evaluation"
+  --predictor "$OUT/predictor/best_model" --reference_predictor "$OUT/predictor/initial_model" --seed "$SEED" --out "$OUT/evaluation" \
+  --backtest --topk 5 --n_drop 1
 
 printf '\ndemo finished:\n  %s\n  %s\n  %s\n' "$OUT/predictor/summary.json (best_model/, loss_curve.png)" \
   "$OUT/tokenizer/summary.json (best_model/)" "$OUT/evaluation/report.json (forecast_examples.png, ic_over_time.png)"

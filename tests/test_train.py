@@ -18,7 +18,7 @@ from ds_kronos.data import PreparedDataset, WindowDataset
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.train.ds_config import warmup_steps
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
-from helpers import (CONFIGS, REPO, SEED, TOTAL_STEPS, VAL_SAMPLES, common_args, deepspeed_train, env,
+from helpers import (CONFIGS, REPO, SEED, TOTAL_STEPS, VAL_SAMPLES, common_args, deepspeed_train, env, free_port,
                      summary)
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -156,3 +156,18 @@ def test_bad_options_are_listed_together(tmp_path):
     assert "3 problems" in result.stderr and "--epochs must be >= 1" in result.stderr
     assert "--lr must be > 0" in result.stderr and "no such folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_user_error_under_the_launcher_is_one_line(demo_prepared_dir, tmp_path):
+    """Both ranks hit the same bad input; the user sees it once, and the launcher exits non-zero."""
+    path = tmp_path / "ds.json"
+    path.write_text('{"optimizer": ')
+    launcher = REPO / ".venv" / "bin" / "deepspeed"
+    result = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()),
+                             str(REPO / "launch" / "train.py"), "--data", str(demo_prepared_dir),
+                             "--deepspeed_config", str(path)], cwd=REPO, env=env(), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "not valid JSON" in errors[0], errors
+    assert "Traceback" not in result.stdout + result.stderr

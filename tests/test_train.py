@@ -1,7 +1,8 @@
 """The DeepSpeed predictor trainer, run for real: 2 CPU ranks through the deepspeed launcher on the demo data.
 
-One short run per ds_configs/zero*.json is made once per session (a session fixture, also used by test_scale.py) and inspected by several tests, to
-keep the suite's time down: 2 epochs x 4 optimizer steps, 75 validation samples (38 + 37 over the two ranks).
+One short run per ds_configs/zero*.json is made once per session (a session fixture, also used by test_scale.py) and
+inspected by several tests, to keep the suite's time down: 2 epochs x 4 optimizer steps, 75 validation samples (38 +
+37 over the two ranks).
 """
 
 from __future__ import annotations

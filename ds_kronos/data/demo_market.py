@@ -11,16 +11,16 @@ Layout written (what pyqlib's file storage reads)::
     instruments/benchmark.txt              only with a benchmark: the index symbol (kept out of all.txt and
                                            csi300.txt, so it never becomes a training symbol)
 
-Fields: open, high, low, close, volume, and amount only when asked (by default it is left out, so the
-"derive amt = mean(OHLC) x volume" path of the preparation is the one exercised); for Qlib's backtest exchange
-also factor (1.0: prices are taken as already adjusted) and change (close / previous traded close - 1, NaN on
-suspended days; the exchange's price-limit check reads it). Each symbol follows a market factor plus its own GARCH(1,1) volatility with Student-t
-innovations (volatility clustering, fat tails); volume rises with the absolute return; high/low bracket open and
-close. Symbols list and delist at different dates and have a few suspended days; csi300 is a subset whose
-membership may start after listing. With ``benchmark`` (e.g. SH000300), an index is written too: the
-equal-weighted average of the daily close-to-close returns of the csi300 members trading that day, compounded
-from 1000 (open = previous close, high/low = max/min of the two, volume = members' total). Everything is a pure
-function of the seed (the benchmark draws no random numbers, so the symbols do not depend on it).
+Fields: open, high, low, close, volume, and amount only when asked (by default it is left out, so the "derive amt =
+mean(OHLC) x volume" path of the preparation is the one exercised); for Qlib's backtest exchange also factor (1.0:
+prices are taken as already adjusted) and change (close / previous traded close - 1, NaN on suspended days; the
+exchange's price-limit check reads it). Each symbol follows a market factor plus its own GARCH(1,1) volatility with
+Student-t innovations (volatility clustering, fat tails); volume rises with the absolute return; high/low bracket
+open and close. Symbols list and delist at different dates and have a few suspended days; csi300 is a subset whose
+membership may start after listing. With ``benchmark`` (e.g. SH000300), an index is written too: the equal-weighted
+average of the daily close-to-close returns of the csi300 members trading that day, compounded from 1000 (open =
+previous close, high/low = max/min of the two, volume = members' total). Everything is a pure function of the seed
+(the benchmark draws no random numbers, so the symbols do not depend on it).
 """
 
 from __future__ import annotations

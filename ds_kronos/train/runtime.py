@@ -52,8 +52,8 @@ def slurm_rendezvous(environ: dict[str, str]) -> dict[str, str]:
 def init_runtime(threads: int | None = None) -> Runtime:
     """Initialise torch.distributed through ``deepspeed.init_distributed`` (gloo/shm on CPU, NCCL on GPU).
 
-    Works under the deepspeed launcher (also with ``--launcher slurm``), torchrun, or as a plain single process (then a 1-process group on a free
-    local port is created, so the same code path runs everywhere).
+    Works under the deepspeed launcher (also with ``--launcher slurm``), torchrun, or as a plain single process
+    (then a 1-process group on a free local port is created, so the same code path runs everywhere).
     """
     import deepspeed
     from deepspeed.accelerator import get_accelerator

@@ -10,7 +10,9 @@ processes)::
         --save_dir runs/demo
 
 Outputs in ``save_dir``: ``best_model/`` (lowest validation loss) and ``final_model/`` (last step), both in the
-published folder format from the fp32 master weights, ``initial_model/`` (when training starts from a preset), ``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet offline``, ``comet/``.
+published folder format from the fp32 master weights, ``initial_model/`` (when training starts from a preset),
+``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet
+offline``, ``comet/``.
 """
 
 from __future__ import annotations

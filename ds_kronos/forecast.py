@@ -18,12 +18,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ds_kronos.data.series import time_features
+from ds_kronos.data.windows import NORM_EPS
 from ds_kronos.errors import UserError
 from ds_kronos.model import Kronos, KronosTokenizer
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 FEATURE_COLUMNS = PRICE_COLUMNS + ("volume", "amount")
-NORM_EPS = 1e-5
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -111,9 +112,10 @@ def autoregressive_forecast(tokenizer: KronosTokenizer, predictor: Kronos, x: to
 
 
 def calendar_features(timestamps: pd.Series | pd.DatetimeIndex | Sequence) -> np.ndarray:
-    """[N, 5] float32 minute, hour, weekday (Monday=0), day of month, month: the models' time features."""
+    """[N, 5] float32 minute, hour, weekday (Monday=0), day of month, month: the models' time features (the same
+    as the prepared data's, for any timestamp-like sequence)."""
     index = pd.DatetimeIndex(pd.to_datetime(timestamps))
-    return np.stack([index.minute, index.hour, index.day_of_week, index.day, index.month], axis=1).astype(np.float32)
+    return time_features(index.to_numpy(dtype="datetime64[ns]")).astype(np.float32)
 
 
 class KronosForecaster:

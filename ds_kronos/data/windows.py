@@ -39,6 +39,17 @@ from ds_kronos.data.prepared import PreparedDataset, SplitArrays
 from ds_kronos.errors import DataError
 
 Index = int | tuple[int, int]
+NORM_EPS = np.float32(1e-5)
+
+
+def normalise_windows(raw: np.ndarray, lookback: int, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Upstream's per-window normalisation of ``raw`` [B, T, F] float32: (raw - mean) / (std + 1e-5) with the
+    mean and population std of the first ``lookback`` rows, clipped to [-clip, clip]. Returns (x, mean, std)."""
+    past = raw[:, :lookback]
+    mean = past.mean(axis=1, keepdims=True, dtype=np.float32)
+    std = past.std(axis=1, keepdims=True, dtype=np.float32)
+    x = np.clip((raw - mean) / (std + NORM_EPS), -clip, clip).astype(np.float32, copy=False)
+    return x, mean, std
 
 
 class WindowDataset(Dataset):
@@ -113,11 +124,7 @@ class WindowDataset(Dataset):
     def windows(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised windows beginning at the given rows (the split must hold ``window`` rows from each)."""
         rows = np.asarray(starts, dtype=np.int64)[:, None] + self._offsets_t
-        raw = np.asarray(self.arrays.values[rows], dtype=np.float32)
-        past = raw[:, : self.lookback]
-        mean = past.mean(axis=1, keepdims=True, dtype=np.float32)
-        std = past.std(axis=1, keepdims=True, dtype=np.float32)
-        x = np.clip((raw - mean) / (std + np.float32(1e-5)), -self.clip, self.clip).astype(np.float32, copy=False)
+        x, _, _ = normalise_windows(np.asarray(self.arrays.values[rows], dtype=np.float32), self.lookback, self.clip)
         stamp = self.arrays.time_features[rows].astype(np.float32)
         return torch.from_numpy(x), torch.from_numpy(stamp)
 

@@ -23,9 +23,11 @@ from ds_kronos.errors import ConfigError, DataError
 from ds_kronos.evaluation import metrics
 from ds_kronos.evaluation.config import EvalConfig
 from ds_kronos.evaluation.gather import gather_forecasts
-from ds_kronos.evaluation.origins import NORM_EPS, Origins, build_origins, origin_windows
+from ds_kronos.data.windows import NORM_EPS
+from ds_kronos.evaluation.origins import Origins, build_origins, origin_windows
 from ds_kronos.evaluation.report import (EXAMPLES_PLOT, IC_PLOT, REPORT_NAME, Example, format_table, plot_examples,
-                                         plot_ic, write_json_atomic)
+                                         plot_ic)
+from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.forecast import autoregressive_forecast, check_pair
 from ds_kronos.model import Kronos, KronosTokenizer
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ds_kronos.data.prepared import SplitArrays
+from ds_kronos.data.windows import NORM_EPS, normalise_windows
 
-NORM_EPS = np.float32(1e-5)  # the same epsilon as WindowDataset and the forecaster
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,6 @@ def origin_windows(split: SplitArrays, rows: np.ndarray, lookback: int, pred_len
     """Windows of the given origins, normalised exactly as :class:`ds_kronos.data.WindowDataset` does."""
     index = np.asarray(rows, dtype=np.int64)[:, None] + np.arange(-lookback, pred_len, dtype=np.int64)
     raw = np.asarray(split.values[index], dtype=np.float32)
-    past = raw[:, :lookback]
-    mean = past.mean(axis=1, keepdims=True, dtype=np.float32)
-    std = past.std(axis=1, keepdims=True, dtype=np.float32)
-    norm = np.clip((raw - mean) / (std + NORM_EPS), -clip, clip).astype(np.float32, copy=False)
+    norm, mean, std = normalise_windows(raw, lookback, clip)
     stamp = split.time_features[index].astype(np.float32)
     return OriginWindows(raw=raw, norm=norm, stamp=stamp, mean=mean, std=std)

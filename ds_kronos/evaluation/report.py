@@ -6,8 +6,6 @@ a half-written report.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,27 +16,6 @@ import numpy as np
 REPORT_NAME = "report.json"
 EXAMPLES_PLOT = "forecast_examples.png"
 IC_PLOT = "ic_over_time.png"
-
-
-def to_jsonable(value: Any) -> Any:
-    """numpy scalars/arrays to Python, NaN/inf to None (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _save_figure(fig: Any, path: Path) -> None:

@@ -119,7 +119,7 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
 
     from ds_kronos.model import Kronos, KronosTokenizer, preset
     from ds_kronos.plan.measure import random_batch
-    from ds_kronos.train.runtime import barrier, init_runtime, seed_everything
+    from ds_kronos.runtime import barrier, init_runtime, seed_everything
     from ds_kronos.train.step import predict_and_score, tokenize_batch
     from ds_kronos.train.tasks import resolve_tokenizer_dtype
 
@@ -203,7 +203,7 @@ def _ds_json(config: ThroughputConfig, on_cpu: bool) -> dict[str, Any]:
 def _phase(mode: str, config: ThroughputConfig) -> list[dict[str, Any]]:
     import torch.multiprocessing as mp
 
-    from ds_kronos.train.runtime import free_port
+    from ds_kronos.runtime import free_port
     with tempfile.TemporaryDirectory(prefix="ds_kronos_bench_") as out_dir:
         mp.start_processes(worker, args=(mode, dataclasses.asdict(config), free_port(), out_dir),
                            nprocs=config.world_size, join=True, start_method="spawn")

@@ -81,7 +81,7 @@ def test_max_steps_decides_the_schedule_length():
 
 
 def test_slurm_processes_get_their_rank_from_slurm_variables():
-    from ds_kronos.train.runtime import slurm_rendezvous
+    from ds_kronos.runtime import slurm_rendezvous
     srun = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_TASKS_PER_NODE": "8(x2)",
             "MASTER_ADDR": "node1", "MASTER_PORT": "29600"}
     assert slurm_rendezvous(srun) == {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8",

@@ -215,7 +215,7 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
         check_pair(tokenizer, reference)
 
     # Imports deepspeed: only once the inputs are known to be good.
-    from ds_kronos.train.runtime import barrier, init_runtime
+    from ds_kronos.runtime import barrier, init_runtime
     runtime = init_runtime(config.threads)
     main = runtime.is_main
     tokenizer, predictor = tokenizer.to(runtime.device).float(), predictor.to(runtime.device).float()

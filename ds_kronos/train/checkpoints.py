@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ds_kronos.errors import UserError
-from ds_kronos.train.runtime import Runtime, barrier
+from ds_kronos.runtime import Runtime, barrier
 
 LATEST = "latest"
 _TAG = re.compile(r"^step(\d+)$")

@@ -37,7 +37,7 @@ from ds_kronos.train.ds_config import (load_ds_config, resolve_batch, resolve_ds
                                        warmup_steps)
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.train.reporting import CometLogger, History, Progress, say
-from ds_kronos.train.runtime import Runtime, barrier, init_runtime, seed_everything
+from ds_kronos.runtime import Runtime, barrier, init_runtime, seed_everything
 from ds_kronos.train.schedule import onecycle_factory
 from ds_kronos.train.tasks import PredictorTask, TokenizerTask
 from ds_kronos.train.validation import ValidationResult, validate

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ds_kronos.train.runtime import Runtime, all_reduce_sum
+from ds_kronos.runtime import Runtime, all_reduce_sum
 
 
 @dataclass(frozen=True)

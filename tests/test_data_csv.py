@@ -1,4 +1,4 @@
-"""CSV import: the real 5-minute file from shared/, crafted files with duplicates, gaps and odd column names."""
+"""CSV import: the real 5-minute file in tests/fixtures/, crafted files with duplicates, gaps and odd column names."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import shared_dir
+from helpers import fixtures_dir
 from ds_kronos.data import PreparedDataset, PrepareConfig, prepare_dataset
 
-KLINE = shared_dir() / "data" / "kline_5min_2500.csv"
+KLINE = fixtures_dir() / "kline_5min_2500.csv"
 
 
 @pytest.fixture(scope="module")
 def kline_prepared(tmp_path_factory):
-    assert KLINE.is_file(), f"{KLINE} missing: shared/ must sit next to the repo (or set DS_KRONOS_SHARED)"
     out = tmp_path_factory.mktemp("kline") / "p"
     lines: list[str] = []
     manifest = prepare_dataset(PrepareConfig(csv=[str(KLINE)], out=str(out), split=[0.8, 0.1, 0.1]),

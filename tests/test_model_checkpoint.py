@@ -13,12 +13,14 @@ from safetensors.torch import load_file, save_file
 from ds_kronos.errors import CheckpointError
 from ds_kronos.model import PREDICTOR_PRESETS, Kronos, KronosConfig, KronosTokenizer, KronosTokenizerConfig
 from ds_kronos.model.layers import RotaryEmbedding
-from helpers import golden_dir
+from helpers import fixtures_dir
+
+GOLDEN = fixtures_dir() / "golden"
 
 
 @pytest.mark.parametrize("kind,cls", [("tokenizer", KronosTokenizer), ("predictor", Kronos)])
 def test_golden_save_load_is_bit_exact(tmp_path, kind, cls):
-    source = golden_dir() / kind
+    source = GOLDEN / kind
     model = cls.from_pretrained(source)
     out = model.save_pretrained(tmp_path / kind)
     original, written = load_file(str(source / "model.safetensors")), load_file(str(out / "model.safetensors"))
@@ -34,7 +36,7 @@ def test_golden_save_load_is_bit_exact(tmp_path, kind, cls):
 
 
 def test_upstream_style_constructor_kwargs_match_config():
-    values = json.loads((golden_dir() / "predictor" / "config.json").read_text())
+    values = json.loads((GOLDEN / "predictor" / "config.json").read_text())
     assert Kronos(**values).config == KronosConfig(**values)
 
 
@@ -50,7 +52,7 @@ def test_save_replaces_existing_folder_without_leftovers(tmp_path):
 
 def _copy_golden(tmp_path, kind="predictor"):
     folder = tmp_path / kind
-    shutil.copytree(golden_dir() / kind, folder)
+    shutil.copytree(GOLDEN / kind, folder)
     for path in folder.iterdir():
         path.chmod(0o644)
     folder.chmod(0o755)
@@ -111,7 +113,7 @@ def test_missing_folder_and_pickle_only_folder(tmp_path):
         Kronos.from_pretrained(tmp_path / "nope")
     folder = tmp_path / "old"
     folder.mkdir()
-    shutil.copy(golden_dir() / "predictor" / "config.json", folder / "config.json")
+    shutil.copy(GOLDEN / "predictor" / "config.json", folder / "config.json")
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
     with pytest.raises(CheckpointError, match="pickle"):
         Kronos.from_pretrained(folder)

@@ -1,4 +1,5 @@
-"""The model reproduces every array that upstream Kronos produced for the shared golden checkpoints.
+"""The model reproduces every array that upstream Kronos produced for the golden checkpoints
+(tests/fixtures/golden/).
 
 Tolerances are those the golden README measured for a float32 re-implementation on CPU: integers exact, floats
 1e-5 absolute + 1e-5 relative, gradients 1e-5 absolute + 1e-4 relative. (A line-by-line replica of upstream's
@@ -18,14 +19,15 @@ import torch.nn.functional as F
 
 from ds_kronos.forecast import KronosForecaster, autoregressive_forecast
 from ds_kronos.model import Kronos, KronosTokenizer
-from helpers import golden_dir
+from helpers import fixtures_dir
 
 ATOL = RTOL = 1e-5
+GOLDEN = fixtures_dir() / "golden"
 
 
 @pytest.fixture(scope="module")
 def golden():
-    folder = golden_dir()
+    folder = GOLDEN
     torch.set_num_threads(1)
     return {
         "v": np.load(folder / "vectors.npz"),
@@ -58,7 +60,7 @@ def test_parameter_counts_match_upstream(golden):
 
 
 def test_state_dict_matches_manifest(golden):
-    manifest = json.loads((golden_dir() / "state_dict_manifest.json").read_text())
+    manifest = json.loads((GOLDEN / "state_dict_manifest.json").read_text())
     for name, model in (("tokenizer", golden["tokenizer"]), ("predictor", golden["predictor"])):
         state = model.state_dict()
         params = dict(model.named_parameters())
@@ -98,8 +100,7 @@ def test_tokenizer_eval_outputs(golden):
 
 def test_tokenizer_training_loss_and_gradients(golden):
     v, grads = golden["v"], golden["grads"]
-    folder = golden_dir()
-    tok = KronosTokenizer.from_pretrained(folder / "tokenizer").train()
+    tok = KronosTokenizer.from_pretrained(GOLDEN / "tokenizer").train()
     x, _ = inputs(golden)
     (recon_pre, recon_full), bsq_loss, _, _ = tok(x)
     loss_pre, loss_all = F.mse_loss(recon_pre, x), F.mse_loss(recon_full, x)
@@ -147,7 +148,7 @@ def test_predictor_sampled_s1_path(golden):
 
 def test_predictor_train_mode_loss_and_gradients(golden):
     v, grads = golden["v"], golden["grads"]
-    model = Kronos.from_pretrained(golden_dir() / "predictor").train()
+    model = Kronos.from_pretrained(GOLDEN / "predictor").train()
     _, stamp = inputs(golden)
     s1_in, s2_in, s1_out, s2_out = token_io(golden)
     s1_logits, s2_logits = model(s1_in, s2_in, stamp[:, :-1], use_teacher_forcing=True, s1_targets=s1_out)

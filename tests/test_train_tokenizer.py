@@ -11,7 +11,7 @@ import torch
 
 from ds_kronos.model import Kronos, KronosTokenizer, KronosTokenizerConfig
 from ds_kronos.train.tasks import TokenizerTask
-from helpers import REPO, deepspeed_train, env, golden_dir
+from helpers import REPO, deepspeed_train, env, fixtures_dir
 
 
 class _Direct:
@@ -25,7 +25,7 @@ class _Direct:
 
 
 def test_tokenizer_task_reproduces_upstream_training_loss():
-    folder = golden_dir()
+    folder = fixtures_dir() / "golden"
     values = np.load(folder / "vectors.npz")
     task = TokenizerTask(tokenizer=str(folder / "tokenizer"), device=torch.device("cpu"))
     task.model.train()

@@ -10,6 +10,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["ds_kronos", "ds_kronos.*"]),
+    # The DeepSpeed JSON files ship inside the package (the top-level ds_configs/ is a link to them), so an
+    # installed ds_kronos finds them from any working directory.
+    package_data={"ds_kronos": ["ds_configs/*.json"]},
     install_requires=[
         # torch is not pinned here: `make setup` installs the CPU build 2.13.0 when no torch is present and no GPU
         # is visible, and keeps a torch the user already has (e.g. a CUDA build).

@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from ds_kronos.config import option
+from ds_kronos.ds_config_files import SHIPPED_DIR
 from ds_kronos.errors import CheckpointError, ConfigError
 from ds_kronos.model import PREDICTOR_PRESETS
 from ds_kronos.plan.counts import ModelCounts, model_counts
 from ds_kronos.plan.memory import BYTES, MemoryEstimate, Setup, estimate
 
 GIB = 1024 ** 3
-DS_CONFIG_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+# The shipped files (package data), so an installed package plans from any working directory. Choices name them
+# "ds_configs/<file>", as users pass them to --deepspeed_config; ds_config_files.locate_ds_config maps that name to
+# the shipped file when the working directory has no such file.
+DS_CONFIG_DIR = SHIPPED_DIR
 SHARDING_LADDER: tuple[tuple[int, bool], ...] = ((0, False), (1, False), (2, False), (3, False), (3, True))
 
 

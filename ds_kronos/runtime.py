@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ds_kronos import shm_buffers
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -69,11 +71,17 @@ def init_runtime(threads: int | None = None) -> Runtime:
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // max(1, local_world)))
     elif threads:
         torch.set_num_threads(threads)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_rank == 0:
+        shm_buffers.sweep_stale_buffers()  # left by jobs on this machine that were killed before releasing them
     deepspeed.init_distributed()
     import deepspeed.comm as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    # init_distributed returns once this rank has mapped every rank's shm buffer; after the barrier all have, so
+    # the names can go: the memory is freed by the kernel when the last rank exits, even by kill -9.
+    dist.barrier()
+    shm_buffers.release_own_buffer(rank)
     if accelerator.device_name() == "cpu":
         device = torch.device("cpu")
     else:

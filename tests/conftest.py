@@ -10,6 +10,20 @@ import torch
 from ds_kronos.model import Kronos, KronosTokenizer
 from helpers import CONFIGS, EXTRA, SEED, common_args, deepspeed_train
 
+
+@pytest.fixture(scope="session", autouse=True)
+def shm_left_as_found():
+    """The suite starts dozens of 2-rank jobs: none may leave a DeepSpeed buffer behind in /dev/shm (issue 15)."""
+    from ds_kronos.shm_buffers import BUFFER_PREFIX, SHM_DIR
+
+    def buffers() -> set[str]:
+        return {p.name for p in SHM_DIR.iterdir() if p.name.startswith(BUFFER_PREFIX)}
+
+    before = buffers()
+    yield
+    left = sorted(buffers() - before)
+    assert not left, f"the test suite left {len(left)} DeepSpeed shm buffer(s) in /dev/shm: {left[:4]}"
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Data pipeline fixtures (tests/test_data_*.py): one small demo market and its prepared dataset per test session.
 # ---------------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ setup(
         "matplotlib>=3.8",
         "pyyaml>=6",
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    # ruff is pinned to a minor version: its rules change between minors, and `make test` runs it.
+    extras_require={"dev": ["pytest>=8", "ruff>=0.17,<0.18"]},
     license="MIT",
 )

@@ -20,8 +20,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ds_kronos.cli import run_main
 from ds_kronos.config import option, parse_config
-from ds_kronos.data import PreparedDataset, PrepareConfig, ShardedWindowSampler, WindowDataset, prepare_dataset
-from ds_kronos.data import write_demo_market
+from ds_kronos.data import (
+    PrepareConfig,
+    PreparedDataset,
+    ShardedWindowSampler,
+    WindowDataset,
+    prepare_dataset,
+    write_demo_market,
+)
 from ds_kronos.data.series import TIME_FEATURE_COLUMNS, VALUE_COLUMNS
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ds_kronos.data import PrepareConfig, PreparedDataset, prepare_dataset
 from helpers import fixtures_dir
-from ds_kronos.data import PreparedDataset, PrepareConfig, prepare_dataset
 
 KLINE = fixtures_dir() / "kline_5min_2500.csv"
 

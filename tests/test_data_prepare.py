@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import DEMO_LOOKBACK, DEMO_PREDICT
-from ds_kronos.data import PreparedDataset, PrepareConfig, prepare_dataset, write_demo_market
+from ds_kronos.data import PrepareConfig, PreparedDataset, prepare_dataset, write_demo_market
 from ds_kronos.data.prepare_config import DEFAULT_RANGES
 from ds_kronos.errors import DataError
 

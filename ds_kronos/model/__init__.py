@@ -1,8 +1,13 @@
 """The Kronos model family: tokenizer, predictor, their configs/presets and the published checkpoint format."""
 
 from ds_kronos.model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, resolve_folder
-from ds_kronos.model.configs import (PREDICTOR_PRESETS, TOKENIZER_PRESETS, KronosConfig, KronosTokenizerConfig,
-                                     PredictorPreset)
+from ds_kronos.model.configs import (
+    PREDICTOR_PRESETS,
+    TOKENIZER_PRESETS,
+    KronosConfig,
+    KronosTokenizerConfig,
+    PredictorPreset,
+)
 from ds_kronos.model.predictor import Kronos, preset
 from ds_kronos.model.tokenizer import KronosTokenizer
 

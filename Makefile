@@ -17,6 +17,7 @@ $(STAMP): setup.py launch/install_torch.sh
 	@touch $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
 
 demo: $(STAMP)

@@ -8,8 +8,9 @@ from ds_kronos.model.configs import (
     KronosTokenizerConfig,
     PredictorPreset,
 )
+from ds_kronos.model.pairing import check_pair
 from ds_kronos.model.predictor import Kronos, preset
 from ds_kronos.model.tokenizer import KronosTokenizer
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "PREDICTOR_PRESETS", "TOKENIZER_PRESETS", "Kronos", "KronosConfig",
-           "KronosTokenizer", "KronosTokenizerConfig", "PredictorPreset", "preset", "resolve_folder"]
+__all__ = ["CONFIG_NAME", "PREDICTOR_PRESETS", "TOKENIZER_PRESETS", "WEIGHTS_NAME", "Kronos", "KronosConfig",
+           "KronosTokenizer", "KronosTokenizerConfig", "PredictorPreset", "check_pair", "preset", "resolve_folder"]

@@ -68,9 +68,10 @@ class RotaryEmbedding(nn.Module):
             self.inv_freq = rotary_inv_freq(self.head_dim, device=self.inv_freq.device)
         return result
 
-    def cos_sin(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(self, seq_len: int, device: torch.device, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [seq_len, head_dim] of positions ``offset .. offset + seq_len - 1``."""
         inv_freq = self.inv_freq.to(device=device, dtype=torch.float32)
-        positions = torch.arange(seq_len, device=device, dtype=torch.float32)
+        positions = torch.arange(offset, offset + seq_len, device=device, dtype=torch.float32)
         angles = torch.outer(positions, inv_freq)
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos(), angles.sin()
@@ -87,6 +88,47 @@ class RotaryEmbedding(nn.Module):
         longer sequence against a single query (the decode step of the dependency layer) all get position 0."""
         cos, sin = self.cos_sin(q.shape[-2], q.device)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+
+class KVCache:
+    """Keys and values of one attention layer for the positions decoded so far.
+
+    The buffers ([B, H, capacity, D]) are allocated once: appending a step copies one position in, where a
+    concatenation would copy the whole cache at every step. ``length`` positions are valid.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        if keys.shape != values.shape or keys.dim() != 4:
+            raise ValueError(f"keys and values must be [B, H, capacity, D] of one shape, got {tuple(keys.shape)} and "
+                             f"{tuple(values.shape)}")
+        self.keys = keys
+        self.values = values
+        self.length = 0
+
+    @classmethod
+    def empty(cls, batch: int, n_heads: int, head_dim: int, capacity: int, device: torch.device,
+              dtype: torch.dtype) -> "KVCache":
+        shape = (batch, n_heads, capacity, head_dim)
+        return cls(torch.empty(shape, device=device, dtype=dtype), torch.empty(shape, device=device, dtype=dtype))
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are reused)."""
+        self.length = 0
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the keys/values [B, H, n, D] of the next n positions; returns views of all valid ones."""
+        end = self.length + keys.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache full: {self.length} + {keys.shape[2]} positions exceed its capacity "
+                             f"{self.capacity}")
+        self.keys[:, :, self.length:end] = keys
+        self.values[:, :, self.length:end] = values
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
 
 
 def _attention_mask(q_len: int, k_len: int, causal: bool, key_padding_mask: torch.Tensor | None,
@@ -142,6 +184,33 @@ class MultiHeadAttentionWithRoPE(nn.Module):
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.attend(x, x, causal=True, key_padding_mask=key_padding_mask)
 
+    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Causal self-attention of the next n positions ``x`` [B, n, d] (absolute positions cache.length ..
+        cache.length + n - 1) over every cached position and themselves; their keys/values join the cache.
+
+        The same function as :meth:`forward` on the whole sequence, for those positions: keys are rotated at their
+        own positions and the rotary dot product depends only on position differences. Padding is not supported
+        (forecasting has none). On an empty cache this is exactly the full computation (same kernel call).
+        """
+        batch, n, _ = x.shape
+        start = cache.length
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        cos, sin = self.rotary.cos_sin(n, x.device, offset=start)
+        q, k = self.rotary._rotate(q, cos, sin), self.rotary._rotate(k, cos, sin)
+        keys, values = cache.append(k, v)
+        dropout = self.attn_dropout_p if self.training else 0.0
+        if start == 0:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        elif n == 1:
+            # One new query may see every cached position: no mask (a causal flag would align it to key 0).
+            out = F.scaled_dot_product_attention(q, keys, values, dropout_p=dropout)
+        else:
+            allowed = (torch.arange(n, device=x.device)[:, None] + start
+                       >= torch.arange(start + n, device=x.device)[None, :])
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, dropout_p=dropout)
+        out = out.transpose(1, 2).reshape(batch, n, self.d_model)
+        return self.resid_dropout(self.out_proj(out))
+
 
 class MultiHeadCrossAttentionWithRoPE(MultiHeadAttentionWithRoPE):
     """Cross-attention of the dependency-aware layer.
@@ -158,6 +227,25 @@ class MultiHeadCrossAttentionWithRoPE(MultiHeadAttentionWithRoPE):
         causal = self.training if causal is None else causal
         return self.attend(query, key, causal=causal, key_padding_mask=key_padding_mask)
 
+    def _rotate_at_zero(self, x: torch.Tensor) -> torch.Tensor:
+        # The decode step rotates its single query and every key at position 0 (see RotaryEmbedding.forward).
+        cos, sin = self.rotary.cos_sin(1, x.device)
+        return self.rotary._rotate(x, cos, sin)
+
+    def append_keys(self, key_value: torch.Tensor, cache: KVCache) -> None:
+        """Project the next positions of the attended sequence [B, n, d] into keys/values and cache them."""
+        cache.append(self._rotate_at_zero(self._heads(self.k_proj(key_value))), self._heads(self.v_proj(key_value)))
+
+    def attend_cached(self, query: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The decode step (eval mode): one query [B, 1, d] over every cached position, unmasked."""
+        batch, q_len, _ = query.shape
+        q = self._rotate_at_zero(self._heads(self.q_proj(query)))
+        keys, values = cache.keys[:, :, :cache.length], cache.values[:, :, :cache.length]
+        out = F.scaled_dot_product_attention(q, keys, values,
+                                             dropout_p=self.attn_dropout_p if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(batch, q_len, self.d_model)
+        return self.resid_dropout(self.out_proj(out))
+
 
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attn(norm1 x), then + ffn(norm2 x)."""
@@ -172,6 +260,11 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.norm1(x), key_padding_mask=key_padding_mask)
+        return x + self.ffn(self.norm2(x))
+
+    def forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """:meth:`forward` for the next positions only, attending over the cached ones (see the attention)."""
+        x = x + self.self_attn.forward_cached(self.norm1(x), cache)
         return x + self.ffn(self.norm2(x))
 
 
@@ -247,6 +340,23 @@ class DependencyAwareLayer(nn.Module):
                 key_padding_mask: torch.Tensor | None = None, causal: bool | None = None) -> torch.Tensor:
         attn_out = self.cross_attn(sibling_embed, hidden_states, key_padding_mask=key_padding_mask, causal=causal)
         return self.norm(hidden_states + attn_out)
+
+    def new_cache(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        attn = self.cross_attn
+        return KVCache.empty(batch, attn.n_heads, attn.head_dim, capacity, device, dtype)
+
+    def extend_cache(self, hidden_states: torch.Tensor, cache: KVCache) -> None:
+        """Add the next context positions [B, n, d] to the keys/values the decode step attends over."""
+        self.cross_attn.append_keys(hidden_states, cache)
+
+    def forward_cached(self, last_hidden: torch.Tensor, sibling_embed: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The decode step of :meth:`forward` in eval mode for the last position only: ``sibling_embed`` [B, 1, d]
+        attends, unmasked, over every cached context position; ``last_hidden`` [B, 1, d] is the last context.
+
+        :meth:`forward` adds the single attention row to every context position and the caller keeps the last
+        one; here only that one is computed.
+        """
+        return self.norm(last_hidden + self.cross_attn.attend_cached(sibling_embed, cache))
 
 
 class DualHead(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,8 +13,29 @@ from torch.utils.checkpoint import checkpoint
 from ds_kronos.model.checkpoint import PretrainedMixin
 from ds_kronos.model.configs import (PREDICTOR_ALIASES, PREDICTOR_PRESETS, KronosConfig, PredictorPreset,
                                      resolve_preset)
-from ds_kronos.model.layers import (DependencyAwareLayer, DualHead, FixedEmbedding, HierarchicalEmbedding, RMSNorm,
-                                    TemporalEmbedding, TransformerBlock)
+from ds_kronos.model.layers import (DependencyAwareLayer, DualHead, FixedEmbedding, HierarchicalEmbedding, KVCache,
+                                    RMSNorm, TemporalEmbedding, TransformerBlock)
+
+
+@dataclass
+class DecodeCache:
+    """Everything incremental decoding keeps per sequence: the keys/values of each transformer block and those of
+    the dependency layer (projections of the final-norm context), for positions 0 .. length - 1 of the window."""
+
+    blocks: list[KVCache]
+    dependency: KVCache
+
+    @property
+    def length(self) -> int:
+        return self.dependency.length
+
+    @property
+    def capacity(self) -> int:
+        return self.dependency.capacity
+
+    def reset(self) -> None:
+        for cache in (*self.blocks, self.dependency):
+            cache.reset()
 
 
 class Kronos(nn.Module, PretrainedMixin):
@@ -89,6 +111,45 @@ class Kronos(nn.Module, PretrainedMixin):
         """s2 logits conditioned on the context and the given s1 ids (``causal``: see the dependency layer)."""
         sibling = self.embedding.emb_s1(s1_ids)
         return self.head.cond_forward(self.dep_layer(context, sibling, key_padding_mask=padding_mask, causal=causal))
+
+    # --- Incremental decoding (forecasting): the same functions as decode_s1/decode_s2 in eval mode, one new
+    # position at a time over cached keys/values instead of the whole window at every step.
+
+    def new_cache(self, batch: int, capacity: int, device: torch.device | None = None,
+                  dtype: torch.dtype | None = None) -> DecodeCache:
+        """An empty :class:`DecodeCache` for ``batch`` sequences of up to ``capacity`` positions."""
+        reference = self.head.proj_s1.weight
+        device = reference.device if device is None else device
+        dtype = reference.dtype if dtype is None else dtype
+        blocks = [KVCache.empty(batch, block.self_attn.n_heads, block.self_attn.head_dim, capacity, device, dtype)
+                  for block in self.transformer]
+        return DecodeCache(blocks, self.dep_layer.new_cache(batch, capacity, device, dtype))
+
+    def decode_s1_cached(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None,
+                         cache: DecodeCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed the next n positions (token ids [B, n], ``stamp`` [B, n, 5]) of the window whose first
+        ``cache.length`` positions are cached; returns the s1 logits [B, V1] and the context [B, 1, d_model] of
+        the last one. On an empty cache this is the prefill: the whole window, as :meth:`decode_s1` computes it.
+
+        Eval mode only: it reproduces the decode-time (eval) behaviour, which differs from training's.
+        """
+        if self.training:
+            raise RuntimeError("incremental decoding reproduces eval mode: call .eval() first")
+        x = self._embed(s1_ids, s2_ids, stamp)
+        for block, block_cache in zip(self.transformer, cache.blocks):
+            x = block.forward_cached(x, block_cache)
+        x = self.norm(x)
+        self.dep_layer.extend_cache(x, cache.dependency)
+        last = x[:, -1:]
+        return self.head(last)[:, -1], last
+
+    def decode_s2_cached(self, last_context: torch.Tensor, s1_ids: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
+        """s2 logits [B, V2] of the last cached position conditioned on ``s1_ids`` [B, 1]: the last row of
+        ``decode_s2(context, s1_ids)`` in eval mode (the dependency layer unmasked over the whole window)."""
+        if self.training:
+            raise RuntimeError("incremental decoding reproduces eval mode: call .eval() first")
+        sibling = self.embedding.emb_s1(s1_ids)
+        return self.head.cond_forward(self.dep_layer.forward_cached(last_context, sibling, cache.dependency))[:, -1]
 
     def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None = None,
                 padding_mask: torch.Tensor | None = None, use_teacher_forcing: bool = False,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ds_kronos.forecast import check_pair
+from ds_kronos.model.pairing import check_pair
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.model.checkpoint import names_checkpoint
 from ds_kronos.train.step import predict_and_score, tokenize_batch

@@ -27,7 +27,8 @@ setup(
         "matplotlib>=3.8",
         "pyyaml>=6",
     ],
-    # ruff is pinned to a minor version: its rules change between minors, and `make test` runs it.
-    extras_require={"dev": ["pytest>=8", "ruff>=0.17,<0.18"]},
+    # ruff is pinned to a minor version: its rules change between minors, and `make test` runs it. setuptools:
+    # tests/test_install.py builds the package offline (--no-build-isolation), and venvs of Python >= 3.12 lack it.
+    extras_require={"dev": ["pytest>=8", "ruff>=0.17,<0.18", "setuptools>=70.1"]},
     license="MIT",
 )

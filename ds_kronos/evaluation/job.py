@@ -19,17 +19,25 @@ import numpy as np
 import torch
 
 from ds_kronos.data.prepared import PreparedDataset, SplitArrays
+from ds_kronos.data.windows import NORM_EPS
 from ds_kronos.errors import ConfigError, DataError
 from ds_kronos.evaluation import metrics
 from ds_kronos.evaluation.config import EvalConfig
 from ds_kronos.evaluation.gather import gather_forecasts
-from ds_kronos.data.windows import NORM_EPS
 from ds_kronos.evaluation.origins import Origins, build_origins, origin_windows
-from ds_kronos.evaluation.report import (EXAMPLES_PLOT, IC_PLOT, REPORT_NAME, Example, format_table, plot_examples,
-                                         plot_ic)
+from ds_kronos.evaluation.report import (
+    EXAMPLES_PLOT,
+    IC_PLOT,
+    REPORT_NAME,
+    Example,
+    format_table,
+    plot_examples,
+    plot_ic,
+)
+from ds_kronos.forecast import autoregressive_forecast
 from ds_kronos.jsonio import write_json_atomic
-from ds_kronos.forecast import autoregressive_forecast, check_pair
 from ds_kronos.model import Kronos, KronosTokenizer
+from ds_kronos.model.pairing import check_pair
 
 CLOSE = 3  # column of the close in values.npy (open, high, low, close, vol, amt)
 TARGET_CHUNK = 8192  # origins per chunk when rank 0 rebuilds the realised windows (bounds memory)

@@ -21,7 +21,6 @@ from ds_kronos.data.prepared import SplitArrays
 from ds_kronos.data.windows import NORM_EPS, normalise_windows
 
 
-
 @dataclass(frozen=True)
 class Origins:
     """Forecast origins in row order: ``rows`` int64 [n] first forecast rows, ``symbols`` int64 [n] indices."""

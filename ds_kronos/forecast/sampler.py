@@ -1,8 +1,20 @@
-"""Forecasting with a tokenizer/predictor pair: normalise, tokenize, sample autoregressively, decode, de-normalise.
+"""The tensor-level autoregressive sampler: normalised bars -> tokens -> sampled continuations -> decoded bars.
 
-:func:`autoregressive_forecast` is the tensor-level loop (upstream's ``auto_regressive_inference``, same draws
-from torch's generator, so a seeded run reproduces upstream's samples); :class:`KronosForecaster` is the
-DataFrame-level API (upstream's ``KronosPredictor``), batched over many series.
+:func:`generate_tokens` is the loop (upstream's ``auto_regressive_inference``); :func:`sample_paths` wraps it with
+the tokenizer and returns every sampled path; :func:`autoregressive_forecast` averages them, as upstream.
+
+Two ways to run the loop, with the same arithmetic and the same random draws in the same order:
+
+* ``use_cache=True`` (the default): incremental decoding. The first step runs the history through the predictor
+  once and keeps each layer's keys/values (:class:`ds_kronos.model.predictor.DecodeCache`); every later step
+  feeds only the newest position. The cost of a forecast grows with context + horizon.
+* ``use_cache=False``: every step recomputes the whole window (upstream's way; context x horizon). Kept as the
+  reference the cache is tested and benchmarked against.
+
+When ``history + step`` exceeds ``max_context`` the window slides: its first position, and so every rotary
+position and every hidden state, changes, so no cached value stays valid. The cached loop then rebuilds its
+cache from the new window at that step, which is exactly the recomputation (the heads run on the last position
+only).
 
 Differences from upstream: the models are put in eval mode for the call (upstream leaves dropout on if the
 caller forgot), and a tokenizer/predictor pair with different bit widths is refused.
@@ -11,20 +23,16 @@ caller forgot), and a tokenizer/predictor pair with different bit widths is refu
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ds_kronos.data.series import time_features
-from ds_kronos.data.windows import NORM_EPS
-from ds_kronos.errors import UserError
-from ds_kronos.model import Kronos, KronosTokenizer
+from ds_kronos.model import Kronos, KronosTokenizer, check_pair
 
-PRICE_COLUMNS = ("open", "high", "low", "close")
-FEATURE_COLUMNS = PRICE_COLUMNS + ("volume", "amount")
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""One generator for the whole batch (upstream's behaviour), one per series, or None for torch's global one."""
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -52,6 +60,15 @@ def sample_ids(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, t
     return torch.multinomial(probs, num_samples=1, generator=generator)
 
 
+def draw(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator: Generators) -> torch.Tensor:
+    """:func:`sample_ids` with one generator, or with one generator per equal block of rows (one per series)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return sample_ids(logits, temperature, top_k, top_p, generator)
+    rows = logits.shape[0] // len(generator)
+    return torch.cat([sample_ids(logits[i * rows:(i + 1) * rows], temperature, top_k, top_p, g)
+                      for i, g in enumerate(generator)])
+
+
 @contextlib.contextmanager
 def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
     states = [m.training for m in modules]
@@ -64,127 +81,87 @@ def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
             m.train(state)
 
 
-def check_pair(tokenizer: KronosTokenizer, predictor: Kronos) -> None:
-    """Refuse a tokenizer/predictor pair whose vocabularies differ (they would load, then produce garbage)."""
-    t, p = tokenizer.config, predictor.config
-    if (t.s1_bits, t.s2_bits) != (p.s1_bits, p.s2_bits):
-        raise UserError(f"tokenizer and predictor do not match: tokenizer has s1/s2 bits {t.s1_bits}/{t.s2_bits}, "
-                        f"predictor {p.s1_bits}/{p.s2_bits}")
+@torch.no_grad()
+def generate_tokens(predictor: Kronos, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor,
+                    max_context: int, pred_len: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.99,
+                    generator: Generators = None, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Extend token histories ``s1_ids``/``s2_ids`` [N, L] by ``pred_len`` sampled (s1, s2) pairs.
+
+    ``stamp`` [N, L + pred_len, 5] holds the time features of every position. The predictor must be in eval
+    mode. Each step draws s1 from the last position's s1 logits, then s2 conditioned on that s1 (so the draws
+    are consumed in upstream's order, whichever ``use_cache``). Returns (s1, s2) [N, L + pred_len].
+    """
+    rows, history = s1_ids.shape
+    total = history + pred_len
+    s1_all = s1_ids.new_empty(rows, total)
+    s2_all = s2_ids.new_empty(rows, total)
+    s1_all[:, :history], s2_all[:, :history] = s1_ids, s2_ids
+    cache = predictor.new_cache(rows, min(total, max_context)) if use_cache else None
+    for step in range(pred_len):
+        length = history + step
+        start = max(0, length - max_context)
+        if cache is None:
+            s1_logits, context = predictor.decode_s1(s1_all[:, start:length], s2_all[:, start:length],
+                                                     stamp[:, start:length])
+            next_s1 = draw(s1_logits[:, -1, :], temperature, top_k, top_p, generator)
+            s2_logits = predictor.decode_s2(context, next_s1)[:, -1, :]
+        else:
+            if step == 0 or start > 0:
+                # The first step fills the cache with the window; after a slide every cached value is stale.
+                cache.reset()
+                first = start
+            else:
+                first = length - 1  # only the position sampled at the previous step is new
+            s1_logits, last = predictor.decode_s1_cached(s1_all[:, first:length], s2_all[:, first:length],
+                                                         stamp[:, first:length], cache)
+            next_s1 = draw(s1_logits, temperature, top_k, top_p, generator)
+            s2_logits = predictor.decode_s2_cached(last, next_s1, cache)
+        next_s2 = draw(s2_logits, temperature, top_k, top_p, generator)
+        s1_all[:, length] = next_s1[:, 0]
+        s2_all[:, length] = next_s2[:, 0]
+    return s1_all, s2_all
 
 
 @torch.no_grad()
-def autoregressive_forecast(tokenizer: KronosTokenizer, predictor: Kronos, x: torch.Tensor, x_stamp: torch.Tensor,
-                            y_stamp: torch.Tensor, max_context: int, pred_len: int, clip: float = 5.0,
-                            temperature: float = 1.0, top_k: int = 0, top_p: float = 0.99, sample_count: int = 5,
-                            generator: torch.Generator | None = None) -> np.ndarray:
-    """Sample ``pred_len`` steps after normalised history ``x`` [B, L, 6].
-
-    Returns the decoded last ``min(L + pred_len, max_context)`` steps averaged over ``sample_count`` samples,
-    [B, that length, 6] in normalised units; the last ``pred_len`` rows are the forecast. The context fed to the
-    predictor is the last ``max_context`` tokens (with their time stamps).
-    """
+def sample_paths(tokenizer: KronosTokenizer, predictor: Kronos, x: torch.Tensor, x_stamp: torch.Tensor,
+                 y_stamp: torch.Tensor, max_context: int, pred_len: int, clip: float = 5.0, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 0.99, sample_count: int = 5, generator: Generators = None,
+                 use_cache: bool = True) -> torch.Tensor:
+    """Every sampled path after normalised history ``x`` [B, L, 6]: float32 [B, sample_count, keep, 6] with
+    keep = ``min(L + pred_len, max_context)`` decoded steps in normalised units (the last ``pred_len`` are the
+    forecast). ``generator`` may be a sequence of B generators, one per series: a series' paths then do not
+    depend on which other series share its batch."""
     check_pair(tokenizer, predictor)
+    batch = x.shape[0]
+    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != batch:
+        raise ValueError(f"{len(generator)} generators for {batch} series")
     with eval_mode(tokenizer, predictor):
         x = torch.clip(x, -clip, clip)
-        batch = x.shape[0]
 
         def repeat(t: torch.Tensor) -> torch.Tensor:
             return t.repeat_interleave(sample_count, dim=0)
 
         x, x_stamp, y_stamp = repeat(x), repeat(x_stamp), repeat(y_stamp)
         s1_tokens, s2_tokens = tokenizer.encode(x, half=True)
-        full_stamp = torch.cat([x_stamp, y_stamp], dim=1)
-        history = x.shape[1]
-        for step in range(pred_len):
-            length = history + step
-            start = max(0, length - max_context)
-            s1_logits, context = predictor.decode_s1(s1_tokens[:, start:], s2_tokens[:, start:],
-                                                     full_stamp[:, start:length])
-            next_s1 = sample_ids(s1_logits[:, -1, :], temperature, top_k, top_p, generator)
-            s2_logits = predictor.decode_s2(context, next_s1)
-            next_s2 = sample_ids(s2_logits[:, -1, :], temperature, top_k, top_p, generator)
-            s1_tokens = torch.cat([s1_tokens, next_s1], dim=1)
-            s2_tokens = torch.cat([s2_tokens, next_s2], dim=1)
-        keep = min(history + pred_len, max_context)
+        s1_tokens, s2_tokens = generate_tokens(predictor, s1_tokens, s2_tokens, torch.cat([x_stamp, y_stamp], dim=1),
+                                               max_context, pred_len, temperature, top_k, top_p, generator,
+                                               use_cache)
+        keep = min(x.shape[1] + pred_len, max_context)
         decoded = tokenizer.decode([s1_tokens[:, -keep:], s2_tokens[:, -keep:]], half=True)
-        decoded = decoded.float().reshape(batch, sample_count, keep, -1)
-        return decoded.mean(dim=1).cpu().numpy()
+        return decoded.float().reshape(batch, sample_count, keep, -1)
 
 
-def calendar_features(timestamps: pd.Series | pd.DatetimeIndex | Sequence) -> np.ndarray:
-    """[N, 5] float32 minute, hour, weekday (Monday=0), day of month, month: the models' time features (the same
-    as the prepared data's, for any timestamp-like sequence)."""
-    index = pd.DatetimeIndex(pd.to_datetime(timestamps))
-    return time_features(index.to_numpy(dtype="datetime64[ns]")).astype(np.float32)
+@torch.no_grad()
+def autoregressive_forecast(tokenizer: KronosTokenizer, predictor: Kronos, x: torch.Tensor, x_stamp: torch.Tensor,
+                            y_stamp: torch.Tensor, max_context: int, pred_len: int, clip: float = 5.0,
+                            temperature: float = 1.0, top_k: int = 0, top_p: float = 0.99, sample_count: int = 5,
+                            generator: Generators = None, use_cache: bool = True) -> np.ndarray:
+    """Sample ``pred_len`` steps after normalised history ``x`` [B, L, 6].
 
-
-class KronosForecaster:
-    """OHLCV DataFrames in, forecast DataFrames out (upstream's ``KronosPredictor``).
-
-    Each series is normalised by the mean and std of the history it is given, clipped, forecast and
-    de-normalised. Missing ``volume``/``amount`` are filled as upstream (zeros; amount = volume x mean price).
+    Returns the decoded last ``min(L + pred_len, max_context)`` steps averaged over ``sample_count`` samples,
+    [B, that length, 6] in normalised units; the last ``pred_len`` rows are the forecast. The context fed to the
+    predictor is the last ``max_context`` tokens (with their time stamps).
     """
-
-    def __init__(self, predictor: Kronos, tokenizer: KronosTokenizer, device: str | torch.device = "cpu",
-                 max_context: int = 512, clip: float = 5.0):
-        check_pair(tokenizer, predictor)
-        self.device = torch.device(device)
-        self.predictor = predictor.to(self.device)
-        self.tokenizer = tokenizer.to(self.device)
-        self.max_context = max_context
-        self.clip = clip
-
-    @staticmethod
-    def _features(df: pd.DataFrame, label: str) -> np.ndarray:
-        if not isinstance(df, pd.DataFrame):
-            raise UserError(f"{label}: expected a pandas DataFrame, got {type(df).__name__}")
-        missing = [c for c in PRICE_COLUMNS if c not in df.columns]
-        if missing:
-            raise UserError(f"{label}: missing price column(s) {', '.join(missing)}")
-        df = df.copy()
-        if "volume" not in df.columns:
-            df["volume"] = 0.0
-            df["amount"] = 0.0
-        if "amount" not in df.columns:
-            df["amount"] = df["volume"] * df[list(PRICE_COLUMNS)].mean(axis=1)
-        values = df[list(FEATURE_COLUMNS)].to_numpy(dtype=np.float32)
-        if np.isnan(values).any():
-            raise UserError(f"{label}: NaN values in price or volume columns")
-        return values
-
-    def predict_batch(self, dfs: Sequence[pd.DataFrame], x_timestamps: Sequence, y_timestamps: Sequence,
-                      pred_len: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.9,
-                      sample_count: int = 1, generator: torch.Generator | None = None) -> list[pd.DataFrame]:
-        """Forecast several series of equal history length at once; returns one DataFrame per series."""
-        if not (len(dfs) == len(x_timestamps) == len(y_timestamps)):
-            raise UserError("dfs, x_timestamps and y_timestamps must have the same length")
-        xs, means, stds, x_stamps, y_stamps = [], [], [], [], []
-        for i, df in enumerate(dfs):
-            values = self._features(df, f"series {i}")
-            x_stamp, y_stamp = calendar_features(x_timestamps[i]), calendar_features(y_timestamps[i])
-            if len(x_stamp) != len(values):
-                raise UserError(f"series {i}: {len(values)} rows but {len(x_stamp)} history timestamps")
-            if len(y_stamp) != pred_len:
-                raise UserError(f"series {i}: {len(y_stamp)} future timestamps, expected pred_len={pred_len}")
-            mean, std = values.mean(axis=0), values.std(axis=0)
-            xs.append(np.clip((values - mean) / (std + NORM_EPS), -self.clip, self.clip))
-            means.append(mean)
-            stds.append(std)
-            x_stamps.append(x_stamp)
-            y_stamps.append(y_stamp)
-        if len({len(x) for x in xs}) != 1:
-            raise UserError(f"all series need the same history length, got {sorted({len(x) for x in xs})}")
-
-        def tensor(arrays: list[np.ndarray]) -> torch.Tensor:
-            return torch.from_numpy(np.stack(arrays).astype(np.float32)).to(self.device)
-
-        preds = autoregressive_forecast(self.tokenizer, self.predictor, tensor(xs), tensor(x_stamps),
-                                        tensor(y_stamps), self.max_context, pred_len, self.clip, temperature,
-                                        top_k, top_p, sample_count, generator)[:, -pred_len:, :]
-        return [pd.DataFrame(preds[i] * (stds[i] + NORM_EPS) + means[i], columns=list(FEATURE_COLUMNS),
-                             index=pd.DatetimeIndex(pd.to_datetime(y_timestamps[i])))
-                for i in range(len(dfs))]
-
-    def predict(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, **kwargs) -> pd.DataFrame:
-        """Forecast one series (see :meth:`predict_batch` for the options)."""
-        return self.predict_batch([df], [x_timestamp], [y_timestamp], pred_len, **kwargs)[0]
+    paths = sample_paths(tokenizer, predictor, x, x_stamp, y_stamp, max_context, pred_len, clip, temperature, top_k,
+                         top_p, sample_count, generator, use_cache)
+    return paths.mean(dim=1).cpu().numpy()

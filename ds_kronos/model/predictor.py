@@ -11,10 +11,17 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ds_kronos.model.checkpoint import PretrainedMixin
-from ds_kronos.model.configs import (PREDICTOR_ALIASES, PREDICTOR_PRESETS, KronosConfig, PredictorPreset,
-                                     resolve_preset)
-from ds_kronos.model.layers import (DependencyAwareLayer, DualHead, FixedEmbedding, HierarchicalEmbedding, KVCache,
-                                    RMSNorm, TemporalEmbedding, TransformerBlock)
+from ds_kronos.model.configs import PREDICTOR_ALIASES, PREDICTOR_PRESETS, KronosConfig, PredictorPreset, resolve_preset
+from ds_kronos.model.layers import (
+    DependencyAwareLayer,
+    DualHead,
+    FixedEmbedding,
+    HierarchicalEmbedding,
+    KVCache,
+    RMSNorm,
+    TemporalEmbedding,
+    TransformerBlock,
+)
 
 
 @dataclass

@@ -98,6 +98,25 @@ def test_score_of_a_constant_forecaster_has_no_ic():
     assert result["close"]["mae"] == pytest.approx(1.0)
 
 
+def test_quantile_calibration_by_hand():
+    assert metrics.central_bands([0.5, 0.9, 0.1]) == [(0.1, 0.9)]
+    assert metrics.central_bands([0.05, 0.1, 0.5, 0.9, 0.95]) == [(0.05, 0.95), (0.1, 0.9)]
+    assert metrics.central_bands([0.2, 0.7]) == [(0.2, 0.7)]
+    # 4 origins, 2 horizons, quantiles 0.1 / 0.5 / 0.9 forecast as [-1, 0, 1] everywhere.
+    bands = np.broadcast_to(np.array([-1.0, 0.0, 1.0]), (4, 2, 3))
+    actual = np.array([[-2.0, -1.0], [-0.5, 0.0], [0.5, 1.0], [3.0, 0.2]])
+    result = metrics.quantile_calibration(bands, actual, [0.1, 0.5, 0.9])
+    below = {entry["quantile"]: entry for entry in result["share_below"]}
+    # h1: -2 | -0.5 0.5 | 3 ; h2: -1 (on the bound) 0 0.2 1 (on the bound)
+    assert below[0.1]["per_horizon"] == [0.25, 0.25] and below[0.1]["overall"] == 0.25
+    assert below[0.5]["per_horizon"] == [0.5, 0.5]
+    assert below[0.9]["per_horizon"] == [0.75, 1.0] and below[0.9]["overall"] == 0.875
+    (band,) = result["bands"]
+    assert (band["lower"], band["upper"]) == (0.1, 0.9) and band["nominal"] == pytest.approx(0.8)
+    assert band["per_horizon"] == [0.5, 1.0]  # bounds count as inside
+    assert band["inside"] == 0.75
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Origins
 # ---------------------------------------------------------------------------------------------------------------------
@@ -241,6 +260,45 @@ def test_end_to_end_report_plots_and_table(sampled_run, demo_prepared_dir):
     assert last_value["direction"]["accuracy"] == pytest.approx(down_or_flat)
 
 
+def test_cache_is_the_default_and_recomputation_gives_the_same_report(sampled_run, demo_prepared_dir, tiny_models,
+                                                                       tmp_path):
+    first = json.loads((sampled_run[0] / "report.json").read_text())
+    assert first["config"]["use_cache"] is True
+    assert first["calibration"] is None  # one sampled path: no bands
+    result = run_eval(eval_args(demo_prepared_dir, tiny_models, tmp_path / "r", "--seed", "7", "--use_cache", "false"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    second = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert second["config"]["use_cache"] is False
+    assert metric_sections(second) == metric_sections(first)
+    assert second["ic_series"] == first["ic_series"]
+
+
+def test_calibration_of_sampled_bands(demo_prepared_dir, tiny_models, tmp_path):
+    result = run_eval(eval_args(demo_prepared_dir, tiny_models, tmp_path / "c", "--seed", "2", "--sample_count", "4",
+                                "--quantiles", "0.9,0.1,0.5,0.25,0.75", "--reference_predictor",
+                                str(tiny_models[1])))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "c" / "report.json").read_text())
+    calibration = report["calibration"]
+    assert calibration["sample_count"] == 4 and calibration["quantiles"] == [0.1, 0.25, 0.5, 0.75, 0.9]
+    pred_len = report["data"]["pred_len"]
+    model = calibration["model"]
+    assert set(model) == {"open", "high", "low", "close", "vol", "amt"}
+    for feature in model.values():
+        below = {entry["quantile"]: np.array(entry["per_horizon"]) for entry in feature["share_below"]}
+        assert all(len(v) == pred_len for v in below.values())
+        # Quantiles of the same paths are ordered, so the shares below them are too.
+        assert np.all(np.diff(np.stack([below[q] for q in calibration["quantiles"]]), axis=0) >= 0)
+        assert [(b["lower"], b["upper"]) for b in feature["bands"]] == [(0.1, 0.9), (0.25, 0.75)]
+        for band in feature["bands"]:
+            # Inside [lo, hi] = below hi minus strictly below lo (no realised value equals a forecast quantile).
+            assert np.allclose(band["per_horizon"], below[band["upper"]] - below[band["lower"]])
+            assert band["inside"] == pytest.approx(np.mean(band["per_horizon"]))
+    # The same weights and seeds: the reference's bands are the model's.
+    assert calibration["reference"] == model
+    assert "calibration of the close (4 sampled paths" in result.stdout
+
+
 def test_same_seed_reproduces_the_metrics(sampled_run, demo_prepared_dir, tiny_models, tmp_path):
     first = json.loads((sampled_run[0] / "report.json").read_text())
     result = run_eval(eval_args(demo_prepared_dir, tiny_models, tmp_path / "b", "--seed", "7"))
@@ -308,6 +366,8 @@ def test_bad_input_gives_one_line_and_exit_2(demo_prepared_dir, tiny_models, tmp
         "no forecast origin fits": eval_args(demo_prepared_dir, tiny_models, tmp_path / "o", "--pred_len", "400"),
         "tokenizer and predictor do not match": eval_args(demo_prepared_dir, (mismatched, pred), tmp_path / "o"),
         "does not exist": eval_args(demo_prepared_dir, (tmp_path / "nope", pred), tmp_path / "o"),
+        "--quantiles must be in (0, 1), got 1.5": eval_args(demo_prepared_dir, tiny_models, tmp_path / "o",
+                                                            "--quantiles", "0.1,1.5"),
     }
     for expected, argv in cases.items():
         code, err = run_in_process(argv, capsys)

@@ -34,7 +34,13 @@ class EvalConfig:
                                            "forecast windows do not overlap)")
     max_origins_per_symbol: int | None = option(None, help="keep only the latest N origins of each symbol "
                                                            "(default: all)")
-    sample_count: int = option(1, help="sampled paths averaged into one forecast")
+    sample_count: int = option(1, help="sampled paths averaged into one forecast (> 1 also reports the calibration "
+                                       "of their quantile bands)")
+    quantiles: list[float] = option(default_factory=lambda: [0.1, 0.5, 0.9],
+                                    help="with --sample_count > 1: quantiles of the sampled paths whose calibration "
+                                         "is reported, comma-separated (default: 0.1,0.5,0.9)")
+    use_cache: bool = option(True, help="incremental decoding with a key/value cache; false recomputes the whole "
+                                        "window at every step (upstream's way: the same forecasts, slower)")
     temperature: float = option(1.0, help="sampling temperature")
     top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p")
     top_p: float = option(0.9, help="nucleus sampling mass (1.0: off)")
@@ -73,6 +79,9 @@ class EvalConfig:
             problems.append(f"--pred_len {self.pred_len} exceeds --max_context {self.max_context}")
         if self.examples < 0:
             problems.append(f"--examples must be >= 0, got {self.examples}")
+        bad_quantiles = [q for q in self.quantiles or [] if not 0.0 < q < 1.0]
+        if bad_quantiles:
+            problems.append(f"--quantiles must be in (0, 1), got {', '.join(f'{q:g}' for q in bad_quantiles)}")
         if self.top_k < 0:
             problems.append(f"--top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ds_kronos.data.prepared import PreparedDataset, SplitArrays
+from ds_kronos.data.series import VALUE_COLUMNS
 from ds_kronos.data.windows import NORM_EPS
 from ds_kronos.errors import ConfigError, DataError
 from ds_kronos.evaluation import metrics
@@ -30,11 +31,12 @@ from ds_kronos.evaluation.report import (
     IC_PLOT,
     REPORT_NAME,
     Example,
+    format_calibration,
     format_table,
     plot_examples,
     plot_ic,
 )
-from ds_kronos.forecast import autoregressive_forecast
+from ds_kronos.forecast import sample_paths
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.model.pairing import check_pair
@@ -57,6 +59,11 @@ DEFINITIONS = {
                    "its close metrics equal last_value's by construction",
     "history_mean": "every feature at its lookback mean (0 in normalised units); a mean-reversion forecast, so it "
                     "has an IC",
+    "calibration": "with sample_count > 1: the forecast quantiles of each origin are those of its sampled paths "
+                   "(linear interpolation between paths), per bar and feature, in price units; share_below = share "
+                   "of realised values <= the forecast q-quantile (nominal q); bands pair the lowest quantile with "
+                   "the highest, the second lowest with the second highest, ...; inside = share of realised values "
+                   "within a band, bounds included (nominal upper - lower); over all origins, and per horizon",
     "origins": "one every `stride` bars of the split's calendar from bar lookback-1, where a symbol has lookback "
                "bars of history and pred_len bars after it; max_origins_per_symbol keeps the latest",
 }
@@ -103,12 +110,20 @@ def plan_evaluation(config: EvalConfig) -> Plan:
     return Plan(prepared, split, lookback, pred_len, stride, origins, qlib_dir)
 
 
+def calibration_quantiles(config: EvalConfig) -> list[float]:
+    """The quantiles of the sampled paths to keep: none with a single path (its quantiles are the path)."""
+    return sorted(set(config.quantiles or [])) if config.sample_count > 1 else []
+
+
 def forecast_origins(config: EvalConfig, plan: Plan, origins: Origins, tokenizer: KronosTokenizer,
                      predictor: Kronos, device: torch.device, generator: torch.Generator,
-                     progress: Callable[[str], None] | None) -> np.ndarray:
-    """Normalised forecasts float32 [n, pred_len, 6] of ``origins``, ``batch_size`` origins per call."""
+                     progress: Callable[[str], None] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised forecasts of ``origins``, ``batch_size`` origins per call: the mean of the sampled paths float32
+    [n, pred_len, 6] and their :func:`calibration_quantiles` float32 [n, pred_len, Q, 6]."""
     lookback, pred_len = plan.lookback, plan.pred_len
+    quantiles = calibration_quantiles(config)
     preds = np.empty((len(origins), pred_len, 6), dtype=np.float32)
+    bands = np.empty((len(origins), pred_len, len(quantiles), 6), dtype=np.float32)
     start_time = time.perf_counter()
     every = max(1, -(-len(origins) // config.batch_size) // 10)
     for start in range(0, len(origins), config.batch_size):
@@ -118,16 +133,18 @@ def forecast_origins(config: EvalConfig, plan: Plan, origins: Origins, tokenizer
         x_stamp = torch.from_numpy(np.ascontiguousarray(win.stamp[:, :lookback])).to(device)
         # The time features of the real future bars (their calendar is known at forecast time).
         y_stamp = torch.from_numpy(np.ascontiguousarray(win.stamp[:, lookback:])).to(device)
-        out = autoregressive_forecast(tokenizer, predictor, x, x_stamp, y_stamp, config.max_context, pred_len,
-                                      config.clip, config.temperature, config.top_k, config.top_p,
-                                      config.sample_count, generator)
-        preds[start:start + len(rows)] = out[:, -pred_len:, :]
+        paths = sample_paths(tokenizer, predictor, x, x_stamp, y_stamp, config.max_context, pred_len, config.clip,
+                             config.temperature, config.top_k, config.top_p, config.sample_count, generator,
+                             config.use_cache)[:, :, -pred_len:, :]
+        preds[start:start + len(rows)] = paths.mean(dim=1).cpu().numpy()
+        if quantiles:
+            bands[start:start + len(rows)] = np.moveaxis(np.quantile(paths.cpu().numpy(), quantiles, axis=1), 0, 2)
         done = start + len(rows)
         # About ten progress lines per run, whatever its size.
         if progress is not None and (done == len(origins) or (start // config.batch_size + 1) % every == 0):
             rate = done / max(time.perf_counter() - start_time, 1e-9)
             progress(f"rank 0: forecast {done}/{len(origins)} origins ({rate:.1f} origins/s)")
-    return preds
+    return preds, bands
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +157,9 @@ class Realised:
     last_close: np.ndarray       # float32 [n]
     close_mean: np.ndarray       # float32 [n] lookback mean of the close
     close_std: np.ndarray        # float32 [n] lookback std of the close
+    future_raw: np.ndarray       # float32 [n, H, 6] realised future, data units
+    mean: np.ndarray             # float32 [n, 6] lookback mean of every feature
+    std: np.ndarray              # float32 [n, 6] lookback std of every feature
 
 
 def realised_windows(plan: Plan, clip: float) -> Realised:
@@ -153,6 +173,9 @@ def realised_windows(plan: Plan, clip: float) -> Realised:
         parts["last_close"].append(win.raw[:, L - 1, CLOSE])
         parts["close_mean"].append(win.mean[:, 0, CLOSE])
         parts["close_std"].append(win.std[:, 0, CLOSE])
+        parts["future_raw"].append(win.raw[:, L:])
+        parts["mean"].append(win.mean[:, 0])
+        parts["std"].append(win.std[:, 0])
     return Realised(**{name: np.concatenate(arrays) for name, arrays in parts.items()})
 
 
@@ -186,6 +209,14 @@ def score_all(pred_norm: np.ndarray, real: Realised, dates: np.ndarray,
             mean_close, real.last_close), pred_norm=np.zeros_like(real.future_norm), actual_norm=real.future_norm,
         **common)
     return scores, model_close
+
+
+def calibrate(bands_norm: np.ndarray, real: Realised, quantiles: list[float]) -> dict[str, Any]:
+    """:func:`metrics.quantile_calibration` of every feature, the forecast quantiles taken back to data units."""
+    scale = real.std[:, None, None, :] + NORM_EPS
+    bands = bands_norm * scale + real.mean[:, None, None, :]
+    return {name: metrics.quantile_calibration(bands[..., f], real.future_raw[..., f], quantiles)
+            for f, name in enumerate(VALUE_COLUMNS)}
 
 
 def pick_examples(plan: Plan, real: Realised, model_close: np.ndarray, count: int) -> list[Example]:
@@ -235,14 +266,20 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
             f"{len(plan.origins)} origins (lookback {plan.lookback}, pred_len {plan.pred_len}, stride "
             f"{plan.stride}) on {runtime.world_size} rank(s)")
 
-    def forecast(model: Kronos):
+    def forecast(model: Kronos) -> Gathered | None:
         generator = torch.Generator(device=runtime.device)
         generator.manual_seed(config.seed + runtime.rank)
         t1 = time.perf_counter()
-        preds = forecast_origins(config, plan, mine, tokenizer, model.to(runtime.device).float(), runtime.device,
-                                 generator, log if main else None)
-        return gather_forecasts(mine.rows, preds, time.perf_counter() - t1, runtime.rank, runtime.world_size,
-                                runtime.device)
+        preds, bands = forecast_origins(config, plan, mine, tokenizer, model.to(runtime.device).float(),
+                                        runtime.device, generator, log if main else None)
+        # Mean and bands travel as one array [n, H, 1 + Q, 6]: one gather, one canonical order.
+        packed = np.concatenate([preds[:, :, None], bands], axis=2)
+        gathered = gather_forecasts(mine.rows, packed, time.perf_counter() - t1, runtime.rank, runtime.world_size,
+                                    runtime.device)
+        if gathered is None:
+            return None
+        rows, everything, seconds = gathered
+        return Gathered(rows, everything[:, :, 0], everything[:, :, 1:], seconds)
 
     gathered = forecast(predictor)
     gathered_reference = forecast(reference) if reference is not None else None
@@ -255,18 +292,28 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
     return report
 
 
-def write_outputs(config: EvalConfig, plan: Plan, gathered: tuple[np.ndarray, np.ndarray, float], world_size: int,
-                  t0: float, load_seconds: float, log: Callable[[str], None],
-                  gathered_reference: tuple[np.ndarray, np.ndarray, float] | None = None) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class Gathered:
+    """Every rank's forecasts on rank 0, in origin (row) order; normalised units."""
+
+    rows: np.ndarray             # int64 [n]
+    mean: np.ndarray             # float32 [n, H, 6] mean of the sampled paths
+    bands: np.ndarray            # float32 [n, H, Q, 6] their calibration quantiles (Q = 0 with one path)
+    seconds: float               # the slowest rank's forecasting time
+
+
+def write_outputs(config: EvalConfig, plan: Plan, gathered: Gathered, world_size: int, t0: float,
+                  load_seconds: float, log: Callable[[str], None],
+                  gathered_reference: Gathered | None = None) -> dict[str, Any]:
     """Rank 0: score the gathered forecasts, write report.json and the plots, print the table."""
-    rows, pred_norm, forecast_seconds = gathered
+    rows, pred_norm, forecast_seconds = gathered.rows, gathered.mean, gathered.seconds
     if not np.array_equal(rows, plan.origins.rows):  # origins are in row order; a mismatch is a bug, not input
         raise RuntimeError("gathered forecasts do not match the planned origins")
 
     real = realised_windows(plan, config.clip)
     dates = plan.origins.dates(plan.split.timestamps)
     scores, model_close = score_all(pred_norm, real, dates,
-                                    None if gathered_reference is None else gathered_reference[1])
+                                    None if gathered_reference is None else gathered_reference.mean)
     # The same series the model's IC summary is computed from, kept for the plot and the report.
     ic_dates, ic, rank_ic = metrics.daily_ic(dates, metrics.window_returns(model_close, real.last_close)[:, -1],
                                              metrics.window_returns(real.future_close, real.last_close)[:, -1])
@@ -293,9 +340,17 @@ def write_outputs(config: EvalConfig, plan: Plan, gathered: tuple[np.ndarray, np
         "timing": {"setup_seconds": load_seconds, "forecast_seconds": forecast_seconds,
                    "origins_per_second": len(plan.origins) / max(forecast_seconds, 1e-9),
                    "total_seconds": time.perf_counter() - t0},
+        "calibration": None,
         "definitions": DEFINITIONS,
         "backtest": None,
     }
+    quantiles = calibration_quantiles(config)
+    if quantiles:
+        report["calibration"] = {
+            "sample_count": config.sample_count, "quantiles": quantiles, "units": "data units (price, volume)",
+            "model": calibrate(gathered.bands, real, quantiles),
+            "reference": None if gathered_reference is None else calibrate(gathered_reference.bands, real,
+                                                                            quantiles)}
     written = [out / REPORT_NAME, out / EXAMPLES_PLOT, out / IC_PLOT]
     backtest_table = None
     if plan.qlib_dir is not None:
@@ -315,6 +370,8 @@ def write_outputs(config: EvalConfig, plan: Plan, gathered: tuple[np.ndarray, np
         written.append(out / BACKTEST_PLOT)
     write_json_atomic(out / REPORT_NAME, report)
     log(format_table(scores))
+    if report["calibration"] is not None:
+        log(format_calibration(report["calibration"]))
     if backtest_table is not None:
         log(backtest_table)
     log(f"wrote {', '.join(str(path) for path in written)}")

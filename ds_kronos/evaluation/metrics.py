@@ -9,7 +9,11 @@ Conventions (also written into report.json):
   accuracy is the share of realised returns that are <= 0;
 * IC / RankIC: per origin date, the Pearson / Spearman correlation across symbols of predicted and realised
   returns over the whole forecast window; dates with fewer than ``min_symbols`` symbols, or where either side is
-  constant (correlation undefined), are skipped. ICIR = mean / sample std (ddof=1) over the dates used.
+  constant (correlation undefined), are skipped. ICIR = mean / sample std (ddof=1) over the dates used;
+* calibration of sampled paths: for each quantile q of the paths, the share of realised values at or below the
+  forecast q-quantile (nominal q); for each central band (the lowest quantile with the highest, the second
+  lowest with the second highest, ...), the share of realised values inside it, bounds included (nominal:
+  upper - lower).
 """
 
 from __future__ import annotations
@@ -134,4 +138,30 @@ def score(*, pred_close_norm: np.ndarray, actual_close_norm: np.ndarray, pred_re
     else:
         result["ic"] = {key: None for key in ic_summary(np.zeros(0), np.zeros(0))}
         result["ic"]["dates"] = 0
+    return result
+
+
+def central_bands(quantiles: list[float]) -> list[tuple[float, float]]:
+    """(lower, upper) pairs of the sorted quantiles, outermost first: [0.05, 0.1, 0.5, 0.9, 0.95] gives
+    (0.05, 0.95) and (0.1, 0.9); a middle quantile (the median of an odd count) bounds no band."""
+    ordered = sorted(quantiles)
+    return [(ordered[i], ordered[-1 - i]) for i in range(len(ordered) // 2)]
+
+
+def quantile_calibration(bands: np.ndarray, actual: np.ndarray, quantiles: list[float]) -> dict[str, Any]:
+    """Calibration of forecast quantiles ``bands`` [n, H, Q] (in ``quantiles`` order) against realised values
+    ``actual`` [n, H]: per quantile the share of realised values at or below it, per central band the share
+    inside it; each overall and per horizon."""
+    bands = np.asarray(bands, dtype=np.float64)
+    actual = np.asarray(actual, dtype=np.float64)
+    below = actual[:, :, None] <= bands  # [n, H, Q]
+    index = {q: i for i, q in enumerate(quantiles)}
+    result: dict[str, Any] = {"share_below": [], "bands": []}
+    for q, i in index.items():
+        result["share_below"].append({"quantile": q, "overall": float(below[:, :, i].mean()),
+                                      "per_horizon": below[:, :, i].mean(axis=0).tolist()})
+    for lower, upper in central_bands(list(quantiles)):
+        inside = (actual >= bands[:, :, index[lower]]) & (actual <= bands[:, :, index[upper]])
+        result["bands"].append({"lower": lower, "upper": upper, "nominal": upper - lower,
+                                "inside": float(inside.mean()), "per_horizon": inside.mean(axis=0).tolist()})
     return result

@@ -110,3 +110,17 @@ def format_table(scores: dict[str, dict[str, Any]]) -> str:
                  _cell(s["ic"]["mean_rank_ic"], 11, True)]
         lines.append(name.ljust(name_width) + "".join(cells))
     return "\n".join(lines)
+
+
+def format_calibration(calibration: dict[str, Any]) -> str:
+    """The close's calibration: each central band's share of realised values inside, and each quantile's share
+    of realised values at or below it, against their nominal values."""
+    lines = [f"calibration of the close ({calibration['sample_count']} sampled paths; realised share vs nominal)"]
+    for name in ("model", "reference"):
+        close = (calibration.get(name) or {}).get("close")
+        if close is None:
+            continue
+        cells = [f"band {b['lower']:g}-{b['upper']:g}: {b['inside']:.3f} vs {b['nominal']:.2f}" for b in close["bands"]]
+        cells += [f"<= q{q['quantile']:g}: {q['overall']:.3f}" for q in close["share_below"]]
+        lines.append(f"  {name}: " + ", ".join(cells))
+    return "\n".join(lines)

@@ -181,9 +181,9 @@ def format_backtest(section: dict[str, Any]) -> str:
 
 
 def plot_backtest(path: Path, daily: pd.DataFrame, title: str) -> None:
-    from ds_kronos.evaluation.report import _pyplot, _save_figure
+    from ds_kronos.evaluation.report import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.5))
     when = pd.DatetimeIndex(daily.index)
     ax.plot(when, daily["return"].cumsum(), lw=1.2, color="C0", label="strategy (w/o cost)")
@@ -194,4 +194,4 @@ def plot_backtest(path: Path, daily: pd.DataFrame, title: str) -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    _save_figure(fig, path)
+    save_figure(fig, path)

@@ -18,7 +18,7 @@ EXAMPLES_PLOT = "forecast_examples.png"
 IC_PLOT = "ic_over_time.png"
 
 
-def _save_figure(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
@@ -28,7 +28,7 @@ def _save_figure(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")  # no display on training machines
     import matplotlib.pyplot as plt
@@ -52,7 +52,7 @@ class Example:
 
 
 def plot_examples(path: Path, examples: Sequence[Example], title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     n = max(1, len(examples))
     fig, axes = plt.subplots(n, 1, figsize=(8, 2.6 * n), squeeze=False)
     for ax, ex in zip(axes[:, 0], examples):
@@ -70,11 +70,11 @@ def plot_examples(path: Path, examples: Sequence[Example], title: str) -> None:
         axes[0, 0].text(0.5, 0.5, "no origins", ha="center", va="center", transform=axes[0, 0].transAxes)
     axes[0, 0].legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=10)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def plot_ic(path: Path, dates_ns: np.ndarray, ic: np.ndarray, rank_ic: np.ndarray, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.5))
     if len(dates_ns):
         when = _datetimes(dates_ns)
@@ -87,7 +87,7 @@ def plot_ic(path: Path, dates_ns: np.ndarray, ic: np.ndarray, rank_ic: np.ndarra
     ax.set_ylabel("correlation across symbols")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _cell(value: float | None, width: int, signed: bool = False) -> str:

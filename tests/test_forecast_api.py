@@ -1,0 +1,158 @@
+"""Future bar timestamps (a series' own calendar, or a file) and the DataFrame forecasting API's bands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ds_kronos.data.csv_source import read_csv_file
+from ds_kronos.errors import DataError
+from ds_kronos.forecast import KronosForecaster, calendar_features, sample_paths
+from ds_kronos.forecast.calendar import continue_timestamps, read_timestamps, timestamps_after
+from ds_kronos.model import Kronos, KronosTokenizer
+from helpers import fixtures_dir
+
+KLINE = fixtures_dir() / "kline_5min_2500.csv"
+
+
+def ns(stamps) -> np.ndarray:
+    return pd.DatetimeIndex(pd.to_datetime(stamps)).to_numpy(dtype="datetime64[ns]").astype(np.int64)
+
+
+def when(values: np.ndarray) -> list[str]:
+    return [str(t) for t in pd.DatetimeIndex(values.astype("datetime64[ns]"))]
+
+
+@pytest.fixture(scope="module")
+def kline_ns() -> np.ndarray:
+    series, _, _ = read_csv_file(KLINE)
+    return series.timestamps
+
+
+# --- Calendar ------------------------------------------------------------------------------------------------------
+
+def test_five_minute_bars_keep_lunch_breaks_nights_and_weekends(kline_ns):
+    # The file ends on Thursday 2024-08-29 at 11:30, the end of the morning session.
+    future = continue_timestamps(kline_ns, 60)
+    assert when(future[:2]) == ["2024-08-29 13:05:00", "2024-08-29 13:10:00"]
+    assert when(future[23:26]) == ["2024-08-29 15:00:00", "2024-08-30 09:35:00", "2024-08-30 09:40:00"]
+    # Exactly the session of the file: 48 bars a day, 09:35-11:30 and 13:05-15:00.
+    session = sorted({str(t.time()) for t in pd.DatetimeIndex(kline_ns.astype("datetime64[ns]"))})
+    assert len(session) == 48
+    assert [t[-8:] for t in when(future[24:60])] == session[:36]
+    # From a Friday close the next bar is Monday's first (four days of history, Tuesday to Friday, do not show
+    # that Monday is closed).
+    friday_close = int(np.flatnonzero(pd.DatetimeIndex(kline_ns.astype("datetime64[ns]")) ==
+                                      pd.Timestamp("2024-06-21 15:00"))[0])
+    assert when(continue_timestamps(kline_ns[:friday_close + 1], 2)) == ["2024-06-24 09:35:00",
+                                                                          "2024-06-24 09:40:00"]
+
+
+def test_a_stray_time_of_day_is_not_a_session_slot(kline_ns):
+    stray = np.sort(np.r_[kline_ns[:-1], ns(["2024-08-28 12:00"]), kline_ns[-1:]])
+    assert "12:00" not in " ".join(when(continue_timestamps(stray, 100)))
+
+
+def test_daily_weekly_monthly_and_irregular_bars():
+    daily = ns(pd.bdate_range("2024-01-01", "2024-02-09"))  # ends on a Friday
+    assert when(continue_timestamps(daily, 3)) == ["2024-02-12 00:00:00", "2024-02-13 00:00:00",
+                                                   "2024-02-14 00:00:00"]
+    # Six trading days a week are kept as six; in a month of Monday-to-Wednesday bars Thursday is closed.
+    six = ns([d for d in pd.date_range("2024-01-01", "2024-02-10") if d.day_of_week != 6])
+    assert when(continue_timestamps(six, 2)) == ["2024-02-12 00:00:00", "2024-02-13 00:00:00"]
+    three = ns([d for d in pd.date_range("2024-01-01", "2024-01-31") if d.day_of_week < 3])  # ends Wednesday
+    assert when(continue_timestamps(three, 2)) == ["2024-02-05 00:00:00", "2024-02-06 00:00:00"]
+    weekly = ns(pd.date_range("2024-01-05", periods=20, freq="W-FRI"))
+    assert when(continue_timestamps(weekly, 2)) == ["2024-05-24 00:00:00", "2024-05-31 00:00:00"]
+    monthly = ns(pd.date_range("2024-01-31", periods=12, freq="ME"))
+    assert when(continue_timestamps(monthly, 3)) == ["2025-01-31 00:00:00", "2025-02-28 00:00:00",
+                                                     "2025-03-31 00:00:00"]
+    irregular = ns(["2024-01-01", "2024-01-04", "2024-01-11", "2024-01-14", "2024-01-21"])
+    # No pandas frequency: the median spacing (5 days) from the last bar.
+    assert when(continue_timestamps(irregular, 2)) == ["2024-01-26 00:00:00", "2024-01-31 00:00:00"]
+    with pytest.raises(DataError, match="fewer than 2 bars"):
+        continue_timestamps(daily[:1], 3)
+
+
+def test_future_timestamps_file(tmp_path):
+    named = tmp_path / "named.csv"
+    named.write_text("Date,other\n2024-03-05 10:00+08:00,1\n2024-03-04 10:00+08:00,2\n2024-03-06 10:00+08:00,3\n")
+    values = read_timestamps(named)  # sorted, time zone dropped (wall clock)
+    assert when(values) == ["2024-03-04 10:00:00", "2024-03-05 10:00:00", "2024-03-06 10:00:00"]
+    single = tmp_path / "single.csv"
+    single.write_text("when\n2024-03-04\n2024-03-05\n")
+    assert when(read_timestamps(single)) == ["2024-03-04 00:00:00", "2024-03-05 00:00:00"]
+    assert when(timestamps_after(values, int(values[0]), 2, "f", "X")) == ["2024-03-05 10:00:00",
+                                                                           "2024-03-06 10:00:00"]
+    with pytest.raises(DataError, match=r"f: 1 timestamp\(s\) after the last bar of X .* --pred_len needs 2"):
+        timestamps_after(values, int(values[1]), 2, "f", "X")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamps\n2024-03-04\nnot a time\n")
+    with pytest.raises(DataError, match="cannot parse time 'not a time'"):
+        read_timestamps(bad)
+    two = tmp_path / "two.csv"
+    two.write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match="no time column"):
+        read_timestamps(two)
+
+
+# --- DataFrame API ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def forecaster() -> KronosForecaster:
+    torch.manual_seed(0)
+    return KronosForecaster(Kronos.from_preset("tiny"), KronosTokenizer.from_preset("tiny"), max_context=512)
+
+
+def kline_frames(kline_ns, count: int, lookback: int, pred_len: int):
+    frame = pd.read_csv(KLINE, parse_dates=["timestamps"])
+    frames, x_ts, y_ts = [], [], []
+    for i in range(count):
+        part = frame.iloc[200 * i: 200 * i + lookback]
+        frames.append(part[["open", "high", "low", "close", "volume", "amount"]].reset_index(drop=True))
+        x_ts.append(part["timestamps"].reset_index(drop=True))
+        y_ts.append(pd.Series(pd.to_datetime(continue_timestamps(ns(part["timestamps"]), pred_len))))
+    return frames, x_ts, y_ts
+
+
+def test_forecast_batch_bands_are_the_quantiles_of_the_sampled_paths(forecaster, kline_ns):
+    assert forecaster.use_cache  # incremental decoding is the default
+    frames, x_ts, y_ts = kline_frames(kline_ns, 2, 64, 12)
+    result = forecaster.forecast_batch(frames, x_ts, y_ts, 12, quantiles=(0.9, 0.1, 0.5), sample_count=6,
+                                       generator=torch.Generator().manual_seed(4))
+    assert list(result[0].columns[:4]) == ["open", "open_q0.1", "open_q0.5", "open_q0.9"]
+    assert len(result[0].columns) == 24 and list(result[1].index) == list(y_ts[1])
+    for frame in result:
+        for field in ("open", "high", "low", "close", "volume", "amount"):
+            assert (frame[f"{field}_q0.1"] <= frame[f"{field}_q0.5"]).all()
+            assert (frame[f"{field}_q0.5"] <= frame[f"{field}_q0.9"]).all()
+    # Independently: the same paths from the sampler, quantiles in normalised units, then the series' scale.
+    values = np.stack([f.to_numpy(dtype=np.float32) for f in frames])
+    mean, std = values.mean(axis=1, keepdims=True), values.std(axis=1, keepdims=True)
+    x = torch.from_numpy(np.clip((values - mean) / (std + 1e-5), -5, 5))
+    paths = sample_paths(forecaster.tokenizer, forecaster.predictor, x,
+                         torch.from_numpy(np.stack([calendar_features(t) for t in x_ts])),
+                         torch.from_numpy(np.stack([calendar_features(t) for t in y_ts])), 512, 12, top_p=0.9,
+                         sample_count=6, generator=torch.Generator().manual_seed(4))[:, :, -12:].numpy()
+    q90 = np.quantile(paths, 0.9, axis=1) * (std + 1e-5) + mean
+    average = paths.mean(axis=1) * (std + 1e-5) + mean
+    for i in range(2):
+        np.testing.assert_allclose(result[i]["close_q0.9"].to_numpy(), q90[i, :, 3], rtol=1e-5)
+        np.testing.assert_allclose(result[i]["volume"].to_numpy(), average[i, :, 4], rtol=1e-5)
+    # Bands that are not degenerate: the paths differ.
+    assert (result[0]["close_q0.9"] > result[0]["close_q0.1"]).any()
+
+
+def test_predict_batch_is_the_band_mean_and_cache_free_path_agrees(forecaster, kline_ns):
+    frames, x_ts, y_ts = kline_frames(kline_ns, 3, 48, 8)
+    kwargs = dict(top_p=0.9, sample_count=3)
+    means = forecaster.predict_batch(frames, x_ts, y_ts, 8, generator=torch.Generator().manual_seed(1), **kwargs)
+    bands = forecaster.forecast_batch(frames, x_ts, y_ts, 8, generator=torch.Generator().manual_seed(1), **kwargs)
+    recompute = KronosForecaster(forecaster.predictor, forecaster.tokenizer, use_cache=False)
+    slow = recompute.predict_batch(frames, x_ts, y_ts, 8, generator=torch.Generator().manual_seed(1), **kwargs)
+    for mean, band, other in zip(means, bands, slow):
+        assert list(mean.columns) == ["open", "high", "low", "close", "volume", "amount"]
+        pd.testing.assert_frame_equal(mean, band[list(mean.columns)])
+        pd.testing.assert_frame_equal(mean, other)

@@ -90,6 +90,22 @@ def init_runtime(threads: int | None = None) -> Runtime:
     return Runtime(rank, local_rank, world, local_world, device)
 
 
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """A seed for one rank's random streams (dropout, sampled s1), distinct per (seed, step, global rank).
+
+    Every rank builds a preset with ``seed`` itself (identical initial weights); after that each draws its own
+    numbers, as upstream's seed + rank does. ``step`` is the optimizer step a stream starts at: 0 for a new run,
+    the resumed step for ranks that have no saved stream of their own (a run resumed on another world size)."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def all_reduce_max(value: int, device: torch.device) -> int:
+    import deepspeed.comm as dist
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))

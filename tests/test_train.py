@@ -19,8 +19,8 @@ from ds_kronos.data import PreparedDataset, WindowDataset
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.train.ds_config import warmup_steps
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
-from helpers import (CONFIGS, REPO, SEED, TOTAL_STEPS, VAL_SAMPLES, common_args, deepspeed_train, env, free_port,
-                     summary)
+from helpers import CONFIGS, REPO, SEED, TOTAL_STEPS, VAL_SAMPLES, common_args, deepspeed_train, env, free_port, summary
+
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_trains_and_writes_loadable_models(config_runs, name):

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ds_kronos.ds_config_files import locate_ds_config
 from ds_kronos.errors import ConfigError
 
 AUTO = "auto"
@@ -24,6 +25,7 @@ WARMUP_FRACTION = 0.03
 def load_ds_config(path: str) -> dict[str, Any]:
     if not path:
         raise ConfigError("--deepspeed_config is required (e.g. ds_configs/zero2.json)")
+    path = locate_ds_config(path)  # a shipped name (zero2, ds_configs/zero2.json) works from any folder
     if not os.path.isfile(path):
         raise ConfigError(f"--deepspeed_config {path}: file not found")
     try:

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ds_kronos.model.pairing import check_pair
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.model.checkpoint import names_checkpoint
+from ds_kronos.model.pairing import check_pair
 from ds_kronos.train.step import predict_and_score, tokenize_batch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -22,7 +22,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def resolve_tokenizer_dtype(choice: str, device: torch.device) -> torch.dtype:
     if choice == "auto":
-        # fp16 on GPU as upstream; on CPU fp16 is slow and bf16 flips tokens (see README), so fp32.
+        # fp16 on GPU by design (upstream encodes in fp32: its `half=True` means "return s1 and s2 apart"); it
+        # changes a small share of ids (README, frozen tokenizer precision). On CPU fp16 is slow and bf16 flips more
+        # ids, so fp32.
         return torch.float16 if device.type == "cuda" else torch.float32
     return DTYPES[choice]
 

@@ -30,17 +30,47 @@ from torch.utils.data import DataLoader
 
 from ds_kronos.data import PreparedDataset, ShardedWindowSampler, WindowDataset
 from ds_kronos.errors import UserError
-from ds_kronos.train.checkpoints import gather_fp32_state_dict, load_training_state, save_training_state
-from ds_kronos.train.config import (DEFAULT_GRAD_ACCUM, DEFAULT_MICRO_BATCH, CommonTrainConfig,
-                                    TokenizerTrainConfig, TrainConfig)
-from ds_kronos.train.ds_config import (load_ds_config, resolve_batch, resolve_ds_config, total_optimizer_steps,
-                                       warmup_steps)
 from ds_kronos.jsonio import write_json_atomic
+from ds_kronos.runtime import Runtime, all_reduce_sum, barrier, init_runtime, rank_seed, seed_everything
+from ds_kronos.train.checkpoints import (
+    RunLayout,
+    convert_to_universal,
+    gather_fp32_state_dict,
+    load_training_state,
+    needs_universal,
+    read_latest,
+    read_layout,
+    save_training_state,
+)
+from ds_kronos.train.config import (
+    DEFAULT_GRAD_ACCUM,
+    DEFAULT_MICRO_BATCH,
+    CommonTrainConfig,
+    TokenizerTrainConfig,
+    TrainConfig,
+)
+from ds_kronos.train.ds_config import (
+    load_ds_config,
+    resolve_batch,
+    resolve_ds_config,
+    total_optimizer_steps,
+    warmup_steps,
+)
+from ds_kronos.train.masters import capture_fp32, low_precision, set_fp32_masters
 from ds_kronos.train.reporting import CometLogger, History, Progress, say
-from ds_kronos.runtime import Runtime, barrier, init_runtime, seed_everything
 from ds_kronos.train.schedule import onecycle_factory
 from ds_kronos.train.tasks import PredictorTask, TokenizerTask
 from ds_kronos.train.validation import ValidationResult, validate
+
+
+@dataclass(frozen=True)
+class ResumeSource:
+    """The checkpoint a ``--resume`` run continues from, and whether the world size changed since it was written."""
+
+    tag: str
+    layout: RunLayout | None
+    elastic: bool
+    universal: bool
 
 
 @dataclass
@@ -93,8 +123,11 @@ class Trainer:
         if self.runtime.is_main:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self._build_data()
+        self.resume_source = self._find_resume_source() if config.resume else None
         self.task = build_task(config, self.runtime.device)
         self.model = self.task.model
+        # The model is built (identically on every rank); from here each rank draws its own random numbers.
+        seed_everything(rank_seed(config.seed, self.runtime.rank))
         if self.task.random_init and self.runtime.is_main and not config.resume:
             # A preset starts from random weights: keep them, so the run can be compared with its starting point.
             self.model.save_pretrained(self.save_dir / "initial_model")
@@ -130,6 +163,34 @@ class Trainer:
         self.steps_per_epoch = self.train_sampler.batches_per_epoch() // self.plan.grad_accum
         self.total_steps, self.epochs = total_optimizer_steps(c.epochs, self.steps_per_epoch, c.max_steps)
 
+    def _find_resume_source(self) -> ResumeSource:
+        """The tag to resume from; when the world size changed, a universal copy of it (made by rank 0)."""
+        rt = self.runtime
+        tag = read_latest(self.checkpoint_dir)
+        if tag is None:
+            raise UserError(f"--resume: no checkpoint to resume from in {self.checkpoint_dir} (no valid 'latest' "
+                            f"pointer)")
+        layout = read_layout(self.checkpoint_dir, tag)
+        if layout is not None and layout.global_batch != self.plan.global_batch:
+            raise UserError(f"--resume: {tag} was trained with a global batch of {layout.describe()}; this run has "
+                            f"{self.plan.micro_batch} x {self.plan.grad_accum} x {rt.world_size} = "
+                            f"{self.plan.global_batch}. Keep the global batch when resuming (on another number of "
+                            f"ranks, change --batch_size/--grad_accum so the product stays {layout.global_batch})")
+        elastic = layout is not None and layout.world_size != rt.world_size
+        universal = elastic and needs_universal(self.checkpoint_dir, tag)
+        if universal:
+            if rt.is_main:
+                say(f"--resume: {tag} was written by {layout.world_size} rank(s), this run has {rt.world_size}: "
+                    f"converting it to a DeepSpeed universal checkpoint")
+                convert_to_universal(self.checkpoint_dir, tag)
+            barrier()
+        return ResumeSource(tag, layout, elastic, universal)
+
+    def _layout(self) -> RunLayout:
+        return RunLayout(world_size=self.runtime.world_size, micro_batch=self.plan.micro_batch,
+                         grad_accum=self.plan.grad_accum,
+                         zero_stage=int(self.ds_config.get("zero_optimization", {}).get("stage", 0)))
+
     def _build_engine(self) -> None:
         import deepspeed
 
@@ -138,11 +199,18 @@ class Trainer:
         self.ds_config = resolve_ds_config(self.ds_json, c.deepspeed_config, plan=self.plan,
                                            total_steps=self.total_steps, lr=c.lr, use_onecycle=use_onecycle,
                                            on_cpu=self.runtime.on_cpu)
+        if self.resume_source and self.resume_source.universal:
+            self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         max_lr = self.ds_config["optimizer"]["params"]["lr"]
         trainable = [p for p in self.model.parameters() if p.requires_grad]
+        # bf16/fp16 engines build their fp32 masters from the cast module: keep the exact values to restore them.
+        exact, self.frozen_fp32 = capture_fp32(self.model) if low_precision(self.ds_config) else ({}, None)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.model, model_parameters=trainable, config=self.ds_config,
             lr_scheduler=onecycle_factory(max_lr, self.total_steps) if use_onecycle else None)
+        if exact and not self.resume_source:  # a resumed run loads its masters from the checkpoint
+            set_fp32_masters(self.engine, exact)
+        del exact
         if not use_onecycle and getattr(self.scheduler, "last_batch_iteration", None) == -1:
             # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
             self.scheduler.step()
@@ -174,7 +242,7 @@ class Trainer:
         improved = result.loss < pos.best_val
         if improved:
             pos.best_val = result.loss
-        state = gather_fp32_state_dict(self.engine) if improved else None  # collective
+        state = gather_fp32_state_dict(self.engine, self.frozen_fp32) if improved else None  # collective
         if self.runtime.is_main:
             note = ""
             if improved:
@@ -194,16 +262,13 @@ class Trainer:
         if self._checkpointed_step == self.position.step:
             return
         save_training_state(self.engine, self.runtime, self.checkpoint_dir, self.position.step,
-                            self.position.to_client_state(), self.config.keep_last)
+                            self.position.to_client_state(), self.config.keep_last, self._layout())
         self._checkpointed_step = self.position.step
 
     def run(self) -> dict[str, Any]:
         c, rt = self.config, self.runtime
-        if c.resume:
-            self.position = Position.from_client_state(load_training_state(self.engine, rt, self.checkpoint_dir))
-            if rt.is_main:
-                say(f"resumed from step {self.position.step} (epoch {self.position.epoch + 1}, micro-batch "
-                    f"{self.position.micro_in_epoch})")
+        if self.resume_source:
+            self._resume(self.resume_source)
         if rt.is_main:
             self._banner()
             if c.comet != "off":
@@ -216,6 +281,21 @@ class Trainer:
         if self.comet:
             self.comet.end()
         return summary
+
+    def _resume(self, source: ResumeSource) -> None:
+        rt, plan = self.runtime, self.plan
+        state = load_training_state(self.engine, rt, self.checkpoint_dir, source.tag, universal=source.universal,
+                                    restore_rng=not source.elastic)
+        self.position = pos = Position.from_client_state(state)
+        if source.elastic:
+            # The data position is kept in global samples: the same global batch continues the same sample order.
+            samples_in_epoch = pos.micro_in_epoch * source.layout.micro_batch * source.layout.world_size
+            pos.micro_in_epoch = samples_in_epoch // (plan.micro_batch * rt.world_size)
+            seed_everything(rank_seed(self.config.seed, rt.rank, step=pos.step))  # no saved stream for new ranks
+        if rt.is_main:
+            how = (f"; written by {source.layout.world_size} rank(s), now {rt.world_size}"
+                   + (" (DeepSpeed universal checkpoint)" if source.universal else "")) if source.elastic else ""
+            say(f"resumed from step {pos.step} (epoch {pos.epoch + 1}, micro-batch {pos.micro_in_epoch}){how}")
 
     def _train(self) -> bool:
         """The epoch loop; returns True when stopped by ``exit_after_steps``."""
@@ -246,7 +326,9 @@ class Trainer:
                 pos.step += 1
                 pos.samples += plan.global_batch
                 if pos.step % c.log_every == 0 or pos.step == self.total_steps:
-                    mean = (running / running_count).tolist()  # the one host sync, at log intervals only
+                    # The global batch's mean (every rank's share), so the logged loss does not depend on how the
+                    # batch is split across ranks; the one host sync, at log intervals only.
+                    mean = (all_reduce_sum(running) / (running_count * rt.world_size)).tolist()
                     running.zero_()
                     running_count = 0
                     pos.history.train.append((pos.step, mean[0]))
@@ -273,7 +355,7 @@ class Trainer:
         if not pos.history.val or pos.history.val[-1][0] != pos.step:
             self._evaluate("final")
         self._checkpoint()
-        state = gather_fp32_state_dict(self.engine)  # collective
+        state = gather_fp32_state_dict(self.engine, self.frozen_fp32)  # collective
         if rt.is_main:
             self.model.save_pretrained(self.save_dir / "final_model", state_dict=state)
         return False

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ds_kronos.runtime import Runtime, all_reduce_sum
+from ds_kronos.runtime import Runtime, all_reduce_max, all_reduce_sum
 
 
 @dataclass(frozen=True)
@@ -25,16 +25,27 @@ class ValidationResult:
 
 
 def validate(engine, task, loader, runtime: Runtime, seed: int) -> ValidationResult:
-    """Collective: every rank must call it (ranks may hold different numbers of batches, including none)."""
+    """Collective: every rank must call it (ranks may hold different numbers of batches, including none).
+
+    Every rank runs the same number of forward passes: under ZeRO-3 a forward gathers parameters, so it is a
+    collective, and a rank with one batch more would wait for the others forever. Ranks with fewer batches run
+    padding batches (a real window, so the model sees valid input) whose sums are discarded.
+    """
     sums = None
     was_training = engine.module.training
     engine.eval()
     fork_devices = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
+    forwards = all_reduce_max(len(loader), runtime.device)
+    padding = None
     with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed + 7919 * runtime.rank)
         for x, stamp in loader:
             batch_sums = task.validation_sums(engine, x, stamp)
             sums = batch_sums if sums is None else sums + batch_sums
+            padding = (x[:1], stamp[:1])
+        for _ in range(forwards - len(loader)):
+            padding = padding or loader.dataset.get_batch([0])
+            task.validation_sums(engine, *padding)
     engine.train(was_training)
     if sums is None:  # this rank had no validation batch; it still takes part in the reduction
         sums = torch.zeros(len(task.names.val_components_comet) + 2, dtype=torch.float64, device=runtime.device)

@@ -1,0 +1,79 @@
+"""The optimizer's fp32 master weights under bf16/fp16 engines: set them exactly, read them back in full.
+
+``deepspeed.initialize`` casts the module to bf16/fp16 and builds the fp32 masters *from the cast module*, so a
+published fp32 checkpoint would lose up to ~2e-3 per weight before the first step (60x the first updates). The
+trainer keeps the values it loaded and writes them back into the masters with DeepSpeed's own
+``safe_set_full_fp32_param`` (ZeRO-1/2/3 and the bf16 optimizer). DeepSpeed's ZeRO-0 low-precision optimizers
+(``FP16_UnfusedOptimizer``, ``FP16_Optimizer``) have no per-parameter mapping; their master lists are used.
+
+Frozen tensors (parameters with ``requires_grad=False``, buffers such as the rotary ``inv_freq`` or sinusoidal time
+tables) have no master; they never change, so the exported model takes the values captured before the cast.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def low_precision(ds_config: dict) -> bool:
+    return bool(ds_config.get("bf16", {}).get("enabled") or ds_config.get("fp16", {}).get("enabled"))
+
+
+def capture_fp32(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(trainable parameters, frozen floating tensors) as exact fp32 CPU copies, taken before the engine casts."""
+    trainable, frozen = {}, {}
+    for name, param in module.named_parameters():
+        (trainable if param.requires_grad else frozen)[name] = param.detach().float().cpu().clone()
+    for name, buffer in module.named_buffers():
+        if buffer.is_floating_point():
+            frozen[name] = buffer.detach().cpu().clone()
+    return trainable, frozen
+
+
+def _zero0_master_views(optimizer) -> dict[int, torch.Tensor] | None:
+    """``id(param) -> its fp32 master`` for DeepSpeed's ZeRO-0 low-precision optimizers, which keep no
+    per-parameter mapping: ``FP16_UnfusedOptimizer`` (a master per parameter; bf16 and fp16 on the CPU accelerator)
+    and ``FP16_Optimizer`` (one flat master per group). None for any other optimizer."""
+    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    views: dict[int, torch.Tensor] = {}
+    if isinstance(optimizer, FP16_Optimizer):
+        for group, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat):
+            offset = 0
+            for param in group:
+                views[id(param)] = flat.data[offset:offset + param.numel()].view_as(param)
+                offset += param.numel()
+    elif isinstance(optimizer, FP16_UnfusedOptimizer):
+        for group, masters in zip(optimizer.fp16_groups, optimizer.fp32_groups):
+            for param, master in zip(group, masters):
+                views[id(param)] = master.data
+    else:
+        return None
+    return views
+
+
+def set_fp32_masters(engine, values: dict[str, torch.Tensor]) -> None:
+    """Overwrite the masters of every trainable parameter with ``values`` (by name). Collective under ZeRO-3."""
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    zero0 = _zero0_master_views(engine.optimizer)
+    for name, param in engine.module.named_parameters():
+        if not param.requires_grad:
+            continue
+        if zero0 is not None:
+            zero0[id(param)].copy_(values[name])
+        else:
+            safe_set_full_fp32_param(param, values[name].to(param.device))
+
+
+def full_fp32_master(engine, param: nn.Parameter) -> torch.Tensor | None:
+    """The whole fp32 master of ``param`` (None when the engine keeps none, e.g. fp32 training)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    full = safe_get_full_fp32_param(param)
+    if full is not None:
+        return full
+    zero0 = _zero0_master_views(engine.optimizer)
+    return None if zero0 is None else zero0.get(id(param))

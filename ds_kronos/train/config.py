@@ -90,7 +90,8 @@ class TrainConfig(CommonTrainConfig):
     predictor: str = option("tiny", help="predictor checkpoint folder to fine-tune, or a preset name (random init)")
     teacher_forcing: bool = option(False, help="condition the s2 head on the true s1 token instead of a sampled one")
     tokenizer_dtype: str = option("auto", choices=("auto", "fp32", "bf16", "fp16"),
-                                  help="frozen tokenizer dtype: auto = fp16 on GPU (upstream: fp32; see README), fp32 on CPU")
+                                  help="frozen tokenizer dtype: auto = fp16 on GPU (upstream: fp32; see README), "
+                                       "fp32 on CPU")
 
 
 @dataclass(kw_only=True)

@@ -169,6 +169,10 @@ class Kronos(nn.Module, PretrainedMixin):
             conditioning = s1_targets
         else:
             probs = F.softmax(s1_logits.detach().float(), dim=-1)
+            # Diverged weights give NaN logits; multinomial would raise on one rank while the others wait in a
+            # collective. A uniform draw instead lets the NaN reach the loss, where the trainer's divergence guard
+            # stops the run on every rank. Identity for finite probabilities (no host sync).
+            probs = probs.nan_to_num(nan=1.0 / self.s1_vocab_size, posinf=1.0 / self.s1_vocab_size)
             conditioning = torch.multinomial(probs.view(-1, self.s1_vocab_size), 1).view(s1_ids.shape)
         return s1_logits, self.decode_s2(context, conditioning, padding_mask, causal=causal_s2)
 

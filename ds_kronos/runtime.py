@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 import socket
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ds_kronos import shm_buffers
+from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def slurm_rendezvous(environ: dict[str, str]) -> dict[str, str]:
             "MASTER_PORT": environ.get("MASTER_PORT", "29500")}
 
 
-def init_runtime(threads: int | None = None) -> Runtime:
+def init_runtime(threads: int | None = None, timeout_s: float = DEFAULT_DIST_TIMEOUT_S) -> Runtime:
     """Initialise torch.distributed through ``deepspeed.init_distributed`` (gloo/shm on CPU, NCCL on GPU).
 
     Works under the deepspeed launcher (also with ``--launcher slurm``), torchrun, or as a plain single process
@@ -74,7 +77,14 @@ def init_runtime(threads: int | None = None) -> Runtime:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if local_rank == 0:
         shm_buffers.sweep_stale_buffers()  # left by jobs on this machine that were killed before releasing them
-    deepspeed.init_distributed()
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # DeepSpeed creates its data-parallel groups with new_group(ranks), which takes torch's default timeout (30 min
+    # for gloo, 10 for NCCL), not the world group's: make the default ours, so ZeRO's collectives time out too.
+    import torch.distributed.distributed_c10d as c10d
+    c10d.default_pg_timeout = timeout
+    if isinstance(getattr(c10d, "default_pg_nccl_timeout", None), datetime.timedelta):
+        c10d.default_pg_nccl_timeout = timeout
+    deepspeed.init_distributed(timeout=timeout)
     import deepspeed.comm as dist
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -122,3 +132,25 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
+
+
+def is_collective_timeout(exc: BaseException) -> bool:
+    """A collective that waited longer than the process group's timeout (gloo's wording; NCCL's watchdog ends the
+    process itself)."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("Timed out" in text or "timed out" in text or "Timeout" in text)
+
+
+def unresponsive_ranks(world_size: int, rank: int, settle_s: float = 3.0) -> list[int] | None:
+    """After a collective timed out: the ranks that did not check in as waiting too, through the rendezvous store
+    (every rank that timed out calls this). None when the store itself does not answer (it lives in rank 0)."""
+    import torch.distributed as tdist
+
+    try:
+        store = tdist.distributed_c10d._get_default_store()
+        store.set_timeout(datetime.timedelta(seconds=settle_s + 5))
+        store.set(f"ds_kronos/waiting/{rank}", "1")
+        time.sleep(settle_s)  # the other waiting ranks time out within moments of each other
+        return [r for r in range(world_size) if not store.check([f"ds_kronos/waiting/{r}"])]
+    except Exception:  # noqa: BLE001 - any store failure means: we cannot tell
+        return None

@@ -1,18 +1,17 @@
-"""Training-state checkpoints (DeepSpeed's own format, for resume) and the exported best model.
+"""Training-state checkpoints (DeepSpeed's own format, for resume): atomic publication, self-healing selection.
 
-DeepSpeed writes its ``latest`` pointer without a barrier or a rename, so a crash during a save can leave it
-pointing at a half-written tag. Here every rank saves with ``save_latest=False``, all ranks meet at a barrier,
-and only then rank 0 publishes the tag by writing ``latest`` to a temporary file and ``os.replace``-ing it. Old tags
-beyond ``keep_last`` are removed after the pointer moved.
+Saving (collective). Every rank writes its DeepSpeed files and its RNG state into a staging folder
+``checkpoints/.stepNNNNNNNN.partial``; after a barrier rank 0 writes ``manifest.json`` (every file with its size,
+and the layout of the run: world size, micro batch, accumulation, ZeRO stage), renames the folder to
+``stepNNNNNNNN`` and moves ``latest`` to it through a temporary file and ``os.replace``. A save that fails or is
+killed leaves only a dot-folder, which no run takes for a checkpoint and the next run removes.
 
-Per-rank torch RNG states (the s1 sampling and dropout streams) are stored next to DeepSpeed's files as
-safetensors, one file per rank (DeepSpeed's client state is written by one rank only), and the layout of the run
-that wrote the tag (world size, micro batch, accumulation, ZeRO stage) in ``ds_kronos.json``.
+Resuming. Candidates are the ``stepNNNNNNNN`` folders inside ``checkpoints/`` (``latest`` is a hint, never a path:
+a pointer elsewhere is ignored), newest first; a candidate is complete when its manifest lists every file at its
+size. Incomplete ones are skipped with one line each saying why; loading itself (restricted unpickling, see
+ds_kronos.train.safe_load) may still find a file unreadable, and then every rank moves on to the next candidate.
 
-Resuming on a different number of ranks (elastic resume) uses DeepSpeed's universal checkpoints: rank 0 converts
-the tag with ``deepspeed.checkpoint.ds_to_universal`` into ``checkpoints/universal/<tag>`` and the engine is built
-with ``"checkpoint": {"load_universal": true}``. ZeRO-0 fp32 engines keep whole optimizer states in the model file
-and load on any world size as they are. The converted copy is removed once the run writes its next checkpoint.
+Per-rank torch RNG states (the s1 sampling and dropout streams) are stored as safetensors, one file per rank.
 """
 
 from __future__ import annotations
@@ -29,15 +28,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ds_kronos.errors import UserError
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.runtime import Runtime, barrier
 from ds_kronos.train.masters import full_fp32_master
 
 LATEST = "latest"
-LAYOUT_FILE = "ds_kronos.json"
+MANIFEST = "manifest.json"
 UNIVERSAL_DIR = "universal"
-_TAG = re.compile(r"^step(\d+)$")
+_TAG = re.compile(r"^step(\d{8})$")
+_STAGING = re.compile(r"^\.step\d{8}\.partial(-old)?$")
 
 
 @dataclass(frozen=True)
@@ -58,61 +57,138 @@ class RunLayout:
                 f"{self.global_batch}")
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A complete checkpoint: its tag and the layout of the run that wrote it."""
+
+    tag: str
+    layout: RunLayout
+
+
 def tag_for(step: int) -> str:
     return f"step{step:08d}"
 
 
-def read_latest(checkpoint_dir: Path) -> str | None:
-    pointer = checkpoint_dir / LATEST
-    if not pointer.is_file():
-        return None
-    tag = pointer.read_text(encoding="utf-8").strip()
-    return tag if (checkpoint_dir / tag).is_dir() else None
+def _rng_name(rank: int) -> str:
+    return f"rng_rank{rank:05d}.safetensors"
 
 
-def _rng_file(checkpoint_dir: Path, tag: str, rank: int) -> Path:
-    return checkpoint_dir / tag / f"rng_rank{rank:05d}.safetensors"
-
-
+# ----------------------------------------------------------------------------------------------------------- saving
 def save_training_state(engine, runtime: Runtime, checkpoint_dir: Path, step: int, client_state: dict[str, Any],
                         keep_last: int, layout: RunLayout) -> str:
     """Collective: every rank must call it at the same step."""
     tag = tag_for(step)
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client_state, save_latest=False)
+    staging = checkpoint_dir / f".{tag}.partial"
+    if runtime.is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    barrier()
+    engine.save_checkpoint(str(checkpoint_dir), tag=staging.name, client_state=client_state, save_latest=False)
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, str(_rng_file(checkpoint_dir, tag, runtime.rank)))
-    if runtime.is_main:
-        write_json_atomic(checkpoint_dir / tag / LAYOUT_FILE, dataclasses.asdict(layout))
+    save_file(rng, str(staging / _rng_name(runtime.rank)))
     barrier()
     if runtime.is_main:
-        staging = checkpoint_dir / f".{LATEST}.tmp-{os.getpid()}"
-        staging.write_text(tag, encoding="utf-8")
-        os.replace(staging, checkpoint_dir / LATEST)
+        _publish(checkpoint_dir, staging, tag, layout)
         _prune(checkpoint_dir, keep_last, protect=tag)
     barrier()
     return tag
 
 
+def _publish(checkpoint_dir: Path, staging: Path, tag: str, layout: RunLayout) -> None:
+    files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
+    write_json_atomic(staging / MANIFEST, {"tag": tag, "layout": dataclasses.asdict(layout), "files": files})
+    final = checkpoint_dir / tag
+    if final.exists():  # the same step saved again (a run resumed at its last step): replace it whole
+        old = checkpoint_dir / f".{tag}.partial-old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    pointer = checkpoint_dir / f".{LATEST}.tmp-{os.getpid()}"
+    pointer.write_text(tag, encoding="utf-8")
+    os.replace(pointer, checkpoint_dir / LATEST)
+
+
+def _step_tags(checkpoint_dir: Path) -> list[str]:
+    """``stepNNNNNNNN`` folders, oldest first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(p.name for p in checkpoint_dir.iterdir() if p.is_dir() and _TAG.match(p.name))
+
+
 def _prune(checkpoint_dir: Path, keep_last: int, protect: str) -> None:
-    tags = sorted((p.name for p in checkpoint_dir.iterdir() if p.is_dir() and _TAG.match(p.name)),
-                  key=lambda name: int(_TAG.match(name).group(1)))
+    tags = _step_tags(checkpoint_dir)
     for name in tags[:-keep_last] if keep_last > 0 else tags:
         if name != protect:
             shutil.rmtree(checkpoint_dir / name, ignore_errors=True)
     shutil.rmtree(checkpoint_dir / UNIVERSAL_DIR, ignore_errors=True)  # a resumed run has its own tags now
 
 
-def read_layout(checkpoint_dir: Path, tag: str) -> RunLayout | None:
-    """The layout saved with ``tag`` (None for checkpoints written before layouts were saved)."""
-    path = checkpoint_dir / tag / LAYOUT_FILE
-    if not path.is_file():
-        return None
+def remove_leftovers(checkpoint_dir: Path) -> list[str]:
+    """Staging folders of saves that never finished (rank 0, at start). Returns their names."""
+    if not checkpoint_dir.is_dir():
+        return []
+    removed = []
+    for path in list(checkpoint_dir.iterdir()) + list((checkpoint_dir / UNIVERSAL_DIR).glob(".*.tmp-*")):
+        if path.is_dir() and (_STAGING.match(path.name) or ".tmp-" in path.name):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+        elif path.is_file() and path.name.startswith(f".{LATEST}.tmp-"):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------------------- resuming
+def _completeness_problem(folder: Path) -> tuple[str | None, RunLayout | None]:
+    """(why the tag cannot be used, or None; its layout). Reads only the manifest and file sizes."""
     try:
-        return RunLayout(**json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"--resume: {path} is not a valid checkpoint layout ({exc})") from None
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        layout = RunLayout(**manifest["layout"])
+        files = {str(name): int(size) for name, size in manifest["files"].items()}
+    except FileNotFoundError:
+        return "no manifest.json (a save that did not finish, or written by an older ds_kronos)", None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"manifest.json is not valid ({type(exc).__name__}: {exc})", None
+    for rank in range(layout.world_size):
+        if _rng_name(rank) not in files:
+            return f"the manifest lists no RNG state for rank {rank}", layout
+    for name, size in files.items():
+        path = folder / name
+        if not path.resolve().is_relative_to(folder.resolve()):
+            return f"the manifest names a file outside the checkpoint: {name}", layout
+        if not path.is_file():
+            return f"{name} is missing", layout
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size:,} bytes, the manifest says {size:,} (truncated?)", layout
+    return None, layout
+
+
+def resume_candidates(checkpoint_dir: Path) -> tuple[list[Candidate], list[str]]:
+    """Complete checkpoints, newest first, and one note per tag or pointer that was passed over."""
+    notes = []
+    pointer = checkpoint_dir / LATEST
+    if pointer.is_file():
+        hint = pointer.read_text(encoding="utf-8", errors="replace").strip()
+        if not hint:
+            notes.append("checkpoints/latest is empty: looking for the newest complete checkpoint")
+        elif not _TAG.match(hint):
+            notes.append(f"checkpoints/latest names {hint[:80]!r}, which is not a checkpoint of this run "
+                         f"(only stepNNNNNNNN folders inside {checkpoint_dir} are used)")
+        elif not (checkpoint_dir / hint).is_dir():
+            notes.append(f"checkpoints/latest names {hint}, which does not exist")
+    candidates = []
+    for tag in reversed(_step_tags(checkpoint_dir)):
+        problem, layout = _completeness_problem(checkpoint_dir / tag)
+        if problem:
+            notes.append(f"skipped {tag}: {problem}")
+        else:
+            candidates.append(Candidate(tag, layout))
+    return candidates, notes
 
 
 def needs_universal(checkpoint_dir: Path, tag: str) -> bool:
@@ -120,54 +196,27 @@ def needs_universal(checkpoint_dir: Path, tag: str) -> bool:
     return any((checkpoint_dir / tag).glob("*optim_states.pt"))
 
 
-def convert_to_universal(checkpoint_dir: Path, tag: str) -> Path:
-    """DeepSpeed's ``ds_to_universal`` of ``tag`` into ``checkpoints/universal/<tag>`` (rank 0 only; the result is
-    published by a rename, so a crash mid-conversion leaves no folder that looks complete)."""
-    import argparse
-    import contextlib
-    import io
-
-    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
-
-    target = checkpoint_dir / UNIVERSAL_DIR / tag
-    if target.is_dir():
-        return target
-    staging = target.parent / f".{tag}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    args = argparse.Namespace(input_folder=str(checkpoint_dir / tag), output_folder=str(staging),
-                              num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
-                              inject_missing_state=True)
-    noise = io.StringIO()  # its progress bars and banners; shown only if it fails
-    try:
-        with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise):
-            ds_to_universal(args)
-    except Exception as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise UserError(f"--resume: DeepSpeed could not convert {checkpoint_dir / tag} to a universal checkpoint "
-                        f"for the new world size: {exc}") from None
-    os.replace(staging, target)
-    return target
-
-
 def load_training_state(engine, runtime: Runtime, checkpoint_dir: Path, tag: str, universal: bool,
-                        restore_rng: bool) -> dict[str, Any]:
+                        restore_rng: bool) -> dict[str, Any] | None:
     """Restore model, optimizer, scheduler and (``restore_rng``: same world size) this rank's RNG; returns the
-    client state saved with them. ``universal``: load the converted copy (see :func:`convert_to_universal`)."""
+    client state saved with them, or None when DeepSpeed found nothing to load."""
+    from ds_kronos.train.safe_load import weights_only_loading
+
     load_dir = checkpoint_dir / UNIVERSAL_DIR if universal else checkpoint_dir
-    path, client_state = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
-                                                load_lr_scheduler_states=True)
+    with weights_only_loading():
+        path, client_state = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=True)
     if path is None:
-        raise UserError(f"--resume: DeepSpeed could not load checkpoint {load_dir / tag}")
-    rng_path = _rng_file(checkpoint_dir, tag, runtime.rank)
-    if restore_rng and rng_path.is_file():
-        rng = load_file(str(rng_path))
+        return None
+    if restore_rng:
+        rng = load_file(str(checkpoint_dir / tag / _rng_name(runtime.rank)))
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
     return client_state or {}
 
 
+# ------------------------------------------------------------------------------------------------------- exporting
 def gather_fp32_state_dict(engine, frozen: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Full fp32 weights from the optimizer's master copies (bf16/fp16 modules hold low-precision copies),
     gathered across ZeRO partitions, plus buffers. ``frozen`` holds the exact values of tensors that have no master

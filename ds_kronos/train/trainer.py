@@ -31,17 +31,18 @@ from torch.utils.data import DataLoader
 from ds_kronos.data import PreparedDataset, ShardedWindowSampler, WindowDataset
 from ds_kronos.errors import UserError
 from ds_kronos.jsonio import write_json_atomic
-from ds_kronos.runtime import Runtime, all_reduce_sum, barrier, init_runtime, rank_seed, seed_everything
-from ds_kronos.train.checkpoints import (
-    RunLayout,
-    convert_to_universal,
-    gather_fp32_state_dict,
-    load_training_state,
-    needs_universal,
-    read_latest,
-    read_layout,
-    save_training_state,
+from ds_kronos.model.checkpoint import recover_folders
+from ds_kronos.runtime import (
+    Runtime,
+    all_reduce_sum,
+    barrier,
+    init_runtime,
+    is_collective_timeout,
+    rank_seed,
+    seed_everything,
+    unresponsive_ranks,
 )
+from ds_kronos.train.checkpoints import RunLayout, gather_fp32_state_dict, remove_leftovers, save_training_state
 from ds_kronos.train.config import (
     DEFAULT_GRAD_ACCUM,
     DEFAULT_MICRO_BATCH,
@@ -49,6 +50,7 @@ from ds_kronos.train.config import (
     TokenizerTrainConfig,
     TrainConfig,
 )
+from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
 from ds_kronos.train.ds_config import (
     load_ds_config,
     resolve_batch,
@@ -58,19 +60,10 @@ from ds_kronos.train.ds_config import (
 )
 from ds_kronos.train.masters import capture_fp32, low_precision, set_fp32_masters
 from ds_kronos.train.reporting import CometLogger, History, Progress, say
+from ds_kronos.train.resume import ResumePlan, load_newest, plan_resume
 from ds_kronos.train.schedule import onecycle_factory
 from ds_kronos.train.tasks import PredictorTask, TokenizerTask
 from ds_kronos.train.validation import ValidationResult, validate
-
-
-@dataclass(frozen=True)
-class ResumeSource:
-    """The checkpoint a ``--resume`` run continues from, and whether the world size changed since it was written."""
-
-    tag: str
-    layout: RunLayout | None
-    elastic: bool
-    universal: bool
 
 
 @dataclass
@@ -115,25 +108,25 @@ class Trainer:
         self._start = time.perf_counter()
         self.config = config
         self.ds_json = load_ds_config(config.deepspeed_config)  # fail fast, before processes wait on each other
-        self.runtime: Runtime = init_runtime(config.threads)
+        self.runtime: Runtime = init_runtime(config.threads, config.dist_timeout)
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         seed_everything(config.seed)  # identical preset init on every rank
         self.save_dir = Path(config.save_dir)
         self.checkpoint_dir = self.save_dir / "checkpoints"
         if self.runtime.is_main:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            for note in remove_leftovers(self.checkpoint_dir) + recover_folders(self.save_dir):
+                say(f"start-up clean-up: {note}")
         self._build_data()
-        self.resume_source = self._find_resume_source() if config.resume else None
+        self.resume_plan: ResumePlan | None = (
+            plan_resume(self.checkpoint_dir, self.plan, self.runtime, say) if config.resume else None)
         self.task = build_task(config, self.runtime.device)
         self.model = self.task.model
         # The model is built (identically on every rank); from here each rank draws its own random numbers.
         seed_everything(rank_seed(config.seed, self.runtime.rank))
-        if self.task.random_init and self.runtime.is_main and not config.resume:
-            # A preset starts from random weights: keep them, so the run can be compared with its starting point.
-            self.model.save_pretrained(self.save_dir / "initial_model")
         self._build_engine()
         self.position = Position()
         self.comet: CometLogger | None = None
+        self.guard = DivergenceGuard(fp16=bool(self.ds_config.get("fp16", {}).get("enabled")))
         self._checkpointed_step = -1
 
     # ----------------------------------------------------------------------------------------------- set-up
@@ -163,34 +156,6 @@ class Trainer:
         self.steps_per_epoch = self.train_sampler.batches_per_epoch() // self.plan.grad_accum
         self.total_steps, self.epochs = total_optimizer_steps(c.epochs, self.steps_per_epoch, c.max_steps)
 
-    def _find_resume_source(self) -> ResumeSource:
-        """The tag to resume from; when the world size changed, a universal copy of it (made by rank 0)."""
-        rt = self.runtime
-        tag = read_latest(self.checkpoint_dir)
-        if tag is None:
-            raise UserError(f"--resume: no checkpoint to resume from in {self.checkpoint_dir} (no valid 'latest' "
-                            f"pointer)")
-        layout = read_layout(self.checkpoint_dir, tag)
-        if layout is not None and layout.global_batch != self.plan.global_batch:
-            raise UserError(f"--resume: {tag} was trained with a global batch of {layout.describe()}; this run has "
-                            f"{self.plan.micro_batch} x {self.plan.grad_accum} x {rt.world_size} = "
-                            f"{self.plan.global_batch}. Keep the global batch when resuming (on another number of "
-                            f"ranks, change --batch_size/--grad_accum so the product stays {layout.global_batch})")
-        elastic = layout is not None and layout.world_size != rt.world_size
-        universal = elastic and needs_universal(self.checkpoint_dir, tag)
-        if universal:
-            if rt.is_main:
-                say(f"--resume: {tag} was written by {layout.world_size} rank(s), this run has {rt.world_size}: "
-                    f"converting it to a DeepSpeed universal checkpoint")
-                convert_to_universal(self.checkpoint_dir, tag)
-            barrier()
-        return ResumeSource(tag, layout, elastic, universal)
-
-    def _layout(self) -> RunLayout:
-        return RunLayout(world_size=self.runtime.world_size, micro_batch=self.plan.micro_batch,
-                         grad_accum=self.plan.grad_accum,
-                         zero_stage=int(self.ds_config.get("zero_optimization", {}).get("stage", 0)))
-
     def _build_engine(self) -> None:
         import deepspeed
 
@@ -199,7 +164,7 @@ class Trainer:
         self.ds_config = resolve_ds_config(self.ds_json, c.deepspeed_config, plan=self.plan,
                                            total_steps=self.total_steps, lr=c.lr, use_onecycle=use_onecycle,
                                            on_cpu=self.runtime.on_cpu)
-        if self.resume_source and self.resume_source.universal:
+        if self.resume_plan and self.resume_plan.universal:
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         max_lr = self.ds_config["optimizer"]["params"]["lr"]
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -208,17 +173,62 @@ class Trainer:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.model, model_parameters=trainable, config=self.ds_config,
             lr_scheduler=onecycle_factory(max_lr, self.total_steps) if use_onecycle else None)
-        if exact and not self.resume_source:  # a resumed run loads its masters from the checkpoint
+        if exact and not self.resume_plan:  # a resumed run loads its masters from the checkpoint
             set_fp32_masters(self.engine, exact)
         del exact
         if not use_onecycle and getattr(self.scheduler, "last_batch_iteration", None) == -1:
             # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
             self.scheduler.step()
 
+    def _layout(self) -> RunLayout:
+        return RunLayout(world_size=self.runtime.world_size, micro_batch=self.plan.micro_batch,
+                         grad_accum=self.plan.grad_accum,
+                         zero_stage=int(self.ds_config.get("zero_optimization", {}).get("stage", 0)))
+
     # ------------------------------------------------------------------------------------------------ run
+    def run(self) -> dict[str, Any]:
+        c, rt = self.config, self.runtime
+        if self.resume_plan:
+            self._resume(self.resume_plan)
+        if rt.is_main:
+            self._banner()
+            if c.comet != "off":
+                self.comet = CometLogger(c.comet, c.comet_project, c.comet_name, self.save_dir / "comet",
+                                         {**dataclasses.asdict(c), "world_size": rt.world_size})
+        try:
+            if self.task.random_init and self.position.step == 0 and not self.resume_plan:
+                # A preset starts from random weights: keep them, to compare the run with its starting point.
+                self._export("initial_model")
+            if c.eval_at_start and self.position.step == 0 and not self.position.history.val:
+                self._validate("before training")
+            status = "stopped (exit_after_steps)" if self._train() else "finished"
+        except Diverged as exc:
+            self._finish(f"failed: {exc}")
+            raise
+        summary = self._finish(status)
+        if self.comet:
+            self.comet.end()
+        return summary
+
+    def _resume(self, plan: ResumePlan) -> None:
+        rt, batch = self.runtime, self.plan
+        candidate, state = load_newest(self.engine, rt, self.checkpoint_dir, plan, say)
+        self.position = pos = Position.from_client_state(state)
+        self._checkpointed_step = pos.step
+        if plan.elastic:
+            # The data position is kept in global samples: the same global batch continues the same sample order.
+            samples_in_epoch = pos.micro_in_epoch * plan.layout.micro_batch * plan.layout.world_size
+            pos.micro_in_epoch = samples_in_epoch // (batch.micro_batch * rt.world_size)
+            seed_everything(rank_seed(self.config.seed, rt.rank, step=pos.step))  # no saved stream for new ranks
+        if rt.is_main:
+            how = (f"; written by {plan.layout.world_size} rank(s), now {rt.world_size}"
+                   + (" (DeepSpeed universal checkpoint)" if plan.universal else "")) if plan.elastic else ""
+            say(f"resumed from step {pos.step} (epoch {pos.epoch + 1}, micro-batch {pos.micro_in_epoch}) of "
+                f"{candidate.tag}{how}")
+
     def _banner(self) -> None:
         c, rt, plan = self.config, self.runtime, self.plan
-        params = sum(p.numel() for p in self.model.parameters())
+        params = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
         zero = self.ds_config.get("zero_optimization", {}).get("stage", 0)
         precision = "bf16" if self.ds_config.get("bf16", {}).get("enabled") else (
             "fp16" if self.ds_config.get("fp16", {}).get("enabled") else "fp32")
@@ -231,9 +241,18 @@ class Trainer:
             f"{plan.global_batch}; {self.steps_per_epoch} steps/epoch, {self.total_steps} steps over {self.epochs} "
             f"epoch(s); lr schedule {c.lr_schedule} (warm-up {warmup_steps(self.total_steps)} steps)")
 
-    def _evaluate(self, label: str) -> ValidationResult:
-        c, names = self.config, self.task.names
-        result = validate(self.engine, self.task, self.val_loader, self.runtime, c.seed)
+    # ----------------------------------------------------------------------------------- validate and export
+    def _validate(self, label: str) -> ValidationResult:
+        """Validate (collective), keep the best model, report."""
+        result = validate(self.engine, self.task, self.val_loader, self.runtime, self.config.seed)
+        improved = self._record_validation(result)
+        if improved:
+            self._export("best_model")
+        if self.runtime.is_main:
+            self._report_validation(label, result, improved)
+        return result
+
+    def _record_validation(self, result: ValidationResult) -> bool:
         pos = self.position
         pos.last_val = result.loss
         if pos.first_val is None:
@@ -242,129 +261,143 @@ class Trainer:
         improved = result.loss < pos.best_val
         if improved:
             pos.best_val = result.loss
-        state = gather_fp32_state_dict(self.engine, self.frozen_fp32) if improved else None  # collective
+        return improved
+
+    def _export(self, folder: str) -> None:
+        """The fp32 master weights into ``save_dir/folder`` in the published format. Collective."""
+        state = gather_fp32_state_dict(self.engine, self.frozen_fp32)
         if self.runtime.is_main:
-            note = ""
-            if improved:
-                self.model.save_pretrained(self.save_dir / "best_model", state_dict=state)
-                note = " (best so far: saved best_model/)"
-            parts = ", ".join(f"{name.removeprefix('val_').removesuffix('_loss')} {value:.4f}"
-                              for name, value in zip(names.val_components_comet, result.components))
-            say(f"validation {label} at step {pos.step}: loss {result.loss:.4f} ({parts}) over {result.samples} "
-                f"samples{note}")
-            if self.comet:
-                self.comet.log(names.val_comet, result.loss, step=pos.step, epoch=pos.epoch)
-                for name, value in zip(names.val_components_comet, result.components):
-                    self.comet.log(name, value, step=pos.step)
-        return result
+            self.model.save_pretrained(self.save_dir / folder, state_dict=state)
+
+    def _report_validation(self, label: str, result: ValidationResult, improved: bool) -> None:
+        pos, names = self.position, self.task.names
+        note = " (best so far: saved best_model/)" if improved else ""
+        parts = ", ".join(f"{name.removeprefix('val_').removesuffix('_loss')} {value:.4f}"
+                          for name, value in zip(names.val_components_comet, result.components))
+        say(f"validation {label} at step {pos.step}: loss {result.loss:.4f} ({parts}) over {result.samples} "
+            f"samples{note}")
+        if self.comet:
+            self.comet.log(names.val_comet, result.loss, step=pos.step, epoch=pos.epoch)
+            for name, value in zip(names.val_components_comet, result.components):
+                self.comet.log(name, value, step=pos.step)
 
     def _checkpoint(self) -> None:
         if self._checkpointed_step == self.position.step:
             return
+        self._check_divergence()  # never save a diverged state over the last good one
         save_training_state(self.engine, self.runtime, self.checkpoint_dir, self.position.step,
                             self.position.to_client_state(), self.config.keep_last, self._layout())
         self._checkpointed_step = self.position.step
 
-    def run(self) -> dict[str, Any]:
-        c, rt = self.config, self.runtime
-        if self.resume_source:
-            self._resume(self.resume_source)
-        if rt.is_main:
-            self._banner()
-            if c.comet != "off":
-                self.comet = CometLogger(c.comet, c.comet_project, c.comet_name, self.save_dir / "comet",
-                                         {**dataclasses.asdict(c), "world_size": rt.world_size})
-        if c.eval_at_start and self.position.step == 0 and not self.position.history.val:
-            self._evaluate("before training")
-        stopped_early = self._train()
-        summary = self._finish(stopped_early)
-        if self.comet:
-            self.comet.end()
-        return summary
-
-    def _resume(self, source: ResumeSource) -> None:
-        rt, plan = self.runtime, self.plan
-        state = load_training_state(self.engine, rt, self.checkpoint_dir, source.tag, universal=source.universal,
-                                    restore_rng=not source.elastic)
-        self.position = pos = Position.from_client_state(state)
-        if source.elastic:
-            # The data position is kept in global samples: the same global batch continues the same sample order.
-            samples_in_epoch = pos.micro_in_epoch * source.layout.micro_batch * source.layout.world_size
-            pos.micro_in_epoch = samples_in_epoch // (plan.micro_batch * rt.world_size)
-            seed_everything(rank_seed(self.config.seed, rt.rank, step=pos.step))  # no saved stream for new ranks
-        if rt.is_main:
-            how = (f"; written by {source.layout.world_size} rank(s), now {rt.world_size}"
-                   + (" (DeepSpeed universal checkpoint)" if source.universal else "")) if source.elastic else ""
-            say(f"resumed from step {pos.step} (epoch {pos.epoch + 1}, micro-batch {pos.micro_in_epoch}){how}")
-
+    # -------------------------------------------------------------------------------------------- training
     def _train(self) -> bool:
         """The epoch loop; returns True when stopped by ``exit_after_steps``."""
-        c, rt, pos, plan, names = self.config, self.runtime, self.position, self.plan, self.task.names
+        c, pos, plan = self.config, self.position, self.plan
         micro_per_epoch = self.steps_per_epoch * plan.grad_accum
-        progress = Progress(self.total_steps, self.epochs, plan.global_batch, start_step=pos.step)
-        running = torch.zeros(len(names.labels), device=rt.device)
-        running_count = 0
+        self._progress = Progress(self.total_steps, self.epochs, plan.global_batch, start_step=pos.step)
+        self._running = torch.zeros(len(self.task.names.labels), device=self.runtime.device)
+        self._running_count = 0
+        self._guard_sum = torch.zeros(2, device=self.runtime.device)  # [loss sum since the last check, first loss]
+        self._guard_count = 0
         self.engine.train()
         while pos.step < self.total_steps:
             if pos.micro_in_epoch >= micro_per_epoch:
                 pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
             self.train_sampler.set_epoch(pos.epoch)
             self.train_sampler.set_start_batch(pos.micro_in_epoch)
-            epoch_start = time.perf_counter()
+            self._epoch_start = time.perf_counter()
             for x, stamp in self.train_loader:
                 if pos.micro_in_epoch >= micro_per_epoch or pos.step >= self.total_steps:
                     break
-                losses = self.task.train_losses(self.engine, x, stamp)
-                self.engine.backward(losses[0])
-                lr_used = self.engine.get_lr()[0]  # the lr this step applies (the scheduler moves on in step())
-                self.engine.step()
-                running += losses.detach().float()
-                running_count += 1
-                pos.micro_in_epoch += 1
+                lr_used = self._micro_step(x, stamp)
                 if pos.micro_in_epoch % plan.grad_accum:
                     continue
                 pos.step += 1
                 pos.samples += plan.global_batch
-                if pos.step % c.log_every == 0 or pos.step == self.total_steps:
-                    # The global batch's mean (every rank's share), so the logged loss does not depend on how the
-                    # batch is split across ranks; the one host sync, at log intervals only.
-                    mean = (all_reduce_sum(running) / (running_count * rt.world_size)).tolist()
-                    running.zero_()
-                    running_count = 0
-                    pos.history.train.append((pos.step, mean[0]))
-                    pos.history.lr.append((pos.step, lr_used))
-                    if rt.is_main:
-                        say(progress.line(pos.step, pos.epoch, dict(zip(names.labels, mean)), lr_used))
-                        if self.comet:
-                            for name, value in zip(names.train_comet + (names.lr_comet,), mean + [lr_used]):
-                                self.comet.log(name, value, step=pos.step)
                 end_of_epoch = pos.micro_in_epoch >= micro_per_epoch or pos.step >= self.total_steps
-                if (c.eval_every and pos.step % c.eval_every == 0) or end_of_epoch:
-                    pos.train_seconds += time.perf_counter() - epoch_start
-                    self._evaluate("end of epoch" if end_of_epoch else "periodic")
-                    epoch_start = time.perf_counter()
-                if (c.save_every and pos.step % c.save_every == 0) or (end_of_epoch and not c.save_every):
-                    self._checkpoint()
+                self._after_step(lr_used, end_of_epoch)
                 if c.exit_after_steps and pos.step == c.exit_after_steps and pos.step < self.total_steps:
+                    pos.train_seconds += time.perf_counter() - self._epoch_start
                     self._checkpoint()
-                    if rt.is_main:
+                    if self.runtime.is_main:
                         say(f"stopping after step {pos.step} as asked (--exit_after_steps); resume with --resume")
                     return True
-            pos.train_seconds += time.perf_counter() - epoch_start
+            pos.train_seconds += time.perf_counter() - self._epoch_start
             pos.micro_in_epoch = max(pos.micro_in_epoch, micro_per_epoch)  # the loader is exhausted either way
+        self._check_divergence()
         if not pos.history.val or pos.history.val[-1][0] != pos.step:
-            self._evaluate("final")
+            self._validate("final")
         self._checkpoint()
-        state = gather_fp32_state_dict(self.engine, self.frozen_fp32)  # collective
-        if rt.is_main:
-            self.model.save_pretrained(self.save_dir / "final_model", state_dict=state)
+        self._export("final_model")
         return False
 
-    def _finish(self, stopped_early: bool) -> dict[str, Any]:
+    def _micro_step(self, x: torch.Tensor, stamp: torch.Tensor) -> float:
+        """Forward, backward and (at accumulation boundaries) the optimizer step; returns the lr it applied."""
+        losses = self.task.train_losses(self.engine, x, stamp)
+        self.engine.backward(losses[0])
+        lr_used = self.engine.get_lr()[0]  # the lr this step applies (the scheduler moves on in step())
+        self.engine.step()
+        loss = losses[0].detach().float()
+        if self._guard_count == 0 and self.guard.reference is None:
+            self._guard_sum[1] = loss  # the first micro-batch, before any update: the divergence reference
+        self._guard_sum[0] += loss
+        self._guard_count += 1
+        self._running += losses.detach().float()
+        self._running_count += 1
+        self.position.micro_in_epoch += 1
+        return lr_used
+
+    def _after_step(self, lr_used: float, end_of_epoch: bool) -> None:
+        c, pos = self.config, self.position
+        self._lr_used = lr_used
+        if pos.step % c.log_every == 0 or pos.step == self.total_steps:
+            self._log(lr_used)
+        if pos.step % min(c.log_every, CHECK_EVERY) == 0:
+            self._check_divergence()
+        if (c.eval_every and pos.step % c.eval_every == 0) or end_of_epoch:
+            pos.train_seconds += time.perf_counter() - self._epoch_start
+            self._check_divergence()
+            self._validate("end of epoch" if end_of_epoch else "periodic")
+            self._epoch_start = time.perf_counter()
+        if (c.save_every and pos.step % c.save_every == 0) or (end_of_epoch and not c.save_every):
+            self._checkpoint()
+
+    def _log(self, lr_used: float) -> None:
+        rt, pos, names = self.runtime, self.position, self.task.names
+        # The global batch's mean (every rank's share), so the logged loss does not depend on how the batch is split
+        # across ranks; a host sync, at log intervals only.
+        mean = (all_reduce_sum(self._running) / (self._running_count * rt.world_size)).tolist()
+        self._running.zero_()
+        self._running_count = 0
+        pos.history.train.append((pos.step, mean[0]))
+        pos.history.lr.append((pos.step, lr_used))
+        if rt.is_main:
+            say(self._progress.line(pos.step, pos.epoch, dict(zip(names.labels, mean)), lr_used))
+            if self.comet:
+                for name, value in zip(names.train_comet + (names.lr_comet,), mean + [lr_used]):
+                    self.comet.log(name, value, step=pos.step)
+
+    def _check_divergence(self) -> None:
+        """Every rank reaches the same verdict from the all-reduced losses since the last check (a host sync)."""
+        if not self._guard_count:
+            return
+        world = self.runtime.world_size
+        loss_sum, first_sum = all_reduce_sum(self._guard_sum.clone()).tolist()
+        self.guard.set_reference(first_sum / world)
+        mean = loss_sum / (self._guard_count * world)
+        self._guard_sum.zero_()
+        self._guard_count = 0
+        self.guard.check(self.position.step, mean, getattr(self, "_lr_used", float("nan")),
+                         int(getattr(self.engine, "skipped_steps", 0)))
+
+    # ------------------------------------------------------------------------------------------------- end
+    def _finish(self, status: str) -> dict[str, Any]:
         rt, pos = self.runtime, self.position
+        best = self.save_dir / "best_model"
+        final = self.save_dir / "final_model"
         summary = {
             "task": self.task.kind,
-            "status": "stopped (exit_after_steps)" if stopped_early else "finished",
+            "status": status,
             "config": dataclasses.asdict(self.config),
             "deepspeed_config": self.ds_config,
             "world_size": rt.world_size,
@@ -381,8 +414,10 @@ class Trainer:
             "train_seconds": round(pos.train_seconds, 3),
             "samples_per_s": round(pos.samples / pos.train_seconds, 3) if pos.train_seconds else None,
             "wall_seconds": round(time.perf_counter() - self._start, 3),
-            "best_model": str(self.save_dir / "best_model"),
-            "final_model": None if stopped_early else str(self.save_dir / "final_model"),
+            # Only folders that exist: a run that failed or stopped early names no model it did not write.
+            "best_model": str(best) if (best / "config.json").is_file() else None,
+            "final_model": str(final) if status == "finished" else None,
+            "last_checkpoint": self._checkpointed_step if self._checkpointed_step >= 0 else None,
             "history": pos.history.to_dict(),
         }
         if rt.is_main:
@@ -390,16 +425,32 @@ class Trainer:
             pos.history.plot(self.save_dir / "loss_curve.png", f"Kronos {self.task.kind} training",
                              "mean of s1 and s2 cross-entropy" if self.task.kind == "predictor"
                              else "(recon_pre + recon_all + bsq) / 2; val: full recon MSE")
-            say(f"done: {summary['status']} at step {pos.step}; best val {summary['best_val_loss']}, final val "
-                f"{summary['final_val_loss']}; {summary['samples_per_s']} samples/s; outputs in {self.save_dir}")
+            if status in ("finished", "stopped (exit_after_steps)"):
+                say(f"done: {status} at step {pos.step}; best val {summary['best_val_loss']}, final val "
+                    f"{summary['final_val_loss']}; {summary['samples_per_s']} samples/s; outputs in {self.save_dir}")
         barrier()
         return summary
 
 
 def run_training(config: CommonTrainConfig) -> dict[str, Any]:
-    trainer = Trainer(config)
     try:
-        return trainer.run()
+        return Trainer(config).run()
     except torch.cuda.OutOfMemoryError as exc:  # a user-fixable sizing problem
         raise UserError(f"out of GPU memory: {str(exc).splitlines()[0]} (lower --batch_size, use ZeRO-3, "
                         f"offload or --activation_checkpointing; see launch/plan.py)") from None
+    except RuntimeError as exc:
+        if not is_collective_timeout(exc):
+            raise
+        raise UserError(stalled_rank_message(config.dist_timeout)) from None
+
+
+def stalled_rank_message(timeout_s: float) -> str:
+    """After a collective timed out on this rank: which rank(s) stopped answering."""
+    import torch.distributed as tdist
+
+    rank, world = tdist.get_rank(), tdist.get_world_size()
+    missing = unresponsive_ranks(world, rank)
+    who = (f"rank {', '.join(map(str, missing))}" if missing else
+           "another rank (which one could not be told: rank 0, which holds the rendezvous store, did not answer)")
+    return (f"{who} stopped answering: a collective waited more than --dist_timeout {timeout_s:g} s, so the job "
+            f"stops (look at that process: stopped, hung, swapping or out of memory)")

@@ -1,0 +1,91 @@
+"""``--resume``: which checkpoint to continue from, and loading it with a fall-back to older complete ones.
+
+Decided before the engine is built (an elastic resume needs ``load_universal`` in the DeepSpeed config): the
+complete checkpoints, newest first (see ds_kronos.train.checkpoints), the layout of the run that wrote them, and
+whether the world size changed. Loading then tries them in turn; every rank agrees on each attempt (one small
+all-reduce), so a file that one rank cannot read moves all ranks on together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ds_kronos.errors import UserError
+from ds_kronos.runtime import Runtime, all_reduce_max
+from ds_kronos.train.checkpoints import Candidate, RunLayout, load_training_state, needs_universal, resume_candidates
+from ds_kronos.train.ds_config import BatchPlan
+from ds_kronos.train.universal import convert_to_universal
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    candidates: tuple[Candidate, ...]
+    """Complete checkpoints written with the newest one's layout, newest first."""
+    layout: RunLayout
+    elastic: bool
+    """The world size differs from the one that wrote the checkpoints."""
+    universal: bool
+    """Load DeepSpeed universal copies (elastic, and the optimizer state is partitioned by rank)."""
+
+
+def plan_resume(checkpoint_dir: Path, batch: BatchPlan, runtime: Runtime, say: Callable[[str], None]) -> ResumePlan:
+    candidates, notes = resume_candidates(checkpoint_dir)
+    if runtime.is_main:
+        for note in notes:
+            say(f"--resume: {note}")
+    if not candidates:
+        passed = f" ({len(notes)} passed over, see above)" if notes else ""
+        raise UserError(f"--resume: no checkpoint to resume from in {checkpoint_dir}{passed}")
+    layout = candidates[0].layout
+    if layout.global_batch != batch.global_batch:
+        raise UserError(f"--resume: {candidates[0].tag} was trained with a global batch of {layout.describe()}; "
+                        f"this run has {batch.micro_batch} x {batch.grad_accum} x {runtime.world_size} = "
+                        f"{batch.global_batch}. Keep the global batch when resuming (on another number of ranks, "
+                        f"change --batch_size/--grad_accum so the product stays {layout.global_batch})")
+    elastic = layout.world_size != runtime.world_size
+    same_layout = tuple(c for c in candidates if c.layout == layout)
+    return ResumePlan(same_layout, layout, elastic, elastic and needs_universal(checkpoint_dir, candidates[0].tag))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _anyone_failed(problem: str | None, runtime: Runtime) -> bool:
+    return all_reduce_max(int(problem is not None), runtime.device) > 0
+
+
+def load_newest(engine, runtime: Runtime, checkpoint_dir: Path, plan: ResumePlan,
+                say: Callable[[str], None]) -> tuple[Candidate, dict[str, Any]]:
+    """Load the newest candidate that every rank can read; collective."""
+    for candidate in plan.candidates:
+        problem = None
+        if plan.universal:
+            if runtime.is_main:
+                say(f"--resume: {candidate.tag} was written by {plan.layout.world_size} rank(s), this run has "
+                    f"{runtime.world_size}: converting it to a DeepSpeed universal checkpoint")
+                try:
+                    convert_to_universal(checkpoint_dir, candidate.tag)
+                except UserError as exc:
+                    problem = str(exc)
+            if _anyone_failed(problem, runtime):
+                if runtime.is_main:
+                    say(f"--resume: skipped {candidate.tag}: {problem}")
+                continue
+        state = None
+        try:
+            state = load_training_state(engine, runtime, checkpoint_dir, candidate.tag, universal=plan.universal,
+                                        restore_rng=not plan.elastic)
+            if state is None:
+                problem = "DeepSpeed found nothing to load"
+        except Exception as exc:  # noqa: BLE001 - any unreadable file in a complete-looking tag: try an older one
+            problem = _first_line(exc)
+        if not _anyone_failed(problem, runtime):
+            return candidate, state
+        if runtime.is_main:
+            say(f"--resume: skipped {candidate.tag}: {problem or 'another rank could not read its files'}")
+    raise UserError(f"--resume: none of the {len(plan.candidates)} complete checkpoint(s) in {checkpoint_dir} "
+                    f"could be loaded (see the lines above)")

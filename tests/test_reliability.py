@@ -1,0 +1,234 @@
+"""When things go wrong (issue 10, items 1, 2, 4, 5 and 7): no code from checkpoint files, resume that heals itself,
+a divergence guard, no hang when a rank stops answering, nothing half-written left behind.
+
+The runs go through the real deepspeed launcher (2 CPU ranks) or a plain process (1 rank), on the session's demo
+data and tiny checkpoints, with the arguments of the zero2 config run (tests/conftest.py), so a resumed run can be
+compared with that uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ds_kronos.model import Kronos
+from ds_kronos.train.checkpoints import resume_candidates
+from helpers import REPO, common_args, deepspeed_train, env, free_port, summary
+
+LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
+
+
+def zero2_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path, *extra: str) -> list[str]:
+    return common_args(prepared, checkpoints, save_dir) + ["--deepspeed_config", "ds_configs/zero2.json", *extra]
+
+
+def single(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), *args], cwd=REPO, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def launched(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    command = [str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port()),
+               str(REPO / "launch" / "train.py"), *args]
+    return subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if ": error:" in line]
+
+
+def assert_same_final_weights(a: Path, b: Path) -> None:
+    wa = Kronos.from_pretrained(a / "final_model").state_dict()
+    wb = Kronos.from_pretrained(b / "final_model").state_dict()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6, msg=key)
+
+
+def set_manifest_size(tag: Path, name: str) -> None:
+    manifest = json.loads((tag / "manifest.json").read_text())
+    manifest["files"][name] = (tag / name).stat().st_size
+    (tag / "manifest.json").write_text(json.dumps(manifest))
+
+
+class Payload:
+    """Unpickling this runs code (os.system), as a planted checkpoint would."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def stopped_run(demo_prepared_dir, tiny_checkpoints, tmp_path_factory) -> Path:
+    """The zero2 config run stopped after step 3 with a checkpoint at every step (tags 1, 2, 3)."""
+    save_dir = tmp_path_factory.mktemp("stopped") / "run"
+    deepspeed_train(zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--save_every", "1", "--keep_last", "5",
+                               "--exit_after_steps", "3"))
+    return save_dir
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+    return target
+
+
+def test_resume_refuses_code_in_checkpoint_files_and_anything_outside_checkpoints(
+        stopped_run, config_runs, tmp_path, demo_prepared_dir, tiny_checkpoints):
+    save_dir = copy_run(stopped_run, tmp_path / "run")
+    tag = save_dir / "checkpoints" / "step00000003"
+    marker = tmp_path / "payload_ran"
+    state = torch.load(tag / "mp_rank_00_model_states.pt", weights_only=True)  # our own file: loads safely
+    state["payload"] = Payload(marker)
+    torch.save(state, tag / "mp_rank_00_model_states.pt")
+    set_manifest_size(tag, "mp_rank_00_model_states.pt")  # a careful attacker keeps the manifest consistent
+    other = tmp_path / "other_run" / "checkpoints" / "step00000020"
+    other.mkdir(parents=True)
+    (save_dir / "checkpoints" / "latest").write_text("../../other_run/checkpoints/step00000020")
+    result = launched(zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--resume"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not marker.exists(), "the planted payload ran"
+    assert "not a checkpoint of this run" in result.stdout
+    assert "skipped step00000003" in result.stdout and "not plain training state" in result.stdout
+    assert "resumed from step 2" in result.stdout
+    assert_same_final_weights(save_dir, config_runs["zero2"])  # resume from the older tag is still exact
+
+
+def test_resume_heals_itself_from_incomplete_checkpoints(stopped_run, config_runs, tmp_path, demo_prepared_dir,
+                                                         tiny_checkpoints):
+    save_dir = copy_run(stopped_run, tmp_path / "run")
+    checkpoints = save_dir / "checkpoints"
+    shard = checkpoints / "step00000003" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])           # truncated optimizer shard
+    (checkpoints / "step00000002" / "rng_rank00001.safetensors").unlink()          # a rank's RNG file is missing
+    (checkpoints / "latest").write_text("")                                        # an empty pointer
+    partial = checkpoints / ".step00000004.partial"                                # a save that was killed
+    subprocess.run(["cp", "-a", str(checkpoints / "step00000001"), str(partial)], check=True)
+    (save_dir / ".best_model.tmp-999").mkdir()                                     # a killed best-model write
+    result = launched(zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--resume"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "checkpoints/latest is empty" in out
+    assert "skipped step00000003: zero_pp_rank_1_mp_rank_00_optim_states.pt has" in out and "truncated" in out
+    assert "skipped step00000002: rng_rank00001.safetensors is missing" in out
+    assert "resumed from step 1" in out
+    assert not partial.exists() and not (save_dir / ".best_model.tmp-999").exists()
+    assert_same_final_weights(save_dir, config_runs["zero2"])
+
+
+def test_no_complete_checkpoint_is_one_clear_line(stopped_run, tmp_path, demo_prepared_dir, tiny_checkpoints):
+    save_dir = copy_run(stopped_run, tmp_path / "run")
+    for tag in (save_dir / "checkpoints").glob("step*"):
+        (tag / "manifest.json").unlink()
+    candidates, notes = resume_candidates(save_dir / "checkpoints")
+    assert candidates == [] and len(notes) == 3 and all("no manifest.json" in note for note in notes)
+    result = single(zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--resume"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(error_lines(result)) == 1 and "no checkpoint to resume from" in error_lines(result)[0]
+
+
+def test_a_run_that_fails_before_training_leaves_nothing_half_written(demo_prepared_dir, tiny_checkpoints, tmp_path):
+    save_dir = tmp_path / "run"
+    save_dir.mkdir()
+    # An interrupted replacement of best_model/: the complete previous folder waits under its retired name.
+    retired = save_dir / ".best_model.old-4242"
+    Kronos.from_pretrained(tiny_checkpoints[1]).save_pretrained(retired)
+    (save_dir / ".final_model.tmp-4243").mkdir()
+    result = single(zero2_args(demo_prepared_dir, (tiny_checkpoints[0], Path("tiny")), save_dir, "--resume"))
+    assert result.returncode == 2, result.stderr
+    assert "no checkpoint to resume from" in result.stderr
+    assert not (save_dir / "checkpoints").exists() and not (save_dir / "initial_model").exists()
+    assert (save_dir / "best_model" / "config.json").is_file() and not retired.exists()
+    assert not (save_dir / ".final_model.tmp-4243").exists()
+
+
+def lr_config(tmp_path: Path, lr: float) -> Path:
+    config = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
+    config["optimizer"]["params"]["lr"] = lr
+    path = tmp_path / f"lr_{lr:g}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize("lr,launcher,expected", [(1e30, True, "non-finite loss"), (1e6, False, "over 10x")])
+def test_divergence_stops_the_run_and_keeps_the_last_good_state(lr, launcher, expected, demo_prepared_dir,
+                                                               tiny_checkpoints, tmp_path):
+    save_dir = tmp_path / "run"
+    tokenizer, predictor = tiny_checkpoints
+    args = ["--data", str(demo_prepared_dir), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
+            "--save_dir", str(save_dir), "--deepspeed_config", str(lr_config(tmp_path, lr)), "--epochs", "20",
+            "--n_train_iter", "128", "--n_val_iter", "16", "--batch_size", "16", "--save_every", "1",
+            "--log_every", "1"]
+    result = launched(args) if launcher else single(args)
+    assert result.returncode != 0
+    errors = error_lines(result)
+    assert len(errors) == 1 and "training diverged at step" in errors[0] and expected in errors[0], errors
+    assert "Traceback" not in result.stdout + result.stderr
+    info = summary(save_dir)
+    assert info["status"].startswith("failed: training diverged")
+    step = int(errors[0].split("training diverged at step ")[1].split(":")[0])
+    assert step <= 8  # noticed within a few steps
+    assert info["final_model"] is None and not (save_dir / "final_model").exists()
+    assert info["best_model"] is None or (Path(info["best_model"]) / "config.json").is_file()
+    latest = (save_dir / "checkpoints" / "latest").read_text().strip()
+    assert int(latest.removeprefix("step")) < step  # the last good checkpoint, not a diverged one
+    candidates, _ = resume_candidates(save_dir / "checkpoints")
+    assert candidates and candidates[0].tag == latest
+
+
+def test_a_stopped_rank_ends_the_job_within_the_timeout_and_is_named(demo_prepared_dir, tiny_checkpoints, tmp_path):
+    args = zero2_args(demo_prepared_dir, tiny_checkpoints, tmp_path / "run", "--epochs", "500",
+                      "--eval_at_start", "false", "--dist_timeout", "10")
+    command = [str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "launch" / "train.py"),
+               *args]
+    job = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    lines = []
+    try:
+        for line in job.stdout:
+            lines.append(line)
+            if line.startswith("step 2/"):
+                break
+        rank1 = subprocess.run(["pgrep", "-f", "-s", str(job.pid), "--", "--local_rank=1"], capture_output=True,
+                               text=True).stdout.split()
+        assert len(rank1) == 1, rank1
+        os.kill(int(rank1[0]), signal.SIGSTOP)
+        stopped_at = time.time()
+        lines += job.stdout.readlines()
+        job.wait(timeout=120)
+        elapsed = time.time() - stopped_at
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    output = "".join(lines)
+    assert job.returncode != 0
+    assert elapsed < 60, elapsed  # the timeout (10 s), the check-in (3 s) and the launcher's clean-up
+    errors = [line for line in output.splitlines() if ": error:" in line]
+    assert errors and all("rank 1 stopped answering" in line for line in errors), output[-3000:]
+    assert "--dist_timeout 10" in errors[0]
+
+
+def test_resume_candidates_are_only_complete_step_folders(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "stepABC").mkdir(parents=True)
+    (checkpoints / "latest").write_text("/etc")
+    escaping = checkpoints / "step00000007"
+    escaping.mkdir()
+    layout = {"world_size": 1, "micro_batch": 1, "grad_accum": 1, "zero_stage": 0}
+    (escaping / "rng_rank00000.safetensors").write_bytes(b"x")
+    (escaping / "manifest.json").write_text(json.dumps({"tag": escaping.name, "layout": layout, "files": {
+        "rng_rank00000.safetensors": 1, "../../../../etc/hostname": 1}}))
+    candidates, notes = resume_candidates(checkpoints)
+    assert candidates == []
+    assert any("not a checkpoint of this run" in note for note in notes)
+    assert any("skipped step00000007: the manifest names a file outside the checkpoint" in note for note in notes)

@@ -1,24 +1,78 @@
-"""Shared plumbing for the thin scripts in ``launch/``: one clear line and a non-zero exit on user errors."""
+"""Shared plumbing for the thin scripts in ``launch/``: one clear line and exit code 2 on user errors.
+
+Who prints: rank 0 always; another rank only for an error raised with ``rank_specific=True`` (see
+:mod:`ds_kronos.errors`), prefixed with its rank. Every rank meets a bad config or bad data in the same way, so a
+non-zero rank stays quiet and lingers a moment before exiting: the deepspeed launcher kills the remaining ranks as
+soon as one exits with an error, and rank 0 must get to print first.
+
+Operating-system errors about the user's files and folders (permission denied, read-only file system, no space
+left, a file where a folder should be) are user errors too: they are turned into one line naming the path here,
+in one place, rather than at every open and mkdir. Set ``DS_KRONOS_TRACEBACK=1`` to see their traceback instead.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import time
 from typing import Callable, Sequence
 
 from ds_kronos.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+QUIET_RANK_GRACE_S = 3.0
+"""How long a rank that does not print waits before exiting, so that rank 0's line is not cut off by the launcher."""
+TRACEBACK_ENV = "DS_KRONOS_TRACEBACK"
+
+# errno -> how the one line describes it. Other OSErrors (and these with DS_KRONOS_TRACEBACK=1) keep their traceback:
+# they may be bugs, and a bug must not be disguised as the user's mistake.
+_ENVIRONMENT_ERRNOS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.ENOTDIR: "not a folder (a file is in the way)",
+    errno.EISDIR: "is a folder, expected a file",
+    errno.EEXIST: "already exists",
+    errno.ENAMETOOLONG: "file name too long",
+}
 
 
-def _should_report(rank: int) -> bool:
-    """Rank 0 always reports. Before the process group exists every rank validates the same inputs and fails with
-    the same message, so the other ranks stay quiet (one line, not one per process); after it exists an error
-    may be rank-specific, so every rank reports (prefixed with its rank)."""
+def describe_os_error(exc: OSError) -> str | None:
+    """One line for an OSError about the user's files, or None when it is not one of those."""
+    reason = _ENVIRONMENT_ERRNOS.get(exc.errno)
+    if reason is None:
+        return None
+    path = exc.filename
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on {path}" if path is not None else "no space left on device"
+    if path is None:
+        return reason
+    target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return f"{path}{target}: {reason}"
+
+
+def _group_ready() -> bool:
     distributed = sys.modules.get("torch.distributed")
-    group_ready = bool(distributed and distributed.is_available() and distributed.is_initialized())
-    return rank == 0 or group_ready
+    return bool(distributed and distributed.is_available() and distributed.is_initialized())
+
+
+def _should_report(rank: int, exc: UserError) -> bool:
+    """Rank 0 always reports; other ranks only what is theirs alone (see the module docstring)."""
+    return rank == 0 or bool(getattr(exc, "rank_specific", False))
+
+
+def _report(exc: UserError) -> None:
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if _should_report(rank, exc):
+        prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "ds_kronos"
+        where = f"[rank {rank}] " if rank else ""
+        print(f"{where}{prog}: error: {str(exc).strip()}", file=sys.stderr, flush=True)
+    elif _group_ready() or os.environ.get("WORLD_SIZE", "1") != "1":
+        time.sleep(QUIET_RANK_GRACE_S)
 
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
@@ -26,11 +80,13 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
     try:
         main(argv)
     except UserError as exc:
-        rank = int(os.environ.get("RANK", "0") or 0)
-        if _should_report(rank):
-            prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "ds_kronos"
-            where = f"[rank {rank}] " if rank else ""
-            print(f"{where}{prog}: error: {str(exc).strip()}", file=sys.stderr, flush=True)
+        _report(exc)
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as exc:
+        message = None if os.environ.get(TRACEBACK_ENV) else describe_os_error(exc)
+        if message is None:
+            raise
+        _report(UserError(message))
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)

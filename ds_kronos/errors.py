@@ -1,15 +1,27 @@
 """Errors a user can cause (bad paths, bad configs, bad data).
 
 Library code raises :class:`UserError` with a message that names the file, symbol or option and the problem;
-the launch scripts turn it into one line on stderr and a non-zero exit (see :func:`ds_kronos.cli.run_main`).
+the launch scripts turn it into one line on stderr and exit code 2 (see :func:`ds_kronos.cli.run_main`).
 Anything else that escapes is a bug and keeps its traceback.
+
+Under a launcher every rank usually meets the same bad input (the same data, the same config), so an error is
+printed by rank 0 only. An error that belongs to one rank alone (its device ran out of memory, its node's copy
+of a file differs) is raised with ``rank_specific=True``: every rank that hits it prints it, prefixed with its rank.
 """
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class UserError(Exception):
     """A problem the user can fix: the message is shown as is, without a traceback."""
+
+    def __init__(self, message: str = "", *, rank_specific: bool = False):
+        super().__init__(message)
+        self.rank_specific = rank_specific
 
 
 class ConfigError(UserError):
@@ -22,3 +34,15 @@ class CheckpointError(UserError):
 
 class DataError(UserError):
     """Input market data that cannot be used (missing folder, bad columns, no rows in range, ...)."""
+
+
+@contextmanager
+def naming_path(path: str | os.PathLike) -> Iterator[None]:
+    """Attach ``path`` to an OSError raised without a file name (a failed write or flush: a full disk reports only
+    "No space left on device"), so that the one-line report names what could not be written."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = os.fspath(path)
+        raise

@@ -1,7 +1,9 @@
 """Market data: preparing Qlib/CSV sources into a memory-mapped dataset, and serving training windows from it.
 
 Modules: ``series`` (column conventions), ``qlib_source`` / ``csv_source`` (readers), ``splits``, ``prepared``
-(on-disk format), ``prepare`` (the job), ``demo_market`` (synthetic Qlib folder), ``windows`` (Dataset, sampler).
+(on-disk format), ``manifest`` (its checks), ``quality`` (bad values), ``output`` (atomic output folders),
+``verify`` (files against the manifest), ``prepare`` (the job), ``demo_market`` (synthetic Qlib folder),
+``windows`` (Dataset, sampler).
 
 Names are resolved lazily so that ``import ds_kronos.data`` pulls in neither torch nor qlib until they are used.
 """
@@ -17,6 +19,7 @@ _EXPORTS = MappingProxyType({
     "SplitArrays": "ds_kronos.data.prepared",
     "PrepareConfig": "ds_kronos.data.prepare_config",
     "prepare_dataset": "ds_kronos.data.prepare",
+    "verify_prepared": "ds_kronos.data.verify",
     "write_demo_market": "ds_kronos.data.demo_market",
     "DemoMarketConfig": "ds_kronos.data.demo_market",
     "WindowDataset": "ds_kronos.data.windows",

@@ -3,7 +3,9 @@
 Column names are matched case-insensitively: a time column (timestamps, timestamp, date, datetime or time),
 open, high, low, close, volume (or vol) and optionally amount (or amt; derived as mean(OHLC) x volume when
 absent). Rows are sorted by time; duplicate timestamps (first kept) and rows with a missing value are dropped and
-counted. A file that cannot be used is skipped with its reason; the caller fails only when nothing is left.
+counted. A file that cannot be used (no time column, unparsable, missing a column) is skipped with its reason; the
+caller fails only when nothing is left. Bad values (see :mod:`ds_kronos.data.quality`) and files with no complete
+row end the preparation with one line naming the file, line and column, unless ``bad_rows="drop"``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from types import MappingProxyType
 import numpy as np
 import pandas as pd
 
-from ds_kronos.data.series import SourceData, SymbolSeries, build_values, infer_frequency
+from ds_kronos.data.quality import screen_bars
+from ds_kronos.data.series import SourceData, SymbolSeries, infer_frequency, stack_values
 from ds_kronos.errors import DataError
 
 TIME_NAMES = ("timestamps", "timestamp", "date", "datetime", "time")
@@ -44,14 +47,29 @@ def _numeric(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     return values.to_numpy(dtype=np.float64)
 
 
-def read_csv_file(path: Path) -> tuple[SymbolSeries, dict[str, int], str]:
-    """One file -> (series, drop counts, inferred frequency); raises _Skip for an unusable file."""
+def _empty_file_problem(path: Path, cols: dict[str, np.ndarray]) -> str:
+    """Why no row of a file is complete: a column empty on every line, else the first line missing a value."""
+    for name, values in cols.items():
+        if np.isnan(values).all():
+            return f"{path}: column {name!r} is empty (NaN) on every line; no complete row to use"
+    line = next(i for i in range(len(next(iter(cols.values()))))
+                if any(np.isnan(v[i]) for v in cols.values()))
+    return f"{path}: every line misses a value (the first, line {line + 2}); no complete row to use"
+
+
+def read_csv_file(path: Path, bad_rows: str = "refuse") -> tuple[SymbolSeries, dict[str, int], str]:
+    """One file -> (series, drop counts, inferred frequency); raises _Skip for an unusable file and DataError for
+    a bad value under ``bad_rows="refuse"`` (see :mod:`ds_kronos.data.quality`)."""
+    if path.is_dir():
+        raise _Skip(f"{path}: is a folder, expected a CSV file")
     if not path.is_file():
         raise _Skip(f"{path}: file not found")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=True)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise _Skip(f"{path}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise _Skip(f"{path}: cannot read ({exc.strerror or exc})") from None
     columns = {str(c).strip().lower(): c for c in frame.columns}
     time_col = _find(columns, TIME_NAMES)
     if time_col is None:
@@ -73,30 +91,42 @@ def read_csv_file(path: Path) -> tuple[SymbolSeries, dict[str, int], str]:
         # Keep the exchange's wall clock: time features describe the trading session, not UTC.
         stamps = stamps.dt.tz_localize(None)
     cols = {name: _numeric(frame, c, path) for name, c in picked.items()}
-    amount = _numeric(frame, amount_col, path) if amount_col is not None else None
+    if amount_col is not None:
+        cols["amount"] = _numeric(frame, amount_col, path)
     ts = stamps.to_numpy().astype("datetime64[ns]").astype(np.int64)
-    matrix = np.stack([cols[n] for n in REQUIRED] + ([amount] if amount is not None else []), axis=1)
+    lines = np.arange(len(frame), dtype=np.int64) + 2  # file line of each row: after the header, counted from 1
+    matrix = np.stack(list(cols.values()), axis=1)
     ok = ~np.isnan(matrix).any(axis=1) & stamps.notna().to_numpy()
+    if not ok.any():
+        problem = _empty_file_problem(path, cols)
+        if bad_rows == "refuse":
+            raise DataError(f"{problem}; fix the file, or pass --bad_rows drop to skip such files")
+        raise _Skip(problem)
     n_nan = int((~ok).sum())
-    ts, matrix = ts[ok], matrix[ok]
+    ts, matrix, lines = ts[ok], matrix[ok], lines[ok]
     order = np.argsort(ts, kind="stable")
-    ts, matrix = ts[order], matrix[order]
+    ts, matrix, lines = ts[order], matrix[order], lines[order]
     first = np.r_[True, ts[1:] != ts[:-1]]
     n_dup = int((~first).sum())
-    ts, matrix = ts[first], matrix[first]
-    if len(ts) == 0:
-        raise _Skip(f"{path}: no complete rows left after dropping rows with missing values")
-    values = build_values(*(matrix[:, i] for i in range(5)), matrix[:, 5] if amount is not None else None)
-    return SymbolSeries(path.stem, ts, values), {"duplicates": n_dup, "nan": n_nan}, infer_frequency(ts)
+    ts, matrix, lines = ts[first], matrix[first], lines[first]
+    values = stack_values(*(matrix[:, i] for i in range(5)), matrix[:, 5] if amount_col is not None else None)
+    screened = screen_bars(path.stem, values, lambda i: f"line {lines[i]} of {path}", bad_rows,
+                           derived_amount=amount_col is None)
+    if not screened.keep.all():
+        ts, values = ts[screened.keep], values[screened.keep]
+        if len(ts) == 0:
+            raise _Skip(f"{path}: no row left after dropping rows with bad values")
+    drops = {"duplicates": n_dup, "nan": n_nan, "bad": sum(screened.dropped.values()), "bad_reasons": screened.dropped}
+    return SymbolSeries(path.stem, ts, values.astype(np.float32)), drops, infer_frequency(ts)
 
 
-def read_csv_files(paths: list[str | os.PathLike]) -> SourceData:
-    series, skipped, notes, freqs = [], [], [], Counter()
+def read_csv_files(paths: list[str | os.PathLike], bad_rows: str = "refuse") -> SourceData:
+    series, skipped, notes, freqs, bad = [], [], [], Counter(), {}
     amount_everywhere = True
     for raw in paths:
         path = Path(raw).expanduser()
         try:
-            s, drops, freq = read_csv_file(path)
+            s, drops, freq = read_csv_file(path, bad_rows)
         except _Skip as exc:
             skipped.append((str(path), str(exc)))
             continue
@@ -104,7 +134,11 @@ def read_csv_files(paths: list[str | os.PathLike]) -> SourceData:
             skipped.append((str(path), f"{path}: symbol {s.symbol!r} given twice (file stems must be unique)"))
             continue
         notes.append(f"{path}: {len(s)} bars, dropped {drops['duplicates']} duplicate timestamps and "
-                     f"{drops['nan']} rows with missing values; bar spacing {freq or 'unknown'}")
+                     f"{drops['nan']} rows with missing values"
+                     + (f" and {drops['bad']} rows with bad values" if drops["bad"] else "")
+                     + f"; bar spacing {freq or 'unknown'}")
+        if drops["bad"]:
+            bad[s.symbol] = drops["bad_reasons"]
         amount_everywhere &= _has_amount(path)
         series.append(s)
         freqs[freq] += 1
@@ -116,7 +150,7 @@ def read_csv_files(paths: list[str | os.PathLike]) -> SourceData:
     if len(freqs) > 1:
         notes.append(f"files have different bar spacings {dict(freqs)}; recording {freq}")
     fields = ["open", "high", "low", "close", "volume"] + (["amount"] if amount_everywhere else [])
-    return SourceData(series=series, fields=fields, freq=freq, skipped=skipped, notes=notes)
+    return SourceData(series=series, fields=fields, freq=freq, skipped=skipped, notes=notes, bad_rows=bad)
 
 
 def _has_amount(path: Path) -> bool:

@@ -26,7 +26,6 @@ previous close, high/low = max/min of the two, volume = members' total). Everyth
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ds_kronos.config import option
+from ds_kronos.data.output import staged_output
 from ds_kronos.errors import DataError
 
 FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
@@ -117,64 +117,57 @@ def write_demo_market(out: str | os.PathLike, *, symbols: int = 40, seed: int = 
     names = _symbol_names(symbols)
     if benchmark and benchmark.upper() in names:
         raise DataError(f"benchmark {benchmark} clashes with a demo symbol name")
-    if out.exists():
-        if not overwrite:
-            raise DataError(f"{out}: output path exists; pass --overwrite to replace it")
-        if not (out / "calendars" / "day.txt").is_file() and any(out.iterdir()):
-            raise DataError(f"{out}: exists and is not a Qlib folder; refusing to overwrite it")
+    with staged_output(out, overwrite, lambda folder: (folder / "calendars" / "day.txt").is_file(),
+                       "a Qlib folder") as tmp:
+        _write_market(tmp, names, seed, start, end, amount, benchmark)
+    return out
+
+
+def _write_market(tmp: Path, names: list[str], seed: int, start: str, end: str, amount: bool,
+                  benchmark: str | None) -> None:
     calendar = pd.bdate_range(start, end)
     n_days = len(calendar)
     rng = np.random.default_rng(seed)
     market = _garch_returns(rng, n_days, daily_vol=0.011, alpha=0.08, beta=0.9, dof=5.0)
     fields = FIELDS + (("amount",) if amount else ())
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        (tmp / "calendars").mkdir(parents=True)
-        (tmp / "instruments").mkdir()
-        (tmp / "calendars" / "day.txt").write_text("\n".join(calendar.strftime("%Y-%m-%d")) + "\n")
-        all_lines, index_lines = [], []
-        members: list[tuple[np.ndarray, np.ndarray]] = []  # (close, volume) over the calendar of csi300 members
-        for k, name in enumerate(names):
-            # About 60% trade over the whole calendar (so the default splits all have data); the rest list late
-            # and/or delist early, with at least ~250 days of history.
-            first, last = 0, n_days - 1
-            kind = rng.uniform()
-            if kind > 0.6:
-                first = int(rng.integers(0, max(1, n_days - 300)))
-            if kind > 0.8 or rng.uniform() < 0.1:
-                last = int(rng.integers(min(first + 250, n_days - 1), n_days))
-            bars = _simulate_symbol(rng, market[first:last + 1])
-            halted = rng.choice(last - first + 1, size=min(3, last - first), replace=False)
-            folder = tmp / "features" / name.lower()
-            folder.mkdir(parents=True)
-            for field in fields:
-                bars[field] = bars[field].astype(np.float64)
-                bars[field][halted] = np.nan
-            bars["factor"] = np.ones(last - first + 1)
-            bars["change"] = _change(bars["close"])
-            for field in fields + ("factor", "change"):
-                np.concatenate([[first], bars[field]]).astype("<f4").tofile(folder / f"{field}.day.bin")
-            span = f"{calendar[first]:%Y-%m-%d}\t{calendar[last]:%Y-%m-%d}"
-            all_lines.append(f"{name}\t{span}")
-            if k % 3 != 2:
-                joined = first if k % 4 else min(last, first + 120)
-                index_lines.append(f"{name}\t{calendar[joined]:%Y-%m-%d}\t{calendar[last]:%Y-%m-%d}")
-                close, volume = np.full(n_days, np.nan), np.full(n_days, np.nan)
-                close[joined:last + 1] = bars["close"][joined - first:]
-                volume[joined:last + 1] = bars["volume"][joined - first:]
-                members.append((close, volume))
-        (tmp / "instruments" / "all.txt").write_text("\n".join(all_lines) + "\n")
-        (tmp / "instruments" / "csi300.txt").write_text("\n".join(index_lines) + "\n")
-        if benchmark:
-            _write_benchmark(tmp, benchmark.upper(), members, calendar)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    (tmp / "calendars").mkdir()
+    (tmp / "instruments").mkdir()
+    (tmp / "calendars" / "day.txt").write_text("\n".join(calendar.strftime("%Y-%m-%d")) + "\n")
+    all_lines, index_lines = [], []
+    members: list[tuple[np.ndarray, np.ndarray]] = []  # (close, volume) over the calendar of csi300 members
+    for k, name in enumerate(names):
+        # About 60% trade over the whole calendar (so the default splits all have data); the rest list late
+        # and/or delist early, with at least ~250 days of history.
+        first, last = 0, n_days - 1
+        kind = rng.uniform()
+        if kind > 0.6:
+            first = int(rng.integers(0, max(1, n_days - 300)))
+        if kind > 0.8 or rng.uniform() < 0.1:
+            last = int(rng.integers(min(first + 250, n_days - 1), n_days))
+        bars = _simulate_symbol(rng, market[first:last + 1])
+        halted = rng.choice(last - first + 1, size=min(3, last - first), replace=False)
+        folder = tmp / "features" / name.lower()
+        folder.mkdir(parents=True)
+        for field in fields:
+            bars[field] = bars[field].astype(np.float64)
+            bars[field][halted] = np.nan
+        bars["factor"] = np.ones(last - first + 1)
+        bars["change"] = _change(bars["close"])
+        for field in fields + ("factor", "change"):
+            np.concatenate([[first], bars[field]]).astype("<f4").tofile(folder / f"{field}.day.bin")
+        span = f"{calendar[first]:%Y-%m-%d}\t{calendar[last]:%Y-%m-%d}"
+        all_lines.append(f"{name}\t{span}")
+        if k % 3 != 2:
+            joined = first if k % 4 else min(last, first + 120)
+            index_lines.append(f"{name}\t{calendar[joined]:%Y-%m-%d}\t{calendar[last]:%Y-%m-%d}")
+            close, volume = np.full(n_days, np.nan), np.full(n_days, np.nan)
+            close[joined:last + 1] = bars["close"][joined - first:]
+            volume[joined:last + 1] = bars["volume"][joined - first:]
+            members.append((close, volume))
+    (tmp / "instruments" / "all.txt").write_text("\n".join(all_lines) + "\n")
+    (tmp / "instruments" / "csi300.txt").write_text("\n".join(index_lines) + "\n")
+    if benchmark:
+        _write_benchmark(tmp, benchmark.upper(), members, calendar)
 
 
 def _change(close: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 from ds_kronos.config import validate
 from ds_kronos.data.csv_source import read_csv_files
 from ds_kronos.data.prepare_config import PrepareConfig
-from ds_kronos.data.prepared import SPLITS, check_output_path, write_prepared
+from ds_kronos.data.prepared import SPLITS, prepared_output, write_arrays
 from ds_kronos.data.qlib_source import read_qlib
 from ds_kronos.data.series import SourceData
 from ds_kronos.data.splits import SplitResult, split_by_fractions, split_by_ranges
@@ -25,11 +25,11 @@ def _read_source(config: PrepareConfig, log: Callable[[str], None]) -> tuple[Sou
         # qlib takes inclusive date strings; stop is exclusive, so step back one nanosecond.
         first, last = str(_day(start)), str(_day(stop - 1))
         log(f"reading Qlib folder {config.qlib_dir} ({config.instrument}, {first}..{last}) through pyqlib")
-        data = read_qlib(config.qlib_dir, config.instrument, first, last)
+        data = read_qlib(config.qlib_dir, config.instrument, first, last, bad_rows=config.bad_rows)
         return data, {"kind": "qlib", "path": str(Path(config.qlib_dir).resolve()), "instrument": config.instrument,
                       "fields": data.fields}
     log(f"reading {len(config.csv)} CSV file(s)")
-    data = read_csv_files(config.csv)
+    data = read_csv_files(config.csv, bad_rows=config.bad_rows)
     return data, {"kind": "csv", "path": [str(Path(p).resolve()) for p in config.csv], "fields": data.fields}
 
 
@@ -40,9 +40,20 @@ def _day(ns: int) -> np.datetime64:
 def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole preparation described by ``config``; returns the written manifest."""
     validate(config)
-    out = Path(config.out)
-    # Fail before the (possibly long) read rather than after it.
-    check_output_path(out, config.overwrite)
+    # The staging folder is made first: an unusable --out fails now rather than after the (possibly long) read,
+    # and any failure removes what this run created.
+    with prepared_output(config.out, config.overwrite) as staging:
+        manifest, too_short = _prepare_into(staging, config, log)
+    for name in SPLITS:
+        info = manifest["splits"][name]
+        dropped = len(too_short[name])
+        log(f"{name:5s}: {len(info['symbols'])} symbols, {info['rows']} rows, {info['windows']} windows, "
+            f"{info['first']} .. {info['last']}" + (f" ({dropped} symbols too short here)" if dropped else ""))
+    log(f"wrote {config.out} (bar spacing {manifest['freq']}, sha256 {manifest['sha256'][:12]})")
+    return manifest
+
+
+def _prepare_into(folder: Path, config: PrepareConfig, log: Callable[[str], None]) -> tuple[dict, dict]:
     data, source = _read_source(config, log)
     for note in data.notes:
         log(f"  {note}")
@@ -68,16 +79,10 @@ def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -
                       "ranges": {name: str(r).split("..") for name, r in ranges.items()}}
     _check_splits(config, result, window)
     meta = {"source": source, "freq": data.freq, "lookback": config.lookback, "predict": config.predict,
-            **split_meta, "dropped": {"too_short": short, "skipped": [list(x) for x in data.skipped],
-                                      "too_short_per_split": result.too_short}}
-    manifest = write_prepared(out, result.series, meta, overwrite=config.overwrite)
-    for name in SPLITS:
-        info = manifest["splits"][name]
-        dropped = len(result.too_short[name])
-        log(f"{name:5s}: {len(info['symbols'])} symbols, {info['rows']} rows, {info['windows']} windows, "
-            f"{info['first']} .. {info['last']}" + (f" ({dropped} symbols too short here)" if dropped else ""))
-    log(f"wrote {out} (bar spacing {data.freq}, sha256 {manifest['sha256'][:12]})")
-    return manifest
+            "bad_rows": config.bad_rows, **split_meta,
+            "dropped": {"too_short": short, "skipped": [list(x) for x in data.skipped],
+                        "too_short_per_split": result.too_short, "bad_rows": data.bad_rows}}
+    return write_arrays(folder, result.series, meta), result.too_short
 
 
 def _check_splits(config: PrepareConfig, result: SplitResult, window: int) -> None:

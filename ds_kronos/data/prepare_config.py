@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from ds_kronos.config import option
+from ds_kronos.data.quality import BAD_ROW_POLICIES
 from ds_kronos.data.splits import DateRange, parse_range
 
 # Upstream Kronos' convention: val and test start a few months before the previous split ends (lookback overlap).
@@ -35,6 +36,11 @@ class PrepareConfig:
     lookback: int = option(90, help="bars of context per window (normalisation uses these only)")
     predict: int = option(10, help="bars to predict per window; a window is lookback + predict + 1 bars")
     overwrite: bool = option(False, help="replace an existing prepared dataset at --out")
+    bad_rows: str = option("refuse", choices=BAD_ROW_POLICIES,
+                           help="rows with a non-finite, overflowing or implausible value (price <= 0, high < low, "
+                                "negative volume or amount) and files with no complete row: 'refuse' ends with "
+                                "one line naming the symbol, row and column; 'drop' leaves them out and counts them "
+                                "in the manifest (dropped.bad_rows)")
 
     @property
     def window(self) -> int:

@@ -15,11 +15,13 @@ opened with ``mmap_mode='r'``, so every rank and DataLoader worker on a node sha
 ``manifest.json`` holds ``format`` ("ds_kronos.prepared"), ``format_version``, ``source`` (kind, path, fields,
 instrument), ``freq`` (pandas-style bar spacing, e.g. '1D' or '5min'), ``lookback``, ``predict``, ``window``
 (= lookback + predict + 1), ``split_mode`` with ``ranges`` or ``fractions``, per split ``symbols``,
-``rows_per_symbol``, ``rows``, ``windows``, ``first``/``last`` timestamps, and ``sha256`` over the array files
-(in the order of ``files``), plus ``created`` (UTC).
+``rows_per_symbol``, ``rows``, ``windows``, ``first``/``last`` timestamps, ``sha256`` over the array files
+(in the order of ``files``) and ``file_sha256`` (one per file), plus ``created`` (UTC).
 
 The folder is written as ``OUT.tmp-<pid>`` and renamed into place at the end, so a crash never leaves a folder
-that has a manifest but partial arrays.
+that has a manifest but partial arrays. :meth:`PreparedDataset.open` checks the manifest, every file's header,
+size and shape, and the offsets, without reading the arrays; :func:`ds_kronos.data.verify.verify_prepared` adds
+the content (hashes, finite values) once per node and change.
 """
 
 from __future__ import annotations
@@ -28,20 +30,19 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 
+from ds_kronos.data.manifest import ARRAYS, FILES, FORMAT_NAME, FORMAT_VERSION, SPLITS, check_manifest
+from ds_kronos.data.output import staged_output
 from ds_kronos.data.series import TIME_FEATURE_COLUMNS, VALUE_COLUMNS, SymbolSeries, time_features
 from ds_kronos.errors import DataError
 
-FORMAT_NAME = "ds_kronos.prepared"
-FORMAT_VERSION = 1
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-ARRAYS: tuple[str, ...] = ("values", "timestamps", "time_features", "offsets")
+__all__ = ["ARRAYS", "FILES", "FORMAT_NAME", "FORMAT_VERSION", "SPLITS", "PreparedDataset", "SplitArrays",
+           "content_hashes", "count_windows", "write_prepared"]
 _DTYPES = MappingProxyType({"values": np.float32, "timestamps": np.int64, "time_features": np.int8,
                            "offsets": np.int64})
 
@@ -76,18 +77,20 @@ class PreparedDataset:
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "PreparedDataset":
+        """Open a prepared folder after the checks that read no array data: the manifest's keys and types, every
+        file's header, size and shape, and the offsets against the manifest's rows per symbol."""
         root = Path(path)
         manifest_path = root / "manifest.json"
+        if not root.is_dir():
+            raise DataError(f"{root}: not a folder (a prepared dataset is a folder; see launch/prepare_data.py)")
         if not manifest_path.is_file():
             raise DataError(f"{root}: not a prepared dataset (no manifest.json); create it with launch/prepare_data.py")
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise DataError(f"{manifest_path}: unreadable manifest ({exc})") from None
-        if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{manifest_path}: format {manifest.get('format')!r} version "
-                            f"{manifest.get('format_version')!r} is not {FORMAT_NAME!r} version {FORMAT_VERSION}")
-        splits = {name: _open_split(root, name, manifest) for name in SPLITS}
+        check_manifest(manifest, manifest_path)
+        splits = {name: _open_split(root, name, manifest["splits"][name]) for name in SPLITS}
         return cls(root, manifest, splits)
 
     def split(self, name: str) -> SplitArrays:
@@ -120,72 +123,85 @@ class PreparedDataset:
         return str(self.manifest["freq"])
 
     def verify(self) -> None:
-        """Recompute the content hash (reads every byte; not done by :meth:`open`)."""
-        digest = content_hash(self.path, self.manifest["files"])
-        if digest != self.manifest["sha256"]:
-            raise DataError(f"{self.path}: content hash mismatch (files changed after preparation)")
+        """Check the content against the manifest now (reads every byte; see :mod:`ds_kronos.data.verify` for the
+        cached check that training and evaluation use)."""
+        from ds_kronos.data.verify import content_problem
+
+        problem = content_problem(self)
+        if problem is not None:
+            raise DataError(problem)
 
 
-def _open_split(root: Path, name: str, manifest: dict) -> SplitArrays:
-    info = manifest.get("splits", {}).get(name)
-    if info is None:
-        raise DataError(f"{root / 'manifest.json'}: split {name!r} missing")
-    arrays = {}
-    for array in ARRAYS:
-        file = root / name / f"{array}.npy"
-        if not file.is_file():
-            raise DataError(f"{file}: missing (prepared dataset incomplete)")
-        try:
-            arrays[array] = np.load(file, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise DataError(f"{file}: unreadable ({exc})") from None
-        if arrays[array].dtype != _DTYPES[array]:
-            raise DataError(f"{file}: dtype {arrays[array].dtype}, expected {np.dtype(_DTYPES[array])}")
-    rows, n_symbols = int(info["rows"]), len(info["symbols"])
+def _npy_header(file: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
+    """(shape, dtype, fortran_order, data offset) from a .npy header, without reading the data."""
+    try:
+        with open(file, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(handle)
+            return tuple(shape), dtype, fortran, handle.tell()
+    except ValueError as exc:
+        raise DataError(f"{file}: not a readable .npy file ({exc})") from None
+
+
+def _open_array(file: Path, array: str, shape: tuple[int, ...]) -> np.ndarray:
+    if not file.is_file():
+        raise DataError(f"{file}: missing (prepared dataset incomplete)")
+    found_shape, dtype, fortran, offset = _npy_header(file)
+    if dtype != _DTYPES[array] or fortran:
+        raise DataError(f"{file}: dtype {dtype}{' (Fortran order)' if fortran else ''}, expected "
+                        f"{np.dtype(_DTYPES[array])}")
+    if found_shape != shape:
+        raise DataError(f"{file}: shape {found_shape}, manifest says {shape}")
+    size, expected = file.stat().st_size, offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != expected:
+        raise DataError(f"{file}: {size} bytes, expected {expected} for {dtype} {shape} (truncated or padded)")
+    if expected == offset:
+        return np.zeros(shape, dtype)  # nothing to map (an empty split)
+    return np.load(file, mmap_mode="r", allow_pickle=False)
+
+
+def _open_split(root: Path, name: str, info: dict) -> SplitArrays:
+    rows, lengths = int(info["rows"]), np.asarray(info["rows_per_symbol"], dtype=np.int64)
     expected = {"values": (rows, len(VALUE_COLUMNS)), "timestamps": (rows,),
-                "time_features": (rows, len(TIME_FEATURE_COLUMNS)), "offsets": (n_symbols + 1,)}
-    for array, shape in expected.items():
-        if arrays[array].shape != shape:
-            raise DataError(f"{root / name / (array + '.npy')}: shape {arrays[array].shape}, manifest says {shape}")
-    if n_symbols and (arrays["offsets"][0] != 0 or arrays["offsets"][-1] != rows):
-        raise DataError(f"{root / name / 'offsets.npy'}: offsets do not span the {rows} rows")
+                "time_features": (rows, len(TIME_FEATURE_COLUMNS)), "offsets": (len(lengths) + 1,)}
+    arrays = {array: _open_array(root / name / f"{array}.npy", array, expected[array]) for array in ARRAYS}
+    offsets = np.asarray(arrays["offsets"])
+    if len(offsets) and (offsets[0] != 0 or not np.array_equal(np.diff(offsets), lengths)):
+        # Symbol boundaries decide every window: wrong ones would read across symbols or past the end mid-training.
+        bad = 0 if offsets[0] != 0 else int(np.flatnonzero(np.diff(offsets) != lengths)[0])
+        symbol = info["symbols"][bad] if bad < len(info["symbols"]) else "?"
+        raise DataError(f"{root / name / 'offsets.npy'}: symbol {symbol} spans rows [{offsets[bad]}, "
+                        f"{offsets[bad + 1]}), but the manifest gives it {lengths[bad]} rows from row "
+                        f"{int(lengths[:bad].sum())} (offsets start at 0 and grow by each symbol's rows)")
     return SplitArrays(name=name, symbols=tuple(info["symbols"]), **arrays)
 
 
-def content_hash(root: Path, files: list[str]) -> str:
-    digest = hashlib.sha256()
+def content_hashes(root: Path, files: list[str] | tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """(sha256 over the files' names and bytes in order, as the manifest's ``sha256``; each file's own sha256)."""
+    digest, per_file = hashlib.sha256(), {}
     for rel in files:
         digest.update(rel.encode())
+        own = hashlib.sha256()
         with open(root / rel, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-    return digest.hexdigest()
+                own.update(chunk)
+        per_file[rel] = own.hexdigest()
+    return digest.hexdigest(), per_file
 
 
 def count_windows(lengths: np.ndarray, window: int) -> int:
     return int(np.maximum(np.asarray(lengths, dtype=np.int64) - window + 1, 0).sum())
 
 
-def check_output_path(out: Path, overwrite: bool) -> None:
-    """Refuse an existing output unless --overwrite, and never overwrite something that is not ours."""
-    if not out.exists() and not out.is_symlink():
-        return
-    if not overwrite:
-        raise DataError(f"{out}: output path exists; pass --overwrite to replace it")
-    if out.is_dir() and ((out / "manifest.json").is_file() or not any(out.iterdir())):
-        return
-    raise DataError(f"{out}: exists and is not a prepared dataset folder; refusing to overwrite it")
+def _is_prepared(folder: Path) -> bool:
+    return (folder / "manifest.json").is_file()
 
 
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished temp folder into place; the old one (already checked to be ours) is removed after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def prepared_output(out: str | os.PathLike, overwrite: bool):
+    """The staging folder of a prepared dataset (see :func:`ds_kronos.data.output.staged_output`)."""
+    return staged_output(out, overwrite, _is_prepared, "a prepared dataset folder")
 
 
 def write_prepared(out: str | os.PathLike, splits: dict[str, list[SymbolSeries]], meta: dict,
@@ -194,56 +210,52 @@ def write_prepared(out: str | os.PathLike, splits: dict[str, list[SymbolSeries]]
 
     ``meta`` supplies the source description, ``freq``, ``lookback``, ``predict`` and the split settings.
     """
-    out = Path(out)
-    check_output_path(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    with prepared_output(out, overwrite) as tmp:
+        return write_arrays(tmp, splits, meta)
+
+
+def write_arrays(folder: Path, splits: dict[str, list[SymbolSeries]], meta: dict) -> dict:
+    """Write the arrays and the manifest into ``folder`` (an empty staging folder); returns the manifest."""
     window = int(meta["lookback"]) + int(meta["predict"]) + 1
-    try:
-        files, split_info = [], {}
-        for name in SPLITS:
-            series = splits.get(name, [])
-            (tmp / name).mkdir(parents=True)
-            lengths = np.array([len(s) for s in series], dtype=np.int64)
-            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-            timestamps = (np.concatenate([s.timestamps for s in series]) if series
-                          else np.zeros(0, np.int64)).astype(np.int64)
-            values = (np.concatenate([s.values for s in series]) if series
-                      else np.zeros((0, len(VALUE_COLUMNS)), np.float32)).astype(np.float32)
-            arrays = {"values": values, "timestamps": timestamps, "time_features": time_features(timestamps),
-                      "offsets": offsets}
-            for array in ARRAYS:
-                np.save(tmp / name / f"{array}.npy", arrays[array], allow_pickle=False)
-                files.append(f"{name}/{array}.npy")
-            split_info[name] = {
-                "symbols": [s.symbol for s in series],
-                "rows_per_symbol": lengths.tolist(),
-                "rows": int(offsets[-1]),
-                "windows": count_windows(lengths, window),
-                "first": _iso(timestamps.min()) if len(timestamps) else None,
-                "last": _iso(timestamps.max()) if len(timestamps) else None,
-            }
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            **meta,
-            "window": window,
-            "value_columns": list(VALUE_COLUMNS),
-            "time_feature_columns": list(TIME_FEATURE_COLUMNS),
-            "splits": split_info,
-            "files": files,
-            "sha256": content_hash(tmp, files),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    split_info = {}
+    for name in SPLITS:
+        series = splits.get(name, [])
+        (folder / name).mkdir()
+        lengths = np.array([len(s) for s in series], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        timestamps = (np.concatenate([s.timestamps for s in series]) if series
+                      else np.zeros(0, np.int64)).astype(np.int64)
+        values = (np.concatenate([s.values for s in series]) if series
+                  else np.zeros((0, len(VALUE_COLUMNS)), np.float32)).astype(np.float32)
+        if not np.isfinite(values).all():  # the sources screen every value; this is the last line of defence
+            raise AssertionError(f"non-finite values reached the writer in split {name}")
+        arrays = {"values": values, "timestamps": timestamps, "time_features": time_features(timestamps),
+                  "offsets": offsets}
+        for array in ARRAYS:
+            np.save(folder / name / f"{array}.npy", arrays[array], allow_pickle=False)
+        split_info[name] = {
+            "symbols": [s.symbol for s in series],
+            "rows_per_symbol": lengths.tolist(),
+            "rows": int(offsets[-1]),
+            "windows": count_windows(lengths, window),
+            "first": _iso(timestamps.min()) if len(timestamps) else None,
+            "last": _iso(timestamps.max()) if len(timestamps) else None,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        # The output may have appeared while we were working (another run); check again right before the swap.
-        check_output_path(out, overwrite)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    sha256, per_file = content_hashes(folder, FILES)
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "window": window,
+        "value_columns": list(VALUE_COLUMNS),
+        "time_feature_columns": list(TIME_FEATURE_COLUMNS),
+        "splits": split_info,
+        "files": list(FILES),
+        "sha256": sha256,
+        "file_sha256": per_file,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return manifest
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ds_kronos.data.series import SourceData, SymbolSeries, build_values
+from ds_kronos.data.quality import screen_bars
+from ds_kronos.data.series import SourceData, SymbolSeries, stack_values
 from ds_kronos.errors import DataError
 
 BASE_FIELDS: tuple[str, ...] = ("$open", "$high", "$low", "$close", "$volume")
@@ -51,8 +52,12 @@ def init_qlib(root: Path) -> None:
               logging_level=logging.WARNING, clear_mem_cache=True)
 
 
-def read_qlib(qlib_dir: str | os.PathLike, instrument: str, start: str, end: str) -> SourceData:
-    """Bars of ``instrument`` (market name such as csi300/all, or comma list of symbols) between two dates."""
+def read_qlib(qlib_dir: str | os.PathLike, instrument: str, start: str, end: str,
+              bad_rows: str = "refuse") -> SourceData:
+    """Bars of ``instrument`` (market name such as csi300/all, or comma list of symbols) between two dates.
+
+    Bad values (see :mod:`ds_kronos.data.quality`) raise a DataError naming the symbol, date and field, unless
+    ``bad_rows="drop"``."""
     root = Path(qlib_dir).expanduser().resolve()
     _check_provider(root)
     market, symbols = _resolve_instruments(root, instrument)
@@ -85,23 +90,38 @@ def read_qlib(qlib_dir: str | os.PathLike, instrument: str, start: str, end: str
     skipped += [(s, "no rows in the date range") for s in symbols if s not in present]
     starts = np.flatnonzero(np.r_[True, inst[1:] != inst[:-1]])
     bounds = np.r_[starts, len(inst)]
-    series, nan_rows = [], 0
+    series, nan_rows, bad = [], 0, {}
     amount_col = fields.index("$amount") if "$amount" in fields else None
     for a, b in zip(bounds[:-1], bounds[1:]):
-        block = data[a:b]
+        block, symbol = data[a:b], str(inst[a])
         # Suspended days are stored as NaN by Qlib; such bars carry no information, so they are dropped.
         ok = ~np.isnan(block[:, :5]).any(axis=1)
         nan_rows += int((~ok).sum())
         block, ts = block[ok], stamps[a:b][ok]
         if len(ts) == 0:
-            skipped.append((str(inst[a]), "only missing values in the date range"))
+            skipped.append((symbol, "only missing values in the date range"))
             continue
         amount = None
         if amount_col is not None and not np.isnan(block[:, amount_col]).any():
             amount = block[:, amount_col]
-        values = build_values(block[:, 0], block[:, 1], block[:, 2], block[:, 3], block[:, 4], amount)
-        series.append(SymbolSeries(str(inst[a]), ts, values))
+        values = stack_values(block[:, 0], block[:, 1], block[:, 2], block[:, 3], block[:, 4], amount)
+        screened = screen_bars(symbol, values, lambda i, t=ts: f"bar of {_day(t[i])}", bad_rows,
+                               derived_amount=amount is None)
+        if screened.dropped:
+            bad[symbol] = screened.dropped
+            ts, values = ts[screened.keep], values[screened.keep]
+            if len(ts) == 0:
+                skipped.append((symbol, "no bar left after dropping bars with bad values"))
+                continue
+        series.append(SymbolSeries(symbol, ts, values.astype(np.float32)))
     notes = [f"dropped {nan_rows} bars with missing values (suspended days)"] if nan_rows else []
+    if bad:
+        notes.append(f"dropped {sum(sum(r.values()) for r in bad.values())} bars with bad values in {len(bad)} "
+                     f"symbol(s) (--bad_rows drop)")
     if not have["$amount"]:
         notes.append("no $amount field: amt derived as mean(open, high, low, close) x volume")
-    return SourceData(series=series, fields=fields, freq="1D", skipped=skipped, notes=notes)
+    return SourceData(series=series, fields=fields, freq="1D", skipped=skipped, notes=notes, bad_rows=bad)
+
+
+def _day(ns: int) -> str:
+    return str(np.datetime64(int(ns), "ns").astype("datetime64[D]"))

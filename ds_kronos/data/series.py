@@ -38,13 +38,20 @@ def derive_amount(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: n
     return (open_ + high + low + close) / 4.0 * volume
 
 
-def build_values(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray,
+def stack_values(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray,
                  amount: np.ndarray | None) -> np.ndarray:
-    """Stack source columns into the float32 [rows, 6] layout of :data:`VALUE_COLUMNS`."""
+    """Source columns in the [rows, 6] layout of :data:`VALUE_COLUMNS`, float64 (screened before the cast)."""
     # Derive in float64 so the product of a price and a large volume does not lose digits before the cast.
     cols = [np.asarray(c, dtype=np.float64) for c in (open_, high, low, close, volume)]
-    amt = derive_amount(*cols) if amount is None else np.asarray(amount, dtype=np.float64)
-    return np.stack(cols + [amt], axis=1).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by the screening, with its row
+        amt = derive_amount(*cols) if amount is None else np.asarray(amount, dtype=np.float64)
+    return np.stack(cols + [amt], axis=1)
+
+
+def build_values(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray,
+                 amount: np.ndarray | None) -> np.ndarray:
+    """Stack source columns into the float32 [rows, 6] layout of :data:`VALUE_COLUMNS` (no screening)."""
+    return stack_values(open_, high, low, close, volume, amount).astype(np.float32)
 
 
 def time_features(timestamps_ns: np.ndarray) -> np.ndarray:
@@ -77,3 +84,4 @@ class SourceData:
     freq: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (symbol or file, reason)
     notes: list[str] = field(default_factory=list)
+    bad_rows: dict[str, dict[str, int]] = field(default_factory=dict)  # symbol -> reason -> rows dropped

@@ -124,7 +124,15 @@ class WindowDataset(Dataset):
     def windows(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised windows beginning at the given rows (the split must hold ``window`` rows from each)."""
         rows = np.asarray(starts, dtype=np.int64)[:, None] + self._offsets_t
-        x, _, _ = normalise_windows(np.asarray(self.arrays.values[rows], dtype=np.float32), self.lookback, self.clip)
+        raw = np.asarray(self.arrays.values[rows], dtype=np.float32)
+        if not np.isfinite(raw).all():
+            # Verified data never gets here; unverified data must not turn NaN into some token in silence.
+            row = int(rows.reshape(-1)[np.flatnonzero(~np.isfinite(raw).all(axis=-1).reshape(-1))[0]])
+            symbol = int(np.searchsorted(self.arrays.offsets, row, side="right") - 1)
+            raise DataError(f"split {self.split!r}, symbol {self.arrays.symbols[symbol]}, row "
+                            f"{row - int(self.arrays.offsets[symbol])}: non-finite value in the prepared data "
+                            f"(check the folder with ds_kronos.data.verify_prepared)")
+        x, _, _ = normalise_windows(raw, self.lookback, self.clip)
         stamp = self.arrays.time_features[rows].astype(np.float32)
         return torch.from_numpy(x), torch.from_numpy(stamp)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -19,6 +20,10 @@ from typing import Any, Sequence, TypeVar
 from ds_kronos.errors import ConfigError
 
 T = TypeVar("T")
+
+DEFAULT_DIST_TIMEOUT_S = 600.0
+"""How long a collective may wait for the other ranks before a job stops (``--dist_timeout`` of every job that
+joins a process group): long enough for a slow checkpoint write or evaluation on another rank."""
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[Any] | None = None,
@@ -53,6 +58,17 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isnan(value):
+        # No option means anything with NaN, and every comparison with it is false: refuse it here, once.
+        raise ValueError(f"not a number: {text!r}")
+    return value
+
+
+_parse_float.__name__ = "float"  # argparse names the converter in its message: "invalid float value: 'x'"
+
+
 def _converter(tp: Any, optional: bool):
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
@@ -63,14 +79,66 @@ def _converter(tp: Any, optional: bool):
             if optional and text.lower() in ("", "none", "null"):
                 return None
             return [convert_item(part) for part in text.split(",") if part.strip()]
+        convert_list.__name__ = f"list of {getattr(item, '__name__', 'str')}"
         return convert_list
-    base = {bool: _parse_bool, int: int, float: float, str: str}.get(tp, str)
+    base = {bool: _parse_bool, int: int, float: _parse_float, str: str}.get(tp, str)
 
     def convert(text: str):
         if optional and text.lower() in ("none", "null"):
             return None
         return base(text)
+    convert.__name__ = getattr(tp, "__name__", "str")
     return convert
+
+
+def _type_name(tp: Any, optional: bool) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (str,)
+        name = "a list of " + {bool: "true/false values", int: "integers", float: "numbers"}.get(item, "strings")
+    else:
+        name = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, "a string")
+    return f"{name} (or null)" if optional else name
+
+
+def _from_file(value: Any, tp: Any, optional: bool) -> Any:
+    """A value read from a YAML/JSON file as the field's type, converted as the command line would convert its
+    text (YAML reads ``1e-4`` as a string and dates as dates); raises ValueError when it cannot be."""
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("null")
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (str,)
+        if isinstance(value, str):
+            return _converter(tp, optional)(value)
+        if isinstance(value, dict):
+            raise ValueError("not a list")
+        # A single value is a list of one, as on the command line.
+        return [_from_file(v, item, False) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    if isinstance(value, (dict, list, tuple)):
+        raise ValueError("not a single value")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return _parse_bool(value)
+        raise ValueError("not true/false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError("a boolean")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value if isinstance(value, int) else int(str(value))
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError("a boolean")
+        number = float(value) if isinstance(value, (int, float)) else _parse_float(str(value))
+        if math.isnan(number):
+            raise ValueError("NaN")
+        return number
+    return str(value)
 
 
 class _FlattenLists(argparse.Action):
@@ -103,16 +171,40 @@ def load_file(path: str) -> dict[str, Any]:
 
 
 def from_mapping(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
-    """Build ``cls`` from a mapping, rejecting unknown keys with their names."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    """Build ``cls`` from a mapping, rejecting unknown keys with their names and values of the wrong type with
+    the option, the expected type and the value (all at once)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return cls(**values)
+        raise ConfigError(f"{source}: unknown option(s) {', '.join(map(str, unknown))}; known: "
+                          f"{', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    converted, problems = {}, []
+    for name, value in values.items():
+        tp, optional = _base_type(hints[name])
+        optional = optional or fields[name].default is None  # e.g. `data: str = option(None)`: null means unset
+        try:
+            converted[name] = _from_file(value, tp, optional)
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            problems.append(f"option {name}: expected {_type_name(tp, optional)}, got {value!r}")
+            continue
+        choices = fields[name].metadata.get("choices")
+        if choices and converted[name] not in choices:
+            problems.append(f"option {name}: {converted[name]!r} is not one of {', '.join(map(str, choices))}")
+    if problems:
+        raise ConfigError(f"{source}: {'; '.join(problems)}")
+    return cls(**converted)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises a ConfigError (one line) instead of printing the whole usage before its message."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{message} (see --help)")
 
 
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip().split("\n")[0],
+    parser = _Parser(description=description or (cls.__doc__ or "").strip().split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML or JSON file with option values (CLI flags win)")
     hints = typing.get_type_hints(cls)
@@ -156,11 +248,38 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
 
 
 def prepared_data_problems(data: str | None) -> list[str]:
-    """The ``--data`` check shared by every job that reads a prepared dataset."""
+    """The ``--data`` check shared by every job that reads a prepared dataset: the folder must match its manifest
+    (see :func:`ds_kronos.data.verify.verify_prepared`: cheap checks on every rank, the content once per node and
+    change of the files), so a bad set is refused before any process group or model exists."""
     if not data:
         return ["--data is required: a prepared dataset folder (see launch/prepare_data.py)"]
     if not os.path.isdir(data):
         return [f"--data {data}: no such folder"]
+    from ds_kronos.data.verify import verify_prepared
+    from ds_kronos.errors import DataError
+
+    try:
+        verify_prepared(data)
+    except DataError as exc:
+        return [str(exc)]
+    return []
+
+
+def output_dir_problems(flag: str, path: str | None) -> list[str]:
+    """A folder a job will write into: it must not be a file, nor lie below one, and the nearest existing folder
+    on its way must be writable. Nothing is created here."""
+    if not path:
+        return []
+    target = os.path.abspath(path)
+    if os.path.exists(target) and not os.path.isdir(target):
+        return [f"{flag} {path}: is a file, not a folder"]
+    ancestor = target
+    while not os.path.exists(ancestor) and os.path.dirname(ancestor) != ancestor:
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        return [f"{flag} {path}: {ancestor} is a file, not a folder"]
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return [f"{flag} {path}: folder {ancestor} is not writable"]
     return []
 
 

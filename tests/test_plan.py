@@ -187,3 +187,13 @@ def test_plan_cli(tmp_path):
     bad = subprocess.run([sys.executable, "launch/plan.py", "--variant", "huge"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown predictor preset 'huge'" in bad.stderr
+
+
+def test_memory_and_output_file_are_checked(tmp_path):
+    for memory in (float("nan"), float("inf"), 0.0):
+        problems = _request(memory_gb=memory).problems()
+        assert any(p.startswith("--memory_gb must be a positive number of GiB") for p in problems), (memory, problems)
+    assert any(f"folder {tmp_path / 'missing'} does not exist" in p
+               for p in _request(write_ds_config=str(tmp_path / "missing" / "ds.json")).problems())
+    assert any("is a folder" in p for p in _request(write_ds_config=str(tmp_path)).problems())
+    assert _request(write_ds_config=str(tmp_path / "ds.json")).problems() == []

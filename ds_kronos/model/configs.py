@@ -22,10 +22,15 @@ large          499,246,976 OUR GUESS: the published Kronos-large (499.2M) has no
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from ds_kronos.errors import CheckpointError
+
+MAX_BITS = 16
+"""Largest s1_bits / s2_bits accepted: embeddings and heads have 2**bits rows (65,536 at 16; 40 bits would ask for
+terabytes before anything could fail cleanly)."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -60,11 +65,20 @@ class _HubConfig:
         problems = []
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name.endswith("_p") and not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
-                problems.append(f"{field.name} must be in [0, 1), got {value!r}")
-            if field.type in ("int", int) and not (isinstance(value, int) and not isinstance(value, bool)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if field.name.endswith("_p"):
+                if not (number and 0.0 <= value < 1.0):
+                    problems.append(f"{field.name} must be in [0, 1), got {value!r}")
+            elif field.type in ("int", int) and not (isinstance(value, int) and not isinstance(value, bool)
                                                    and value > 0):
                 problems.append(f"{field.name} must be a positive integer, got {value!r}")
+            elif field.type in ("float", float) and not (number and math.isfinite(value)):
+                problems.append(f"{field.name} must be a finite number, got {value!r}")
+            elif field.type in ("bool", bool) and not isinstance(value, bool):
+                problems.append(f"{field.name} must be true or false, got {value!r}")
+            elif field.name.endswith("_bits") and value > MAX_BITS:
+                problems.append(f"{field.name} must be at most {MAX_BITS}, got {value}: the vocabulary has "
+                                f"2**{field.name} entries (published models use 10)")
         return problems
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ds_kronos.config import option
 from ds_kronos.ds_config_files import SHIPPED_DIR
-from ds_kronos.errors import CheckpointError, ConfigError
+from ds_kronos.errors import CheckpointError, ConfigError, naming_path
 from ds_kronos.model import PREDICTOR_PRESETS
 from ds_kronos.plan.counts import ModelCounts, model_counts
 from ds_kronos.plan.memory import BYTES, MemoryEstimate, Setup, estimate
@@ -64,10 +65,11 @@ class PlanRequest:
                 problems.append(f"--{name} must be at least 1, got {value}")
         if self.offload and self.zero < 2:
             problems.append(f"--offload needs --zero 2 or 3 (got --zero {self.zero})")
-        if self.memory_gb is not None and self.memory_gb <= 0:
-            problems.append(f"--memory_gb must be positive, got {self.memory_gb}")
+        if self.memory_gb is not None and not 0 < self.memory_gb < math.inf:
+            problems.append(f"--memory_gb must be a positive number of GiB, got {self.memory_gb}")
         if not 0 <= self.margin < 1:
             problems.append(f"--margin must be in [0, 1), got {self.margin}")
+        problems += _output_file_problems("--write_ds_config", self.write_ds_config)
         gpn = self.gpus_per_node
         if gpn and self.world_size >= 1 and self.world_size % min(gpn, self.world_size):
             problems.append(f"--world_size {self.world_size} is not a multiple of --gpus_per_node {gpn}")
@@ -79,6 +81,20 @@ class PlanRequest:
                      micro_batch=self.micro_batch, context=self.context or counts.max_context,
                      precision=self.precision, activation_checkpointing=self.activation_checkpointing,
                      math_attention=self.device == "cpu" and counts.config.attn_dropout_p > 0)
+
+
+def _output_file_problems(flag: str, path: str | None) -> list[str]:
+    """A file to be written must not be a folder, and its folder must exist (it is not created for it)."""
+    if not path:
+        return []
+    target = Path(path)
+    if target.is_dir():
+        return [f"{flag} {path}: is a folder; give a file name"]
+    folder = target.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        return [f"{flag} {path}: folder {folder} {what}"]
+    return []
 
 
 @dataclass(frozen=True)
@@ -100,7 +116,15 @@ class DsConfigChoice:
         return self.apply(load_ds_config(str(folder / Path(self.path).name)))
 
     def write(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.load(), indent=2) + "\n", encoding="utf-8")
+        target, text = Path(path), json.dumps(self.load(), indent=2) + "\n"
+        existed = target.exists()
+        try:
+            with naming_path(path):
+                target.write_text(text, encoding="utf-8")
+        except OSError:
+            if not existed and target.is_file():
+                target.unlink()  # no half-written JSON left behind (a full disk)
+            raise
 
     def apply(self, config: dict[str, Any]) -> dict[str, Any]:
         """A copy of ``config`` with the overrides merged (nested mappings merged key by key)."""

@@ -11,10 +11,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ds_kronos.config import option, prepared_data_problems
+from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, option, output_dir_problems, prepared_data_problems
 
 DEFAULT_MICRO_BATCH = 50
 DEFAULT_GRAD_ACCUM = 1
+
+
+def checkpoint_problems(flag: str, name: str, kind: str) -> list[str]:
+    """A ``--tokenizer``/``--predictor`` value: a preset name, or a checkpoint folder whose config.json is valid
+    (read now, so that a bad one is refused before any process group or model exists; the weights are checked
+    when they are loaded)."""
+    from ds_kronos.errors import CheckpointError
+    from ds_kronos.model.checkpoint import CONFIG_NAME, names_checkpoint, read_config, resolve_folder
+    from ds_kronos.model.configs import (
+        PREDICTOR_ALIASES,
+        PREDICTOR_PRESETS,
+        TOKENIZER_ALIASES,
+        TOKENIZER_PRESETS,
+        KronosConfig,
+        KronosTokenizerConfig,
+        resolve_preset,
+    )
+
+    config_class, presets, aliases = ((KronosConfig, PREDICTOR_PRESETS, PREDICTOR_ALIASES) if kind == "predictor"
+                                      else (KronosTokenizerConfig, TOKENIZER_PRESETS, TOKENIZER_ALIASES))
+    try:
+        if names_checkpoint(name):
+            folder = resolve_folder(name)
+            config_class.from_dict(read_config(folder), source=str(folder / CONFIG_NAME))
+        else:
+            resolve_preset(name, presets, aliases, kind)
+    except CheckpointError as exc:
+        return [f"--{flag}: {exc}"]
+    return []
+
+
+def ds_config_file_problems(path: str | None) -> list[str]:
+    """The DeepSpeed JSON, read and checked now (see ds_kronos.train.ds_checks) rather than by every rank later."""
+    from ds_kronos.errors import ConfigError
+    from ds_kronos.train.ds_config import load_ds_config
+
+    try:
+        load_ds_config(path or "")
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
 
 
 @dataclass(kw_only=True)
@@ -57,13 +98,24 @@ class CommonTrainConfig:
 
     num_workers: int | None = option(None, help="DataLoader workers per rank (default: 0 on CPU, 2 on GPU)")
     threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)")
+    dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, help="seconds a collective may wait for the other ranks "
+                                 "before the job stops and names the rank that stopped answering")
     activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward (saves memory)")
     clip: float = option(5.0, help="clip normalised features to [-clip, clip]")
 
     def problems(self) -> list[str]:
-        problems = prepared_data_problems(self.data)
-        if not self.deepspeed_config:
-            problems.append("--deepspeed_config is required")
+        problems = self.option_problems()
+        if problems:
+            return problems  # the checks below import DeepSpeed and torch: worth it only for otherwise valid options
+        return ds_config_file_problems(self.deepspeed_config) + self.model_problems()
+
+    def model_problems(self) -> list[str]:
+        """Problems of the checkpoint folders or preset names the job starts from."""
+        return []
+
+    def option_problems(self) -> list[str]:
+        """The checks that need neither DeepSpeed nor torch."""
+        problems = prepared_data_problems(self.data) + output_dir_problems("--save_dir", self.save_dir)
         for name in ("epochs", "n_train_iter", "n_val_iter", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
@@ -76,6 +128,8 @@ class CommonTrainConfig:
                 problems.append(f"--{name} must be positive, got {value}")
         if self.lr is not None and not self.lr > 0:
             problems.append(f"--lr must be > 0, got {self.lr}")
+        if not self.dist_timeout > 0:
+            problems.append(f"--dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         if not self.clip > 0:
             problems.append(f"--clip must be > 0, got {self.clip}")
         return problems
@@ -93,6 +147,10 @@ class TrainConfig(CommonTrainConfig):
                                   help="frozen tokenizer dtype: auto = fp16 on GPU (upstream: fp32; see README), "
                                        "fp32 on CPU")
 
+    def model_problems(self) -> list[str]:
+        return (checkpoint_problems("tokenizer", self.tokenizer, "tokenizer")
+                + checkpoint_problems("predictor", self.predictor, "predictor"))
+
 
 @dataclass(kw_only=True)
 class TokenizerTrainConfig(CommonTrainConfig):
@@ -102,3 +160,6 @@ class TokenizerTrainConfig(CommonTrainConfig):
     save_dir: str = option("runs/tokenizer", help="output folder: best_model/, checkpoints/, summary.json, plots")
     deepspeed_config: str = option("ds_configs/tokenizer_zero2.json",
                                    help="DeepSpeed JSON (upstream's tokenizer settings: lr 2e-4, clipping 2.0)")
+
+    def model_problems(self) -> list[str]:
+        return checkpoint_problems("tokenizer", self.tokenizer, "tokenizer")

@@ -16,6 +16,7 @@ from typing import Any
 
 from ds_kronos.ds_config_files import locate_ds_config
 from ds_kronos.errors import ConfigError
+from ds_kronos.train.ds_checks import check_ds_config
 
 AUTO = "auto"
 WARMUP_FRACTION = 0.03
@@ -40,6 +41,7 @@ def load_ds_config(path: str) -> dict[str, Any]:
         raise ConfigError(f"--deepspeed_config {path}: expected a JSON object")
     if "optimizer" not in config:
         raise ConfigError(f"--deepspeed_config {path}: no \"optimizer\" section (ds_configs/ has examples)")
+    check_ds_config(config, path)  # types and values, before any rank builds a model and DeepSpeed sees them
     return config
 
 

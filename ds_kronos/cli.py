@@ -65,12 +65,22 @@ def _should_report(rank: int, exc: UserError) -> bool:
     return rank == 0 or bool(getattr(exc, "rank_specific", False))
 
 
+def _message(exc: UserError) -> str:
+    text = str(exc).strip()
+    if "\nOriginal Traceback" in text:
+        # Re-raised by a DataLoader in the main process: torch puts the worker's whole traceback in the message,
+        # whose last line is "module.Class: <the original message>".
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def _report(exc: UserError) -> None:
     rank = int(os.environ.get("RANK", "0") or 0)
     if _should_report(rank, exc):
         prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "ds_kronos"
         where = f"[rank {rank}] " if rank else ""
-        print(f"{where}{prog}: error: {str(exc).strip()}", file=sys.stderr, flush=True)
+        print(f"{where}{prog}: error: {_message(exc)}", file=sys.stderr, flush=True)
     elif _group_ready() or os.environ.get("WORLD_SIZE", "1") != "1":
         time.sleep(QUIET_RANK_GRACE_S)
 

@@ -342,6 +342,29 @@ def test_only_rank_0_reports_what_every_rank_meets(monkeypatch, capsys):
             assert err.startswith(f"[rank {rank}] ")
 
 
+def test_a_data_error_in_a_dataloader_worker_is_still_one_line(demo_prepared_dir, tmp_path, monkeypatch, capsys):
+    """torch re-raises a worker's exception with the worker's traceback inside its message."""
+    from torch.utils.data import DataLoader
+
+    from ds_kronos.cli import run_main
+    from ds_kronos.data import PreparedDataset, WindowDataset
+
+    data = _damaged_copy(demo_prepared_dir, tmp_path / "nan_rows", _nan_rows)
+    dataset = WindowDataset(PreparedDataset.open(data), "train", shuffle=False)
+
+    def main(argv):
+        for _ in DataLoader(dataset, batch_size=64, num_workers=1):
+            pass
+
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit):
+        run_main(main)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err.endswith("non-finite value in the prepared data (check the folder with "
+                        "ds_kronos.data.verify_prepared)") and "error: split 'train', symbol " in err
+
+
 def test_option_files_get_the_command_lines_types(tmp_path):
     from ds_kronos.config import parse_config
     from ds_kronos.data.prepare_config import PrepareConfig

@@ -177,18 +177,23 @@ def _open_split(root: Path, name: str, info: dict) -> SplitArrays:
     return SplitArrays(name=name, symbols=tuple(info["symbols"]), **arrays)
 
 
-def content_hashes(root: Path, files: list[str] | tuple[str, ...]) -> tuple[str, dict[str, str]]:
-    """(sha256 over the files' names and bytes in order, as the manifest's ``sha256``; each file's own sha256)."""
+def content_hashes(root: Path, files: list[str] | tuple[str, ...], overall: bool = True,
+                   each: bool = True) -> tuple[str | None, dict[str, str]]:
+    """(sha256 over the files' names and bytes in order, as the manifest's ``sha256``; each file's own sha256),
+    in one read; ``overall``/``each`` False skips a digest that is not needed (None / {})."""
     digest, per_file = hashlib.sha256(), {}
     for rel in files:
         digest.update(rel.encode())
         own = hashlib.sha256()
         with open(root / rel, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-                own.update(chunk)
-        per_file[rel] = own.hexdigest()
-    return digest.hexdigest(), per_file
+                if overall:
+                    digest.update(chunk)
+                if each:
+                    own.update(chunk)
+        if each:
+            per_file[rel] = own.hexdigest()
+    return (digest.hexdigest() if overall else None), per_file
 
 
 def count_windows(lengths: np.ndarray, window: int) -> int:

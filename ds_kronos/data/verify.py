@@ -2,7 +2,8 @@
 
 Every rank runs :meth:`PreparedDataset.open`'s checks, which read no array data (manifest keys and types, file
 headers, sizes and shapes, offsets against the manifest). The content check reads every byte: each file's
-SHA-256 against the manifest, every value finite, time increasing within each symbol. Its verdict is recorded in
+SHA-256 against the manifest (the overall one for manifests written before per-file hashes), every value finite,
+time increasing within each symbol. Its verdict is recorded in
 a small JSON file keyed by the manifest's hash and every file's size and modification time, so it runs once
 after preparation (or after any change to a file), on local rank 0 of each node only; the other local ranks wait
 for the verdict and later runs reuse it. A verdict whose key no longer matches the files is never trusted.
@@ -81,13 +82,15 @@ def _first_unordered(prepared: PreparedDataset) -> str | None:
 def content_problem(prepared: PreparedDataset) -> str | None:
     """Read every byte: hashes against the manifest, finite values, increasing time. None when all is well."""
     manifest = prepared.manifest
-    overall, per_file = content_hashes(prepared.path, FILES)
-    expected = manifest.get("file_sha256") or {}
-    for rel in FILES:
-        if rel in expected and per_file[rel] != expected[rel]:
+    expected = manifest.get("file_sha256")
+    # One digest per byte: each file's own where the manifest has them (they name the file that changed), else
+    # the overall one of older manifests.
+    overall, per_file = content_hashes(prepared.path, FILES, overall=not expected, each=bool(expected))
+    for rel in FILES if expected else ():
+        if per_file[rel] != expected[rel]:
             return _again(f"{prepared.path / rel}: sha256 {per_file[rel][:12]}... differs from the manifest's "
                           f"{expected[rel][:12]}... (the file changed after preparation)")
-    if overall != manifest["sha256"]:
+    if overall is not None and overall != manifest["sha256"]:
         return _again(f"{prepared.path}: content sha256 {overall[:12]}... differs from the manifest's "
                       f"{manifest['sha256'][:12]}... (files changed after preparation)")
     # Hashes match, so these come from the preparation itself (one made before it refused such values).

@@ -11,7 +11,9 @@ of a file differs) is raised with ``rank_specific=True``: every rank that hits i
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -36,13 +38,31 @@ class DataError(UserError):
     """Input market data that cannot be used (missing folder, bad columns, no rows in range, ...)."""
 
 
+FULL_DISK_BYTES = 1 << 20
+"""Free space below which a write that failed without an errno is taken for a full disk."""
+
+
+def _disk_full(path: str | os.PathLike) -> bool:
+    folder = os.path.abspath(os.fspath(path))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        return False
+
+
 @contextmanager
 def naming_path(path: str | os.PathLike) -> Iterator[None]:
     """Attach ``path`` to an OSError raised without a file name (a failed write or flush: a full disk reports only
-    "No space left on device"), so that the one-line report names what could not be written."""
+    "No space left on device"), so that the one-line report names what could not be written. numpy's
+    ``tofile`` (inside ``np.save``) even drops the errno; such an error on a disk with no space left is reported
+    as the ENOSPC it was."""
     try:
         yield
     except OSError as exc:
+        if exc.errno is None and _disk_full(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path)) from exc
         if exc.filename is None:
             exc.filename = os.fspath(path)
         raise

@@ -301,6 +301,26 @@ def test_os_errors_about_the_users_files_become_one_line(code, filename, expecte
     assert capsys.readouterr().err.strip().endswith(f"error: {expected}")
 
 
+def test_a_write_that_loses_its_errno_on_a_full_disk_is_named(tmp_path, monkeypatch):
+    """numpy's tofile (inside np.save) raises a bare OSError when the disk is full (seen on a 64 KiB tmpfs)."""
+    import shutil as shutil_module
+
+    from ds_kronos.cli import describe_os_error
+    from ds_kronos.errors import naming_path
+
+    def failing_write():
+        with naming_path(tmp_path / "out"):
+            raise OSError()
+
+    with pytest.raises(OSError) as err:
+        failing_write()
+    assert err.value.errno is None and err.value.filename == str(tmp_path / "out")  # space left: not guessed
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: shutil_module._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(OSError) as err:
+        failing_write()
+    assert describe_os_error(err.value) == f"no space left on {tmp_path / 'out'}"
+
+
 def test_other_errors_keep_their_traceback(monkeypatch):
     from ds_kronos.cli import run_main
 

@@ -71,7 +71,7 @@ def staged_output(out: str | os.PathLike, overwrite: bool, is_ours: Callable[[Pa
             reason = (exc.strerror or str(exc)).lower()
             folder = created[0].parent if created else tmp.parent  # the existing folder that refused a new one
             raise DataError(f"{out}: cannot write into {folder} ({reason})") from None
-        with naming_path(tmp):
+        with naming_path(out):  # a full disk while writing: "no space left on OUT"
             yield tmp
         # The output may have appeared while we were working (another run); check again right before the swap.
         check_output_path(out, overwrite, is_ours, what)

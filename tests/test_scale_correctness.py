@@ -9,7 +9,9 @@ losses and logged training losses, to rounding; updates are ~1e-4 per weight, ro
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +30,12 @@ WEIGHT_ATOL = 1e-6
 
 
 def launch(nproc: int, args: list[str], timeout: int = 300, expect_ok: bool = True) -> subprocess.CompletedProcess:
-    command = [str(LAUNCHER) if LAUNCHER.exists() else "deepspeed", "--num_gpus", str(nproc), "--master_port",
-               str(free_port()), str(REPO / "launch" / "train.py"), *args]
+    """``nproc`` ranks through the deepspeed launcher; one rank as a plain process (the same code path, a
+    1-process group, without the launcher's start-up cost)."""
+    script = str(REPO / "launch" / "train.py")
+    command = ([sys.executable, script, *args] if nproc == 1 else
+               [str(LAUNCHER) if LAUNCHER.exists() else "deepspeed", "--num_gpus", str(nproc), "--master_port",
+                str(free_port()), script, *args])
     result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     if expect_ok:
         assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
@@ -68,60 +74,71 @@ def frozen_te_checkpoints(tiny_checkpoints, tmp_path_factory) -> tuple[Path, Pat
     return tiny_checkpoints[0], folder / "predictor"
 
 
+LAYOUTS = {"1x16_zero0": (1, "ds_configs/zero0.json", 16, 1), "2x8_zero1": (2, "ds_configs/zero1.json", 8, 1),
+           "2x8_zero2": (2, "ds_configs/zero2.json", 8, 1), "2x4x2_zero3": (2, "ds_configs/zero3.json", 4, 2)}
+REFERENCE = "1x16_zero0"
+
+
 @pytest.fixture(scope="module")
 def invariance_runs(demo_prepared_dir, tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
-    """The same global batch of 16 split three ways; each run uninterrupted."""
+    """The same global batch of 16 split four ways, each run uninterrupted, with a checkpoint after step 3 kept
+    (the elastic-resume tests start from copies of it)."""
     root = tmp_path_factory.mktemp("invariance")
-    layouts = {"1x16_zero2": (1, "ds_configs/zero2.json", 16, 1), "2x8_zero2": (2, "ds_configs/zero2.json", 8, 1),
-               "2x4x2_zero3": (2, "ds_configs/zero3.json", 4, 2)}
-    for name, (nproc, config, micro, accum) in layouts.items():
-        launch(nproc, run_args(demo_prepared_dir, tiny_checkpoints, root / name, config, micro, accum))
-    return {name: root / name for name in layouts}
+    for name, (nproc, config, micro, accum) in LAYOUTS.items():
+        launch(nproc, run_args(demo_prepared_dir, tiny_checkpoints, root / name, config, micro, accum,
+                               "--save_every", "3", "--keep_last", "3"))
+    return {name: root / name for name in LAYOUTS}
+
+
+def stopped_at_step_3(run: Path, target: Path) -> Path:
+    """A copy of ``run`` as if it had been preempted after its step-3 checkpoint."""
+    shutil.copytree(run, target, symlinks=True)
+    for tag in (target / "checkpoints").glob("step*"):
+        if tag.name != "step00000003":
+            shutil.rmtree(tag)
+    (target / "checkpoints" / "latest").write_text("step00000003")
+    for name in ("final_model", "summary.json"):
+        shutil.rmtree(target / name) if (target / name).is_dir() else (target / name).unlink()
+    return target
 
 
 def test_world_size_invariance(invariance_runs):
-    reference = invariance_runs["1x16_zero2"]
+    reference = invariance_runs[REFERENCE]
     assert summary(reference)["steps"] == STEPS
-    for name in ("2x8_zero2", "2x4x2_zero3"):
+    for name in LAYOUTS:
         assert_same_run(reference, invariance_runs[name])
 
 
 def test_training_moves_weights_far_more_than_the_invariance_tolerance(invariance_runs, tiny_checkpoints):
-    start, end = weights(tiny_checkpoints[1]), weights(invariance_runs["1x16_zero2"] / "final_model")
+    start, end = weights(tiny_checkpoints[1]), weights(invariance_runs[REFERENCE] / "final_model")
     assert max((start[k] - end[k]).abs().max().item() for k in start) > 100 * WEIGHT_ATOL
 
 
-@pytest.mark.parametrize("stopped,resumed", [
-    ((2, "ds_configs/zero2.json", 8, 1), (1, "ds_configs/zero2.json", 16, 1)),
-    ((2, "ds_configs/zero3.json", 4, 2), (1, "ds_configs/zero3.json", 16, 1)),
-    ((2, "ds_configs/zero1.json", 8, 1), (1, "ds_configs/zero1.json", 8, 2)),
-    ((1, "ds_configs/zero0.json", 16, 1), (2, "ds_configs/zero0.json", 8, 1)),
+@pytest.mark.parametrize("source,resumed", [
+    ("2x8_zero2", (1, "ds_configs/zero2.json", 16, 1)),
+    ("2x4x2_zero3", (1, "ds_configs/zero3.json", 16, 1)),
+    ("2x8_zero1", (1, "ds_configs/zero1.json", 8, 2)),
+    ("1x16_zero0", (2, "ds_configs/zero0.json", 8, 1)),
 ], ids=["zero2_2to1", "zero3_2to1", "zero1_2to1_accum", "zero0_1to2"])
 def test_resume_on_a_different_world_size_ends_with_the_uninterrupted_weights(
-        stopped, resumed, invariance_runs, demo_prepared_dir, tiny_checkpoints, tmp_path):
-    save_dir = tmp_path / "elastic"
-    nproc, config, micro, accum = stopped
-    first = launch(nproc, run_args(demo_prepared_dir, tiny_checkpoints, save_dir, config, micro, accum,
-                                   "--exit_after_steps", "3"))
-    assert "stopping after step 3" in first.stdout
-    layout = json.loads((save_dir / "checkpoints" / "step00000003" / "ds_kronos.json").read_text())
-    assert layout["world_size"] == nproc and layout["micro_batch"] == micro
+        source, resumed, invariance_runs, demo_prepared_dir, tiny_checkpoints, tmp_path):
+    save_dir = stopped_at_step_3(invariance_runs[source], tmp_path / "elastic")
+    manifest = json.loads((save_dir / "checkpoints" / "step00000003" / "manifest.json").read_text())
+    assert manifest["layout"]["world_size"] == LAYOUTS[source][0]
     nproc, config, micro, accum = resumed
     second = launch(nproc, run_args(demo_prepared_dir, tiny_checkpoints, save_dir, config, micro, accum, "--resume"))
     assert f"resumed from step 3 (epoch 1, micro-batch {3 * accum})" in second.stdout
-    assert f"written by {stopped[0]} rank(s), now {nproc}" in second.stdout
+    assert f"written by {LAYOUTS[source][0]} rank(s), now {nproc}" in second.stdout
     assert summary(save_dir)["steps"] == STEPS
-    assert_same_run(invariance_runs["1x16_zero2"], save_dir)
+    assert_same_run(invariance_runs[REFERENCE], save_dir)
     assert not (save_dir / "checkpoints" / "universal").exists()  # the converted copy goes with the next save
 
 
 def test_resume_with_another_global_batch_is_refused(invariance_runs, demo_prepared_dir, tiny_checkpoints, tmp_path):
-    save_dir = tmp_path / "changed"
-    launch(2, run_args(demo_prepared_dir, tiny_checkpoints, save_dir, "ds_configs/zero2.json", 8, 1,
-                       "--exit_after_steps", "2"))
+    save_dir = stopped_at_step_3(invariance_runs["2x8_zero2"], tmp_path / "changed")
     result = launch(1, run_args(demo_prepared_dir, tiny_checkpoints, save_dir, "ds_configs/zero2.json", 8, 1,
                                 "--resume"), expect_ok=False)
-    assert result.returncode != 0
+    assert result.returncode == 2
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
     assert len(errors) == 1 and "global batch of 8 per rank x 1 accumulation x 2 ranks = 16" in errors[0], errors
     assert "Traceback" not in result.stdout + result.stderr
@@ -169,24 +186,43 @@ def test_each_rank_draws_its_own_random_numbers(config_runs):
     assert len(seeds) == 128 and rank_seed(SEED, 5, 3) == rank_seed(SEED, 5, 3)
 
 
-@pytest.mark.parametrize("config", ["zero0_bf16", "zero1_bf16", "zero2_bf16", "zero3_bf16"])
-def test_bf16_masters_hold_the_exact_fp32_start(config, demo_prepared_dir, frozen_te_checkpoints, tmp_path):
-    """One step at lr 1e-30 leaves the fp32 masters where they started: the exported model must equal the fp32
-    checkpoint it started from, frozen time tables and rotary frequencies included."""
-    source = REPO / "ds_configs" / f"{config.replace('zero1', 'zero2')}.json"
-    ds_json = json.loads(source.read_text())
-    ds_json["zero_optimization"]["stage"] = int(config[4])
-    ds_json["optimizer"]["params"]["lr"] = 1e-30
-    path = tmp_path / f"{config}.json"
-    path.write_text(json.dumps(ds_json))
+MASTERS_SCRIPT = """
+import json, sys
+from ds_kronos.config import parse_config
+from ds_kronos.train.config import TrainConfig
+from ds_kronos.train.trainer import Trainer
+common, runs = json.loads(sys.argv[1])
+for ds_config, save_dir in runs:  # one process, one engine after another: the start-up cost is paid once
+    Trainer(parse_config(TrainConfig, common + ["--deepspeed_config", ds_config, "--save_dir", save_dir])).run()
+"""
+
+
+def test_bf16_masters_hold_the_exact_fp32_start(demo_prepared_dir, frozen_te_checkpoints, tmp_path):
+    """At ZeRO-0, 1, 2 and 3 with bf16, one step at lr 1e-30 leaves the fp32 masters where they started: the exported
+    model equals the fp32 checkpoint it started from, frozen time tables and rotary frequencies included (without
+    the fix the masters are the bf16-rounded weights, up to ~2e-3 away)."""
     tokenizer, predictor = frozen_te_checkpoints
-    save_dir = tmp_path / "run"
-    launch(2, ["--data", str(demo_prepared_dir), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
-               "--save_dir", str(save_dir), "--deepspeed_config", str(path), "--max_steps", "1", "--batch_size", "8",
-               "--n_train_iter", "64", "--n_val_iter", "8", "--eval_at_start", "false"])
-    start, exported = weights(predictor), weights(save_dir / "final_model")
+    runs = []
+    for stage in range(4):
+        source = REPO / "ds_configs" / ("zero0_bf16.json" if stage == 0 else "zero2_bf16.json")
+        ds_json = json.loads(source.read_text())
+        ds_json["zero_optimization"]["stage"] = stage
+        ds_json["optimizer"]["params"]["lr"] = 1e-30
+        path = tmp_path / f"zero{stage}_bf16.json"
+        path.write_text(json.dumps(ds_json))
+        runs.append((str(path), str(tmp_path / f"run{stage}")))
+    common = ["--data", str(demo_prepared_dir), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
+              "--max_steps", "1", "--batch_size", "8", "--n_train_iter", "64", "--n_val_iter", "8",
+              "--eval_at_start", "false"]
+    result = subprocess.run([sys.executable, "-c", MASTERS_SCRIPT, json.dumps([common, runs])], cwd=REPO, env=env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    start = weights(predictor)
     assert any("time_emb" in key for key in start)
-    for key in start:  # an AdamW step at lr 1e-30 moves a weight by ~1e-30, bf16 rounding by up to ~2e-3
-        assert (start[key] - exported[key]).abs().max().item() < 1e-20, key
     rounded = {k: v.to(torch.bfloat16).float() for k, v in start.items()}
     assert max((rounded[k] - start[k]).abs().max().item() for k in start) > 1e-4  # the test can tell the difference
+    for stage, (_, save_dir) in enumerate(runs):
+        assert summary(Path(save_dir))["deepspeed_config"]["zero_optimization"]["stage"] == stage
+        exported = weights(Path(save_dir) / "final_model")
+        for key in start:  # an AdamW step at lr 1e-30 moves a weight by ~1e-30
+            assert (start[key] - exported[key]).abs().max().item() < 1e-20, (stage, key)

@@ -194,3 +194,25 @@ class PretrainedMixin:
             reference = type(self)(self.config)
         check_state_dict(reference.state_dict(), state, f"save_pretrained({folder})")
         return write_folder(folder, self.config.to_dict(), state, _MODEL_CARD.format(cls=type(self).__name__))
+
+
+def recover_folders(parent: str | os.PathLike) -> list[str]:
+    """Clean up after :func:`write_folder` calls that were killed in ``parent``; returns what was done.
+
+    A kill between its two renames leaves the previous folder as ``.NAME.old-PID`` and no ``NAME``: it is moved
+    back. Every other ``.NAME.tmp-PID`` / ``.NAME.old-PID`` is an unfinished or retired copy and is removed.
+    """
+    parent, done = Path(parent), []
+    if not parent.is_dir():
+        return done
+    for path in sorted(parent.iterdir()):
+        if not path.is_dir() or not path.name.startswith("."):
+            continue
+        name, sep, _ = path.name[1:].rpartition(".old-")
+        if sep and not (parent / name).exists() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
+            os.replace(path, parent / name)
+            done.append(f"restored {name}/ from an interrupted replacement")
+        elif ".tmp-" in path.name or ".old-" in path.name:
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {path.name}/ (left by an interrupted write)")
+    return done

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,51 +79,53 @@ def stopped_run(demo_prepared_dir, tiny_checkpoints, tmp_path_factory) -> Path:
 
 
 def copy_run(source: Path, target: Path) -> Path:
-    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+    shutil.copytree(source, target, symlinks=True)
     return target
 
 
-def test_resume_refuses_code_in_checkpoint_files_and_anything_outside_checkpoints(
-        stopped_run, config_runs, tmp_path, demo_prepared_dir, tiny_checkpoints):
-    save_dir = copy_run(stopped_run, tmp_path / "run")
-    tag = save_dir / "checkpoints" / "step00000003"
-    marker = tmp_path / "payload_ran"
-    state = torch.load(tag / "mp_rank_00_model_states.pt", weights_only=True)  # our own file: loads safely
-    state["payload"] = Payload(marker)
-    torch.save(state, tag / "mp_rank_00_model_states.pt")
-    set_manifest_size(tag, "mp_rank_00_model_states.pt")  # a careful attacker keeps the manifest consistent
-    other = tmp_path / "other_run" / "checkpoints" / "step00000020"
-    other.mkdir(parents=True)
-    (save_dir / "checkpoints" / "latest").write_text("../../other_run/checkpoints/step00000020")
-    result = launched(zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--resume"))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert not marker.exists(), "the planted payload ran"
-    assert "not a checkpoint of this run" in result.stdout
-    assert "skipped step00000003" in result.stdout and "not plain training state" in result.stdout
-    assert "resumed from step 2" in result.stdout
-    assert_same_final_weights(save_dir, config_runs["zero2"])  # resume from the older tag is still exact
-
-
-def test_resume_heals_itself_from_incomplete_checkpoints(stopped_run, config_runs, tmp_path, demo_prepared_dir,
-                                                         tiny_checkpoints):
+def test_resume_skips_unsafe_and_incomplete_checkpoints_and_stays_exact(stopped_run, config_runs, tmp_path,
+                                                                       demo_prepared_dir, tiny_checkpoints):
+    """Newest to oldest: step 3 holds a planted pickle payload (its manifest kept consistent, as a careful attacker
+    would), step 2 misses a rank's RNG file, step 1 is complete; ``latest`` points outside the run; a killed save and
+    a killed best-model write are lying around. The run resumes from step 1 and ends exactly as the uninterrupted
+    zero2 run; the payload never runs."""
     save_dir = copy_run(stopped_run, tmp_path / "run")
     checkpoints = save_dir / "checkpoints"
-    shard = checkpoints / "step00000003" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
-    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])           # truncated optimizer shard
-    (checkpoints / "step00000002" / "rng_rank00001.safetensors").unlink()          # a rank's RNG file is missing
-    (checkpoints / "latest").write_text("")                                        # an empty pointer
-    partial = checkpoints / ".step00000004.partial"                                # a save that was killed
-    subprocess.run(["cp", "-a", str(checkpoints / "step00000001"), str(partial)], check=True)
-    (save_dir / ".best_model.tmp-999").mkdir()                                     # a killed best-model write
+    marker = tmp_path / "payload_ran"
+    model_file = checkpoints / "step00000003" / "mp_rank_00_model_states.pt"
+    state = torch.load(model_file, weights_only=True)  # our own file: loads with the restricted unpickler
+    state["payload"] = Payload(marker)
+    torch.save(state, model_file)
+    set_manifest_size(checkpoints / "step00000003", model_file.name)
+    (checkpoints / "step00000002" / "rng_rank00001.safetensors").unlink()
+    (tmp_path / "other_run" / "checkpoints" / "step00000020").mkdir(parents=True)
+    (checkpoints / "latest").write_text("../../other_run/checkpoints/step00000020")
+    partial = checkpoints / ".step00000004.partial"
+    shutil.copytree(checkpoints / "step00000001", partial)
+    (save_dir / ".best_model.tmp-999").mkdir()
     result = launched(zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--resume"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    assert "checkpoints/latest is empty" in out
-    assert "skipped step00000003: zero_pp_rank_1_mp_rank_00_optim_states.pt has" in out and "truncated" in out
+    assert not marker.exists(), "the planted payload ran"
+    assert "not a checkpoint of this run" in out
+    assert "skipped step00000003" in out and "not plain training state" in out
     assert "skipped step00000002: rng_rank00001.safetensors is missing" in out
     assert "resumed from step 1" in out
     assert not partial.exists() and not (save_dir / ".best_model.tmp-999").exists()
     assert_same_final_weights(save_dir, config_runs["zero2"])
+
+
+def test_truncated_files_and_empty_pointers_are_passed_over(stopped_run, tmp_path):
+    save_dir = copy_run(stopped_run, tmp_path / "run")
+    checkpoints = save_dir / "checkpoints"
+    shard = checkpoints / "step00000003" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    (checkpoints / "latest").write_text("")
+    candidates, notes = resume_candidates(checkpoints)
+    assert [c.tag for c in candidates] == ["step00000002", "step00000001"]
+    assert any("checkpoints/latest is empty" in note for note in notes)
+    assert any(note.startswith("skipped step00000003: zero_pp_rank_1_mp_rank_00_optim_states.pt has")
+               and "truncated" in note for note in notes)
 
 
 def test_no_complete_checkpoint_is_one_clear_line(stopped_run, tmp_path, demo_prepared_dir, tiny_checkpoints):

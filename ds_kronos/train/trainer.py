@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ds_kronos.data import PreparedDataset, ShardedWindowSampler, WindowDataset
+from ds_kronos.data import ShardedWindowSampler, WindowDataset, verify_prepared
 from ds_kronos.errors import UserError
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.model.checkpoint import recover_folders
@@ -132,7 +132,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------- set-up
     def _build_data(self) -> None:
         c, rt = self.config, self.runtime
-        prepared = PreparedDataset.open(c.data)
+        prepared = verify_prepared(c.data, local_rank=rt.local_rank)  # checked once per node and change
         self.train_set = WindowDataset(prepared, "train", max_samples=c.n_train_iter, seed=c.seed, clip=c.clip)
         self.val_set = WindowDataset(prepared, "val", max_samples=c.n_val_iter, seed=c.seed, shuffle=False,
                                      clip=c.clip)
@@ -437,11 +437,11 @@ def run_training(config: CommonTrainConfig) -> dict[str, Any]:
         return Trainer(config).run()
     except torch.cuda.OutOfMemoryError as exc:  # a user-fixable sizing problem
         raise UserError(f"out of GPU memory: {str(exc).splitlines()[0]} (lower --batch_size, use ZeRO-3, "
-                        f"offload or --activation_checkpointing; see launch/plan.py)") from None
+                        f"offload or --activation_checkpointing; see launch/plan.py)", rank_specific=True) from None
     except RuntimeError as exc:
         if not is_collective_timeout(exc):
             raise
-        raise UserError(stalled_rank_message(config.dist_timeout)) from None
+        raise UserError(stalled_rank_message(config.dist_timeout), rank_specific=True) from None
 
 
 def stalled_rank_message(timeout_s: float) -> str:

@@ -10,7 +10,9 @@ cover the whole forecast: tokenizer encode, the autoregressive loop and decode. 
 alternates between repeats so that neither always runs on a warmer machine. Prints one line per repeat; the last
 line is JSON: ``ratio`` (median over repeats of recompute seconds / cached seconds, with ``ratio_min`` and
 ``ratio_max``), ``cached_series_per_s`` and ``recompute_series_per_s`` (medians) and ``max_abs_diff`` (largest
-difference between the two paths' decoded paths, normalised units, over all repeats).
+difference between the two paths' decoded paths, normalised units, over all repeats). ``cpu_ratio`` is the same
+ratio of the process's CPU time (all its threads): on a machine shared with other jobs the wall-clock time of
+one path can grow with their load, its CPU time much less.
 """
 
 from __future__ import annotations
@@ -94,29 +96,33 @@ def main() -> None:
           f"{args.series} series x {args.sample_count} path(s), context {args.context}, horizon {args.horizon}, "
           f"max_context {args.max_context}, {torch.get_num_threads()} threads", flush=True)
 
-    cached_s, recompute_s, diffs, identical = [], [], [], []
+    cached_s, recompute_s, diffs, identical, cpu_ratios = [], [], [], [], []
     for repeat in range(args.repeats):
         order = (True, False) if repeat % 2 == 0 else (False, True)
-        seconds, paths = {}, {}
+        seconds, cpu, paths = {}, {}, {}
         for use_cache in order:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             paths[use_cache] = forecast(use_cache)
             seconds[use_cache] = time.perf_counter() - start
+            cpu[use_cache] = time.process_time() - start_cpu
         diff = float((paths[True] - paths[False]).abs().max())
         cached_s.append(seconds[True])
         recompute_s.append(seconds[False])
         diffs.append(diff)
         identical.append(bool(torch.equal(paths[True], paths[False])))
+        cpu_ratios.append(cpu[False] / cpu[True])
         print(f"repeat {repeat + 1}: cached {seconds[True]:.2f} s ({args.series / seconds[True]:.3f} series/s), "
               f"recompute {seconds[False]:.2f} s ({args.series / seconds[False]:.3f} series/s), ratio "
-              f"{seconds[False] / seconds[True]:.2f}x, max |diff| {diff:.3g}", flush=True)
+              f"{seconds[False] / seconds[True]:.2f}x (CPU time {cpu_ratios[-1]:.2f}x), max |diff| {diff:.3g}",
+              flush=True)
 
     ratios = [r / c for r, c in zip(recompute_s, cached_s)]
     result = {
         "preset": args.preset, "series": args.series, "context": args.context, "horizon": args.horizon,
         "sample_count": args.sample_count, "max_context": args.max_context, "threads": torch.get_num_threads(),
         "repeats": args.repeats, "ratio": statistics.median(ratios), "ratio_min": min(ratios),
-        "ratio_max": max(ratios), "ratios": ratios,
+        "ratio_max": max(ratios), "ratios": ratios, "cpu_ratio": statistics.median(cpu_ratios),
+        "cpu_ratios": cpu_ratios,
         "cached_series_per_s": statistics.median(args.series / s for s in cached_s),
         "recompute_series_per_s": statistics.median(args.series / s for s in recompute_s),
         "cached_seconds": cached_s, "recompute_seconds": recompute_s, "max_abs_diff": max(diffs),

@@ -70,7 +70,7 @@ def plot_series(path: Path, symbol: str, history_ns: np.ndarray, history: np.nda
     fig, ax = plt.subplots(figsize=(10, 4.2))
     ax.vlines(x, low, high, colors=colors, lw=0.8)
     body = np.maximum(np.abs(close - open_), 1e-12 * np.maximum(np.abs(close), 1.0))
-    ax.bar(x, body, bottom=np.minimum(open_, close), color=colors, width=0.7, label="history")
+    ax.bar(x, body, bottom=np.minimum(open_, close), color=colors, width=0.7)
     fx = np.arange(n - 1, n + horizon)  # joined to the last close so the forecast visibly starts there
     if band.lower is not None:
         ax.fill_between(fx, np.r_[close[-1], band.lower], np.r_[close[-1], band.upper], color="C0", alpha=0.25,
@@ -85,5 +85,10 @@ def plot_series(path: Path, symbol: str, history_ns: np.ndarray, history: np.nda
     ax.set_ylabel("price")
     ax.set_title(f"{symbol}: {title}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    from matplotlib.patches import Patch
+
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Patch(color="tab:red", label="history: close >= open"), Patch(color="tab:green", label="history: "
+                                                                               "close < open")]
+    ax.legend(handles=handles, fontsize=8, loc="best")
     save_figure(fig, path)

@@ -10,7 +10,6 @@ group is set up, so bad input fails fast with one line on every rank.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ds_kronos.console import say
 from ds_kronos.data.prepared import PreparedDataset, SplitArrays
 from ds_kronos.data.series import VALUE_COLUMNS
 from ds_kronos.data.windows import NORM_EPS
@@ -67,10 +67,6 @@ DEFINITIONS = {
     "origins": "one every `stride` bars of the split's calendar from bar lookback-1, where a symbol has lookback "
                "bars of history and pred_len bars after it; max_origins_per_symbol keeps the latest",
 }
-
-
-def say(message: str) -> None:
-    print(message, flush=True, file=sys.stdout)
 
 
 @dataclasses.dataclass(frozen=True)

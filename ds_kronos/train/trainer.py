@@ -28,10 +28,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ds_kronos.atomic import recover_folders
+from ds_kronos.console import say
 from ds_kronos.data import ShardedWindowSampler, WindowDataset, verify_prepared
 from ds_kronos.errors import UserError
 from ds_kronos.jsonio import write_json_atomic
-from ds_kronos.model.checkpoint import recover_folders
 from ds_kronos.runtime import (
     Runtime,
     all_reduce_sum,
@@ -59,7 +60,7 @@ from ds_kronos.train.ds_config import (
     warmup_steps,
 )
 from ds_kronos.train.masters import capture_fp32, low_precision, set_fp32_masters
-from ds_kronos.train.reporting import CometLogger, History, Progress, say
+from ds_kronos.train.reporting import CometLogger, History, Progress
 from ds_kronos.train.resume import ResumePlan, load_newest, plan_resume
 from ds_kronos.train.schedule import onecycle_factory
 from ds_kronos.train.tasks import PredictorTask, TokenizerTask

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ds_kronos.data.normalise import DEFAULT_CLIP, denormalise, normalise
 from ds_kronos.data.series import time_features
-from ds_kronos.data.windows import NORM_EPS
 from ds_kronos.errors import UserError
 from ds_kronos.forecast.sampler import Generators, sample_paths
 from ds_kronos.model import Kronos, KronosTokenizer, check_pair
@@ -63,7 +63,7 @@ class KronosForecaster:
     """
 
     def __init__(self, predictor: Kronos, tokenizer: KronosTokenizer, device: str | torch.device = "cpu",
-                 max_context: int = 512, clip: float = 5.0, use_cache: bool = True):
+                 max_context: int = 512, clip: float = DEFAULT_CLIP, use_cache: bool = True):
         check_pair(tokenizer, predictor)
         self.device = torch.device(device)
         self.predictor = predictor.to(self.device)
@@ -104,7 +104,7 @@ class KronosForecaster:
         for series in values:
             series = np.asarray(series, dtype=np.float32)
             mean, std = series.mean(axis=0), series.std(axis=0)
-            xs.append(np.clip((series - mean) / (std + NORM_EPS), -self.clip, self.clip))
+            xs.append(normalise(series, mean, std, self.clip))
             means.append(mean)
             stds.append(std)
 
@@ -116,12 +116,12 @@ class KronosForecaster:
                              generator, self.use_cache)[:, :, -pred_len:, :]
         # Mean and quantiles in normalised units, then de-normalised: both commute with the positive affine map.
         mean_norm = paths.mean(dim=1).cpu().numpy()
-        scale = np.stack(stds)[:, None, :] + NORM_EPS
-        shift = np.stack(means)[:, None, :]
-        mean = (mean_norm * scale + shift).astype(np.float32)
+        std, shift = np.stack(stds)[:, None, :], np.stack(means)[:, None, :]
+        mean = denormalise(mean_norm, shift, std).astype(np.float32)
         if quantiles:
             bands_norm = np.quantile(paths.cpu().numpy(), quantiles, axis=1)  # [Q, B, H, 6]
-            bands = (np.moveaxis(bands_norm, 0, 2) * scale[:, :, None, :] + shift[:, :, None, :]).astype(np.float32)
+            bands = denormalise(np.moveaxis(bands_norm, 0, 2), shift[:, :, None, :], std[:, :, None, :])
+            bands = bands.astype(np.float32)
         else:
             bands = np.zeros(mean.shape[:2] + (0, mean.shape[2]), dtype=np.float32)
         return Forecast(mean=mean, bands=bands, quantiles=tuple(quantiles))

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 
 from ds_kronos.atomic import atomic_file
+from ds_kronos.data.series import CLOSE
 from ds_kronos.forecast.frames import Forecast, forecast_frame
 from ds_kronos.plotting import pyplot, save_figure
 
 SUMMARY_NAME = "summary.json"
-CLOSE = 3  # column of the close (open, high, low, close, volume, amount)
 
 
 def write_csv(path: Path, result: Forecast, index: int, timestamps_ns: np.ndarray) -> None:

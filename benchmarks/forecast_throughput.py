@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ds_kronos.config import DEFAULT_TOP_P
 from ds_kronos.data.normalise import DEFAULT_CLIP, normalise
 from ds_kronos.forecast import calendar_features, sample_paths
 from ds_kronos.model import Kronos, KronosTokenizer, preset
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=0.9)
+    parser.add_argument("--top_p", type=float, default=DEFAULT_TOP_P)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

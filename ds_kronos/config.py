@@ -25,6 +25,11 @@ DEFAULT_DIST_TIMEOUT_S = 600.0
 """How long a collective may wait for the other ranks before a job stops (``--dist_timeout`` of every job that
 joins a process group): long enough for a slow checkpoint write or evaluation on another rank."""
 
+DEFAULT_TOP_P = 0.9
+"""Nucleus sampling mass of the evaluation and forecast jobs and of :class:`ds_kronos.forecast.KronosForecaster`:
+upstream's ``KronosPredictor.predict`` default. (The low-level ``ds_kronos.forecast.sampler`` functions keep
+upstream's ``auto_regressive_inference`` default, :data:`ds_kronos.forecast.sampler.INFERENCE_TOP_P`.)"""
+
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[Any] | None = None,
            default_factory: Any = dataclasses.MISSING, cli: bool = True, nargs: str | None = None) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ds_kronos.config import DEFAULT_TOP_P
 from ds_kronos.data.normalise import DEFAULT_CLIP, denormalise, normalise
 from ds_kronos.data.series import time_features
 from ds_kronos.errors import UserError
@@ -92,7 +93,7 @@ class KronosForecaster:
 
     def forecast_values(self, values: Sequence[np.ndarray], x_stamps: Sequence[np.ndarray],
                         y_stamps: Sequence[np.ndarray], pred_len: int, quantiles: Sequence[float] = (),
-                        temperature: float = 1.0, top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
+                        temperature: float = 1.0, top_k: int = 0, top_p: float = DEFAULT_TOP_P, sample_count: int = 1,
                         generator: Generators = None) -> Forecast:
         """Forecast B series of equal history length from arrays: ``values`` [L, 6] (open, high, low, close,
         volume, amount), ``x_stamps`` [L, 5] / ``y_stamps`` [pred_len, 5] time features (:func:`calendar_features`).
@@ -145,7 +146,7 @@ class KronosForecaster:
 
     def forecast_batch(self, dfs: Sequence[pd.DataFrame], x_timestamps: Sequence, y_timestamps: Sequence,
                        pred_len: int, quantiles: Sequence[float] = (0.1, 0.5, 0.9), temperature: float = 1.0,
-                       top_k: int = 0, top_p: float = 0.9, sample_count: int = 20,
+                       top_k: int = 0, top_p: float = DEFAULT_TOP_P, sample_count: int = 20,
                        generator: Generators = None) -> list[pd.DataFrame]:
         """Mean and quantile bands per series: columns ``open, open_q0.1, ..., amount_q0.9`` (each field's mean,
         then its quantiles), indexed by the future timestamps."""
@@ -156,7 +157,7 @@ class KronosForecaster:
                 for i in range(len(dfs))]
 
     def predict_batch(self, dfs: Sequence[pd.DataFrame], x_timestamps: Sequence, y_timestamps: Sequence,
-                      pred_len: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.9,
+                      pred_len: int, temperature: float = 1.0, top_k: int = 0, top_p: float = DEFAULT_TOP_P,
                       sample_count: int = 1, generator: Generators = None) -> list[pd.DataFrame]:
         """Forecast several series of equal history length at once; returns one DataFrame per series (the mean of
         the sampled paths, columns open, high, low, close, volume, amount), as upstream's ``predict_batch``."""

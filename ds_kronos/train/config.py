@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, option, output_dir_problems, prepared_data_problems
+from ds_kronos.data.normalise import DEFAULT_CLIP
 
 DEFAULT_MICRO_BATCH = 50
 DEFAULT_GRAD_ACCUM = 1
@@ -101,7 +102,7 @@ class CommonTrainConfig:
     dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, help="seconds a collective may wait for the other ranks "
                                  "before the job stops and names the rank that stopped answering")
     activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward (saves memory)")
-    clip: float = option(5.0, help="clip normalised features to [-clip, clip]")
+    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip]")
 
     def problems(self) -> list[str]:
         problems = self.option_problems()

@@ -116,10 +116,6 @@ def resolve_ds_config(config: dict, path: str, *, plan: BatchPlan, total_steps: 
     return resolved
 
 
-def steps_per_epoch(batches_per_rank: int, grad_accum: int) -> int:
-    return batches_per_rank // grad_accum
-
-
 def total_optimizer_steps(epochs: int, per_epoch: int, max_steps: int) -> tuple[int, int]:
     """(total optimizer steps, epochs to run): ``max_steps`` (if set) decides and the epoch count follows."""
     if per_epoch < 1:

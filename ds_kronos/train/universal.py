@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ds_kronos.atomic import replace_folder, temporary_sibling
 from ds_kronos.errors import UserError
-from ds_kronos.train.checkpoints import UNIVERSAL_DIR
+from ds_kronos.train.training_state import UNIVERSAL_DIR
 
 
 def convert_to_universal(checkpoint_dir: Path, tag: str) -> Path:

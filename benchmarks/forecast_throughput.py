@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ds_kronos.data.windows import NORM_EPS
+from ds_kronos.config import DEFAULT_TOP_P
+from ds_kronos.data.normalise import DEFAULT_CLIP, normalise
 from ds_kronos.forecast import calendar_features, sample_paths
 from ds_kronos.model import Kronos, KronosTokenizer, preset
 
@@ -52,7 +53,7 @@ def synthetic_series(count: int, length: int, seed: int) -> tuple[np.ndarray, np
 def normalised(values: np.ndarray, history: int, clip: float) -> np.ndarray:
     past = values[:, :history]
     mean, std = past.mean(axis=1, keepdims=True), past.std(axis=1, keepdims=True)
-    return np.clip((past - mean) / (std + NORM_EPS), -clip, clip).astype(np.float32)
+    return normalise(past, mean, std, clip).astype(np.float32)
 
 
 def main() -> None:
@@ -69,7 +70,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=0.9)
+    parser.add_argument("--top_p", type=float, default=DEFAULT_TOP_P)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -78,7 +79,7 @@ def main() -> None:
     tokenizer = KronosTokenizer.from_preset(args.tokenizer or preset(args.preset).tokenizer).eval()
     predictor = Kronos.from_preset(args.preset).eval()
     values, stamps = synthetic_series(args.series, args.context + args.horizon, args.seed)
-    x = torch.from_numpy(normalised(values, args.context, 5.0))
+    x = torch.from_numpy(normalised(values, args.context, DEFAULT_CLIP))
     x_stamp = torch.from_numpy(stamps[:, :args.context])
     y_stamp = torch.from_numpy(stamps[:, args.context:])
 
@@ -86,7 +87,7 @@ def main() -> None:
         generator = torch.Generator().manual_seed(args.seed)
         steps = horizon or args.horizon
         return sample_paths(tokenizer, predictor, x[rows], x_stamp[rows], y_stamp[rows, :steps], args.max_context,
-                            steps, 5.0, args.temperature, args.top_k, args.top_p, args.sample_count, generator,
+                            steps, DEFAULT_CLIP, args.temperature, args.top_k, args.top_p, args.sample_count, generator,
                             use_cache)
 
     for use_cache in (True, False):  # warm-up: first-call allocations and kernel selection

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from ds_kronos.plotting import pyplot, save_figure
 from ds_kronos.train.ds_config import warmup_steps
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
 
@@ -20,9 +21,7 @@ def main() -> None:
     parser.add_argument("--max_lr", type=float, default=4e-5)
     parser.add_argument("--out", default="docs/lr_schedules.png")
     args = parser.parse_args()
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     onecycle, betas = onecycle_trajectory(args.max_lr, args.steps)
     warmup = warmup_steps(args.steps)
@@ -45,9 +44,8 @@ def main() -> None:
     axes[2].set_xlabel("optimizer step")
     axes[2].legend(fontsize=8)
     axes[2].grid(alpha=0.3)
-    fig.tight_layout()
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    fig.savefig(args.out, dpi=100)
+    save_figure(fig, args.out, dpi=100)
     print(f"wrote {args.out}")
 
 

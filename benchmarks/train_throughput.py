@@ -191,11 +191,11 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
 
 def _ds_json(config: ThroughputConfig, on_cpu: bool) -> dict[str, Any]:
     from ds_kronos.plan.planner import ds_config_for
-    from ds_kronos.train.ds_config import BatchPlan, resolve_ds_config
+    from ds_kronos.train.ds_config import BatchLayout, resolve_ds_config
 
     choice = ds_config_for(config.zero, config.offload, config.precision)
-    plan = BatchPlan(config.micro_batch, 1, config.world_size)
-    return resolve_ds_config(choice.load(), choice.path, plan=plan, total_steps=config.warmup + config.steps,
+    batch = BatchLayout(config.micro_batch, 1, config.world_size)
+    return resolve_ds_config(choice.load(), choice.path, batch=batch, total_steps=config.warmup + config.steps,
                              lr=None, use_onecycle=False, on_cpu=on_cpu)
 
 

@@ -25,15 +25,24 @@ DEFAULT_DIST_TIMEOUT_S = 600.0
 """How long a collective may wait for the other ranks before a job stops (``--dist_timeout`` of every job that
 joins a process group): long enough for a slow checkpoint write or evaluation on another rank."""
 
+DEFAULT_TOP_P = 0.9
+"""Nucleus sampling mass of the evaluation and forecast jobs and of :class:`ds_kronos.forecast.KronosForecaster`:
+upstream's ``KronosPredictor.predict`` default. (The low-level ``ds_kronos.forecast.sampler`` functions keep
+upstream's ``auto_regressive_inference`` default, :data:`ds_kronos.forecast.sampler.INFERENCE_TOP_P`.)"""
+
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[Any] | None = None,
-           default_factory: Any = dataclasses.MISSING, cli: bool = True, nargs: str | None = None) -> Any:
+           default_factory: Any = dataclasses.MISSING, cli: bool = True, nargs: str | None = None,
+           ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
     """Declare a config field with its help text (shown by ``--help`` and in the docs).
 
     ``nargs="+"`` (list fields only) lets the flag take several space-separated values (``--csv a.csv b.csv``);
-    each value may still be comma-separated, so the comma form keeps working.
+    each value may still be comma-separated, so the comma form keeps working. ``ge``/``gt``/``le``/``lt`` bound a
+    number (a None value, where the field allows it, is not checked); :func:`validate` reports a value outside.
     """
-    metadata = {"help": help, "choices": tuple(choices) if choices else None, "cli": cli, "nargs": nargs}
+    bounds = {key: value for key, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None}
+    metadata = {"help": help, "choices": tuple(choices) if choices else None, "cli": cli, "nargs": nargs,
+                "bounds": bounds}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -283,9 +292,33 @@ def output_dir_problems(flag: str, path: str | None) -> list[str]:
     return []
 
 
+def _describe_bounds(bounds: dict[str, float]) -> str:
+    low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    high = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
+    if low and high:
+        return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    symbol, value = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}, next(iter(bounds.items()))
+    return f"{symbol[value[0]]} {value[1]:g}"
+
+
+def bound_problems(config: Any) -> list[str]:
+    """The declared ``ge``/``gt``/``le``/``lt`` bounds of every field (NaN is outside any bound)."""
+    problems = []
+    for field in dataclasses.fields(config):
+        bounds, value = field.metadata.get("bounds") or {}, getattr(config, field.name)
+        if not bounds or value is None or isinstance(value, bool):
+            continue
+        inside = (("ge" not in bounds or value >= bounds["ge"]) and ("gt" not in bounds or value > bounds["gt"])
+                  and ("le" not in bounds or value <= bounds["le"]) and ("lt" not in bounds or value < bounds["lt"]))
+        if not inside:
+            problems.append(f"--{field.name} must be {_describe_bounds(bounds)}, got {value}")
+    return problems
+
+
 def validate(config: Any) -> None:
-    """Call ``config.problems()`` and raise one ConfigError listing every problem."""
-    problems = list(config.problems()) if hasattr(config, "problems") else []
+    """Check the declared bounds and call ``config.problems()``; raise one ConfigError listing every problem."""
+    problems = bound_problems(config) if dataclasses.is_dataclass(config) else []
+    problems += list(config.problems()) if hasattr(config, "problems") else []
     if problems:
         if len(problems) == 1:
             raise ConfigError(problems[0])

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ds_kronos.atomic import write_text_atomic
+
 
 def to_jsonable(value: Any) -> Any:
     """numpy scalars/arrays to Python, paths to str, NaN/inf to None (strict JSON has no NaN)."""
@@ -30,6 +32,4 @@ def to_jsonable(value: Any) -> Any:
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary sibling, then rename: a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n")

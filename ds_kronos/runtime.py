@@ -21,7 +21,6 @@ class Runtime:
     rank: int
     local_rank: int
     world_size: int
-    local_world_size: int
     device: torch.device
 
     @property
@@ -97,7 +96,7 @@ def init_runtime(threads: int | None = None, timeout_s: float = DEFAULT_DIST_TIM
     else:
         accelerator.set_device(local_rank)
         device = torch.device(accelerator.device_name(local_rank))
-    return Runtime(rank, local_rank, world, local_world, device)
+    return Runtime(rank, local_rank, world, device)
 
 
 def rank_seed(seed: int, rank: int, step: int = 0) -> int:

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from ds_kronos.model import Kronos
-from ds_kronos.train.checkpoints import resume_candidates
+from ds_kronos.train.training_state import resume_candidates
 from helpers import REPO, common_args, deepspeed_train, env, free_port, summary
 
 LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"

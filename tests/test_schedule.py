@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ds_kronos.errors import ConfigError
-from ds_kronos.train.ds_config import BatchPlan, resolve_batch, resolve_ds_config, total_optimizer_steps, warmup_steps
+from ds_kronos.train.ds_config import BatchLayout, resolve_batch, resolve_ds_config, total_optimizer_steps, warmup_steps
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
 
 MAX_LR = 4e-5
@@ -47,14 +47,14 @@ def test_auto_values_are_filled_and_explicit_values_win():
                                                                   "warmup_num_steps": "auto"}}}
     plan = resolve_batch(config, "x.json", batch_size=None, grad_accum=None, world_size=2, default_micro=50,
                          default_accum=1)
-    assert plan == BatchPlan(50, 4, 2) and plan.global_batch == 400
-    resolved = resolve_ds_config(config, "x.json", plan=plan, total_steps=1000, lr=None, use_onecycle=False,
+    assert plan == BatchLayout(50, 4, 2) and plan.global_batch == 400
+    resolved = resolve_ds_config(config, "x.json", batch=plan, total_steps=1000, lr=None, use_onecycle=False,
                                  on_cpu=True)
     assert resolved["train_batch_size"] == 400
     assert resolved["scheduler"]["params"] == {"total_num_steps": 1000, "warmup_num_steps": 30}
     assert resolved["optimizer"]["params"]["torch_adam"] is True and resolved["optimizer"]["params"]["fused"]
     assert config["scheduler"]["params"]["total_num_steps"] == "auto"  # the caller's dict is not modified
-    onecycle = resolve_ds_config(config, "x.json", plan=plan, total_steps=1000, lr=None, use_onecycle=True,
+    onecycle = resolve_ds_config(config, "x.json", batch=plan, total_steps=1000, lr=None, use_onecycle=True,
                                  on_cpu=False)
     assert "scheduler" not in onecycle and "torch_adam" not in onecycle["optimizer"]["params"]
     assert "fused" not in onecycle["optimizer"]["params"]  # on GPU DeepSpeed picks its own FusedAdam
@@ -69,7 +69,7 @@ def test_contradictions_name_both_values():
         resolve_batch(config, "x.json", batch_size=None, grad_accum=None, world_size=1, default_micro=50,
                       default_accum=1)
     with pytest.raises(ConfigError, match=r"lr=0.0001 but --lr is 0.001"):
-        resolve_ds_config(config, "x.json", plan=BatchPlan(25, 4, 1), total_steps=10, lr=1e-3, use_onecycle=False,
+        resolve_ds_config(config, "x.json", batch=BatchLayout(25, 4, 1), total_steps=10, lr=1e-3, use_onecycle=False,
                           on_cpu=True)
 
 

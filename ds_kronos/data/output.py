@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ds_kronos.atomic import replace_folder
 from ds_kronos.errors import DataError, naming_path
 
 
@@ -32,17 +33,6 @@ def check_output_path(out: Path, overwrite: bool, is_ours: Callable[[Path], bool
     if out.is_dir() and (is_ours(out) or not any(out.iterdir())):
         return
     raise DataError(f"{out}: exists and is not {what}; refusing to overwrite it")
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished temp folder into place; the old one (already checked to be ours) is removed after."""
-    old = None
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _missing_folders(folder: Path) -> list[Path]:
@@ -75,7 +65,7 @@ def staged_output(out: str | os.PathLike, overwrite: bool, is_ours: Callable[[Pa
             yield tmp
         # The output may have appeared while we were working (another run); check again right before the swap.
         check_output_path(out, overwrite, is_ours, what)
-        replace_dir(tmp, out)
+        replace_folder(tmp, out)  # the old one (already checked to be ours) is removed after
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for folder in reversed(created):  # the parents this run created, innermost first; stop at one not empty

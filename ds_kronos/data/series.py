@@ -13,6 +13,8 @@ import pandas as pd
 
 # Column order of values.npy; the model's input projection depends on it, so it is part of the format.
 VALUE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "vol", "amt")
+CLOSE = VALUE_COLUMNS.index("close")
+"""Column of the close in the [rows, 6] value layout (3)."""
 # Column order of time_features.npy (Kronos' calendar embedding inputs).
 TIME_FEATURE_COLUMNS: tuple[str, ...] = ("minute", "hour", "weekday", "day", "month")
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ds_kronos.atomic import write_text_atomic
 from ds_kronos.data.manifest import FILES, SPLITS
 from ds_kronos.data.prepared import PreparedDataset, content_hashes
 from ds_kronos.data.series import VALUE_COLUMNS
@@ -140,17 +141,11 @@ def write_verdict(folder: Path, key: dict[str, Any], problem: str | None) -> Pat
                "checked": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     tried = []
     for location in verdict_locations(folder):
-        tmp = location.with_name(f".{location.name}.tmp-{os.getpid()}")
         try:
             location.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(verdict, indent=1) + "\n", encoding="utf-8")
-            os.replace(tmp, location)
+            write_text_atomic(location, json.dumps(verdict, indent=1) + "\n")  # removes its temporary on failure
             return location
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass  # the folder itself is not usable: nothing was written there
             tried.append(f"{location.parent} ({exc.strerror or exc})")
     raise DataError(f"{folder}: cannot record its verification anywhere: {'; '.join(tried)}")
 

@@ -12,8 +12,8 @@ workers need no state from the main process (works with ``persistent_workers`` T
 indices use the epoch set by :meth:`WindowDataset.set_epoch` in the main process; then keep
 ``persistent_workers=False`` so workers are re-created (and see the new epoch) every epoch.
 
-Normalisation follows upstream Kronos: per window and per column, subtract the mean and divide by
-(population std + 1e-5) of the first ``lookback`` rows, all in float32, then clip to [-clip, clip].
+Normalisation follows upstream Kronos (:func:`ds_kronos.data.normalise.normalise_windows`) over the first
+``lookback`` rows of each window.
 
 Typical training loop::
 
@@ -35,21 +35,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ds_kronos.data.normalise import DEFAULT_CLIP, normalise_windows
 from ds_kronos.data.prepared import PreparedDataset, SplitArrays
 from ds_kronos.errors import DataError
 
 Index = int | tuple[int, int]
-NORM_EPS = np.float32(1e-5)
-
-
-def normalise_windows(raw: np.ndarray, lookback: int, clip: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Upstream's per-window normalisation of ``raw`` [B, T, F] float32: (raw - mean) / (std + 1e-5) with the
-    mean and population std of the first ``lookback`` rows, clipped to [-clip, clip]. Returns (x, mean, std)."""
-    past = raw[:, :lookback]
-    mean = past.mean(axis=1, keepdims=True, dtype=np.float32)
-    std = past.std(axis=1, keepdims=True, dtype=np.float32)
-    x = np.clip((raw - mean) / (std + NORM_EPS), -clip, clip).astype(np.float32, copy=False)
-    return x, mean, std
 
 
 class WindowDataset(Dataset):
@@ -57,7 +47,7 @@ class WindowDataset(Dataset):
 
     def __init__(self, prepared: PreparedDataset, split: str, *, lookback: int | None = None,
                  predict: int | None = None, max_samples: int | None = None, seed: int = 0, shuffle: bool = True,
-                 clip: float = 5.0):
+                 clip: float = DEFAULT_CLIP):
         self.arrays: SplitArrays = prepared.split(split)
         self.split = split
         self.lookback = prepared.lookback if lookback is None else int(lookback)

@@ -181,7 +181,7 @@ def format_backtest(section: dict[str, Any]) -> str:
 
 
 def plot_backtest(path: Path, daily: pd.DataFrame, title: str) -> None:
-    from ds_kronos.evaluation.report import pyplot, save_figure
+    from ds_kronos.plotting import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.5))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ds_kronos.config import option, prepared_data_problems
+from ds_kronos.config import DEFAULT_TOP_P, option, prepared_data_problems
+from ds_kronos.data.manifest import SPLITS
+from ds_kronos.data.normalise import DEFAULT_CLIP
 
-SPLIT_CHOICES = ("train", "val", "test")
+SPLIT_CHOICES = SPLITS
 
 
 @dataclass(kw_only=True)
@@ -43,10 +45,10 @@ class EvalConfig:
                                         "window at every step (upstream's way: the same forecasts, slower)")
     temperature: float = option(1.0, help="sampling temperature")
     top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p")
-    top_p: float = option(0.9, help="nucleus sampling mass (1.0: off)")
+    top_p: float = option(DEFAULT_TOP_P, help="nucleus sampling mass (1.0: off)")
     seed: int = option(0, help="seed of the sampler (rank r uses seed + r) and of preset (random) weights")
     batch_size: int = option(64, help="origins forecast together per rank")
-    clip: float = option(5.0, help="clip normalised features to [-clip, clip] (as in training)")
+    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip] (as in training)")
     examples: int = option(4, help="symbols shown in forecast_examples.png")
     threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)")
 

@@ -10,7 +10,6 @@ group is set up, so bad input fails fast with one line on every rank.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,9 +17,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ds_kronos.console import say
+from ds_kronos.data.normalise import denormalise
 from ds_kronos.data.prepared import PreparedDataset, SplitArrays
-from ds_kronos.data.series import VALUE_COLUMNS
-from ds_kronos.data.windows import NORM_EPS
+from ds_kronos.data.series import CLOSE, VALUE_COLUMNS
 from ds_kronos.errors import ConfigError, DataError
 from ds_kronos.evaluation import metrics
 from ds_kronos.evaluation.config import EvalConfig
@@ -41,7 +41,6 @@ from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.model.pairing import check_pair
 
-CLOSE = 3  # column of the close in values.npy (open, high, low, close, vol, amt)
 TARGET_CHUNK = 8192  # origins per chunk when rank 0 rebuilds the realised windows (bounds memory)
 
 DEFINITIONS = {
@@ -67,10 +66,6 @@ DEFINITIONS = {
     "origins": "one every `stride` bars of the split's calendar from bar lookback-1, where a symbol has lookback "
                "bars of history and pred_len bars after it; max_origins_per_symbol keeps the latest",
 }
-
-
-def say(message: str) -> None:
-    print(message, flush=True, file=sys.stdout)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,8 +117,8 @@ def forecast_origins(config: EvalConfig, plan: Plan, origins: Origins, tokenizer
     [n, pred_len, 6] and their :func:`calibration_quantiles` float32 [n, pred_len, Q, 6]."""
     lookback, pred_len = plan.lookback, plan.pred_len
     quantiles = calibration_quantiles(config)
-    preds = np.empty((len(origins), pred_len, 6), dtype=np.float32)
-    bands = np.empty((len(origins), pred_len, len(quantiles), 6), dtype=np.float32)
+    preds = np.empty((len(origins), pred_len, len(VALUE_COLUMNS)), dtype=np.float32)
+    bands = np.empty((len(origins), pred_len, len(quantiles), len(VALUE_COLUMNS)), dtype=np.float32)
     start_time = time.perf_counter()
     every = max(1, -(-len(origins) // config.batch_size) // 10)
     for start in range(0, len(origins), config.batch_size):
@@ -189,7 +184,7 @@ def score_all(pred_norm: np.ndarray, real: Realised, dates: np.ndarray,
     common = dict(actual_close_norm=actual_close_norm, real_returns=real_returns, dates=dates)
 
     def score_forecaster(norm: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-        close = norm[:, :, CLOSE] * (real.close_std[:, None] + NORM_EPS) + real.close_mean[:, None]
+        close = denormalise(norm[:, :, CLOSE], real.close_mean[:, None], real.close_std[:, None])
         return metrics.score(pred_close_norm=norm[:, :, CLOSE], pred_returns=metrics.window_returns(
             close, real.last_close), pred_norm=norm, actual_norm=real.future_norm, **common), close
 
@@ -213,8 +208,7 @@ def score_all(pred_norm: np.ndarray, real: Realised, dates: np.ndarray,
 
 def calibrate(bands_norm: np.ndarray, real: Realised, quantiles: list[float]) -> dict[str, Any]:
     """:func:`metrics.quantile_calibration` of every feature, the forecast quantiles taken back to data units."""
-    scale = real.std[:, None, None, :] + NORM_EPS
-    bands = bands_norm * scale + real.mean[:, None, None, :]
+    bands = denormalise(bands_norm, real.mean[:, None, None, :], real.std[:, None, None, :])
     return {name: metrics.quantile_calibration(bands[..., f], real.future_raw[..., f], quantiles)
             for f, name in enumerate(VALUE_COLUMNS)}
 

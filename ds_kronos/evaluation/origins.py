@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ds_kronos.data.normalise import normalise_windows
 from ds_kronos.data.prepared import SplitArrays
-from ds_kronos.data.windows import NORM_EPS, normalise_windows
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,6 @@ class OriginWindows:
     stamp: np.ndarray
     mean: np.ndarray
     std: np.ndarray
-
-    def denormalise(self, values: np.ndarray, column: int | None = None) -> np.ndarray:
-        """Normalised values [n, T, 6] (or [n, T] of one ``column``) back to the data's units."""
-        if column is None:
-            return values * (self.std + NORM_EPS) + self.mean
-        return values * (self.std[:, :, column] + NORM_EPS) + self.mean[:, :, column]
 
 
 def origin_windows(split: SplitArrays, rows: np.ndarray, lookback: int, pred_len: int,

@@ -6,33 +6,17 @@ a half-written report.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ds_kronos.plotting import pyplot, save_figure
+
 REPORT_NAME = "report.json"
 EXAMPLES_PLOT = "forecast_examples.png"
 IC_PLOT = "ic_over_time.png"
-
-
-def save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def pyplot():
-    import matplotlib
-    matplotlib.use("Agg")  # no display on training machines
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _datetimes(ns: np.ndarray) -> np.ndarray:

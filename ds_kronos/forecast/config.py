@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ds_kronos.config import option
+from ds_kronos.config import DEFAULT_TOP_P, option
+from ds_kronos.data.normalise import DEFAULT_CLIP
 
 
 @dataclass(kw_only=True)
@@ -40,7 +41,7 @@ class ForecastConfig:
                                          "(default: 0.1,0.5,0.9)")
     temperature: float = option(1.0, help="sampling temperature")
     top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p")
-    top_p: float = option(0.9, help="nucleus sampling mass (1.0: off)")
+    top_p: float = option(DEFAULT_TOP_P, help="nucleus sampling mass (1.0: off)")
     seed: int = option(0, help="sampler seed: series i draws from its own generator seeded from (seed, i), so a "
                                "forecast does not depend on --batch_size or the number of ranks; also seeds "
                                "preset (random) weights")
@@ -48,7 +49,7 @@ class ForecastConfig:
                                                       "series takes the first pred_len after its last bar (default: "
                                                       "continue each series' own bar spacing and trading days)")
     batch_size: int = option(16, help="series forecast together per rank")
-    clip: float = option(5.0, help="clip normalised features to [-clip, clip] (as in training)")
+    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip] (as in training)")
     plot_bars: int = option(120, help="history bars drawn as candlesticks in each PNG")
     use_cache: bool = option(True, help="incremental decoding with a key/value cache; false recomputes the whole "
                                         "window at every step (upstream's way: the same forecasts, slower)")

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ds_kronos.config import DEFAULT_TOP_P
+from ds_kronos.data.normalise import DEFAULT_CLIP, denormalise, normalise
 from ds_kronos.data.series import time_features
-from ds_kronos.data.windows import NORM_EPS
 from ds_kronos.errors import UserError
 from ds_kronos.forecast.sampler import Generators, sample_paths
 from ds_kronos.model import Kronos, KronosTokenizer, check_pair
@@ -63,7 +64,7 @@ class KronosForecaster:
     """
 
     def __init__(self, predictor: Kronos, tokenizer: KronosTokenizer, device: str | torch.device = "cpu",
-                 max_context: int = 512, clip: float = 5.0, use_cache: bool = True):
+                 max_context: int = 512, clip: float = DEFAULT_CLIP, use_cache: bool = True):
         check_pair(tokenizer, predictor)
         self.device = torch.device(device)
         self.predictor = predictor.to(self.device)
@@ -92,7 +93,7 @@ class KronosForecaster:
 
     def forecast_values(self, values: Sequence[np.ndarray], x_stamps: Sequence[np.ndarray],
                         y_stamps: Sequence[np.ndarray], pred_len: int, quantiles: Sequence[float] = (),
-                        temperature: float = 1.0, top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
+                        temperature: float = 1.0, top_k: int = 0, top_p: float = DEFAULT_TOP_P, sample_count: int = 1,
                         generator: Generators = None) -> Forecast:
         """Forecast B series of equal history length from arrays: ``values`` [L, 6] (open, high, low, close,
         volume, amount), ``x_stamps`` [L, 5] / ``y_stamps`` [pred_len, 5] time features (:func:`calendar_features`).
@@ -104,7 +105,7 @@ class KronosForecaster:
         for series in values:
             series = np.asarray(series, dtype=np.float32)
             mean, std = series.mean(axis=0), series.std(axis=0)
-            xs.append(np.clip((series - mean) / (std + NORM_EPS), -self.clip, self.clip))
+            xs.append(normalise(series, mean, std, self.clip))
             means.append(mean)
             stds.append(std)
 
@@ -116,12 +117,12 @@ class KronosForecaster:
                              generator, self.use_cache)[:, :, -pred_len:, :]
         # Mean and quantiles in normalised units, then de-normalised: both commute with the positive affine map.
         mean_norm = paths.mean(dim=1).cpu().numpy()
-        scale = np.stack(stds)[:, None, :] + NORM_EPS
-        shift = np.stack(means)[:, None, :]
-        mean = (mean_norm * scale + shift).astype(np.float32)
+        std, shift = np.stack(stds)[:, None, :], np.stack(means)[:, None, :]
+        mean = denormalise(mean_norm, shift, std).astype(np.float32)
         if quantiles:
             bands_norm = np.quantile(paths.cpu().numpy(), quantiles, axis=1)  # [Q, B, H, 6]
-            bands = (np.moveaxis(bands_norm, 0, 2) * scale[:, :, None, :] + shift[:, :, None, :]).astype(np.float32)
+            bands = denormalise(np.moveaxis(bands_norm, 0, 2), shift[:, :, None, :], std[:, :, None, :])
+            bands = bands.astype(np.float32)
         else:
             bands = np.zeros(mean.shape[:2] + (0, mean.shape[2]), dtype=np.float32)
         return Forecast(mean=mean, bands=bands, quantiles=tuple(quantiles))
@@ -145,7 +146,7 @@ class KronosForecaster:
 
     def forecast_batch(self, dfs: Sequence[pd.DataFrame], x_timestamps: Sequence, y_timestamps: Sequence,
                        pred_len: int, quantiles: Sequence[float] = (0.1, 0.5, 0.9), temperature: float = 1.0,
-                       top_k: int = 0, top_p: float = 0.9, sample_count: int = 20,
+                       top_k: int = 0, top_p: float = DEFAULT_TOP_P, sample_count: int = 20,
                        generator: Generators = None) -> list[pd.DataFrame]:
         """Mean and quantile bands per series: columns ``open, open_q0.1, ..., amount_q0.9`` (each field's mean,
         then its quantiles), indexed by the future timestamps."""
@@ -156,7 +157,7 @@ class KronosForecaster:
                 for i in range(len(dfs))]
 
     def predict_batch(self, dfs: Sequence[pd.DataFrame], x_timestamps: Sequence, y_timestamps: Sequence,
-                      pred_len: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.9,
+                      pred_len: int, temperature: float = 1.0, top_k: int = 0, top_p: float = DEFAULT_TOP_P,
                       sample_count: int = 1, generator: Generators = None) -> list[pd.DataFrame]:
         """Forecast several series of equal history length at once; returns one DataFrame per series (the mean of
         the sampled paths, columns open, high, low, close, volume, amount), as upstream's ``predict_batch``."""

@@ -9,7 +9,6 @@ whatever the batch it shares and the number of ranks.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ds_kronos.console import say
 from ds_kronos.data.series import time_features
 from ds_kronos.forecast.config import ForecastConfig
 from ds_kronos.forecast.frames import Forecast, KronosForecaster
@@ -26,10 +26,6 @@ from ds_kronos.forecast.outputs import SUMMARY_NAME, close_band, plot_series, wr
 from ds_kronos.forecast.sources import Inputs, load_inputs
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.model import Kronos, KronosTokenizer, check_pair
-
-
-def say(message: str) -> None:
-    print(message, flush=True, file=sys.stdout)
 
 
 def series_seed(seed: int, index: int) -> int:

@@ -3,26 +3,25 @@ name and renamed, so a reader never sees half a file)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ds_kronos.evaluation.report import pyplot, save_figure
+from ds_kronos.atomic import atomic_file
+from ds_kronos.data.series import CLOSE
 from ds_kronos.forecast.frames import Forecast, forecast_frame
+from ds_kronos.plotting import pyplot, save_figure
 
 SUMMARY_NAME = "summary.json"
-CLOSE = 3  # column of the close (open, high, low, close, volume, amount)
 
 
 def write_csv(path: Path, result: Forecast, index: int, timestamps_ns: np.ndarray) -> None:
     """The forecast of series ``index``: a ``timestamps`` column, then each field's mean and its quantile bands."""
     frame = forecast_frame(result, index, pd.DatetimeIndex(np.asarray(timestamps_ns, dtype="datetime64[ns]")))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    frame.to_csv(tmp, index_label="timestamps", float_format="%.6g")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, index_label="timestamps", float_format="%.6g")
 
 
 @dataclass(frozen=True)

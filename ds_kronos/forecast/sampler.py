@@ -29,7 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ds_kronos.data.normalise import DEFAULT_CLIP
 from ds_kronos.model import Kronos, KronosTokenizer, check_pair
+
+INFERENCE_TOP_P = 0.99
+"""Default nucleus mass of the functions here, as of upstream's ``auto_regressive_inference``; the jobs and
+:class:`ds_kronos.forecast.KronosForecaster` pass :data:`ds_kronos.config.DEFAULT_TOP_P` (0.9, upstream's
+``KronosPredictor.predict``) explicitly."""
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 """One generator for the whole batch (upstream's behaviour), one per series, or None for torch's global one."""
@@ -83,8 +89,9 @@ def eval_mode(*modules: torch.nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def generate_tokens(predictor: Kronos, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor,
-                    max_context: int, pred_len: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.99,
-                    generator: Generators = None, use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                    max_context: int, pred_len: int, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = INFERENCE_TOP_P, generator: Generators = None,
+                    use_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Extend token histories ``s1_ids``/``s2_ids`` [N, L] by ``pred_len`` sampled (s1, s2) pairs.
 
     ``stamp`` [N, L + pred_len, 5] holds the time features of every position. The predictor must be in eval
@@ -124,9 +131,9 @@ def generate_tokens(predictor: Kronos, s1_ids: torch.Tensor, s2_ids: torch.Tenso
 
 @torch.no_grad()
 def sample_paths(tokenizer: KronosTokenizer, predictor: Kronos, x: torch.Tensor, x_stamp: torch.Tensor,
-                 y_stamp: torch.Tensor, max_context: int, pred_len: int, clip: float = 5.0, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 0.99, sample_count: int = 5, generator: Generators = None,
-                 use_cache: bool = True) -> torch.Tensor:
+                 y_stamp: torch.Tensor, max_context: int, pred_len: int, clip: float = DEFAULT_CLIP,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = INFERENCE_TOP_P, sample_count: int = 5,
+                 generator: Generators = None, use_cache: bool = True) -> torch.Tensor:
     """Every sampled path after normalised history ``x`` [B, L, 6]: float32 [B, sample_count, keep, 6] with
     keep = ``min(L + pred_len, max_context)`` decoded steps in normalised units (the last ``pred_len`` are the
     forecast). ``generator`` may be a sequence of B generators, one per series: a series' paths then do not
@@ -153,9 +160,9 @@ def sample_paths(tokenizer: KronosTokenizer, predictor: Kronos, x: torch.Tensor,
 
 @torch.no_grad()
 def autoregressive_forecast(tokenizer: KronosTokenizer, predictor: Kronos, x: torch.Tensor, x_stamp: torch.Tensor,
-                            y_stamp: torch.Tensor, max_context: int, pred_len: int, clip: float = 5.0,
-                            temperature: float = 1.0, top_k: int = 0, top_p: float = 0.99, sample_count: int = 5,
-                            generator: Generators = None, use_cache: bool = True) -> np.ndarray:
+                            y_stamp: torch.Tensor, max_context: int, pred_len: int, clip: float = DEFAULT_CLIP,
+                            temperature: float = 1.0, top_k: int = 0, top_p: float = INFERENCE_TOP_P,
+                            sample_count: int = 5, generator: Generators = None, use_cache: bool = True) -> np.ndarray:
     """Sample ``pred_len`` steps after normalised history ``x`` [B, L, 6].
 
     Returns the decoded last ``min(L + pred_len, max_context)`` steps averaged over ``sample_count`` samples,

@@ -22,13 +22,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ds_kronos.atomic import MODEL_FOLDER_FILES, replace_folder, temporary_sibling
 from ds_kronos.errors import CheckpointError
 
 if TYPE_CHECKING:
     from torch import nn
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME, WEIGHTS_NAME = MODEL_FOLDER_FILES  # "config.json", "model.safetensors"
 MODEL_CARD_NAME = "README.md"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MODEL_CARD = """---
@@ -129,7 +129,7 @@ def write_folder(folder: str | os.PathLike, config: Mapping[str, Any], state_dic
     """
     target = Path(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    staging = temporary_sibling(target, keep_suffix=False)
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
@@ -138,14 +138,7 @@ def write_folder(folder: str | os.PathLike, config: Mapping[str, Any], state_dic
     (staging / CONFIG_NAME).write_text(json.dumps(dict(sorted(config.items())), indent=2, sort_keys=True),
                                        encoding="utf-8")
     (staging / MODEL_CARD_NAME).write_text(model_card, encoding="utf-8")
-    if target.exists():
-        retired = target.parent / f".{target.name}.old-{os.getpid()}"
-        os.replace(target, retired)
-        os.replace(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, target)
-    return target
+    return replace_folder(staging, target)
 
 
 def _to_saveable(tensor: torch.Tensor) -> torch.Tensor:
@@ -194,25 +187,3 @@ class PretrainedMixin:
             reference = type(self)(self.config)
         check_state_dict(reference.state_dict(), state, f"save_pretrained({folder})")
         return write_folder(folder, self.config.to_dict(), state, _MODEL_CARD.format(cls=type(self).__name__))
-
-
-def recover_folders(parent: str | os.PathLike) -> list[str]:
-    """Clean up after :func:`write_folder` calls that were killed in ``parent``; returns what was done.
-
-    A kill between its two renames leaves the previous folder as ``.NAME.old-PID`` and no ``NAME``: it is moved
-    back. Every other ``.NAME.tmp-PID`` / ``.NAME.old-PID`` is an unfinished or retired copy and is removed.
-    """
-    parent, done = Path(parent), []
-    if not parent.is_dir():
-        return done
-    for path in sorted(parent.iterdir()):
-        if not path.is_dir() or not path.name.startswith("."):
-            continue
-        name, sep, _ = path.name[1:].rpartition(".old-")
-        if sep and not (parent / name).exists() and (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
-            os.replace(path, parent / name)
-            done.append(f"restored {name}/ from an interrupted replacement")
-        elif ".tmp-" in path.name or ".old-" in path.name:
-            shutil.rmtree(path, ignore_errors=True)
-            done.append(f"removed {path.name}/ (left by an interrupted write)")
-    return done

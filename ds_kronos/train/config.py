@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, option, output_dir_problems, prepared_data_problems
+from ds_kronos.data.normalise import DEFAULT_CLIP
 
 DEFAULT_MICRO_BATCH = 50
 DEFAULT_GRAD_ACCUM = 1
@@ -67,41 +68,42 @@ class CommonTrainConfig:
     deepspeed_config: str = option("ds_configs/zero2.json", help="DeepSpeed JSON (ZeRO stage, optimizer, precision)")
     local_rank: int = option(-1, help="set by the deepspeed launcher")
 
-    epochs: int = option(30, help="passes over n_train_iter samples each")
+    epochs: int = option(30, help="passes over n_train_iter samples each", ge=1)
     max_steps: int = option(0, help="stop after this many optimizer steps (0: epochs decide); sets the schedule "
-                                     "length")
-    n_train_iter: int = option(100_000, help="training samples per epoch, over all ranks (capped by the data)")
-    n_val_iter: int = option(20_000, help="validation samples per evaluation, over all ranks (capped by the data)")
-    batch_size: int | None = option(None, help="micro batch per rank; default 50 unless the JSON sets it")
-    grad_accum: int | None = option(None, help="gradient accumulation steps; default 1 unless the JSON sets it")
-    lr: float | None = option(None, help="peak learning rate; default the JSON's (4e-5 in ds_configs/)")
+                                     "length", ge=0)
+    n_train_iter: int = option(100_000, help="training samples per epoch, over all ranks (capped by the data)", ge=1)
+    n_val_iter: int = option(20_000, ge=1,
+                             help="validation samples per evaluation, over all ranks (capped by the data)")
+    batch_size: int | None = option(None, help="micro batch per rank; default 50 unless the JSON sets it", ge=1)
+    grad_accum: int | None = option(None, help="gradient accumulation steps; default 1 unless the JSON sets it", ge=1)
+    lr: float | None = option(None, help="peak learning rate; default the JSON's (4e-5 in ds_configs/)", gt=0)
     lr_schedule: str = option("config", choices=("config", "onecycle"),
                               help="'config': the scheduler in the JSON (WarmupCosineLR); 'onecycle': torch "
                                    "OneCycleLR exactly as upstream (also cycles AdamW's beta1 0.85-0.95)")
     seed: int = option(100, help="seed of model init (presets), data order and sampling")
 
-    eval_every: int = option(0, help="also validate every K optimizer steps (0: once per epoch)")
+    eval_every: int = option(0, help="also validate every K optimizer steps (0: once per epoch)", ge=0)
     eval_at_start: bool = option(True, help="validate before the first step (the baseline the run must beat)")
-    save_every: int = option(0, help="DeepSpeed checkpoint every N optimizer steps (0: at the end of each epoch)")
-    keep_last: int = option(2, help="DeepSpeed checkpoints to keep")
+    save_every: int = option(0, help="DeepSpeed checkpoint every N optimizer steps (0: at the end of each epoch)", ge=0)
+    keep_last: int = option(2, help="DeepSpeed checkpoints to keep", ge=1)
     resume: bool = option(False, help="continue from save_dir/checkpoints/latest (model, optimizer, scheduler, data "
                                       "position, RNG)")
     exit_after_steps: int = option(0, help="stop this invocation after N optimizer steps with a checkpoint, as if "
-                                           "preempted (for testing resume)")
+                                           "preempted (for testing resume)", ge=0)
 
-    log_every: int = option(10, help="progress line every N optimizer steps")
+    log_every: int = option(10, help="progress line every N optimizer steps", ge=1)
     comet: str = option("off", choices=("off", "offline", "online"),
                         help="comet_ml logging: online needs COMET_API_KEY; offline writes an archive under "
                              "save_dir/comet")
     comet_project: str = option("kronos-finetune", help="comet project name")
     comet_name: str | None = option(None, help="comet experiment name")
 
-    num_workers: int | None = option(None, help="DataLoader workers per rank (default: 0 on CPU, 2 on GPU)")
-    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)")
+    num_workers: int | None = option(None, help="DataLoader workers per rank (default: 0 on CPU, 2 on GPU)", ge=0)
+    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)", ge=1)
     dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, help="seconds a collective may wait for the other ranks "
-                                 "before the job stops and names the rank that stopped answering")
+                                 "before the job stops and names the rank that stopped answering", gt=0)
     activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward (saves memory)")
-    clip: float = option(5.0, help="clip normalised features to [-clip, clip]")
+    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip]", gt=0)
 
     def problems(self) -> list[str]:
         problems = self.option_problems()
@@ -115,24 +117,7 @@ class CommonTrainConfig:
 
     def option_problems(self) -> list[str]:
         """The checks that need neither DeepSpeed nor torch."""
-        problems = prepared_data_problems(self.data) + output_dir_problems("--save_dir", self.save_dir)
-        for name in ("epochs", "n_train_iter", "n_val_iter", "log_every", "keep_last"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every", "save_every", "exit_after_steps"):
-            if getattr(self, name) < 0:
-                problems.append(f"--{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "grad_accum", "num_workers", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < (0 if name == "num_workers" else 1):
-                problems.append(f"--{name} must be positive, got {value}")
-        if self.lr is not None and not self.lr > 0:
-            problems.append(f"--lr must be > 0, got {self.lr}")
-        if not self.dist_timeout > 0:
-            problems.append(f"--dist_timeout must be > 0 seconds, got {self.dist_timeout}")
-        if not self.clip > 0:
-            problems.append(f"--clip must be > 0, got {self.clip}")
-        return problems
+        return prepared_data_problems(self.data) + output_dir_problems("--save_dir", self.save_dir)
 
 
 @dataclass(kw_only=True)

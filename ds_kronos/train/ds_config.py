@@ -57,7 +57,7 @@ def _pick(config: dict, key: str, option_value: Any, default: Any, option_name: 
 
 
 @dataclass(frozen=True)
-class BatchPlan:
+class BatchLayout:
     micro_batch: int
     grad_accum: int
     world_size: int
@@ -68,28 +68,28 @@ class BatchPlan:
 
 
 def resolve_batch(config: dict, path: str, *, batch_size: int | None, grad_accum: int | None, world_size: int,
-                  default_micro: int, default_accum: int) -> BatchPlan:
+                  default_micro: int, default_accum: int) -> BatchLayout:
     micro = _pick(config, "train_micro_batch_size_per_gpu", batch_size, default_micro, "batch_size", path)
     accum = _pick(config, "gradient_accumulation_steps", grad_accum, default_accum, "grad_accum", path)
-    plan = BatchPlan(int(micro), int(accum), world_size)
+    batch = BatchLayout(int(micro), int(accum), world_size)
     total = config.get("train_batch_size", AUTO)
-    if total != AUTO and int(total) != plan.global_batch:
-        raise ConfigError(f"{path} sets train_batch_size={total}, but micro batch {plan.micro_batch} x accumulation "
-                          f"{plan.grad_accum} x world size {world_size} = {plan.global_batch}")
-    return plan
+    if total != AUTO and int(total) != batch.global_batch:
+        raise ConfigError(f"{path} sets train_batch_size={total}, but micro batch {batch.micro_batch} x accumulation "
+                          f"{batch.grad_accum} x world size {world_size} = {batch.global_batch}")
+    return batch
 
 
 def warmup_steps(total_steps: int) -> int:
     return max(1, round(WARMUP_FRACTION * total_steps))
 
 
-def resolve_ds_config(config: dict, path: str, *, plan: BatchPlan, total_steps: int, lr: float | None,
+def resolve_ds_config(config: dict, path: str, *, batch: BatchLayout, total_steps: int, lr: float | None,
                       use_onecycle: bool, on_cpu: bool) -> dict[str, Any]:
     """A copy of ``config`` with every "auto" filled and the CPU/scheduler adjustments applied."""
     resolved = copy.deepcopy(config)
-    resolved["train_micro_batch_size_per_gpu"] = plan.micro_batch
-    resolved["gradient_accumulation_steps"] = plan.grad_accum
-    resolved["train_batch_size"] = plan.global_batch
+    resolved["train_micro_batch_size_per_gpu"] = batch.micro_batch
+    resolved["gradient_accumulation_steps"] = batch.grad_accum
+    resolved["train_batch_size"] = batch.global_batch
 
     params = resolved["optimizer"].setdefault("params", {})
     params["lr"] = _pick(params, "lr", lr, None, "lr", path)
@@ -114,10 +114,6 @@ def resolve_ds_config(config: dict, path: str, *, plan: BatchPlan, total_steps: 
             if sched_params.get(key) == AUTO:
                 sched_params[key] = params["lr"]
     return resolved
-
-
-def steps_per_epoch(batches_per_rank: int, grad_accum: int) -> int:
-    return batches_per_rank // grad_accum
 
 
 def total_optimizer_steps(epochs: int, per_epoch: int, max_steps: int) -> tuple[int, int]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ds_kronos.errors import ConfigError
+from ds_kronos.plotting import pyplot, save_figure
 
 
 def format_seconds(seconds: float) -> str:
@@ -69,10 +69,7 @@ class History:
         return cls(*([tuple(p) for p in values.get(key, [])] for key in ("train", "val", "lr")))
 
     def plot(self, path: Path, title: str, ylabel: str) -> None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(7, 4))
         if self.train:
             ax.plot(*zip(*self.train), label="train loss (mean over log interval)", lw=1)
@@ -83,11 +80,7 @@ class History:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, path)
+        save_figure(fig, path)
 
 
 class Progress:
@@ -110,6 +103,3 @@ class Progress:
         return (f"step {step}/{self.total_steps} | epoch {epoch + 1}/{self.epochs} | {name} {loss:.4f} ({detail}) "
                 f"| lr {lr:.3e} | {rate:.1f} samples/s | ETA {format_seconds(eta)}")
 
-
-def say(message: str) -> None:
-    print(message, flush=True, file=sys.stdout)

@@ -1,7 +1,7 @@
 """``--resume``: which checkpoint to continue from, and loading it with a fall-back to older complete ones.
 
 Decided before the engine is built (an elastic resume needs ``load_universal`` in the DeepSpeed config): the
-complete checkpoints, newest first (see ds_kronos.train.checkpoints), the layout of the run that wrote them, and
+complete checkpoints, newest first (see ds_kronos.train.training_state), the layout of the run that wrote them, and
 whether the world size changed. Loading then tries them in turn; every rank agrees on each attempt (one small
 all-reduce), so a file that one rank cannot read moves all ranks on together.
 """
@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 from ds_kronos.errors import UserError
 from ds_kronos.runtime import Runtime, all_reduce_max
-from ds_kronos.train.checkpoints import Candidate, RunLayout, load_training_state, needs_universal, resume_candidates
-from ds_kronos.train.ds_config import BatchPlan
+from ds_kronos.train.ds_config import BatchLayout
+from ds_kronos.train.training_state import Candidate, RunLayout, load_training_state, needs_universal, resume_candidates
 from ds_kronos.train.universal import convert_to_universal
 
 
 @dataclass(frozen=True)
-class ResumePlan:
+class ResumeSource:
     candidates: tuple[Candidate, ...]
     """Complete checkpoints written with the newest one's layout, newest first."""
     layout: RunLayout
@@ -30,7 +30,8 @@ class ResumePlan:
     """Load DeepSpeed universal copies (elastic, and the optimizer state is partitioned by rank)."""
 
 
-def plan_resume(checkpoint_dir: Path, batch: BatchPlan, runtime: Runtime, say: Callable[[str], None]) -> ResumePlan:
+def find_resume_source(checkpoint_dir: Path, batch: BatchLayout, runtime: Runtime,
+                       say: Callable[[str], None]) -> ResumeSource:
     candidates, notes = resume_candidates(checkpoint_dir)
     if runtime.is_main:
         for note in notes:
@@ -46,7 +47,7 @@ def plan_resume(checkpoint_dir: Path, batch: BatchPlan, runtime: Runtime, say: C
                         f"change --batch_size/--grad_accum so the product stays {layout.global_batch})")
     elastic = layout.world_size != runtime.world_size
     same_layout = tuple(c for c in candidates if c.layout == layout)
-    return ResumePlan(same_layout, layout, elastic, elastic and needs_universal(checkpoint_dir, candidates[0].tag))
+    return ResumeSource(same_layout, layout, elastic, elastic and needs_universal(checkpoint_dir, candidates[0].tag))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -58,14 +59,14 @@ def _anyone_failed(problem: str | None, runtime: Runtime) -> bool:
     return all_reduce_max(int(problem is not None), runtime.device) > 0
 
 
-def load_newest(engine, runtime: Runtime, checkpoint_dir: Path, plan: ResumePlan,
+def load_newest(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSource,
                 say: Callable[[str], None]) -> tuple[Candidate, dict[str, Any]]:
     """Load the newest candidate that every rank can read; collective."""
-    for candidate in plan.candidates:
+    for candidate in source.candidates:
         problem = None
-        if plan.universal:
+        if source.universal:
             if runtime.is_main:
-                say(f"--resume: {candidate.tag} was written by {plan.layout.world_size} rank(s), this run has "
+                say(f"--resume: {candidate.tag} was written by {source.layout.world_size} rank(s), this run has "
                     f"{runtime.world_size}: converting it to a DeepSpeed universal checkpoint")
                 try:
                     convert_to_universal(checkpoint_dir, candidate.tag)
@@ -77,8 +78,8 @@ def load_newest(engine, runtime: Runtime, checkpoint_dir: Path, plan: ResumePlan
                 continue
         state = None
         try:
-            state = load_training_state(engine, runtime, checkpoint_dir, candidate.tag, universal=plan.universal,
-                                        restore_rng=not plan.elastic)
+            state = load_training_state(engine, runtime, checkpoint_dir, candidate.tag, universal=source.universal,
+                                        restore_rng=not source.elastic)
             if state is None:
                 problem = "DeepSpeed found nothing to load"
         except Exception as exc:  # noqa: BLE001 - any unreadable file in a complete-looking tag: try an older one
@@ -87,5 +88,5 @@ def load_newest(engine, runtime: Runtime, checkpoint_dir: Path, plan: ResumePlan
             return candidate, state
         if runtime.is_main:
             say(f"--resume: skipped {candidate.tag}: {problem or 'another rank could not read its files'}")
-    raise UserError(f"--resume: none of the {len(plan.candidates)} complete checkpoint(s) in {checkpoint_dir} "
+    raise UserError(f"--resume: none of the {len(source.candidates)} complete checkpoint(s) in {checkpoint_dir} "
                     f"could be loaded (see the lines above)")

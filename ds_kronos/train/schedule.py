@@ -21,7 +21,8 @@ from typing import Callable
 
 import torch
 
-PCT_START = 0.03
+from ds_kronos.train.ds_config import WARMUP_FRACTION
+
 DIV_FACTOR = 10.0
 FINAL_DIV_FACTOR = 1e4
 
@@ -31,7 +32,7 @@ def onecycle_factory(max_lr: float, total_steps: int) -> Callable[[torch.optim.O
 
     def build(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.OneCycleLR:
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total_steps,
-                                                   pct_start=PCT_START, div_factor=DIV_FACTOR,
+                                                   pct_start=WARMUP_FRACTION, div_factor=DIV_FACTOR,
                                                    final_div_factor=FINAL_DIV_FACTOR)
     return build
 

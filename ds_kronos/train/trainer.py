@@ -28,10 +28,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ds_kronos.atomic import recover_folders
+from ds_kronos.console import say
 from ds_kronos.data import ShardedWindowSampler, WindowDataset, verify_prepared
 from ds_kronos.errors import UserError
 from ds_kronos.jsonio import write_json_atomic
-from ds_kronos.model.checkpoint import recover_folders
 from ds_kronos.runtime import (
     Runtime,
     all_reduce_sum,
@@ -42,7 +43,6 @@ from ds_kronos.runtime import (
     seed_everything,
     unresponsive_ranks,
 )
-from ds_kronos.train.checkpoints import RunLayout, gather_fp32_state_dict, remove_leftovers, save_training_state
 from ds_kronos.train.config import (
     DEFAULT_GRAD_ACCUM,
     DEFAULT_MICRO_BATCH,
@@ -59,10 +59,11 @@ from ds_kronos.train.ds_config import (
     warmup_steps,
 )
 from ds_kronos.train.masters import capture_fp32, low_precision, set_fp32_masters
-from ds_kronos.train.reporting import CometLogger, History, Progress, say
-from ds_kronos.train.resume import ResumePlan, load_newest, plan_resume
+from ds_kronos.train.reporting import CometLogger, History, Progress
+from ds_kronos.train.resume import ResumeSource, find_resume_source, load_newest
 from ds_kronos.train.schedule import onecycle_factory
 from ds_kronos.train.tasks import PredictorTask, TokenizerTask
+from ds_kronos.train.training_state import RunLayout, gather_fp32_state_dict, remove_leftovers, save_training_state
 from ds_kronos.train.validation import ValidationResult, validate
 
 
@@ -117,8 +118,8 @@ class Trainer:
             for note in remove_leftovers(self.checkpoint_dir) + recover_folders(self.save_dir):
                 say(f"start-up clean-up: {note}")
         self._build_data()
-        self.resume_plan: ResumePlan | None = (
-            plan_resume(self.checkpoint_dir, self.plan, self.runtime, say) if config.resume else None)
+        self.resume_source: ResumeSource | None = (
+            find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say) if config.resume else None)
         self.task = build_task(config, self.runtime.device)
         self.model = self.task.model
         # The model is built (identically on every rank); from here each rank draws its own random numbers.
@@ -136,24 +137,24 @@ class Trainer:
         self.train_set = WindowDataset(prepared, "train", max_samples=c.n_train_iter, seed=c.seed, clip=c.clip)
         self.val_set = WindowDataset(prepared, "val", max_samples=c.n_val_iter, seed=c.seed, shuffle=False,
                                      clip=c.clip)
-        self.plan = resolve_batch(self.ds_json, c.deepspeed_config, batch_size=c.batch_size, grad_accum=c.grad_accum,
+        self.batch = resolve_batch(self.ds_json, c.deepspeed_config, batch_size=c.batch_size, grad_accum=c.grad_accum,
                                   world_size=rt.world_size, default_micro=DEFAULT_MICRO_BATCH,
                                   default_accum=DEFAULT_GRAD_ACCUM)
         self.train_sampler = ShardedWindowSampler(len(self.train_set), rank=rt.rank, world_size=rt.world_size,
-                                                  batch_size=self.plan.micro_batch, drop_last=True)
+                                                  batch_size=self.batch.micro_batch, drop_last=True)
         val_sampler = ShardedWindowSampler(len(self.val_set), rank=rt.rank, world_size=rt.world_size,
-                                           batch_size=self.plan.micro_batch, drop_last=False)
+                                           batch_size=self.batch.micro_batch, drop_last=False)
         workers = c.num_workers if c.num_workers is not None else (0 if rt.on_cpu else 2)
 
         def loader(dataset, sampler) -> DataLoader:
             # A private generator: creating a DataLoader iterator must not consume the global torch RNG, or a
             # resumed run (which creates its iterator mid-epoch) would sample differently from an uninterrupted one.
-            return DataLoader(dataset, batch_size=self.plan.micro_batch, sampler=sampler, num_workers=workers,
+            return DataLoader(dataset, batch_size=self.batch.micro_batch, sampler=sampler, num_workers=workers,
                               pin_memory=rt.device.type == "cuda", generator=torch.Generator())
 
         self.train_loader = loader(self.train_set, self.train_sampler)
         self.val_loader = loader(self.val_set, val_sampler)
-        self.steps_per_epoch = self.train_sampler.batches_per_epoch() // self.plan.grad_accum
+        self.steps_per_epoch = self.train_sampler.batches_per_epoch() // self.batch.grad_accum
         self.total_steps, self.epochs = total_optimizer_steps(c.epochs, self.steps_per_epoch, c.max_steps)
 
     def _build_engine(self) -> None:
@@ -161,10 +162,10 @@ class Trainer:
 
         c = self.config
         use_onecycle = c.lr_schedule == "onecycle"
-        self.ds_config = resolve_ds_config(self.ds_json, c.deepspeed_config, plan=self.plan,
+        self.ds_config = resolve_ds_config(self.ds_json, c.deepspeed_config, batch=self.batch,
                                            total_steps=self.total_steps, lr=c.lr, use_onecycle=use_onecycle,
                                            on_cpu=self.runtime.on_cpu)
-        if self.resume_plan and self.resume_plan.universal:
+        if self.resume_source and self.resume_source.universal:
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         max_lr = self.ds_config["optimizer"]["params"]["lr"]
         trainable = [p for p in self.model.parameters() if p.requires_grad]
@@ -173,7 +174,7 @@ class Trainer:
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.model, model_parameters=trainable, config=self.ds_config,
             lr_scheduler=onecycle_factory(max_lr, self.total_steps) if use_onecycle else None)
-        if exact and not self.resume_plan:  # a resumed run loads its masters from the checkpoint
+        if exact and not self.resume_source:  # a resumed run loads its masters from the checkpoint
             set_fp32_masters(self.engine, exact)
         del exact
         if not use_onecycle and getattr(self.scheduler, "last_batch_iteration", None) == -1:
@@ -181,22 +182,22 @@ class Trainer:
             self.scheduler.step()
 
     def _layout(self) -> RunLayout:
-        return RunLayout(world_size=self.runtime.world_size, micro_batch=self.plan.micro_batch,
-                         grad_accum=self.plan.grad_accum,
+        return RunLayout(world_size=self.runtime.world_size, micro_batch=self.batch.micro_batch,
+                         grad_accum=self.batch.grad_accum,
                          zero_stage=int(self.ds_config.get("zero_optimization", {}).get("stage", 0)))
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
         c, rt = self.config, self.runtime
-        if self.resume_plan:
-            self._resume(self.resume_plan)
+        if self.resume_source:
+            self._resume(self.resume_source)
         if rt.is_main:
             self._banner()
             if c.comet != "off":
                 self.comet = CometLogger(c.comet, c.comet_project, c.comet_name, self.save_dir / "comet",
                                          {**dataclasses.asdict(c), "world_size": rt.world_size})
         try:
-            if self.task.random_init and self.position.step == 0 and not self.resume_plan:
+            if self.task.random_init and self.position.step == 0 and not self.resume_source:
                 # A preset starts from random weights: keep them, to compare the run with its starting point.
                 self._export("initial_model")
             if c.eval_at_start and self.position.step == 0 and not self.position.history.val:
@@ -210,24 +211,24 @@ class Trainer:
             self.comet.end()
         return summary
 
-    def _resume(self, plan: ResumePlan) -> None:
-        rt, batch = self.runtime, self.plan
-        candidate, state = load_newest(self.engine, rt, self.checkpoint_dir, plan, say)
+    def _resume(self, source: ResumeSource) -> None:
+        rt, batch = self.runtime, self.batch
+        candidate, state = load_newest(self.engine, rt, self.checkpoint_dir, source, say)
         self.position = pos = Position.from_client_state(state)
         self._checkpointed_step = pos.step
-        if plan.elastic:
+        if source.elastic:
             # The data position is kept in global samples: the same global batch continues the same sample order.
-            samples_in_epoch = pos.micro_in_epoch * plan.layout.micro_batch * plan.layout.world_size
+            samples_in_epoch = pos.micro_in_epoch * source.layout.micro_batch * source.layout.world_size
             pos.micro_in_epoch = samples_in_epoch // (batch.micro_batch * rt.world_size)
             seed_everything(rank_seed(self.config.seed, rt.rank, step=pos.step))  # no saved stream for new ranks
         if rt.is_main:
-            how = (f"; written by {plan.layout.world_size} rank(s), now {rt.world_size}"
-                   + (" (DeepSpeed universal checkpoint)" if plan.universal else "")) if plan.elastic else ""
+            how = (f"; written by {source.layout.world_size} rank(s), now {rt.world_size}"
+                   + (" (DeepSpeed universal checkpoint)" if source.universal else "")) if source.elastic else ""
             say(f"resumed from step {pos.step} (epoch {pos.epoch + 1}, micro-batch {pos.micro_in_epoch}) of "
                 f"{candidate.tag}{how}")
 
     def _banner(self) -> None:
-        c, rt, plan = self.config, self.runtime, self.plan
+        c, rt, batch = self.config, self.runtime, self.batch
         params = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
         zero = self.ds_config.get("zero_optimization", {}).get("stage", 0)
         precision = "bf16" if self.ds_config.get("bf16", {}).get("enabled") else (
@@ -237,8 +238,8 @@ class Trainer:
         say(f"data {c.data}: {self.train_set.num_windows:,} train windows ({len(self.train_set):,} per epoch), "
             f"{self.val_set.num_windows:,} val windows ({len(self.val_set):,} per evaluation); window "
             f"{self.train_set.window} bars")
-        say(f"batch {plan.micro_batch} per rank x {plan.grad_accum} accumulation x {rt.world_size} ranks = "
-            f"{plan.global_batch}; {self.steps_per_epoch} steps/epoch, {self.total_steps} steps over {self.epochs} "
+        say(f"batch {batch.micro_batch} per rank x {batch.grad_accum} accumulation x {rt.world_size} ranks = "
+            f"{batch.global_batch}; {self.steps_per_epoch} steps/epoch, {self.total_steps} steps over {self.epochs} "
             f"epoch(s); lr schedule {c.lr_schedule} (warm-up {warmup_steps(self.total_steps)} steps)")
 
     # ----------------------------------------------------------------------------------- validate and export
@@ -292,9 +293,9 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- training
     def _train(self) -> bool:
         """The epoch loop; returns True when stopped by ``exit_after_steps``."""
-        c, pos, plan = self.config, self.position, self.plan
-        micro_per_epoch = self.steps_per_epoch * plan.grad_accum
-        self._progress = Progress(self.total_steps, self.epochs, plan.global_batch, start_step=pos.step)
+        c, pos, batch = self.config, self.position, self.batch
+        micro_per_epoch = self.steps_per_epoch * batch.grad_accum
+        self._progress = Progress(self.total_steps, self.epochs, batch.global_batch, start_step=pos.step)
         self._running = torch.zeros(len(self.task.names.labels), device=self.runtime.device)
         self._running_count = 0
         self._guard_sum = torch.zeros(2, device=self.runtime.device)  # [loss sum since the last check, first loss]
@@ -310,10 +311,10 @@ class Trainer:
                 if pos.micro_in_epoch >= micro_per_epoch or pos.step >= self.total_steps:
                     break
                 lr_used = self._micro_step(x, stamp)
-                if pos.micro_in_epoch % plan.grad_accum:
+                if pos.micro_in_epoch % batch.grad_accum:
                     continue
                 pos.step += 1
-                pos.samples += plan.global_batch
+                pos.samples += batch.global_batch
                 end_of_epoch = pos.micro_in_epoch >= micro_per_epoch or pos.step >= self.total_steps
                 self._after_step(lr_used, end_of_epoch)
                 if c.exit_after_steps and pos.step == c.exit_after_steps and pos.step < self.total_steps:
@@ -406,7 +407,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "epochs": self.epochs,
             "steps_per_epoch": self.steps_per_epoch,
-            "global_batch": self.plan.global_batch,
+            "global_batch": self.batch.global_batch,
             "first_val_loss": pos.first_val,
             "best_val_loss": pos.best_val if math.isfinite(pos.best_val) else None,
             "final_val_loss": pos.last_val,

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import shutil
 from pathlib import Path
 
+from ds_kronos.atomic import replace_folder, temporary_sibling
 from ds_kronos.errors import UserError
-from ds_kronos.train.checkpoints import UNIVERSAL_DIR
+from ds_kronos.train.training_state import UNIVERSAL_DIR
 
 
 def convert_to_universal(checkpoint_dir: Path, tag: str) -> Path:
@@ -29,7 +29,7 @@ def convert_to_universal(checkpoint_dir: Path, tag: str) -> Path:
     target = checkpoint_dir / UNIVERSAL_DIR / tag
     if target.is_dir():
         return target
-    staging = target.parent / f".{tag}.tmp-{os.getpid()}"
+    staging = temporary_sibling(target, keep_suffix=False)
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
     args = argparse.Namespace(input_folder=str(checkpoint_dir / tag), output_folder=str(staging),
@@ -44,5 +44,4 @@ def convert_to_universal(checkpoint_dir: Path, tag: str) -> Path:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--resume: DeepSpeed could not convert {checkpoint_dir / tag} to a universal checkpoint "
                         f"for the new world size: {detail}") from None
-    os.replace(staging, target)
-    return target
+    return replace_folder(staging, target)

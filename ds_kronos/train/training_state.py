@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ds_kronos.atomic import replace_folder, write_text_atomic
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.runtime import Runtime, barrier
 from ds_kronos.train.masters import full_fp32_master
@@ -99,18 +99,9 @@ def save_training_state(engine, runtime: Runtime, checkpoint_dir: Path, step: in
 def _publish(checkpoint_dir: Path, staging: Path, tag: str, layout: RunLayout) -> None:
     files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
     write_json_atomic(staging / MANIFEST, {"tag": tag, "layout": dataclasses.asdict(layout), "files": files})
-    final = checkpoint_dir / tag
-    if final.exists():  # the same step saved again (a run resumed at its last step): replace it whole
-        old = checkpoint_dir / f".{tag}.partial-old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
-    pointer = checkpoint_dir / f".{LATEST}.tmp-{os.getpid()}"
-    pointer.write_text(tag, encoding="utf-8")
-    os.replace(pointer, checkpoint_dir / LATEST)
+    # The same step saved again (a run resumed at its last step) is replaced whole.
+    replace_folder(staging, checkpoint_dir / tag, retired=checkpoint_dir / f".{tag}.partial-old")
+    write_text_atomic(checkpoint_dir / LATEST, tag)
 
 
 def _step_tags(checkpoint_dir: Path) -> list[str]:

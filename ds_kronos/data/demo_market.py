@@ -45,7 +45,7 @@ class DemoMarketConfig:
     """Write a synthetic daily market as a Qlib provider folder."""
 
     out: str | None = option(None, help="folder to create (must not exist unless --overwrite)")
-    symbols: int = option(40, help="number of symbols")
+    symbols: int = option(40, help="number of symbols", ge=1, le=2000)
     seed: int = option(0, help="random seed (same seed, same market)")
     start: str = option("2011-01-01", help="first calendar day")
     end: str = option("2025-06-30", help="last calendar day")
@@ -58,8 +58,6 @@ class DemoMarketConfig:
         problems = []
         if not self.out:
             problems.append("--out is required")
-        if not 1 <= self.symbols <= 2000:
-            problems.append(f"--symbols must be in 1..2000, got {self.symbols}")
         if self.benchmark and self.benchmark.upper() in _symbol_names(self.symbols):
             problems.append(f"--benchmark {self.benchmark} clashes with a demo symbol name")
         try:

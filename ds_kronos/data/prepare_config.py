@@ -33,8 +33,8 @@ class PrepareConfig:
     test_range: list[str] | None = option(None, help=f"test dates START,END (default {DEFAULT_RANGES['test']})")
     split: list[float] | None = option(None, help="time-ordered fractions TRAIN,VAL,TEST instead of date ranges "
                                                   "(e.g. 0.8,0.1,0.1); val/test start `lookback` bars early")
-    lookback: int = option(90, help="bars of context per window (normalisation uses these only)")
-    predict: int = option(10, help="bars to predict per window; a window is lookback + predict + 1 bars")
+    lookback: int = option(90, help="bars of context per window (normalisation uses these only)", ge=1)
+    predict: int = option(10, help="bars to predict per window; a window is lookback + predict + 1 bars", ge=1)
     overwrite: bool = option(False, help="replace an existing prepared dataset at --out")
     bad_rows: str = option("refuse", choices=BAD_ROW_POLICIES,
                            help="rows with a non-finite, overflowing or implausible value (price <= 0, high < low, "
@@ -61,10 +61,6 @@ class PrepareConfig:
             problems.append(f"--out {self.out} is the Qlib folder itself")
         if not self.instrument.strip():
             problems.append("--instrument is empty")
-        if self.lookback < 1:
-            problems.append(f"--lookback must be >= 1, got {self.lookback}")
-        if self.predict < 1:
-            problems.append(f"--predict must be >= 1, got {self.predict}")
         for name in ("train_range", "val_range", "test_range"):
             value = getattr(self, name)
             if value is None:

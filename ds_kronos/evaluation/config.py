@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ds_kronos.config import DEFAULT_TOP_P, option, prepared_data_problems
+from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_TOP_P, option, output_dir_problems, prepared_data_problems
 from ds_kronos.data.manifest import SPLITS
 from ds_kronos.data.normalise import DEFAULT_CLIP
 
@@ -30,27 +30,29 @@ class EvalConfig:
     split: str = option("test", choices=SPLIT_CHOICES, help="split of the prepared dataset to forecast")
     local_rank: int = option(-1, help="set by the deepspeed launcher")
 
-    max_context: int = option(512, help="most tokens the predictor sees (older history is dropped)")
-    pred_len: int | None = option(None, help="bars to forecast per origin (default: the prepared set's predict)")
+    max_context: int = option(512, help="most tokens the predictor sees (older history is dropped)", ge=1)
+    pred_len: int | None = option(None, help="bars to forecast per origin (default: the prepared set's predict)", ge=1)
     stride: int | None = option(None, help="bars between consecutive forecast origins (default: pred_len, so "
-                                           "forecast windows do not overlap)")
+                                           "forecast windows do not overlap)", ge=1)
     max_origins_per_symbol: int | None = option(None, help="keep only the latest N origins of each symbol "
-                                                           "(default: all)")
+                                                           "(default: all)", ge=1)
     sample_count: int = option(1, help="sampled paths averaged into one forecast (> 1 also reports the calibration "
-                                       "of their quantile bands)")
+                                       "of their quantile bands)", ge=1)
     quantiles: list[float] = option(default_factory=lambda: [0.1, 0.5, 0.9],
                                     help="with --sample_count > 1: quantiles of the sampled paths whose calibration "
                                          "is reported, comma-separated (default: 0.1,0.5,0.9)")
     use_cache: bool = option(True, help="incremental decoding with a key/value cache; false recomputes the whole "
                                         "window at every step (upstream's way: the same forecasts, slower)")
-    temperature: float = option(1.0, help="sampling temperature")
-    top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p")
-    top_p: float = option(DEFAULT_TOP_P, help="nucleus sampling mass (1.0: off)")
+    temperature: float = option(1.0, help="sampling temperature", gt=0)
+    top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p", ge=0)
+    top_p: float = option(DEFAULT_TOP_P, help="nucleus sampling mass (1.0: off)", gt=0, le=1)
     seed: int = option(0, help="seed of the sampler (rank r uses seed + r) and of preset (random) weights")
-    batch_size: int = option(64, help="origins forecast together per rank")
-    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip] (as in training)")
-    examples: int = option(4, help="symbols shown in forecast_examples.png")
-    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)")
+    batch_size: int = option(64, help="origins forecast together per rank", ge=1)
+    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip] (as in training)", gt=0)
+    examples: int = option(4, help="symbols shown in forecast_examples.png", ge=0)
+    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)", ge=1)
+    dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, gt=0, help="seconds a collective may wait for the other "
+                                 "ranks before the job stops and names the rank that stopped answering")
 
     backtest: bool = option(False, help="also run pyqlib's TopkDropout backtest of the model's predicted returns "
                                         "(needs a set prepared from a Qlib folder holding --benchmark)")
@@ -64,34 +66,17 @@ class EvalConfig:
                                              "source path)")
 
     def problems(self) -> list[str]:
-        problems = prepared_data_problems(self.data)
+        problems = prepared_data_problems(self.data) + output_dir_problems("--out", self.out)
         for name in ("tokenizer", "predictor"):
             if not getattr(self, name):
                 problems.append(f"--{name} is required: a checkpoint folder or a preset name")
         if not self.out:
             problems.append("--out must name a folder")
-        for name in ("max_context", "sample_count", "batch_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("pred_len", "stride", "max_origins_per_symbol", "threads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"--{name} must be >= 1, got {value}")
         if self.pred_len is not None and self.pred_len > self.max_context:
             problems.append(f"--pred_len {self.pred_len} exceeds --max_context {self.max_context}")
-        if self.examples < 0:
-            problems.append(f"--examples must be >= 0, got {self.examples}")
         bad_quantiles = [q for q in self.quantiles or [] if not 0.0 < q < 1.0]
         if bad_quantiles:
             problems.append(f"--quantiles must be in (0, 1), got {', '.join(f'{q:g}' for q in bad_quantiles)}")
-        if self.top_k < 0:
-            problems.append(f"--top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            problems.append(f"--top_p must be in (0, 1], got {self.top_p}")
-        if not self.temperature > 0:
-            problems.append(f"--temperature must be > 0, got {self.temperature}")
-        if not self.clip > 0:
-            problems.append(f"--clip must be > 0, got {self.clip}")
         if self.backtest:
             if not self.benchmark:
                 problems.append("--benchmark must name a Qlib instrument with --backtest")

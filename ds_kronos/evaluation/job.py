@@ -21,6 +21,7 @@ from ds_kronos.console import say
 from ds_kronos.data.normalise import denormalise
 from ds_kronos.data.prepared import PreparedDataset, SplitArrays
 from ds_kronos.data.series import CLOSE, VALUE_COLUMNS
+from ds_kronos.data.verify import verify_prepared
 from ds_kronos.errors import ConfigError, DataError
 from ds_kronos.evaluation import metrics
 from ds_kronos.evaluation.config import EvalConfig
@@ -82,7 +83,7 @@ class Plan:
 
 
 def plan_evaluation(config: EvalConfig) -> Plan:
-    prepared = PreparedDataset.open(config.data)
+    prepared = verify_prepared(config.data)  # checked once per node and change of the files
     qlib_dir = None
     if config.backtest:
         from ds_kronos.evaluation.backtest import check_backtest  # no qlib import: only the folder is checked
@@ -249,7 +250,7 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
 
     # Imports deepspeed: only once the inputs are known to be good.
     from ds_kronos.runtime import barrier, init_runtime
-    runtime = init_runtime(config.threads)
+    runtime = init_runtime(config.threads, config.dist_timeout)
     main = runtime.is_main
     tokenizer, predictor = tokenizer.to(runtime.device).float(), predictor.to(runtime.device).float()
     load_seconds = time.perf_counter() - t0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ds_kronos.config import DEFAULT_TOP_P, option
+from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_TOP_P, option
 from ds_kronos.data.normalise import DEFAULT_CLIP
 
 
@@ -31,29 +31,31 @@ class ForecastConfig:
     out: str = option("runs/forecast", help="output folder: SYMBOL.csv and SYMBOL.png per series, summary.json")
     local_rank: int = option(-1, help="set by the deepspeed launcher")
 
-    lookback: int = option(400, help="history bars per series fed to the model (the last ones)")
-    pred_len: int = option(120, help="bars to forecast")
-    max_context: int = option(512, help="most tokens the predictor sees (older history is dropped)")
+    lookback: int = option(400, help="history bars per series fed to the model (the last ones)", ge=1)
+    pred_len: int = option(120, help="bars to forecast", ge=1)
+    max_context: int = option(512, help="most tokens the predictor sees (older history is dropped)", ge=1)
     sample_count: int = option(10, help="sampled paths per series: their mean is the forecast, their quantiles "
-                                        "the bands (1: the mean only)")
+                                        "the bands (1: the mean only)", ge=1)
     quantiles: list[float] = option(default_factory=lambda: [0.1, 0.5, 0.9],
                                     help="quantiles of the sampled paths written per field, comma-separated "
                                          "(default: 0.1,0.5,0.9)")
-    temperature: float = option(1.0, help="sampling temperature")
-    top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p")
-    top_p: float = option(DEFAULT_TOP_P, help="nucleus sampling mass (1.0: off)")
+    temperature: float = option(1.0, help="sampling temperature", gt=0)
+    top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p", ge=0)
+    top_p: float = option(DEFAULT_TOP_P, help="nucleus sampling mass (1.0: off)", gt=0, le=1)
     seed: int = option(0, help="sampler seed: series i draws from its own generator seeded from (seed, i), so a "
                                "forecast does not depend on --batch_size or the number of ranks; also seeds "
                                "preset (random) weights")
     future_timestamps: str | None = option(None, help="CSV of future bar times (a time column, or one column); each "
                                                       "series takes the first pred_len after its last bar (default: "
                                                       "continue each series' own bar spacing and trading days)")
-    batch_size: int = option(16, help="series forecast together per rank")
-    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip] (as in training)")
-    plot_bars: int = option(120, help="history bars drawn as candlesticks in each PNG")
+    batch_size: int = option(16, help="series forecast together per rank", ge=1)
+    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip] (as in training)", gt=0)
+    plot_bars: int = option(120, help="history bars drawn as candlesticks in each PNG", ge=1)
     use_cache: bool = option(True, help="incremental decoding with a key/value cache; false recomputes the whole "
                                         "window at every step (upstream's way: the same forecasts, slower)")
-    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)")
+    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)", ge=1)
+    dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, gt=0, help="seconds a collective may wait for the other "
+                                 "ranks before the job stops and names the rank that stopped answering")
 
     def problems(self) -> list[str]:
         problems = []
@@ -69,24 +71,11 @@ class ForecastConfig:
             problems.append("--instrument and --end go with --qlib_dir, not with --csv")
         if not self.out:
             problems.append("--out must name a folder")
-        for name in ("lookback", "pred_len", "max_context", "sample_count", "batch_size", "plot_bars"):
-            if getattr(self, name) < 1:
-                problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.threads is not None and self.threads < 1:
-            problems.append(f"--threads must be >= 1, got {self.threads}")
         if self.pred_len > self.max_context:
             problems.append(f"--pred_len {self.pred_len} exceeds --max_context {self.max_context}")
         bad_quantiles = [q for q in self.quantiles or [] if not 0.0 < q < 1.0]
         if bad_quantiles:
             problems.append(f"--quantiles must be in (0, 1), got {', '.join(f'{q:g}' for q in bad_quantiles)}")
-        if self.top_k < 0:
-            problems.append(f"--top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            problems.append(f"--top_p must be in (0, 1], got {self.top_p}")
-        if not self.temperature > 0:
-            problems.append(f"--temperature must be > 0, got {self.temperature}")
-        if not self.clip > 0:
-            problems.append(f"--clip must be > 0, got {self.clip}")
         if self.future_timestamps and not os.path.isfile(self.future_timestamps):
             problems.append(f"--future_timestamps {self.future_timestamps}: no such file")
         return problems

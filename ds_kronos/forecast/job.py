@@ -53,7 +53,7 @@ def run_forecast(config: ForecastConfig, log: Callable[[str], None] = say) -> di
     check_pair(tokenizer, predictor)
 
     from ds_kronos.runtime import barrier, init_runtime  # imports deepspeed: only once the inputs are good
-    runtime = init_runtime(config.threads)
+    runtime = init_runtime(config.threads, config.dist_timeout)
     main = runtime.is_main
     forecaster = KronosForecaster(predictor.float(), tokenizer.float(), runtime.device, config.max_context,
                                   config.clip, config.use_cache)

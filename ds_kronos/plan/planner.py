@@ -44,7 +44,8 @@ class PlanRequest:
     precision: str = option("fp32", choices=tuple(BYTES), help="training precision")
     activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward")
     memory_gb: float | None = option(None, help="memory per device in GiB: recommend a configuration that fits")
-    margin: float = option(0.2, help="share of --memory_gb kept free (allocator slack, CUDA context, buffers)")
+    margin: float = option(0.2, ge=0, lt=1,
+                           help="share of --memory_gb kept free (allocator slack, CUDA context, buffers)")
     write_ds_config: str | None = option(None, help="write the recommended (else the planned) DeepSpeed JSON "
                                          "here, with any changes it needs merged in")
     device: str = option("gpu", choices=("gpu", "cpu"), help="accelerator kind: on CPU, attention dropout takes "
@@ -67,8 +68,6 @@ class PlanRequest:
             problems.append(f"--offload needs --zero 2 or 3 (got --zero {self.zero})")
         if self.memory_gb is not None and not 0 < self.memory_gb < math.inf:
             problems.append(f"--memory_gb must be a positive number of GiB, got {self.memory_gb}")
-        if not 0 <= self.margin < 1:
-            problems.append(f"--margin must be in [0, 1), got {self.margin}")
         problems += _output_file_problems("--write_ds_config", self.write_ds_config)
         gpn = self.gpus_per_node
         if gpn and self.world_size >= 1 and self.world_size % min(gpn, self.world_size):

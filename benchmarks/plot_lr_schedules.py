@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 
+from ds_kronos.deepspeed_json.resolve import warmup_steps
 from ds_kronos.plotting import pyplot, save_figure
-from ds_kronos.train.ds_config import warmup_steps
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
 
 

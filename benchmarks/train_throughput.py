@@ -5,7 +5,7 @@
     DS_ACCELERATOR=cpu python benchmarks/train_throughput.py --variant mini --world_size 2 --steps 4
 
 It starts its own processes (torch.multiprocessing, spawn), first for DeepSpeed (deepspeed.initialize with the
-ds_configs/ file the planner names for --zero/--precision, "auto" values resolved by ds_kronos.train.ds_config),
+ds_configs/ file the planner names for --zero/--precision, "auto" values resolved by ds_kronos.deepspeed_json.resolve),
 then for the baseline: torch DDP over the same process group, torch AdamW with the JSON's hyper-parameters,
 gradient clipping as the JSON, fp32 or bf16 autocast. Both run the real step: frozen tokenizer ->
 tokenize_batch -> predict_and_score -> backward -> step, on random bars generated in memory (a few batches,
@@ -118,9 +118,9 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
     import torch
 
     from ds_kronos.model import Kronos, KronosTokenizer, preset
+    from ds_kronos.model.objective import predict_and_score, tokenize_batch
     from ds_kronos.plan.measure import random_batch
     from ds_kronos.runtime import barrier, init_runtime, seed_everything
-    from ds_kronos.train.step import predict_and_score, tokenize_batch
     from ds_kronos.train.tasks import resolve_tokenizer_dtype
 
     runtime = init_runtime(config.threads)
@@ -190,8 +190,8 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
 
 
 def _ds_json(config: ThroughputConfig, on_cpu: bool) -> dict[str, Any]:
+    from ds_kronos.deepspeed_json.resolve import BatchLayout, resolve_ds_config
     from ds_kronos.plan.planner import ds_config_for
-    from ds_kronos.train.ds_config import BatchLayout, resolve_ds_config
 
     choice = ds_config_for(config.zero, config.offload, config.precision)
     batch = BatchLayout(config.micro_batch, 1, config.world_size)

@@ -408,7 +408,7 @@ def test_option_files_get_the_command_lines_types(tmp_path):
 
 
 def test_shipped_deepspeed_configs_and_common_keys_pass():
-    from ds_kronos.train.ds_checks import ds_config_problems, known_top_level_keys
+    from ds_kronos.deepspeed_json.checks import ds_config_problems, known_top_level_keys
 
     for path in sorted((REPO / "ds_configs").glob("*.json")):
         assert ds_config_problems(json.loads(path.read_text())) == [], path.name
@@ -425,8 +425,8 @@ def test_shipped_deepspeed_configs_and_common_keys_pass():
 
 
 def test_deepspeed_json_problems_are_listed_in_one_line(tmp_path):
+    from ds_kronos.deepspeed_json.resolve import load_ds_config
     from ds_kronos.errors import ConfigError
-    from ds_kronos.train.ds_config import load_ds_config
 
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"optimizer": {"type": "AdamW", "params": {"lr": 0, "betas": [0.9]}},

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ds_kronos.ds_config_files import SHIPPED_DIR, config_path, locate_ds_config, shipped_names
+from ds_kronos.deepspeed_json.files import SHIPPED_DIR, config_path, locate_ds_config, shipped_names
 from ds_kronos.errors import ConfigError
 from helpers import REPO
 

@@ -315,8 +315,9 @@ def free_port() -> int:
 
 
 def test_deepspeed_two_ranks_match_one_process(demo_prepared_dir, tiny_models, tmp_path):
-    # Greedy decoding: the forecast of an origin then does not depend on which rank's generator drew it.
-    greedy = ("--top_k", "1", "--seed", "3")
+    # Greedy decoding: the forecast of an origin then does not depend on which rank's generator drew it. Two
+    # (identical) paths: the quantile bands travel through the gather too.
+    greedy = ("--top_k", "1", "--seed", "3", "--sample_count", "2")
     single = run_eval(eval_args(demo_prepared_dir, tiny_models, tmp_path / "one", *greedy))
     assert single.returncode == 0, single.stderr[-3000:]
     launcher = Path(sys.executable).parent / "deepspeed"
@@ -332,6 +333,8 @@ def test_deepspeed_two_ranks_match_one_process(demo_prepared_dir, tiny_models, t
     # Batches differ between the runs (each rank batches only its symbols); allow float rounding, nothing more.
     a, b = finite_numbers(one["model"]), finite_numbers(two["model"])
     assert len(a) == len(b) and a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    a, b = finite_numbers(one["calibration"]), finite_numbers(two["calibration"])
+    assert len(a) == len(b) > 0 and a == pytest.approx(b, rel=1e-4, abs=1e-6)
 
 
 def run_in_process(argv: list[str], capsys) -> tuple[int, str]:

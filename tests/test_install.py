@@ -17,7 +17,7 @@ PROBE = """
 import json, sys
 from pathlib import Path
 import ds_kronos
-from ds_kronos.ds_config_files import locate_ds_config, shipped_names
+from ds_kronos.deepspeed_json.files import locate_ds_config, shipped_names
 from ds_kronos.plan import ds_config_for
 from ds_kronos.train.config import TokenizerTrainConfig, TrainConfig
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ds_kronos.deepspeed_json.resolve import (
+    BatchLayout,
+    resolve_batch,
+    resolve_ds_config,
+    total_optimizer_steps,
+    warmup_steps,
+)
 from ds_kronos.errors import ConfigError
-from ds_kronos.train.ds_config import BatchLayout, resolve_batch, resolve_ds_config, total_optimizer_steps, warmup_steps
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
 
 MAX_LR = 4e-5

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from ds_kronos.data import PreparedDataset, WindowDataset
+from ds_kronos.deepspeed_json.resolve import warmup_steps
 from ds_kronos.model import Kronos, KronosTokenizer
-from ds_kronos.train.ds_config import warmup_steps
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
 from helpers import CONFIGS, REPO, SEED, TOTAL_STEPS, VAL_SAMPLES, common_args, deepspeed_train, env, free_port, summary
 

@@ -97,8 +97,8 @@ class MeasureConfig:
 
 def measure(config: MeasureConfig) -> dict[str, float]:
     from ds_kronos.model import Kronos, KronosTokenizer, preset
+    from ds_kronos.model.objective import predict_and_score, tokenize_batch
     from ds_kronos.plan.planner import PlanRequest, plan
-    from ds_kronos.train.step import predict_and_score, tokenize_batch
 
     torch.set_num_threads(config.threads)
     pinned = fix_mmap_threshold() if config.pin_mmap_threshold else False

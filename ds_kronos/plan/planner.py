@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ds_kronos.config import option
-from ds_kronos.ds_config_files import SHIPPED_DIR
+from ds_kronos.deepspeed_json.files import SHIPPED_DIR
 from ds_kronos.errors import CheckpointError, ConfigError, naming_path
 from ds_kronos.model import PREDICTOR_PRESETS
 from ds_kronos.plan.counts import ModelCounts, model_counts
@@ -24,7 +24,7 @@ from ds_kronos.plan.memory import BYTES, MemoryEstimate, Setup, estimate
 
 GIB = 1024 ** 3
 # The shipped files (package data), so an installed package plans from any working directory. Choices name them
-# "ds_configs/<file>", as users pass them to --deepspeed_config; ds_config_files.locate_ds_config maps that name to
+# "ds_configs/<file>", as users pass them to --deepspeed_config; deepspeed_json.files.locate_ds_config maps that name to
 # the shipped file when the working directory has no such file.
 DS_CONFIG_DIR = SHIPPED_DIR
 SHARDING_LADDER: tuple[tuple[int, bool], ...] = ((0, False), (1, False), (2, False), (3, False), (3, True))
@@ -110,7 +110,7 @@ class DsConfigChoice:
 
     def load(self, folder: Path = DS_CONFIG_DIR) -> dict[str, Any]:
         """The JSON (its "auto" values left for the trainer) with the overrides merged."""
-        from ds_kronos.train.ds_config import load_ds_config
+        from ds_kronos.deepspeed_json.resolve import load_ds_config
 
         return self.apply(load_ds_config(str(folder / Path(self.path).name)))
 

@@ -48,9 +48,9 @@ def checkpoint_problems(flag: str, name: str, kind: str) -> list[str]:
 
 
 def ds_config_file_problems(path: str | None) -> list[str]:
-    """The DeepSpeed JSON, read and checked now (see ds_kronos.train.ds_checks) rather than by every rank later."""
+    """The DeepSpeed JSON, read and checked now (ds_kronos.deepspeed_json.checks), not by every rank later."""
+    from ds_kronos.deepspeed_json.resolve import load_ds_config
     from ds_kronos.errors import ConfigError
-    from ds_kronos.train.ds_config import load_ds_config
 
     try:
         load_ds_config(path or "")

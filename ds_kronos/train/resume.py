@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ds_kronos.deepspeed_json.resolve import BatchLayout
 from ds_kronos.errors import UserError
 from ds_kronos.runtime import Runtime, all_reduce_max
-from ds_kronos.train.ds_config import BatchLayout
 from ds_kronos.train.training_state import Candidate, RunLayout, load_training_state, needs_universal, resume_candidates
 from ds_kronos.train.universal import convert_to_universal
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ds_kronos.train.ds_config import WARMUP_FRACTION
+from ds_kronos.deepspeed_json.resolve import WARMUP_FRACTION
 
 DIV_FACTOR = 10.0
 FINAL_DIV_FACTOR = 1e4

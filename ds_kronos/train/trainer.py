@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from ds_kronos.atomic import recover_folders
 from ds_kronos.console import say
 from ds_kronos.data import ShardedWindowSampler, WindowDataset, verify_prepared
+from ds_kronos.deepspeed_json.resolve import load_ds_config, resolve_run, warmup_steps
 from ds_kronos.errors import UserError
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.runtime import (
@@ -51,13 +52,6 @@ from ds_kronos.train.config import (
     TrainConfig,
 )
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
-from ds_kronos.train.ds_config import (
-    load_ds_config,
-    resolve_batch,
-    resolve_ds_config,
-    total_optimizer_steps,
-    warmup_steps,
-)
 from ds_kronos.train.masters import capture_fp32, low_precision, set_fp32_masters
 from ds_kronos.train.reporting import CometLogger, History, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, load_newest
@@ -137,9 +131,12 @@ class Trainer:
         self.train_set = WindowDataset(prepared, "train", max_samples=c.n_train_iter, seed=c.seed, clip=c.clip)
         self.val_set = WindowDataset(prepared, "val", max_samples=c.n_val_iter, seed=c.seed, shuffle=False,
                                      clip=c.clip)
-        self.batch = resolve_batch(self.ds_json, c.deepspeed_config, batch_size=c.batch_size, grad_accum=c.grad_accum,
-                                  world_size=rt.world_size, default_micro=DEFAULT_MICRO_BATCH,
-                                  default_accum=DEFAULT_GRAD_ACCUM)
+        spec = resolve_run(self.ds_json, c.deepspeed_config, batch_size=c.batch_size, grad_accum=c.grad_accum,
+                           world_size=rt.world_size, train_samples=len(self.train_set), epochs=c.epochs,
+                           max_steps=c.max_steps, lr=c.lr, use_onecycle=c.lr_schedule == "onecycle", on_cpu=rt.on_cpu,
+                           default_micro=DEFAULT_MICRO_BATCH, default_accum=DEFAULT_GRAD_ACCUM)
+        self.batch, self.ds_config = spec.batch, spec.ds_config
+        self.steps_per_epoch, self.total_steps, self.epochs = spec.steps_per_epoch, spec.total_steps, spec.epochs
         self.train_sampler = ShardedWindowSampler(len(self.train_set), rank=rt.rank, world_size=rt.world_size,
                                                   batch_size=self.batch.micro_batch, drop_last=True)
         val_sampler = ShardedWindowSampler(len(self.val_set), rank=rt.rank, world_size=rt.world_size,
@@ -154,17 +151,12 @@ class Trainer:
 
         self.train_loader = loader(self.train_set, self.train_sampler)
         self.val_loader = loader(self.val_set, val_sampler)
-        self.steps_per_epoch = self.train_sampler.batches_per_epoch() // self.batch.grad_accum
-        self.total_steps, self.epochs = total_optimizer_steps(c.epochs, self.steps_per_epoch, c.max_steps)
 
     def _build_engine(self) -> None:
         import deepspeed
 
         c = self.config
         use_onecycle = c.lr_schedule == "onecycle"
-        self.ds_config = resolve_ds_config(self.ds_json, c.deepspeed_config, batch=self.batch,
-                                           total_steps=self.total_steps, lr=c.lr, use_onecycle=use_onecycle,
-                                           on_cpu=self.runtime.on_cpu)
         if self.resume_source and self.resume_source.universal:
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         max_lr = self.ds_config["optimizer"]["params"]["lr"]

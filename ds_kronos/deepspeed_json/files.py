@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ds_kronos.errors import ConfigError
 
-SHIPPED_DIR = Path(__file__).resolve().parent / "ds_configs"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 FOLDER_NAME = "ds_configs"
 """The folder name users write in front of a shipped file (``ds_configs/zero2.json``)."""
 

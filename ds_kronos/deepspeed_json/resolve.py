@@ -14,9 +14,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ds_kronos.ds_config_files import locate_ds_config
+from ds_kronos.deepspeed_json.checks import check_ds_config
+from ds_kronos.deepspeed_json.files import locate_ds_config
 from ds_kronos.errors import ConfigError
-from ds_kronos.train.ds_checks import check_ds_config
 
 AUTO = "auto"
 WARMUP_FRACTION = 0.03
@@ -124,3 +124,32 @@ def total_optimizer_steps(epochs: int, per_epoch: int, max_steps: int) -> tuple[
     if max_steps:
         return max_steps, math.ceil(max_steps / per_epoch)
     return epochs * per_epoch, epochs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a training run derives from its DeepSpeed JSON, options, world size and data, resolved once."""
+
+    batch: BatchLayout
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    ds_config: dict[str, Any]
+    """The JSON with every "auto" filled (see :func:`resolve_ds_config`)."""
+
+
+def resolve_run(config: dict, path: str, *, batch_size: int | None, grad_accum: int | None, world_size: int,
+                train_samples: int, epochs: int, max_steps: int, lr: float | None, use_onecycle: bool, on_cpu: bool,
+                default_micro: int, default_accum: int) -> RunSpec:
+    """The batch layout, step counts and filled DeepSpeed dict of a run over ``train_samples`` windows per epoch."""
+    from ds_kronos.data import ShardedWindowSampler  # how ranks deal an epoch decides the steps in it
+
+    batch = resolve_batch(config, path, batch_size=batch_size, grad_accum=grad_accum, world_size=world_size,
+                          default_micro=default_micro, default_accum=default_accum)
+    per_rank = ShardedWindowSampler(train_samples, world_size=world_size, batch_size=batch.micro_batch,
+                                    drop_last=True).batches_per_epoch()
+    steps_per_epoch = per_rank // batch.grad_accum
+    total_steps, epochs = total_optimizer_steps(epochs, steps_per_epoch, max_steps)
+    ds_config = resolve_ds_config(config, path, batch=batch, total_steps=total_steps, lr=lr,
+                                  use_onecycle=use_onecycle, on_cpu=on_cpu)
+    return RunSpec(batch, steps_per_epoch, total_steps, epochs, ds_config)

@@ -1,4 +1,6 @@
-"""The training/validation step shared by the loop and validation: tokenize (frozen), shift, predict, score."""
+"""The predictor objective on a batch of windows: tokenize (frozen tokenizer), shift, predict, score.
+
+Shared by the training loop, validation, the memory planner's measurement and the throughput benchmark."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ds_kronos.model import KronosTokenizer
+from ds_kronos.model.tokenizer import KronosTokenizer
 
 
 @dataclass(frozen=True)

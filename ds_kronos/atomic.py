@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 MODEL_FOLDER_FILES = ("config.json", "model.safetensors")
-"""What a complete model folder holds (ds_kronos.model.checkpoint's CONFIG_NAME and WEIGHTS_NAME)."""
+"""What a complete model folder holds (ds_kronos.model.published's CONFIG_NAME and WEIGHTS_NAME)."""
 
 
 def temporary_sibling(path: str | os.PathLike, *, keep_suffix: bool = True) -> Path:
@@ -64,7 +64,7 @@ def replace_folder(staging: str | os.PathLike, target: str | os.PathLike,
 
 
 def recover_folders(parent: str | os.PathLike) -> list[str]:
-    """Clean up after model-folder writes (:func:`ds_kronos.model.checkpoint.write_folder`) that were killed in
+    """Clean up after model-folder writes (:func:`ds_kronos.model.published.write_folder`) that were killed in
     ``parent``; returns what was done.
 
     A kill between the two renames of :func:`replace_folder` leaves the previous folder as ``.NAME.old-PID`` and no

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ds_kronos.model.checkpoint import PretrainedMixin
 from ds_kronos.model.configs import PREDICTOR_ALIASES, PREDICTOR_PRESETS, KronosConfig, PredictorPreset, resolve_preset
 from ds_kronos.model.layers import (
     DependencyAwareLayer,
@@ -22,6 +21,7 @@ from ds_kronos.model.layers import (
     TemporalEmbedding,
     TransformerBlock,
 )
+from ds_kronos.model.published import PretrainedMixin
 
 
 @dataclass

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ds_kronos.model.checkpoint import PretrainedMixin
 from ds_kronos.model.configs import TOKENIZER_ALIASES, TOKENIZER_PRESETS, KronosTokenizerConfig, resolve_preset
 from ds_kronos.model.layers import TransformerBlock
+from ds_kronos.model.published import PretrainedMixin
 from ds_kronos.model.quantizer import BSQuantizer
 
 

@@ -23,7 +23,6 @@ def checkpoint_problems(flag: str, name: str, kind: str) -> list[str]:
     (read now, so that a bad one is refused before any process group or model exists; the weights are checked
     when they are loaded)."""
     from ds_kronos.errors import CheckpointError
-    from ds_kronos.model.checkpoint import CONFIG_NAME, names_checkpoint, read_config, resolve_folder
     from ds_kronos.model.configs import (
         PREDICTOR_ALIASES,
         PREDICTOR_PRESETS,
@@ -33,6 +32,7 @@ def checkpoint_problems(flag: str, name: str, kind: str) -> list[str]:
         KronosTokenizerConfig,
         resolve_preset,
     )
+    from ds_kronos.model.published import CONFIG_NAME, names_checkpoint, read_config, resolve_folder
 
     config_class, presets, aliases = ((KronosConfig, PREDICTOR_PRESETS, PREDICTOR_ALIASES) if kind == "predictor"
                                       else (KronosTokenizerConfig, TOKENIZER_PRESETS, TOKENIZER_ALIASES))

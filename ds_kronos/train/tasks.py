@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ds_kronos.model import Kronos, KronosTokenizer
-from ds_kronos.model.checkpoint import names_checkpoint
 from ds_kronos.model.objective import predict_and_score, tokenize_batch
 from ds_kronos.model.pairing import check_pair
+from ds_kronos.model.published import names_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -56,7 +56,7 @@ def normalised(values: np.ndarray, history: int, clip: float) -> np.ndarray:
     return normalise(past, mean, std, clip).astype(np.float32)
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="small", help="predictor preset (random weights)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer preset (default: the one the preset pairs with)")
@@ -72,6 +72,54 @@ def main() -> None:
     parser.add_argument("--top_k", type=int, default=0)
     parser.add_argument("--top_p", type=float, default=DEFAULT_TOP_P)
     args = parser.parse_args()
+    return args
+
+
+def _time_repeats(args: argparse.Namespace, forecast) -> tuple[list[float], list[float], list[float], list[bool],
+                                                                list[float]]:
+    """Time cached and recomputed forecasts ``args.repeats`` times, alternating which runs first; returns
+    (cached seconds, recompute seconds, max |diff|, identical, CPU-time ratios) per repeat."""
+    cached_s, recompute_s, diffs, identical, cpu_ratios = [], [], [], [], []
+    for repeat in range(args.repeats):
+        order = (True, False) if repeat % 2 == 0 else (False, True)
+        seconds, cpu, paths = {}, {}, {}
+        for use_cache in order:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            paths[use_cache] = forecast(use_cache)
+            seconds[use_cache] = time.perf_counter() - start
+            cpu[use_cache] = time.process_time() - start_cpu
+        diff = float((paths[True] - paths[False]).abs().max())
+        cached_s.append(seconds[True])
+        recompute_s.append(seconds[False])
+        diffs.append(diff)
+        identical.append(bool(torch.equal(paths[True], paths[False])))
+        cpu_ratios.append(cpu[False] / cpu[True])
+        print(f"repeat {repeat + 1}: cached {seconds[True]:.2f} s ({args.series / seconds[True]:.3f} series/s), "
+              f"recompute {seconds[False]:.2f} s ({args.series / seconds[False]:.3f} series/s), ratio "
+              f"{seconds[False] / seconds[True]:.2f}x (CPU time {cpu_ratios[-1]:.2f}x), max |diff| {diff:.3g}",
+              flush=True)
+    return cached_s, recompute_s, diffs, identical, cpu_ratios
+
+
+def _result(args: argparse.Namespace, cached_s: list[float], recompute_s: list[float], diffs: list[float],
+            identical: list[bool], cpu_ratios: list[float]) -> dict:
+    """The JSON summary line: medians and ranges of the repeats."""
+    ratios = [r / c for r, c in zip(recompute_s, cached_s)]
+    return {
+        "preset": args.preset, "series": args.series, "context": args.context, "horizon": args.horizon,
+        "sample_count": args.sample_count, "max_context": args.max_context, "threads": torch.get_num_threads(),
+        "repeats": args.repeats, "ratio": statistics.median(ratios), "ratio_min": min(ratios),
+        "ratio_max": max(ratios), "ratios": ratios, "cpu_ratio": statistics.median(cpu_ratios),
+        "cpu_ratios": cpu_ratios,
+        "cached_series_per_s": statistics.median(args.series / s for s in cached_s),
+        "recompute_series_per_s": statistics.median(args.series / s for s in recompute_s),
+        "cached_seconds": cached_s, "recompute_seconds": recompute_s, "max_abs_diff": max(diffs),
+        "identical": all(identical), "torch": torch.__version__, "machine": platform.machine(),
+    }
+
+
+def main() -> None:
+    args = _parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -97,39 +145,7 @@ def main() -> None:
           f"{args.series} series x {args.sample_count} path(s), context {args.context}, horizon {args.horizon}, "
           f"max_context {args.max_context}, {torch.get_num_threads()} threads", flush=True)
 
-    cached_s, recompute_s, diffs, identical, cpu_ratios = [], [], [], [], []
-    for repeat in range(args.repeats):
-        order = (True, False) if repeat % 2 == 0 else (False, True)
-        seconds, cpu, paths = {}, {}, {}
-        for use_cache in order:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            paths[use_cache] = forecast(use_cache)
-            seconds[use_cache] = time.perf_counter() - start
-            cpu[use_cache] = time.process_time() - start_cpu
-        diff = float((paths[True] - paths[False]).abs().max())
-        cached_s.append(seconds[True])
-        recompute_s.append(seconds[False])
-        diffs.append(diff)
-        identical.append(bool(torch.equal(paths[True], paths[False])))
-        cpu_ratios.append(cpu[False] / cpu[True])
-        print(f"repeat {repeat + 1}: cached {seconds[True]:.2f} s ({args.series / seconds[True]:.3f} series/s), "
-              f"recompute {seconds[False]:.2f} s ({args.series / seconds[False]:.3f} series/s), ratio "
-              f"{seconds[False] / seconds[True]:.2f}x (CPU time {cpu_ratios[-1]:.2f}x), max |diff| {diff:.3g}",
-              flush=True)
-
-    ratios = [r / c for r, c in zip(recompute_s, cached_s)]
-    result = {
-        "preset": args.preset, "series": args.series, "context": args.context, "horizon": args.horizon,
-        "sample_count": args.sample_count, "max_context": args.max_context, "threads": torch.get_num_threads(),
-        "repeats": args.repeats, "ratio": statistics.median(ratios), "ratio_min": min(ratios),
-        "ratio_max": max(ratios), "ratios": ratios, "cpu_ratio": statistics.median(cpu_ratios),
-        "cpu_ratios": cpu_ratios,
-        "cached_series_per_s": statistics.median(args.series / s for s in cached_s),
-        "recompute_series_per_s": statistics.median(args.series / s for s in recompute_s),
-        "cached_seconds": cached_s, "recompute_seconds": recompute_s, "max_abs_diff": max(diffs),
-        "identical": all(identical), "torch": torch.__version__, "machine": platform.machine(),
-    }
-    print(json.dumps(result))
+    print(json.dumps(_result(args, *_time_repeats(args, forecast))))
 
 
 if __name__ == "__main__":

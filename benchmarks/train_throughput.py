@@ -108,6 +108,68 @@ def matmul_tflops(device, dtype, seconds: float = 1.0) -> float:
     return 2 * n ** 3 * done / (time.perf_counter() - start) / 1e12
 
 
+def _deepspeed_step(model, ds_json: dict[str, Any]):
+    """A DeepSpeed engine around ``model``; returns one training step (forward, backward, optimizer) on a batch."""
+    import deepspeed
+
+    from ds_kronos.train.step import predict_and_score
+
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds_json)
+    head = engine.module.head
+
+    def step(batch) -> None:
+        loss, _, _ = predict_and_score(engine, head, batch, teacher_forcing=False)
+        engine.backward(loss)
+        engine.step()
+    return step
+
+
+def _ddp_step(model, device, bf16: bool, ds_json: dict[str, Any]):
+    """The plain-PyTorch baseline: DDP + AdamW with DeepSpeed's optimizer settings and clipping; returns one step."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from ds_kronos.train.step import predict_and_score
+
+    model = model.to(device)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    params = ds_json["optimizer"]["params"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"], betas=tuple(params["betas"]),
+                                  eps=params["eps"], weight_decay=params["weight_decay"])
+    clip = ds_json.get("gradient_clipping", 0.0)
+    head = model.head
+
+    def step(batch) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _, _ = predict_and_score(ddp, head, batch, teacher_forcing=False)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def _time_steps(config: ThroughputConfig, step, tokenizer, data: list, device, tok_dtype) -> list[float]:
+    """Seconds of each measured step, after ``config.warmup`` untimed ones (peaks are reset when timing starts)."""
+    from ds_kronos.runtime import barrier
+    from ds_kronos.train.step import tokenize_batch
+
+    times = []
+    for i in range(config.warmup + config.steps):
+        if i == config.warmup:
+            barrier()
+            _reset_peaks(device)
+        bars, stamp = data[i % len(data)]
+        _sync(device)
+        start = time.perf_counter()
+        step(tokenize_batch(tokenizer, bars, stamp, device, tok_dtype))
+        _sync(device)
+        if i >= config.warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
 def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str) -> None:
     """One rank of one phase ("deepspeed" or "ddp"); writes its timings to out_dir/<mode>_<rank>.json."""
     config = ThroughputConfig(**values)
@@ -140,47 +202,8 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
     data = [random_batch(config.micro_batch, context, generator) for _ in range(4)]
 
     ds_json = _ds_json(config, runtime.on_cpu)
-    if mode == "deepspeed":
-        import deepspeed
-        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
-                                               config=ds_json)
-        head = engine.module.head
-
-        def step(batch) -> None:
-            loss, _, _ = predict_and_score(engine, head, batch, teacher_forcing=False)
-            engine.backward(loss)
-            engine.step()
-    else:
-        from torch.nn.parallel import DistributedDataParallel
-        model = model.to(device)
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        params = ds_json["optimizer"]["params"]
-        optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"], betas=tuple(params["betas"]),
-                                      eps=params["eps"], weight_decay=params["weight_decay"])
-        clip = ds_json.get("gradient_clipping", 0.0)
-        head = model.head
-
-        def step(batch) -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, _, _ = predict_and_score(ddp, head, batch, teacher_forcing=False)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-    times = []
-    for i in range(config.warmup + config.steps):
-        if i == config.warmup:
-            barrier()
-            _reset_peaks(device)
-        bars, stamp = data[i % len(data)]
-        _sync(device)
-        start = time.perf_counter()
-        step(tokenize_batch(tokenizer, bars, stamp, device, tok_dtype))
-        _sync(device)
-        if i >= config.warmup:
-            times.append(time.perf_counter() - start)
+    step = _deepspeed_step(model, ds_json) if mode == "deepspeed" else _ddp_step(model, device, bf16, ds_json)
+    times = _time_steps(config, step, tokenizer, data, device, tok_dtype)
     rss, gpu = _peak_memory_bytes(device)
     result = {"times": times, "peak_rss": rss, "peak_gpu": gpu, "probe_tflops": probe, "device": device.type,
               "threads": torch.get_num_threads(), "context": context,

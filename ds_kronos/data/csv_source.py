@@ -57,19 +57,22 @@ def _empty_file_problem(path: Path, cols: dict[str, np.ndarray]) -> str:
     return f"{path}: every line misses a value (the first, line {line + 2}); no complete row to use"
 
 
-def read_csv_file(path: Path, bad_rows: str = "refuse") -> tuple[SymbolSeries, dict[str, int], str]:
-    """One file -> (series, drop counts, inferred frequency); raises _Skip for an unusable file and DataError for
-    a bad value under ``bad_rows="refuse"`` (see :mod:`ds_kronos.data.quality`)."""
+def _load_frame(path: Path) -> pd.DataFrame:
+    """The file as strings; an unreadable file is a _Skip naming why."""
     if path.is_dir():
         raise _Skip(f"{path}: is a folder, expected a CSV file")
     if not path.is_file():
         raise _Skip(f"{path}: file not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=True)
+        return pd.read_csv(path, dtype=str, keep_default_na=True)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise _Skip(f"{path}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
     except OSError as exc:
         raise _Skip(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _pick_columns(path: Path, frame: pd.DataFrame) -> tuple[str, dict[str, str], str | None]:
+    """The frame's (time column, required value columns by name, amount column or None), matched by alias."""
     columns = {str(c).strip().lower(): c for c in frame.columns}
     time_col = _find(columns, TIME_NAMES)
     if time_col is None:
@@ -80,9 +83,11 @@ def read_csv_file(path: Path, bad_rows: str = "refuse") -> tuple[SymbolSeries, d
         picked[name] = _find(columns, aliases)
         if picked[name] is None:
             raise _Skip(f"{path}: missing required column {name!r}; columns are {', '.join(map(str, frame.columns))}")
-    amount_col = _find(columns, OPTIONAL["amount"])
-    if len(frame) == 0:
-        raise _Skip(f"{path}: no rows")
+    return time_col, picked, _find(columns, OPTIONAL["amount"])
+
+
+def _parse_times(path: Path, frame: pd.DataFrame, time_col: str) -> pd.Series:
+    """The time column as naive timestamps (NaT where empty); an unparsable value is a _Skip naming its line."""
     stamps = pd.to_datetime(frame[time_col], errors="coerce")
     if stamps.isna().any() and frame[time_col].notna()[stamps.isna()].any():
         row = int(np.flatnonzero((stamps.isna() & frame[time_col].notna()).to_numpy())[0])
@@ -90,6 +95,26 @@ def read_csv_file(path: Path, bad_rows: str = "refuse") -> tuple[SymbolSeries, d
     if getattr(stamps.dt, "tz", None) is not None:
         # Keep the exchange's wall clock: time features describe the trading session, not UTC.
         stamps = stamps.dt.tz_localize(None)
+    return stamps
+
+
+def _sorted_unique(ts: np.ndarray, matrix: np.ndarray, lines: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Rows in time order, keeping the first of each timestamp; returns them and the duplicate count."""
+    order = np.argsort(ts, kind="stable")
+    ts, matrix, lines = ts[order], matrix[order], lines[order]
+    first = np.r_[True, ts[1:] != ts[:-1]]
+    return ts[first], matrix[first], lines[first], int((~first).sum())
+
+
+def read_csv_file(path: Path, bad_rows: str = "refuse") -> tuple[SymbolSeries, dict[str, int], str]:
+    """One file -> (series, drop counts, inferred frequency); raises _Skip for an unusable file and DataError for
+    a bad value under ``bad_rows="refuse"`` (see :mod:`ds_kronos.data.quality`)."""
+    frame = _load_frame(path)
+    time_col, picked, amount_col = _pick_columns(path, frame)
+    if len(frame) == 0:
+        raise _Skip(f"{path}: no rows")
+    stamps = _parse_times(path, frame, time_col)
     cols = {name: _numeric(frame, c, path) for name, c in picked.items()}
     if amount_col is not None:
         cols["amount"] = _numeric(frame, amount_col, path)
@@ -103,12 +128,7 @@ def read_csv_file(path: Path, bad_rows: str = "refuse") -> tuple[SymbolSeries, d
             raise DataError(f"{problem}; fix the file, or pass --bad_rows drop to skip such files")
         raise _Skip(problem)
     n_nan = int((~ok).sum())
-    ts, matrix, lines = ts[ok], matrix[ok], lines[ok]
-    order = np.argsort(ts, kind="stable")
-    ts, matrix, lines = ts[order], matrix[order], lines[order]
-    first = np.r_[True, ts[1:] != ts[:-1]]
-    n_dup = int((~first).sum())
-    ts, matrix, lines = ts[first], matrix[first], lines[first]
+    ts, matrix, lines, n_dup = _sorted_unique(ts[ok], matrix[ok], lines[ok])
     values = stack_values(*(matrix[:, i] for i in range(5)), matrix[:, 5] if amount_col is not None else None)
     screened = screen_bars(path.stem, values, lambda i: f"line {lines[i]} of {path}", bad_rows,
                            derived_amount=amount_col is None)

@@ -88,32 +88,28 @@ def _risk(returns: pd.Series) -> dict[str, float | None]:
     return {key: (float(table[key]) if math.isfinite(float(table[key])) else None) for key in RISK_KEYS}
 
 
-def run_backtest(qlib_dir: Path, dates_ns: np.ndarray, instruments: np.ndarray, pred_returns: np.ndarray,
-                 stride: int, last_ns: int, benchmark: str, topk: int, n_drop: int, limit_threshold: float,
-                 log: Callable[[str], None]) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Run the backtest; returns the report section and qlib's daily portfolio report (return, bench, cost...)."""
-    from ds_kronos.data.qlib_source import init_qlib
-
-    init_qlib(qlib_dir)
-    from qlib.backtest import backtest, executor
-    from qlib.contrib.strategy import TopkDropoutStrategy
-    from qlib.data import D
-
+def _backtest_window(calendar_of: Callable[..., Any], qlib_dir: Path, dates_ns: np.ndarray, stride: int,
+                     last_ns: int) -> tuple[pd.DatetimeIndex, int]:
+    """The trading calendar from the first origin and the index in it of the backtest's last day."""
     first = pd.Timestamp(int(np.min(dates_ns)))
     last_origin = pd.Timestamp(int(np.max(dates_ns)))
-    calendar = pd.DatetimeIndex(D.calendar(start_time=first, end_time=pd.Timestamp(int(last_ns)), freq=FREQ))
+    calendar = pd.DatetimeIndex(calendar_of(start_time=first, end_time=pd.Timestamp(int(last_ns)), freq=FREQ))
     if len(calendar) < 2:
         raise DataError(f"{qlib_dir}: its calendar has fewer than 2 trading days between {first:%Y-%m-%d} and "
                         f"{pd.Timestamp(int(last_ns)):%Y-%m-%d}: nothing to backtest")
     # The last signal is held stride - 1 days and traded on the day after: the backtest ends there (or at the
     # split's last bar). qlib needs one calendar day after end_time, so the provider's very last day is left out.
-    full = pd.DatetimeIndex(D.calendar(start_time=first, freq=FREQ))
+    full = pd.DatetimeIndex(calendar_of(start_time=first, freq=FREQ))
     end_index = min(int(calendar.searchsorted(last_origin)) + stride, len(calendar) - 1, len(full) - 2)
     if end_index < 1:
         raise DataError(f"{qlib_dir}: no trading day after the last origin {last_origin:%Y-%m-%d}: nothing to "
                         f"backtest")
-    start, end = calendar[0], calendar[end_index]
-    signal = build_signal(dates_ns, instruments, pred_returns, calendar[:end_index + 1], stride - 1)
+    return calendar, end_index
+
+
+def _strategy_size(signal: pd.Series, topk: int, n_drop: int, log: Callable[[str], None]
+                   ) -> tuple[int, pd.Series, int, int]:
+    """Fit topk / n_drop to the symbols that have a signal; returns (symbols, signals per day, topk, n_drop)."""
     n_symbols = int(signal.index.get_level_values("instrument").nunique())
     per_day = signal.groupby(level="datetime").size()
     k, drop = effective_topk(n_symbols, topk, n_drop)
@@ -123,11 +119,18 @@ def run_backtest(qlib_dir: Path, dates_ns: np.ndarray, instruments: np.ndarray, 
         log(f"backtest: note: on some days only {int(per_day.min())} symbols have a signal (< topk + n_drop = "
             f"{k + drop}); TopkDropout then sells held stocks ranked low or without a signal (see "
             f"docs/evaluation.md)")
+    return n_symbols, per_day, k, drop
+
+
+def _simulate(signal: pd.Series, start: pd.Timestamp, end: pd.Timestamp, k: int, drop: int, benchmark: str,
+              limit_threshold: float) -> pd.DataFrame:
+    """Run qlib's TopkDropout backtest quietly; returns its daily portfolio report."""
+    from qlib.backtest import backtest, executor
+    from qlib.contrib.strategy import TopkDropoutStrategy
+
     codes = sorted(signal.index.get_level_values("instrument").unique())
     exchange_kwargs = {"freq": FREQ, "codes": codes, "deal_price": "close",
                        "limit_threshold": limit_threshold or None, **COSTS}
-    log(f"backtest: TopkDropout topk {k} n_drop {drop} on {n_symbols} symbols, {start:%Y-%m-%d}..{end:%Y-%m-%d}, "
-        f"benchmark {benchmark}, Qlib folder {qlib_dir}")
     strategy = TopkDropoutStrategy(signal=signal, topk=k, n_drop=drop)
     day_executor = executor.SimulatorExecutor(time_per_step=FREQ, generate_portfolio_metrics=True)
     from qlib.log import set_global_logger_level
@@ -137,22 +140,17 @@ def run_backtest(qlib_dir: Path, dates_ns: np.ndarray, instruments: np.ndarray, 
         warnings.simplefilter("ignore", RuntimeWarning)  # qlib's nanmean over days without a price
         portfolio, _ = backtest(start_time=start, end_time=end, strategy=strategy, executor=day_executor,
                                 benchmark=benchmark, account=ACCOUNT, exchange_kwargs=exchange_kwargs)
-    daily = next(iter(portfolio.values()))[0]  # the only (daily) level: (report DataFrame, positions)
-    if daily.empty:
-        raise DataError(f"{qlib_dir}: the backtest produced no trading day")
+    return next(iter(portfolio.values()))[0]  # the only (daily) level: (report DataFrame, positions)
+
+
+def _backtest_section(daily: pd.DataFrame, settings: dict[str, Any]) -> dict[str, Any]:
+    """The report's backtest section: risk of the benchmark and of the excess return, settings, totals."""
     excess = daily["return"] - daily["bench"]
-    section = {
+    return {
         "benchmark": _risk(daily["bench"]),
         "excess_return_without_cost": _risk(excess),
         "excess_return_with_cost": _risk(excess - daily["cost"]),
-        "settings": {"qlib_dir": str(qlib_dir), "benchmark": benchmark, "strategy": "TopkDropoutStrategy",
-                     "topk": k, "n_drop": drop, "requested_topk": topk, "requested_n_drop": n_drop,
-                     "start": f"{start:%Y-%m-%d}", "end": f"{end:%Y-%m-%d}", "trading_days": int(len(daily)),
-                     "symbols": n_symbols, "signal_rows": int(len(signal)), "signal_hold_days": stride - 1,
-                     "symbols_per_signal_day": {"min": int(per_day.min()), "mean": float(per_day.mean()),
-                                                "max": int(per_day.max())},
-                     "account": ACCOUNT, "deal_price": "close", "limit_threshold": limit_threshold or None,
-                     **COSTS},
+        "settings": settings,
         "totals": {"strategy_return_with_cost": float((daily["return"] - daily["cost"]).sum()),
                    "benchmark_return": float(daily["bench"].sum()),
                    "mean_turnover": float(daily["turnover"].mean())},
@@ -160,7 +158,34 @@ def run_backtest(qlib_dir: Path, dates_ns: np.ndarray, instruments: np.ndarray, 
                        "annualized_return = mean x 252, information_ratio = mean / std x sqrt(252), max_drawdown "
                        "of the cumulative sum; excess = strategy return - benchmark return (- cost)",
     }
-    return section, daily
+
+
+def run_backtest(qlib_dir: Path, dates_ns: np.ndarray, instruments: np.ndarray, pred_returns: np.ndarray,
+                 stride: int, last_ns: int, benchmark: str, topk: int, n_drop: int, limit_threshold: float,
+                 log: Callable[[str], None]) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Run the backtest; returns the report section and qlib's daily portfolio report (return, bench, cost...)."""
+    from ds_kronos.data.qlib_source import init_qlib
+
+    init_qlib(qlib_dir)
+    from qlib.data import D
+
+    calendar, end_index = _backtest_window(D.calendar, qlib_dir, dates_ns, stride, last_ns)
+    start, end = calendar[0], calendar[end_index]
+    signal = build_signal(dates_ns, instruments, pred_returns, calendar[:end_index + 1], stride - 1)
+    n_symbols, per_day, k, drop = _strategy_size(signal, topk, n_drop, log)
+    log(f"backtest: TopkDropout topk {k} n_drop {drop} on {n_symbols} symbols, {start:%Y-%m-%d}..{end:%Y-%m-%d}, "
+        f"benchmark {benchmark}, Qlib folder {qlib_dir}")
+    daily = _simulate(signal, start, end, k, drop, benchmark, limit_threshold)
+    if daily.empty:
+        raise DataError(f"{qlib_dir}: the backtest produced no trading day")
+    settings = {"qlib_dir": str(qlib_dir), "benchmark": benchmark, "strategy": "TopkDropoutStrategy",
+                "topk": k, "n_drop": drop, "requested_topk": topk, "requested_n_drop": n_drop,
+                "start": f"{start:%Y-%m-%d}", "end": f"{end:%Y-%m-%d}", "trading_days": int(len(daily)),
+                "symbols": n_symbols, "signal_rows": int(len(signal)), "signal_hold_days": stride - 1,
+                "symbols_per_signal_day": {"min": int(per_day.min()), "mean": float(per_day.mean()),
+                                           "max": int(per_day.max())},
+                "account": ACCOUNT, "deal_price": "close", "limit_threshold": limit_threshold or None, **COSTS}
+    return _backtest_section(daily, settings), daily
 
 
 def format_backtest(section: dict[str, Any]) -> str:

@@ -297,6 +297,65 @@ class Gathered:
     seconds: float               # the slowest rank's forecasting time
 
 
+def _calibration_section(config: EvalConfig, gathered: Gathered, gathered_reference: Gathered | None,
+                         real: Realised) -> dict[str, Any] | None:
+    """The report's calibration section, or None when no quantiles were asked for."""
+    quantiles = calibration_quantiles(config)
+    if not quantiles:
+        return None
+    return {
+        "sample_count": config.sample_count, "quantiles": quantiles, "units": "data units (price, volume)",
+        "model": calibrate(gathered.bands, real, quantiles),
+        "reference": None if gathered_reference is None else calibrate(gathered_reference.bands, real,
+                                                                        quantiles)}
+
+
+def _build_report(config: EvalConfig, plan: Plan, dates: np.ndarray, scores: dict[str, Any],
+                  ic_series: tuple[np.ndarray, Any, Any], world_size: int, t0: float, load_seconds: float,
+                  forecast_seconds: float) -> dict[str, Any]:
+    """report.json's content, with the calibration and backtest sections still None."""
+    ic_dates, ic, rank_ic = ic_series
+    return {
+        "config": dataclasses.asdict(config),
+        "data": {"path": str(plan.prepared.path), "split": config.split, "freq": plan.prepared.freq,
+                 "lookback": plan.lookback, "pred_len": plan.pred_len, "stride": plan.stride},
+        "counts": {"symbols": len(plan.split.symbols), "symbols_with_origins": int(np.unique(plan.origins.symbols)
+                                                                                   .size),
+                   "origins": len(plan.origins), "dates": int(np.unique(dates).size),
+                   "ic_dates": int(ic_dates.size), "ranks": world_size},
+        "model": scores["model"],
+        "reference": scores.get("reference"),
+        "baselines": {name: value for name, value in scores.items() if name not in ("model", "reference")},
+        "ic_series": {"dates": [str(d) for d in ic_dates.astype("datetime64[ns]").astype("datetime64[s]")],
+                      "ic": ic, "rank_ic": rank_ic},
+        "timing": {"setup_seconds": load_seconds, "forecast_seconds": forecast_seconds,
+                   "origins_per_second": len(plan.origins) / max(forecast_seconds, 1e-9),
+                   "total_seconds": time.perf_counter() - t0},
+        "calibration": None,
+        "definitions": DEFINITIONS,
+        "backtest": None,
+    }
+
+
+def _add_backtest(config: EvalConfig, plan: Plan, report: dict[str, Any], dates: np.ndarray,
+                  model_close: np.ndarray, real: Realised, out: Path, title: str, t0: float,
+                  log: Callable[[str], None]) -> tuple[str, Path]:
+    """Run the Qlib backtest into report["backtest"]; returns its table and the plot it wrote."""
+    from ds_kronos.evaluation.backtest import BACKTEST_PLOT, format_backtest, plot_backtest, run_backtest
+
+    t1 = time.perf_counter()
+    section, daily = run_backtest(
+        plan.qlib_dir, dates, np.asarray(plan.split.symbols)[plan.origins.symbols],
+        metrics.window_returns(model_close, real.last_close)[:, -1], plan.stride,
+        int(np.max(plan.split.timestamps)), config.benchmark, config.topk, config.n_drop,
+        config.limit_threshold, log)
+    plot_backtest(out / BACKTEST_PLOT, daily, f"TopkDropout backtest vs {config.benchmark}, {title}")
+    report["backtest"] = section
+    report["timing"]["backtest_seconds"] = time.perf_counter() - t1
+    report["timing"]["total_seconds"] = time.perf_counter() - t0
+    return format_backtest(section), out / BACKTEST_PLOT
+
+
 def write_outputs(config: EvalConfig, plan: Plan, gathered: Gathered, world_size: int, t0: float,
                   load_seconds: float, log: Callable[[str], None],
                   gathered_reference: Gathered | None = None) -> dict[str, Any]:
@@ -319,50 +378,15 @@ def write_outputs(config: EvalConfig, plan: Plan, gathered: Gathered, world_size
     plot_examples(out / EXAMPLES_PLOT, pick_examples(plan, real, model_close, config.examples), title)
     plot_ic(out / IC_PLOT, ic_dates, ic, rank_ic, f"daily cross-sectional IC, {title}")
 
-    report = {
-        "config": dataclasses.asdict(config),
-        "data": {"path": str(plan.prepared.path), "split": config.split, "freq": plan.prepared.freq,
-                 "lookback": plan.lookback, "pred_len": plan.pred_len, "stride": plan.stride},
-        "counts": {"symbols": len(plan.split.symbols), "symbols_with_origins": int(np.unique(plan.origins.symbols)
-                                                                                   .size),
-                   "origins": len(plan.origins), "dates": int(np.unique(dates).size),
-                   "ic_dates": int(ic_dates.size), "ranks": world_size},
-        "model": scores["model"],
-        "reference": scores.get("reference"),
-        "baselines": {name: value for name, value in scores.items() if name not in ("model", "reference")},
-        "ic_series": {"dates": [str(d) for d in ic_dates.astype("datetime64[ns]").astype("datetime64[s]")],
-                      "ic": ic, "rank_ic": rank_ic},
-        "timing": {"setup_seconds": load_seconds, "forecast_seconds": forecast_seconds,
-                   "origins_per_second": len(plan.origins) / max(forecast_seconds, 1e-9),
-                   "total_seconds": time.perf_counter() - t0},
-        "calibration": None,
-        "definitions": DEFINITIONS,
-        "backtest": None,
-    }
-    quantiles = calibration_quantiles(config)
-    if quantiles:
-        report["calibration"] = {
-            "sample_count": config.sample_count, "quantiles": quantiles, "units": "data units (price, volume)",
-            "model": calibrate(gathered.bands, real, quantiles),
-            "reference": None if gathered_reference is None else calibrate(gathered_reference.bands, real,
-                                                                            quantiles)}
+    report = _build_report(config, plan, dates, scores, (ic_dates, ic, rank_ic), world_size, t0, load_seconds,
+                           forecast_seconds)
+    report["calibration"] = _calibration_section(config, gathered, gathered_reference, real)
     written = [out / REPORT_NAME, out / EXAMPLES_PLOT, out / IC_PLOT]
     backtest_table = None
     if plan.qlib_dir is not None:
-        from ds_kronos.evaluation.backtest import BACKTEST_PLOT, format_backtest, plot_backtest, run_backtest
-
-        t1 = time.perf_counter()
-        section, daily = run_backtest(
-            plan.qlib_dir, dates, np.asarray(plan.split.symbols)[plan.origins.symbols],
-            metrics.window_returns(model_close, real.last_close)[:, -1], plan.stride,
-            int(np.max(plan.split.timestamps)), config.benchmark, config.topk, config.n_drop,
-            config.limit_threshold, log)
-        plot_backtest(out / BACKTEST_PLOT, daily, f"TopkDropout backtest vs {config.benchmark}, {title}")
-        report["backtest"] = section
-        report["timing"]["backtest_seconds"] = time.perf_counter() - t1
-        report["timing"]["total_seconds"] = time.perf_counter() - t0
-        backtest_table = format_backtest(section)
-        written.append(out / BACKTEST_PLOT)
+        backtest_table, backtest_plot = _add_backtest(config, plan, report, dates, model_close, real, out, title,
+                                                      t0, log)
+        written.append(backtest_plot)
     write_json_atomic(out / REPORT_NAME, report)
     log(format_table(scores))
     if report["calibration"] is not None:

@@ -112,7 +112,7 @@ def _deepspeed_step(model, ds_json: dict[str, Any]):
     """A DeepSpeed engine around ``model``; returns one training step (forward, backward, optimizer) on a batch."""
     import deepspeed
 
-    from ds_kronos.train.step import predict_and_score
+    from ds_kronos.model.objective import predict_and_score
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds_json)
     head = engine.module.head
@@ -129,7 +129,7 @@ def _ddp_step(model, device, bf16: bool, ds_json: dict[str, Any]):
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    from ds_kronos.train.step import predict_and_score
+    from ds_kronos.model.objective import predict_and_score
 
     model = model.to(device)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -152,8 +152,8 @@ def _ddp_step(model, device, bf16: bool, ds_json: dict[str, Any]):
 
 def _time_steps(config: ThroughputConfig, step, tokenizer, data: list, device, tok_dtype) -> list[float]:
     """Seconds of each measured step, after ``config.warmup`` untimed ones (peaks are reset when timing starts)."""
+    from ds_kronos.model.objective import tokenize_batch
     from ds_kronos.runtime import barrier
-    from ds_kronos.train.step import tokenize_batch
 
     times = []
     for i in range(config.warmup + config.steps):
@@ -180,7 +180,6 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
     import torch
 
     from ds_kronos.model import Kronos, KronosTokenizer, preset
-    from ds_kronos.model.objective import predict_and_score, tokenize_batch
     from ds_kronos.plan.measure import random_batch
     from ds_kronos.runtime import barrier, init_runtime, seed_everything
     from ds_kronos.train.tasks import resolve_tokenizer_dtype

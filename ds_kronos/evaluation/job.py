@@ -18,31 +18,26 @@ import numpy as np
 import torch
 
 from ds_kronos.console import say
-from ds_kronos.data.normalise import denormalise
-from ds_kronos.data.prepared import PreparedDataset, SplitArrays
-from ds_kronos.data.series import CLOSE, VALUE_COLUMNS
-from ds_kronos.data.verify import verify_prepared
-from ds_kronos.errors import ConfigError, DataError
+from ds_kronos.data.series import VALUE_COLUMNS
 from ds_kronos.evaluation import metrics
 from ds_kronos.evaluation.config import EvalConfig
 from ds_kronos.evaluation.gather import gather_forecasts
-from ds_kronos.evaluation.origins import Origins, build_origins, origin_windows
+from ds_kronos.evaluation.origins import Origins, origin_windows
 from ds_kronos.evaluation.report import (
     EXAMPLES_PLOT,
     IC_PLOT,
     REPORT_NAME,
-    Example,
     format_calibration,
     format_table,
     plot_examples,
     plot_ic,
 )
+from ds_kronos.evaluation.scoring import Realised, calibrate, pick_examples, realised_windows, score_all
+from ds_kronos.evaluation.selection import EvaluationSet, calibration_quantiles, select_evaluation
 from ds_kronos.forecast import sample_paths
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.model.pairing import check_pair
-
-TARGET_CHUNK = 8192  # origins per chunk when rank 0 rebuilds the realised windows (bounds memory)
 
 DEFINITIONS = {
     "units": "MAE/RMSE are in normalised units: each origin's values minus the mean, divided by (std + 1e-5), of "
@@ -69,54 +64,12 @@ DEFINITIONS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """What will be forecast: the split, the horizon settings and the origins (identical on every rank)."""
-
-    prepared: PreparedDataset
-    split: SplitArrays
-    lookback: int
-    pred_len: int
-    stride: int
-    origins: Origins
-    qlib_dir: Path | None = None  # --backtest: the checked Qlib provider folder
-
-
-def plan_evaluation(config: EvalConfig) -> Plan:
-    prepared = verify_prepared(config.data)  # checked once per node and change of the files
-    qlib_dir = None
-    if config.backtest:
-        from ds_kronos.evaluation.backtest import check_backtest  # no qlib import: only the folder is checked
-        qlib_dir = check_backtest(prepared, config.benchmark, config.qlib_dir)
-    split = prepared.split(config.split)
-    if not split.symbols or int(split.offsets[-1]) == 0:
-        raise DataError(f"{prepared.path}: split {config.split!r} has no rows")
-    lookback = prepared.lookback
-    pred_len = config.pred_len or prepared.predict
-    stride = config.stride or pred_len
-    if pred_len > config.max_context:
-        raise ConfigError(f"--pred_len {pred_len} (the prepared set's predict) exceeds --max_context "
-                          f"{config.max_context}")
-    origins = build_origins(split.timestamps, split.offsets, lookback, pred_len, stride,
-                            config.max_origins_per_symbol)
-    if len(origins) == 0:
-        raise DataError(f"{prepared.path}: split {config.split!r}: no forecast origin fits: each needs {lookback} "
-                        f"bars of history and {pred_len} after, the longest symbol has {int(split.lengths.max())} "
-                        f"rows")
-    return Plan(prepared, split, lookback, pred_len, stride, origins, qlib_dir)
-
-
-def calibration_quantiles(config: EvalConfig) -> list[float]:
-    """The quantiles of the sampled paths to keep: none with a single path (its quantiles are the path)."""
-    return sorted(set(config.quantiles or [])) if config.sample_count > 1 else []
-
-
-def forecast_origins(config: EvalConfig, plan: Plan, origins: Origins, tokenizer: KronosTokenizer,
+def forecast_origins(config: EvalConfig, selection: EvaluationSet, origins: Origins, tokenizer: KronosTokenizer,
                      predictor: Kronos, device: torch.device, generator: torch.Generator,
                      progress: Callable[[str], None] | None) -> tuple[np.ndarray, np.ndarray]:
     """Normalised forecasts of ``origins``, ``batch_size`` origins per call: the mean of the sampled paths float32
     [n, pred_len, 6] and their :func:`calibration_quantiles` float32 [n, pred_len, Q, 6]."""
-    lookback, pred_len = plan.lookback, plan.pred_len
+    lookback, pred_len = selection.lookback, selection.pred_len
     quantiles = calibration_quantiles(config)
     preds = np.empty((len(origins), pred_len, len(VALUE_COLUMNS)), dtype=np.float32)
     bands = np.empty((len(origins), pred_len, len(quantiles), len(VALUE_COLUMNS)), dtype=np.float32)
@@ -124,7 +77,7 @@ def forecast_origins(config: EvalConfig, plan: Plan, origins: Origins, tokenizer
     every = max(1, -(-len(origins) // config.batch_size) // 10)
     for start in range(0, len(origins), config.batch_size):
         rows = origins.rows[start:start + config.batch_size]
-        win = origin_windows(plan.split, rows, lookback, pred_len, config.clip)
+        win = origin_windows(selection.split, rows, lookback, pred_len, config.clip)
         x = torch.from_numpy(np.ascontiguousarray(win.norm[:, :lookback])).to(device)
         x_stamp = torch.from_numpy(np.ascontiguousarray(win.stamp[:, :lookback])).to(device)
         # The time features of the real future bars (their calendar is known at forecast time).
@@ -143,102 +96,10 @@ def forecast_origins(config: EvalConfig, plan: Plan, origins: Origins, tokenizer
     return preds, bands
 
 
-@dataclasses.dataclass(frozen=True)
-class Realised:
-    """What rank 0 needs about every origin's windows to score forecasts (all [n, ...], origin order)."""
-
-    future_norm: np.ndarray      # float32 [n, H, 6] clipped normalised realised future
-    last_norm: np.ndarray        # float32 [n, 6] normalised last history bar
-    future_close: np.ndarray     # float32 [n, H] realised close, price units
-    last_close: np.ndarray       # float32 [n]
-    close_mean: np.ndarray       # float32 [n] lookback mean of the close
-    close_std: np.ndarray        # float32 [n] lookback std of the close
-    future_raw: np.ndarray       # float32 [n, H, 6] realised future, data units
-    mean: np.ndarray             # float32 [n, 6] lookback mean of every feature
-    std: np.ndarray              # float32 [n, 6] lookback std of every feature
-
-
-def realised_windows(plan: Plan, clip: float) -> Realised:
-    parts: dict[str, list[np.ndarray]] = {f.name: [] for f in dataclasses.fields(Realised)}
-    L = plan.lookback
-    for start in range(0, len(plan.origins), TARGET_CHUNK):
-        win = origin_windows(plan.split, plan.origins.rows[start:start + TARGET_CHUNK], L, plan.pred_len, clip)
-        parts["future_norm"].append(win.norm[:, L:])
-        parts["last_norm"].append(win.norm[:, L - 1])
-        parts["future_close"].append(win.raw[:, L:, CLOSE])
-        parts["last_close"].append(win.raw[:, L - 1, CLOSE])
-        parts["close_mean"].append(win.mean[:, 0, CLOSE])
-        parts["close_std"].append(win.std[:, 0, CLOSE])
-        parts["future_raw"].append(win.raw[:, L:])
-        parts["mean"].append(win.mean[:, 0])
-        parts["std"].append(win.std[:, 0])
-    return Realised(**{name: np.concatenate(arrays) for name, arrays in parts.items()})
-
-
-def score_all(pred_norm: np.ndarray, real: Realised, dates: np.ndarray,
-              reference_norm: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
-    """Scores of the model (and the reference predictor) and the baselines, and the model's predicted close in price
-    units [n, H]."""
-    horizon = real.future_norm.shape[1]
-    real_returns = metrics.window_returns(real.future_close, real.last_close)
-    actual_close_norm = real.future_norm[:, :, CLOSE]
-    common = dict(actual_close_norm=actual_close_norm, real_returns=real_returns, dates=dates)
-
-    def score_forecaster(norm: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-        close = denormalise(norm[:, :, CLOSE], real.close_mean[:, None], real.close_std[:, None])
-        return metrics.score(pred_close_norm=norm[:, :, CLOSE], pred_returns=metrics.window_returns(
-            close, real.last_close), pred_norm=norm, actual_norm=real.future_norm, **common), close
-
-    scores = {}
-    scores["model"], model_close = score_forecaster(pred_norm)
-    if reference_norm is not None:
-        scores["reference"] = score_forecaster(reference_norm)[0]
-    last = np.repeat(real.last_norm[:, None, :], horizon, axis=1)
-    flat = np.zeros_like(real_returns)  # both "unchanged close" baselines predict a zero return exactly
-    scores["last_value"] = metrics.score(pred_close_norm=last[:, :, CLOSE], pred_returns=flat, pred_norm=last,
-                                         actual_norm=real.future_norm, with_ic=False, **common)
-    scores["zero_return"] = metrics.score(pred_close_norm=last[:, :, CLOSE], pred_returns=flat, with_ic=False,
-                                          **common)
-    mean_close = np.repeat(real.close_mean[:, None], horizon, axis=1)
-    scores["history_mean"] = metrics.score(
-        pred_close_norm=np.zeros_like(actual_close_norm), pred_returns=metrics.window_returns(
-            mean_close, real.last_close), pred_norm=np.zeros_like(real.future_norm), actual_norm=real.future_norm,
-        **common)
-    return scores, model_close
-
-
-def calibrate(bands_norm: np.ndarray, real: Realised, quantiles: list[float]) -> dict[str, Any]:
-    """:func:`metrics.quantile_calibration` of every feature, the forecast quantiles taken back to data units."""
-    bands = denormalise(bands_norm, real.mean[:, None, None, :], real.std[:, None, None, :])
-    return {name: metrics.quantile_calibration(bands[..., f], real.future_raw[..., f], quantiles)
-            for f, name in enumerate(VALUE_COLUMNS)}
-
-
-def pick_examples(plan: Plan, real: Realised, model_close: np.ndarray, count: int) -> list[Example]:
-    """The latest origin of up to ``count`` symbols spread over the symbol list."""
-    symbols_present = np.unique(plan.origins.symbols)
-    if count == 0 or symbols_present.size == 0:
-        return []
-    chosen = symbols_present[np.unique(np.linspace(0, symbols_present.size - 1, min(count, symbols_present.size))
-                                       .round().astype(int))]
-    examples = []
-    for symbol in chosen:
-        i = int(np.flatnonzero(plan.origins.symbols == symbol)[-1])
-        row = int(plan.origins.rows[i])
-        history = slice(row - plan.lookback, row)
-        examples.append(Example(
-            symbol=plan.split.symbols[symbol],
-            history_ns=np.asarray(plan.split.timestamps[history]),
-            history_close=np.asarray(plan.split.values[history, CLOSE]),
-            future_ns=np.asarray(plan.split.timestamps[row:row + plan.pred_len]),
-            actual_close=real.future_close[i], forecast_close=model_close[i]))
-    return examples
-
-
 def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict[str, Any] | None:
     """Run the job; returns the report on rank 0 and None on the other ranks."""
     t0 = time.perf_counter()
-    plan = plan_evaluation(config)
+    selection = select_evaluation(config)
     # Seed before building preset (random) models: every rank must hold the same weights.
     torch.manual_seed(config.seed)
     tokenizer = KronosTokenizer.from_folder_or_preset(config.tokenizer)
@@ -254,18 +115,18 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
     main = runtime.is_main
     tokenizer, predictor = tokenizer.to(runtime.device).float(), predictor.to(runtime.device).float()
     load_seconds = time.perf_counter() - t0
-    mine = plan.origins.for_rank(runtime.rank, runtime.world_size)
+    mine = selection.origins.for_rank(runtime.rank, runtime.world_size)
     if main:
-        n_symbols = np.unique(plan.origins.symbols).size
-        log(f"evaluating split {config.split!r} of {plan.prepared.path}: {n_symbols} symbols, "
-            f"{len(plan.origins)} origins (lookback {plan.lookback}, pred_len {plan.pred_len}, stride "
-            f"{plan.stride}) on {runtime.world_size} rank(s)")
+        n_symbols = np.unique(selection.origins.symbols).size
+        log(f"evaluating split {config.split!r} of {selection.prepared.path}: {n_symbols} symbols, "
+            f"{len(selection.origins)} origins (lookback {selection.lookback}, pred_len {selection.pred_len}, stride "
+            f"{selection.stride}) on {runtime.world_size} rank(s)")
 
     def forecast(model: Kronos) -> Gathered | None:
         generator = torch.Generator(device=runtime.device)
         generator.manual_seed(config.seed + runtime.rank)
         t1 = time.perf_counter()
-        preds, bands = forecast_origins(config, plan, mine, tokenizer, model.to(runtime.device).float(),
+        preds, bands = forecast_origins(config, selection, mine, tokenizer, model.to(runtime.device).float(),
                                         runtime.device, generator, log if main else None)
         # Mean and bands travel as one array [n, H, 1 + Q, 6]: one gather, one canonical order.
         packed = np.concatenate([preds[:, :, None], bands], axis=2)
@@ -278,7 +139,7 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
 
     gathered = forecast(predictor)
     gathered_reference = forecast(reference) if reference is not None else None
-    report = None if gathered is None else write_outputs(config, plan, gathered, runtime.world_size, t0,
+    report = None if gathered is None else write_outputs(config, selection, gathered, runtime.world_size, t0,
                                                          load_seconds, log, gathered_reference)
     # The other ranks wait for rank 0 before tearing down: a rank leaving the group while rank 0 still holds
     # it intermittently aborts the process ("terminate called without an active exception").
@@ -310,18 +171,18 @@ def _calibration_section(config: EvalConfig, gathered: Gathered, gathered_refere
                                                                         quantiles)}
 
 
-def _build_report(config: EvalConfig, plan: Plan, dates: np.ndarray, scores: dict[str, Any],
+def _build_report(config: EvalConfig, selection: EvaluationSet, dates: np.ndarray, scores: dict[str, Any],
                   ic_series: tuple[np.ndarray, Any, Any], world_size: int, t0: float, load_seconds: float,
                   forecast_seconds: float) -> dict[str, Any]:
     """report.json's content, with the calibration and backtest sections still None."""
     ic_dates, ic, rank_ic = ic_series
     return {
         "config": dataclasses.asdict(config),
-        "data": {"path": str(plan.prepared.path), "split": config.split, "freq": plan.prepared.freq,
-                 "lookback": plan.lookback, "pred_len": plan.pred_len, "stride": plan.stride},
-        "counts": {"symbols": len(plan.split.symbols), "symbols_with_origins": int(np.unique(plan.origins.symbols)
-                                                                                   .size),
-                   "origins": len(plan.origins), "dates": int(np.unique(dates).size),
+        "data": {"path": str(selection.prepared.path), "split": config.split, "freq": selection.prepared.freq,
+                 "lookback": selection.lookback, "pred_len": selection.pred_len, "stride": selection.stride},
+        "counts": {"symbols": len(selection.split.symbols),
+                   "symbols_with_origins": int(np.unique(selection.origins.symbols).size),
+                   "origins": len(selection.origins), "dates": int(np.unique(dates).size),
                    "ic_dates": int(ic_dates.size), "ranks": world_size},
         "model": scores["model"],
         "reference": scores.get("reference"),
@@ -329,7 +190,7 @@ def _build_report(config: EvalConfig, plan: Plan, dates: np.ndarray, scores: dic
         "ic_series": {"dates": [str(d) for d in ic_dates.astype("datetime64[ns]").astype("datetime64[s]")],
                       "ic": ic, "rank_ic": rank_ic},
         "timing": {"setup_seconds": load_seconds, "forecast_seconds": forecast_seconds,
-                   "origins_per_second": len(plan.origins) / max(forecast_seconds, 1e-9),
+                   "origins_per_second": len(selection.origins) / max(forecast_seconds, 1e-9),
                    "total_seconds": time.perf_counter() - t0},
         "calibration": None,
         "definitions": DEFINITIONS,
@@ -337,7 +198,7 @@ def _build_report(config: EvalConfig, plan: Plan, dates: np.ndarray, scores: dic
     }
 
 
-def _add_backtest(config: EvalConfig, plan: Plan, report: dict[str, Any], dates: np.ndarray,
+def _add_backtest(config: EvalConfig, selection: EvaluationSet, report: dict[str, Any], dates: np.ndarray,
                   model_close: np.ndarray, real: Realised, out: Path, title: str, t0: float,
                   log: Callable[[str], None]) -> tuple[str, Path]:
     """Run the Qlib backtest into report["backtest"]; returns its table and the plot it wrote."""
@@ -345,9 +206,9 @@ def _add_backtest(config: EvalConfig, plan: Plan, report: dict[str, Any], dates:
 
     t1 = time.perf_counter()
     section, daily = run_backtest(
-        plan.qlib_dir, dates, np.asarray(plan.split.symbols)[plan.origins.symbols],
-        metrics.window_returns(model_close, real.last_close)[:, -1], plan.stride,
-        int(np.max(plan.split.timestamps)), config.benchmark, config.topk, config.n_drop,
+        selection.qlib_dir, dates, np.asarray(selection.split.symbols)[selection.origins.symbols],
+        metrics.window_returns(model_close, real.last_close)[:, -1], selection.stride,
+        int(np.max(selection.split.timestamps)), config.benchmark, config.topk, config.n_drop,
         config.limit_threshold, log)
     plot_backtest(out / BACKTEST_PLOT, daily, f"TopkDropout backtest vs {config.benchmark}, {title}")
     report["backtest"] = section
@@ -356,16 +217,16 @@ def _add_backtest(config: EvalConfig, plan: Plan, report: dict[str, Any], dates:
     return format_backtest(section), out / BACKTEST_PLOT
 
 
-def write_outputs(config: EvalConfig, plan: Plan, gathered: Gathered, world_size: int, t0: float,
+def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gathered, world_size: int, t0: float,
                   load_seconds: float, log: Callable[[str], None],
                   gathered_reference: Gathered | None = None) -> dict[str, Any]:
     """Rank 0: score the gathered forecasts, write report.json and the plots, print the table."""
     rows, pred_norm, forecast_seconds = gathered.rows, gathered.mean, gathered.seconds
-    if not np.array_equal(rows, plan.origins.rows):  # origins are in row order; a mismatch is a bug, not input
+    if not np.array_equal(rows, selection.origins.rows):  # origins are in row order; a mismatch is a bug, not input
         raise RuntimeError("gathered forecasts do not match the planned origins")
 
-    real = realised_windows(plan, config.clip)
-    dates = plan.origins.dates(plan.split.timestamps)
+    real = realised_windows(selection, config.clip)
+    dates = selection.origins.dates(selection.split.timestamps)
     scores, model_close = score_all(pred_norm, real, dates,
                                     None if gathered_reference is None else gathered_reference.mean)
     # The same series the model's IC summary is computed from, kept for the plot and the report.
@@ -374,17 +235,17 @@ def write_outputs(config: EvalConfig, plan: Plan, gathered: Gathered, world_size
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{Path(plan.prepared.path).name} / {config.split}, pred_len {plan.pred_len}"
-    plot_examples(out / EXAMPLES_PLOT, pick_examples(plan, real, model_close, config.examples), title)
+    title = f"{Path(selection.prepared.path).name} / {config.split}, pred_len {selection.pred_len}"
+    plot_examples(out / EXAMPLES_PLOT, pick_examples(selection, real, model_close, config.examples), title)
     plot_ic(out / IC_PLOT, ic_dates, ic, rank_ic, f"daily cross-sectional IC, {title}")
 
-    report = _build_report(config, plan, dates, scores, (ic_dates, ic, rank_ic), world_size, t0, load_seconds,
+    report = _build_report(config, selection, dates, scores, (ic_dates, ic, rank_ic), world_size, t0, load_seconds,
                            forecast_seconds)
     report["calibration"] = _calibration_section(config, gathered, gathered_reference, real)
     written = [out / REPORT_NAME, out / EXAMPLES_PLOT, out / IC_PLOT]
     backtest_table = None
-    if plan.qlib_dir is not None:
-        backtest_table, backtest_plot = _add_backtest(config, plan, report, dates, model_close, real, out, title,
+    if selection.qlib_dir is not None:
+        backtest_table, backtest_plot = _add_backtest(config, selection, report, dates, model_close, real, out, title,
                                                       t0, log)
         written.append(backtest_plot)
     write_json_atomic(out / REPORT_NAME, report)

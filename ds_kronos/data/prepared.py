@@ -1,26 +1,10 @@
 """The prepared-dataset folder: writing it atomically and opening it memory-mapped.
 
-Layout (format version 1; also described in ``docs/data_format.md``)::
-
-    OUT/manifest.json                   JSON, see below
-    OUT/<split>/values.npy              float32 [rows, 6]: open, high, low, close, vol, amt
-    OUT/<split>/timestamps.npy          int64 [rows]: bar time, ns since 1970-01-01, wall clock (no time zone)
-    OUT/<split>/time_features.npy       int8 [rows, 5]: minute, hour, weekday (Monday=0), day of month, month
-    OUT/<split>/offsets.npy             int64 [n_symbols + 1]: symbol i owns rows offsets[i]:offsets[i+1]
-
-for ``<split>`` in train, val, test. All symbols of a split are concatenated in the order of the manifest's
-symbol list, each in time order. Files are plain ``.npy`` (no pickle; ``allow_pickle=False`` on load) and are
-opened with ``mmap_mode='r'``, so every rank and DataLoader worker on a node shares one copy in the page cache.
-
-``manifest.json`` holds ``format`` ("ds_kronos.prepared"), ``format_version``, ``source`` (kind, path, fields,
-instrument), ``freq`` (pandas-style bar spacing, e.g. '1D' or '5min'), ``lookback``, ``predict``, ``window``
-(= lookback + predict + 1), ``split_mode`` with ``ranges`` or ``fractions``, per split ``symbols``,
-``rows_per_symbol``, ``rows``, ``windows``, ``first``/``last`` timestamps, ``sha256`` over the array files
-(in the order of ``files``) and ``file_sha256`` (one per file), plus ``created`` (UTC).
-
-The folder is written as ``OUT.tmp-<pid>`` and renamed into place at the end, so a crash never leaves a folder
-that has a manifest but partial arrays. :meth:`PreparedDataset.open` checks the manifest, every file's header,
-size and shape, and the offsets, without reading the arrays; :func:`ds_kronos.data.verify.verify_prepared` adds
+``OUT/manifest.json`` plus, per split, ``values.npy`` (float32 OHLCV + amount), ``timestamps.npy``,
+``time_features.npy`` and ``offsets.npy`` (symbol i owns rows offsets[i]:offsets[i+1]); plain ``.npy`` opened with
+``mmap_mode='r'`` (no pickle), so every rank on a node shares one copy in the page cache. The format, every manifest
+field and the write protocol are in ``docs/data_format.md``. :meth:`PreparedDataset.open` checks the manifest and
+every file's header, size and shape without reading the arrays; :func:`ds_kronos.data.verify.verify_prepared` adds
 the content (hashes, finite values) once per node and change.
 """
 

@@ -1,34 +1,9 @@
 """Per-rank memory of one training configuration: model states (parameters, gradients, optimizer states) and
 activations, in bytes.
 
-Model states. Where DeepSpeed ships an estimator (ZeRO-2: ``estimate_zero2_model_states_mem_needs``, ZeRO-3:
-``estimate_zero3_model_states_mem_needs``) its device figure is the total used here, and the breakdown into
-parameters / gradients / optimizer follows the byte convention its source comments give: per parameter, 16-bit
-params 2, 16-bit grads 2, fp32 grads 4, fp32 master params 4, Adam moments 8 (so 2 + 18/N for ZeRO-2). Those
-estimators assume 16-bit mixed precision, so they are used for bf16 only. For fp32, and for ZeRO-0/1 (no estimator
-exists), the same convention is applied here with the compute copy at 4 bytes, and the source says so:
-
-============  =========================================================  =================================
-stage         bytes per parameter on each rank (c: 2 for bf16, 4 fp32)    why
-============  =========================================================  =================================
-ZeRO-0 fp32   4 + 4 + 8 = 16                                             the torch optimizer steps the
-                                                                         model's own params: no copies
-ZeRO-0 bf16   2 + 2 + 4 + 4 + 8 = 20                                     BF16_Optimizer: fp32 master and
-                                                                         fp32 grad accumulators
-ZeRO-1        c + c + (4 + 4 + 8) / N                                    full grads; fp32 grad, master and
-                                                                         moments partitioned
-ZeRO-2        c + (c + 4 + 4 + 8) / N                                    grads partitioned too (fp32 still
-                                                                         clones master + grad partitions)
-ZeRO-3        2c x largest layer + (c + 16) / N                          everything partitioned; one layer
-                                                                         gathered at a time
-+ offload     ZeRO-2: params only on device; ZeRO-3: the gathered       optimizer (and for ZeRO-3 params)
-              layer only; the rest in host memory (DeepSpeed's cpu      live in host memory
-              figure, per node, divided by the ranks per node)
-============  =========================================================  =================================
-
-Activations (ours: DeepSpeed has no activation estimator). Counted from what autograd saves for backward in this
-code's layers (see :func:`block_bytes_per_token`), checked against ``torch.autograd.graph.saved_tensors_hooks``
-on CPU. Activation checkpointing keeps only each block's input, plus one block's full set while it is recomputed.
+Model states come from DeepSpeed's own estimators where it ships them (ZeRO-2/3, bf16), and otherwise from the
+same byte convention applied here; activations are counted from what autograd saves in this code's layers. The
+per-stage table, with the reasons, is in ``docs/memory_planner.md``.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def buffer_name(rank: int, addr: str, port: str, uid: int | None = None) -> str:
     return f"{BUFFER_PREFIX}{os.getuid() if uid is None else uid}_{addr}_{port}_{rank}"
 
 
-def _held_shm_names() -> set[str]:
+def held_shm_names() -> set[str]:
     """Names in /dev/shm that some live process has open (file descriptor) or mapped (memory map)."""
     held: set[str] = set()
     prefix = str(SHM_DIR) + "/"
@@ -61,7 +61,7 @@ def sweep_stale_buffers(grace_s: float = STALE_GRACE_S, shm_dir: Path = SHM_DIR)
         return []
     if not candidates:
         return []
-    held = _held_shm_names()
+    held = held_shm_names()
     uid, now, removed = os.getuid(), time.time(), []
     for path in candidates:
         try:

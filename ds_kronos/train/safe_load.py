@@ -1,6 +1,6 @@
 """Loading DeepSpeed's training state without running code from the files.
 
-DeepSpeed reads its checkpoint files with ``torch.load(weights_only=False)``, which unpickles arbitrary objects: a
+DeepSpeed reads its checkpoint files with torch's full unpickler (``weights_only`` off), which runs arbitrary objects: a
 payload planted in a ``*_model_states.pt`` would run on ``--resume``. Inside :func:`weights_only_loading` every
 ``torch.load`` (DeepSpeed's checkpoint engine and ``ds_to_universal`` included) is forced through torch's
 restricted unpickler (torch's own ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` switch), which builds only tensors, containers,

@@ -11,6 +11,15 @@ from ds_kronos.model import Kronos, KronosTokenizer
 from helpers import CONFIGS, EXTRA, SEED, common_args, deepspeed_train
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Small tensors: on a shared 2-core machine a second torch thread only waits for the first."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shm_left_as_found():
     """The suite starts dozens of 2-rank jobs: none may leave a DeepSpeed buffer behind in /dev/shm (issue 15)."""

@@ -56,3 +56,23 @@ def common_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) 
 
 def summary(save_dir: Path) -> dict:
     return json.loads((save_dir / "summary.json").read_text())
+
+
+def single_process_val_losses(prepared: Path, checkpoints: tuple[Path, Path], samples: int):
+    """Per-sample validation losses of the first ``samples`` val windows scored by one process, as the trainer
+    scores them (teacher forcing, causal dependency layer): the reference for all-reduced validation."""
+    import torch
+
+    from ds_kronos.data import PreparedDataset, WindowDataset
+    from ds_kronos.model import Kronos, KronosTokenizer
+
+    tokenizer = KronosTokenizer.from_pretrained(checkpoints[0]).eval()
+    model = Kronos.from_pretrained(checkpoints[1]).eval()
+    dataset = WindowDataset(PreparedDataset.open(prepared), "val", max_samples=samples, seed=SEED, shuffle=False)
+    x, stamp = dataset.get_batch(list(range(len(dataset))))
+    with torch.no_grad():
+        s1, s2 = tokenizer.encode(x, half=True)
+        s1_logits, s2_logits = model(s1[:, :-1], s2[:, :-1], stamp[:, :-1], use_teacher_forcing=True,
+                                     s1_targets=s1[:, 1:], causal_s2=True)
+        per_sample, _, _ = model.head.compute_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:], reduction="none")
+    return per_sample

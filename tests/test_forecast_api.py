@@ -25,13 +25,7 @@ def when(values: np.ndarray) -> list[str]:
     return [str(t) for t in pd.DatetimeIndex(values.astype("datetime64[ns]"))]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small tensors: a second thread only waits for the first on a shared machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

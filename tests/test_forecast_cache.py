@@ -28,12 +28,7 @@ SETTINGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_inputs(rows: int, length: int, bits: int = 10, seed: int = 0) -> tuple[torch.Tensor, ...]:

@@ -19,10 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ds_kronos.data import PreparedDataset, WindowDataset
-from ds_kronos.model import Kronos, KronosTokenizer
+from ds_kronos.model import Kronos
 from ds_kronos.runtime import rank_seed
-from helpers import REPO, SEED, env, free_port, summary
+from helpers import REPO, SEED, env, free_port, single_process_val_losses, summary
 
 LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
 STEPS = 8  # one epoch of 128 samples at a global batch of 16
@@ -151,19 +150,8 @@ def test_zero3_validation_with_uneven_and_empty_shards(demo_prepared_dir, tiny_c
     common = ["--data", str(demo_prepared_dir), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
               "--deepspeed_config", "ds_configs/zero3.json", "--max_steps", "1", "--teacher_forcing",
               "--n_train_iter", "128", "--seed", str(SEED)]
-    tok = KronosTokenizer.from_pretrained(tokenizer).eval()
-    model = Kronos.from_pretrained(predictor).eval()
-
     def single_process_mean(n_val: int) -> float:
-        dataset = WindowDataset(PreparedDataset.open(demo_prepared_dir), "val", max_samples=n_val, seed=SEED,
-                                shuffle=False)
-        x, stamp = dataset.get_batch(list(range(len(dataset))))
-        with torch.no_grad():
-            s1, s2 = tok.encode(x, half=True)
-            s1_logits, s2_logits = model(s1[:, :-1], s2[:, :-1], stamp[:, :-1], use_teacher_forcing=True,
-                                         s1_targets=s1[:, 1:], causal_s2=True)
-            per_sample, _, _ = model.head.compute_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:],
-                                                       reduction="none")
+        per_sample = single_process_val_losses(demo_prepared_dir, tiny_checkpoints, n_val)
         assert per_sample.shape == (n_val,)
         return per_sample.double().mean().item()
 

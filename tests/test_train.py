@@ -15,11 +15,21 @@ import numpy as np
 import pytest
 import torch
 
-from ds_kronos.data import PreparedDataset, WindowDataset
 from ds_kronos.deepspeed_json.resolve import warmup_steps
-from ds_kronos.model import Kronos, KronosTokenizer
+from ds_kronos.model import Kronos
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
-from helpers import CONFIGS, REPO, SEED, TOTAL_STEPS, VAL_SAMPLES, common_args, deepspeed_train, env, free_port, summary
+from helpers import (
+    CONFIGS,
+    REPO,
+    TOTAL_STEPS,
+    VAL_SAMPLES,
+    common_args,
+    deepspeed_train,
+    env,
+    free_port,
+    single_process_val_losses,
+    summary,
+)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -74,16 +84,7 @@ def test_all_reduced_validation_equals_single_process(config_runs, demo_prepared
     """75 samples over 2 ranks (38 + 37): the all-reduced mean must equal one process scoring all 75."""
     first_val = summary(config_runs["zero3"])["history"]["val"][0]
     assert first_val[0] == 0
-    tokenizer = KronosTokenizer.from_pretrained(tiny_checkpoints[0]).eval()
-    model = Kronos.from_pretrained(tiny_checkpoints[1]).eval()
-    dataset = WindowDataset(PreparedDataset.open(demo_prepared_dir), "val", max_samples=VAL_SAMPLES, seed=SEED,
-                            shuffle=False)
-    x, stamp = dataset.get_batch(list(range(len(dataset))))
-    with torch.no_grad():
-        s1, s2 = tokenizer.encode(x, half=True)
-        s1_logits, s2_logits = model(s1[:, :-1], s2[:, :-1], stamp[:, :-1], use_teacher_forcing=True,
-                                     s1_targets=s1[:, 1:], causal_s2=True)
-        per_sample, _, _ = model.head.compute_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:], reduction="none")
+    per_sample = single_process_val_losses(demo_prepared_dir, tiny_checkpoints, VAL_SAMPLES)
     assert per_sample.shape == (VAL_SAMPLES,)
     assert first_val[1] == pytest.approx(per_sample.double().mean().item(), abs=1e-5)
     # A mean of per-rank means (upstream's reduction) would differ:

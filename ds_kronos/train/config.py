@@ -104,6 +104,10 @@ class CommonTrainConfig:
                                  "before the job stops and names the rank that stopped answering", gt=0)
     activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward (saves memory)")
     clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip]", gt=0)
+    compile: bool = option(False, help="compile the model with DeepSpeed's engine.compile (torch.compile, the "
+                           "accelerator's backend) before the first step")
+    nvme_dir: str | None = option(None, help="folder for ZeRO-Infinity's NVMe swap files when the JSON offloads to "
+                                  "\"nvme\" (default: save_dir/nvme_swap; removed at the end of the run)")
 
     def problems(self) -> list[str]:
         problems = self.option_problems()

@@ -21,6 +21,7 @@ from ds_kronos.model.layers import (
     TemporalEmbedding,
     TransformerBlock,
 )
+from ds_kronos.model.partitioned import modifiable
 from ds_kronos.model.published import PretrainedMixin
 
 
@@ -81,6 +82,10 @@ class Kronos(nn.Module, PretrainedMixin):
         """Upstream's initialisation. Frozen sinusoidal time tables (learn_te=False) are left as they are."""
         if isinstance(module, FixedEmbedding):
             return
+        with modifiable(module):  # built under deepspeed.zero.Init, the parameters are partitioned by now
+            self._init_module(module)
+
+    def _init_module(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.xavier_normal_(module.weight)
             if module.bias is not None:
@@ -91,9 +96,13 @@ class Kronos(nn.Module, PretrainedMixin):
             nn.init.ones_(module.weight)
 
     @classmethod
+    def preset_config(cls, name: str) -> KronosConfig:
+        return preset(name).config
+
+    @classmethod
     def from_preset(cls, name: str) -> "Kronos":
         """Random initialisation of a named configuration (tiny, mini, small, base, large, 1b, 3b)."""
-        return cls(preset(name).config)
+        return cls(cls.preset_config(name))
 
     def _embed(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None) -> torch.Tensor:
         x = self.embedding(s1_ids, s2_ids)

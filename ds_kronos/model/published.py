@@ -93,13 +93,19 @@ def read_config(folder: Path) -> dict[str, Any]:
     return values
 
 
-def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+def weights_file(folder: Path) -> Path:
+    """The folder's safetensors file; pickled weights are refused."""
     weights_path = folder / WEIGHTS_NAME
     if not weights_path.is_file():
         if (folder / "pytorch_model.bin").is_file():
             raise CheckpointError(f"{folder}: only pytorch_model.bin (pickle) found; ds_kronos loads "
                                   f"{WEIGHTS_NAME} only. Convert it once with safetensors where you trust the file.")
         raise CheckpointError(f"{folder}: no {WEIGHTS_NAME}")
+    return weights_path
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    weights_path = weights_file(folder)
     try:
         return load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:

@@ -12,6 +12,8 @@ tables) have no master; they never change, so the exported model takes the value
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -77,3 +79,25 @@ def full_fp32_master(engine, param: nn.Parameter) -> torch.Tensor | None:
         return full
     zero0 = _zero0_master_views(engine.optimizer)
     return None if zero0 is None else zero0.get(id(param))
+
+
+def frozen_fp32(module: nn.Module, weights: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The frozen floating tensors of a model built partitioned (zero.Init), as fp32 CPU copies: from the
+    checkpoint file when there is one (exact), else gathered from the module one parameter at a time (a preset's
+    fixed tables, already at the training precision). Collective under ZeRO-3."""
+    from ds_kronos.model.partitioned import modifiable
+
+    frozen: dict[str, torch.Tensor] = {}
+    for name, param in module.named_parameters():
+        if param.requires_grad:
+            continue
+        if weights is not None:
+            frozen[name] = weights[name]
+            continue
+        owner = module.get_submodule(name.rpartition(".")[0])
+        with modifiable(owner, modifier_rank=None):
+            frozen[name] = param.detach().float().cpu().clone()
+    for name, buffer in module.named_buffers():
+        if buffer.is_floating_point():
+            frozen[name] = weights[name] if weights is not None and name in weights else buffer.detach().float().cpu()
+    return frozen

@@ -15,6 +15,7 @@ from torch import nn
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.model.objective import predict_and_score, tokenize_batch
 from ds_kronos.model.pairing import check_pair
+from ds_kronos.model.partitioned import SafetensorsTensors, build_partitioned
 from ds_kronos.model.published import names_checkpoint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,12 +52,20 @@ class PredictorTask:
                         val_components_comet=("val_S1_loss", "val_S2_loss"))
 
     def __init__(self, *, tokenizer: str, predictor: str, teacher_forcing: bool, tokenizer_dtype: str,
-                 device: torch.device, activation_checkpointing: bool):
+                 device: torch.device, activation_checkpointing: bool, partition_config: dict | None = None,
+                 rank: int = 0):
         self.tokenizer_dtype = resolve_tokenizer_dtype(tokenizer_dtype, device)
         self.device = device
-        frozen = KronosTokenizer.from_folder_or_preset(tokenizer)
+        frozen = KronosTokenizer.from_folder_or_preset(tokenizer)  # outside zero.Init: never partitioned
         self.tokenizer = frozen.eval().requires_grad_(False).to(device, self.tokenizer_dtype)
-        self.model: nn.Module = Kronos.from_folder_or_preset(predictor)
+        self.partitioned = partition_config is not None
+        self.checkpoint_weights: SafetensorsTensors | None = None
+        """With partitioned construction: the checkpoint file, read one tensor at a time (for the fp32 masters)."""
+        if self.partitioned:
+            # ZeRO-3: each rank materialises only its shard, and a checkpoint streams in one module at a time.
+            self.model, self.checkpoint_weights = build_partitioned(Kronos, predictor, partition_config, rank)
+        else:
+            self.model = Kronos.from_folder_or_preset(predictor)
         self.random_init = not names_checkpoint(predictor)
         check_pair(self.tokenizer, self.model)
         self.model.gradient_checkpointing = activation_checkpointing

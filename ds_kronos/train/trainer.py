@@ -34,6 +34,7 @@ from ds_kronos.data import ShardedWindowSampler, WindowDataset, verify_prepared
 from ds_kronos.deepspeed_json.resolve import load_ds_config, resolve_run, warmup_steps
 from ds_kronos.errors import UserError
 from ds_kronos.jsonio import write_json_atomic
+from ds_kronos.plan.measure import peak_rss_bytes
 from ds_kronos.runtime import (
     Runtime,
     all_reduce_sum,
@@ -52,7 +53,8 @@ from ds_kronos.train.config import (
     TrainConfig,
 )
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
-from ds_kronos.train.masters import capture_fp32, low_precision, set_fp32_masters
+from ds_kronos.train.masters import capture_fp32, frozen_fp32, low_precision, set_fp32_masters
+from ds_kronos.train.nvme import SWAP_SUBFOLDER, check_nvme_ready, fill_nvme_path, remove_swap_files
 from ds_kronos.train.reporting import CometLogger, History, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, load_newest
 from ds_kronos.train.schedule import onecycle_factory
@@ -86,13 +88,15 @@ class Position:
         return cls(**{**values, "history": History.from_dict(values.get("history", {}))})
 
 
-def build_task(config: CommonTrainConfig, device: torch.device) -> PredictorTask | TokenizerTask:
+def build_task(config: CommonTrainConfig, runtime: Runtime, ds_config: dict) -> PredictorTask | TokenizerTask:
     if isinstance(config, TrainConfig):
+        zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
         return PredictorTask(tokenizer=config.tokenizer, predictor=config.predictor,
                              teacher_forcing=config.teacher_forcing, tokenizer_dtype=config.tokenizer_dtype,
-                             device=device, activation_checkpointing=config.activation_checkpointing)
+                             device=runtime.device, activation_checkpointing=config.activation_checkpointing,
+                             partition_config=ds_config if zero3 else None, rank=runtime.rank)
     if isinstance(config, TokenizerTrainConfig):
-        return TokenizerTask(tokenizer=config.tokenizer, device=device)
+        return TokenizerTask(tokenizer=config.tokenizer, device=runtime.device)
     raise TypeError(f"no training task for {type(config).__name__}")
 
 
@@ -114,11 +118,12 @@ class Trainer:
         self._build_data()
         self.resume_source: ResumeSource | None = (
             find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say) if config.resume else None)
-        self.task = build_task(config, self.runtime.device)
+        self.task = build_task(config, self.runtime, self.ds_config)
         self.model = self.task.model
         # The model is built (identically on every rank); from here each rank draws its own random numbers.
         seed_everything(rank_seed(config.seed, self.runtime.rank))
         self._build_engine()
+        self._build_peak_rss = peak_rss_bytes()  # building, loading and partitioning the model: reported at the end
         self.position = Position()
         self.comet: CometLogger | None = None
         self.guard = DivergenceGuard(fp16=bool(self.ds_config.get("fp16", {}).get("enabled")))
@@ -136,6 +141,15 @@ class Trainer:
                            max_steps=c.max_steps, lr=c.lr, use_onecycle=c.lr_schedule == "onecycle", on_cpu=rt.on_cpu,
                            default_micro=DEFAULT_MICRO_BATCH, default_accum=DEFAULT_GRAD_ACCUM)
         self.batch, self.ds_config = spec.batch, spec.ds_config
+        self.swap_dir = fill_nvme_path(self.ds_config, c.nvme_dir, c.save_dir)
+        if self.swap_dir is not None:
+            check_nvme_ready(self.swap_dir)
+            if rt.local_rank == 0:
+                freed = remove_swap_files(self.swap_dir)  # left by a killed run; before any rank writes new ones
+                if freed and rt.is_main:
+                    say(f"start-up clean-up: removed {freed / 2**30:.2f} GiB of stale NVMe swap files in "
+                        f"{self.swap_dir}")
+            barrier()
         self.steps_per_epoch, self.total_steps, self.epochs = spec.steps_per_epoch, spec.total_steps, spec.epochs
         self.train_sampler = ShardedWindowSampler(len(self.train_set), rank=rt.rank, world_size=rt.world_size,
                                                   batch_size=self.batch.micro_batch, drop_last=True)
@@ -162,7 +176,15 @@ class Trainer:
         max_lr = self.ds_config["optimizer"]["params"]["lr"]
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         # bf16/fp16 engines build their fp32 masters from the cast module: keep the exact values to restore them.
-        exact, self.frozen_fp32 = capture_fp32(self.model) if low_precision(self.ds_config) else ({}, None)
+        if not low_precision(self.ds_config):
+            exact, self.frozen_fp32 = {}, None
+        elif getattr(self.task, "partitioned", False):
+            # Built under zero.Init: the module is already cast and partitioned. The exact values are in the
+            # checkpoint file (read one tensor at a time); a preset's values are its cast init.
+            weights = self.task.checkpoint_weights
+            exact, self.frozen_fp32 = (weights or {}), frozen_fp32(self.model, weights)
+        else:
+            exact, self.frozen_fp32 = capture_fp32(self.model)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=self.model, model_parameters=trainable, config=self.ds_config,
             lr_scheduler=onecycle_factory(max_lr, self.total_steps) if use_onecycle else None)
@@ -384,6 +406,22 @@ class Trainer:
                          int(getattr(self.engine, "skipped_steps", 0)))
 
     # ------------------------------------------------------------------------------------------------- end
+    def remove_swap_files(self) -> None:
+        """This rank's NVMe swap files (no collective: a failing run cleans up too)."""
+        if self.swap_dir is not None:
+            remove_swap_files(self.swap_dir, self.runtime.rank, remove_dir=not self.config.nvme_dir)
+
+    def _memory(self) -> dict[str, Any]:
+        """Peak resident memory of each rank (collective) and this node's NVMe swap files, for summary.json."""
+        rt = self.runtime
+        peaks = torch.zeros(2, rt.world_size, dtype=torch.float64, device=rt.device)
+        peaks[0, rt.rank], peaks[1, rt.rank] = self._build_peak_rss, peak_rss_bytes()
+        peaks = all_reduce_sum(peaks).tolist()
+        swap = self.swap_dir / SWAP_SUBFOLDER if self.swap_dir is not None else None
+        return {"build_peak_rss_bytes": [int(v) for v in peaks[0]], "peak_rss_bytes": [int(v) for v in peaks[1]],
+                "nvme_swap_bytes": sum(f.stat().st_size for f in swap.rglob("*") if f.is_file())
+                if swap is not None and swap.is_dir() else None}
+
     def _finish(self, status: str) -> dict[str, Any]:
         rt, pos = self.runtime, self.position
         best = self.save_dir / "best_model"
@@ -412,6 +450,7 @@ class Trainer:
             "final_model": str(final) if status == "finished" else None,
             "last_checkpoint": self._checkpointed_step if self._checkpointed_step >= 0 else None,
             "history": pos.history.to_dict(),
+            "memory": self._memory(),
         }
         if rt.is_main:
             write_json_atomic(self.save_dir / "summary.json", summary)
@@ -427,7 +466,11 @@ class Trainer:
 
 def run_training(config: CommonTrainConfig) -> dict[str, Any]:
     try:
-        return Trainer(config).run()
+        trainer = Trainer(config)
+        try:
+            return trainer.run()
+        finally:
+            trainer.remove_swap_files()
     except torch.cuda.OutOfMemoryError as exc:  # a user-fixable sizing problem
         raise UserError(f"out of GPU memory: {str(exc).splitlines()[0]} (lower --batch_size, use ZeRO-3, "
                         f"offload or --activation_checkpointing; see launch/plan.py)", rank_specific=True) from None

@@ -1,0 +1,97 @@
+"""ZeRO-Infinity's NVMe swap folder: where it is, whether this machine can use it, and cleaning it up.
+
+A DeepSpeed JSON offloads to NVMe when ``offload_param`` or ``offload_optimizer`` has ``"device": "nvme"``
+(ds_configs/zero3_nvme.json). Its ``nvme_path`` may be "auto": the trainer fills in ``--nvme_dir`` (default
+``save_dir/nvme_swap``). DeepSpeed writes ``<nvme_path>/zero_stage_3/{optimizer,<dtype>params}/rank<N>/*.swp``
+through its async I/O op, which needs the libaio system library; without it the run stops at start with one line
+that says what to install. The swap files are scratch: they are removed at the end of the run (and any left by a
+killed run are removed at the next start), since a resumed run reloads its state from the checkpoint, not from them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ds_kronos.errors import ConfigError, UserError
+
+AUTO = "auto"
+DEFAULT_SUBFOLDER = "nvme_swap"
+SWAP_SUBFOLDER = "zero_stage_3"  # DeepSpeed's own layout under nvme_path (runtime/swap_tensor)
+OFFLOAD_SECTIONS = ("offload_param", "offload_optimizer")
+
+
+def nvme_sections(ds_config: dict[str, Any]) -> list[dict[str, Any]]:
+    zero = ds_config.get("zero_optimization", {})
+    return [zero[key] for key in OFFLOAD_SECTIONS
+            if isinstance(zero.get(key), dict) and zero[key].get("device") == "nvme"]
+
+
+def uses_nvme(ds_config: dict[str, Any]) -> bool:
+    return bool(nvme_sections(ds_config))
+
+
+def fill_nvme_path(ds_config: dict[str, Any], nvme_dir: str | None, save_dir: str) -> Path | None:
+    """Set every "auto" (or missing) ``nvme_path`` to ``nvme_dir`` (default ``save_dir/nvme_swap``), in place;
+    returns the swap folder in use, None without NVMe offload. Explicit paths in the JSON are kept; they must agree,
+    since one folder is cleaned up."""
+    sections = nvme_sections(ds_config)
+    if not sections:
+        return None
+    default = Path(nvme_dir) if nvme_dir else Path(save_dir) / DEFAULT_SUBFOLDER
+    paths = set()
+    for section in sections:
+        if section.get("nvme_path") in (None, AUTO):
+            section["nvme_path"] = str(default)
+        paths.add(str(section["nvme_path"]))
+    if len(paths) > 1:
+        raise ConfigError(f"offload_param and offload_optimizer name different nvme_path values "
+                          f"({', '.join(sorted(paths))}): use one folder (or \"auto\" and --nvme_dir)")
+    return Path(paths.pop())
+
+
+def check_nvme_ready(swap_dir: Path) -> None:
+    """Stop with one line when the async I/O op cannot work here or the folder cannot be written."""
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("AsyncIOBuilder")
+    if builder is None or not builder.is_compatible(verbose=False):
+        raise UserError("NVMe offload needs DeepSpeed's async I/O op, which needs the libaio library and headers: "
+                        "install them (Debian/Ubuntu: `apt-get install libaio-dev`; RHEL/Fedora: `dnf install "
+                        "libaio-devel`), or use a config without \"device\": \"nvme\" (e.g. ds_configs/"
+                        "zero3_offload.json)")
+    try:
+        swap_dir.mkdir(parents=True, exist_ok=True)
+        probe = swap_dir / ".ds_kronos_write_probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--nvme_dir {swap_dir}: cannot write there ({exc.strerror or exc})") from None
+
+
+def remove_swap_files(swap_dir: Path, rank: int | None = None, remove_dir: bool = False) -> int:
+    """Remove DeepSpeed's swap files under ``swap_dir``: those of ``rank`` (each rank removes its own at the end,
+    with no collective, so a failing run cleans up too), or all of them (at start, before any rank writes); then
+    the folders left empty (``swap_dir`` itself only with ``remove_dir``: the default folder, not a user's).
+    Returns the bytes freed."""
+    root = swap_dir / SWAP_SUBFOLDER
+    if not root.is_dir():
+        targets = []
+    elif rank is None:
+        targets = [root]
+    else:
+        targets = [kind / f"rank{rank}" for kind in root.iterdir() if kind.is_dir()]
+    freed = 0
+    for target in targets:
+        if target.is_dir():
+            freed += sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
+            shutil.rmtree(target, ignore_errors=True)
+    inner = [d for d in root.rglob("*") if d.is_dir()] if root.is_dir() else []
+    for folder in sorted(inner, key=lambda d: -len(d.parts)) + [root] + (
+            [swap_dir] if remove_dir else []):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass  # not empty (another rank's files, or the user's own files in --nvme_dir) or already gone
+    return freed

@@ -2,6 +2,11 @@
 
     python launch/plan.py --variant base --world_size 8 --zero 2 --micro_batch 32 --context 512 --precision bf16
     python launch/plan.py --variant 3b --world_size 8 --micro_batch 16 --precision bf16 --memory_gb 80
+    python launch/plan.py --variant 1b --world_size 2 --device cpu --micro_batch 1 --context 100 --precision bf16 \
+        --memory_gb 24 --disk_gb 60
+
+On --device cpu, --memory_gb is the host memory of a node, shared by its ranks; --disk_gb (free disk per node)
+makes ZeRO-3 + NVMe offload (ZeRO-Infinity) a candidate. --offload takes none|cpu|nvme (true/false still work).
 
 Model states come from DeepSpeed's estimators where they exist (bf16 ZeRO-2/3), else from the same byte
 convention (the table says which); activations are ds_kronos' analytic count. Options: --help.
@@ -22,7 +27,7 @@ def main(argv=None) -> None:
         recommendation = recommend(request)
         chosen = recommendation.chosen
         print()
-        print(ladder(recommendation, request.memory_gb, request.margin))
+        print(ladder(recommendation, request.memory_gb, request.margin, request.disk_gb))
     if request.write_ds_config:
         (chosen or planned).ds_config.write(request.write_ds_config)
         print(f"wrote {request.write_ds_config}")

@@ -197,3 +197,92 @@ def test_memory_and_output_file_are_checked(tmp_path):
                for p in _request(write_ds_config=str(tmp_path / "missing" / "ds.json")).problems())
     assert any("is a folder" in p for p in _request(write_ds_config=str(tmp_path)).problems())
     assert _request(write_ds_config=str(tmp_path / "ds.json")).problems() == []
+
+
+# ------------------------------------------------------------------------------ offload targets, host per node, disk
+def _cpu_node(**values) -> PlanRequest:
+    """2 CPU ranks on one node, micro batch 1, short context: the reported OOM setting."""
+    return _request(**{**dict(world_size=2, device="cpu", micro_batch=1, context=100), **values})
+
+
+def test_cpu_ranks_share_the_node_memory():
+    """2 ranks on a 24 GiB node: large ZeRO-0 no longer fits (each rank's process counts, and both share the host)."""
+    p = plan(_cpu_node(variant="large", zero=0))
+    e = p.estimate
+    assert e.node_host >= 2 * e.rank_peak > 2 * e.total  # the rank process holds more than the "device" states
+    assert not p.fits(24, 0.2)
+    rec = recommend(_cpu_node(variant="large", memory_gb=24))
+    assert rec.chosen is not None and rec.chosen.estimate.node_host <= 24 * GIB * 0.8
+    assert rec.tried[0].setup.zero == 0 and rec.tried[0] is not rec.chosen
+    # On GPU --memory_gb stays per device: the same request fits ZeRO-0 on 24 GiB devices by its device total.
+    assert plan(_request(variant="large", world_size=2, micro_batch=1, context=100)).fits(24, 0.2)
+
+
+def test_nvme_is_a_candidate_only_with_disk_and_when_the_swap_fits():
+    assert SHARDING_LADDER == ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (3, "cpu"), (3, "nvme"))
+    without = recommend(_cpu_node(variant="1b", memory_gb=24))
+    assert all(p.setup.offload != "nvme" for p in without.tried)
+    rec = recommend(_cpu_node(variant="1b", memory_gb=24, disk_gb=60))
+    assert rec.chosen is not None and (rec.chosen.setup.zero, rec.chosen.setup.offload) == (3, "nvme")
+    e = rec.chosen.estimate
+    counts = model_counts("1b")
+    # Per rank: params at bf16 + fp32 master, moments and grads (16 bytes) over the 2 ranks; 2 ranks per node.
+    assert e.node_disk == 2 * sum(e.rank_disk.values()) == pytest.approx(18 * counts.total_params, rel=1e-6)
+    assert e.node_host <= 24 * GIB * 0.8
+    assert not rec.chosen.fits(24, 0.2, disk_gb=e.node_disk / GIB * 0.9)  # the swap must fit the disk
+    assert not rec.chosen.fits(24, 0.2)  # no disk given
+
+
+@pytest.mark.parametrize("zero, offload, precision, expected", [
+    (3, "nvme", "fp32", "ds_configs/zero3_nvme.json"), (3, "nvme", "bf16", "ds_configs/zero3_nvme_bf16.json"),
+    (3, "cpu", "bf16", "ds_configs/zero3_offload_bf16.json"), (3, "true", "fp32", "ds_configs/zero3_offload.json"),
+    (3, "none", "bf16", "ds_configs/zero3_bf16.json")])
+def test_ds_config_names_the_offload_files(zero, offload, precision, expected):
+    from ds_kronos.plan import ds_config_for
+
+    choice = ds_config_for(zero, offload, precision)
+    assert (choice.path, choice.overrides) == (expected, {})
+
+
+def test_nvme_buffers_follow_the_shipped_json():
+    """The swap buffers are sized from the JSON (through DeepSpeed's config model): sub_group_size 1e8,
+    offload_param 5 x 1e8 elements, optimizer buffer_count 4."""
+    e = plan(_cpu_node(variant="1b", zero=3, offload="nvme")).estimate
+    assert e.rank_states["param_swap_buffers"] == 5 * 100_000_000 * 2
+    largest = model_counts("1b").largest_tensor_params
+    assert 4 * 4 * 100_000_000 <= e.rank_states["optimizer_swap_buffers"] <= 4 * 4 * (100_000_000 + largest)
+    assert "adam_moments" not in e.rank_states and "fp32_master" not in e.rank_states
+
+
+def test_build_and_load_can_be_the_peak():
+    """ZeRO-2 bf16 from a checkpoint: full fp32 model + state dict, then the exact fp32 copy next to the engine's
+    states; ZeRO-3 (zero.Init) builds and loads a shard and one module at a time."""
+    counts = model_counts("large")
+    zero2 = plan(_cpu_node(variant="large", zero=2, from_checkpoint=True)).estimate
+    zero3 = plan(_cpu_node(variant="large", zero=3, from_checkpoint=True)).estimate
+    assert zero2.rank_build == {"model": 4 * counts.total_params, "checkpoint": 4 * counts.total_params,
+                                "fp32_copy": 4 * counts.total_params}
+    assert zero2.rank_build_peak > zero3.rank_build_peak
+    assert zero3.rank_build["model"] == 2 * -(-counts.total_params // 2)
+    assert zero3.rank_build["checkpoint"] == 4 * counts.largest_tensor_params
+    assert plan(_cpu_node(variant="large", zero=2)).estimate.rank_build["checkpoint"] == 0
+    assert zero2.rank_peak == max(zero2.rank_build_peak, zero2.rank_train)
+
+
+def test_old_offload_spelling_still_works():
+    assert PlanRequest(variant="base", zero=3, offload=True).offload == "cpu"
+    assert PlanRequest(variant="base", offload="false").offload == "none"
+    bad = PlanRequest(variant="base", zero=2, offload="nvme").problems()
+    assert any("--offload nvme needs --zero 3" in p for p in bad)
+    assert any("--disk_gb must be a positive" in p for p in _request(disk_gb=0.0).problems())
+
+
+def test_plan_cli_cpu_node_with_old_offload_flag():
+    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
+    out = subprocess.run([sys.executable, "launch/plan.py", "--variant", "large", "--zero", "3", "--offload", "true",
+                          "--world_size", "2", "--micro_batch", "1", "--context", "100", "--device", "cpu",
+                          "--precision", "bf16", "--memory_gb", "24", "--disk_gb", "60"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ZeRO-3 + CPU offload" in out.stdout and "node host (estimate.node_host)" in out.stdout
+    assert "host memory per node (shared by its ranks)" in out.stdout and "node disk" in out.stdout

@@ -27,6 +27,8 @@ class ModelCounts:
     """Parameters that multiply activations (Linear weights): the ones that cost FLOPs. Embedding tables are
     lookups, biases and norm scales are element-wise, so both are left out of the FLOP count."""
     tokenizer_params: int
+    largest_tensor_params: int = 0
+    """The biggest single parameter tensor: what loading a checkpoint one tensor at a time holds at most."""
 
 
 def _largest_layer(model: nn.Module) -> int:
@@ -46,4 +48,5 @@ def model_counts(variant: str) -> ModelCounts:
         max_context=spec.max_context,
         total_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         largest_layer_params=_largest_layer(model), matmul_params=matmul,
-        tokenizer_params=sum(p.numel() for p in tokenizer.parameters()))
+        tokenizer_params=sum(p.numel() for p in tokenizer.parameters()),
+        largest_tensor_params=max(p.numel() for p in model.parameters()))

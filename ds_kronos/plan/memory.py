@@ -9,13 +9,64 @@ per-stage table, with the reasons, is in ``docs/memory_planner.md``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ds_kronos.plan.counts import ModelCounts
 
 BYTES = {"fp32": 4, "bf16": 2}
 FP32 = 4
 ADAM = 8  # two fp32 moments
+OFFLOAD_TARGETS = ("none", "cpu", "nvme")
+_OFFLOAD_ALIASES = {"true": "cpu", "false": "none", "1": "cpu", "0": "none", "yes": "cpu", "no": "none",
+                    "on": "cpu", "off": "none"}
+
+# Resident memory of one training process before any model exists: torch + deepspeed imported and a gloo process
+# group of 1 (DS_ACCELERATOR=cpu, torch 2.13 CPU, deepspeed 0.19.8, Linux x86-64), measured as VmRSS after
+# ``deepspeed.init_distributed("gloo")`` and ``import ds_kronos.train.trainer``: 374,916-375,172 KiB over 4 runs
+# (RssAnon ~254 MB, RssFile ~121 MB; the file-backed part is the shared libraries, which the ranks of a node share
+# in reality but which each rank's RSS counts). The frozen tokenizer and the activations are separate terms.
+BASELINE_PROCESS_BYTES = 375_000 * 1024
+# Processes a ``deepspeed`` launch adds on each node besides the ranks: the runner (``deepspeed`` CLI) and
+# ``deepspeed.launcher.launch`` both import torch and deepspeed (measured: ~385 MB VmRSS each next to a 2-rank run).
+LAUNCHER_PROCESSES_PER_NODE = 2
+
+
+def offload_target(value: object) -> str:
+    """``none``/``cpu``/``nvme``; the old boolean spelling (True/"true" -> cpu, False/"false" -> none) is kept so
+    earlier command lines and configs keep working. Anything else is returned unchanged for the caller to report."""
+    if isinstance(value, bool):
+        return "cpu" if value else "none"
+    text = str(value).strip().lower()
+    return _OFFLOAD_ALIASES.get(text, text)
+
+
+@dataclass(frozen=True)
+class ZeroKnobs:
+    """The DeepSpeed settings that size ZeRO-3's buffers, read from the planned JSON through DeepSpeed's own config
+    model (``deepspeed.runtime.zero.config.DeepSpeedZeroConfig``), so its defaults apply where the file is silent.
+    The defaults below are DeepSpeed 0.19's (used when no JSON is at hand)."""
+
+    reduce_bucket_size: int = 500_000_000
+    sub_group_size: int = 1_000_000_000
+    max_reuse_distance: int = 1_000_000_000
+    param_buffer_count: int = 5
+    param_buffer_size: int = 100_000_000
+    max_in_cpu: int = 1_000_000_000
+    optimizer_buffer_count: int = 4
+
+    @classmethod
+    def from_ds_config(cls, config: dict) -> "ZeroKnobs":
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+        zero = DeepSpeedZeroConfig(**config.get("zero_optimization", {}))
+        param = zero.offload_param
+        optimizer = zero.offload_optimizer
+        return cls(reduce_bucket_size=int(zero.reduce_bucket_size), sub_group_size=int(zero.sub_group_size),
+                   max_reuse_distance=int(zero.max_reuse_distance),
+                   param_buffer_count=int(param.buffer_count) if param else cls.param_buffer_count,
+                   param_buffer_size=int(param.buffer_size) if param else cls.param_buffer_size,
+                   max_in_cpu=int(param.max_in_cpu) if param else cls.max_in_cpu,
+                   optimizer_buffer_count=int(optimizer.buffer_count) if optimizer else cls.optimizer_buffer_count)
 
 
 @dataclass(frozen=True)
@@ -25,7 +76,8 @@ class Setup:
     world_size: int = 1
     gpus_per_node: int = 1
     zero: int = 0
-    offload: bool = False
+    offload: str = "none"
+    """none, cpu or nvme (ZeRO-Infinity); True/False are read as cpu/none."""
     micro_batch: int = 16
     context: int = 512
     precision: str = "fp32"
@@ -34,15 +86,33 @@ class Setup:
     """True where the attention scores are materialised (torch's math SDPA kernel, which CPU training takes when
     attention dropout is on). The flash/efficient kernels keep O(1) per query instead of O(T)."""
     teacher_forcing: bool = False
+    on_cpu: bool = False
+    """The ranks train on the CPU accelerator: the "device" is host memory, shared by the ranks of a node."""
+    from_checkpoint: bool = False
+    """The predictor is loaded from a checkpoint folder (its safetensors state dict is read) rather than built from
+    a preset's random init."""
+    knobs: ZeroKnobs = ZeroKnobs()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "offload", offload_target(self.offload))
 
     @property
     def nodes(self) -> int:
         return max(1, math.ceil(self.world_size / self.gpus_per_node))
 
+    @property
+    def offloaded(self) -> bool:
+        return self.offload != "none"
+
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per rank. ``device`` items are what the accelerator (or, on CPU, the process) holds."""
+    """Bytes per rank unless a name says node. ``params``/``grads``/``optimizer``/``activations``/``logits``/
+    ``tokenizer`` are what the accelerator holds (``total``: the per-device figure that GPU plans are fitted to).
+    The ``rank_*`` fields are the rank *process* (host memory), term by term, from DeepSpeed's source; on
+    ``--device cpu`` the accelerator is host memory, so they include the device terms too. Summaries:
+    ``rank_peak`` (peak resident memory of one rank), ``node_host`` (host memory of one node: its ranks plus the
+    launcher processes) and ``node_disk`` (NVMe swap files of one node)."""
 
     params: int
     grads: int
@@ -55,6 +125,20 @@ class MemoryEstimate:
     model_states_source: str
     deepspeed_model_states: int | None
     """DeepSpeed's own device figure for the model states when its estimator applies (bf16 ZeRO-2/3)."""
+    ranks_per_node: int = 1
+    on_cpu: bool = False
+    rank_baseline: int = BASELINE_PROCESS_BYTES
+    """torch + deepspeed + gloo group (BASELINE_PROCESS_BYTES)."""
+    rank_states: dict[str, int] = field(default_factory=dict)
+    """Resident model-state terms of the rank process while training (name -> bytes); see docs/memory_planner.md."""
+    rank_step_transient: int = 0
+    """Extra bytes alive only while gradients are reduced (ZeRO-3's reduce-scatter copies)."""
+    rank_init_transient: int = 0
+    """Extra bytes alive only inside deepspeed.initialize (the fp32 master built from a converted copy)."""
+    rank_build: dict[str, int] = field(default_factory=dict)
+    """Terms of building/loading the model and entering deepspeed.initialize (name -> bytes)."""
+    rank_disk: dict[str, int] = field(default_factory=dict)
+    """NVMe swap files of one rank (name -> bytes)."""
 
     @property
     def model_states(self) -> int:
@@ -64,6 +148,48 @@ class MemoryEstimate:
     def total(self) -> int:
         return self.model_states + self.activations + self.logits + self.tokenizer
 
+    # ----------------------------------------------------------------------------- the rank process (host memory)
+    @property
+    def rank_train(self) -> int:
+        """Peak of a training step: baseline, tokenizer, resident states, and on CPU the activations."""
+        compute = self.activations + self.logits + self.tokenizer if self.on_cpu else 0
+        return self.rank_baseline + compute + sum(self.rank_states.values()) + self.rank_step_transient
+
+    @property
+    def rank_build_peak(self) -> int:
+        """Peak while the model is built, loaded and handed to deepspeed.initialize (see ``build_terms``)."""
+        b = self.rank_build
+        tokenizer = self.tokenizer if self.on_cpu else 0
+        loading = b.get("model", 0) + b.get("gathered_module", 0) + b.get("checkpoint", 0)
+        # Inside initialize: the exact fp32 copy is held while the engine's states are allocated (the fp32 model
+        # is cast down first, so the larger of the two is alive next to the copy).
+        states = sum(v for k, v in self.rank_states.items() if k not in _STEP_ONLY)
+        engine = b.get("fp32_copy", 0) + max(b.get("model", 0), states + self.rank_init_transient)
+        return self.rank_baseline + tokenizer + max(loading, engine)
+
+    @property
+    def rank_peak(self) -> int:
+        """Peak resident memory of one rank process (bytes): the larger of building/initialising and training."""
+        return max(self.rank_build_peak, self.rank_train)
+
+    @property
+    def node_host(self) -> int:
+        """Host memory of one node (bytes): its ranks' peaks (they peak in the same phases) plus the launcher."""
+        return self.ranks_per_node * self.rank_peak + LAUNCHER_PROCESSES_PER_NODE * BASELINE_PROCESS_BYTES
+
+    @property
+    def rank_disk_total(self) -> int:
+        return sum(self.rank_disk.values())
+
+    @property
+    def node_disk(self) -> int:
+        """NVMe swap files of one node (bytes); 0 unless offload is nvme."""
+        return self.ranks_per_node * self.rank_disk_total
+
+
+# Allocated lazily at the first step or during backward, not inside deepspeed.initialize.
+_STEP_ONLY = ("adam_moments", "reduce_bucket", "gathered_params")
+
 
 # ------------------------------------------------------------------------------------------------- model states
 def _deepspeed_zero2(counts: ModelCounts, setup: Setup) -> tuple[int, int]:
@@ -72,18 +198,18 @@ def _deepspeed_zero2(counts: ModelCounts, setup: Setup) -> tuple[int, int]:
 
     return estimate_zero2_model_states_mem_needs(
         total_params=counts.total_params, num_gpus_per_node=setup.gpus_per_node, num_nodes=setup.nodes,
-        cpu_offload=setup.offload)
+        cpu_offload=setup.offloaded)
 
 
 def _deepspeed_zero3(counts: ModelCounts, setup: Setup) -> tuple[int, int]:
-    """(cpu bytes per node, device bytes per rank) from DeepSpeed's ZeRO-3 estimator. ``zero_init=False``: the
-    trainer builds the full model in every process before DeepSpeed partitions it."""
+    """(cpu bytes per node, device bytes per rank) from DeepSpeed's ZeRO-3 estimator. ``zero_init=True``: under
+    ZeRO-3 the trainer builds the model inside ``deepspeed.zero.Init`` (each rank materialises only its shard)."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     cpu, device, _ = estimate_zero3_model_states_mem_needs(
         total_params=counts.total_params, largest_layer_params=counts.largest_layer_params,
-        num_gpus_per_node=setup.gpus_per_node, num_nodes=setup.nodes, cpu_offload=setup.offload,
-        cpu_offload_params=setup.offload, zero_init=False)
+        num_gpus_per_node=setup.gpus_per_node, num_nodes=setup.nodes, cpu_offload=setup.offloaded,
+        cpu_offload_params=setup.offloaded, zero_init=True)
     return cpu, device
 
 
@@ -101,7 +227,7 @@ def model_states(counts: ModelCounts, setup: Setup) -> tuple[int, int, int, int,
         return c * P, c * P + shard(FP32), shard(FP32 + ADAM), 0, ours + ": no DeepSpeed estimator for ZeRO-1", None
     if setup.zero == 2:
         cpu_node, ds_device = _deepspeed_zero2(counts, setup)
-        if setup.offload:
+        if setup.offloaded:
             params, grads, optimizer, host = c * P, 0, 0, cpu_node // setup.gpus_per_node
         else:
             params, grads, optimizer, host = c * P, shard(c + FP32), shard(FP32 + ADAM), 0
@@ -109,8 +235,9 @@ def model_states(counts: ModelCounts, setup: Setup) -> tuple[int, int, int, int,
     else:
         cpu_node, ds_device = _deepspeed_zero3(counts, setup)
         gathered = 2 * c * L  # the largest layer's full params and grads while it is worked on
-        if setup.offload:
-            params, grads, optimizer, host = gathered, 0, 0, cpu_node // setup.gpus_per_node
+        if setup.offloaded:
+            # Host side: DeepSpeed's source-derived terms (zero3_host_terms), not its estimator's 1.5x figure.
+            params, grads, optimizer, host = gathered, 0, 0, sum(zero3_host_terms(counts, setup).values())
         else:
             params, grads, optimizer, host = gathered + shard(c), shard(FP32), shard(FP32 + ADAM), 0
         name = "estimate_zero3_model_states_mem_needs"
@@ -121,6 +248,133 @@ def model_states(counts: ModelCounts, setup: Setup) -> tuple[int, int, int, int,
         return params, grads, optimizer, host, f"DeepSpeed {name} (split by ds_kronos)", ds_device
     return (params, grads, optimizer, host,
             ours + f": DeepSpeed's {name} assumes 16-bit params (its figure is shown for reference)", ds_device)
+
+
+
+# ---------------------------------------------------------------------- ZeRO-3 / ZeRO-Infinity, from DeepSpeed's source
+def _sub_group_numel(counts: ModelCounts, setup: Setup) -> int:
+    """Elements of the largest optimizer sub-group of a rank: stage3._create_fp16_sub_groups closes a sub-group
+    once it reaches sub_group_size, so one can overshoot by one parameter's partition."""
+    N = setup.world_size
+    per_rank = math.ceil(counts.total_params / N)
+    return min(per_rank, setup.knobs.sub_group_size + math.ceil(counts.largest_tensor_params / N))
+
+
+def zero3_host_terms(counts: ModelCounts, setup: Setup) -> dict[str, int]:
+    """Host-memory terms of a ZeRO-3 rank with offload (cpu or nvme), bytes. Names match docs/memory_planner.md."""
+    P, N, c, k = counts.total_params, setup.world_size, BYTES[setup.precision], setup.knobs
+    part = math.ceil(P / N)
+    sub = _sub_group_numel(counts, setup)
+    terms = {
+        # stage3._create_param_groups_fp16_flat_cpu_memory: the rank's compute-precision partition, flat on the
+        # host; with nvme only up to offload_param.max_in_cpu elements (the rest stays in the swap files).
+        "lp_partition": c * (part if setup.offload == "cpu" else min(part, k.max_in_cpu)),
+        # stage3._setup_for_real_optimizer: grad_partitions_flat_buffer, on the host when the optimizer is
+        # offloaded, at the gradient-accumulation dtype (engine.get_data_types: the model dtype by default).
+        "grad_partition_buffer": c * part,
+    }
+    if setup.offload == "cpu":
+        terms.update(
+            fp32_master=FP32 * part,  # stage3._create_fp32_partitions: fp16 partition .to(fp32).clone()
+            fp32_grads=FP32 * part,  # stage3.initialize_optimizer_states: subgroup_gradient_buffer
+            adam_moments=ADAM * part)  # DeepSpeedCPUAdam: exp_avg + exp_avg_sq, fp32, at the first step
+    else:  # nvme: master, moments and fp32 grads live in swap files; only one sub-group is in memory at a time
+        terms.update(
+            # stage3.initialize_optimizer_states: gradient_buffer (largest sub-group, fp32) kept as .grad
+            fp32_grads=FP32 * sub,
+            # swap_tensor/optimizer_utils.OptimizerSwapper: SwapBufferManager(buffer_count x largest sub-group,
+            # fp32), page-locked (aio new_cpu_locked_tensor, zeroed)
+            optimizer_swap_buffers=k.optimizer_buffer_count * FP32 * sub,
+            # swap_tensor/partitioned_param_swapper.AsyncPartitionedParameterSwapper._configure_aio:
+            # buffer_count x buffer_size elements at the model dtype, page-locked
+            param_swap_buffers=k.param_buffer_count * k.param_buffer_size * c)
+        if part > k.max_in_cpu:  # stage3: reserve_partitioned_swap_space for sub-groups without a host buffer
+            terms["param_swap_reserve"] = c * sub
+    return terms
+
+
+def zero3_rank_terms(counts: ModelCounts, setup: Setup) -> tuple[dict[str, int], int, int]:
+    """(resident terms, step transient, init transient) of a ZeRO-3 rank process on the CPU accelerator, where
+    "device" and host are the same memory. Without offload the same buffers exist on the device."""
+    P, N, c, k = counts.total_params, setup.world_size, BYTES[setup.precision], setup.knobs
+    part = math.ceil(P / N)
+    if setup.offloaded:
+        terms = zero3_host_terms(counts, setup)
+    else:
+        terms = {
+            "lp_partition": c * part,  # stage3._create_fp16_partitions_with_defragmentation: lp_param_buffer
+            "grad_partition_buffer": c * part,  # stage3._setup_for_real_optimizer
+            "fp32_master": FP32 * part,  # stage3._create_fp32_partitions
+            # stage3._prepare_fp32_grad_for_sub_group: one sub-group's fp32 grad at a time
+            "fp32_grads": FP32 * _sub_group_numel(counts, setup),
+            "adam_moments": ADAM * part,
+        }
+    bucket = c * min(k.reduce_bucket_size, P)
+    # stage3._setup_for_real_optimizer: ipg bucket of reduce_bucket_size elements (torch.empty: only the part
+    # that gradients fill becomes resident; a model smaller than the bucket fills it to P).
+    terms["reduce_bucket"] = bucket
+    # partitioned_param_coordinator.__params_to_release: a module is not released when it is used again within
+    # max_reuse_distance elements. Forward then backward visits each module twice, so (from the second step, when
+    # the trace is complete) about max_reuse_distance / 2 elements of the model stay gathered at the turn from
+    # forward to backward, plus the module being gathered.
+    terms["gathered_params"] = c * min(P, k.max_reuse_distance // 2 + counts.largest_layer_params)
+    # runtime/comm/coalesced_collectives.reduce_scatter_coalesced: torch.cat of the padded bucket, then
+    # comm.reduce_scatter_fn's chunked reduce-scatter (gloo on CPU has no reduce_scatter_tensor): ~2 copies of the
+    # bucket while it is reduced. Calibrated: base, ZeRO-3 + cpu offload, bf16, 2 CPU ranks: step peak minus
+    # steady RSS 0.39 GB = 1.9 x the 205 MB bucket.
+    step = 2 * bucket
+    # stage3._create_fp32_partitions: ``.to(fp32)`` then ``.clone()``: two fp32 copies briefly (not with nvme,
+    # where the conversion goes through the swap buffers).
+    init = FP32 * part if setup.offload != "nvme" else 0
+    return terms, step, init
+
+
+def zero3_disk_terms(counts: ModelCounts, setup: Setup) -> dict[str, int]:
+    """NVMe swap files of one rank (ZeRO-Infinity), bytes."""
+    if setup.offload != "nvme":
+        return {}
+    part = math.ceil(counts.total_params / setup.world_size)
+    return {
+        # partition_parameters.Init._partition_param -> AsyncPartitionedParameterSwapper.swap_out_and_release:
+        # every parameter partition is written once at the model dtype (zero_stage_3/<dtype>params/rank<r>)
+        "param_swap_files": BYTES[setup.precision] * part,
+        # swap_tensor/optimizer_utils: per sub-group the fp32 master, exp_avg and exp_avg_sq
+        # (OptimizerSwapper._initialize_parameters / swap_out_optimizer_state) and the fp32 gradients
+        # (_swap_out_gradients, '<id>_gradient_<offset>_<length>.tensor.swp')
+        "optimizer_swap_files": (FP32 + ADAM) * part,
+        "gradient_swap_files": FP32 * part,
+    }
+
+
+def build_terms(counts: ModelCounts, setup: Setup) -> dict[str, int]:
+    """Bytes of building and loading the model in one rank, before and while entering deepspeed.initialize."""
+    P, c = counts.total_params, BYTES[setup.precision]
+    if setup.zero == 3:
+        # deepspeed.zero.Init: each module is built in fp32, then partitioned at the config dtype; loading goes one
+        # module at a time through GatheredParameters, reading one tensor of the state dict at a time.
+        return {"model": c * math.ceil(P / setup.world_size), "gathered_module": FP32 * counts.largest_layer_params,
+                "checkpoint": FP32 * counts.largest_tensor_params if setup.from_checkpoint else 0}
+    return {
+        "model": FP32 * P,  # every rank builds the whole fp32 model
+        # checkpoint.load reads the whole safetensors state dict (fp32) next to the model
+        "checkpoint": FP32 * P if setup.from_checkpoint else 0,
+        # train/masters.capture_fp32 (bf16): exact fp32 copy of the trainable params until initialize is done
+        "fp32_copy": FP32 * P if setup.precision != "fp32" else 0,
+    }
+
+
+def rank_terms(counts: ModelCounts, setup: Setup, params: int, grads: int, optimizer: int,
+               host: int) -> tuple[dict[str, int], int, int]:
+    """(resident model-state terms, step transient, init transient) of a rank process."""
+    if setup.zero == 3 and (setup.on_cpu or setup.offloaded):
+        terms, step, init = zero3_rank_terms(counts, setup)
+        if not setup.on_cpu:  # on a GPU only the offloaded buffers are in host memory
+            terms = zero3_host_terms(counts, setup)
+            step = 0
+        return terms, step, init
+    if setup.on_cpu:
+        return {"params": params, "grads": grads, "optimizer": optimizer, "host_offload": host}, 0, 0
+    return ({"host_offload": host} if host else {}), 0, 0
 
 
 # -------------------------------------------------------------------------------------------------- activations
@@ -199,7 +453,11 @@ def tokenizer_bytes(counts: ModelCounts, setup: Setup) -> int:
 
 def estimate(counts: ModelCounts, setup: Setup) -> MemoryEstimate:
     params, grads, optimizer, host, source, ds_figure = model_states(counts, setup)
+    states, step, init = rank_terms(counts, setup, params, grads, optimizer, host)
     return MemoryEstimate(params=params, grads=grads, optimizer=optimizer,
                           activations=activation_bytes(counts, setup), logits=logits_bytes(counts, setup),
                           tokenizer=tokenizer_bytes(counts, setup), host_offload=host,
-                          model_states_source=source, deepspeed_model_states=ds_figure)
+                          model_states_source=source, deepspeed_model_states=ds_figure,
+                          ranks_per_node=min(setup.gpus_per_node, setup.world_size), on_cpu=setup.on_cpu,
+                          rank_states=states, rank_step_transient=step, rank_init_transient=init,
+                          rank_build=build_terms(counts, setup), rank_disk=zero3_disk_terms(counts, setup))

@@ -1,8 +1,10 @@
 """Plan a training run: per-rank memory of a configuration, and the least-sharded configuration that fits.
 
-Escalation order of :func:`recommend` (cheapest first): ZeRO 0 < 1 < 2 < 3 < 3 + offload at the requested micro
-batch; then the same with activation checkpointing (about a third more compute); then half the micro batch (with
-twice the gradient accumulation, so the global batch is unchanged), and so on down to 1.
+Escalation order of :func:`recommend` (cheapest first): ZeRO 0 < 1 < 2 < 3 < 3 + CPU offload < 3 + NVMe offload
+(ZeRO-Infinity; only when ``--disk_gb`` is given) at the requested micro batch; then the same with activation
+checkpointing (about a third more compute); then half the micro batch (with twice the gradient accumulation, so the
+global batch is unchanged), and so on down to 1. On ``--device cpu`` a plan fits when its node's host memory (all
+its ranks) fits ``--memory_gb``; on GPU when the per-device total does.
 """
 
 from __future__ import annotations
@@ -20,14 +22,15 @@ from ds_kronos.deepspeed_json.files import SHIPPED_DIR
 from ds_kronos.errors import CheckpointError, ConfigError, naming_path
 from ds_kronos.model import PREDICTOR_PRESETS
 from ds_kronos.plan.counts import ModelCounts, model_counts
-from ds_kronos.plan.memory import BYTES, MemoryEstimate, Setup, estimate
+from ds_kronos.plan.memory import BYTES, OFFLOAD_TARGETS, MemoryEstimate, Setup, ZeroKnobs, estimate, offload_target
 
 GIB = 1024 ** 3
 # The shipped files (package data), so an installed package plans from any working directory. Choices name them
 # "ds_configs/<file>", as users pass them to --deepspeed_config; deepspeed_json.files.locate_ds_config maps that name to
 # the shipped file when the working directory has no such file.
 DS_CONFIG_DIR = SHIPPED_DIR
-SHARDING_LADDER: tuple[tuple[int, bool], ...] = ((0, False), (1, False), (2, False), (3, False), (3, True))
+SHARDING_LADDER: tuple[tuple[int, str], ...] = ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (3, "cpu"),
+                                                (3, "nvme"))
 
 
 @dataclass(kw_only=True)
@@ -38,18 +41,31 @@ class PlanRequest:
     world_size: int = option(1, help="data-parallel processes (GPUs) in all")
     gpus_per_node: int | None = option(None, help="processes per node (default: world_size, at most 8)")
     zero: int = option(0, choices=(0, 1, 2, 3), help="ZeRO stage")
-    offload: bool = option(False, help="offload optimizer states (ZeRO-2) or optimizer and params (ZeRO-3) to CPU")
+    offload: str = option("none", choices=(*OFFLOAD_TARGETS, "true", "false"),
+                          help="offload target: none; cpu (optimizer states with ZeRO-2, optimizer and params with "
+                          "ZeRO-3); nvme (ZeRO-3 only: ZeRO-Infinity swap files). true/false, the old boolean "
+                          "spelling, mean cpu/none")
     micro_batch: int = option(16, help="samples per rank per micro step")
     context: int | None = option(None, help="tokens per sample (default: the preset's max_context)")
     precision: str = option("fp32", choices=tuple(BYTES), help="training precision")
     activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward")
-    memory_gb: float | None = option(None, help="memory per device in GiB: recommend a configuration that fits")
+    memory_gb: float | None = option(None, help="memory in GiB to fit: per device on --device gpu; on --device cpu "
+                                     "host memory per node, shared by that node's ranks. Recommends a configuration "
+                                     "that fits")
+    disk_gb: float | None = option(None, help="free disk in GiB per node for NVMe (ZeRO-Infinity) swap files; "
+                                   "without it NVMe offload is not a candidate")
+    from_checkpoint: bool = option(False, help="the predictor is loaded from a checkpoint folder (ZeRO-0/1/2 read "
+                                   "the whole state dict next to the model)")
     margin: float = option(0.2, ge=0, lt=1,
                            help="share of --memory_gb kept free (allocator slack, CUDA context, buffers)")
     write_ds_config: str | None = option(None, help="write the recommended (else the planned) DeepSpeed JSON "
                                          "here, with any changes it needs merged in")
-    device: str = option("gpu", choices=("gpu", "cpu"), help="accelerator kind: on CPU, attention dropout takes "
-                         "torch's math attention kernel, which stores the T x T scores")
+    device: str = option("gpu", choices=("gpu", "cpu"), help="accelerator kind: on CPU the ranks of a node share "
+                         "its host memory (--memory_gb is per node), and attention dropout takes torch's math "
+                         "attention kernel, which stores the T x T scores")
+
+    def __post_init__(self) -> None:
+        self.offload = offload_target(self.offload)  # old spelling: --offload true/false
 
     def problems(self) -> list[str]:
         problems = []
@@ -64,22 +80,30 @@ class PlanRequest:
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"--{name} must be at least 1, got {value}")
-        if self.offload and self.zero < 2:
+        if self.offload not in OFFLOAD_TARGETS:
+            problems.append(f"--offload must be one of {', '.join(OFFLOAD_TARGETS)}, got {self.offload!r}")
+        elif self.offload == "cpu" and self.zero < 2:
             problems.append(f"--offload needs --zero 2 or 3 (got --zero {self.zero})")
-        if self.memory_gb is not None and not 0 < self.memory_gb < math.inf:
-            problems.append(f"--memory_gb must be a positive number of GiB, got {self.memory_gb}")
+        elif self.offload == "nvme" and self.zero != 3:
+            problems.append(f"--offload nvme needs --zero 3 (got --zero {self.zero})")
+        for name in ("memory_gb", "disk_gb"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                problems.append(f"--{name} must be a positive number of GiB, got {value}")
         problems += _output_file_problems("--write_ds_config", self.write_ds_config)
         gpn = self.gpus_per_node
         if gpn and self.world_size >= 1 and self.world_size % min(gpn, self.world_size):
             problems.append(f"--world_size {self.world_size} is not a multiple of --gpus_per_node {gpn}")
         return problems
 
-    def setup(self, counts: ModelCounts) -> Setup:
+    def setup(self, counts: ModelCounts, knobs: ZeroKnobs | None = None) -> Setup:
         gpn = min(self.gpus_per_node or min(self.world_size, 8), self.world_size)
         return Setup(world_size=self.world_size, gpus_per_node=gpn, zero=self.zero, offload=self.offload,
                      micro_batch=self.micro_batch, context=self.context or counts.max_context,
                      precision=self.precision, activation_checkpointing=self.activation_checkpointing,
-                     math_attention=self.device == "cpu" and counts.config.attn_dropout_p > 0)
+                     math_attention=self.device == "cpu" and counts.config.attn_dropout_p > 0,
+                     on_cpu=self.device == "cpu", from_checkpoint=self.from_checkpoint,
+                     knobs=knobs or ZeroKnobs())
 
 
 def _output_file_problems(flag: str, path: str | None) -> list[str]:
@@ -140,17 +164,19 @@ def _merge(target: dict, changes: dict) -> None:
             target[key] = copy.deepcopy(value)
 
 
-def _describe_json(config: dict) -> tuple[int, bool, str]:
+def _describe_json(config: dict) -> tuple[int, str, str]:
     zero = config.get("zero_optimization", {})
-    offload = zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None)
+    offload = str(zero.get("offload_optimizer", {}).get("device") or "none")
     precision = "bf16" if config.get("bf16", {}).get("enabled") else ("fp16" if config.get("fp16", {}).get(
         "enabled") else "fp32")
     return int(zero.get("stage", 0)), offload, precision
 
 
-def ds_config_for(zero: int, offload: bool, precision: str, folder: Path = DS_CONFIG_DIR) -> DsConfigChoice:
-    """The ds_configs/ file matching (stage, offload, precision), else the closest one plus the changes needed."""
-    files: dict[tuple[int, bool, str], str] = {}
+def ds_config_for(zero: int, offload: str | bool, precision: str, folder: Path = DS_CONFIG_DIR) -> DsConfigChoice:
+    """The ds_configs/ file matching (stage, offload none/cpu/nvme, precision), else the closest one plus the
+    changes needed. ``offload`` True/False are read as cpu/none."""
+    offload = offload_target(offload)
+    files: dict[tuple[int, str, str], str] = {}
     # Only the predictor's zero*.json files: others there (e.g. tokenizer_zero2.json) serve other jobs.
     for path in sorted(folder.glob("zero*.json")) if folder.is_dir() else []:
         try:
@@ -164,10 +190,12 @@ def ds_config_for(zero: int, offload: bool, precision: str, folder: Path = DS_CO
         return DsConfigChoice(files[(zero, offload, "fp32")], bf16)
     # No file with this offload setting: the plain file of the stage, with offload switched on (ZeRO-3 offloads
     # the params as well, as ds_configs/zero3_offload.json does and as the planner assumes).
-    key = (zero, False, precision) if (zero, False, precision) in files else (zero, False, "fp32")
+    key = (zero, "none", precision) if (zero, "none", precision) in files else (zero, "none", "fp32")
     overrides: dict[str, Any] = {} if key[2] == precision else dict(bf16)
-    if offload:
-        target = {"device": "cpu", "pin_memory": False}
+    if offload != "none":
+        target: dict[str, Any] = {"device": offload, "pin_memory": False}
+        if offload == "nvme":
+            target["nvme_path"] = "auto"  # the trainer fills it from --nvme_dir
         zero_changes = {"offload_optimizer": target}
         if zero == 3:
             zero_changes["offload_param"] = dict(target)
@@ -183,15 +211,23 @@ class Plan:
     estimate: MemoryEstimate
     ds_config: DsConfigChoice
 
-    def fits(self, memory_gb: float, margin: float) -> bool:
-        return self.estimate.total <= memory_gb * GIB * (1 - margin)
+    def fitted_bytes(self) -> int:
+        """What --memory_gb is compared with: host memory per node on CPU, the per-device total on GPU."""
+        return self.estimate.node_host if self.setup.on_cpu else self.estimate.total
+
+    def fits(self, memory_gb: float, margin: float, disk_gb: float | None = None) -> bool:
+        """Memory within ``memory_gb`` less the margin; NVMe swap files (per node) within ``disk_gb`` (no margin:
+        their size is exact). An NVMe plan never fits without ``disk_gb``."""
+        if self.setup.offload == "nvme" and (disk_gb is None or self.estimate.node_disk > disk_gb * GIB):
+            return False
+        return self.fitted_bytes() <= memory_gb * GIB * (1 - margin)
 
 
 def plan(request: PlanRequest) -> Plan:
     counts = model_counts(request.variant)
-    setup = request.setup(counts)
-    return Plan(request, counts, setup, estimate(counts, setup),
-                ds_config_for(setup.zero, setup.offload, setup.precision))
+    choice = ds_config_for(request.zero, request.offload, request.precision)
+    setup = request.setup(counts, ZeroKnobs.from_ds_config(choice.load()))
+    return Plan(request, counts, setup, estimate(counts, setup), choice)
 
 
 @dataclass(frozen=True)
@@ -209,6 +245,8 @@ def candidates(request: PlanRequest):
     while True:
         for checkpointing in (False, True):
             for zero, offload in SHARDING_LADDER:
+                if offload == "nvme" and request.disk_gb is None:
+                    continue  # no disk given: ZeRO-Infinity is not a candidate
                 yield dataclasses.replace(request, zero=zero, offload=offload, micro_batch=micro,
                                           activation_checkpointing=checkpointing or request.activation_checkpointing)
         if micro == 1:
@@ -217,8 +255,8 @@ def candidates(request: PlanRequest):
 
 
 def recommend(request: PlanRequest, memory_gb: float | None = None) -> Recommendation:
-    """The least-sharded configuration whose per-rank total fits ``memory_gb`` (default: the request's) with the
-    request's safety margin."""
+    """The least-sharded configuration that fits ``memory_gb`` (default: the request's) with the request's safety
+    margin: per device on GPU, per node (the node's ranks together) on CPU; NVMe plans must also fit --disk_gb."""
     memory_gb = memory_gb if memory_gb is not None else request.memory_gb
     if memory_gb is None:
         raise ConfigError("recommend() needs --memory_gb")
@@ -226,6 +264,6 @@ def recommend(request: PlanRequest, memory_gb: float | None = None) -> Recommend
     for candidate in candidates(request):
         option_plan = plan(candidate)
         tried.append(option_plan)
-        if option_plan.fits(memory_gb, request.margin):
+        if option_plan.fits(memory_gb, request.margin, request.disk_gb):
             return Recommendation(option_plan, tuple(tried), request.micro_batch // candidate.micro_batch)
     return Recommendation(None, tuple(tried), 1)

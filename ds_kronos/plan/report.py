@@ -11,7 +11,8 @@ def gib(nbytes: float) -> str:
 
 def _label(p: Plan) -> str:
     s = p.setup
-    return (f"ZeRO-{s.zero}{' + offload' if s.offload else ''}, micro batch {s.micro_batch}"
+    offload = {"none": "", "cpu": " + CPU offload", "nvme": " + NVMe offload"}[s.offload]
+    return (f"ZeRO-{s.zero}{offload}, micro batch {s.micro_batch}"
             f"{', activation checkpointing' if s.activation_checkpointing else ''}")
 
 
@@ -38,20 +39,49 @@ def breakdown(p: Plan) -> str:
     if e.deepspeed_model_states is not None:
         lines.append(f"{'(DeepSpeed device figure)':<34}{gib(e.deepspeed_model_states)}  model states as DeepSpeed's "
                      f"estimator gives them")
+    lines += _process_lines(p)
     lines.append(f"DeepSpeed config: {p.ds_config.describe()}")
     return "\n".join(lines)
 
 
-def ladder(rec: Recommendation, memory_gb: float, margin: float) -> str:
+def _process_lines(p: Plan) -> list[str]:
+    """The rank process (host memory) term by term, and the node's memory and disk."""
+    e = p.estimate
+    where = "CPU accelerator: device = host memory" if e.on_cpu else "host memory of a GPU rank"
+    lines = ["", f"{'rank process (' + where + ')':<52}", f"{'  baseline (torch, deepspeed, gloo)':<34}"
+             f"{gib(e.rank_baseline)}  BASELINE_PROCESS_BYTES (measured)"]
+    lines += [f"{'  ' + name:<34}{gib(value)}" for name, value in e.rank_states.items()]
+    if e.rank_step_transient:
+        lines.append(f"{'  reduce-scatter copies (step)':<34}{gib(e.rank_step_transient)}")
+    lines.append(f"{'  training peak':<34}{gib(e.rank_train)}")
+    lines += [f"{'  build: ' + name:<34}{gib(value)}" for name, value in e.rank_build.items() if value]
+    if e.rank_init_transient:
+        lines.append(f"{'  build: initialize transient':<34}{gib(e.rank_init_transient)}")
+    lines += [f"{'  build/initialize peak':<34}{gib(e.rank_build_peak)}",
+              f"{'rank peak (estimate.rank_peak)':<34}{gib(e.rank_peak)}",
+              f"{'node host (estimate.node_host)':<34}{gib(e.node_host)}  {e.ranks_per_node} rank(s) + launcher"]
+    if e.rank_disk:
+        lines += [f"{'  disk: ' + name:<34}{gib(value)}" for name, value in e.rank_disk.items()]
+        lines.append(f"{'node disk (estimate.node_disk)':<34}{gib(e.node_disk)}  NVMe swap files")
+    return lines
+
+
+def ladder(rec: Recommendation, memory_gb: float, margin: float, disk_gb: float | None = None) -> str:
     budget = memory_gb * (1 - margin)
-    lines = [f"Fitting {memory_gb:g} GiB per device with a {margin:.0%} margin (budget {budget:.2f} GiB):",
-             f"  {'configuration':<62}{'model st.':>10}{'activ.':>10}{'total':>10}  fits"]
+    on_cpu = bool(rec.tried) and rec.tried[0].setup.on_cpu
+    what = "host memory per node (shared by its ranks)" if on_cpu else "per device"
+    disk = f"; {disk_gb:g} GiB disk per node for NVMe swap" if disk_gb is not None else ""
+    lines = [f"Fitting {memory_gb:g} GiB {what} with a {margin:.0%} margin (budget {budget:.2f} GiB){disk}:",
+             f"  {'configuration':<62}{'model st.':>10}{'activ.':>10}{'device':>10}{'rank':>10}{'node host':>10}"
+             f"{'node disk':>10}  fits"]
     for p in rec.tried:
         e = p.estimate
         lines.append(f"  {_label(p):<62}{gib(e.model_states)[1:]:>10}{gib(e.activations + e.logits)[1:]:>10}"
-                     f"{gib(e.total)[1:]:>10}  {'yes' if p is rec.chosen else 'no'}")
+                     f"{gib(e.total)[1:]:>10}{gib(e.rank_peak)[1:]:>10}{gib(e.node_host)[1:]:>10}"
+                     f"{gib(e.node_disk)[1:]:>10}  {'yes' if p is rec.chosen else 'no'}")
     if rec.chosen is None:
-        lines.append("No configuration fits: more devices, more memory per device or a shorter context are needed.")
+        lines.append("No configuration fits: more devices, more memory per device or a shorter context are needed"
+                     + ("" if disk_gb is not None else " (NVMe offload was not tried: give --disk_gb)") + ".")
         return "\n".join(lines)
     s = rec.chosen.setup
     config = rec.chosen.ds_config

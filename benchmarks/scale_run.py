@@ -54,7 +54,8 @@ GIB = 1024 ** 3
 class ScaleRunConfig:
     """A few optimizer steps of each larger preset on this machine, with memory measured and planned."""
 
-    variants: list[str] = option(["base", "large", "1b"], help=f"presets to run ({', '.join(CONFIGS)})")
+    variants: list[str] = option(default_factory=lambda: ["base", "large", "1b"], nargs="+",
+                                 help=f"presets to run ({', '.join(CONFIGS)})")
     world_size: int = option(2, help="ranks (CPU processes)", ge=1)
     steps: int = option(4, help="optimizer steps per run", ge=2)
     micro_batch: int = option(1, help="samples per rank per step", ge=1)
@@ -159,10 +160,17 @@ def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[st
     run_dir = Path(cfg.work_dir) / f"run_{variant}"
     shutil.rmtree(run_dir, ignore_errors=True)
     swap_dir = run_dir / "nvme_swap" if OFFLOAD[config] == "nvme" else None
+    run_dir.mkdir(parents=True)
+    # The shipped JSON with this benchmark's learning rate (the trainer refuses --lr that contradicts the file).
+    from ds_kronos.deepspeed_json.resolve import load_ds_config
+    ds_json = load_ds_config(config)
+    ds_json["optimizer"]["params"]["lr"] = cfg.lr
+    ds_path = run_dir / Path(config).name
+    ds_path.write_text(json.dumps(ds_json, indent=2), encoding="utf-8")
     command = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", str(cfg.world_size),
-               "--master_port", str(port), "launch/train.py", "--deepspeed_config", config, "--data", str(data),
+               "--master_port", str(port), "launch/train.py", "--deepspeed_config", str(ds_path), "--data", str(data),
                "--tokenizer", "base", "--predictor", variant, "--batch_size", str(cfg.micro_batch),
-               "--max_steps", str(cfg.steps), "--lr", str(cfg.lr), "--log_every", "1", "--eval_at_start", "false",
+               "--max_steps", str(cfg.steps), "--log_every", "1", "--eval_at_start", "false",
                "--n_val_iter", str(cfg.micro_batch * cfg.world_size), "--threads", "1", "--save_dir", str(run_dir)]
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
     start = time.perf_counter()

@@ -139,7 +139,12 @@ def write_folder(folder: str | os.PathLike, config: Mapping[str, Any], state_dic
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
-    tensors = {name: _to_saveable(t) for name, t in state_dict.items()}
+    tensors, seen = {}, set()
+    for name, tensor in state_dict.items():
+        saveable = _to_saveable(tensor)
+        storage = saveable.untyped_storage().data_ptr()
+        tensors[name] = saveable.clone() if storage in seen else saveable
+        seen.add(storage)
     save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
     (staging / CONFIG_NAME).write_text(json.dumps(dict(sorted(config.items())), indent=2, sort_keys=True),
                                        encoding="utf-8")
@@ -148,10 +153,12 @@ def write_folder(folder: str | os.PathLike, config: Mapping[str, Any], state_dic
 
 
 def _to_saveable(tensor: torch.Tensor) -> torch.Tensor:
+    """fp32 (floating tensors), contiguous, on the CPU. ``write_folder`` copies only entries whose memory another
+    entry already uses (safetensors refuses shared memory): a whole-model copy is what a large export cannot afford."""
     tensor = tensor.detach().to("cpu")
     if tensor.is_floating_point():
         tensor = tensor.float()
-    return tensor.contiguous().clone()
+    return tensor.contiguous()
 
 
 class PretrainedMixin:

@@ -70,6 +70,38 @@ def set_fp32_masters(engine, values: dict[str, torch.Tensor]) -> None:
             safe_set_full_fp32_param(param, values[name].to(param.device))
 
 
+def zero3_fp32_masters(engine) -> dict[int, torch.Tensor] | None:
+    """``id(param) -> whole fp32 master`` of every trainable parameter under a ZeRO-3 optimizer, else None.
+    Collective.
+
+    DeepSpeed's per-parameter ``safe_get_full_fp32_param`` swaps the parameter's whole optimizer sub-group in from
+    NVMe and out again on every call: hundreds of sub-group reads for one export. Here each sub-group is swapped in
+    once and all its parameters are all-gathered from it, with the same calls DeepSpeed's per-parameter path makes.
+    Sub-groups and their parameters are the same on every rank, so the all-gathers line up.
+    """
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+
+    optimizer = engine.optimizer
+    if not isinstance(optimizer, DeepSpeedZeroOptimizer_Stage3):
+        return None
+    by_group: dict[int, list[tuple[nn.Parameter, int, int]]] = {}
+    for param in engine.module.parameters():
+        if param.requires_grad:
+            group, offset, count = optimizer.grad_position[optimizer.get_param_id(param)]
+            by_group.setdefault(group, []).append((param, offset, count))
+    masters: dict[int, torch.Tensor] = {}
+    for group in sorted(by_group):
+        swapped = optimizer._swappable_optimizer_subgroup(group)
+        if swapped:
+            optimizer._optimizer_states_and_gradient_swap_in(group)
+        flat = optimizer.fp32_partitioned_groups_flat[group]
+        for param, offset, count in by_group[group]:
+            masters[id(param)] = optimizer._fp32_state_allgather(param, flat.narrow(0, offset, count)).float().cpu()
+        if swapped:
+            optimizer._release_swap_buffers(group)
+    return masters
+
+
 def full_fp32_master(engine, param: nn.Parameter) -> torch.Tensor | None:
     """The whole fp32 master of ``param`` (None when the engine keeps none, e.g. fp32 training)."""
     from deepspeed.utils import safe_get_full_fp32_param

@@ -10,6 +10,7 @@ killed run are removed at the next start), since a resumed run reloads its state
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -76,22 +77,36 @@ def remove_swap_files(swap_dir: Path, rank: int | None = None, remove_dir: bool 
     the folders left empty (``swap_dir`` itself only with ``remove_dir``: the default folder, not a user's).
     Returns the bytes freed."""
     root = swap_dir / SWAP_SUBFOLDER
-    if not root.is_dir():
-        targets = []
-    elif rank is None:
+    # Ranks on one node clean up at the same time: any entry may vanish under us, so every step tolerates that.
+    if rank is None:
         targets = [root]
     else:
-        targets = [kind / f"rank{rank}" for kind in root.iterdir() if kind.is_dir()]
+        targets = [Path(kind, f"rank{rank}") for kind, _, _ in _walk(root, max_depth=1)]
     freed = 0
     for target in targets:
-        if target.is_dir():
-            freed += sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-            shutil.rmtree(target, ignore_errors=True)
-    inner = [d for d in root.rglob("*") if d.is_dir()] if root.is_dir() else []
-    for folder in sorted(inner, key=lambda d: -len(d.parts)) + [root] + (
-            [swap_dir] if remove_dir else []):
+        for folder, _, files in _walk(target):
+            for name in files:
+                try:
+                    freed += os.stat(os.path.join(folder, name)).st_size
+                except OSError:
+                    pass
+        shutil.rmtree(target, ignore_errors=True)
+    leftovers = [Path(folder) for folder, _, _ in os.walk(root, topdown=False)] + (
+        [swap_dir] if remove_dir else [])
+    for folder in leftovers:
         try:
             folder.rmdir()
         except OSError:
             pass  # not empty (another rank's files, or the user's own files in --nvme_dir) or already gone
     return freed
+
+
+def _walk(root: Path, max_depth: int | None = None):
+    """``os.walk`` below ``root`` (errors, such as a folder removed meanwhile, are skipped), to ``max_depth``."""
+    base = len(root.parts)
+    for folder, dirs, files in os.walk(root):
+        depth = len(Path(folder).parts) - base
+        if max_depth is not None and depth >= max_depth:
+            dirs.clear()
+        if max_depth is None or depth == max_depth:
+            yield folder, dirs, files

@@ -280,7 +280,7 @@ class Trainer:
 
     def _export(self, folder: str) -> None:
         """The fp32 master weights into ``save_dir/folder`` in the published format. Collective."""
-        state = gather_fp32_state_dict(self.engine, self.frozen_fp32)
+        state = gather_fp32_state_dict(self.engine, self.frozen_fp32, keep=self.runtime.is_main)
         if self.runtime.is_main:
             self.model.save_pretrained(self.save_dir / folder, state_dict=state)
 

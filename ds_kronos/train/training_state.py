@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from ds_kronos.atomic import replace_folder, write_text_atomic
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.runtime import Runtime, barrier
-from ds_kronos.train.masters import full_fp32_master
+from ds_kronos.train.masters import full_fp32_master, zero3_fp32_masters
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -208,20 +208,28 @@ def load_training_state(engine, runtime: Runtime, checkpoint_dir: Path, tag: str
 
 
 # ------------------------------------------------------------------------------------------------------- exporting
-def gather_fp32_state_dict(engine, frozen: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def gather_fp32_state_dict(engine, frozen: dict[str, torch.Tensor] | None = None, keep: bool = True
+                           ) -> dict[str, torch.Tensor]:
     """Full fp32 weights from the optimizer's master copies (bf16/fp16 modules hold low-precision copies),
     gathered across ZeRO partitions, plus buffers. ``frozen`` holds the exact values of tensors that have no master
-    (frozen parameters, buffers; see ds_kronos.train.masters). Collective: every rank must call it."""
+    (frozen parameters, buffers; see ds_kronos.train.masters). Collective: every rank must call it; only ranks with
+    ``keep`` hold the result (the others return {} and never hold the whole model)."""
     import deepspeed
 
     module, frozen = engine.module, frozen or {}
+    zero3 = zero3_fp32_masters(engine)  # every ZeRO-3 master at once, one NVMe sub-group read each
     state: dict[str, torch.Tensor] = {}
     for name, param in module.named_parameters():
-        full = full_fp32_master(engine, param) if param.requires_grad else None
+        if zero3 is not None:
+            full = zero3.pop(id(param), None)
+        else:
+            full = full_fp32_master(engine, param) if param.requires_grad else None
         if full is None:
             with deepspeed.zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
-                full = param.detach().clone()
-        state[name] = frozen[name] if name in frozen else full.detach().float().cpu()
-    for name, buffer in module.named_buffers():
-        state[name] = frozen[name] if name in frozen else buffer.detach().cpu()
+                full = param.detach().clone() if keep else None
+        if keep:
+            state[name] = frozen[name] if name in frozen else full.detach().float().cpu()
+    if keep:
+        for name, buffer in module.named_buffers():
+            state[name] = frozen[name] if name in frozen else buffer.detach().cpu()
     return state

@@ -39,8 +39,8 @@ def compile_problem(backend: str) -> str | None:
     return None
 
 
-def compile_engine(engine) -> str:
-    """Compile ``engine`` (before its first step); returns the backend used. A UserError if it cannot be done."""
+def compile_backend() -> str:
+    """The accelerator's backend, checked, with the settings above; a one-line UserError if it cannot compile."""
     from deepspeed.accelerator import get_accelerator
 
     backend = get_accelerator().get_compile_backend()
@@ -50,9 +50,23 @@ def compile_engine(engine) -> str:
     import torch._inductor.config
 
     torch._inductor.config.fallback_random = True
+    return backend
+
+
+def compile_engine(engine) -> str:
+    """Compile ``engine`` (before its first step) with DeepSpeed's ``engine.compile``; returns the backend used."""
+    backend = compile_backend()
     engine.compile(backend=backend, compile_kwargs={"dynamic": None})
     if not engine.is_compiled:
         raise UserError("--compile: DeepSpeed's engine.compile left the engine uncompiled")
+    return backend
+
+
+def compile_module(module: torch.nn.Module) -> str:
+    """The same compilation for a plain module (what ``engine.compile`` does to the engine's module); for the
+    torch DDP baseline of benchmarks/train_throughput.py."""
+    backend = compile_backend()
+    module.compile(backend=backend, dynamic=None)
     return backend
 
 

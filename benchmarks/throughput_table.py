@@ -3,8 +3,9 @@
     DS_ACCELERATOR=cpu python benchmarks/throughput_table.py --variants mini small --world_sizes 1 2 \\
         --zero 0 2 3 --precisions fp32 bf16 --micro_batch 8 --context 100 --steps 6 --warmup 2
 
-The torch DDP baseline does not depend on the ZeRO stage, so it runs once per (variant, world size, precision),
-with the first stage of the grid.
+The torch DDP baseline does not depend on the ZeRO stage, so it runs once per (variant, world size, precision,
+compile), with the first stage of the grid. ``--compile false true`` adds compiled rows (train_throughput.py
+--compile: DeepSpeed's engine.compile, and the DDP baseline compiled the same way) and a "compiled" column.
 """
 
 from __future__ import annotations
@@ -36,27 +37,32 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=100)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compile", nargs="+", default=["false"], choices=["false", "true"],
+                        help="false true: eager and compiled rows; true: compiled rows only (compiled in the warm-up)")
     args = parser.parse_args()
-    rows = ["| variant | ranks | precision | ZeRO | samples/s | tokens/s | step median (s) | peak RSS/rank (MiB) "
-            "| MFU | DDP samples/s | DeepSpeed / DDP |", "|" + "---|" * 11]
-    for variant in args.variants:
-        for world in args.world_sizes:
-            for precision in args.precisions:
-                baseline = None
-                for zero in args.zero:
-                    common = ["--variant", variant, "--world_size", str(world), "--precision", precision,
-                              "--zero", str(zero), "--micro_batch", str(args.micro_batch), "--context",
-                              str(args.context), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                              "--baseline", "true" if baseline is None else "false"]
-                    result = run(common)
-                    if baseline is None:
-                        baseline = result["baseline_samples_per_s"]
-                    row = (f"| {variant} | {world} | {precision} | {zero} | {result['samples_per_s']:.2f} | "
-                           f"{result['tokens_per_s']:.0f} | {result['step_s_median']:.2f} | "
-                           f"{result['peak_rss_mb']:.0f} | {result['mfu']:.1%} | {baseline:.2f} | "
-                           f"{result['samples_per_s'] / baseline:.2f} |")
-                    rows.append(row)
-                    print(row, flush=True, file=sys.stderr)
+    with_compile = "true" in args.compile
+    rows = ["| variant | ranks | precision | ZeRO |" + (" compiled |" if with_compile else "")
+            + " samples/s | tokens/s | step median (s) | peak RSS/rank (MiB) | MFU | DDP samples/s | DeepSpeed / DDP |",
+            "|" + "---|" * (12 if with_compile else 11)]
+    grid = [(v, w, p, c) for v in args.variants for w in args.world_sizes for p in args.precisions
+            for c in args.compile]
+    for variant, world, precision, compile in grid:
+        baseline = None
+        for zero in args.zero:
+            common = ["--variant", variant, "--world_size", str(world), "--precision", precision,
+                      "--zero", str(zero), "--micro_batch", str(args.micro_batch), "--context",
+                      str(args.context), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                      "--baseline", "true" if baseline is None else "false", "--compile", compile]
+            result = run(common)
+            if baseline is None:
+                baseline = result["baseline_samples_per_s"]
+            compiled = (f" {'yes' if compile == 'true' else 'no'} |" if with_compile else "")
+            row = (f"| {variant} | {world} | {precision} | {zero} |{compiled} {result['samples_per_s']:.2f} | "
+                   f"{result['tokens_per_s']:.0f} | {result['step_s_median']:.2f} | "
+                   f"{result['peak_rss_mb']:.0f} | {result['mfu']:.1%} | {baseline:.2f} | "
+                   f"{result['samples_per_s'] / baseline:.2f} |")
+            rows.append(row)
+            print(row, flush=True, file=sys.stderr)
     print("\n".join(rows))
 
 

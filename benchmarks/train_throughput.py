@@ -9,7 +9,9 @@ ds_configs/ file the planner names for --zero/--precision, "auto" values resolve
 then for the baseline: torch DDP over the same process group, torch AdamW with the JSON's hyper-parameters,
 gradient clipping as the JSON, fp32 or bf16 autocast. Both run the real step: frozen tokenizer ->
 tokenize_batch -> predict_and_score -> backward -> step, on random bars generated in memory (a few batches,
-cycled). Timings are per optimizer step after --warmup steps, synchronised; the median is used.
+cycled). Timings are per optimizer step after --warmup steps, synchronised; the median is used. With --compile both
+sides are compiled the same way (launch/train.py --compile: DeepSpeed's engine.compile; the DDP module compiled in
+place before DDP wraps it); compilation falls in the warm-up steps and its time is printed apart.
 
 Printed: samples/s, tokens/s, median step time, peak memory per rank (RSS on CPU, max_memory_allocated on GPU),
 model FLOPs per sample (formula in ds_kronos.plan.flops), MFU against --peak_tflops or a matmul probe at this
@@ -53,6 +55,9 @@ class ThroughputConfig:
     peak_tflops: float | None = option(None, help="peak TFLOP/s per device for MFU (default: a matmul probe)")
     threads: int | None = option(None, help="torch threads per process on CPU (default: cores / processes)")
     baseline: bool = option(True, help="also run the torch DDP baseline")
+    compile: bool = option(False, help="compile the model as launch/train.py --compile does (DeepSpeed's "
+                                       "engine.compile; the DDP baseline's module with the same torch.compile "
+                                       "settings); compilation happens in the --warmup steps (at least 1)")
     seed: int = option(0, help="random seed")
 
     def problems(self) -> list[str]:
@@ -60,6 +65,8 @@ class ThroughputConfig:
                     if getattr(self, name) < 1]
         if self.warmup < 0:
             problems.append("--warmup must be >= 0")
+        if self.compile and self.warmup < 1:
+            problems.append("--compile needs --warmup >= 1 (the first step compiles; it must not be timed)")
         if self.offload and self.zero < 2:
             problems.append("--offload needs --zero 2 or 3")
         return problems
@@ -108,13 +115,16 @@ def matmul_tflops(device, dtype, seconds: float = 1.0) -> float:
     return 2 * n ** 3 * done / (time.perf_counter() - start) / 1e12
 
 
-def _deepspeed_step(model, ds_json: dict[str, Any]):
+def _deepspeed_step(model, ds_json: dict[str, Any], compile: bool):
     """A DeepSpeed engine around ``model``; returns one training step (forward, backward, optimizer) on a batch."""
     import deepspeed
 
     from ds_kronos.model.objective import predict_and_score
+    from ds_kronos.train.compiled import compile_engine
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds_json)
+    if compile:
+        compile_engine(engine)
     head = engine.module.head
 
     def step(batch) -> None:
@@ -124,14 +134,18 @@ def _deepspeed_step(model, ds_json: dict[str, Any]):
     return step
 
 
-def _ddp_step(model, device, bf16: bool, ds_json: dict[str, Any]):
-    """The plain-PyTorch baseline: DDP + AdamW with DeepSpeed's optimizer settings and clipping; returns one step."""
+def _ddp_step(model, device, bf16: bool, ds_json: dict[str, Any], compile: bool):
+    """The plain-PyTorch baseline: DDP + AdamW with DeepSpeed's optimizer settings and clipping; returns one step.
+    With ``compile`` the module is compiled in place before DDP wraps it, as DeepSpeed's engine.compile does."""
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
     from ds_kronos.model.objective import predict_and_score
+    from ds_kronos.train.compiled import compile_module
 
     model = model.to(device)
+    if compile:
+        compile_module(model)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     params = ds_json["optimizer"]["params"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"], betas=tuple(params["betas"]),
@@ -182,6 +196,7 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
     from ds_kronos.model import Kronos, KronosTokenizer, preset
     from ds_kronos.plan.measure import random_batch
     from ds_kronos.runtime import barrier, init_runtime, seed_everything
+    from ds_kronos.train.compiled import compile_seconds
     from ds_kronos.train.tasks import resolve_tokenizer_dtype
 
     runtime = init_runtime(config.threads)
@@ -201,11 +216,15 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
     data = [random_batch(config.micro_batch, context, generator) for _ in range(4)]
 
     ds_json = _ds_json(config, runtime.on_cpu)
-    step = _deepspeed_step(model, ds_json) if mode == "deepspeed" else _ddp_step(model, device, bf16, ds_json)
+    step = (_deepspeed_step(model, ds_json, config.compile) if mode == "deepspeed"
+            else _ddp_step(model, device, bf16, ds_json, config.compile))
+    started = time.perf_counter()
     times = _time_steps(config, step, tokenizer, data, device, tok_dtype)
+    warmup_s = time.perf_counter() - started - sum(times)
     rss, gpu = _peak_memory_bytes(device)
     result = {"times": times, "peak_rss": rss, "peak_gpu": gpu, "probe_tflops": probe, "device": device.type,
-              "threads": torch.get_num_threads(), "context": context,
+              "threads": torch.get_num_threads(), "context": context, "warmup_s": warmup_s,
+              "compile_s": compile_seconds() if config.compile else None,
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     Path(out_dir, f"{mode}_{rank}.json").write_text(json.dumps(result), encoding="utf-8")
     barrier()
@@ -240,7 +259,9 @@ def _summary(results: list[dict[str, Any]], config: ThroughputConfig, flops: flo
     return {"samples_per_s": samples, "tokens_per_s": samples * results[0]["context"], "step_s_median": median,
             "peak_rss_mb": max(r["peak_rss"] for r in results) / 2 ** 20,
             "peak_gpu_mb": max(r["peak_gpu"] for r in results) / 2 ** 20,
-            "mfu": samples * flops / (peak * 1e12 * config.world_size)}
+            "mfu": samples * flops / (peak * 1e12 * config.world_size),
+            "warmup_s": max(r["warmup_s"] for r in results),
+            "compile_s": max(r["compile_s"] for r in results) if config.compile else None}
 
 
 def run(config: ThroughputConfig) -> dict[str, Any]:
@@ -257,11 +278,12 @@ def run(config: ThroughputConfig) -> dict[str, Any]:
     print(f"Kronos-{config.variant} ({counts.total_params:,} params), {config.world_size} x {ds[0]['device_name']} "
           f"({ds[0]['threads']} threads each), ZeRO-{config.zero}{' + offload' if config.offload else ''}, "
           f"{config.precision}, micro batch {config.micro_batch} x context {context}, {config.steps} steps after "
-          f"{config.warmup} warm-up")
+          f"{config.warmup} warm-up" + (" (compiled: torch.compile in the warm-up steps)" if config.compile else ""))
     print(f"model FLOPs per sample {flops / 1e9:.2f} GFLOP (6 x {counts.matmul_params:,} x {context} + attention); "
           f"peak {peak:.2f} TFLOP/s per device from {peak_source}")
     _print("deepspeed", mine)
     report: dict[str, Any] = {"variant": config.variant, "zero": config.zero, "world_size": config.world_size,
+                              "compile": config.compile,
                               "precision": config.precision, "micro_batch": config.micro_batch, "context": context,
                               **mine, "flops_per_sample": flops, "peak_tflops": peak,
                               "baseline_samples_per_s": None, "ratio": None}
@@ -270,7 +292,7 @@ def run(config: ThroughputConfig) -> dict[str, Any]:
         _print("torch DDP", base)
         report.update(baseline_samples_per_s=base["samples_per_s"], ratio=mine["samples_per_s"] / base["samples_per_s"],
                       baseline_peak_rss_mb=base["peak_rss_mb"], baseline_peak_gpu_mb=base["peak_gpu_mb"],
-                      baseline_mfu=base["mfu"])
+                      baseline_mfu=base["mfu"], baseline_compile_s=base["compile_s"])
         print(f"ratio DeepSpeed / DDP: {report['ratio']:.3f}")
     return report
 
@@ -278,7 +300,9 @@ def run(config: ThroughputConfig) -> dict[str, Any]:
 def _print(label: str, s: dict[str, Any]) -> None:
     gpu = f", peak GPU {s['peak_gpu_mb']:.0f} MiB/rank" if s["peak_gpu_mb"] else ""
     print(f"{label:<10} {s['samples_per_s']:10.2f} samples/s {s['tokens_per_s']:12.0f} tokens/s  step median "
-          f"{s['step_s_median'] * 1000:8.1f} ms  peak RSS {s['peak_rss_mb']:.0f} MiB/rank{gpu}  MFU {s['mfu']:.1%}")
+          f"{s['step_s_median'] * 1000:8.1f} ms  peak RSS {s['peak_rss_mb']:.0f} MiB/rank{gpu}  MFU {s['mfu']:.1%}"
+          + (f"  (compile {s['compile_s']:.1f} s, warm-up {s['warmup_s']:.1f} s)" if s["compile_s"] is not None
+             else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

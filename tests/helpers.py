@@ -36,10 +36,11 @@ def env() -> dict[str, str]:
     return {**os.environ, "DS_ACCELERATOR": "cpu", "COMET_DISABLE_AUTO_LOGGING": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py") -> subprocess.CompletedProcess:
-    """Run a launch/ script on 2 CPU ranks through the real deepspeed launcher."""
+def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py",
+                    processes: int = 2) -> subprocess.CompletedProcess:
+    """Run a launch/ script on ``processes`` CPU ranks (default 2) through the real deepspeed launcher."""
     launcher = REPO / ".venv" / "bin" / "deepspeed"
-    command = [str(launcher) if launcher.exists() else "deepspeed", "--num_gpus", "2", "--master_port",
+    command = [str(launcher) if launcher.exists() else "deepspeed", "--num_gpus", str(processes), "--master_port",
                str(free_port()), str(REPO / "launch" / script), *args]
     result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"

@@ -45,6 +45,7 @@ from ds_kronos.runtime import (
     seed_everything,
     unresponsive_ranks,
 )
+from ds_kronos.train.compiled import compile_engine, compile_seconds
 from ds_kronos.train.config import (
     DEFAULT_GRAD_ACCUM,
     DEFAULT_MICRO_BATCH,
@@ -194,6 +195,7 @@ class Trainer:
         if not use_onecycle and getattr(self.scheduler, "last_batch_iteration", None) == -1:
             # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
             self.scheduler.step()
+        self.compile_backend = compile_engine(self.engine) if c.compile else None
 
     def _layout(self) -> RunLayout:
         return RunLayout(world_size=self.runtime.world_size, micro_batch=self.batch.micro_batch,
@@ -248,7 +250,9 @@ class Trainer:
         precision = "bf16" if self.ds_config.get("bf16", {}).get("enabled") else (
             "fp16" if self.ds_config.get("fp16", {}).get("enabled") else "fp32")
         say(f"ds_kronos {self.task.kind} training: {rt.world_size} process(es) on {rt.device.type}, ZeRO-{zero}, "
-            f"{precision}; {self.task.description}; {params:,} trainable-model parameters")
+            f"{precision}; {self.task.description}; {params:,} trainable-model parameters"
+            + (f"; compiled (torch.compile, {self.compile_backend}: the first step and validation compile)"
+               if self.compile_backend else ""))
         say(f"data {c.data}: {self.train_set.num_windows:,} train windows ({len(self.train_set):,} per epoch), "
             f"{self.val_set.num_windows:,} val windows ({len(self.val_set):,} per evaluation); window "
             f"{self.train_set.window} bars")
@@ -445,6 +449,8 @@ class Trainer:
             "train_seconds": round(pos.train_seconds, 3),
             "samples_per_s": round(pos.samples / pos.train_seconds, 3) if pos.train_seconds else None,
             "wall_seconds": round(time.perf_counter() - self._start, 3),
+            "compiled": bool(getattr(self.engine, "is_compiled", False)),
+            "compile_seconds": round(compile_seconds(), 3) if self.compile_backend else None,
             # Only folders that exist: a run that failed or stopped early names no model it did not write.
             "best_model": str(best) if (best / "config.json").is_file() else None,
             "final_model": str(final) if status == "finished" else None,

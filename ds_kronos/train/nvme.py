@@ -64,7 +64,7 @@ def check_nvme_ready(swap_dir: Path) -> None:
                         "zero3_offload.json)")
     try:
         swap_dir.mkdir(parents=True, exist_ok=True)
-        probe = swap_dir / ".ds_kronos_write_probe"
+        probe = swap_dir / f".ds_kronos_write_probe.{os.getpid()}"  # one per process: ranks probe at once
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:

@@ -249,8 +249,14 @@ class Trainer:
         zero = self.ds_config.get("zero_optimization", {}).get("stage", 0)
         precision = "bf16" if self.ds_config.get("bf16", {}).get("enabled") else (
             "fp16" if self.ds_config.get("fp16", {}).get("enabled") else "fp32")
-        say(f"ds_kronos {self.task.kind} training: {rt.world_size} process(es) on {rt.device.type}, ZeRO-{zero}, "
-            f"{precision}; {self.task.description}; {params:,} trainable-model parameters"
+        built = " (built partitioned: deepspeed.zero.Init)" if getattr(self.task, "partitioned", False) else ""
+        offload = ", ".join(f"{key.removeprefix('offload_')}s to {section['device']}" for key, section in
+                            self.ds_config.get("zero_optimization", {}).items()
+                            if key.startswith("offload_") and isinstance(section, dict)
+                            and section.get("device") not in (None, "none"))
+        say(f"ds_kronos {self.task.kind} training: {rt.world_size} process(es) on {rt.device.type}, ZeRO-{zero}"
+            f"{built}{f' ({offload})' if offload else ''}, {precision}; {self.task.description}; {params:,} "
+            f"trainable-model parameters"
             + (f"; compiled (torch.compile, {self.compile_backend}: the first step and validation compile)"
                if self.compile_backend else ""))
         say(f"data {c.data}: {self.train_set.num_windows:,} train windows ({len(self.train_set):,} per epoch), "
@@ -456,6 +462,7 @@ class Trainer:
             "final_model": str(final) if status == "finished" else None,
             "last_checkpoint": self._checkpointed_step if self._checkpointed_step >= 0 else None,
             "history": pos.history.to_dict(),
+            "partitioned_construction": bool(getattr(self.task, "partitioned", False)),
             "memory": self._memory(),
         }
         if rt.is_main:

@@ -10,9 +10,10 @@ DEMO_DIR ?= demo_runs
 
 setup: $(STAMP)
 
-$(STAMP): setup.py launch/install_torch.sh
+$(STAMP): setup.py launch/install_torch.sh launch/install_libaio.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@bash launch/install_torch.sh $(PY)
+	@bash launch/install_libaio.sh
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 

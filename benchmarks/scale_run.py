@@ -12,7 +12,8 @@ with the frozen ``base`` tokenizer preset, no validation before training and a s
     1b     ZeRO-3 + NVMe offload, bf16          ds_configs/zero3_nvme_bf16.json  (swap files in --work_dir)
     3b     as 1b                                (not in the default list: see the README's scale table)
 
-Measured per row: seconds per optimizer step (median of the steps after the first, from the progress lines),
+Measured per row: seconds per optimizer step (median over the steps after the first, timed by the arrival of
+the progress lines the ranks print unbuffered),
 samples/s, each rank's peak resident memory (VmHWM, reported by the trainer in summary.json, and the part of it
 reached while building and loading the model), the machine's peak (the sum of the resident memory of every process
 of the job, launcher included, sampled every 0.2 s), the largest size the NVMe swap folder reached (sampled), and
@@ -46,7 +47,7 @@ CONFIGS = {"base": "ds_configs/zero3_bf16.json", "large": "ds_configs/zero3_offl
            "1b": "ds_configs/zero3_nvme_bf16.json", "3b": "ds_configs/zero3_nvme_bf16.json"}
 OFFLOAD = {"ds_configs/zero3_bf16.json": "none", "ds_configs/zero3_offload_bf16.json": "cpu",
            "ds_configs/zero3_nvme_bf16.json": "nvme"}
-STEP_LINE = re.compile(r"^step (\d+)/\d+ .*\| ([0-9.]+) samples/s")
+STEP_LINE = re.compile(r"^step (\d+)/\d+ ")
 GIB = 1024 ** 3
 
 
@@ -178,14 +179,14 @@ def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[st
                                text=True)
     sampler = Sampler(process.pid, swap_dir)
     sampler.start()
-    rates: dict[int, float] = {}
+    arrivals: dict[int, float] = {}  # step -> when its progress line arrived (the ranks print unbuffered)
     lines: list[str] = []
     assert process.stdout is not None
     for line in process.stdout:
         lines.append(line.rstrip())
         match = STEP_LINE.match(line.strip())
         if match:
-            rates[int(match.group(1))] = float(match.group(2))
+            arrivals[int(match.group(1))] = time.perf_counter()
             print(f"  {variant}: {line.strip()}", flush=True)
     try:
         process.wait(timeout=cfg.timeout_s)
@@ -199,7 +200,8 @@ def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[st
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     global_batch = summary["global_batch"]
     losses = [loss for _, loss in summary["history"]["train"]]
-    later = [global_batch / rates[s] for s in sorted(rates) if s > 1]
+    # Seconds per step from step 2 on (step 1 includes the first gathers, swaps and allocations).
+    later = [arrivals[s] - arrivals[s - 1] for s in sorted(arrivals) if s > 1 and s - 1 in arrivals]
     memory = summary["memory"]
     context = _context(data)
     plan_figures = planned(variant, config, cfg.world_size, cfg.micro_batch, context)

@@ -245,12 +245,17 @@ def test_ds_config_names_the_offload_files(zero, offload, precision, expected):
 
 
 def test_nvme_buffers_follow_the_shipped_json():
-    """The swap buffers are sized from the JSON (through DeepSpeed's config model): sub_group_size 1e8,
-    offload_param 5 x 1e8 elements, optimizer buffer_count 4."""
+    """The swap buffers are sized from the JSON (through DeepSpeed's config model): offload_param buffer_count x
+    buffer_size elements at the model dtype, optimizer buffer_count x the largest sub-group in fp32."""
+    from ds_kronos.deepspeed_json.resolve import load_ds_config
+
+    zero = load_ds_config("ds_configs/zero3_nvme_bf16.json")["zero_optimization"]
+    param, sub = zero["offload_param"], zero["sub_group_size"]
     e = plan(_cpu_node(variant="1b", zero=3, offload="nvme")).estimate
-    assert e.rank_states["param_swap_buffers"] == 5 * 100_000_000 * 2
+    assert e.rank_states["param_swap_buffers"] == param["buffer_count"] * param["buffer_size"] * 2
     largest = model_counts("1b").largest_tensor_params
-    assert 4 * 4 * 100_000_000 <= e.rank_states["optimizer_swap_buffers"] <= 4 * 4 * (100_000_000 + largest)
+    count = zero["offload_optimizer"]["buffer_count"]
+    assert count * 4 * sub <= e.rank_states["optimizer_swap_buffers"] <= count * 4 * (sub + largest)
     assert "adam_moments" not in e.rank_states and "fp32_master" not in e.rank_states
 
 

@@ -12,7 +12,7 @@ tables) have no master; they never change, so the exported model takes the value
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -70,14 +70,15 @@ def set_fp32_masters(engine, values: dict[str, torch.Tensor]) -> None:
             safe_set_full_fp32_param(param, values[name].to(param.device))
 
 
-def zero3_fp32_masters(engine) -> dict[int, torch.Tensor] | None:
-    """``id(param) -> whole fp32 master`` of every trainable parameter under a ZeRO-3 optimizer, else None.
-    Collective.
+def zero3_fp32_masters(engine) -> Iterator[tuple[nn.Parameter, torch.Tensor]] | None:
+    """``(param, whole fp32 master)`` for every trainable parameter under a ZeRO-3 optimizer, one at a time (None
+    for other optimizers). Collective: every rank must exhaust it.
 
     DeepSpeed's per-parameter ``safe_get_full_fp32_param`` swaps the parameter's whole optimizer sub-group in from
     NVMe and out again on every call: hundreds of sub-group reads for one export. Here each sub-group is swapped in
-    once and all its parameters are all-gathered from it, with the same calls DeepSpeed's per-parameter path makes.
-    Sub-groups and their parameters are the same on every rank, so the all-gathers line up.
+    once and its parameters are all-gathered from it in turn, with the calls DeepSpeed's per-parameter path makes.
+    Sub-groups and their parameters are the same on every rank, so the all-gathers line up. A consumer that does
+    not keep the values (ranks other than the writer) holds one parameter at a time.
     """
     from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
 
@@ -89,17 +90,19 @@ def zero3_fp32_masters(engine) -> dict[int, torch.Tensor] | None:
         if param.requires_grad:
             group, offset, count = optimizer.grad_position[optimizer.get_param_id(param)]
             by_group.setdefault(group, []).append((param, offset, count))
-    masters: dict[int, torch.Tensor] = {}
-    for group in sorted(by_group):
-        swapped = optimizer._swappable_optimizer_subgroup(group)
-        if swapped:
-            optimizer._optimizer_states_and_gradient_swap_in(group)
-        flat = optimizer.fp32_partitioned_groups_flat[group]
-        for param, offset, count in by_group[group]:
-            masters[id(param)] = optimizer._fp32_state_allgather(param, flat.narrow(0, offset, count)).float().cpu()
-        if swapped:
-            optimizer._release_swap_buffers(group)
-    return masters
+
+    def gathered() -> Iterator[tuple[nn.Parameter, torch.Tensor]]:
+        for group in sorted(by_group):
+            swapped = optimizer._swappable_optimizer_subgroup(group)
+            if swapped:
+                optimizer._optimizer_states_and_gradient_swap_in(group)
+            flat = optimizer.fp32_partitioned_groups_flat[group]
+            for param, offset, count in by_group[group]:
+                yield param, optimizer._fp32_state_allgather(param, flat.narrow(0, offset, count)).float().cpu()
+            if swapped:
+                optimizer._release_swap_buffers(group)
+
+    return gathered()
 
 
 def full_fp32_master(engine, param: nn.Parameter) -> torch.Tensor | None:

@@ -101,5 +101,5 @@ class Progress:
         (name, loss), *parts = losses.items()
         detail = ", ".join(f"{label} {value:.4f}" for label, value in parts)
         return (f"step {step}/{self.total_steps} | epoch {epoch + 1}/{self.epochs} | {name} {loss:.4f} ({detail}) "
-                f"| lr {lr:.3e} | {rate:.1f} samples/s | ETA {format_seconds(eta)}")
+                f"| lr {lr:.3e} | {rate:.3g} samples/s | ETA {format_seconds(eta)}")  # 3 digits: 0.412 for large models
 

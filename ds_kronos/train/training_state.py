@@ -217,14 +217,21 @@ def gather_fp32_state_dict(engine, frozen: dict[str, torch.Tensor] | None = None
     import deepspeed
 
     module, frozen = engine.module, frozen or {}
-    zero3 = zero3_fp32_masters(engine)  # every ZeRO-3 master at once, one NVMe sub-group read each
+    masters: dict[int, torch.Tensor] = {}
+    zero3 = zero3_fp32_masters(engine)  # ZeRO-3: one NVMe sub-group read each, in the optimizer's order
+    if zero3 is not None:
+        for param, full in zero3:
+            if keep:
+                masters[id(param)] = full
+            del full  # a rank that does not write holds one parameter at a time
     state: dict[str, torch.Tensor] = {}
     for name, param in module.named_parameters():
-        if zero3 is not None:
-            full = zero3.pop(id(param), None)
+        if zero3 is not None:  # every trainable parameter had its master gathered above, on every rank
+            has_master, full = param.requires_grad, masters.pop(id(param), None)
         else:
             full = full_fp32_master(engine, param) if param.requires_grad else None
-        if full is None:
+            has_master = full is not None  # the same on every rank: it depends on the optimizer only
+        if not has_master:  # frozen tensors and fp32 engines: the module's own values (a collective under ZeRO-3)
             with deepspeed.zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
                 full = param.detach().clone() if keep else None
         if keep:

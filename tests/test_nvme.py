@@ -1,0 +1,84 @@
+"""NVMe offload plumbing (ds_kronos.train.nvme): where the swap folder is, the one-line refusal where the async I/O
+op cannot work, and the clean-up. The real NVMe training run is in tests/test_scale.py."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ds_kronos.deepspeed_json.resolve import load_ds_config
+from ds_kronos.errors import ConfigError, UserError
+from ds_kronos.train import nvme
+
+
+@pytest.fixture
+def nvme_json() -> dict:
+    return load_ds_config("ds_configs/zero3_nvme_bf16.json")
+
+
+def test_auto_nvme_path_becomes_the_option_or_a_folder_in_save_dir(nvme_json, tmp_path):
+    config = copy.deepcopy(nvme_json)
+    assert nvme.fill_nvme_path(config, None, str(tmp_path / "run")) == tmp_path / "run" / "nvme_swap"
+    zero = config["zero_optimization"]
+    assert zero["offload_param"]["nvme_path"] == zero["offload_optimizer"]["nvme_path"] == str(
+        tmp_path / "run" / "nvme_swap")
+    config = copy.deepcopy(nvme_json)
+    assert nvme.fill_nvme_path(config, str(tmp_path / "fast"), str(tmp_path / "run")) == tmp_path / "fast"
+    assert nvme.fill_nvme_path(load_ds_config("ds_configs/zero3_offload.json"), None, str(tmp_path)) is None
+
+
+def test_explicit_nvme_paths_are_kept_but_must_agree(nvme_json, tmp_path):
+    config = copy.deepcopy(nvme_json)
+    config["zero_optimization"]["offload_param"]["nvme_path"] = str(tmp_path / "a")
+    config["zero_optimization"]["offload_optimizer"]["nvme_path"] = str(tmp_path / "a")
+    assert nvme.fill_nvme_path(config, str(tmp_path / "ignored"), str(tmp_path)) == tmp_path / "a"
+    config["zero_optimization"]["offload_optimizer"]["nvme_path"] = str(tmp_path / "b")
+    with pytest.raises(ConfigError, match="different nvme_path"):
+        nvme.fill_nvme_path(config, None, str(tmp_path))
+
+
+def test_missing_libaio_is_one_line_that_says_what_to_install(monkeypatch, tmp_path):
+    from deepspeed.accelerator import get_accelerator
+
+    class NoAio:
+        def is_compatible(self, verbose: bool = False) -> bool:
+            return False
+
+    monkeypatch.setattr(get_accelerator(), "create_op_builder", lambda name: NoAio())
+    with pytest.raises(UserError) as raised:
+        nvme.check_nvme_ready(tmp_path / "swap")
+    message = str(raised.value)
+    assert "\n" not in message and "libaio-dev" in message and "zero3_offload.json" in message
+
+
+def test_unwritable_swap_folder_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="--nvme_dir .*cannot write there"):
+        nvme.check_nvme_ready(blocker / "swap")
+
+
+def _swap_tree(root, ranks=(0, 1)):
+    for kind in ("optimizer", "bf16params"):
+        for rank in ranks:
+            folder = root / "zero_stage_3" / kind / f"rank{rank}"
+            folder.mkdir(parents=True)
+            (folder / "0_param.tensor.swp").write_bytes(b"x" * 1000)
+
+
+def test_each_rank_removes_its_own_swap_files_and_a_users_files_stay(tmp_path):
+    swap = tmp_path / "swap"
+    _swap_tree(swap)
+    (swap / "notes.txt").write_text("the user's")
+    assert nvme.remove_swap_files(swap, rank=0) == 2000
+    assert sorted(p.name for p in swap.rglob("*.swp")) == ["0_param.tensor.swp"] * 2  # rank 1's are untouched
+    assert nvme.remove_swap_files(swap, rank=1, remove_dir=True) == 2000
+    assert [p.name for p in swap.iterdir()] == ["notes.txt"]  # not empty: kept
+
+
+def test_start_up_sweep_removes_every_rank_and_the_default_folder(tmp_path):
+    swap = tmp_path / "nvme_swap"
+    _swap_tree(swap, ranks=(0, 1, 2))
+    assert nvme.remove_swap_files(swap, remove_dir=True) == 6000
+    assert not swap.exists()

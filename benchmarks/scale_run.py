@@ -13,13 +13,13 @@ with the frozen ``base`` tokenizer preset, no validation before training and a s
     3b     as 1b                                (not in the default list: see the README's scale table)
 
 Measured per row: seconds per optimizer step (median over the steps after the first, timed by the arrival of
-the progress lines the ranks print unbuffered),
-samples/s, each rank's peak resident memory (VmHWM, reported by the trainer in summary.json, and the part of it
-reached while building and loading the model), the machine's peak (the sum of the resident memory of every process
-of the job, launcher included, sampled every 0.2 s), the largest size the NVMe swap folder reached (sampled), and
-the training loss of every step, which must be finite and lower at the end than at the start. Next to them, the
-planner's figures for the same settings (``ds_kronos.plan``: per-rank peak, per-node host memory and swap disk) and
-measured / planned. The LAST line is one JSON object with every row.
+the progress lines the ranks print unbuffered), samples/s, each rank's peak resident memory (VmHWM, reported by
+the trainer in summary.json; also its value once the model is built/loaded and once the engine is set up), the
+machine's peak (the sum of the resident memory of every process of the job, launcher included, sampled every
+0.2 s), the largest size the NVMe swap folder reached (sampled), and the training loss of every step, which must
+be finite and lower at the end than at the start. Next to them, the planner's figures for the same settings
+(``ds_kronos.plan``: per-rank peak, per-node host memory and swap disk) and measured / planned. The LAST line is
+one JSON object with every row.
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ class ScaleRunConfig:
     work_dir: str = option("runs/scale_run", help="demo data, run folders and NVMe swap files go here")
     data: str | None = option(None, help="prepared dataset (default: the demo market, prepared into --work_dir)")
     keep_runs: bool = option(False, help="keep each run's folder (checkpoints and exported models)")
+    from_checkpoint: bool = option(False, help="start from a checkpoint folder of the preset's random init (written "
+                                   "once into --work_dir by a plain process) instead of the preset: measures "
+                                   "streamed loading into the partitioned model")
     timeout_s: float = option(3600.0, help="seconds one run may take", gt=0)
 
     def problems(self) -> list[str]:
@@ -148,6 +151,16 @@ def prepare_demo(work_dir: Path) -> Path:
     return prepared
 
 
+def preset_checkpoint(work_dir: Path, variant: str) -> Path:
+    """A published-format folder of the preset's random init (seed 0), written once by a plain process."""
+    folder = work_dir / f"checkpoint_{variant}"
+    if not (folder / "model.safetensors").is_file():
+        code = ("import sys, torch; from ds_kronos.model import Kronos; torch.manual_seed(0); "
+                "Kronos.from_preset(sys.argv[1]).save_pretrained(sys.argv[2])")
+        subprocess.run([sys.executable, "-c", code, variant, str(folder)], cwd=REPO, check=True)
+    return folder
+
+
 def planned(variant: str, config: str, world_size: int, micro_batch: int, context: int) -> dict[str, float]:
     from ds_kronos.plan import PlanRequest, plan
 
@@ -162,6 +175,7 @@ def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[st
     shutil.rmtree(run_dir, ignore_errors=True)
     swap_dir = run_dir / "nvme_swap" if OFFLOAD[config] == "nvme" else None
     run_dir.mkdir(parents=True)
+    predictor = str(preset_checkpoint(Path(cfg.work_dir), variant)) if cfg.from_checkpoint else variant
     # The shipped JSON with this benchmark's learning rate (the trainer refuses --lr that contradicts the file).
     from ds_kronos.deepspeed_json.resolve import load_ds_config
     ds_json = load_ds_config(config)
@@ -170,7 +184,7 @@ def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[st
     ds_path.write_text(json.dumps(ds_json, indent=2), encoding="utf-8")
     command = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", str(cfg.world_size),
                "--master_port", str(port), "launch/train.py", "--deepspeed_config", str(ds_path), "--data", str(data),
-               "--tokenizer", "base", "--predictor", variant, "--batch_size", str(cfg.micro_batch),
+               "--tokenizer", "base", "--predictor", predictor, "--batch_size", str(cfg.micro_batch),
                "--max_steps", str(cfg.steps), "--log_every", "1", "--eval_at_start", "false",
                "--n_val_iter", str(cfg.micro_batch * cfg.world_size), "--threads", "1", "--save_dir", str(run_dir)]
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
@@ -212,6 +226,7 @@ def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[st
         "sec_per_step": round(statistics.median(later), 3) if later else None,
         "sec_per_step_spread": [round(min(later), 3), round(max(later), 3)] if later else None,
         "samples_per_s": round(global_batch / statistics.median(later), 3) if later else None,
+        "from_checkpoint": cfg.from_checkpoint, "rank_model_peak_rss_bytes": memory["model_peak_rss_bytes"],
         "rank_peak_rss_bytes": memory["peak_rss_bytes"], "rank_build_peak_rss_bytes": memory["build_peak_rss_bytes"],
         "machine_peak_rss_bytes": machine_peak, "nvme_peak_bytes": sampler.swap_peak,
         "nvme_left_after_run": _folder_bytes(swap_dir) if swap_dir is not None and swap_dir.exists() else 0,
@@ -237,12 +252,13 @@ def _gib(nbytes: float) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| preset | config | s/step (min-max) | samples/s | peak RSS per rank, GiB (build) | machine peak, GiB | "
+    head = ("| preset | config | s/step (min-max) | samples/s | peak RSS per rank, GiB (model built; engine set up) | "
+            "machine peak, GiB | "
             "NVMe, GiB | losses | planned rank / node / disk, GiB | measured / planned: rank, machine, disk |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        ranks = ", ".join(f"{_gib(p)} ({_gib(b)})" for p, b in zip(r["rank_peak_rss_bytes"],
-                                                                 r["rank_build_peak_rss_bytes"]))
+        ranks = ", ".join(f"{_gib(p)} ({_gib(m)}; {_gib(b)})" for p, m, b in zip(
+            r["rank_peak_rss_bytes"], r["rank_model_peak_rss_bytes"], r["rank_build_peak_rss_bytes"]))
         spread = r["sec_per_step_spread"] or [float("nan")] * 2
         p = r["planned"]
         nvme_ratio = f"{r['nvme_ratio']:.2f}" if r["nvme_ratio"] is not None else "-"

@@ -120,6 +120,7 @@ class Trainer:
         self.resume_source: ResumeSource | None = (
             find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say) if config.resume else None)
         self.task = build_task(config, self.runtime, self.ds_config)
+        self._model_peak_rss = peak_rss_bytes()  # building (and loading) the model, before DeepSpeed's engine
         self.model = self.task.model
         # The model is built (identically on every rank); from here each rank draws its own random numbers.
         seed_everything(rank_seed(config.seed, self.runtime.rank))
@@ -422,13 +423,16 @@ class Trainer:
             remove_swap_files(self.swap_dir, self.runtime.rank, remove_dir=not self.config.nvme_dir)
 
     def _memory(self) -> dict[str, Any]:
-        """Peak resident memory of each rank (collective) and this node's NVMe swap files, for summary.json."""
+        """Peak resident memory (VmHWM) of each rank after building/loading the model, after the engine's set-up
+        and at the end (collective), and this node's NVMe swap files, for summary.json."""
         rt = self.runtime
-        peaks = torch.zeros(2, rt.world_size, dtype=torch.float64, device=rt.device)
-        peaks[0, rt.rank], peaks[1, rt.rank] = self._build_peak_rss, peak_rss_bytes()
+        peaks = torch.zeros(3, rt.world_size, dtype=torch.float64, device=rt.device)
+        peaks[:, rt.rank] = torch.tensor([self._model_peak_rss, self._build_peak_rss, peak_rss_bytes()],
+                                         dtype=torch.float64)
         peaks = all_reduce_sum(peaks).tolist()
         swap = self.swap_dir / SWAP_SUBFOLDER if self.swap_dir is not None else None
-        return {"build_peak_rss_bytes": [int(v) for v in peaks[0]], "peak_rss_bytes": [int(v) for v in peaks[1]],
+        return {"model_peak_rss_bytes": [int(v) for v in peaks[0]], "build_peak_rss_bytes": [int(v) for v in peaks[1]],
+                "peak_rss_bytes": [int(v) for v in peaks[2]],
                 "nvme_swap_bytes": sum(f.stat().st_size for f in swap.rglob("*") if f.is_file())
                 if swap is not None and swap.is_dir() else None}
 

@@ -127,12 +127,13 @@ def frozen_fp32(module: nn.Module, weights: Mapping[str, torch.Tensor] | None) -
         if param.requires_grad:
             continue
         if weights is not None:
-            frozen[name] = weights[name]
+            frozen[name] = weights[name].clone()  # a copy of its own, whatever the reader's memory
             continue
         owner = module.get_submodule(name.rpartition(".")[0])
         with modifiable(owner, modifier_rank=None):
             frozen[name] = param.detach().float().cpu().clone()
     for name, buffer in module.named_buffers():
         if buffer.is_floating_point():
-            frozen[name] = weights[name] if weights is not None and name in weights else buffer.detach().float().cpu()
+            frozen[name] = (weights[name].clone() if weights is not None and name in weights
+                            else buffer.detach().float().cpu())
     return frozen

@@ -193,6 +193,8 @@ class Trainer:
         if exact and not self.resume_source:  # a resumed run loads its masters from the checkpoint
             set_fp32_masters(self.engine, exact)
         del exact
+        if getattr(self.task, "checkpoint_weights", None) is not None:
+            self.task.checkpoint_weights = None  # done with the file: close it
         if not use_onecycle and getattr(self.scheduler, "last_batch_iteration", None) == -1:
             # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
             self.scheduler.step()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -39,31 +40,56 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", nargs="+", default=["false"], choices=["false", "true"],
                         help="false true: eager and compiled rows; true: compiled rows only (compiled in the warm-up)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds over the whole grid (each round runs every row once, so a slow spell of a "
+                             "shared machine spreads over the rows); rows show the median and min-max")
     args = parser.parse_args()
     with_compile = "true" in args.compile
-    rows = ["| variant | ranks | precision | ZeRO |" + (" compiled |" if with_compile else "")
-            + " samples/s | tokens/s | step median (s) | peak RSS/rank (MiB) | MFU | DDP samples/s | DeepSpeed / DDP |",
-            "|" + "---|" * (12 if with_compile else 11)]
-    grid = [(v, w, p, c) for v in args.variants for w in args.world_sizes for p in args.precisions
-            for c in args.compile]
-    for variant, world, precision, compile in grid:
-        baseline = None
-        for zero in args.zero:
+    grid = [(v, w, p, c, z) for v in args.variants for w in args.world_sizes for p in args.precisions
+            for c in args.compile for z in args.zero]
+    results: dict[tuple, list[dict]] = {key: [] for key in grid}
+    for round_index in range(args.repeats):
+        for key in grid:
+            variant, world, precision, compile, zero = key
+            # The DDP baseline does not depend on the ZeRO stage: it runs with the first stage of the grid.
             common = ["--variant", variant, "--world_size", str(world), "--precision", precision,
                       "--zero", str(zero), "--micro_batch", str(args.micro_batch), "--context",
                       str(args.context), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                      "--baseline", "true" if baseline is None else "false", "--compile", compile]
-            result = run(common)
-            if baseline is None:
-                baseline = result["baseline_samples_per_s"]
-            compiled = (f" {'yes' if compile == 'true' else 'no'} |" if with_compile else "")
-            row = (f"| {variant} | {world} | {precision} | {zero} |{compiled} {result['samples_per_s']:.2f} | "
-                   f"{result['tokens_per_s']:.0f} | {result['step_s_median']:.2f} | "
-                   f"{result['peak_rss_mb']:.0f} | {result['mfu']:.1%} | {baseline:.2f} | "
-                   f"{result['samples_per_s'] / baseline:.2f} |")
-            rows.append(row)
-            print(row, flush=True, file=sys.stderr)
+                      "--baseline", "true" if zero == args.zero[0] else "false", "--compile", compile]
+            results[key].append(run(common))
+            result = results[key][-1]
+            print(f"round {round_index + 1}/{args.repeats} {key}: {result['samples_per_s']:.2f} samples/s"
+                  + (f", DDP {result['baseline_samples_per_s']:.2f}" if result.get("baseline_samples_per_s")
+                     else ""), flush=True, file=sys.stderr)
+    spread = " (min-max)" if args.repeats > 1 else ""
+    rows = ["| variant | ranks | precision | ZeRO |" + (" compiled |" if with_compile else "")
+            + f" samples/s{spread} | step median (s) | peak RSS/rank (MiB) | MFU | probe limit (samples/s) | "
+            f"DDP samples/s{spread} | DeepSpeed / DDP{spread} |",
+            "|" + "---|" * (12 if with_compile else 11)]
+    for key in grid:
+        variant, world, precision, compile, zero = key
+        runs = results[key]
+        baselines = results[(variant, world, precision, compile, args.zero[0])]
+        ddp = [r["baseline_samples_per_s"] for r in baselines]
+        # Each round's ratio uses that round's baseline (run next to it), then the median of the ratios.
+        ratios = [r["samples_per_s"] / b for r, b in zip(runs, ddp)]
+        compiled = f" {'yes' if compile == 'true' else 'no'} |" if with_compile else ""
+        samples = _spread([r["samples_per_s"] for r in runs])
+        # What a matmul probe of this process allows: every FLOP of the step at the probe's rate, on every rank.
+        limit = statistics.median(r["peak_tflops"] * 1e12 * world / r["flops_per_sample"] for r in runs)
+        rows.append(f"| {variant} | {world} | {precision} | {zero} |{compiled} {samples} | "
+                    f"{statistics.median(r['step_s_median'] for r in runs):.2f} | "
+                    f"{statistics.median(r['peak_rss_mb'] for r in runs):.0f} | "
+                    f"{statistics.median(r['mfu'] for r in runs):.1%} | "
+                    f"{limit:.2f} | {_spread(ddp)} | "
+                    f"{_spread(ratios)} |")
     print("\n".join(rows))
+    print(json.dumps({"rows": [{"key": list(key), "runs": results[key]} for key in grid]}))
+
+
+def _spread(values: list[float]) -> str:
+    median = statistics.median(values)
+    return f"{median:.2f}" if len(values) == 1 else f"{median:.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ def test_auto_nvme_path_becomes_the_option_or_a_folder_in_save_dir(nvme_json, tm
     config = copy.deepcopy(nvme_json)
     assert nvme.fill_nvme_path(config, str(tmp_path / "fast"), str(tmp_path / "run")) == tmp_path / "fast"
     assert nvme.fill_nvme_path(load_ds_config("ds_configs/zero3_offload.json"), None, str(tmp_path)) is None
+    with pytest.raises(ConfigError, match="offloads nothing to NVMe"):
+        nvme.fill_nvme_path(load_ds_config("ds_configs/zero3_offload.json"), str(tmp_path / "fast"), str(tmp_path))
 
 
 def test_explicit_nvme_paths_are_kept_but_must_agree(nvme_json, tmp_path):

@@ -39,6 +39,9 @@ def fill_nvme_path(ds_config: dict[str, Any], nvme_dir: str | None, save_dir: st
     since one folder is cleaned up."""
     sections = nvme_sections(ds_config)
     if not sections:
+        if nvme_dir:
+            raise ConfigError(f"--nvme_dir {nvme_dir} is set but the DeepSpeed JSON offloads nothing to NVMe (use "
+                              f"ds_configs/zero3_nvme.json or zero3_nvme_bf16.json, or drop --nvme_dir)")
         return None
     default = Path(nvme_dir) if nvme_dir else Path(save_dir) / DEFAULT_SUBFOLDER
     paths = set()

@@ -41,6 +41,7 @@ from typing import Any, Sequence
 from ds_kronos.cli import run_main
 from ds_kronos.config import option, parse_config
 from ds_kronos.errors import UserError
+from ds_kronos.train.nvme import folder_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"base": "ds_configs/zero3_bf16.json", "large": "ds_configs/zero3_offload_bf16.json",
@@ -105,17 +106,6 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def _folder_bytes(folder: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
 class Sampler(threading.Thread):
     """Peak of the job's summed resident memory and of the swap folder's size, sampled every ``period`` s."""
 
@@ -131,7 +121,7 @@ class Sampler(threading.Thread):
             pids = [self.pid, *_children(self.pid)]
             self.machine_peak = max(self.machine_peak, sum(_rss_bytes(p) for p in pids))
             if self.swap_dir is not None and self.swap_dir.is_dir():
-                self.swap_peak = max(self.swap_peak, _folder_bytes(self.swap_dir))
+                self.swap_peak = max(self.swap_peak, folder_bytes(self.swap_dir))
             self._stop_event.wait(self.period)
 
     def stop(self) -> None:
@@ -229,7 +219,7 @@ def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[st
         "from_checkpoint": cfg.from_checkpoint, "rank_model_peak_rss_bytes": memory["model_peak_rss_bytes"],
         "rank_peak_rss_bytes": memory["peak_rss_bytes"], "rank_build_peak_rss_bytes": memory["build_peak_rss_bytes"],
         "machine_peak_rss_bytes": machine_peak, "nvme_peak_bytes": sampler.swap_peak,
-        "nvme_left_after_run": _folder_bytes(swap_dir) if swap_dir is not None and swap_dir.exists() else 0,
+        "nvme_left_after_run": folder_bytes(swap_dir) if swap_dir is not None and swap_dir.exists() else 0,
         "losses": losses, "losses_finite": all(math.isfinite(v) for v in losses),
         "loss_fell": bool(losses) and losses[-1] < losses[0],
         "planned": plan_figures,

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from ds_kronos.model import Kronos
+from ds_kronos.train.safe_load import deepspeed_state_classes
 from helpers import SEED, deepspeed_train, summary
 
 STEPS = 3
@@ -64,5 +65,6 @@ def test_compiled_run_gives_the_eager_losses_and_weights(eager_and_compiled):
             torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5)
     # The DeepSpeed checkpoint (for --resume) keeps the eager module's parameter names.
     (states,) = glob.glob(str(runs["compiled"] / "checkpoints" / f"step{STEPS:08d}" / "*model_states.pt"))
-    names = list(torch.load(states, map_location="cpu", weights_only=False)["module"])
+    with torch.serialization.safe_globals(deepspeed_state_classes()):  # never unpickle code from a file
+        names = list(torch.load(states, map_location="cpu", weights_only=True)["module"])
     assert names and not any("_orig_mod" in name for name in names)

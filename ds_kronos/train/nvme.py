@@ -87,12 +87,7 @@ def remove_swap_files(swap_dir: Path, rank: int | None = None, remove_dir: bool 
         targets = [Path(kind, f"rank{rank}") for kind, _, _ in _walk(root, max_depth=1)]
     freed = 0
     for target in targets:
-        for folder, _, files in _walk(target):
-            for name in files:
-                try:
-                    freed += os.stat(os.path.join(folder, name)).st_size
-                except OSError:
-                    pass
+        freed += folder_bytes(target)
         shutil.rmtree(target, ignore_errors=True)
     leftovers = [Path(folder) for folder, _, _ in os.walk(root, topdown=False)] + (
         [swap_dir] if remove_dir else [])
@@ -102,6 +97,18 @@ def remove_swap_files(swap_dir: Path, rank: int | None = None, remove_dir: bool 
         except OSError:
             pass  # not empty (another rank's files, or the user's own files in --nvme_dir) or already gone
     return freed
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files below ``folder`` (0 if it is missing; files removed meanwhile are skipped)."""
+    total = 0
+    for root, _, files in _walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def _walk(root: Path, max_depth: int | None = None):

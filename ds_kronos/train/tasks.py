@@ -95,6 +95,8 @@ class TokenizerTask:
     """
 
     kind = "tokenizer"
+    partitioned = False  # the tokenizer is small: built whole under every ZeRO stage
+    checkpoint_weights = None
     names = MetricNames(labels=("loss", "recon_pre", "recon_all", "bsq"),
                         train_comet=("train_tokenizer_loss_batch", "train_recon_loss_pre_each_batch",
                                      "train_recon_loss_each_batch", "train_vqvae_vq_loss_each_batch"),

@@ -55,7 +55,13 @@ from ds_kronos.train.config import (
 )
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
 from ds_kronos.train.masters import capture_fp32, frozen_fp32, low_precision, set_fp32_masters
-from ds_kronos.train.nvme import SWAP_SUBFOLDER, check_nvme_ready, fill_nvme_path, remove_swap_files
+from ds_kronos.train.nvme import (
+    SWAP_SUBFOLDER,
+    check_nvme_ready,
+    fill_nvme_path,
+    folder_bytes,
+    remove_swap_files,
+)
 from ds_kronos.train.reporting import CometLogger, History, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, load_newest
 from ds_kronos.train.schedule import onecycle_factory
@@ -180,7 +186,7 @@ class Trainer:
         # bf16/fp16 engines build their fp32 masters from the cast module: keep the exact values to restore them.
         if not low_precision(self.ds_config):
             exact, self.frozen_fp32 = {}, None
-        elif getattr(self.task, "partitioned", False):
+        elif self.task.partitioned:
             # Built under zero.Init: the module is already cast and partitioned. The exact values are in the
             # checkpoint file (read one tensor at a time); a preset's values are its cast init.
             weights = self.task.checkpoint_weights
@@ -193,8 +199,7 @@ class Trainer:
         if exact and not self.resume_source:  # a resumed run loads its masters from the checkpoint
             set_fp32_masters(self.engine, exact)
         del exact
-        if getattr(self.task, "checkpoint_weights", None) is not None:
-            self.task.checkpoint_weights = None  # done with the file: close it
+        self.task.checkpoint_weights = None  # done with the checkpoint file (if any): close it
         if not use_onecycle and getattr(self.scheduler, "last_batch_iteration", None) == -1:
             # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
             self.scheduler.step()
@@ -252,7 +257,7 @@ class Trainer:
         zero = self.ds_config.get("zero_optimization", {}).get("stage", 0)
         precision = "bf16" if self.ds_config.get("bf16", {}).get("enabled") else (
             "fp16" if self.ds_config.get("fp16", {}).get("enabled") else "fp32")
-        built = " (built partitioned: deepspeed.zero.Init)" if getattr(self.task, "partitioned", False) else ""
+        built = " (built partitioned: deepspeed.zero.Init)" if self.task.partitioned else ""
         offload = ", ".join(f"{key.removeprefix('offload_')}s to {section['device']}" for key, section in
                             self.ds_config.get("zero_optimization", {}).items()
                             if key.startswith("offload_") and isinstance(section, dict)
@@ -432,11 +437,9 @@ class Trainer:
         peaks[:, rt.rank] = torch.tensor([self._model_peak_rss, self._build_peak_rss, peak_rss_bytes()],
                                          dtype=torch.float64)
         peaks = all_reduce_sum(peaks).tolist()
-        swap = self.swap_dir / SWAP_SUBFOLDER if self.swap_dir is not None else None
         return {"model_peak_rss_bytes": [int(v) for v in peaks[0]], "build_peak_rss_bytes": [int(v) for v in peaks[1]],
                 "peak_rss_bytes": [int(v) for v in peaks[2]],
-                "nvme_swap_bytes": sum(f.stat().st_size for f in swap.rglob("*") if f.is_file())
-                if swap is not None and swap.is_dir() else None}
+                "nvme_swap_bytes": folder_bytes(self.swap_dir / SWAP_SUBFOLDER) if self.swap_dir is not None else None}
 
     def _finish(self, status: str) -> dict[str, Any]:
         rt, pos = self.runtime, self.position
@@ -468,7 +471,7 @@ class Trainer:
             "final_model": str(final) if status == "finished" else None,
             "last_checkpoint": self._checkpointed_step if self._checkpointed_step >= 0 else None,
             "history": pos.history.to_dict(),
-            "partitioned_construction": bool(getattr(self.task, "partitioned", False)),
+            "partitioned_construction": self.task.partitioned,
             "memory": self._memory(),
         }
         if rt.is_main:

@@ -59,6 +59,12 @@ class ThroughputConfig:
                                        "engine.compile; the DDP baseline's module with the same torch.compile "
                                        "settings); compilation happens in the --warmup steps (at least 1)")
     seed: int = option(0, help="random seed")
+    overlap_grad_reduce: bool = option(True, help="ZeRO-0: the gradient all-reduce overlapped with backward, as "
+                                                  "launch/train.py does by default (false: DeepSpeed's own, after "
+                                                  "backward)")
+    profile: bool = option(False, help="rank 0 of each phase records its timed steps with torch.profiler and "
+                                       "prints where the time goes (its timings then include the profiler's "
+                                       "overhead: do not compare them with unprofiled runs)")
 
     def problems(self) -> list[str]:
         problems = [f"--{name} must be at least 1" for name in ("world_size", "micro_batch", "steps")
@@ -115,21 +121,26 @@ def matmul_tflops(device, dtype, seconds: float = 1.0) -> float:
     return 2 * n ** 3 * done / (time.perf_counter() - start) / 1e12
 
 
-def _deepspeed_step(model, ds_json: dict[str, Any], compile: bool):
-    """A DeepSpeed engine around ``model``; returns one training step (forward, backward, optimizer) on a batch."""
+def _deepspeed_step(model, ds_json: dict[str, Any], compile: bool, overlap: bool):
+    """A DeepSpeed engine around ``model``; returns one training step (forward, backward, optimizer) on a batch.
+    ``overlap``: the gradient all-reduce overlapped with backward at ZeRO-0, as launch/train.py does by default."""
     import deepspeed
 
     from ds_kronos.model.objective import predict_and_score
     from ds_kronos.train.compiled import compile_engine
+    from ds_kronos.train.grad_overlap import overlap_gradient_reduction
 
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds_json)
     if compile:
         compile_engine(engine)
+    reducer = overlap_gradient_reduction(engine) if overlap else None
     head = engine.module.head
 
     def step(batch) -> None:
         loss, _, _ = predict_and_score(engine, head, batch, teacher_forcing=False)
         engine.backward(loss)
+        if reducer:
+            reducer.finish()
         engine.step()
     return step
 
@@ -164,7 +175,8 @@ def _ddp_step(model, device, bf16: bool, ds_json: dict[str, Any], compile: bool)
     return step
 
 
-def _time_steps(config: ThroughputConfig, step, tokenizer, data: list, device, tok_dtype) -> list[float]:
+def _time_steps(config: ThroughputConfig, step, tokenizer, data: list, device, tok_dtype,
+                after_step=None) -> list[float]:
     """Seconds of each measured step, after ``config.warmup`` untimed ones (peaks are reset when timing starts)."""
     from ds_kronos.model.objective import tokenize_batch
     from ds_kronos.runtime import barrier
@@ -181,6 +193,8 @@ def _time_steps(config: ThroughputConfig, step, tokenizer, data: list, device, t
         _sync(device)
         if i >= config.warmup:
             times.append(time.perf_counter() - start)
+        if after_step is not None:
+            after_step()
     return times
 
 
@@ -216,15 +230,24 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
     data = [random_batch(config.micro_batch, context, generator) for _ in range(4)]
 
     ds_json = _ds_json(config, runtime.on_cpu)
-    step = (_deepspeed_step(model, ds_json, config.compile) if mode == "deepspeed"
+    step = (_deepspeed_step(model, ds_json, config.compile, config.overlap_grad_reduce) if mode == "deepspeed"
             else _ddp_step(model, device, bf16, ds_json, config.compile))
     started = time.perf_counter()
-    times = _time_steps(config, step, tokenizer, data, device, tok_dtype)
+    profile = None
+    if config.profile and rank == 0:
+        from step_profile import summarise
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    schedule=torch.profiler.schedule(wait=config.warmup, warmup=0,
+                                                                     active=config.steps)) as profiler:
+            times = _time_steps(config, step, tokenizer, data, device, tok_dtype, after_step=profiler.step)
+        profile = summarise(profiler.key_averages(), config.steps, times)  # the timed steps only
+    else:
+        times = _time_steps(config, step, tokenizer, data, device, tok_dtype)
     warmup_s = time.perf_counter() - started - sum(times)
     rss, gpu = _peak_memory_bytes(device)
     result = {"times": times, "peak_rss": rss, "peak_gpu": gpu, "probe_tflops": probe, "device": device.type,
               "threads": torch.get_num_threads(), "context": context, "warmup_s": warmup_s,
-              "compile_s": compile_seconds() if config.compile else None,
+              "compile_s": compile_seconds() if config.compile else None, "profile": profile,
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     Path(out_dir, f"{mode}_{rank}.json").write_text(json.dumps(result), encoding="utf-8")
     barrier()
@@ -282,14 +305,21 @@ def run(config: ThroughputConfig) -> dict[str, Any]:
     print(f"model FLOPs per sample {flops / 1e9:.2f} GFLOP (6 x {counts.matmul_params:,} x {context} + attention); "
           f"peak {peak:.2f} TFLOP/s per device from {peak_source}")
     _print("deepspeed", mine)
+    if ds[0]["profile"]:
+        from step_profile import print_summary
+        print_summary(ds[0]["profile"])
     report: dict[str, Any] = {"variant": config.variant, "zero": config.zero, "world_size": config.world_size,
                               "compile": config.compile,
                               "precision": config.precision, "micro_batch": config.micro_batch, "context": context,
                               **mine, "flops_per_sample": flops, "peak_tflops": peak,
                               "baseline_samples_per_s": None, "ratio": None}
     if config.baseline:
-        base = _summary(_phase("ddp", config), config, flops, peak)
+        ddp = _phase("ddp", config)
+        base = _summary(ddp, config, flops, peak)
         _print("torch DDP", base)
+        if ddp[0]["profile"]:
+            from step_profile import print_summary
+            print_summary(ddp[0]["profile"])
         report.update(baseline_samples_per_s=base["samples_per_s"], ratio=mine["samples_per_s"] / base["samples_per_s"],
                       baseline_peak_rss_mb=base["peak_rss_mb"], baseline_peak_gpu_mb=base["peak_gpu_mb"],
                       baseline_mfu=base["mfu"], baseline_compile_s=base["compile_s"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,26 @@ def shm_left_as_found():
 
     left = sorted(buffers() - before - held_shm_names())  # one held by a live process is another job's
     assert not left, f"the test suite left {len(left)} DeepSpeed shm buffer(s) in /dev/shm: {left[:4]}"
+
+
+BUILD_ASYNC_IO = """
+from deepspeed.accelerator import get_accelerator
+builder = get_accelerator().create_op_builder("AsyncIOBuilder")
+if builder is not None and builder.is_compatible(verbose=False):
+    builder.load(verbose=False)
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def async_io_op_built_in_the_background():
+    """The NVMe test needs DeepSpeed's async I/O op, which a fresh machine compiles when it is first loaded (about
+    3 minutes on 2 cores). Compile it at the lowest priority while the other tests run: they leave about a core idle
+    on average (the launcher's start and end are single-threaded). A rank that loads the op meanwhile waits on torch's
+    build lock, so no run sees a half-built op; on a machine that has it, this only loads it."""
+    build = subprocess.Popen([sys.executable, "-c", BUILD_ASYNC_IO], env={**os.environ, "DS_ACCELERATOR": "cpu"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(19))
+    yield
+    build.wait()  # never kill it: a killed build leaves torch's lock file behind, and every later load waits on it
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Data pipeline fixtures (tests/test_data_*.py): one small demo market and its prepared dataset per test session.

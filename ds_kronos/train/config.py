@@ -106,6 +106,11 @@ class CommonTrainConfig:
     clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip]", gt=0)
     compile: bool = option(False, help="compile the model with DeepSpeed's engine.compile (torch.compile, the "
                            "accelerator's backend) before the first step")
+    overlap_grad_reduce: bool = option(True, help="at ZeRO-0, start each bucket's gradient all-reduce during "
+                                       "backward, as torch DDP does, instead of DeepSpeed's one all-reduce after it "
+                                       "(same arithmetic; no effect at ZeRO-1/2/3, with BF16_Optimizer or one rank)")
+    grad_bucket_mb: float = option(25.0, help="gradient MiB per all-reduce with --overlap_grad_reduce (torch DDP's "
+                                   "bucket_cap_mb default)", gt=0)
     nvme_dir: str | None = option(None, help="folder for ZeRO-Infinity's NVMe swap files when the JSON offloads to "
                                   "\"nvme\" (default: save_dir/nvme_swap; removed at the end of the run)")
 

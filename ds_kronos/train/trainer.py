@@ -54,6 +54,7 @@ from ds_kronos.train.config import (
     TrainConfig,
 )
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
+from ds_kronos.train.grad_overlap import overlap_gradient_reduction
 from ds_kronos.train.masters import capture_fp32, frozen_fp32, low_precision, set_fp32_masters
 from ds_kronos.train.nvme import (
     SWAP_SUBFOLDER,
@@ -204,6 +205,8 @@ class Trainer:
             # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
             self.scheduler.step()
         self.compile_backend = compile_engine(self.engine) if c.compile else None
+        self.grad_reduction = (overlap_gradient_reduction(self.engine, int(c.grad_bucket_mb * 2 ** 20))
+                               if c.overlap_grad_reduce else None)
 
     def _layout(self) -> RunLayout:
         return RunLayout(world_size=self.runtime.world_size, micro_batch=self.batch.micro_batch,
@@ -266,7 +269,8 @@ class Trainer:
             f"{built}{f' ({offload})' if offload else ''}, {precision}; {self.task.description}; {params:,} "
             f"trainable-model parameters"
             + (f"; compiled (torch.compile, {self.compile_backend}: the first step and validation compile)"
-               if self.compile_backend else ""))
+               if self.compile_backend else "")
+            + ("; gradient all-reduce overlapped with backward" if self.grad_reduction is not None else ""))
         say(f"data {c.data}: {self.train_set.num_windows:,} train windows ({len(self.train_set):,} per epoch), "
             f"{self.val_set.num_windows:,} val windows ({len(self.val_set):,} per evaluation); window "
             f"{self.train_set.window} bars")
@@ -368,6 +372,8 @@ class Trainer:
         """Forward, backward and (at accumulation boundaries) the optimizer step; returns the lr it applied."""
         losses = self.task.train_losses(self.engine, x, stamp)
         self.engine.backward(losses[0])
+        if self.grad_reduction is not None:
+            self.grad_reduction.finish()
         lr_used = self.engine.get_lr()[0]  # the lr this step applies (the scheduler moves on in step())
         self.engine.step()
         loss = losses[0].detach().float()
@@ -466,6 +472,7 @@ class Trainer:
             "wall_seconds": round(time.perf_counter() - self._start, 3),
             "compiled": bool(getattr(self.engine, "is_compiled", False)),
             "compile_seconds": round(compile_seconds(), 3) if self.compile_backend else None,
+            "grad_reduce": "overlapped" if self.grad_reduction is not None else "deepspeed",
             # Only folders that exist: a run that failed or stopped early names no model it did not write.
             "best_model": str(best) if (best / "config.json").is_file() else None,
             "final_model": str(final) if status == "finished" else None,

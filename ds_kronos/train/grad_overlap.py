@@ -1,0 +1,149 @@
+"""ZeRO-0's gradient all-reduce started during backward, as torch DDP does, instead of after it.
+
+At ZeRO stage 0 DeepSpeed all-reduces the gradients once backward has finished (``engine.allreduce_gradients``:
+flatten every gradient, one blocking all-reduce, copy back). DDP starts each bucket's all-reduce as soon as backward
+has produced its gradients, and the transfer runs while the rest of backward computes. No DeepSpeed setting does that
+at stage 0: ``overlap_comm`` belongs to ZeRO-1/2 (and on the CPU accelerator its reduction stream is synchronous).
+Measured on this CPU (issue 13): the blocking all-reduce is what puts ZeRO-0 fp32 about 5% behind DDP.
+
+:class:`OverlappedGradientReduction` turns the engine's own post-backward all-reduce off
+(``engine.enable_backward_allreduce``, DeepSpeed's switch for engines whose caller reduces) and reduces the same
+gradients with the same arithmetic: a sum over the data-parallel group, then a scale by 1 / world size. Each bucket's
+sum is computed by the same collective, so a run with it gives DeepSpeed's weights (bit for bit on 2 ranks, where a
+sum of two numbers does not depend on the order).
+
+It applies only where it is DeepSpeed's plain path: stage 0 with the gradients on the parameters (fp32, and
+bf16/fp16 without DeepSpeed's BF16_Optimizer, which reduces separate fp32 master gradients), more than one rank,
+DeepSpeed's default gradient averaging, managed gradient accumulation, no MoE, no pipeline or sequence parallelism.
+The communication data type is DeepSpeed's (``communication_data_type``), cast to and back as DeepSpeed does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+BUCKET_BYTES = 25 * 2 ** 20
+"""Gradient bytes per all-reduce: torch DDP's default ``bucket_cap_mb``."""
+
+
+@dataclass
+class _Bucket:
+    params: list[torch.nn.Parameter]
+    ready: int = 0
+    # One buffer for the bucket's gradients, kept from step to step: a fresh one each step (as torch.cat makes)
+    # costs a page fault per 4 KiB, which on this CPU took longer than the copy itself.
+    flat: torch.Tensor | None = None
+    views: list[torch.Tensor] = field(default_factory=list)  # each parameter's slice of ``flat``
+    sent: torch.Tensor | None = None  # ``flat`` in the communication data type
+    work: Any = None
+
+
+def overlap_unsupported(engine) -> str | None:
+    """Why DeepSpeed's own post-backward all-reduce must stay (None when the overlapped one gives its result)."""
+    import deepspeed.comm as dist
+
+    if engine.zero_optimization_stage() != 0:
+        return "ZeRO stage above 0 (DeepSpeed's ZeRO optimizer reduces)"
+    if hasattr(engine.optimizer, "get_grads_for_reduction"):
+        return "DeepSpeed's BF16_Optimizer (it reduces its own fp32 master gradients)"
+    if dist.get_world_size() < 2:
+        return "one rank"
+    if engine.pipeline_parallelism or engine.has_moe_layers or getattr(engine, "sequence_parallel_size", 1) != 1:
+        return "pipeline, MoE or sequence parallelism"
+    if not engine.managed_gradient_accumulation() or engine.zenflow:
+        return "caller-managed gradient accumulation or ZenFlow"
+    if not engine.gradient_average or not engine.postscale_gradients() or engine.gradient_predivide_factor() != 1.0:
+        return "non-default gradient communication settings"
+    if engine.is_deepcompile_active():
+        return "DeepCompile (it reduces in its compiled graph)"
+    return None
+
+
+class OverlappedGradientReduction:
+    """Reduces a ZeRO-0 engine's gradients in buckets launched from gradient hooks during backward.
+
+    Call :meth:`finish` after ``engine.backward(loss)`` and before ``engine.step()``.
+    """
+
+    def __init__(self, engine, bucket_bytes: int = BUCKET_BYTES) -> None:
+        import deepspeed.comm as dist
+
+        reason = overlap_unsupported(engine)
+        if reason is not None:
+            raise ValueError(f"overlapped gradient all-reduce does not apply: {reason}")
+        self.engine = engine
+        self.group = engine.seq_data_parallel_group
+        self.scale = 1.0 / float(dist.get_world_size(group=self.group))  # DeepSpeed's post-scale, same rounding
+        # Backward produces gradients roughly in reverse order of definition: bucket them in that order (as DDP).
+        params = [p for p in engine.module.parameters() if p.requires_grad and p.numel() > 0]
+        self.buckets: list[_Bucket] = []
+        size = 0
+        for param in reversed(params):
+            nbytes = param.numel() * param.element_size()
+            if not self.buckets or (size + nbytes > bucket_bytes and self.buckets[-1].params):
+                self.buckets.append(_Bucket([]))
+                size = 0
+            self.buckets[-1].params.append(param)
+            size += nbytes
+        self._bucket_of = {param: bucket for bucket in self.buckets for param in bucket.params}
+        self._next = 0  # the next bucket to launch: launched strictly in order, so every rank issues the same sequence
+        self._handles = [param.register_post_accumulate_grad_hook(self._grad_ready) for param in params]
+        engine.enable_backward_allreduce = False
+
+    def _reducing(self) -> bool:
+        return self.engine.is_gradient_accumulation_boundary() and not self.engine.inside_no_sync_ctxt
+
+    def _grad_ready(self, param: torch.nn.Parameter) -> None:
+        if not self._reducing():
+            return  # an accumulation micro-step: gradients keep adding up in .grad
+        self._bucket_of[param].ready += 1
+        while self._next < len(self.buckets) and self.buckets[self._next].ready == len(self.buckets[self._next].params):
+            self._launch(self.buckets[self._next])
+            self._next += 1
+
+    def _launch(self, bucket: _Bucket) -> None:
+        import deepspeed.comm as dist
+
+        for param in bucket.params:
+            if param.grad is None:  # unused this step on this rank: every rank must still send the same sizes
+                param.grad = torch.zeros_like(param)
+        if bucket.flat is None:
+            bucket.flat = torch.empty(sum(p.numel() for p in bucket.params), dtype=bucket.params[0].grad.dtype,
+                                      device=bucket.params[0].grad.device)
+            bucket.views = list(bucket.flat.split([p.numel() for p in bucket.params]))
+        for param, view in zip(bucket.params, bucket.views):
+            view.copy_(param.grad.data.reshape(-1))
+        comm_dtype = self.engine.communication_data_type
+        bucket.sent = bucket.flat if bucket.flat.dtype == comm_dtype else bucket.flat.to(comm_dtype)
+        bucket.work = dist.all_reduce(bucket.sent, group=self.group, async_op=True)
+
+    def finish(self) -> None:
+        """Wait for every bucket (launching those whose gradients never became ready) and write the averages back."""
+        if not self._reducing():
+            return
+        while self._next < len(self.buckets):
+            self._launch(self.buckets[self._next])
+            self._next += 1
+        for bucket in self.buckets:
+            bucket.work.wait()
+            bucket.sent.mul_(self.scale)
+            if bucket.sent is not bucket.flat:
+                bucket.flat.copy_(bucket.sent)
+            for param, view in zip(bucket.params, bucket.views):
+                param.grad.data.copy_(view.view_as(param.grad))
+            bucket.ready, bucket.sent, bucket.work = 0, None, None
+        self._next = 0
+
+    def remove(self) -> None:
+        """Give the reduction back to DeepSpeed."""
+        for handle in self._handles:
+            handle.remove()
+        self.engine.enable_backward_allreduce = True
+
+
+def overlap_gradient_reduction(engine, bucket_bytes: int = BUCKET_BYTES) -> OverlappedGradientReduction | None:
+    """The overlapped reduction for ``engine`` where it applies, else None (DeepSpeed reduces as usual)."""
+    return None if overlap_unsupported(engine) is not None else OverlappedGradientReduction(engine, bucket_bytes)

@@ -1,0 +1,68 @@
+"""ZeRO-0's gradient all-reduce overlapped with backward (``--overlap_grad_reduce``, on by default; issue 13).
+
+It must give DeepSpeed's own result: bit for bit on 2 ranks (a sum of two numbers does not depend on the order, and
+both scale by 1/2), to rounding on 3 ranks against one process on the same global batch. The runs use small buckets
+(``--grad_bucket_mb 0.25``: the tiny model's 1.5 MB of gradients in 6 buckets, so buckets are launched while
+backward still runs) and gradient accumulation (the hooks must leave the accumulation micro-steps alone). Teacher
+forcing and the dropout-free tiny model make runs deterministic (see test_scale_correctness.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from ds_kronos.model import Kronos
+from helpers import REPO, SEED, deepspeed_train, env, summary
+
+SMALL_BUCKETS = ["--grad_bucket_mb", "0.25"]
+
+
+def args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path, micro: int, accum: int, *extra: str):
+    tokenizer, predictor = checkpoints
+    return ["--data", str(prepared), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
+            "--save_dir", str(save_dir), "--deepspeed_config", "ds_configs/zero0.json", "--epochs", "1",
+            "--n_train_iter", "144", "--n_val_iter", "24", "--batch_size", str(micro), "--grad_accum", str(accum),
+            "--teacher_forcing", "--log_every", "1", "--seed", str(SEED), "--eval_at_start", "false", *extra]
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return Kronos.from_pretrained(run / "final_model").state_dict()
+
+
+def test_two_ranks_give_deepspeeds_weights_bit_for_bit(demo_prepared_dir, tiny_checkpoints, tmp_path):
+    runs = {}
+    for overlap in ("true", "false"):
+        runs[overlap] = tmp_path / overlap
+        result = deepspeed_train(args(demo_prepared_dir, tiny_checkpoints, runs[overlap], 4, 2,
+                                      "--overlap_grad_reduce", overlap, *SMALL_BUCKETS))
+        assert ("gradient all-reduce overlapped with backward" in result.stdout) == (overlap == "true")
+    overlapped, deepspeed = summary(runs["true"]), summary(runs["false"])
+    assert overlapped["grad_reduce"] == "overlapped" and deepspeed["grad_reduce"] == "deepspeed"
+    assert overlapped["steps"] == deepspeed["steps"] == 9
+    assert overlapped["history"]["train"] == deepspeed["history"]["train"]
+    assert overlapped["history"]["val"] == deepspeed["history"]["val"]
+    a, b = weights(runs["true"]), weights(runs["false"])
+    start = Kronos.from_pretrained(tiny_checkpoints[1]).state_dict()
+    assert any(not torch.equal(a[key], start[key]) for key in a)  # it trained
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_three_ranks_with_accumulation_match_one_process(demo_prepared_dir, tiny_checkpoints, tmp_path):
+    # One global batch of 24 split as 3 ranks x 4 samples x 2 accumulation steps, and as 1 process x 24.
+    three = tmp_path / "three"
+    deepspeed_train(args(demo_prepared_dir, tiny_checkpoints, three, 4, 2, *SMALL_BUCKETS), processes=3)
+    one = tmp_path / "one"
+    single = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"),
+                             *args(demo_prepared_dir, tiny_checkpoints, one, 24, 1)], cwd=REPO, env=env(),
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert summary(three)["grad_reduce"] == "overlapped" and summary(one)["grad_reduce"] == "deepspeed"
+    assert summary(three)["steps"] == summary(one)["steps"] == 6
+    a, b = weights(three), weights(one)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)

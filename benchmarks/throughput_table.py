@@ -5,7 +5,9 @@
 
 The torch DDP baseline does not depend on the ZeRO stage, so it runs once per (variant, world size, precision,
 compile), with the first stage of the grid. ``--compile false true`` adds compiled rows (train_throughput.py
---compile: DeepSpeed's engine.compile, and the DDP baseline compiled the same way) and a "compiled" column.
+--compile: DeepSpeed's engine.compile, and the DDP baseline compiled the same way) and a "compiled" column;
+``--compile_zero 0`` limits them to ZeRO-0. ``--repeats N`` runs the grid N times (rounds) and shows medians and
+min-max; each round's ratio uses the baseline run next to it.
 """
 
 from __future__ import annotations
@@ -40,13 +42,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", nargs="+", default=["false"], choices=["false", "true"],
                         help="false true: eager and compiled rows; true: compiled rows only (compiled in the warm-up)")
+    parser.add_argument("--compile_zero", nargs="+", type=int, default=None,
+                        help="ZeRO stages that get compiled rows (default: every --zero stage); must include the "
+                             "first --zero stage, whose rows carry the DDP baseline")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds over the whole grid (each round runs every row once, so a slow spell of a "
                              "shared machine spreads over the rows); rows show the median and min-max")
     args = parser.parse_args()
     with_compile = "true" in args.compile
+    compile_zero = args.zero if args.compile_zero is None else args.compile_zero
+    if args.zero[0] not in compile_zero:
+        parser.error("--compile_zero must include the first --zero stage (its rows carry the DDP baseline)")
     grid = [(v, w, p, c, z) for v in args.variants for w in args.world_sizes for p in args.precisions
-            for c in args.compile for z in args.zero]
+            for c in args.compile for z in args.zero if c == "false" or z in compile_zero]
     results: dict[tuple, list[dict]] = {key: [] for key in grid}
     for round_index in range(args.repeats):
         for key in grid:

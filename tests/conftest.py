@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ds_kronos.model import Kronos, KronosTokenizer
-from helpers import CONFIGS, EXTRA, SEED, common_args, deepspeed_train
+from helpers import CONFIGS, EXTRA, SEED, common_args, deepspeed_train, two_at_a_time
 
 
 @pytest.fixture
@@ -100,10 +100,7 @@ def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
 def config_runs(demo_prepared_dir, tiny_checkpoints, tmp_path_factory) -> dict[str, Path]:
     """One short 2-rank run per ds_configs/zero*.json, made once and inspected by several tests."""
     root = tmp_path_factory.mktemp("config_runs")
-    runs = {}
-    for name in CONFIGS:
-        save_dir = root / name
-        deepspeed_train(common_args(demo_prepared_dir, tiny_checkpoints, save_dir)
-                        + ["--deepspeed_config", f"ds_configs/{name}.json", *EXTRA.get(name, [])])
-        runs[name] = save_dir
-    return runs
+    two_at_a_time(lambda name: deepspeed_train(common_args(demo_prepared_dir, tiny_checkpoints, root / name)
+                                               + ["--deepspeed_config", f"ds_configs/{name}.json",
+                                                  *EXTRA.get(name, [])]), CONFIGS)
+    return {name: root / name for name in CONFIGS}

@@ -6,7 +6,9 @@ import json
 import os
 import socket
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +51,14 @@ def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py
     result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
+
+
+def two_at_a_time(run: Callable[[object], object], items: Iterable) -> list:
+    """``run`` over ``items``, two at once: a short launcher run is mostly single-threaded start-up and shut-down
+    (imports, the launcher's polling), so a second one fills the idle core. Runs are deterministic (one torch thread
+    per rank), so their results do not depend on what runs beside them."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(run, items))
 
 
 def common_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) -> list[str]:

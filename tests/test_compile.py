@@ -18,7 +18,7 @@ import torch
 
 from ds_kronos.model import Kronos
 from ds_kronos.train.safe_load import deepspeed_state_classes
-from helpers import SEED, deepspeed_train, summary
+from helpers import SEED, deepspeed_train, summary, two_at_a_time
 
 STEPS = 3
 VAL_SAMPLES = 21
@@ -28,16 +28,16 @@ VAL_SAMPLES = 21
 def eager_and_compiled(demo_prepared_dir, tiny_checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("compile_runs")
     tokenizer, predictor = tiny_checkpoints
-    runs, banners = {}, {}
-    for name, extra in (("eager", []), ("compiled", ["--compile"])):
-        runs[name] = root / name
-        result = deepspeed_train(
+    runs = {"eager": root / "eager", "compiled": root / "compiled"}
+
+    def run(name: str) -> str:
+        extra = ["--compile"] if name == "compiled" else []
+        return deepspeed_train(
             ["--data", str(demo_prepared_dir), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
              "--save_dir", str(runs[name]), "--deepspeed_config", "ds_configs/zero3.json", "--max_steps", str(STEPS),
              "--n_train_iter", str(16 * STEPS), "--n_val_iter", str(VAL_SAMPLES), "--batch_size", "16",
-             "--log_every", "1", "--seed", str(SEED), "--activation_checkpointing", *extra], processes=1)
-        banners[name] = result.stdout
-    return runs, banners
+             "--log_every", "1", "--seed", str(SEED), "--activation_checkpointing", *extra], processes=1).stdout
+    return runs, dict(zip(runs, two_at_a_time(run, runs)))
 
 
 def test_compiled_run_reports_that_it_compiled(eager_and_compiled):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ds_kronos.model import Kronos
-from helpers import REPO, SEED, deepspeed_train, env, summary
+from helpers import REPO, SEED, deepspeed_train, env, summary, two_at_a_time
 
 SMALL_BUCKETS = ["--grad_bucket_mb", "0.25"]
 
@@ -34,11 +34,11 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_two_ranks_give_deepspeeds_weights_bit_for_bit(demo_prepared_dir, tiny_checkpoints, tmp_path):
-    runs = {}
-    for overlap in ("true", "false"):
-        runs[overlap] = tmp_path / overlap
-        result = deepspeed_train(args(demo_prepared_dir, tiny_checkpoints, runs[overlap], 4, 2,
-                                      "--overlap_grad_reduce", overlap, *SMALL_BUCKETS))
+    runs = {overlap: tmp_path / overlap for overlap in ("true", "false")}
+    results = two_at_a_time(lambda overlap: deepspeed_train(args(
+        demo_prepared_dir, tiny_checkpoints, runs[overlap], 4, 2, "--overlap_grad_reduce", overlap, *SMALL_BUCKETS)),
+        runs)
+    for overlap, result in zip(runs, results):
         assert ("gradient all-reduce overlapped with backward" in result.stdout) == (overlap == "true")
     overlapped, deepspeed = summary(runs["true"]), summary(runs["false"])
     assert overlapped["grad_reduce"] == "overlapped" and deepspeed["grad_reduce"] == "deepspeed"
@@ -54,12 +54,12 @@ def test_two_ranks_give_deepspeeds_weights_bit_for_bit(demo_prepared_dir, tiny_c
 
 def test_three_ranks_with_accumulation_match_one_process(demo_prepared_dir, tiny_checkpoints, tmp_path):
     # One global batch of 24 split as 3 ranks x 4 samples x 2 accumulation steps, and as 1 process x 24.
-    three = tmp_path / "three"
-    deepspeed_train(args(demo_prepared_dir, tiny_checkpoints, three, 4, 2, *SMALL_BUCKETS), processes=3)
-    one = tmp_path / "one"
-    single = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"),
-                             *args(demo_prepared_dir, tiny_checkpoints, one, 24, 1)], cwd=REPO, env=env(),
-                            capture_output=True, text=True, timeout=300)
+    three, one = tmp_path / "three", tmp_path / "one"
+    _, single = two_at_a_time(lambda run: run(), [
+        lambda: deepspeed_train(args(demo_prepared_dir, tiny_checkpoints, three, 4, 2, *SMALL_BUCKETS), processes=3),
+        lambda: subprocess.run([sys.executable, str(REPO / "launch" / "train.py"),
+                                *args(demo_prepared_dir, tiny_checkpoints, one, 24, 1)], cwd=REPO, env=env(),
+                               capture_output=True, text=True, timeout=300)])
     assert single.returncode == 0, single.stderr[-3000:]
     assert summary(three)["grad_reduce"] == "overlapped" and summary(one)["grad_reduce"] == "deepspeed"
     assert summary(three)["steps"] == summary(one)["steps"] == 6

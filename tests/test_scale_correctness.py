@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from ds_kronos.model import Kronos
 from ds_kronos.runtime import rank_seed
-from helpers import REPO, SEED, env, free_port, single_process_val_losses, summary
+from helpers import REPO, SEED, env, free_port, single_process_val_losses, summary, two_at_a_time
 
 LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
 STEPS = 8  # one epoch of 128 samples at a global batch of 16
@@ -83,9 +83,12 @@ def invariance_runs(demo_prepared_dir, tiny_checkpoints, tmp_path_factory) -> di
     """The same global batch of 16 split four ways, each run uninterrupted, with a checkpoint after step 3 kept
     (the elastic-resume tests start from copies of it)."""
     root = tmp_path_factory.mktemp("invariance")
-    for name, (nproc, config, micro, accum) in LAYOUTS.items():
+
+    def run(name: str) -> None:
+        nproc, config, micro, accum = LAYOUTS[name]
         launch(nproc, run_args(demo_prepared_dir, tiny_checkpoints, root / name, config, micro, accum,
                                "--save_every", "3", "--keep_last", "3"))
+    two_at_a_time(run, LAYOUTS)
     return {name: root / name for name in LAYOUTS}
 
 
@@ -155,11 +158,12 @@ def test_zero3_validation_with_uneven_and_empty_shards(demo_prepared_dir, tiny_c
         assert per_sample.shape == (n_val,)
         return per_sample.double().mean().item()
 
-    for nproc, n_val, micro in ((2, 17, 8), (3, 2, 4)):
-        save_dir = tmp_path / f"{nproc}ranks"
-        launch(nproc, common + ["--save_dir", str(save_dir), "--n_val_iter", str(n_val), "--batch_size", str(micro)],
-               timeout=240)
-        first_val = summary(save_dir)["history"]["val"][0]
+    layouts = ((2, 17, 8), (3, 2, 4))
+    two_at_a_time(lambda layout: launch(layout[0], common + [
+        "--save_dir", str(tmp_path / f"{layout[0]}ranks"), "--n_val_iter", str(layout[1]), "--batch_size",
+        str(layout[2])], timeout=240), layouts)
+    for nproc, n_val, _ in layouts:
+        first_val = summary(tmp_path / f"{nproc}ranks")["history"]["val"][0]
         assert first_val[0] == 0
         assert first_val[1] == pytest.approx(single_process_mean(n_val), abs=1e-5)
 

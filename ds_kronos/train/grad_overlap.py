@@ -90,11 +90,19 @@ class OverlappedGradientReduction:
             size += nbytes
         self._bucket_of = {param: bucket for bucket in self.buckets for param in bucket.params}
         self._next = 0  # the next bucket to launch: launched strictly in order, so every rank issues the same sequence
-        self._handles = [param.register_post_accumulate_grad_hook(self._grad_ready) for param in params]
-        engine.enable_backward_allreduce = False
+        for param in params:
+            param.register_post_accumulate_grad_hook(self._grad_ready)
+        self.set_active(True)
+
+    def set_active(self, active: bool) -> None:
+        """From the next backward on: reduce here (True) or leave it to DeepSpeed's own all-reduce (False). Lets a
+        benchmark alternate the two step by step in one engine."""
+        self.active = active
+        self.engine.enable_backward_allreduce = not active
 
     def _reducing(self) -> bool:
-        return self.engine.is_gradient_accumulation_boundary() and not self.engine.inside_no_sync_ctxt
+        return (self.active and self.engine.is_gradient_accumulation_boundary()
+                and not self.engine.inside_no_sync_ctxt)
 
     def _grad_ready(self, param: torch.nn.Parameter) -> None:
         if not self._reducing():
@@ -136,12 +144,6 @@ class OverlappedGradientReduction:
                 param.grad.data.copy_(view.view_as(param.grad))
             bucket.ready, bucket.sent, bucket.work = 0, None, None
         self._next = 0
-
-    def remove(self) -> None:
-        """Give the reduction back to DeepSpeed."""
-        for handle in self._handles:
-            handle.remove()
-        self.engine.enable_backward_allreduce = True
 
 
 def overlap_gradient_reduction(engine, bucket_bytes: int = BUCKET_BYTES) -> OverlappedGradientReduction | None:

@@ -1,0 +1,127 @@
+"""ZeRO-0's gradient all-reduce, overlapped with backward (launch/train.py's default) against DeepSpeed's own
+(after backward), alternating step by step in one engine: a paired comparison that a shared machine's slow spells
+cannot tilt, since both sides share every minute of the run.
+
+    DS_ACCELERATOR=cpu python benchmarks/grad_overlap_ab.py --variant small --precision fp32 --steps 16
+
+Same step as train_throughput.py (frozen tokenizer -> predict_and_score -> engine.backward -> engine.step, random
+bars, micro batch 8 x 100 tokens per rank). Even steps reduce overlapped, odd steps with DeepSpeed's
+``allreduce_gradients`` (``OverlappedGradientReduction.set_active``). Prints the median step time of each and the
+ratio; the last line is JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ds_kronos.cli import run_main
+from ds_kronos.config import option, parse_config
+from ds_kronos.model import PREDICTOR_PRESETS
+
+
+@dataclass(kw_only=True)
+class OverlapABConfig:
+    """Overlapped against DeepSpeed's gradient all-reduce at ZeRO-0, step by step."""
+
+    variant: str = option("small", choices=tuple(PREDICTOR_PRESETS), help="predictor preset")
+    precision: str = option("fp32", choices=("fp32", "bf16"), help="training precision")
+    world_size: int = option(2, help="processes (at least 2: one rank has nothing to reduce)", ge=2)
+    micro_batch: int = option(8, help="samples per rank per step", ge=1)
+    context: int = option(100, help="tokens per sample", ge=1)
+    steps: int = option(16, help="timed steps, half of each kind", ge=2)
+    warmup: int = option(2, help="untimed steps first", ge=0)
+    grad_bucket_mb: float = option(25.0, help="bucket size of the overlapped reduction (MiB)", gt=0)
+    threads: int | None = option(None, help="torch threads per process (default: cores / processes)", ge=1)
+
+
+def worker(rank: int, values: dict[str, Any], port: int, out_dir: str) -> None:
+    config = OverlapABConfig(**values)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(config.world_size),
+                      LOCAL_WORLD_SIZE=str(config.world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import logging
+
+    import deepspeed
+    import torch
+
+    from ds_kronos.deepspeed_json.resolve import BatchLayout, resolve_ds_config
+    from ds_kronos.model import Kronos, KronosTokenizer, preset
+    from ds_kronos.model.objective import predict_and_score, tokenize_batch
+    from ds_kronos.plan.measure import random_batch
+    from ds_kronos.plan.planner import ds_config_for
+    from ds_kronos.runtime import barrier, init_runtime, seed_everything
+    from ds_kronos.train.grad_overlap import OverlappedGradientReduction
+    from ds_kronos.train.tasks import resolve_tokenizer_dtype
+
+    runtime = init_runtime(config.threads)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    seed_everything(0)
+    device = runtime.device
+    tok_dtype = resolve_tokenizer_dtype("auto", device)
+    tokenizer = KronosTokenizer.from_preset(preset(config.variant).tokenizer).eval().requires_grad_(False)
+    tokenizer = tokenizer.to(device, tok_dtype)
+    model = Kronos.from_preset(config.variant)
+    choice = ds_config_for(0, False, config.precision)
+    ds_json = resolve_ds_config(choice.load(), choice.path, batch=BatchLayout(config.micro_batch, 1, config.world_size),
+                                total_steps=config.warmup + config.steps, lr=None, use_onecycle=False,
+                                on_cpu=runtime.on_cpu)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds_json)
+    reduction = OverlappedGradientReduction(engine, int(config.grad_bucket_mb * 2 ** 20))
+    generator = torch.Generator().manual_seed(rank)
+    data = [random_batch(config.micro_batch, config.context, generator) for _ in range(4)]
+    times: dict[str, list[float]] = {"overlapped": [], "deepspeed": []}
+    for i in range(config.warmup + config.steps):
+        kind = "overlapped" if i % 2 == 0 else "deepspeed"
+        reduction.set_active(kind == "overlapped")
+        bars, stamp = data[i % len(data)]
+        batch = tokenize_batch(tokenizer, bars, stamp, device, tok_dtype)
+        barrier()
+        start = time.perf_counter()
+        loss, _, _ = predict_and_score(engine, engine.module.head, batch, teacher_forcing=False)
+        engine.backward(loss)
+        reduction.finish()
+        engine.step()
+        if i >= config.warmup:
+            times[kind].append(time.perf_counter() - start)
+    Path(out_dir, f"{rank}.json").write_text(json.dumps(times), encoding="utf-8")
+    barrier()
+
+
+def run(config: OverlapABConfig) -> dict[str, Any]:
+    import torch.multiprocessing as mp
+
+    from ds_kronos.runtime import free_port
+    with tempfile.TemporaryDirectory(prefix="ds_kronos_overlap_") as out_dir:
+        mp.start_processes(worker, args=(dataclasses.asdict(config), free_port(), out_dir),
+                           nprocs=config.world_size, join=True, start_method="spawn")
+        ranks = [json.loads(Path(out_dir, f"{r}.json").read_text()) for r in range(config.world_size)]
+    # A step ends when the slowest rank's does.
+    per_step = {kind: [max(r[kind][i] for r in ranks) for i in range(len(ranks[0][kind]))] for kind in ranks[0]}
+    medians = {kind: statistics.median(values) for kind, values in per_step.items()}
+    report = {"variant": config.variant, "precision": config.precision, "world_size": config.world_size,
+              "overlapped_step_s": medians["overlapped"], "deepspeed_step_s": medians["deepspeed"],
+              "speedup": medians["deepspeed"] / medians["overlapped"],
+              "overlapped_steps_s": per_step["overlapped"], "deepspeed_steps_s": per_step["deepspeed"]}
+    print(f"Kronos-{config.variant}, {config.world_size} ranks, ZeRO-0 {config.precision}, micro batch "
+          f"{config.micro_batch} x {config.context} tokens, {config.steps} steps alternating")
+    for kind in ("overlapped", "deepspeed"):
+        values = per_step[kind]
+        print(f"{kind:<11} step median {medians[kind] * 1000:8.1f} ms  (min {min(values) * 1000:.1f}, "
+              f"max {max(values) * 1000:.1f}, {len(values)} steps)")
+    print(f"speed-up of the overlapped reduction: {report['speedup']:.3f}x")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    print(json.dumps(run(parse_config(OverlapABConfig, argv))), flush=True)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -83,7 +83,8 @@ class OverlappedGradientReduction:
         size = 0
         for param in reversed(params):
             nbytes = param.numel() * param.element_size()
-            if not self.buckets or (size + nbytes > bucket_bytes and self.buckets[-1].params):
+            if (not self.buckets or param.dtype != self.buckets[-1].params[0].dtype  # one dtype per buffer
+                    or size + nbytes > bucket_bytes):
                 self.buckets.append(_Bucket([]))
                 size = 0
             self.buckets[-1].params.append(param)

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from ds_kronos.cli import run_main
 from ds_kronos.evaluation import metrics
 from ds_kronos.evaluation.origins import build_origins, origin_windows
+from helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "launch" / "evaluate.py"
@@ -306,12 +306,6 @@ def test_same_seed_reproduces_the_metrics(sampled_run, demo_prepared_dir, tiny_m
     second = json.loads((tmp_path / "b" / "report.json").read_text())
     assert metric_sections(second) == metric_sections(first)
     assert second["ic_series"] == first["ic_series"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_deepspeed_two_ranks_match_one_process(demo_prepared_dir, tiny_models, tmp_path):

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
+
+from train_throughput import ThroughputConfig, join_group, step_inputs
 
 from ds_kronos.cli import run_main
 from ds_kronos.config import option, parse_config
@@ -44,44 +45,27 @@ class OverlapABConfig:
 
 def worker(rank: int, values: dict[str, Any], port: int, out_dir: str) -> None:
     config = OverlapABConfig(**values)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(config.world_size),
-                      LOCAL_WORLD_SIZE=str(config.world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    import logging
-
+    # train_throughput.py's set-up, at ZeRO-0 without offload: the same model, tokenizer, bars and JSON.
+    measured = ThroughputConfig(variant=config.variant, zero=0, world_size=config.world_size,
+                                micro_batch=config.micro_batch, context=config.context, precision=config.precision,
+                                steps=config.steps, warmup=config.warmup, threads=config.threads)
+    runtime = join_group(measured, rank, port)
     import deepspeed
-    import torch
 
-    from ds_kronos.deepspeed_json.resolve import BatchLayout, resolve_ds_config
-    from ds_kronos.model import Kronos, KronosTokenizer, preset
     from ds_kronos.model.objective import predict_and_score, tokenize_batch
-    from ds_kronos.plan.measure import random_batch
-    from ds_kronos.plan.planner import ds_config_for
-    from ds_kronos.runtime import barrier, init_runtime, seed_everything
+    from ds_kronos.runtime import barrier
     from ds_kronos.train.grad_overlap import OverlappedGradientReduction
-    from ds_kronos.train.tasks import resolve_tokenizer_dtype
 
-    runtime = init_runtime(config.threads)
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    seed_everything(0)
-    device = runtime.device
-    tok_dtype = resolve_tokenizer_dtype("auto", device)
-    tokenizer = KronosTokenizer.from_preset(preset(config.variant).tokenizer).eval().requires_grad_(False)
-    tokenizer = tokenizer.to(device, tok_dtype)
-    model = Kronos.from_preset(config.variant)
-    choice = ds_config_for(0, False, config.precision)
-    ds_json = resolve_ds_config(choice.load(), choice.path, batch=BatchLayout(config.micro_batch, 1, config.world_size),
-                                total_steps=config.warmup + config.steps, lr=None, use_onecycle=False,
-                                on_cpu=runtime.on_cpu)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds_json)
+    inputs = step_inputs(measured, rank, runtime)
+    engine, _, _, _ = deepspeed.initialize(model=inputs.model, model_parameters=list(inputs.model.parameters()),
+                                           config=inputs.ds_json)
     reduction = OverlappedGradientReduction(engine, int(config.grad_bucket_mb * 2 ** 20))
-    generator = torch.Generator().manual_seed(rank)
-    data = [random_batch(config.micro_batch, config.context, generator) for _ in range(4)]
     times: dict[str, list[float]] = {"overlapped": [], "deepspeed": []}
     for i in range(config.warmup + config.steps):
         kind = "overlapped" if i % 2 == 0 else "deepspeed"
         reduction.set_active(kind == "overlapped")
-        bars, stamp = data[i % len(data)]
-        batch = tokenize_batch(tokenizer, bars, stamp, device, tok_dtype)
+        bars, stamp = inputs.data[i % len(inputs.data)]
+        batch = tokenize_batch(inputs.tokenizer, bars, stamp, runtime.device, inputs.tok_dtype)
         barrier()
         start = time.perf_counter()
         loss, _, _ = predict_and_score(engine, engine.module.head, batch, teacher_forcing=False)

@@ -175,8 +175,7 @@ def _ddp_step(model, device, bf16: bool, ds_json: dict[str, Any], compile: bool)
     return step
 
 
-def _time_steps(config: ThroughputConfig, step, tokenizer, data: list, device, tok_dtype,
-                after_step=None) -> list[float]:
+def _time_steps(config: ThroughputConfig, step, inputs: StepInputs, device, after_step=None) -> list[float]:
     """Seconds of each measured step, after ``config.warmup`` untimed ones (peaks are reset when timing starts)."""
     from ds_kronos.model.objective import tokenize_batch
     from ds_kronos.runtime import barrier
@@ -186,10 +185,10 @@ def _time_steps(config: ThroughputConfig, step, tokenizer, data: list, device, t
         if i == config.warmup:
             barrier()
             _reset_peaks(device)
-        bars, stamp = data[i % len(data)]
+        bars, stamp = inputs.data[i % len(inputs.data)]
         _sync(device)
         start = time.perf_counter()
-        step(tokenize_batch(tokenizer, bars, stamp, device, tok_dtype))
+        step(tokenize_batch(inputs.tokenizer, bars, stamp, device, inputs.tok_dtype))
         _sync(device)
         if i >= config.warmup:
             times.append(time.perf_counter() - start)
@@ -198,40 +197,68 @@ def _time_steps(config: ThroughputConfig, step, tokenizer, data: list, device, t
     return times
 
 
-def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str) -> None:
-    """One rank of one phase ("deepspeed" or "ddp"); writes its timings to out_dir/<mode>_<rank>.json."""
-    config = ThroughputConfig(**values)
+def join_group(config: ThroughputConfig, rank: int, port: int):
+    """This process as rank ``rank`` of a local process group; returns ds_kronos's runtime."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(config.world_size),
                       LOCAL_WORLD_SIZE=str(config.world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import logging
 
+    from ds_kronos.runtime import init_runtime
+
+    runtime = init_runtime(config.threads)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    return runtime
+
+
+@dataclass
+class StepInputs:
+    """What every measured step works on: the frozen tokenizer, the model, a few random batches, the resolved JSON."""
+
+    tokenizer: Any
+    tok_dtype: Any
+    model: Any
+    data: list
+    context: int
+    ds_json: dict[str, Any]
+
+
+def step_inputs(config: ThroughputConfig, rank: int, runtime) -> StepInputs:
+    """Seeded tokenizer, model and random bars of ``config`` (the same on every rank but the bars)."""
     import torch
 
     from ds_kronos.model import Kronos, KronosTokenizer, preset
     from ds_kronos.plan.measure import random_batch
-    from ds_kronos.runtime import barrier, init_runtime, seed_everything
-    from ds_kronos.train.compiled import compile_seconds
+    from ds_kronos.runtime import seed_everything
     from ds_kronos.train.tasks import resolve_tokenizer_dtype
 
-    runtime = init_runtime(config.threads)
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    device, bf16 = runtime.device, config.precision == "bf16"
-    probe = None
-    if mode == "deepspeed" and config.peak_tflops is None:
-        probe = matmul_tflops(device, torch.bfloat16 if bf16 else torch.float32)  # all ranks at once: shared cores
     seed_everything(config.seed)
     spec = preset(config.variant)
-    tok_dtype = resolve_tokenizer_dtype("auto", device)
-    tokenizer = KronosTokenizer.from_preset(spec.tokenizer).eval().requires_grad_(False).to(device, tok_dtype)
+    tok_dtype = resolve_tokenizer_dtype("auto", runtime.device)
+    tokenizer = KronosTokenizer.from_preset(spec.tokenizer).eval().requires_grad_(False).to(runtime.device, tok_dtype)
     model = Kronos.from_preset(config.variant)
     model.gradient_checkpointing = config.activation_checkpointing
     context = config.context or min(spec.max_context, 512)
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     data = [random_batch(config.micro_batch, context, generator) for _ in range(4)]
+    return StepInputs(tokenizer, tok_dtype, model, data, context, _ds_json(config, runtime.on_cpu))
 
-    ds_json = _ds_json(config, runtime.on_cpu)
-    step = (_deepspeed_step(model, ds_json, config.compile, config.overlap_grad_reduce) if mode == "deepspeed"
-            else _ddp_step(model, device, bf16, ds_json, config.compile))
+
+def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str) -> None:
+    """One rank of one phase ("deepspeed" or "ddp"); writes its timings to out_dir/<mode>_<rank>.json."""
+    config = ThroughputConfig(**values)
+    runtime = join_group(config, rank, port)
+    import torch
+
+    from ds_kronos.runtime import barrier
+    from ds_kronos.train.compiled import compile_seconds
+
+    device, bf16 = runtime.device, config.precision == "bf16"
+    probe = None
+    if mode == "deepspeed" and config.peak_tflops is None:
+        probe = matmul_tflops(device, torch.bfloat16 if bf16 else torch.float32)  # all ranks at once: shared cores
+    inputs = step_inputs(config, rank, runtime)
+    step = (_deepspeed_step(inputs.model, inputs.ds_json, config.compile, config.overlap_grad_reduce)
+            if mode == "deepspeed" else _ddp_step(inputs.model, device, bf16, inputs.ds_json, config.compile))
     started = time.perf_counter()
     profile = None
     if config.profile and rank == 0:
@@ -239,14 +266,14 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
                                     schedule=torch.profiler.schedule(wait=config.warmup, warmup=0,
                                                                      active=config.steps)) as profiler:
-            times = _time_steps(config, step, tokenizer, data, device, tok_dtype, after_step=profiler.step)
+            times = _time_steps(config, step, inputs, device, after_step=profiler.step)
         profile = summarise(profiler.key_averages(), config.steps, times)  # the timed steps only
     else:
-        times = _time_steps(config, step, tokenizer, data, device, tok_dtype)
+        times = _time_steps(config, step, inputs, device)
     warmup_s = time.perf_counter() - started - sum(times)
     rss, gpu = _peak_memory_bytes(device)
     result = {"times": times, "peak_rss": rss, "peak_gpu": gpu, "probe_tflops": probe, "device": device.type,
-              "threads": torch.get_num_threads(), "context": context, "warmup_s": warmup_s,
+              "threads": torch.get_num_threads(), "context": inputs.context, "warmup_s": warmup_s,
               "compile_s": compile_seconds() if config.compile else None, "profile": profile,
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     Path(out_dir, f"{mode}_{rank}.json").write_text(json.dumps(result), encoding="utf-8")
@@ -304,10 +331,7 @@ def run(config: ThroughputConfig) -> dict[str, Any]:
           f"{config.warmup} warm-up" + (" (compiled: torch.compile in the warm-up steps)" if config.compile else ""))
     print(f"model FLOPs per sample {flops / 1e9:.2f} GFLOP (6 x {counts.matmul_params:,} x {context} + attention); "
           f"peak {peak:.2f} TFLOP/s per device from {peak_source}")
-    _print("deepspeed", mine)
-    if ds[0]["profile"]:
-        from step_profile import print_summary
-        print_summary(ds[0]["profile"])
+    _print("deepspeed", mine, ds[0]["profile"])
     report: dict[str, Any] = {"variant": config.variant, "zero": config.zero, "world_size": config.world_size,
                               "compile": config.compile,
                               "precision": config.precision, "micro_batch": config.micro_batch, "context": context,
@@ -316,10 +340,7 @@ def run(config: ThroughputConfig) -> dict[str, Any]:
     if config.baseline:
         ddp = _phase("ddp", config)
         base = _summary(ddp, config, flops, peak)
-        _print("torch DDP", base)
-        if ddp[0]["profile"]:
-            from step_profile import print_summary
-            print_summary(ddp[0]["profile"])
+        _print("torch DDP", base, ddp[0]["profile"])
         report.update(baseline_samples_per_s=base["samples_per_s"], ratio=mine["samples_per_s"] / base["samples_per_s"],
                       baseline_peak_rss_mb=base["peak_rss_mb"], baseline_peak_gpu_mb=base["peak_gpu_mb"],
                       baseline_mfu=base["mfu"], baseline_compile_s=base["compile_s"])
@@ -327,12 +348,15 @@ def run(config: ThroughputConfig) -> dict[str, Any]:
     return report
 
 
-def _print(label: str, s: dict[str, Any]) -> None:
+def _print(label: str, s: dict[str, Any], profile: dict[str, Any] | None = None) -> None:
     gpu = f", peak GPU {s['peak_gpu_mb']:.0f} MiB/rank" if s["peak_gpu_mb"] else ""
     print(f"{label:<10} {s['samples_per_s']:10.2f} samples/s {s['tokens_per_s']:12.0f} tokens/s  step median "
           f"{s['step_s_median'] * 1000:8.1f} ms  peak RSS {s['peak_rss_mb']:.0f} MiB/rank{gpu}  MFU {s['mfu']:.1%}"
           + (f"  (compile {s['compile_s']:.1f} s, warm-up {s['warmup_s']:.1f} s)" if s["compile_s"] is not None
              else ""))
+    if profile:
+        from step_profile import print_summary
+        print_summary(profile)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -132,7 +132,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-
 def is_collective_timeout(exc: BaseException) -> bool:
     """A collective that waited longer than the process group's timeout (gloo's wording; NCCL's watchdog ends the
     process itself)."""

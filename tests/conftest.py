@@ -62,6 +62,7 @@ def async_io_op_built_in_the_background():
 # Data pipeline fixtures (tests/test_data_*.py): one small demo market and its prepared dataset per test session.
 # ---------------------------------------------------------------------------------------------------------------------
 
+
 DEMO_SYMBOLS = 8
 DEMO_LOOKBACK = 30
 DEMO_PREDICT = 5

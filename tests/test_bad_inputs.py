@@ -348,6 +348,7 @@ def test_only_rank_0_reports_what_every_rank_meets(monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "QUIET_RANK_GRACE_S", 0.0)
     monkeypatch.setattr(cli, "_group_ready", lambda: True)  # after the process group exists, as in training
+
     def failing(error: Exception):
         def main(argv):
             raise error

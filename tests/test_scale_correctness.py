@@ -153,6 +153,7 @@ def test_zero3_validation_with_uneven_and_empty_shards(demo_prepared_dir, tiny_c
     common = ["--data", str(demo_prepared_dir), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
               "--deepspeed_config", "ds_configs/zero3.json", "--max_steps", "1", "--teacher_forcing",
               "--n_train_iter", "128", "--seed", str(SEED)]
+
     def single_process_mean(n_val: int) -> float:
         per_sample = single_process_val_losses(demo_prepared_dir, tiny_checkpoints, n_val)
         assert per_sample.shape == (n_val,)

@@ -277,7 +277,6 @@ def model_states(counts: ModelCounts, setup: Setup) -> tuple[int, int, int, int,
             ours + f": DeepSpeed's {name} assumes 16-bit params (its figure is shown for reference)", ds_device)
 
 
-
 # ---------------------------------------------------------------------- ZeRO-3 / ZeRO-Infinity, from DeepSpeed's source
 def _sub_group_numel(counts: ModelCounts, setup: Setup) -> int:
     """Elements of the largest optimizer sub-group of a rank: stage3._create_fp16_sub_groups closes a sub-group

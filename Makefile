@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ds_kronos_installed
 DEMO_DIR ?= demo_runs
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test test-fast demo clean-venv
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): setup.py launch/install_torch.sh launch/install_libaio.sh
 test: $(STAMP)
 	$(PY) -m ruff check .
 	DS_ACCELERATOR=cpu $(PY) -m pytest -q tests
+
+# The everyday lane: every test that starts no process (tests/conftest.py enforces the `processes` mark).
+test-fast: $(STAMP)
+	$(PY) -m ruff check .
+	DS_ACCELERATOR=cpu $(PY) -m pytest -q -m "not processes" tests
 
 demo: $(STAMP)
 	DS_ACCELERATOR=cpu bash launch/demo.sh $(DEMO_DIR)

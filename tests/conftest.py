@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,16 +48,72 @@ if builder is not None and builder.is_compatible(verbose=False):
 """
 
 
-@pytest.fixture(scope="session", autouse=True)
-def async_io_op_built_in_the_background():
+# --- Two lanes: tests that start processes are marked ------------------------------------------------------------
+# `make test-fast` runs `-m "not processes"`; `make test` (CI) runs everything. The mark is enforced: an unmarked
+# test (its fixtures included) that starts a process fails, so the fast lane never hides a launcher run.
+PROCESSES = "processes"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"{PROCESSES}: starts processes (the deepspeed launcher, a launch/ script, "
+                                       "a Python subprocess); left out of `make test-fast`")
+
+
+@contextmanager
+def _processes_refused(item):
+    if item.get_closest_marker(PROCESSES) is not None:
+        yield
+        return
+    original = subprocess.Popen._execute_child  # every subprocess.run/Popen/check_output goes through it
+
+    def refuse(self, args, executable, *rest, **kwargs):
+        program = Path(str(executable or (args if isinstance(args, (str, bytes, os.PathLike)) else args[0]))).name
+        # A Python interpreter or the deepspeed launcher is what costs seconds; libraries run small tools
+        # (platform runs `uname`), which are allowed.
+        if program.startswith("python") or program in ("deepspeed", "ds", "torchrun"):
+            raise AssertionError(f"{item.nodeid} starts a process ({str(args)[:100]}) but is not marked "
+                                 f"@pytest.mark.{PROCESSES}")
+        return original(self, args, executable, *rest, **kwargs)
+
+    subprocess.Popen._execute_child = refuse
+    try:
+        yield
+    finally:
+        subprocess.Popen._execute_child = original
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _processes_refused(item):  # fixtures (session ones too) are set up here
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _processes_refused(item):
+        return (yield)
+
+
+_ASYNC_IO_BUILD = pytest.StashKey[subprocess.Popen]()
+
+
+def pytest_collection_finish(session):
     """The NVMe test needs DeepSpeed's async I/O op, which a fresh machine compiles when it is first loaded (about
-    3 minutes on 2 cores). Compile it at the lowest priority while the other tests run: they leave about a core idle
-    on average (the launcher's start and end are single-threaded). A rank that loads the op meanwhile waits on torch's
-    build lock, so no run sees a half-built op; on a machine that has it, this only loads it."""
-    build = subprocess.Popen([sys.executable, "-c", BUILD_ASYNC_IO], env={**os.environ, "DS_ACCELERATOR": "cpu"},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(19))
-    yield
-    build.wait()  # never kill it: a killed build leaves torch's lock file behind, and every later load waits on it
+    3 minutes on 2 cores). When the selected tests start processes, compile it at the lowest priority while they
+    run: they leave about a core idle on average (the launcher's start and end are single-threaded). A rank that
+    loads the op meanwhile waits on torch's build lock, so no run sees a half-built op; on a machine that has it,
+    this only loads it. The fast lane has no use for it."""
+    if not session.config.option.collectonly and any(item.get_closest_marker(PROCESSES) for item in session.items):
+        session.config.stash[_ASYNC_IO_BUILD] = subprocess.Popen(
+            [sys.executable, "-c", BUILD_ASYNC_IO], env={**os.environ, "DS_ACCELERATOR": "cpu"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(19))
+
+
+def pytest_sessionfinish(session):
+    build = session.config.stash.get(_ASYNC_IO_BUILD, None)
+    if build is not None:
+        build.wait()  # never kill it: a killed build leaves torch's lock file behind, and every later load waits on it
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Data pipeline fixtures (tests/test_data_*.py): one small demo market and its prepared dataset per test session.

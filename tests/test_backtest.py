@@ -70,6 +70,7 @@ def test_signal_is_held_until_the_next_origin():
     assert effective_topk(300, 50, 5) == (50, 5)
 
 
+@pytest.mark.processes
 def test_end_to_end_backtest(market, tmp_path):
     _, prepared = market
     out = tmp_path / "eval"
@@ -87,6 +88,7 @@ def test_end_to_end_backtest(market, tmp_path):
     assert "excess with cost" in result.stdout and "backtest.png" in result.stdout
 
 
+@pytest.mark.processes
 def test_missing_benchmark_and_csv_source_fail_with_one_line(tmp_path):
     _, prepared = make_market(tmp_path / "nobench", None)
     result = run_eval("--data", str(prepared), "--out", str(tmp_path / "e1"), "--backtest")

@@ -239,6 +239,7 @@ CASE_NAMES = [
 ]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_bad_input_ends_in_one_line(table, name):
     tmp, done, locked = table
@@ -263,6 +264,7 @@ def test_every_case_is_in_the_table(tmp_path, demo_prepared_dir):
     assert set(_cases(tmp_path, demo_prepared_dir)) <= set(CASE_NAMES)
 
 
+@pytest.mark.processes
 def test_a_data_error_under_the_launcher_is_one_line_from_one_rank(demo_prepared_dir, tmp_path):
     """Both ranks meet the same damaged set (100 rows of NaN after preparation): one line, from rank 0."""
     data = _damaged_copy(demo_prepared_dir, tmp_path / "nan_rows", _nan_rows)

@@ -20,6 +20,8 @@ from ds_kronos.model import Kronos
 from ds_kronos.train.safe_load import deepspeed_state_classes
 from helpers import SEED, deepspeed_train, summary, two_at_a_time
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 STEPS = 3
 VAL_SAMPLES = 21
 

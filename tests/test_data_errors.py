@@ -11,6 +11,8 @@ import pytest
 
 from helpers import REPO
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 PREPARE = str(REPO / "launch" / "prepare_data.py")
 DEMO = str(REPO / "launch" / "make_demo_data.py")
 

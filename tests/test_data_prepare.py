@@ -147,6 +147,7 @@ def test_csi300_is_the_listed_subset(demo_qlib_dir, tmp_path):
     assert used <= index_symbols and used
 
 
+@pytest.mark.processes
 def test_importing_the_package_is_cheap():
     code = ("import sys, ds_kronos.data, ds_kronos.data.prepare; "
             "print(sorted(m for m in ('qlib', 'torch') if m in sys.modules))")

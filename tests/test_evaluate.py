@@ -214,6 +214,7 @@ def sampled_run(demo_prepared_dir, tiny_models, tmp_path_factory) -> tuple[Path,
     return out, result
 
 
+@pytest.mark.processes
 def test_end_to_end_report_plots_and_table(sampled_run, demo_prepared_dir):
     from ds_kronos.data import PreparedDataset
 
@@ -260,6 +261,7 @@ def test_end_to_end_report_plots_and_table(sampled_run, demo_prepared_dir):
     assert last_value["direction"]["accuracy"] == pytest.approx(down_or_flat)
 
 
+@pytest.mark.processes
 def test_cache_is_the_default_and_recomputation_gives_the_same_report(sampled_run, demo_prepared_dir, tiny_models,
                                                                        tmp_path):
     first = json.loads((sampled_run[0] / "report.json").read_text())
@@ -273,6 +275,7 @@ def test_cache_is_the_default_and_recomputation_gives_the_same_report(sampled_ru
     assert second["ic_series"] == first["ic_series"]
 
 
+@pytest.mark.processes
 def test_calibration_of_sampled_bands(demo_prepared_dir, tiny_models, tmp_path):
     result = run_eval(eval_args(demo_prepared_dir, tiny_models, tmp_path / "c", "--seed", "2", "--sample_count", "4",
                                 "--quantiles", "0.9,0.1,0.5,0.25,0.75", "--reference_predictor",
@@ -299,6 +302,7 @@ def test_calibration_of_sampled_bands(demo_prepared_dir, tiny_models, tmp_path):
     assert "calibration of the close (4 sampled paths" in result.stdout
 
 
+@pytest.mark.processes
 def test_same_seed_reproduces_the_metrics(sampled_run, demo_prepared_dir, tiny_models, tmp_path):
     first = json.loads((sampled_run[0] / "report.json").read_text())
     result = run_eval(eval_args(demo_prepared_dir, tiny_models, tmp_path / "b", "--seed", "7"))
@@ -308,6 +312,7 @@ def test_same_seed_reproduces_the_metrics(sampled_run, demo_prepared_dir, tiny_m
     assert second["ic_series"] == first["ic_series"]
 
 
+@pytest.mark.processes
 def test_deepspeed_two_ranks_match_one_process(demo_prepared_dir, tiny_models, tmp_path):
     # Greedy decoding: the forecast of an origin then does not depend on which rank's generator drew it. Two
     # (identical) paths: the quantile bands travel through the gather too.
@@ -342,6 +347,7 @@ def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
     return exit_info.value.code, capsys.readouterr().err
 
 
+@pytest.mark.processes
 def test_bad_input_gives_one_line_and_exit_2(demo_prepared_dir, tiny_models, tmp_path, capsys):
     import torch
 

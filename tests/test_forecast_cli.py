@@ -62,6 +62,7 @@ def single_run(csv_files, tiny_checkpoints, tmp_path_factory) -> tuple[Path, sub
     return out, result
 
 
+@pytest.mark.processes
 def test_csv_forecasts_files_calendar_and_values(single_run, csv_files, tiny_checkpoints):
     out, result = single_run
     summary = json.loads((out / "summary.json").read_text())
@@ -100,6 +101,7 @@ def test_csv_forecasts_files_calendar_and_values(single_run, csv_files, tiny_che
     np.testing.assert_allclose(bbb["close_q0.9"].to_numpy(), expected.bands[0, :, 2, 3], rtol=2e-5)
 
 
+@pytest.mark.processes
 def test_two_ranks_write_the_same_files_as_one(single_run, csv_files, tiny_checkpoints, tmp_path):
     launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
     result = run_script(forecast_args(tiny_checkpoints, tmp_path / "two", "--csv", *map(str, csv_files)), launcher)
@@ -111,6 +113,7 @@ def test_two_ranks_write_the_same_files_as_one(single_run, csv_files, tiny_check
         assert (tmp_path / "two" / name).read_text() == (one / name).read_text()
 
 
+@pytest.mark.processes
 def test_qlib_symbols_of_the_demo_market(demo_qlib_dir, tiny_checkpoints, tmp_path):
     out = tmp_path / "qlib"
     result = run_script(["--tokenizer", str(tiny_checkpoints[0]), "--predictor", str(tiny_checkpoints[1]), "--out",
@@ -151,6 +154,7 @@ def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
     return exit_info.value.code, capsys.readouterr().err
 
 
+@pytest.mark.processes
 def test_bad_input_gives_one_line_and_exit_2(csv_files, tiny_checkpoints, demo_qlib_dir, tmp_path, capsys):
     from ds_kronos.model import TOKENIZER_PRESETS
 

@@ -13,10 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ds_kronos.model import Kronos
 from helpers import REPO, SEED, deepspeed_train, env, summary, two_at_a_time
+
+pytestmark = pytest.mark.processes  # every test here starts processes
 
 SMALL_BUCKETS = ["--grad_bucket_mb", "0.25"]
 

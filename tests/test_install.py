@@ -10,12 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import REPO
+
+pytestmark = pytest.mark.processes  # every test here starts processes
 
 # Runs in the installed copy, from a folder that is neither the repository nor the install target.
 PROBE = """
 import json, sys
 from pathlib import Path
+
+import pytest
 import ds_kronos
 from ds_kronos.deepspeed_json.files import locate_ds_config, shipped_names
 from ds_kronos.plan import ds_config_for

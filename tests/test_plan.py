@@ -24,6 +24,7 @@ def _request(**values) -> PlanRequest:
     return PlanRequest(**{**defaults, **values})
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("variant, micro_batch, context", [("mini", 8, 256), ("small", 4, 128)])
 def test_planned_total_matches_measured_peak_rss(variant, micro_batch, context):
     """ZeRO-0 fp32 on 1 rank: params + grads + AdamW + activations + logits + tokenizer vs the real peak RSS of
@@ -174,6 +175,7 @@ def test_request_problems_are_listed():
         recommend(_request())  # no memory given
 
 
+@pytest.mark.processes
 def test_plan_cli(tmp_path):
     out = tmp_path / "ds.json"
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
@@ -282,6 +284,7 @@ def test_old_offload_spelling_still_works():
     assert any("--disk_gb must be a positive" in p for p in _request(disk_gb=0.0).problems())
 
 
+@pytest.mark.processes
 def test_plan_cli_cpu_node_with_old_offload_flag():
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     out = subprocess.run([sys.executable, "launch/plan.py", "--variant", "large", "--zero", "3", "--offload", "true",

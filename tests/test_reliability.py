@@ -83,6 +83,7 @@ def copy_run(source: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.processes
 def test_resume_skips_unsafe_and_incomplete_checkpoints_and_stays_exact(stopped_run, config_runs, tmp_path,
                                                                        demo_prepared_dir, tiny_checkpoints):
     """Newest to oldest: step 3 holds a planted pickle payload (its manifest kept consistent, as a careful attacker
@@ -115,6 +116,7 @@ def test_resume_skips_unsafe_and_incomplete_checkpoints_and_stays_exact(stopped_
     assert_same_final_weights(save_dir, config_runs["zero2"])
 
 
+@pytest.mark.processes
 def test_truncated_files_and_empty_pointers_are_passed_over(stopped_run, tmp_path):
     save_dir = copy_run(stopped_run, tmp_path / "run")
     checkpoints = save_dir / "checkpoints"
@@ -128,6 +130,7 @@ def test_truncated_files_and_empty_pointers_are_passed_over(stopped_run, tmp_pat
                and "truncated" in note for note in notes)
 
 
+@pytest.mark.processes
 def test_no_complete_checkpoint_is_one_clear_line(stopped_run, tmp_path, demo_prepared_dir, tiny_checkpoints):
     save_dir = copy_run(stopped_run, tmp_path / "run")
     for tag in (save_dir / "checkpoints").glob("step*"):
@@ -139,6 +142,7 @@ def test_no_complete_checkpoint_is_one_clear_line(stopped_run, tmp_path, demo_pr
     assert len(error_lines(result)) == 1 and "no checkpoint to resume from" in error_lines(result)[0]
 
 
+@pytest.mark.processes
 def test_a_run_that_fails_before_training_leaves_nothing_half_written(demo_prepared_dir, tiny_checkpoints, tmp_path):
     save_dir = tmp_path / "run"
     save_dir.mkdir()
@@ -162,6 +166,7 @@ def lr_config(tmp_path: Path, lr: float) -> Path:
     return path
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("lr,launcher,expected", [(1e30, True, "non-finite loss"), (1e6, False, "over 10x")])
 def test_divergence_stops_the_run_and_keeps_the_last_good_state(lr, launcher, expected, demo_prepared_dir,
                                                                tiny_checkpoints, tmp_path):
@@ -188,6 +193,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_state(lr, launcher, ex
     assert candidates and candidates[0].tag == latest
 
 
+@pytest.mark.processes
 def test_a_stopped_rank_ends_the_job_within_the_timeout_and_is_named(demo_prepared_dir, tiny_checkpoints, tmp_path):
     args = zero2_args(demo_prepared_dir, tiny_checkpoints, tmp_path / "run", "--epochs", "500",
                       "--eval_at_start", "false", "--dist_timeout", "10")

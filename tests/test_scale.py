@@ -7,12 +7,14 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 import torch
 
 from ds_kronos.model import Kronos
 from helpers import REPO, common_args, env, free_port
 
 
+@pytest.mark.processes
 def test_two_nodes_over_loopback_match_one_node_with_two_processes(config_runs, demo_prepared_dir,
                                                                      tiny_checkpoints, tmp_path):
     hostfile = tmp_path / "hostfile"
@@ -39,6 +41,7 @@ def test_two_nodes_over_loopback_match_one_node_with_two_processes(config_runs, 
                                [v for _, v in one_node["history"]["val"]], rtol=0, atol=1e-4)
 
 
+@pytest.mark.processes
 def test_zero3_nvme_trains_base_built_partitioned_and_exports_loadable_weights(demo_prepared_dir, tmp_path):
     """Kronos-base (102M, 250x tiny) on 2 ranks: partitioned construction (zero.Init), parameters and optimizer
     states swapped to an NVMe folder (ZeRO-Infinity, async I/O), activation checkpointing, bf16. Two steps, then

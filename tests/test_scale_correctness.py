@@ -23,6 +23,8 @@ from ds_kronos.model import Kronos
 from ds_kronos.runtime import rank_seed
 from helpers import REPO, SEED, env, free_port, single_process_val_losses, summary, two_at_a_time
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
 STEPS = 8  # one epoch of 128 samples at a global batch of 16
 WEIGHT_ATOL = 1e-6

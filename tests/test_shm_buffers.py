@@ -15,8 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ds_kronos.shm_buffers import BUFFER_PREFIX, SHM_DIR, buffer_name, sweep_stale_buffers
 from helpers import REPO, common_args, env, free_port
+
+pytestmark = pytest.mark.processes  # every test here starts processes
 
 LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
 

@@ -31,6 +31,8 @@ from helpers import (
     summary,
 )
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_trains_and_writes_loadable_models(config_runs, name):

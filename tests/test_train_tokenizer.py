@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from ds_kronos.model import Kronos, KronosTokenizer, KronosTokenizerConfig
@@ -35,6 +36,7 @@ def test_tokenizer_task_reproduces_upstream_training_loss():
     np.testing.assert_allclose(losses.detach().double().numpy(), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.processes
 def test_tokenizer_training_lowers_reconstruction_and_feeds_the_predictor(demo_prepared_dir, tmp_path):
     tokenizer_dir = tmp_path / "tok"
     deepspeed_train(["--data", str(demo_prepared_dir), "--tokenizer", "tiny", "--save_dir", str(tokenizer_dir),
@@ -58,6 +60,7 @@ def test_tokenizer_training_lowers_reconstruction_and_feeds_the_predictor(demo_p
     Kronos.from_pretrained(predictor_dir / "best_model")
 
 
+@pytest.mark.processes
 def test_mismatched_tokenizer_and_predictor_are_refused(demo_prepared_dir, tmp_path):
     KronosTokenizer(KronosTokenizerConfig(d_model=16, n_heads=2, ff_dim=32, n_enc_layers=2, n_dec_layers=2,
                                           s1_bits=8, s2_bits=8)).save_pretrained(tmp_path / "tok8")

@@ -83,7 +83,7 @@ def _peak_memory_bytes(device) -> tuple[int, int]:
     """(peak RSS, peak accelerator memory) since the last reset."""
     import torch
 
-    from ds_kronos.plan.measure import peak_rss_bytes
+    from ds_kronos.memory_usage import peak_rss_bytes
     gpu = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     return peak_rss_bytes(), gpu
 
@@ -91,7 +91,7 @@ def _peak_memory_bytes(device) -> tuple[int, int]:
 def _reset_peaks(device) -> None:
     import torch
 
-    from ds_kronos.plan.measure import reset_peak_rss
+    from ds_kronos.memory_usage import reset_peak_rss
     reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

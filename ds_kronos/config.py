@@ -256,24 +256,6 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
     return config
 
 
-def prepared_data_problems(data: str | None) -> list[str]:
-    """The ``--data`` check shared by every job that reads a prepared dataset: the folder must match its manifest
-    (see :func:`ds_kronos.data.verify.verify_prepared`: cheap checks on every rank, the content once per node and
-    change of the files), so a bad set is refused before any process group or model exists."""
-    if not data:
-        return ["--data is required: a prepared dataset folder (see launch/prepare_data.py)"]
-    if not os.path.isdir(data):
-        return [f"--data {data}: no such folder"]
-    from ds_kronos.data.verify import verify_prepared
-    from ds_kronos.errors import DataError
-
-    try:
-        verify_prepared(data)
-    except DataError as exc:
-        return [str(exc)]
-    return []
-
-
 def output_dir_problems(flag: str, path: str | None) -> list[str]:
     """A folder a job will write into: it must not be a file, nor lie below one, and the nearest existing folder
     on its way must be writable. Nothing is created here."""

@@ -106,15 +106,6 @@ class PreparedDataset:
     def freq(self) -> str:
         return str(self.manifest["freq"])
 
-    def verify(self) -> None:
-        """Check the content against the manifest now (reads every byte; see :mod:`ds_kronos.data.verify` for the
-        cached check that training and evaluation use)."""
-        from ds_kronos.data.verify import content_problem
-
-        problem = content_problem(self)
-        if problem is not None:
-            raise DataError(problem)
-
 
 def _npy_header(file: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
     """(shape, dtype, fortran_order, data offset) from a .npy header, without reading the data."""

@@ -182,3 +182,18 @@ def verify_prepared(path: str | os.PathLike, *, local_rank: int | None = None,
     if verdict["problem"]:
         raise DataError(verdict["problem"])
     return prepared
+
+
+def prepared_data_problems(data: str | None) -> list[str]:
+    """The ``--data`` check shared by every job that reads a prepared dataset: the folder must match its manifest
+    (see :func:`verify_prepared`: cheap checks on every rank, the content once per node and
+    change of the files), so a bad set is refused before any process group or model exists."""
+    if not data:
+        return ["--data is required: a prepared dataset folder (see launch/prepare_data.py)"]
+    if not os.path.isdir(data):
+        return [f"--data {data}: no such folder"]
+    try:
+        verify_prepared(data)
+    except DataError as exc:
+        return [str(exc)]
+    return []

@@ -12,7 +12,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ds_kronos.deepspeed_json.checks import check_ds_config
 from ds_kronos.deepspeed_json.files import locate_ds_config
@@ -139,16 +139,13 @@ class RunSpec:
 
 
 def resolve_run(config: dict, path: str, *, batch_size: int | None, grad_accum: int | None, world_size: int,
-                train_samples: int, epochs: int, max_steps: int, lr: float | None, use_onecycle: bool, on_cpu: bool,
-                default_micro: int, default_accum: int) -> RunSpec:
-    """The batch layout, step counts and filled DeepSpeed dict of a run over ``train_samples`` windows per epoch."""
-    from ds_kronos.data import ShardedWindowSampler  # how ranks deal an epoch decides the steps in it
-
+                micro_batches_per_epoch: Callable[[int], int], epochs: int, max_steps: int, lr: float | None,
+                use_onecycle: bool, on_cpu: bool, default_micro: int, default_accum: int) -> RunSpec:
+    """The batch layout, step counts and filled DeepSpeed dict of a run. ``micro_batches_per_epoch(micro_batch)``
+    is how many micro-batches each rank draws per epoch (the data sampler knows; the JSON does not)."""
     batch = resolve_batch(config, path, batch_size=batch_size, grad_accum=grad_accum, world_size=world_size,
                           default_micro=default_micro, default_accum=default_accum)
-    per_rank = ShardedWindowSampler(train_samples, world_size=world_size, batch_size=batch.micro_batch,
-                                    drop_last=True).batches_per_epoch()
-    steps_per_epoch = per_rank // batch.grad_accum
+    steps_per_epoch = micro_batches_per_epoch(batch.micro_batch) // batch.grad_accum
     total_steps, epochs = total_optimizer_steps(epochs, steps_per_epoch, max_steps)
     ds_config = resolve_ds_config(config, path, batch=batch, total_steps=total_steps, lr=lr,
                                   use_onecycle=use_onecycle, on_cpu=on_cpu)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_TOP_P, option, output_dir_problems, prepared_data_problems
+from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_TOP_P, option, output_dir_problems
 from ds_kronos.data.manifest import SPLITS
 from ds_kronos.data.normalise import DEFAULT_CLIP
+from ds_kronos.data.verify import prepared_data_problems
 
 SPLIT_CHOICES = SPLITS
 

@@ -20,28 +20,7 @@ import torch
 
 from ds_kronos.cli import run_main
 from ds_kronos.config import option, parse_config
-from ds_kronos.errors import UserError
-
-STATUS = "/proc/self/status"
-
-
-def _status_kib(field: str) -> int:
-    with open(STATUS, encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise UserError(f"{STATUS} has no {field} (Linux only)")
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs); False where not permitted."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
+from ds_kronos.memory_usage import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
@@ -59,14 +38,6 @@ def fix_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
         return bool(ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, nbytes)) if name else False
     except (OSError, AttributeError):
         return False
-
-
-def peak_rss_bytes() -> int:
-    return _status_kib("VmHWM") * 1024
-
-
-def rss_bytes() -> int:
-    return _status_kib("VmRSS") * 1024
 
 
 def random_batch(batch: int, context: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

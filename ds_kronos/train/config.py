@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, option, output_dir_problems, prepared_data_problems
+from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, option, output_dir_problems
 from ds_kronos.data.normalise import DEFAULT_CLIP
+from ds_kronos.data.verify import prepared_data_problems
 
 DEFAULT_MICRO_BATCH = 50
 DEFAULT_GRAD_ACCUM = 1

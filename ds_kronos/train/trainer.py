@@ -34,7 +34,7 @@ from ds_kronos.data import ShardedWindowSampler, WindowDataset, verify_prepared
 from ds_kronos.deepspeed_json.resolve import load_ds_config, resolve_run, warmup_steps
 from ds_kronos.errors import UserError
 from ds_kronos.jsonio import write_json_atomic
-from ds_kronos.plan.measure import peak_rss_bytes
+from ds_kronos.memory_usage import peak_rss_bytes
 from ds_kronos.runtime import (
     Runtime,
     all_reduce_sum,
@@ -146,7 +146,8 @@ class Trainer:
         self.val_set = WindowDataset(prepared, "val", max_samples=c.n_val_iter, seed=c.seed, shuffle=False,
                                      clip=c.clip)
         spec = resolve_run(self.ds_json, c.deepspeed_config, batch_size=c.batch_size, grad_accum=c.grad_accum,
-                           world_size=rt.world_size, train_samples=len(self.train_set), epochs=c.epochs,
+                           world_size=rt.world_size, micro_batches_per_epoch=self._micro_batches_per_epoch,
+                           epochs=c.epochs,
                            max_steps=c.max_steps, lr=c.lr, use_onecycle=c.lr_schedule == "onecycle", on_cpu=rt.on_cpu,
                            default_micro=DEFAULT_MICRO_BATCH, default_accum=DEFAULT_GRAD_ACCUM)
         self.batch, self.ds_config = spec.batch, spec.ds_config
@@ -174,6 +175,11 @@ class Trainer:
 
         self.train_loader = loader(self.train_set, self.train_sampler)
         self.val_loader = loader(self.val_set, val_sampler)
+
+    def _micro_batches_per_epoch(self, micro_batch: int) -> int:
+        """How the sampler deals an epoch to the ranks decides the steps in it."""
+        return ShardedWindowSampler(len(self.train_set), world_size=self.runtime.world_size, batch_size=micro_batch,
+                                    drop_last=True).batches_per_epoch()
 
     def _build_engine(self) -> None:
         import deepspeed

@@ -44,7 +44,7 @@ class ThroughputConfig:
 
     variant: str = option("mini", choices=tuple(PREDICTOR_PRESETS), help="predictor preset")
     zero: int = option(0, choices=(0, 1, 2, 3), help="ZeRO stage")
-    offload: bool = option(False, help="ZeRO-2/3 CPU offload (see launch/plan.py)")
+    offload: str = option("none", choices=("none", "cpu"), help="ZeRO-2/3 CPU offload (see launch/plan.py)")
     world_size: int = option(1, help="processes (one per GPU on a GPU machine)")
     micro_batch: int = option(8, help="samples per rank per step")
     context: int | None = option(None, help="tokens per sample (default: min(preset max_context, 512))")
@@ -73,7 +73,7 @@ class ThroughputConfig:
             problems.append("--warmup must be >= 0")
         if self.compile and self.warmup < 1:
             problems.append("--compile needs --warmup >= 1 (the first step compiles; it must not be timed)")
-        if self.offload and self.zero < 2:
+        if self.offload == "cpu" and self.zero < 2:
             problems.append("--offload needs --zero 2 or 3")
         return problems
 
@@ -326,7 +326,7 @@ def run(config: ThroughputConfig) -> dict[str, Any]:
     peak_source = "--peak_tflops" if config.peak_tflops else f"matmul probe ({config.precision}, per process)"
     mine = _summary(ds, config, flops, peak)
     print(f"Kronos-{config.variant} ({counts.total_params:,} params), {config.world_size} x {ds[0]['device_name']} "
-          f"({ds[0]['threads']} threads each), ZeRO-{config.zero}{' + offload' if config.offload else ''}, "
+          f"({ds[0]['threads']} threads each), ZeRO-{config.zero}{' + offload' if config.offload == 'cpu' else ''}, "
           f"{config.precision}, micro batch {config.micro_batch} x context {context}, {config.steps} steps after "
           f"{config.warmup} warm-up" + (" (compiled: torch.compile in the warm-up steps)" if config.compile else ""))
     print(f"model FLOPs per sample {flops / 1e9:.2f} GFLOP (6 x {counts.matmul_params:,} x {context} + attention); "

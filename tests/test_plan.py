@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from ds_kronos.config import parse_config
 from ds_kronos.errors import ConfigError
 from ds_kronos.model import Kronos
 from ds_kronos.plan import PlanRequest, model_counts, plan, recommend
@@ -90,13 +91,13 @@ def test_zero3_model_states_shrink_with_world_size():
 
 def test_offload_moves_optimizer_states_to_host():
     on_device = plan(_request(variant="1b", zero=3, world_size=8)).estimate
-    offloaded = plan(_request(variant="1b", zero=3, world_size=8, offload=True)).estimate
+    offloaded = plan(_request(variant="1b", zero=3, world_size=8, offload="cpu")).estimate
     assert on_device.optimizer > 0 and on_device.host_offload == 0
     assert offloaded.optimizer == 0 and offloaded.grads == 0
     assert offloaded.host_offload > on_device.optimizer  # the states still exist, in host memory
     assert offloaded.model_states < on_device.model_states / 10
     assert offloaded.activations == on_device.activations
-    zero2 = plan(_request(variant="1b", zero=2, world_size=8, offload=True)).estimate
+    zero2 = plan(_request(variant="1b", zero=2, world_size=8, offload="cpu")).estimate
     assert zero2.optimizer == 0 and zero2.params == 2 * model_counts("1b").total_params and zero2.host_offload > 0
 
 
@@ -147,8 +148,8 @@ def test_recommend_falls_back_to_checkpointing_then_smaller_batches():
 
 
 @pytest.mark.parametrize("zero, offload, precision, expected", [
-    (0, False, "fp32", "ds_configs/zero0.json"), (2, False, "fp32", "ds_configs/zero2.json"),
-    (2, False, "bf16", "ds_configs/zero2_bf16.json"), (3, True, "fp32", "ds_configs/zero3_offload.json")])
+    (0, "none", "fp32", "ds_configs/zero0.json"), (2, "none", "fp32", "ds_configs/zero2.json"),
+    (2, "none", "bf16", "ds_configs/zero2_bf16.json"), (3, "cpu", "fp32", "ds_configs/zero3_offload.json")])
 def test_ds_config_names_the_predictor_file(zero, offload, precision, expected):
     from ds_kronos.plan import ds_config_for
 
@@ -159,15 +160,15 @@ def test_ds_config_names_the_predictor_file(zero, offload, precision, expected):
 def test_ds_config_overrides_where_no_file_exists():
     from ds_kronos.plan import ds_config_for
 
-    choice = ds_config_for(1, False, "bf16")
+    choice = ds_config_for(1, "none", "bf16")
     assert choice.path == "ds_configs/zero1.json" and choice.overrides == {"bf16": {"enabled": True}}
-    loaded = ds_config_for(2, True, "bf16").load()
+    loaded = ds_config_for(2, "cpu", "bf16").load()
     assert loaded["bf16"]["enabled"] is True and loaded["zero_optimization"]["stage"] == 2
     assert loaded["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
 
 
 def test_request_problems_are_listed():
-    problems = dataclasses.replace(_request(), variant="huge", zero=1, offload=True, micro_batch=0).problems()
+    problems = dataclasses.replace(_request(), variant="huge", zero=1, offload="cpu", micro_batch=0).problems()
     assert any("huge" in p for p in problems)
     assert any("--offload needs" in p for p in problems)
     assert any("--micro_batch" in p for p in problems)
@@ -237,7 +238,7 @@ def test_nvme_is_a_candidate_only_with_disk_and_when_the_swap_fits():
 
 @pytest.mark.parametrize("zero, offload, precision, expected", [
     (3, "nvme", "fp32", "ds_configs/zero3_nvme.json"), (3, "nvme", "bf16", "ds_configs/zero3_nvme_bf16.json"),
-    (3, "cpu", "bf16", "ds_configs/zero3_offload_bf16.json"), (3, "true", "fp32", "ds_configs/zero3_offload.json"),
+    (3, "cpu", "bf16", "ds_configs/zero3_offload_bf16.json"), (3, "cpu", "fp32", "ds_configs/zero3_offload.json"),
     (3, "none", "bf16", "ds_configs/zero3_bf16.json")])
 def test_ds_config_names_the_offload_files(zero, offload, precision, expected):
     from ds_kronos.plan import ds_config_for
@@ -276,18 +277,18 @@ def test_build_and_load_can_be_the_peak():
     assert zero2.rank_peak == max(zero2.rank_build_peak, zero2.rank_train)
 
 
-def test_old_offload_spelling_still_works():
-    assert PlanRequest(variant="base", zero=3, offload=True).offload == "cpu"
-    assert PlanRequest(variant="base", offload="false").offload == "none"
+def test_offload_problems():
+    with pytest.raises(ConfigError, match="--offload: invalid choice: 'true'"):
+        parse_config(PlanRequest, ["--variant", "base", "--offload", "true"])
     bad = PlanRequest(variant="base", zero=2, offload="nvme").problems()
     assert any("--offload nvme needs --zero 3" in p for p in bad)
     assert any("--disk_gb must be a positive" in p for p in _request(disk_gb=0.0).problems())
 
 
 @pytest.mark.processes
-def test_plan_cli_cpu_node_with_old_offload_flag():
+def test_plan_cli_cpu_node_with_offload():
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    out = subprocess.run([sys.executable, "launch/plan.py", "--variant", "large", "--zero", "3", "--offload", "true",
+    out = subprocess.run([sys.executable, "launch/plan.py", "--variant", "large", "--zero", "3", "--offload", "cpu",
                           "--world_size", "2", "--micro_batch", "1", "--context", "100", "--device", "cpu",
                           "--precision", "bf16", "--memory_gb", "24", "--disk_gb", "60"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

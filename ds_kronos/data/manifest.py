@@ -71,8 +71,10 @@ def manifest_problems(manifest: Any) -> list[str]:
     if not (isinstance(manifest.get("sha256"), str) and _SHA256.fullmatch(manifest["sha256"])):
         problems.append(f"sha256 must be 64 hexadecimal digits, got {manifest.get('sha256')!r}")
     per_file = manifest.get("file_sha256")
-    if per_file is not None and not (isinstance(per_file, dict) and set(per_file) == set(FILES)
-                                     and all(isinstance(h, str) and _SHA256.fullmatch(h) for h in per_file.values())):
+    if per_file is None:
+        problems.append("file_sha256 is missing (a folder prepared by an early ds_kronos): prepare it again")
+    elif not (isinstance(per_file, dict) and set(per_file) == set(FILES)
+              and all(isinstance(h, str) and _SHA256.fullmatch(h) for h in per_file.values())):
         problems.append("file_sha256 must map each of the twelve array files to 64 hexadecimal digits")
     splits = manifest.get("splits")
     if not isinstance(splits, dict):

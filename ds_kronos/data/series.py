@@ -50,12 +50,6 @@ def stack_values(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np
     return np.stack(cols + [amt], axis=1)
 
 
-def build_values(open_: np.ndarray, high: np.ndarray, low: np.ndarray, close: np.ndarray, volume: np.ndarray,
-                 amount: np.ndarray | None) -> np.ndarray:
-    """Stack source columns into the float32 [rows, 6] layout of :data:`VALUE_COLUMNS` (no screening)."""
-    return stack_values(open_, high, low, close, volume, amount).astype(np.float32)
-
-
 def time_features(timestamps_ns: np.ndarray) -> np.ndarray:
     """Calendar features [rows, 5] (minute, hour, weekday Monday=0, day of month, month) as int8.
 

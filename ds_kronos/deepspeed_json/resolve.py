@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from ds_kronos.deepspeed_json.checks import check_ds_config
 from ds_kronos.deepspeed_json.files import locate_ds_config
+from ds_kronos.deepspeed_json.view import DeepSpeedView
 from ds_kronos.errors import ConfigError
 
 AUTO = "auto"
@@ -95,8 +96,7 @@ def resolve_ds_config(config: dict, path: str, *, batch: BatchLayout, total_step
     params["lr"] = _pick(params, "lr", lr, None, "lr", path)
     if params["lr"] is None:
         raise ConfigError(f"{path}: optimizer.params.lr is \"auto\" and --lr is not set")
-    offloaded = resolved.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
-    if on_cpu and not offloaded:
+    if on_cpu and not DeepSpeedView.of(resolved).offloads_optimizer:
         # DeepSpeed's FusedAdam needs CUDA; on the CPU accelerator use torch's AdamW, in its fused CPU kernel (the
         # same update as the default loop, several times faster on large models; see README, throughput).
         params.setdefault("torch_adam", True)

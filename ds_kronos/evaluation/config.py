@@ -14,8 +14,6 @@ from ds_kronos.data.manifest import SPLITS
 from ds_kronos.data.normalise import DEFAULT_CLIP
 from ds_kronos.data.verify import prepared_data_problems
 
-SPLIT_CHOICES = SPLITS
-
 
 @dataclass(kw_only=True)
 class EvalConfig:
@@ -28,7 +26,7 @@ class EvalConfig:
         None, help="a second predictor (e.g. the starting point of fine-tuning) forecast on the same origins with "
                    "the same sampler seeds and reported as 'reference'")
     out: str = option("runs/evaluation", help="output folder: report.json, forecast_examples.png, ic_over_time.png")
-    split: str = option("test", choices=SPLIT_CHOICES, help="split of the prepared dataset to forecast")
+    split: str = option("test", choices=SPLITS, help="split of the prepared dataset to forecast")
     local_rank: int = option(-1, help="set by the deepspeed launcher")
 
     max_context: int = option(512, help="most tokens the predictor sees (older history is dropped)", ge=1)

@@ -16,9 +16,6 @@ from ds_kronos.plan.counts import ModelCounts
 BYTES = {"fp32": 4, "bf16": 2}
 FP32 = 4
 ADAM = 8  # two fp32 moments
-OFFLOAD_TARGETS = ("none", "cpu", "nvme")
-_OFFLOAD_ALIASES = {"true": "cpu", "false": "none", "1": "cpu", "0": "none", "yes": "cpu", "no": "none",
-                    "on": "cpu", "off": "none"}
 
 # Resident memory of one training process before any model exists: torch + deepspeed imported and a gloo process
 # group of 1 (DS_ACCELERATOR=cpu, torch 2.13 CPU, deepspeed 0.19.8, Linux x86-64), measured as VmRSS after
@@ -36,15 +33,6 @@ LAUNCHER_PROCESSES_PER_NODE = 2
 # (glibc; see ds_kronos.plan.measure.fix_mmap_threshold). A calibration from those very runs, so it is checked
 # by them only; the README's scale table shows the planner with and without it.
 OFFLOAD_UNATTRIBUTED_BYTES = int(2.4 * 1024 ** 3)
-
-
-def offload_target(value: object) -> str:
-    """``none``/``cpu``/``nvme``; the old boolean spelling (True/"true" -> cpu, False/"false" -> none) is kept so
-    earlier command lines and configs keep working. Anything else is returned unchanged for the caller to report."""
-    if isinstance(value, bool):
-        return "cpu" if value else "none"
-    text = str(value).strip().lower()
-    return _OFFLOAD_ALIASES.get(text, text)
 
 
 @dataclass(frozen=True)
@@ -84,7 +72,7 @@ class Setup:
     gpus_per_node: int = 1
     zero: int = 0
     offload: str = "none"
-    """none, cpu or nvme (ZeRO-Infinity); True/False are read as cpu/none."""
+    """none, cpu or nvme (ZeRO-Infinity)."""
     micro_batch: int = 16
     context: int = 512
     precision: str = "fp32"
@@ -99,9 +87,6 @@ class Setup:
     """The predictor is loaded from a checkpoint folder (its safetensors state dict is read) rather than built from
     a preset's random init."""
     knobs: ZeroKnobs = ZeroKnobs()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "offload", offload_target(self.offload))
 
     @property
     def nodes(self) -> int:

@@ -19,10 +19,11 @@ from typing import Any
 
 from ds_kronos.config import option
 from ds_kronos.deepspeed_json.files import SHIPPED_DIR
+from ds_kronos.deepspeed_json.view import OFFLOAD_DEVICES, DeepSpeedView
 from ds_kronos.errors import CheckpointError, ConfigError, naming_path
 from ds_kronos.model import PREDICTOR_PRESETS
 from ds_kronos.plan.counts import ModelCounts, model_counts
-from ds_kronos.plan.memory import BYTES, OFFLOAD_TARGETS, MemoryEstimate, Setup, ZeroKnobs, estimate, offload_target
+from ds_kronos.plan.memory import BYTES, MemoryEstimate, Setup, ZeroKnobs, estimate
 
 GIB = 1024 ** 3
 # The shipped files (package data), so an installed package plans from any working directory. Choices name them
@@ -41,7 +42,7 @@ class PlanRequest:
     world_size: int = option(1, help="data-parallel processes (GPUs) in all")
     gpus_per_node: int | None = option(None, help="processes per node (default: world_size, at most 8)")
     zero: int = option(0, choices=(0, 1, 2, 3), help="ZeRO stage")
-    offload: str = option("none", choices=(*OFFLOAD_TARGETS, "true", "false"),
+    offload: str = option("none", choices=OFFLOAD_DEVICES,
                           help="offload target: none; cpu (optimizer states with ZeRO-2, optimizer and params with "
                           "ZeRO-3); nvme (ZeRO-3 only: ZeRO-Infinity swap files). true/false, the old boolean "
                           "spelling, mean cpu/none")
@@ -64,9 +65,6 @@ class PlanRequest:
                          "its host memory (--memory_gb is per node), and attention dropout takes torch's math "
                          "attention kernel, which stores the T x T scores")
 
-    def __post_init__(self) -> None:
-        self.offload = offload_target(self.offload)  # old spelling: --offload true/false
-
     def problems(self) -> list[str]:
         problems = []
         if self.variant is None:
@@ -80,9 +78,7 @@ class PlanRequest:
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"--{name} must be at least 1, got {value}")
-        if self.offload not in OFFLOAD_TARGETS:
-            problems.append(f"--offload must be one of {', '.join(OFFLOAD_TARGETS)}, got {self.offload!r}")
-        elif self.offload == "cpu" and self.zero < 2:
+        if self.offload == "cpu" and self.zero < 2:
             problems.append(f"--offload needs --zero 2 or 3 (got --zero {self.zero})")
         elif self.offload == "nvme" and self.zero != 3:
             problems.append(f"--offload nvme needs --zero 3 (got --zero {self.zero})")
@@ -165,17 +161,13 @@ def _merge(target: dict, changes: dict) -> None:
 
 
 def _describe_json(config: dict) -> tuple[int, str, str]:
-    zero = config.get("zero_optimization", {})
-    offload = str(zero.get("offload_optimizer", {}).get("device") or "none")
-    precision = "bf16" if config.get("bf16", {}).get("enabled") else ("fp16" if config.get("fp16", {}).get(
-        "enabled") else "fp32")
-    return int(zero.get("stage", 0)), offload, precision
+    view = DeepSpeedView.of(config)
+    return view.zero_stage, view.offload_optimizer, view.precision
 
 
-def ds_config_for(zero: int, offload: str | bool, precision: str, folder: Path = DS_CONFIG_DIR) -> DsConfigChoice:
+def ds_config_for(zero: int, offload: str, precision: str, folder: Path = DS_CONFIG_DIR) -> DsConfigChoice:
     """The ds_configs/ file matching (stage, offload none/cpu/nvme, precision), else the closest one plus the
-    changes needed. ``offload`` True/False are read as cpu/none."""
-    offload = offload_target(offload)
+    changes needed."""
     files: dict[tuple[int, str, str], str] = {}
     # Only the predictor's zero*.json files: others there (e.g. tokenizer_zero2.json) serve other jobs.
     for path in sorted(folder.glob("zero*.json")) if folder.is_dir() else []:

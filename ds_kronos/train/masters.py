@@ -18,10 +18,6 @@ import torch
 from torch import nn
 
 
-def low_precision(ds_config: dict) -> bool:
-    return bool(ds_config.get("bf16", {}).get("enabled") or ds_config.get("fp16", {}).get("enabled"))
-
-
 def capture_fp32(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(trainable parameters, frozen floating tensors) as exact fp32 CPU copies, taken before the engine casts."""
     trainable, frozen = {}, {}

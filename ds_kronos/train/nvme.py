@@ -29,10 +29,6 @@ def nvme_sections(ds_config: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(zero.get(key), dict) and zero[key].get("device") == "nvme"]
 
 
-def uses_nvme(ds_config: dict[str, Any]) -> bool:
-    return bool(nvme_sections(ds_config))
-
-
 def fill_nvme_path(ds_config: dict[str, Any], nvme_dir: str | None, save_dir: str) -> Path | None:
     """Set every "auto" (or missing) ``nvme_path`` to ``nvme_dir`` (default ``save_dir/nvme_swap``), in place;
     returns the swap folder in use, None without NVMe offload. Explicit paths in the JSON are kept; they must agree,

@@ -32,6 +32,7 @@ from ds_kronos.atomic import recover_folders
 from ds_kronos.console import say
 from ds_kronos.data import ShardedWindowSampler, WindowDataset, verify_prepared
 from ds_kronos.deepspeed_json.resolve import load_ds_config, resolve_run, warmup_steps
+from ds_kronos.deepspeed_json.view import DeepSpeedView
 from ds_kronos.errors import UserError
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.memory_usage import peak_rss_bytes
@@ -55,7 +56,7 @@ from ds_kronos.train.config import (
 )
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
 from ds_kronos.train.grad_overlap import overlap_gradient_reduction
-from ds_kronos.train.masters import capture_fp32, frozen_fp32, low_precision, set_fp32_masters
+from ds_kronos.train.masters import capture_fp32, frozen_fp32, set_fp32_masters
 from ds_kronos.train.nvme import (
     SWAP_SUBFOLDER,
     check_nvme_ready,
@@ -98,11 +99,11 @@ class Position:
 
 def build_task(config: CommonTrainConfig, runtime: Runtime, ds_config: dict) -> PredictorTask | TokenizerTask:
     if isinstance(config, TrainConfig):
-        zero3 = ds_config.get("zero_optimization", {}).get("stage", 0) == 3
         return PredictorTask(tokenizer=config.tokenizer, predictor=config.predictor,
                              teacher_forcing=config.teacher_forcing, tokenizer_dtype=config.tokenizer_dtype,
                              device=runtime.device, activation_checkpointing=config.activation_checkpointing,
-                             partition_config=ds_config if zero3 else None, rank=runtime.rank)
+                             partition_config=ds_config if DeepSpeedView.of(ds_config).partitioned else None,
+                             rank=runtime.rank)
     if isinstance(config, TokenizerTrainConfig):
         return TokenizerTask(tokenizer=config.tokenizer, device=runtime.device)
     raise TypeError(f"no training task for {type(config).__name__}")
@@ -135,7 +136,7 @@ class Trainer:
         self._build_peak_rss = peak_rss_bytes()  # building, loading and partitioning the model: reported at the end
         self.position = Position()
         self.comet: CometLogger | None = None
-        self.guard = DivergenceGuard(fp16=bool(self.ds_config.get("fp16", {}).get("enabled")))
+        self.guard = DivergenceGuard(fp16=self.ds_view.fp16)
         self._checkpointed_step = -1
 
     # ----------------------------------------------------------------------------------------------- set-up
@@ -151,6 +152,7 @@ class Trainer:
                            max_steps=c.max_steps, lr=c.lr, use_onecycle=c.lr_schedule == "onecycle", on_cpu=rt.on_cpu,
                            default_micro=DEFAULT_MICRO_BATCH, default_accum=DEFAULT_GRAD_ACCUM)
         self.batch, self.ds_config = spec.batch, spec.ds_config
+        self.ds_view = DeepSpeedView.of(self.ds_config)
         self.swap_dir = fill_nvme_path(self.ds_config, c.nvme_dir, c.save_dir)
         if self.swap_dir is not None:
             check_nvme_ready(self.swap_dir)
@@ -191,7 +193,7 @@ class Trainer:
         max_lr = self.ds_config["optimizer"]["params"]["lr"]
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         # bf16/fp16 engines build their fp32 masters from the cast module: keep the exact values to restore them.
-        if not low_precision(self.ds_config):
+        if not self.ds_view.low_precision:
             exact, self.frozen_fp32 = {}, None
         elif self.task.partitioned:
             # Built under zero.Init: the module is already cast and partitioned. The exact values are in the
@@ -217,7 +219,7 @@ class Trainer:
     def _layout(self) -> RunLayout:
         return RunLayout(world_size=self.runtime.world_size, micro_batch=self.batch.micro_batch,
                          grad_accum=self.batch.grad_accum,
-                         zero_stage=int(self.ds_config.get("zero_optimization", {}).get("stage", 0)))
+                         zero_stage=self.ds_view.zero_stage)
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
@@ -263,16 +265,12 @@ class Trainer:
     def _banner(self) -> None:
         c, rt, batch = self.config, self.runtime, self.batch
         params = sum(getattr(p, "ds_numel", p.numel()) for p in self.model.parameters())
-        zero = self.ds_config.get("zero_optimization", {}).get("stage", 0)
-        precision = "bf16" if self.ds_config.get("bf16", {}).get("enabled") else (
-            "fp16" if self.ds_config.get("fp16", {}).get("enabled") else "fp32")
+        view = self.ds_view
         built = " (built partitioned: deepspeed.zero.Init)" if self.task.partitioned else ""
-        offload = ", ".join(f"{key.removeprefix('offload_')}s to {section['device']}" for key, section in
-                            self.ds_config.get("zero_optimization", {}).items()
-                            if key.startswith("offload_") and isinstance(section, dict)
-                            and section.get("device") not in (None, "none"))
-        say(f"ds_kronos {self.task.kind} training: {rt.world_size} process(es) on {rt.device.type}, ZeRO-{zero}"
-            f"{built}{f' ({offload})' if offload else ''}, {precision}; {self.task.description}; {params:,} "
+        offload = view.describe_offload()
+        say(f"ds_kronos {self.task.kind} training: {rt.world_size} process(es) on {rt.device.type}, "
+            f"ZeRO-{view.zero_stage}{built}{f' ({offload})' if offload else ''}, {view.precision}; "
+            f"{self.task.description}; {params:,} "
             f"trainable-model parameters"
             + (f"; compiled (torch.compile, {self.compile_backend}: the first step and validation compile)"
                if self.compile_backend else "")

@@ -4,7 +4,7 @@ cannot tilt, since both sides share every minute of the run.
 
     DS_ACCELERATOR=cpu python benchmarks/grad_overlap_ab.py --variant small --precision fp32 --steps 16
 
-Same step as train_throughput.py (frozen tokenizer -> predict_and_score -> engine.backward -> engine.step, random
+The trainer's own micro-step as in train_throughput.py (ds_kronos.train.step.train_micro_step), on random
 bars, micro batch 8 x 100 tokens per rank). Even steps reduce overlapped, odd steps with DeepSpeed's
 ``allreduce_gradients`` (``OverlappedGradientReduction.set_active``). Prints the median step time of each and the
 ratio; the last line is JSON.
@@ -52,12 +52,13 @@ def worker(rank: int, values: dict[str, Any], port: int, out_dir: str) -> None:
     runtime = join_group(measured, rank, port)
     import deepspeed
 
-    from ds_kronos.model.objective import predict_and_score, tokenize_batch
     from ds_kronos.runtime import barrier
     from ds_kronos.train.grad_overlap import OverlappedGradientReduction
+    from ds_kronos.train.step import train_micro_step
 
     inputs = step_inputs(measured, rank, runtime)
-    engine, _, _, _ = deepspeed.initialize(model=inputs.model, model_parameters=list(inputs.model.parameters()),
+    model = inputs.task.model
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
                                            config=inputs.ds_json)
     reduction = OverlappedGradientReduction(engine, int(config.grad_bucket_mb * 2 ** 20))
     times: dict[str, list[float]] = {"overlapped": [], "deepspeed": []}
@@ -65,13 +66,9 @@ def worker(rank: int, values: dict[str, Any], port: int, out_dir: str) -> None:
         kind = "overlapped" if i % 2 == 0 else "deepspeed"
         reduction.set_active(kind == "overlapped")
         bars, stamp = inputs.data[i % len(inputs.data)]
-        batch = tokenize_batch(inputs.tokenizer, bars, stamp, runtime.device, inputs.tok_dtype)
         barrier()
         start = time.perf_counter()
-        loss, _, _ = predict_and_score(engine, engine.module.head, batch, teacher_forcing=False)
-        engine.backward(loss)
-        reduction.finish()
-        engine.step()
+        train_micro_step(engine, inputs.task, bars, stamp, reduction)
         if i >= config.warmup:
             times[kind].append(time.perf_counter() - start)
     Path(out_dir, f"{rank}.json").write_text(json.dumps(times), encoding="utf-8")

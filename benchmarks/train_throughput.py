@@ -7,8 +7,9 @@
 It starts its own processes (torch.multiprocessing, spawn), first for DeepSpeed (deepspeed.initialize with the
 ds_configs/ file the planner names for --zero/--precision, "auto" values resolved by ds_kronos.deepspeed_json.resolve),
 then for the baseline: torch DDP over the same process group, torch AdamW with the JSON's hyper-parameters,
-gradient clipping as the JSON, fp32 or bf16 autocast. Both run the real step: frozen tokenizer ->
-tokenize_batch -> predict_and_score -> backward -> step, on random bars generated in memory (a few batches,
+gradient clipping as the JSON, fp32 or bf16 autocast. DeepSpeed's side runs the trainer's own micro-step
+(ds_kronos.train.step.train_micro_step); the baseline the same task loss (frozen tokenizer -> tokenize_batch ->
+predict_and_score) with its own backward and step; both on random bars generated in memory (a few batches,
 cycled). Timings are per optimizer step after --warmup steps, synchronised; the median is used. With --compile both
 sides are compiled the same way (launch/train.py --compile: DeepSpeed's engine.compile; the DDP module compiled in
 place before DDP wraps it); compilation falls in the warm-up steps and its time is printed apart.
@@ -121,40 +122,37 @@ def matmul_tflops(device, dtype, seconds: float = 1.0) -> float:
     return 2 * n ** 3 * done / (time.perf_counter() - start) / 1e12
 
 
-def _deepspeed_step(model, ds_json: dict[str, Any], compile: bool, overlap: bool):
-    """A DeepSpeed engine around ``model``; returns one training step (forward, backward, optimizer) on a batch.
+def _deepspeed_step(task, ds_json: dict[str, Any], compile: bool, overlap: bool):
+    """A DeepSpeed engine around the task's model; returns the trainer's own micro-step
+    (ds_kronos.train.step.train_micro_step: tokenize, forward, backward, optimizer) on a batch of bars.
     ``overlap``: the gradient all-reduce overlapped with backward at ZeRO-0, as launch/train.py does by default."""
     import deepspeed
 
-    from ds_kronos.model.objective import predict_and_score
     from ds_kronos.train.compiled import compile_engine
     from ds_kronos.train.grad_overlap import overlap_gradient_reduction
+    from ds_kronos.train.step import train_micro_step
 
+    model = task.model
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()), config=ds_json)
     if compile:
         compile_engine(engine)
     reducer = overlap_gradient_reduction(engine) if overlap else None
-    head = engine.module.head
 
-    def step(batch) -> None:
-        loss, _, _ = predict_and_score(engine, head, batch, teacher_forcing=False)
-        engine.backward(loss)
-        if reducer:
-            reducer.finish()
-        engine.step()
+    def step(bars, stamp) -> None:
+        train_micro_step(engine, task, bars, stamp, reducer)
     return step
 
 
-def _ddp_step(model, device, bf16: bool, ds_json: dict[str, Any], compile: bool):
-    """The plain-PyTorch baseline: DDP + AdamW with DeepSpeed's optimizer settings and clipping; returns one step.
-    With ``compile`` the module is compiled in place before DDP wraps it, as DeepSpeed's engine.compile does."""
+def _ddp_step(task, device, bf16: bool, ds_json: dict[str, Any], compile: bool):
+    """The plain-PyTorch baseline: DDP + AdamW with DeepSpeed's optimizer settings and clipping, on the task's loss
+    (the same tokenize-and-score as the trainer's); returns one step. With ``compile`` the module is compiled in
+    place before DDP wraps it, as DeepSpeed's engine.compile does."""
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    from ds_kronos.model.objective import predict_and_score
     from ds_kronos.train.compiled import compile_module
 
-    model = model.to(device)
+    model = task.model.to(device)
     if compile:
         compile_module(model)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -162,11 +160,10 @@ def _ddp_step(model, device, bf16: bool, ds_json: dict[str, Any], compile: bool)
     optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"], betas=tuple(params["betas"]),
                                   eps=params["eps"], weight_decay=params["weight_decay"])
     clip = ds_json.get("gradient_clipping", 0.0)
-    head = model.head
 
-    def step(batch) -> None:
+    def step(bars, stamp) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _, _ = predict_and_score(ddp, head, batch, teacher_forcing=False)
+            loss = task.train_losses(ddp, bars, stamp)[0]
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -177,7 +174,6 @@ def _ddp_step(model, device, bf16: bool, ds_json: dict[str, Any], compile: bool)
 
 def _time_steps(config: ThroughputConfig, step, inputs: StepInputs, device, after_step=None) -> list[float]:
     """Seconds of each measured step, after ``config.warmup`` untimed ones (peaks are reset when timing starts)."""
-    from ds_kronos.model.objective import tokenize_batch
     from ds_kronos.runtime import barrier
 
     times = []
@@ -188,7 +184,7 @@ def _time_steps(config: ThroughputConfig, step, inputs: StepInputs, device, afte
         bars, stamp = inputs.data[i % len(inputs.data)]
         _sync(device)
         start = time.perf_counter()
-        step(tokenize_batch(inputs.tokenizer, bars, stamp, device, inputs.tok_dtype))
+        step(bars, stamp)
         _sync(device)
         if i >= config.warmup:
             times.append(time.perf_counter() - start)
@@ -212,35 +208,34 @@ def join_group(config: ThroughputConfig, rank: int, port: int):
 
 @dataclass
 class StepInputs:
-    """What every measured step works on: the frozen tokenizer, the model, a few random batches, the resolved JSON."""
+    """What every measured step works on: the trainer's task (frozen tokenizer and model), a few random batches, the
+    resolved JSON."""
 
-    tokenizer: Any
-    tok_dtype: Any
-    model: Any
+    task: Any
     data: list
     context: int
     ds_json: dict[str, Any]
 
 
 def step_inputs(config: ThroughputConfig, rank: int, runtime) -> StepInputs:
-    """Seeded tokenizer, model and random bars of ``config`` (the same on every rank but the bars)."""
+    """The seeded predictor task of ``config`` (the trainer's: tokenizer and model presets, the same on every rank)
+    and random bars (per rank)."""
     import torch
 
-    from ds_kronos.model import Kronos, KronosTokenizer, preset
+    from ds_kronos.model import preset
     from ds_kronos.plan.measure import random_batch
     from ds_kronos.runtime import seed_everything
-    from ds_kronos.train.tasks import resolve_tokenizer_dtype
+    from ds_kronos.train.tasks import PredictorTask
 
     seed_everything(config.seed)
     spec = preset(config.variant)
-    tok_dtype = resolve_tokenizer_dtype("auto", runtime.device)
-    tokenizer = KronosTokenizer.from_preset(spec.tokenizer).eval().requires_grad_(False).to(runtime.device, tok_dtype)
-    model = Kronos.from_preset(config.variant)
-    model.gradient_checkpointing = config.activation_checkpointing
+    task = PredictorTask(tokenizer=spec.tokenizer, predictor=config.variant, teacher_forcing=False,
+                         tokenizer_dtype="auto", device=runtime.device,
+                         activation_checkpointing=config.activation_checkpointing)
     context = config.context or min(spec.max_context, 512)
     generator = torch.Generator().manual_seed(config.seed * 1000 + rank)
     data = [random_batch(config.micro_batch, context, generator) for _ in range(4)]
-    return StepInputs(tokenizer, tok_dtype, model, data, context, _ds_json(config, runtime.on_cpu))
+    return StepInputs(task, data, context, _ds_json(config, runtime.on_cpu))
 
 
 def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str) -> None:
@@ -257,8 +252,8 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
     if mode == "deepspeed" and config.peak_tflops is None:
         probe = matmul_tflops(device, torch.bfloat16 if bf16 else torch.float32)  # all ranks at once: shared cores
     inputs = step_inputs(config, rank, runtime)
-    step = (_deepspeed_step(inputs.model, inputs.ds_json, config.compile, config.overlap_grad_reduce)
-            if mode == "deepspeed" else _ddp_step(inputs.model, device, bf16, inputs.ds_json, config.compile))
+    step = (_deepspeed_step(inputs.task, inputs.ds_json, config.compile, config.overlap_grad_reduce)
+            if mode == "deepspeed" else _ddp_step(inputs.task, device, bf16, inputs.ds_json, config.compile))
     started = time.perf_counter()
     profile = None
     if config.profile and rank == 0:

@@ -1,4 +1,5 @@
-"""Process-level set-up: distributed init through DeepSpeed, device, threads, seeds."""
+"""Process-level set-up and tear-down: distributed init through DeepSpeed, device, threads, seeds, and the one-line
+translation of the failures a process group brings (a rank that stops answering, device memory) for every job."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import random
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +17,7 @@ import torch
 
 from ds_kronos import shm_buffers
 from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S
+from ds_kronos.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,13 @@ class Runtime:
     @property
     def on_cpu(self) -> bool:
         return self.device.type == "cpu"
+
+    def close(self) -> None:
+        """Collective: leave the process group once every rank is done. The ranks wait for each other first: a rank
+        leaving while rank 0 still uses the group intermittently aborts the process ("terminate called without an
+        active exception")."""
+        barrier()
+        torch.distributed.destroy_process_group()
 
 
 def free_port() -> int:
@@ -105,7 +116,13 @@ def rank_seed(seed: int, rank: int, step: int = 0) -> int:
     Every rank builds a preset with ``seed`` itself (identical initial weights); after that each draws its own
     numbers, as upstream's seed + rank does. ``step`` is the optimizer step a stream starts at: 0 for a new run,
     the resumed step for ranks that have no saved stream of their own (a run resumed on another world size)."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return stream_seed(seed, step, rank)
+
+
+def stream_seed(*keys: int) -> int:
+    """A 63-bit seed for the random stream named by ``keys`` (numpy's SeedSequence: independent streams for
+    distinct keys, unlike seed + offset arithmetic)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def all_reduce_max(value: int, device: torch.device) -> int:
@@ -152,3 +169,31 @@ def unresponsive_ranks(world_size: int, rank: int, settle_s: float = 3.0) -> lis
         return [r for r in range(world_size) if not store.check([f"ds_kronos/waiting/{r}"])]
     except Exception:  # noqa: BLE001 - any store failure means: we cannot tell
         return None
+
+
+def stalled_rank_message(timeout_s: float) -> str:
+    """After a collective timed out on this rank: which rank(s) stopped answering."""
+    import torch.distributed as tdist
+
+    rank, world = tdist.get_rank(), tdist.get_world_size()
+    missing = unresponsive_ranks(world, rank)
+    who = (f"rank {', '.join(map(str, missing))}" if missing else
+           "another rank (which one could not be told: rank 0, which holds the rendezvous store, did not answer)")
+    return (f"{who} stopped answering: a collective waited more than --dist_timeout {timeout_s:g} s, so the job "
+            f"stops (look at that process: stopped, hung, swapping or out of memory)")
+
+
+@contextmanager
+def distributed_failures(timeout_s: float) -> Iterator[None]:
+    """Every job that joins a process group runs inside this: a collective that timed out becomes the one line
+    naming the rank that stopped answering, and running out of GPU memory becomes a sizing hint (both
+    :class:`UserError`, printed by this rank, since only it knows)."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:  # a user-fixable sizing problem
+        raise UserError(f"out of GPU memory: {str(exc).splitlines()[0]} (lower --batch_size, use ZeRO-3, "
+                        f"offload or --activation_checkpointing; see launch/plan.py)", rank_specific=True) from None
+    except RuntimeError as exc:
+        if not is_collective_timeout(exc):
+            raise
+        raise UserError(stalled_rank_message(timeout_s), rank_specific=True) from None

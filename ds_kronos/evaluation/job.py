@@ -38,6 +38,7 @@ from ds_kronos.forecast import sample_paths
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.model.pairing import check_pair
+from ds_kronos.runtime import distributed_failures, init_runtime
 
 DEFINITIONS = {
     "units": "MAE/RMSE are in normalised units: each origin's values minus the mean, divided by (std + 1e-5), of "
@@ -98,6 +99,11 @@ def forecast_origins(config: EvalConfig, selection: EvaluationSet, origins: Orig
 
 def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict[str, Any] | None:
     """Run the job; returns the report on rank 0 and None on the other ranks."""
+    with distributed_failures(config.dist_timeout):
+        return _evaluate(config, log)
+
+
+def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any] | None:
     t0 = time.perf_counter()
     selection = select_evaluation(config)
     # Seed before building preset (random) models: every rank must hold the same weights.
@@ -110,7 +116,6 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
         check_pair(tokenizer, reference)
 
     # Imports deepspeed: only once the inputs are known to be good.
-    from ds_kronos.runtime import barrier, init_runtime
     runtime = init_runtime(config.threads, config.dist_timeout)
     main = runtime.is_main
     tokenizer, predictor = tokenizer.to(runtime.device).float(), predictor.to(runtime.device).float()
@@ -141,10 +146,7 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
     gathered_reference = forecast(reference) if reference is not None else None
     report = None if gathered is None else write_outputs(config, selection, gathered, runtime.world_size, t0,
                                                          load_seconds, log, gathered_reference)
-    # The other ranks wait for rank 0 before tearing down: a rank leaving the group while rank 0 still holds
-    # it intermittently aborts the process ("terminate called without an active exception").
-    barrier()
-    torch.distributed.destroy_process_group()
+    runtime.close()
     return report
 
 

@@ -26,11 +26,12 @@ from ds_kronos.forecast.outputs import SUMMARY_NAME, close_band, plot_series, wr
 from ds_kronos.forecast.sources import Inputs, load_inputs
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.model import Kronos, KronosTokenizer, check_pair
+from ds_kronos.runtime import barrier, distributed_failures, init_runtime, stream_seed
 
 
 def series_seed(seed: int, index: int) -> int:
     """A generator seed per (seed, series index): independent streams, whatever the batching."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return stream_seed(seed, index)
 
 
 def select_quantiles(result: Forecast, wanted: list[float]) -> Forecast:
@@ -45,6 +46,11 @@ def output_names(symbols: list[str]) -> list[str]:
 
 def run_forecast(config: ForecastConfig, log: Callable[[str], None] = say) -> dict[str, Any] | None:
     """Run the job; returns the summary on rank 0 and None on the other ranks."""
+    with distributed_failures(config.dist_timeout):
+        return _forecast(config, log)
+
+
+def _forecast(config: ForecastConfig, log: Callable[[str], None]) -> dict[str, Any] | None:
     t0 = time.perf_counter()
     inputs = load_inputs(config)
     torch.manual_seed(config.seed)  # before building preset (random) models: every rank holds the same weights
@@ -52,7 +58,6 @@ def run_forecast(config: ForecastConfig, log: Callable[[str], None] = say) -> di
     predictor = Kronos.from_folder_or_preset(config.predictor)
     check_pair(tokenizer, predictor)
 
-    from ds_kronos.runtime import barrier, init_runtime  # imports deepspeed: only once the inputs are good
     runtime = init_runtime(config.threads, config.dist_timeout)
     main = runtime.is_main
     forecaster = KronosForecaster(predictor.float(), tokenizer.float(), runtime.device, config.max_context,
@@ -94,8 +99,7 @@ def run_forecast(config: ForecastConfig, log: Callable[[str], None] = say) -> di
     barrier()  # every rank's files are in place before the summary lists them
     summary = write_summary(config, inputs, names, runtime.world_size, seconds, time.perf_counter() - t0, log) \
         if main else None
-    barrier()  # no rank leaves the group while rank 0 still uses it
-    torch.distributed.destroy_process_group()
+    runtime.close()
     return summary
 
 

@@ -133,7 +133,7 @@ class MemoryEstimate:
     """NVMe swap files of one rank (name -> bytes)."""
     export_state: int = 0
     """The fp32 state dict rank 0 holds while it writes best_model/ or final_model/ (train/training_state.
-    gather_fp32_state_dict keeps it on the writing rank only; write_folder adds no copy)."""
+    export_fp32_state_dict keeps it on the writing rank only; write_folder adds no copy)."""
 
     @property
     def model_states(self) -> int:

@@ -1,8 +1,9 @@
 """Noticing a run that diverged, within a few steps, without a host sync in every step.
 
-The trainer adds each micro-batch's loss to a device tensor (a NaN or inf anywhere makes the sum non-finite) and,
-every ``CHECK_EVERY`` optimizer steps and before any checkpoint or export, hands the all-reduced mean to
-:meth:`DivergenceGuard.check` (one small collective, so every rank reaches the same verdict). A run has diverged
+The trainer hands each micro-batch's loss to :meth:`DivergenceGuard.add`, which adds it to a device tensor (a NaN
+or inf anywhere makes the sum non-finite); every ``CHECK_EVERY`` optimizer steps and before any checkpoint or
+export, :meth:`DivergenceGuard.check_all_ranks` all-reduces it (one small collective and a host sync, so every rank
+reaches the same verdict). A run has diverged
 when that mean is not finite, or is more than ``EXPLOSION_FACTOR`` times the loss of the run's first micro-batch
 (taken before any update, floored at 1). Under fp16, DeepSpeed's loss scaler skips steps whose gradients overflow:
 that is normal and not divergence, unless it skips ``MAX_CONSECUTIVE_SKIPS`` steps in a row.
@@ -11,9 +12,11 @@ that is normal and not divergence, unless it skips ``MAX_CONSECUTIVE_SKIPS`` ste
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+import torch
 
 from ds_kronos.errors import UserError
+from ds_kronos.runtime import all_reduce_sum
 
 CHECK_EVERY = 5
 EXPLOSION_FACTOR = 10.0
@@ -24,14 +27,36 @@ class Diverged(UserError):
     """Training stopped because the loss became non-finite or exploded."""
 
 
-@dataclass
 class DivergenceGuard:
-    fp16: bool = False
-    reference: float | None = None
-    """|loss| of the run's first micro-batch (before any update), floored at 1."""
-    consecutive_skips: int = 0
-    _skipped_before: int = 0
-    _step_before: int = 0
+    def __init__(self, fp16: bool, device: torch.device):
+        self.fp16 = fp16
+        self.reference: float | None = None
+        """|loss| of the run's first micro-batch (before any update), floored at 1."""
+        self.consecutive_skips = 0
+        self._skipped_before = 0
+        self._step_before = 0
+        self._sums = torch.zeros(2, device=device)
+        """[loss sum since the last check, the first micro-batch's loss (until the reference is set)]"""
+        self._count = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        """One micro-batch's (detached) loss; no host sync."""
+        if self._count == 0 and self.reference is None:
+            self._sums[1] = loss  # the first micro-batch, before any update: the divergence reference
+        self._sums[0] += loss
+        self._count += 1
+
+    def check_all_ranks(self, step: int, lr: float, skipped_steps: int) -> None:
+        """Collective: the mean loss of every rank's micro-batches since the last check, then :meth:`check`."""
+        if not self._count:
+            return
+        world = torch.distributed.get_world_size()
+        loss_sum, first_sum = all_reduce_sum(self._sums.clone()).tolist()
+        self.set_reference(first_sum / world)
+        mean = loss_sum / (self._count * world)
+        self._sums.zero_()
+        self._count = 0
+        self.check(step, mean, lr, skipped_steps)
 
     def set_reference(self, first_loss: float) -> None:
         if self.reference is None and math.isfinite(first_loss):

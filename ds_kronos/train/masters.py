@@ -18,6 +18,20 @@ import torch
 from torch import nn
 
 
+def exact_fp32_start(model: nn.Module, task, low_precision: bool
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(exact fp32 values to write into a bf16/fp16 engine's masters, frozen tensors' exact values for exports);
+    ({}, None) for an fp32 engine, whose masters are the module's own parameters. Call before the engine casts."""
+    if not low_precision:
+        return {}, None
+    if task.partitioned:
+        # Built under zero.Init: the module is already cast and partitioned. The exact values are in the checkpoint
+        # file (read one tensor at a time); a preset's values are its cast init.
+        weights = task.checkpoint_weights
+        return (weights or {}), frozen_fp32(model, weights)
+    return capture_fp32(model)
+
+
 def capture_fp32(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(trainable parameters, frozen floating tensors) as exact fp32 CPU copies, taken before the engine casts."""
     trainable, frozen = {}, {}

@@ -15,7 +15,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ds_kronos.console import say
 from ds_kronos.errors import ConfigError, UserError
+from ds_kronos.runtime import Runtime, barrier
 
 AUTO = "auto"
 DEFAULT_SUBFOLDER = "nvme_swap"
@@ -116,3 +118,20 @@ def _walk(root: Path, max_depth: int | None = None):
             dirs.clear()
         if max_depth is None or depth == max_depth:
             yield folder, dirs, files
+
+
+def prepare_swap_folder(ds_config: dict[str, Any], nvme_dir: str | None, save_dir: str, runtime: Runtime
+                        ) -> Path | None:
+    """Collective: fill the JSON's "auto" ``nvme_path`` (:func:`fill_nvme_path`), check that the folder can be used
+    and remove swap files a killed run left (one rank per node, before any rank writes new ones). Returns the swap
+    folder, None without NVMe offload."""
+    swap_dir = fill_nvme_path(ds_config, nvme_dir, save_dir)
+    if swap_dir is None:
+        return None
+    check_nvme_ready(swap_dir)
+    if runtime.local_rank == 0:
+        freed = remove_swap_files(swap_dir)
+        if freed and runtime.is_main:
+            say(f"start-up clean-up: removed {freed / 2**30:.2f} GiB of stale NVMe swap files in {swap_dir}")
+    barrier()
+    return swap_dir

@@ -1,15 +1,30 @@
-"""Rank-0 reporting: progress lines, comet_ml (online or offline), the metric history and the loss-curve PNG."""
+"""Reporting of a training run: the banner, progress and validation lines, comet_ml (online or offline), the
+metric history, the memory figures, ``summary.json`` and the loss-curve PNG.
+
+The functions that take the trainer read its public attributes only; they print on rank 0 (the caller checks).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ds_kronos.console import say
+from ds_kronos.deepspeed_json.resolve import warmup_steps
 from ds_kronos.errors import ConfigError
+from ds_kronos.jsonio import write_json_atomic
+from ds_kronos.memory_usage import peak_rss_bytes
 from ds_kronos.plotting import pyplot, save_figure
+from ds_kronos.runtime import all_reduce_sum
+from ds_kronos.train.compiled import compile_seconds
+from ds_kronos.train.nvme import SWAP_SUBFOLDER, folder_bytes
 
 
 def format_seconds(seconds: float) -> str:
@@ -103,3 +118,99 @@ class Progress:
         return (f"step {step}/{self.total_steps} | epoch {epoch + 1}/{self.epochs} | {name} {loss:.4f} ({detail}) "
                 f"| lr {lr:.3e} | {rate:.3g} samples/s | ETA {format_seconds(eta)}")  # 3 digits: 0.412 for large models
 
+
+# ------------------------------------------------------------------------------------------- the trainer's lines
+def banner(trainer) -> None:
+    """What runs: processes, ZeRO stage, precision, model, data, batch layout and schedule (rank 0)."""
+    c, rt, batch, view, task = trainer.config, trainer.runtime, trainer.batch, trainer.ds_view, trainer.task
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters())
+    built = " (built partitioned: deepspeed.zero.Init)" if task.partitioned else ""
+    offload = view.describe_offload()
+    say(f"ds_kronos {task.kind} training: {rt.world_size} process(es) on {rt.device.type}, ZeRO-{view.zero_stage}"
+        f"{built}{f' ({offload})' if offload else ''}, {view.precision}; {task.description}; {params:,} "
+        f"trainable-model parameters"
+        + (f"; compiled (torch.compile, {trainer.compile_backend}: the first step and validation compile)"
+           if trainer.compile_backend else "")
+        + ("; gradient all-reduce overlapped with backward" if trainer.grad_reduction is not None else ""))
+    train_set, val_set = trainer.train_set, trainer.val_set
+    say(f"data {c.data}: {train_set.num_windows:,} train windows ({len(train_set):,} per epoch), "
+        f"{val_set.num_windows:,} val windows ({len(val_set):,} per evaluation); window {train_set.window} bars")
+    say(f"batch {batch.micro_batch} per rank x {batch.grad_accum} accumulation x {rt.world_size} ranks = "
+        f"{batch.global_batch}; {trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps over "
+        f"{trainer.epochs} epoch(s); lr schedule {c.lr_schedule} (warm-up {warmup_steps(trainer.total_steps)} steps)")
+
+
+def validation_line(trainer, label: str, result, improved: bool) -> None:
+    """One line per evaluation, and its comet metrics (rank 0)."""
+    pos, names = trainer.position, trainer.task.names
+    note = " (best so far: saved best_model/)" if improved else ""
+    parts = ", ".join(f"{name.removeprefix('val_').removesuffix('_loss')} {value:.4f}"
+                      for name, value in zip(names.val_components_comet, result.components))
+    say(f"validation {label} at step {pos.step}: loss {result.loss:.4f} ({parts}) over {result.samples} "
+        f"samples{note}")
+    if trainer.comet:
+        trainer.comet.log(names.val_comet, result.loss, step=pos.step, epoch=pos.epoch)
+        for name, value in zip(names.val_components_comet, result.components):
+            trainer.comet.log(name, value, step=pos.step)
+
+
+# --------------------------------------------------------------------------------------------------- the summary
+def memory(trainer) -> dict[str, Any]:
+    """Peak resident memory (VmHWM) of each rank after building/loading the model, after the engine's set-up and
+    at the end, and this node's NVMe swap files. Collective."""
+    rt = trainer.runtime
+    peaks = torch.zeros(3, rt.world_size, dtype=torch.float64, device=rt.device)
+    peaks[:, rt.rank] = torch.tensor([trainer.model_peak_rss, trainer.build_peak_rss, peak_rss_bytes()],
+                                     dtype=torch.float64)
+    peaks = all_reduce_sum(peaks).tolist()
+    swap = folder_bytes(trainer.swap_dir / SWAP_SUBFOLDER) if trainer.swap_dir is not None else None
+    return {"model_peak_rss_bytes": [int(v) for v in peaks[0]], "build_peak_rss_bytes": [int(v) for v in peaks[1]],
+            "peak_rss_bytes": [int(v) for v in peaks[2]], "nvme_swap_bytes": swap}
+
+
+def summary(trainer, status: str) -> dict[str, Any]:
+    """The content of summary.json. Collective (the memory figures)."""
+    rt, pos = trainer.runtime, trainer.position
+    best, final = trainer.save_dir / "best_model", trainer.save_dir / "final_model"
+    return {
+        "task": trainer.task.kind,
+        "status": status,
+        "config": dataclasses.asdict(trainer.config),
+        "deepspeed_config": trainer.ds_config,
+        "world_size": rt.world_size,
+        "device": rt.device.type,
+        "steps": pos.step,
+        "total_steps": trainer.total_steps,
+        "epochs": trainer.epochs,
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "global_batch": trainer.batch.global_batch,
+        "first_val_loss": pos.first_val,
+        "best_val_loss": pos.best_val if math.isfinite(pos.best_val) else None,
+        "final_val_loss": pos.last_val,
+        "train_samples": pos.samples,
+        "train_seconds": round(pos.train_seconds, 3),
+        "samples_per_s": round(pos.samples / pos.train_seconds, 3) if pos.train_seconds else None,
+        "wall_seconds": round(time.perf_counter() - trainer.started, 3),
+        "compiled": bool(getattr(trainer.engine, "is_compiled", False)),
+        "compile_seconds": round(compile_seconds(), 3) if trainer.compile_backend else None,
+        "grad_reduce": "overlapped" if trainer.grad_reduction is not None else "deepspeed",
+        # Only folders that exist: a run that failed or stopped early names no model it did not write.
+        "best_model": str(best) if (best / "config.json").is_file() else None,
+        "final_model": str(final) if status == "finished" else None,
+        "last_checkpoint": trainer.checkpointed_step if trainer.checkpointed_step >= 0 else None,
+        "history": pos.history.to_dict(),
+        "partitioned_construction": trainer.task.partitioned,
+        "memory": memory(trainer),
+    }
+
+
+def write_outputs(trainer, summary: dict[str, Any]) -> None:
+    """summary.json, loss_curve.png and the closing line (rank 0)."""
+    pos, save_dir, kind = trainer.position, trainer.save_dir, trainer.task.kind
+    write_json_atomic(save_dir / "summary.json", summary)
+    pos.history.plot(save_dir / "loss_curve.png", f"Kronos {kind} training",
+                     "mean of s1 and s2 cross-entropy" if kind == "predictor"
+                     else "(recon_pre + recon_all + bsq) / 2; val: full recon MSE")
+    if summary["status"] in ("finished", "stopped (exit_after_steps)"):
+        say(f"done: {summary['status']} at step {pos.step}; best val {summary['best_val_loss']}, final val "
+            f"{summary['final_val_loss']}; {summary['samples_per_s']} samples/s; outputs in {save_dir}")

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ds_kronos.console import say
 from ds_kronos.deepspeed_json.resolve import BatchLayout
 from ds_kronos.errors import UserError
-from ds_kronos.runtime import Runtime, all_reduce_max
+from ds_kronos.runtime import Runtime, all_reduce_max, rank_seed, seed_everything
+from ds_kronos.train.position import Position
 from ds_kronos.train.training_state import Candidate, RunLayout, load_training_state, needs_universal, resume_candidates
 from ds_kronos.train.universal import convert_to_universal
 
@@ -90,3 +92,22 @@ def load_newest(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSo
             say(f"--resume: skipped {candidate.tag}: {problem or 'another rank could not read its files'}")
     raise UserError(f"--resume: none of the {len(source.candidates)} complete checkpoint(s) in {checkpoint_dir} "
                     f"could be loaded (see the lines above)")
+
+
+def resume_position(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSource, batch: BatchLayout,
+                    seed: int) -> Position:
+    """Collective: load the newest readable checkpoint (:func:`load_newest`) and return where the run stands. On
+    another world size (elastic) the data position is kept in global samples, so the same global batch continues
+    the same sample order, and ranks without a saved random stream of their own start one for this step."""
+    candidate, state = load_newest(engine, runtime, checkpoint_dir, source, say)
+    position = Position.from_client_state(state)
+    if source.elastic:
+        samples_in_epoch = position.micro_in_epoch * source.layout.micro_batch * source.layout.world_size
+        position.micro_in_epoch = samples_in_epoch // (batch.micro_batch * runtime.world_size)
+        seed_everything(rank_seed(seed, runtime.rank, step=position.step))
+    if runtime.is_main:
+        how = (f"; written by {source.layout.world_size} rank(s), now {runtime.world_size}"
+               + (" (DeepSpeed universal checkpoint)" if source.universal else "")) if source.elastic else ""
+        say(f"resumed from step {position.step} (epoch {position.epoch + 1}, micro-batch {position.micro_in_epoch}) "
+            f"of {candidate.tag}{how}")
+    return position

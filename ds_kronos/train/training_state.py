@@ -30,7 +30,6 @@ from safetensors.torch import load_file, save_file
 from ds_kronos.atomic import replace_folder, write_text_atomic
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.runtime import Runtime, barrier
-from ds_kronos.train.masters import full_fp32_master, zero3_fp32_masters
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -205,38 +204,3 @@ def load_training_state(engine, runtime: Runtime, checkpoint_dir: Path, tag: str
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
     return client_state or {}
-
-
-# ------------------------------------------------------------------------------------------------------- exporting
-def gather_fp32_state_dict(engine, frozen: dict[str, torch.Tensor] | None = None, keep: bool = True
-                           ) -> dict[str, torch.Tensor]:
-    """Full fp32 weights from the optimizer's master copies (bf16/fp16 modules hold low-precision copies),
-    gathered across ZeRO partitions, plus buffers. ``frozen`` holds the exact values of tensors that have no master
-    (frozen parameters, buffers; see ds_kronos.train.masters). Collective: every rank must call it; only ranks with
-    ``keep`` hold the result (the others return {} and never hold the whole model)."""
-    import deepspeed
-
-    module, frozen = engine.module, frozen or {}
-    masters: dict[int, torch.Tensor] = {}
-    zero3 = zero3_fp32_masters(engine)  # ZeRO-3: one NVMe sub-group read each, in the optimizer's order
-    if zero3 is not None:
-        for param, full in zero3:
-            if keep:
-                masters[id(param)] = full
-            del full  # a rank that does not write holds one parameter at a time
-    state: dict[str, torch.Tensor] = {}
-    for name, param in module.named_parameters():
-        if zero3 is not None:  # every trainable parameter had its master gathered above, on every rank
-            has_master, full = param.requires_grad, masters.pop(id(param), None)
-        else:
-            full = full_fp32_master(engine, param) if param.requires_grad else None
-            has_master = full is not None  # the same on every rank: it depends on the optimizer only
-        if not has_master:  # frozen tensors and fp32 engines: the module's own values (a collective under ZeRO-3)
-            with deepspeed.zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
-                full = param.detach().clone() if keep else None
-        if keep:
-            state[name] = frozen[name] if name in frozen else full.detach().float().cpu()
-    if keep:
-        for name, buffer in module.named_buffers():
-            state[name] = frozen[name] if name in frozen else buffer.detach().cpu()
-    return state

@@ -1,0 +1,34 @@
+"""Where a training run stands: saved in every checkpoint, so that a resumed run continues exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ds_kronos.train.reporting import History
+
+
+@dataclass
+class Position:
+    step: int = 0
+    epoch: int = 0
+    micro_in_epoch: int = 0
+    """Micro-batches this rank has drawn in the current epoch."""
+    best_val: float = math.inf
+    first_val: float | None = None
+    last_val: float | None = None
+    samples: int = 0
+    train_seconds: float = 0.0
+    history: History = field(default_factory=History)
+
+    def to_client_state(self) -> dict[str, Any]:
+        state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        state["history"] = self.history.to_dict()
+        return state
+
+    @classmethod
+    def from_client_state(cls, state: dict[str, Any]) -> "Position":
+        values = {k: v for k, v in state.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        return cls(**{**values, "history": History.from_dict(values.get("history", {}))})

@@ -3,10 +3,11 @@
 Rank r forecasts the origins of symbols r, r + world_size, ...; rank 0 gathers the forecasts (padded tensors,
 see :mod:`ds_kronos.evaluation.gather`; every sampled path), recomputes the realised windows from the
 memory-mapped split, scores the model against the point and probabilistic baselines (with ``sample_count`` > 1,
-the paths as a distribution: :mod:`ds_kronos.evaluation.scoring`) and writes the report (and, with ``--backtest``, runs pyqlib's TopkDropout
-backtest of the forecasts, see :mod:`ds_kronos.evaluation.backtest`). All input checks run before the process
-group is set up, so bad input fails fast with one line on every rank; so is the sampler's temperature/top-p
-(an option, else the predictor folder's ``sampler.json``, else upstream's defaults).
+the paths as a distribution: :mod:`ds_kronos.evaluation.scoring`) and writes the report (and, with
+``--backtest``, runs pyqlib's TopkDropout backtest of the forecasts, see :mod:`ds_kronos.evaluation.backtest`).
+All input checks run before the process group is set up, so bad input fails fast with one line on every rank;
+so does the choice of the sampler's temperature/top-p (an option, else the predictor folder's ``sampler.json``,
+else upstream's defaults).
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ setup(
         "huggingface_hub>=0.33",
         "matplotlib>=3.8",
         "pyyaml>=6",
+        # Evaluation: proper scoring rules of the sampled paths (0.11 needs Python >= 3.12; 0.10 has the same API)
+        # and the Newey-West (HAC) t-statistic of the daily IC.
+        "scoringrules>=0.10",
+        "statsmodels>=0.14",
     ],
     # ruff is pinned to a minor version: its rules change between minors, and `make test` runs it. setuptools:
     # tests/test_install.py builds the package offline (--no-build-isolation), and venvs of Python >= 3.12 lack it.

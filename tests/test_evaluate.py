@@ -117,6 +117,24 @@ def test_quantile_calibration_by_hand():
     assert band["inside"] == 0.75
 
 
+@pytest.mark.parametrize("days", [20, 35, 140])  # matplotlib's default labels overlapped at 20 and 35 days
+def test_date_labels_of_the_examples_do_not_overlap(days):
+    from ds_kronos.evaluation.report import _date_axis
+    from ds_kronos.plotting import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 2.6))  # the size of one forecast_examples.png panel
+    when = np.datetime64("2024-01-02") + np.arange(days)
+    ax.plot(when, np.arange(days))
+    _date_axis(ax)
+    fig.tight_layout()
+    fig.canvas.draw()
+    boxes = [label.get_window_extent() for label in ax.get_xticklabels() if label.get_text()]
+    plt.close(fig)
+    assert len(boxes) >= 3
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [(b.x0, b.x1) for b in boxes]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Origins
 # ---------------------------------------------------------------------------------------------------------------------
@@ -300,6 +318,56 @@ def test_calibration_of_sampled_bands(demo_prepared_dir, tiny_models, tmp_path):
     # The same weights and seeds: the reference's bands are the model's.
     assert calibration["reference"] == model
     assert "calibration of the close (4 sampled paths" in result.stdout
+    check_probabilistic_section(report, demo_prepared_dir, seed=2, paths=4)
+    assert (tmp_path / "c" / "probabilistic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "distribution of the close (4 paths per origin" in result.stdout
+    assert "significance (Newey-West" in result.stdout
+
+
+def check_probabilistic_section(report: dict, prepared_dir: Path, seed: int, paths: int) -> None:
+    """The report's probabilistic rows against independent computations from the raw rows of the split."""
+    from ds_kronos.data import PreparedDataset
+
+    section = report["probabilistic"]
+    rows = section["rows"]
+    assert list(rows) == ["model", "reference", "random_walk", "bootstrap", "last_value", "history_mean"]
+    assert section["paths"] == paths and section["random_walk_window"] == 20
+    for row in rows.values():
+        assert list(row["features"])[0] == "close"
+        assert row["skill_vs_random_walk"]["normalised"]["mean"] == pytest.approx(
+            1 - row["features"]["close"]["crps"]["normalised"]["mean"]
+            / rows["random_walk"]["features"]["close"]["crps"]["normalised"]["mean"])
+    # A point forecast is a one-member ensemble: its CRPS is its MAE.
+    assert rows["last_value"]["features"]["close"]["crps"]["normalised"]["mean"] == pytest.approx(
+        report["baselines"]["last_value"]["close"]["mae"], rel=1e-5)
+    assert rows["last_value"]["features"]["close"]["coverage"] is None
+    # The model's bands are those of the calibration section.
+    bands = rows["model"]["features"]["close"]["coverage"]
+    assert [b["inside"] for b in bands] == pytest.approx([b["inside"] for b in report["calibration"]["model"]["close"][
+        "bands"]])
+
+    prepared = PreparedDataset.open(prepared_dir)
+    split, lookback, pred_len = prepared.test, prepared.lookback, report["data"]["pred_len"]
+    origins = build_origins(split.timestamps, split.offsets, lookback, pred_len, pred_len, max_per_symbol=3)
+    # The random walk re-drawn from its documented recipe, one origin at a time, scored by the energy form.
+    steps = np.random.default_rng([seed, 1]).standard_normal((len(origins), paths, pred_len, 6))
+    crps, mase_last = [], []
+    for i, row in enumerate(origins.rows):
+        close = np.asarray(split.values[row - lookback: row + pred_len, 3], dtype=np.float64)
+        mean, std = close[:lookback].mean(), close[:lookback].std()
+        norm = np.clip((close - mean) / (std + 1e-5), -5, 5)
+        hist = norm[:lookback]
+        sigma = np.diff(hist)[-20:].std(ddof=1)
+        walk = hist[-1] + np.cumsum(steps[i, :, :, 3] * sigma, axis=1)  # [S, H]
+        for h in range(pred_len):
+            x, y = walk[:, h], norm[lookback + h]
+            crps.append(np.abs(x - y).mean() - 0.5 * np.abs(x[:, None] - x[None, :]).mean())
+        naive = np.abs(np.diff(close[:lookback])).mean()
+        mase_last.append(np.abs(close[lookback:] - close[lookback - 1]) / naive)
+    walk_row = rows["random_walk"]["features"]["close"]
+    assert walk_row["crps"]["normalised"]["mean"] == pytest.approx(np.mean(crps), rel=1e-4)
+    assert rows["last_value"]["features"]["close"]["mase"]["per_horizon"] == pytest.approx(
+        np.mean(mase_last, axis=0).tolist(), rel=1e-4)
 
 
 @pytest.mark.processes
@@ -334,6 +402,11 @@ def test_deepspeed_two_ranks_match_one_process(demo_prepared_dir, tiny_models, t
     assert len(a) == len(b) and a == pytest.approx(b, rel=1e-4, abs=1e-6)
     a, b = finite_numbers(one["calibration"]), finite_numbers(two["calibration"])
     assert len(a) == len(b) > 0 and a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    # The probabilistic scores (model and baselines) and the IC's significance come out the same too.
+    a, b = finite_numbers(one["probabilistic"]), finite_numbers(two["probabilistic"])
+    assert len(a) == len(b) > 0 and a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    assert two["model"]["ic"]["significance"]["ic"]["t"] == pytest.approx(
+        one["model"]["ic"]["significance"]["ic"]["t"], rel=1e-4)
 
 
 def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
@@ -371,6 +444,8 @@ def test_bad_input_gives_one_line_and_exit_2(demo_prepared_dir, tiny_models, tmp
         "does not exist": eval_args(demo_prepared_dir, (tmp_path / "nope", pred), tmp_path / "o"),
         "--quantiles must be in (0, 1), got 1.5": eval_args(demo_prepared_dir, tiny_models, tmp_path / "o",
                                                             "--quantiles", "0.1,1.5"),
+        "--probabilistic needs at least 2 sampled paths per origin": eval_args(
+            demo_prepared_dir, tiny_models, tmp_path / "o", "--probabilistic"),
     }
     for expected, argv in cases.items():
         code, err = run_in_process(argv, capsys)

@@ -40,11 +40,22 @@ class EvalConfig:
     quantiles: list[float] = option(default_factory=lambda: [0.1, 0.5, 0.9],
                                     help="with --sample_count > 1: quantiles of the sampled paths whose calibration "
                                          "is reported, comma-separated (default: 0.1,0.5,0.9)")
+    probabilistic: bool | None = option(
+        None, help="score the distribution of the sampled paths (CRPS, WQL, MASE, coverage, PIT, Brier of P(up), "
+                   "volatility) against random-walk and bootstrap baselines; default: on with --sample_count >= 2 "
+                   "(true with one path is an error)")
+    random_walk_window: int = option(20, help="bars of history whose one-bar changes give the random-walk "
+                                              "baseline's volatility", ge=2)
     use_cache: bool = option(True, help="incremental decoding with a key/value cache; false recomputes the whole "
                                         "window at every step (upstream's way: the same forecasts, slower)")
-    temperature: float = option(1.0, help="sampling temperature", gt=0)
+    temperature: float | None = option(None, help="sampling temperature (default: the predictor folder's "
+                                                  "sampler.json, else 1.0)", gt=0)
     top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p", ge=0)
-    top_p: float = option(DEFAULT_TOP_P, help="nucleus sampling mass (1.0: off)", gt=0, le=1)
+    top_p: float | None = option(None, help=f"nucleus sampling mass, 1.0: off (default: the predictor folder's "
+                                            f"sampler.json, else {DEFAULT_TOP_P})", gt=0, le=1)
+    sampler_file: bool = option(True, help="use the sampling settings of the predictor folder's sampler.json "
+                                           "(launch/calibrate.py) where an option does not set them; false: "
+                                           "ignore the file")
     seed: int = option(0, help="seed of the sampler (rank r uses seed + r) and of preset (random) weights")
     batch_size: int = option(64, help="origins forecast together per rank", ge=1)
     clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip] (as in training)", gt=0)
@@ -64,6 +75,11 @@ class EvalConfig:
     qlib_dir: str | None = option(None, help="--backtest: Qlib provider folder (default: the prepared set's "
                                              "source path)")
 
+    @property
+    def scores_distribution(self) -> bool:
+        """Whether the report scores the sampled paths as a distribution."""
+        return self.sample_count >= 2 if self.probabilistic is None else self.probabilistic
+
     def problems(self) -> list[str]:
         problems = prepared_data_problems(self.data) + output_dir_problems("--out", self.out)
         for name in ("tokenizer", "predictor"):
@@ -76,6 +92,9 @@ class EvalConfig:
         bad_quantiles = [q for q in self.quantiles or [] if not 0.0 < q < 1.0]
         if bad_quantiles:
             problems.append(f"--quantiles must be in (0, 1), got {', '.join(f'{q:g}' for q in bad_quantiles)}")
+        if self.probabilistic and self.sample_count < 2:
+            problems.append(f"--probabilistic needs at least 2 sampled paths per origin, got --sample_count "
+                            f"{self.sample_count}")
         if self.backtest:
             if not self.benchmark:
                 problems.append("--benchmark must name a Qlib instrument with --backtest")

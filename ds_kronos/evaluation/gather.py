@@ -36,3 +36,14 @@ def gather_forecasts(rows: np.ndarray, preds: np.ndarray, seconds: float, rank: 
     preds_out = np.concatenate([p[:n].numpy() for p, n in zip(all_preds, counts)])
     order = np.argsort(rows_out, kind="stable")  # a canonical order, whatever the number of ranks
     return rows_out[order], preds_out[order], max(float(h[1].item()) for h in header)
+
+
+def broadcast_choice(index: int, world_size: int, device: torch.device) -> int:
+    """Rank 0's ``index`` on every rank (the other ranks pass anything). Every rank must call it."""
+    if world_size == 1:
+        return index
+    import deepspeed.comm as dist
+
+    value = torch.tensor([index], dtype=torch.int64, device=device)
+    dist.broadcast(value, src=0)
+    return int(value.item())

@@ -1,10 +1,13 @@
 """The evaluation job: rolling origins -> batched autoregressive forecasts on every rank -> metrics on rank 0.
 
 Rank r forecasts the origins of symbols r, r + world_size, ...; rank 0 gathers the forecasts (padded tensors,
-see :mod:`ds_kronos.evaluation.gather`), recomputes the realised windows from the memory-mapped split, scores
-the model and the naive baselines and writes the report (and, with ``--backtest``, runs pyqlib's TopkDropout
-backtest of the forecasts, see :mod:`ds_kronos.evaluation.backtest`). All input checks run before the process
-group is set up, so bad input fails fast with one line on every rank.
+see :mod:`ds_kronos.evaluation.gather`; every sampled path), recomputes the realised windows from the
+memory-mapped split, scores the model against the point and probabilistic baselines (with ``sample_count`` > 1,
+the paths as a distribution: :mod:`ds_kronos.evaluation.scoring`) and writes the report (and, with
+``--backtest``, runs pyqlib's TopkDropout backtest of the forecasts, see :mod:`ds_kronos.evaluation.backtest`).
+All input checks run before the process group is set up, so bad input fails fast with one line on every rank;
+so does the choice of the sampler's temperature/top-p (an option, else the predictor folder's ``sampler.json``,
+else upstream's defaults).
 """
 
 from __future__ import annotations
@@ -26,15 +29,29 @@ from ds_kronos.evaluation.origins import Origins, origin_windows
 from ds_kronos.evaluation.report import (
     EXAMPLES_PLOT,
     IC_PLOT,
+    PROBABILISTIC_PLOT,
     REPORT_NAME,
     format_calibration,
+    format_probabilistic,
+    format_sampler,
+    format_significance,
     format_table,
     plot_examples,
     plot_ic,
+    plot_probabilistic,
 )
-from ds_kronos.evaluation.scoring import Realised, calibrate, pick_examples, realised_windows, score_all
+from ds_kronos.evaluation.scoring import (
+    Realised,
+    calibrate,
+    pick_examples,
+    realised_windows,
+    score_all,
+    score_probabilistic,
+)
 from ds_kronos.evaluation.selection import EvaluationSet, calibration_quantiles, select_evaluation
+from ds_kronos.evaluation.significance import ic_significance
 from ds_kronos.forecast import sample_paths
+from ds_kronos.forecast.sampler_file import SamplerSettings, resolve_sampler
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.model.pairing import check_pair
@@ -60,6 +77,21 @@ DEFINITIONS = {
                    "of realised values <= the forecast q-quantile (nominal q); bands pair the lowest quantile with "
                    "the highest, the second lowest with the second highest, ...; inside = share of realised values "
                    "within a band, bounds included (nominal upper - lower); over all origins, and per horizon",
+    "probabilistic": "with sample_count > 1 (or --probabilistic): scores of the sampled paths as a distribution, "
+                     "per feature (close first) over all origins and per horizon; crps: scoringrules' ensemble "
+                     "CRPS (the energy form of the paths' empirical distribution), normalised and price units; "
+                     "wql: mean over the quantiles of 2 sum QS_q / sum |y| (price units); mase: mean |mean path - "
+                     "y| / the origin's mean |x_t - x_t-1| over its lookback; coverage: share inside each central "
+                     "band; pit: randomised rank of y among the paths (10-bin density, KS distance from uniform); "
+                     "p_up: share of paths above the last close, Brier score and reliability table; volatility: "
+                     "mean over paths of |one-bar return| vs the realised one; rows random_walk (Gaussian changes "
+                     "with the std of the last random_walk_window one-bar changes) and bootstrap (the history's "
+                     "own one-bar changes) have as many paths as the model, last_value / history_mean are point "
+                     "forecasts (one member: CRPS = absolute error); skill_vs_random_walk = 1 - CRPS / CRPS of "
+                     "random_walk (close)",
+    "significance": "Newey-West HAC t-statistic of the mean daily IC / RankIC (statsmodels, OLS on a constant, "
+                    "Bartlett kernel), lags max(floor(4 (T/100)^(2/9)), ceil(pred_len/stride) - 1), two-sided "
+                    "p-value from Student's t with T - 1 degrees of freedom",
     "origins": "one every `stride` bars of the split's calendar from bar lookback-1, where a symbol has lookback "
                "bars of history and pred_len bars after it; max_origins_per_symbol keeps the latest",
 }
@@ -67,13 +99,11 @@ DEFINITIONS = {
 
 def forecast_origins(config: EvalConfig, selection: EvaluationSet, origins: Origins, tokenizer: KronosTokenizer,
                      predictor: Kronos, device: torch.device, generator: torch.Generator,
-                     progress: Callable[[str], None] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised forecasts of ``origins``, ``batch_size`` origins per call: the mean of the sampled paths float32
-    [n, pred_len, 6] and their :func:`calibration_quantiles` float32 [n, pred_len, Q, 6]."""
+                     progress: Callable[[str], None] | None) -> np.ndarray:
+    """Every sampled path of ``origins``, ``batch_size`` origins per call: float32 [n, sample_count, pred_len, 6]
+    in normalised units."""
     lookback, pred_len = selection.lookback, selection.pred_len
-    quantiles = calibration_quantiles(config)
-    preds = np.empty((len(origins), pred_len, len(VALUE_COLUMNS)), dtype=np.float32)
-    bands = np.empty((len(origins), pred_len, len(quantiles), len(VALUE_COLUMNS)), dtype=np.float32)
+    out = np.empty((len(origins), config.sample_count, pred_len, len(VALUE_COLUMNS)), dtype=np.float32)
     start_time = time.perf_counter()
     every = max(1, -(-len(origins) // config.batch_size) // 10)
     for start in range(0, len(origins), config.batch_size):
@@ -86,15 +116,13 @@ def forecast_origins(config: EvalConfig, selection: EvaluationSet, origins: Orig
         paths = sample_paths(tokenizer, predictor, x, x_stamp, y_stamp, config.max_context, pred_len, config.clip,
                              config.temperature, config.top_k, config.top_p, config.sample_count, generator,
                              config.use_cache)[:, :, -pred_len:, :]
-        preds[start:start + len(rows)] = paths.mean(dim=1).cpu().numpy()
-        if quantiles:
-            bands[start:start + len(rows)] = np.moveaxis(np.quantile(paths.cpu().numpy(), quantiles, axis=1), 0, 2)
+        out[start:start + len(rows)] = paths.cpu().numpy()
         done = start + len(rows)
         # About ten progress lines per run, whatever its size.
         if progress is not None and (done == len(origins) or (start // config.batch_size + 1) % every == 0):
             rate = done / max(time.perf_counter() - start_time, 1e-9)
             progress(f"rank 0: forecast {done}/{len(origins)} origins ({rate:.1f} origins/s)")
-    return preds, bands
+    return out
 
 
 def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict[str, Any] | None:
@@ -106,6 +134,10 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
 def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any] | None:
     t0 = time.perf_counter()
     selection = select_evaluation(config)
+    # Explicit options, else the predictor folder's sampler.json, else upstream's defaults (checked here, before
+    # any process group, so a bad file is one line).
+    sampler = resolve_sampler(config.predictor, config.temperature, config.top_p, config.sampler_file)
+    config = dataclasses.replace(config, temperature=sampler.temperature, top_p=sampler.top_p)
     # Seed before building preset (random) models: every rank must hold the same weights.
     torch.manual_seed(config.seed)
     tokenizer = KronosTokenizer.from_folder_or_preset(config.tokenizer)
@@ -131,21 +163,20 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any] 
         generator = torch.Generator(device=runtime.device)
         generator.manual_seed(config.seed + runtime.rank)
         t1 = time.perf_counter()
-        preds, bands = forecast_origins(config, selection, mine, tokenizer, model.to(runtime.device).float(),
-                                        runtime.device, generator, log if main else None)
-        # Mean and bands travel as one array [n, H, 1 + Q, 6]: one gather, one canonical order.
-        packed = np.concatenate([preds[:, :, None], bands], axis=2)
-        gathered = gather_forecasts(mine.rows, packed, time.perf_counter() - t1, runtime.rank, runtime.world_size,
+        paths = forecast_origins(config, selection, mine, tokenizer, model.to(runtime.device).float(),
+                                 runtime.device, generator, log if main else None)
+        # Rank 0 gets every path (not only their mean and quantiles): the probabilistic scores need them.
+        gathered = gather_forecasts(mine.rows, paths, time.perf_counter() - t1, runtime.rank, runtime.world_size,
                                     runtime.device)
         if gathered is None:
             return None
         rows, everything, seconds = gathered
-        return Gathered(rows, everything[:, :, 0], everything[:, :, 1:], seconds)
+        return Gathered.of_paths(rows, everything, seconds, calibration_quantiles(config))
 
     gathered = forecast(predictor)
     gathered_reference = forecast(reference) if reference is not None else None
     report = None if gathered is None else write_outputs(config, selection, gathered, runtime.world_size, t0,
-                                                         load_seconds, log, gathered_reference)
+                                                         load_seconds, log, gathered_reference, sampler)
     runtime.close()
     return report
 
@@ -155,9 +186,16 @@ class Gathered:
     """Every rank's forecasts on rank 0, in origin (row) order; normalised units."""
 
     rows: np.ndarray             # int64 [n]
+    paths: np.ndarray            # float32 [n, S, H, 6] every sampled path
     mean: np.ndarray             # float32 [n, H, 6] mean of the sampled paths
     bands: np.ndarray            # float32 [n, H, Q, 6] their calibration quantiles (Q = 0 with one path)
     seconds: float               # the slowest rank's forecasting time
+
+    @classmethod
+    def of_paths(cls, rows: np.ndarray, paths: np.ndarray, seconds: float, quantiles: list[float]) -> "Gathered":
+        bands = (np.moveaxis(np.quantile(paths, quantiles, axis=1), 0, 2).astype(np.float32) if quantiles else
+                 np.zeros(paths.shape[:1] + paths.shape[2:3] + (0,) + paths.shape[3:], dtype=np.float32))
+        return cls(rows, paths, paths.mean(axis=1), bands, seconds)
 
 
 def _calibration_section(config: EvalConfig, gathered: Gathered, gathered_reference: Gathered | None,
@@ -195,6 +233,7 @@ def _build_report(config: EvalConfig, selection: EvaluationSet, dates: np.ndarra
                    "origins_per_second": len(selection.origins) / max(forecast_seconds, 1e-9),
                    "total_seconds": time.perf_counter() - t0},
         "calibration": None,
+        "probabilistic": None,
         "definitions": DEFINITIONS,
         "backtest": None,
     }
@@ -221,12 +260,14 @@ def _add_backtest(config: EvalConfig, selection: EvaluationSet, report: dict[str
 
 def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gathered, world_size: int, t0: float,
                   load_seconds: float, log: Callable[[str], None],
-                  gathered_reference: Gathered | None = None) -> dict[str, Any]:
+                  gathered_reference: Gathered | None = None,
+                  sampler: SamplerSettings | None = None) -> dict[str, Any]:
     """Rank 0: score the gathered forecasts, write report.json and the plots, print the table."""
     rows, pred_norm, forecast_seconds = gathered.rows, gathered.mean, gathered.seconds
     if not np.array_equal(rows, selection.origins.rows):  # origins are in row order; a mismatch is a bug, not input
         raise RuntimeError("gathered forecasts do not match the planned origins")
 
+    t_scoring = time.perf_counter()
     real = realised_windows(selection, config.clip)
     dates = selection.origins.dates(selection.split.timestamps)
     scores, model_close = score_all(pred_norm, real, dates,
@@ -234,6 +275,13 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
     # The same series the model's IC summary is computed from, kept for the plot and the report.
     ic_dates, ic, rank_ic = metrics.daily_ic(dates, metrics.window_returns(model_close, real.last_close)[:, -1],
                                              metrics.window_returns(real.future_close, real.last_close)[:, -1])
+    scores["model"]["ic"]["significance"] = ic_significance(ic, rank_ic, selection.pred_len, selection.stride)
+    distribution = None
+    if config.scores_distribution:
+        distribution = score_probabilistic(
+            gathered.paths, real, calibration_quantiles(config), config.seed, config.random_walk_window,
+            None if gathered_reference is None else gathered_reference.paths)
+    scoring_seconds = time.perf_counter() - t_scoring
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,7 +292,13 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
     report = _build_report(config, selection, dates, scores, (ic_dates, ic, rank_ic), world_size, t0, load_seconds,
                            forecast_seconds)
     report["calibration"] = _calibration_section(config, gathered, gathered_reference, real)
+    report["probabilistic"] = distribution
+    report["sampler"] = (sampler or SamplerSettings()).describe()
+    report["timing"]["scoring_seconds"] = scoring_seconds
     written = [out / REPORT_NAME, out / EXAMPLES_PLOT, out / IC_PLOT]
+    if distribution is not None:
+        plot_probabilistic(out / PROBABILISTIC_PLOT, distribution, title)
+        written.append(out / PROBABILISTIC_PLOT)
     backtest_table = None
     if selection.qlib_dir is not None:
         backtest_table, backtest_plot = _add_backtest(config, selection, report, dates, model_close, real, out, title,
@@ -254,6 +308,10 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
     log(format_table(scores))
     if report["calibration"] is not None:
         log(format_calibration(report["calibration"]))
+    if distribution is not None:
+        log(format_probabilistic(distribution))
+    log(format_sampler(report["sampler"]))
+    log(format_significance(scores["model"]["ic"]["significance"]))
     if backtest_table is not None:
         log(backtest_table)
     log(f"wrote {', '.join(str(path) for path in written)}")

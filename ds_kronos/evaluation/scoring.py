@@ -10,12 +10,15 @@ import numpy as np
 
 from ds_kronos.data.normalise import denormalise
 from ds_kronos.data.series import CLOSE, VALUE_COLUMNS
-from ds_kronos.evaluation import metrics
+from ds_kronos.evaluation import metrics, probabilistic
+from ds_kronos.evaluation.baselines import bootstrap_paths, random_walk_paths
 from ds_kronos.evaluation.origins import origin_windows
 from ds_kronos.evaluation.report import Example
 from ds_kronos.evaluation.selection import EvaluationSet
 
 TARGET_CHUNK = 8192  # origins per chunk when rank 0 rebuilds the realised windows (bounds memory)
+PIT_STREAM = 3  # np.random.default_rng([seed, PIT_STREAM]) draws the PIT's randomisation (baselines use 1 and 2)
+FEATURE_ORDER = [CLOSE] + [f for f in range(len(VALUE_COLUMNS)) if f != CLOSE]  # the close first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +34,8 @@ class Realised:
     future_raw: np.ndarray       # float32 [n, H, 6] realised future, data units
     mean: np.ndarray             # float32 [n, 6] lookback mean of every feature
     std: np.ndarray              # float32 [n, 6] lookback std of every feature
+    history_norm: np.ndarray     # float32 [n, L, 6] the normalised (clipped) history the model sees
+    naive_scale: np.ndarray      # float64 [n, 6] in-sample one-step naive error, mean |x_t - x_t-1| of the history
 
 
 def realised_windows(selection: EvaluationSet, clip: float) -> Realised:
@@ -48,6 +53,8 @@ def realised_windows(selection: EvaluationSet, clip: float) -> Realised:
         parts["future_raw"].append(win.raw[:, L:])
         parts["mean"].append(win.mean[:, 0])
         parts["std"].append(win.std[:, 0])
+        parts["history_norm"].append(win.norm[:, :L])
+        parts["naive_scale"].append(np.abs(np.diff(win.raw[:, :L].astype(np.float64), axis=1)).mean(axis=1))
     return Realised(**{name: np.concatenate(arrays) for name, arrays in parts.items()})
 
 
@@ -81,6 +88,78 @@ def score_all(pred_norm: np.ndarray, real: Realised, dates: np.ndarray,
             mean_close, real.last_close), pred_norm=np.zeros_like(real.future_norm), actual_norm=real.future_norm,
         **common)
     return scores, model_close
+
+
+def score_distribution(paths_norm: np.ndarray, real: Realised, quantiles: list[float], seed: int) -> dict[str, Any]:
+    """Probabilistic scores (:mod:`ds_kronos.evaluation.probabilistic`) of the ensemble ``paths_norm`` [n, S, H, 6]
+    (normalised units; S = 1 for a point forecast) per feature, the close first: CRPS in normalised and price
+    units, MASE and WQL, and with S >= 2 the coverage of the central bands and the PIT (price units); for the
+    close also the Brier score of P(up) and the volatility error."""
+    paths_count = paths_norm.shape[1]
+    rng = np.random.default_rng([seed, PIT_STREAM])  # a fresh stream per forecaster: row order does not matter
+    features: dict[str, Any] = {}
+    close_price = None
+    for f in FEATURE_ORDER:
+        norm = paths_norm[..., f]
+        price = denormalise(norm.astype(np.float64), real.mean[:, None, None, f].astype(np.float64),
+                            real.std[:, None, None, f].astype(np.float64))  # [n, S, H]
+        actual = real.future_raw[..., f].astype(np.float64)
+        entry: dict[str, Any] = {
+            "crps": {"normalised": probabilistic._summary(probabilistic.crps_values(norm, real.future_norm[..., f])),
+                     "price": probabilistic._summary(probabilistic.crps_values(price, actual))},
+            "mase": probabilistic.mase(price.mean(axis=1), actual, real.naive_scale[:, f])}
+        bands = probabilistic.path_quantiles(price, quantiles) if quantiles else None
+        entry["wql"] = probabilistic.weighted_quantile_loss(bands, actual, quantiles) if quantiles else None
+        if paths_count > 1:
+            entry["coverage"] = metrics.quantile_calibration(bands, actual, quantiles)["bands"] if quantiles else []
+            entry["pit"] = probabilistic.pit_summary(probabilistic.pit_values(price, actual, rng))
+        else:  # a point forecast has no spread: no band, and its PIT is 0 or 1
+            entry["coverage"], entry["pit"] = None, None
+        features[VALUE_COLUMNS[f]] = entry
+        if f == CLOSE:
+            close_price = price
+    close = features[VALUE_COLUMNS[CLOSE]]
+    close["p_up"] = probabilistic.brier(probabilistic.up_probability(close_price, real.last_close),
+                                        real.future_close > real.last_close[:, None])
+    close["volatility"] = (probabilistic.volatility_error(close_price, real.last_close, real.future_close)
+                           if paths_count > 1 else None)
+    return {"paths": paths_count, "features": features}
+
+
+def skill(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """1 - CRPS_row / CRPS_reference of the close, overall and per horizon, in both units."""
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None or b <= 0 else 1.0 - a / b
+
+    close, ref = row["features"]["close"]["crps"], reference["features"]["close"]["crps"]
+    return {units: {"mean": ratio(close[units]["mean"], ref[units]["mean"]),
+                    "per_horizon": [ratio(a, b) for a, b in zip(close[units]["per_horizon"],
+                                                                ref[units]["per_horizon"])]}
+            for units in ("normalised", "price")}
+
+
+def score_probabilistic(paths_norm: np.ndarray, real: Realised, quantiles: list[float], seed: int,
+                        random_walk_window: int, reference_paths: np.ndarray | None = None) -> dict[str, Any]:
+    """The report's probabilistic section: the model (and reference) ensembles, the random walk and bootstrap
+    baselines with as many paths, and the point baselines as one-member ensembles, each with its skill against
+    the random walk."""
+    probabilistic.require_paths(paths_norm)
+    paths_count, horizon = paths_norm.shape[1], paths_norm.shape[2]
+    history = real.history_norm.astype(np.float64)
+    ensembles: dict[str, np.ndarray] = {"model": paths_norm}
+    if reference_paths is not None:
+        ensembles["reference"] = reference_paths
+    ensembles["random_walk"] = random_walk_paths(history, horizon, paths_count, random_walk_window, seed)
+    ensembles["bootstrap"] = bootstrap_paths(history, horizon, paths_count, seed)
+    ensembles["last_value"] = np.repeat(real.last_norm[:, None, None, :], horizon, axis=2)
+    ensembles["history_mean"] = np.zeros_like(ensembles["last_value"])  # the lookback mean, 0 when normalised
+    rows = {name: score_distribution(paths, real, quantiles, seed) for name, paths in ensembles.items()}
+    for row in rows.values():
+        row["skill_vs_random_walk"] = skill(row, rows["random_walk"])
+    return {"paths": paths_count, "quantiles": quantiles, "random_walk_window": random_walk_window, "seed": seed,
+            "units": "CRPS in normalised units (as MAE) and in price/data units; WQL, MASE, coverage, PIT, P(up) "
+                     "and volatility in price/data units",
+            "rows": rows}
 
 
 def calibrate(bands_norm: np.ndarray, real: Realised, quantiles: list[float]) -> dict[str, Any]:

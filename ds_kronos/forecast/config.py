@@ -39,9 +39,14 @@ class ForecastConfig:
     quantiles: list[float] = option(default_factory=lambda: [0.1, 0.5, 0.9],
                                     help="quantiles of the sampled paths written per field, comma-separated "
                                          "(default: 0.1,0.5,0.9)")
-    temperature: float = option(1.0, help="sampling temperature", gt=0)
+    temperature: float | None = option(None, help="sampling temperature (default: the predictor folder's "
+                                                  "sampler.json, else 1.0)", gt=0)
     top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p", ge=0)
-    top_p: float = option(DEFAULT_TOP_P, help="nucleus sampling mass (1.0: off)", gt=0, le=1)
+    top_p: float | None = option(None, help=f"nucleus sampling mass, 1.0: off (default: the predictor folder's "
+                                            f"sampler.json, else {DEFAULT_TOP_P})", gt=0, le=1)
+    sampler_file: bool = option(True, help="use the sampling settings of the predictor folder's sampler.json "
+                                           "(launch/calibrate.py) where an option does not set them; false: "
+                                           "ignore the file")
     seed: int = option(0, help="sampler seed: series i draws from its own generator seeded from (seed, i), so a "
                                "forecast does not depend on --batch_size or the number of ranks; also seeds "
                                "preset (random) weights")

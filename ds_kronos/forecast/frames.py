@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ds_kronos.config import DEFAULT_TOP_P
 from ds_kronos.data.normalise import DEFAULT_CLIP, denormalise, normalise
 from ds_kronos.data.series import time_features
 from ds_kronos.errors import UserError
 from ds_kronos.forecast.sampler import Generators, sample_paths
+from ds_kronos.forecast.sampler_file import SamplerSettings, resolve_sampler
 from ds_kronos.model import Kronos, KronosTokenizer, check_pair
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -61,17 +61,31 @@ class KronosForecaster:
 
     Missing ``volume``/``amount`` are filled as upstream (zeros; amount = volume x mean price). ``use_cache``
     selects incremental decoding (default) or upstream's full recomputation; both give the same forecasts.
+    ``sampler`` holds the temperature and top-p used where a call does not give them (default: upstream's);
+    :meth:`from_folders` takes them from the predictor folder's ``sampler.json`` when there is one.
     """
 
     def __init__(self, predictor: Kronos, tokenizer: KronosTokenizer, device: str | torch.device = "cpu",
-                 max_context: int = 512, clip: float = DEFAULT_CLIP, use_cache: bool = True):
+                 max_context: int = 512, clip: float = DEFAULT_CLIP, use_cache: bool = True,
+                 sampler: SamplerSettings | None = None):
         check_pair(tokenizer, predictor)
+        self.sampler = sampler or SamplerSettings()
         self.device = torch.device(device)
         self.predictor = predictor.to(self.device)
         self.tokenizer = tokenizer.to(self.device)
         self.max_context = max_context
         self.clip = clip
         self.use_cache = use_cache
+
+    @classmethod
+    def from_folders(cls, tokenizer: str, predictor: str, device: str | torch.device = "cpu", max_context: int = 512,
+                     clip: float = DEFAULT_CLIP, use_cache: bool = True,
+                     sampler_file: bool = True) -> "KronosForecaster":
+        """Load a tokenizer and a predictor folder (or presets); the predictor folder's ``sampler.json``
+        (launch/calibrate.py) sets the default temperature and top-p unless ``sampler_file=False``."""
+        sampler = resolve_sampler(predictor, None, None, sampler_file)
+        return cls(Kronos.from_folder_or_preset(predictor), KronosTokenizer.from_folder_or_preset(tokenizer), device,
+                   max_context, clip, use_cache, sampler)
 
     @staticmethod
     def _features(df: pd.DataFrame, label: str) -> np.ndarray:
@@ -93,12 +107,15 @@ class KronosForecaster:
 
     def forecast_values(self, values: Sequence[np.ndarray], x_stamps: Sequence[np.ndarray],
                         y_stamps: Sequence[np.ndarray], pred_len: int, quantiles: Sequence[float] = (),
-                        temperature: float = 1.0, top_k: int = 0, top_p: float = DEFAULT_TOP_P, sample_count: int = 1,
-                        generator: Generators = None) -> Forecast:
+                        temperature: float | None = None, top_k: int = 0, top_p: float | None = None,
+                        sample_count: int = 1, generator: Generators = None) -> Forecast:
         """Forecast B series of equal history length from arrays: ``values`` [L, 6] (open, high, low, close,
         volume, amount), ``x_stamps`` [L, 5] / ``y_stamps`` [pred_len, 5] time features (:func:`calendar_features`).
+        ``temperature``/``top_p`` None: the forecaster's ``sampler`` settings.
         """
         quantiles = check_quantiles(quantiles)
+        temperature = self.sampler.temperature if temperature is None else temperature
+        top_p = self.sampler.top_p if top_p is None else top_p
         if len({len(v) for v in values}) != 1:
             raise UserError(f"all series need the same history length, got {sorted({len(v) for v in values})}")
         xs, means, stds = [], [], []
@@ -145,8 +162,8 @@ class KronosForecaster:
         return values, x_stamps, y_stamps
 
     def forecast_batch(self, dfs: Sequence[pd.DataFrame], x_timestamps: Sequence, y_timestamps: Sequence,
-                       pred_len: int, quantiles: Sequence[float] = (0.1, 0.5, 0.9), temperature: float = 1.0,
-                       top_k: int = 0, top_p: float = DEFAULT_TOP_P, sample_count: int = 20,
+                       pred_len: int, quantiles: Sequence[float] = (0.1, 0.5, 0.9), temperature: float | None = None,
+                       top_k: int = 0, top_p: float | None = None, sample_count: int = 20,
                        generator: Generators = None) -> list[pd.DataFrame]:
         """Mean and quantile bands per series: columns ``open, open_q0.1, ..., amount_q0.9`` (each field's mean,
         then its quantiles), indexed by the future timestamps."""
@@ -157,7 +174,7 @@ class KronosForecaster:
                 for i in range(len(dfs))]
 
     def predict_batch(self, dfs: Sequence[pd.DataFrame], x_timestamps: Sequence, y_timestamps: Sequence,
-                      pred_len: int, temperature: float = 1.0, top_k: int = 0, top_p: float = DEFAULT_TOP_P,
+                      pred_len: int, temperature: float | None = None, top_k: int = 0, top_p: float | None = None,
                       sample_count: int = 1, generator: Generators = None) -> list[pd.DataFrame]:
         """Forecast several series of equal history length at once; returns one DataFrame per series (the mean of
         the sampled paths, columns open, high, low, close, volume, amount), as upstream's ``predict_batch``."""

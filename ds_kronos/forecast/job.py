@@ -23,6 +23,7 @@ from ds_kronos.data.series import time_features
 from ds_kronos.forecast.config import ForecastConfig
 from ds_kronos.forecast.frames import Forecast, KronosForecaster
 from ds_kronos.forecast.outputs import SUMMARY_NAME, close_band, plot_series, write_csv
+from ds_kronos.forecast.sampler_file import SamplerSettings, resolve_sampler
 from ds_kronos.forecast.sources import Inputs, load_inputs
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.model import Kronos, KronosTokenizer, check_pair
@@ -53,6 +54,8 @@ def run_forecast(config: ForecastConfig, log: Callable[[str], None] = say) -> di
 def _forecast(config: ForecastConfig, log: Callable[[str], None]) -> dict[str, Any] | None:
     t0 = time.perf_counter()
     inputs = load_inputs(config)
+    sampler = resolve_sampler(config.predictor, config.temperature, config.top_p, config.sampler_file)
+    config = dataclasses.replace(config, temperature=sampler.temperature, top_p=sampler.top_p)
     torch.manual_seed(config.seed)  # before building preset (random) models: every rank holds the same weights
     tokenizer = KronosTokenizer.from_folder_or_preset(config.tokenizer)
     predictor = Kronos.from_folder_or_preset(config.predictor)
@@ -70,7 +73,8 @@ def _forecast(config: ForecastConfig, log: Callable[[str], None]) -> dict[str, A
     mine = list(range(runtime.rank, len(inputs.series), runtime.world_size))
     if main:
         log(f"forecasting {len(inputs.series)} series from {inputs.source} (lookback {config.lookback}, pred_len "
-            f"{config.pred_len}, {config.sample_count} sampled path(s)) on {runtime.world_size} rank(s)")
+            f"{config.pred_len}, {config.sample_count} sampled path(s), temperature {sampler.temperature:g}, top_p "
+            f"{sampler.top_p:g} from {sampler.sources['top_p']}) on {runtime.world_size} rank(s)")
         for symbol, reason in inputs.skipped:
             log(f"skipped {symbol}: {reason}")
         if config.sample_count == 1:
@@ -97,14 +101,14 @@ def _forecast(config: ForecastConfig, log: Callable[[str], None]) -> dict[str, A
             log(f"rank 0: forecast {start + len(batch)}/{len(mine)} of its series ({rate:.2f} series/s)")
     seconds = time.perf_counter() - t1
     barrier()  # every rank's files are in place before the summary lists them
-    summary = write_summary(config, inputs, names, runtime.world_size, seconds, time.perf_counter() - t0, log) \
-        if main else None
+    summary = write_summary(config, inputs, names, runtime.world_size, seconds, time.perf_counter() - t0, log,
+                            sampler) if main else None
     runtime.close()
     return summary
 
 
 def write_summary(config: ForecastConfig, inputs: Inputs, names: list[str], world_size: int, seconds: float,
-                  total: float, log: Callable[[str], None]) -> dict[str, Any]:
+                  total: float, log: Callable[[str], None], sampler: SamplerSettings) -> dict[str, Any]:
     out = Path(config.out)
 
     def stamp(ns: int) -> str:
@@ -118,6 +122,7 @@ def write_summary(config: ForecastConfig, inputs: Inputs, names: list[str], worl
                    for s, future, name in zip(inputs.series, inputs.future, names)],
         "skipped": [{"symbol": symbol, "reason": reason} for symbol, reason in inputs.skipped],
         "ranks": world_size,
+        "sampler": sampler.describe(),
         "timing": {"forecast_seconds_rank0": seconds, "total_seconds": total},
     }
     write_json_atomic(out / SUMMARY_NAME, summary)

@@ -1,0 +1,217 @@
+"""Calibrating the sampler (``launch/calibrate.py``): choose the temperature and top-p that minimise the CRPS of the
+close on the validation split, and write them to the model folder's ``sampler.json``.
+
+Every setting of the grid forecasts the same origins with the same generator seeds (rank r: ``seed + r``), so
+settings are compared on the same random draws; decoding uses the key/value cache. The number of paths is fixed.
+Rank r forecasts the origins of its symbols as in the evaluation job; rank 0 scores each setting and picks the
+best, every rank then forecasts the check split (default: test) with the defaults and with the choice, so the file
+records CRPS and coverage before and after on data the choice never saw. The file is written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_TOP_P, option, prepared_data_problems
+from ds_kronos.console import say
+from ds_kronos.data.normalise import DEFAULT_CLIP, denormalise
+from ds_kronos.data.series import CLOSE
+from ds_kronos.evaluation import metrics, probabilistic
+from ds_kronos.evaluation.config import SPLIT_CHOICES, EvalConfig
+from ds_kronos.evaluation.selection import EvaluationSet
+from ds_kronos.forecast.sampler_file import (
+    DEFAULT_TEMPERATURE,
+    MAX_TEMPERATURE,
+    SAMPLER_FILE,
+    write_sampler_file,
+)
+from ds_kronos.model.published import names_checkpoint
+
+
+@dataclass(kw_only=True)
+class CalibrateConfig:
+    """Search the sampler's temperature and top-p on a validation split (min CRPS of the close); write
+    sampler.json next to the predictor."""
+
+    data: str | None = option(None, help="prepared dataset folder (launch/prepare_data.py output)")
+    tokenizer: str | None = option(None, help="tokenizer checkpoint folder, or a preset name (random weights)")
+    predictor: str | None = option(None, help="predictor checkpoint folder (sampler.json is written into it)")
+    sampler_out: str | None = option(None, help=f"where to write the chosen settings (default: the predictor "
+                                                f"folder's {SAMPLER_FILE})")
+    split: str = option("val", choices=SPLIT_CHOICES, help="split the settings are chosen on")
+    check_split: str | None = option("test", help="split scored with the default and the chosen settings, "
+                                                  "reported before/after (none: skip)")
+    temperatures: list[float] = option(default_factory=lambda: [0.8, 1.0, 1.2, 1.5],
+                                       help="temperatures of the grid, comma-separated")
+    top_ps: list[float] = option(default_factory=lambda: [0.8, 0.9, 1.0],
+                                 help="nucleus masses of the grid, comma-separated (1.0: off)")
+    sample_count: int = option(20, help="sampled paths per origin (fixed for every setting)", ge=2)
+    quantiles: list[float] = option(default_factory=lambda: [0.1, 0.9],
+                                    help="quantiles whose central bands' coverage is reported (default: 0.1,0.9)")
+    max_origins_per_symbol: int | None = option(None, help="keep only the latest N origins of each symbol", ge=1)
+    pred_len: int | None = option(None, help="bars to forecast per origin (default: the prepared set's predict)",
+                                  ge=1)
+    stride: int | None = option(None, help="bars between origins (default: pred_len)", ge=1)
+    max_context: int = option(512, help="most tokens the predictor sees", ge=1)
+    seed: int = option(0, help="sampler seed (rank r uses seed + r), the same for every setting")
+    batch_size: int = option(64, help="origins forecast together per rank", ge=1)
+    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip] (as in training)", gt=0)
+    use_cache: bool = option(True, help="incremental decoding with a key/value cache")
+    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)", ge=1)
+    dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, gt=0, help="seconds a collective may wait for the other "
+                                 "ranks")
+    local_rank: int = option(-1, help="set by the deepspeed launcher")
+
+    @property
+    def target(self) -> Path:
+        return Path(self.sampler_out) if self.sampler_out else Path(self.predictor or ".") / SAMPLER_FILE
+
+    def problems(self) -> list[str]:
+        problems = prepared_data_problems(self.data)
+        for name in ("tokenizer", "predictor"):
+            if not getattr(self, name):
+                problems.append(f"--{name} is required: a checkpoint folder or a preset name")
+        if self.predictor and not self.sampler_out and not names_checkpoint(self.predictor):
+            problems.append(f"--predictor {self.predictor} is not a folder: give --sampler_out FILE")
+        if self.check_split is not None and self.check_split not in SPLIT_CHOICES:
+            problems.append(f"--check_split must be one of {', '.join(SPLIT_CHOICES)} or none, got "
+                            f"{self.check_split!r}")
+        bad_t = [t for t in self.temperatures if not (math.isfinite(t) and 0 < t <= MAX_TEMPERATURE)]
+        if bad_t or not self.temperatures:
+            problems.append(f"--temperatures must be numbers in (0, {MAX_TEMPERATURE:g}], got "
+                            f"{', '.join(f'{t:g}' for t in self.temperatures) or 'none'}")
+        bad_p = [p for p in self.top_ps if not 0 < p <= 1]
+        if bad_p or not self.top_ps:
+            problems.append(f"--top_ps must be in (0, 1], got {', '.join(f'{p:g}' for p in self.top_ps) or 'none'}")
+        bad_q = [q for q in self.quantiles if not 0 < q < 1]
+        if bad_q:
+            problems.append(f"--quantiles must be in (0, 1), got {', '.join(f'{q:g}' for q in bad_q)}")
+        return problems
+
+    def evaluation(self, split: str) -> EvalConfig:
+        """The evaluation options of one split (the sampler's temperature/top-p are set per setting)."""
+        return EvalConfig(data=self.data, tokenizer=self.tokenizer, predictor=self.predictor, split=split,
+                          max_context=self.max_context, pred_len=self.pred_len, stride=self.stride,
+                          max_origins_per_symbol=self.max_origins_per_symbol, sample_count=self.sample_count,
+                          quantiles=list(self.quantiles), use_cache=self.use_cache, top_k=0, seed=self.seed,
+                          batch_size=self.batch_size, clip=self.clip, threads=self.threads,
+                          dist_timeout=self.dist_timeout, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P,
+                          sampler_file=False)
+
+
+def close_scores(paths_norm: np.ndarray, real: Any, quantiles: list[float]) -> dict[str, Any]:
+    """The close's CRPS (normalised and price units) and the coverage of its central bands (price units)."""
+    norm = paths_norm[..., CLOSE]
+    price = denormalise(norm.astype(np.float64), real.close_mean[:, None, None].astype(np.float64),
+                        real.close_std[:, None, None].astype(np.float64))
+    bands = metrics.quantile_calibration(probabilistic.path_quantiles(price, quantiles), real.future_close,
+                                         quantiles)["bands"] if quantiles else []
+    return {"crps": float(probabilistic.crps_values(norm, real.future_norm[..., CLOSE]).mean()),
+            "crps_price": float(probabilistic.crps_values(price, real.future_close).mean()),
+            "coverage": [{"nominal": b["nominal"], "lower": b["lower"], "upper": b["upper"], "inside": b["inside"]}
+                         for b in bands]}
+
+
+def run_calibration(config: CalibrateConfig, log: Callable[[str], None] = say) -> dict[str, Any] | None:
+    """Run the search; returns what was written to sampler.json on rank 0, None on the other ranks."""
+    from ds_kronos.evaluation.gather import broadcast_choice, gather_forecasts
+    from ds_kronos.evaluation.job import forecast_origins
+    from ds_kronos.evaluation.scoring import realised_windows
+    from ds_kronos.evaluation.selection import select_evaluation
+    from ds_kronos.model import Kronos, KronosTokenizer
+    from ds_kronos.model.pairing import check_pair
+
+    t0 = time.perf_counter()
+    base = config.evaluation(config.split)
+    chosen_on = select_evaluation(base)
+    check = select_evaluation(config.evaluation(config.check_split)) if config.check_split else None
+    torch.manual_seed(config.seed)
+    tokenizer = KronosTokenizer.from_folder_or_preset(config.tokenizer)
+    predictor = Kronos.from_folder_or_preset(config.predictor)
+    check_pair(tokenizer, predictor)
+
+    from ds_kronos.runtime import barrier, init_runtime
+    runtime = init_runtime(config.threads, config.dist_timeout)
+    main = runtime.is_main
+    tokenizer, predictor = tokenizer.to(runtime.device).float(), predictor.to(runtime.device).float()
+    quantiles = sorted(set(config.quantiles))
+    realised: dict[str, Any] = {}
+
+    def score(selection: EvaluationSet, temperature: float, top_p: float) -> dict[str, Any] | None:
+        setting = dataclasses.replace(base, temperature=temperature, top_p=top_p)
+        generator = torch.Generator(device=runtime.device)
+        generator.manual_seed(config.seed + runtime.rank)  # the same draws for every setting
+        mine = selection.origins.for_rank(runtime.rank, runtime.world_size)
+        t1 = time.perf_counter()
+        paths = forecast_origins(setting, selection, mine, tokenizer, predictor, runtime.device, generator, None)
+        gathered = gather_forecasts(mine.rows, paths, time.perf_counter() - t1, runtime.rank, runtime.world_size,
+                                    runtime.device)
+        if gathered is None:
+            return None
+        key = id(selection)
+        if key not in realised:
+            realised[key] = realised_windows(selection, config.clip)
+        return {"temperature": temperature, "top_p": top_p, **close_scores(gathered[1], realised[key], quantiles),
+                "seconds": gathered[2]}
+
+    grid = [(t, p) for t in config.temperatures for p in config.top_ps]
+    default = (DEFAULT_TEMPERATURE, DEFAULT_TOP_P)
+    if main:
+        log(f"calibrating the sampler on split {config.split!r} of {chosen_on.prepared.path}: "
+            f"{len(chosen_on.origins)} origins, {config.sample_count} paths, {len(grid)} settings (temperature "
+            f"{', '.join(f'{t:g}' for t in config.temperatures)} x top_p {', '.join(f'{p:g}' for p in config.top_ps)})"
+            f" on {runtime.world_size} rank(s)")
+    results = []
+    for temperature, top_p in grid + ([] if default in grid else [default]):
+        result = score(chosen_on, temperature, top_p)
+        results.append(result)
+        if main:
+            log(f"  T {temperature:g}, top_p {top_p:g}: " + format_scores(result))
+    best = 0
+    if main:
+        best = int(np.argmin([r["crps"] for r in results[:len(grid)]]))
+    best = broadcast_choice(best, runtime.world_size, runtime.device)
+    chosen = grid[best]
+    before_check = after_check = None
+    if check is not None:
+        before_check = score(check, *default)
+        after_check = score(check, *chosen) if chosen != default else before_check
+    payload = None
+    if main:
+        by_setting = {(r["temperature"], r["top_p"]): r for r in results}
+        calibration = {
+            "data": str(chosen_on.prepared.path), "split": config.split, "check_split": config.check_split,
+            "origins": len(chosen_on.origins), "check_origins": None if check is None else len(check.origins),
+            "sample_count": config.sample_count, "seed": config.seed, "max_origins_per_symbol":
+                config.max_origins_per_symbol,
+            "objective": "mean CRPS of the close over all origins and horizons, normalised units (lower is better)",
+            "grid": results[:len(grid)],
+            "before": {"temperature": default[0], "top_p": default[1], "split": by_setting[default],
+                       "check_split": before_check},
+            "after": {"temperature": chosen[0], "top_p": chosen[1], "split": by_setting[chosen],
+                      "check_split": after_check},
+            "seconds": time.perf_counter() - t0}
+        path = write_sampler_file(config.target, chosen[0], chosen[1], calibration)
+        payload = {"temperature": chosen[0], "top_p": chosen[1], "calibration": calibration, "path": str(path)}
+        log(f"chosen: temperature {chosen[0]:g}, top_p {chosen[1]:g}")
+        for name, split in (("split", config.split), ("check_split", config.check_split)):
+            if calibration["before"][name] is not None:
+                log(f"  {split}: before (T {default[0]:g}, top_p {default[1]:g}) "
+                    f"{format_scores(calibration['before'][name])}; after {format_scores(calibration['after'][name])}")
+        log(f"wrote {path} ({calibration['seconds']:.0f} s)")
+    barrier()
+    torch.distributed.destroy_process_group()
+    return payload
+
+
+def format_scores(result: dict[str, Any]) -> str:
+    bands = ", ".join(f"{b['nominal']:.0%} band {b['inside']:.3f}" for b in result["coverage"])
+    return f"CRPS {result['crps']:.4f} (price {result['crps_price']:.4g}){', ' + bands if bands else ''}"

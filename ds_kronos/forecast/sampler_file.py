@@ -1,0 +1,106 @@
+"""The sampler settings a model folder recommends: ``sampler.json``, written by ``launch/calibrate.py``.
+
+The file is plain JSON checked against a small schema (it is read with :func:`json.loads`, never executed or
+unpickled), so a file that is not ours, or holds a value out of range, is one clear line. Upstream's loader
+ignores it. Which settings a job uses, in order: an explicit option (``--temperature``, ``--top_p``), else the
+predictor folder's ``sampler.json`` (unless ``--sampler_file false``), else upstream's defaults (T 1.0, top-p 0.9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ds_kronos.config import DEFAULT_TOP_P
+from ds_kronos.errors import ConfigError
+from ds_kronos.jsonio import write_json_atomic
+
+SAMPLER_FILE = "sampler.json"
+FORMAT = "ds_kronos.sampler"
+VERSION = 1
+DEFAULT_TEMPERATURE = 1.0
+MAX_TEMPERATURE = 100.0  # a larger value samples uniformly in practice: a file asking for it is not sane
+MAX_FILE_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """Temperature and nucleus mass of the sampler, and where each came from."""
+
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    sources: dict[str, str] = dataclasses.field(default_factory=lambda: {"temperature": "default",
+                                                                          "top_p": "default"})
+    file: str | None = None                 # the sampler.json read, if any
+    calibration: dict[str, Any] | None = None  # what that file says about how it was chosen
+
+    def describe(self) -> dict[str, Any]:
+        """The report's ``sampler`` section."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "sources": dict(self.sources),
+                "file": self.file, "calibration": self.calibration}
+
+
+def _number(value: Any, name: str, path: Path, low: float, high: float, low_open: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ConfigError(f"{path}: {name!r} must be a number in {bound}, got {value!r}")
+    return float(value)
+
+
+def read_sampler_file(path: str | Path) -> SamplerSettings:
+    """Parse and check a sampler.json; a file that is not ours or is out of range raises one ConfigError."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{path}: not a ds_kronos sampler file (larger than {MAX_FILE_BYTES} bytes)")
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable JSON sampler file ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a ds_kronos sampler file (expected \"format\": \"{FORMAT}\"; written by "
+                          f"launch/calibrate.py); remove it or pass --sampler_file false")
+    if payload.get("version") != VERSION:
+        raise ConfigError(f"{path}: sampler file version {payload.get('version')!r}, this ds_kronos reads "
+                          f"version {VERSION}")
+    temperature = _number(payload.get("temperature"), "temperature", path, 0.0, MAX_TEMPERATURE, True)
+    top_p = _number(payload.get("top_p"), "top_p", path, 0.0, 1.0, True)
+    calibration = payload.get("calibration")
+    if calibration is not None and not isinstance(calibration, dict):
+        raise ConfigError(f"{path}: 'calibration' must be an object, got {type(calibration).__name__}")
+    source = f"{SAMPLER_FILE} ({path})"
+    return SamplerSettings(temperature, top_p, {"temperature": source, "top_p": source}, str(path), calibration)
+
+
+def sampler_file_of(predictor: str | None) -> Path | None:
+    """The sampler.json of a predictor checkpoint folder, if there is one (a preset name has none)."""
+    if not predictor:
+        return None
+    candidate = Path(predictor) / SAMPLER_FILE
+    return candidate if candidate.is_file() else None
+
+
+def resolve_sampler(predictor: str | None, temperature: float | None, top_p: float | None,
+                    use_file: bool = True) -> SamplerSettings:
+    """The settings a job samples with: explicit values, else the folder's sampler.json, else the defaults."""
+    path = sampler_file_of(predictor) if use_file else None
+    base = read_sampler_file(path) if path is not None else SamplerSettings()
+    sources = dict(base.sources)
+    if temperature is not None:
+        sources["temperature"] = "command line"
+    if top_p is not None:
+        sources["top_p"] = "command line"
+    return dataclasses.replace(base, temperature=base.temperature if temperature is None else float(temperature),
+                               top_p=base.top_p if top_p is None else float(top_p), sources=sources)
+
+
+def write_sampler_file(path: str | Path, temperature: float, top_p: float, calibration: dict[str, Any]) -> Path:
+    """Write a sampler.json atomically (a reader never sees half a file); returns its path."""
+    path = Path(path)
+    write_json_atomic(path, {"format": FORMAT, "version": VERSION, "temperature": float(temperature),
+                             "top_p": float(top_p), "calibration": calibration})
+    return path

@@ -191,12 +191,15 @@ def load_training_state(engine, runtime: Runtime, checkpoint_dir: Path, tag: str
                         restore_rng: bool) -> dict[str, Any] | None:
     """Restore model, optimizer, scheduler and (``restore_rng``: same world size) this rank's RNG; returns the
     client state saved with them, or None when DeepSpeed found nothing to load."""
+    from ds_kronos.train.nvme import offloads_optimizer_to_nvme, restore_swapped_optimizer
     from ds_kronos.train.safe_load import weights_only_loading
 
     load_dir = checkpoint_dir / UNIVERSAL_DIR if universal else checkpoint_dir
     with weights_only_loading():
         path, client_state = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
                                                     load_lr_scheduler_states=True)
+        if path is not None and offloads_optimizer_to_nvme(engine):
+            restore_swapped_optimizer(engine, load_dir, tag)  # DeepSpeed skips the optimizer state there
     if path is None:
         return None
     if restore_rng:

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from ds_kronos.model import Kronos
-from ds_kronos.train.training_state import resume_candidates
+from ds_kronos.train import training_state
+from ds_kronos.train.training_state import RunLayout, remove_leftovers, resume_candidates
 from helpers import REPO, common_args, deepspeed_train, env, free_port, summary
 
 LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
@@ -242,3 +243,43 @@ def test_resume_candidates_are_only_complete_step_folders(tmp_path):
     assert candidates == []
     assert any("not a checkpoint of this run" in note for note in notes)
     assert any("skipped step00000007: the manifest names a file outside the checkpoint" in note for note in notes)
+
+
+def staged_tag(folder: Path, content: bytes) -> Path:
+    """A one-rank tag's files, as a save writes them into its staging folder."""
+    folder.mkdir(parents=True)
+    for name in ("rng_rank00000.safetensors", "mp_rank_00_model_states.pt"):
+        (folder / name).write_bytes(content)
+    return folder
+
+
+@pytest.mark.parametrize("new_copy_checks", [True, False], ids=["new_complete", "new_damaged"])
+def test_a_kill_inside_the_swap_of_a_re_saved_step_keeps_one_copy(new_copy_checks, tmp_path, monkeypatch):
+    """Step 4 saved, then saved again (a run resumed at its last step) and killed between the two renames that swap
+    the new tag in: the next start publishes the new copy if its manifest checks, else moves the old one back."""
+    checkpoints, tag = tmp_path / "checkpoints", "step00000004"
+    staging = checkpoints / f".{tag}.partial"
+    layout = RunLayout(world_size=1, micro_batch=1, grad_accum=1, zero_stage=0)
+    training_state._publish(checkpoints, staged_tag(staging, b"old"), tag, layout)
+    staged_tag(staging, b"newer")
+    replace, calls = os.replace, []
+
+    def killed_before_the_second_rename(source, target):
+        calls.append(source)
+        if len(calls) == 3:  # 1: the manifest, 2: the old tag retired, 3: the new tag moved in
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        training_state._publish(checkpoints, staging, tag, layout)
+    monkeypatch.setattr(os, "replace", replace)
+    assert not (checkpoints / tag).exists() and staging.is_dir() and (checkpoints / f".{tag}.partial-old").is_dir()
+    if not new_copy_checks:
+        (staging / "mp_rank_00_model_states.pt").write_bytes(b"ne")  # truncated: its manifest does not check
+    notes = remove_leftovers(checkpoints)
+    expected = b"newer" if new_copy_checks else b"old"
+    assert (checkpoints / tag / "mp_rank_00_model_states.pt").read_bytes() == expected
+    assert any(("the new copy" if new_copy_checks else "the previous copy") in note for note in notes), notes
+    assert [c.tag for c in resume_candidates(checkpoints)[0]] == [tag]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", tag]  # no staging folder left

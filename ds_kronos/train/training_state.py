@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -119,11 +120,37 @@ def _prune(checkpoint_dir: Path, keep_last: int, protect: str) -> None:
     shutil.rmtree(checkpoint_dir / UNIVERSAL_DIR, ignore_errors=True)  # a resumed run has its own tags now
 
 
+def _recover_interrupted_resave(checkpoint_dir: Path) -> list[str]:
+    """A kill between the two renames of a re-saved step (see ``_publish``) leaves ``.stepN.partial-old`` (the
+    previous complete tag) and ``.stepN.partial`` (the new one, manifest written) and no ``stepN``. As model folders
+    are recovered (ds_kronos.atomic.recover_folders): the staged tag is published if its manifest checks, else the
+    previous one is moved back. Returns what was done."""
+    done = []
+    for retired in sorted(checkpoint_dir.glob(".step*.partial-old")):
+        tag = retired.name[1:].removesuffix(".partial-old")
+        if not _TAG.match(tag) or (checkpoint_dir / tag).exists():
+            continue
+        for source, which in ((checkpoint_dir / f".{tag}.partial", "the new copy"), (retired, "the previous copy")):
+            if source.is_dir() and _manifest_names(source, tag) and _completeness_problem(source)[0] is None:
+                os.replace(source, checkpoint_dir / tag)
+                done.append(f"{tag}: kept {which} from a re-save that was interrupted")
+                break
+    return done
+
+
+def _manifest_names(folder: Path, tag: str) -> bool:
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("tag") == tag
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def remove_leftovers(checkpoint_dir: Path) -> list[str]:
-    """Staging folders of saves that never finished (rank 0, at start). Returns their names."""
+    """Staging folders of saves that never finished (rank 0, at start), after recovering a step whose re-save was
+    interrupted. Returns what was done."""
     if not checkpoint_dir.is_dir():
         return []
-    removed = []
+    removed = _recover_interrupted_resave(checkpoint_dir)
     for path in list(checkpoint_dir.iterdir()) + list((checkpoint_dir / UNIVERSAL_DIR).glob(".*.tmp-*")):
         if path.is_dir() and (_STAGING.match(path.name) or ".tmp-" in path.name):
             shutil.rmtree(path, ignore_errors=True)

@@ -38,6 +38,13 @@ def nvme_sections(ds_config: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(zero.get(key), dict) and zero[key].get("device") == "nvme"]
 
 
+def optimizer_offload(ds_config: dict[str, Any]) -> str:
+    """Where the JSON keeps the optimizer state: "none", "cpu" or "nvme"."""
+    section = ds_config.get("zero_optimization", {}).get("offload_optimizer")
+    device = section.get("device") if isinstance(section, dict) else None
+    return str(device) if device in ("cpu", "nvme") else "none"
+
+
 def uses_nvme(ds_config: dict[str, Any]) -> bool:
     return bool(nvme_sections(ds_config))
 

@@ -67,7 +67,13 @@ from ds_kronos.train.reporting import CometLogger, History, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, load_newest
 from ds_kronos.train.schedule import onecycle_factory
 from ds_kronos.train.tasks import PredictorTask, TokenizerTask
-from ds_kronos.train.training_state import RunLayout, gather_fp32_state_dict, remove_leftovers, save_training_state
+from ds_kronos.train.training_state import (
+    RunLayout,
+    gather_fp32_state_dict,
+    remove_leftovers,
+    run_layout,
+    save_training_state,
+)
 from ds_kronos.train.validation import ValidationResult, validate
 
 
@@ -125,7 +131,8 @@ class Trainer:
                 say(f"start-up clean-up: {note}")
         self._build_data()
         self.resume_source: ResumeSource | None = (
-            find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say) if config.resume else None)
+            find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say, self.ds_config)
+            if config.resume else None)
         self.task = build_task(config, self.runtime, self.ds_config)
         self._model_peak_rss = peak_rss_bytes()  # building (and loading) the model, before DeepSpeed's engine
         self.model = self.task.model
@@ -209,9 +216,7 @@ class Trainer:
                                if c.overlap_grad_reduce else None)
 
     def _layout(self) -> RunLayout:
-        return RunLayout(world_size=self.runtime.world_size, micro_batch=self.batch.micro_batch,
-                         grad_accum=self.batch.grad_accum,
-                         zero_stage=int(self.ds_config.get("zero_optimization", {}).get("stage", 0)))
+        return run_layout(self.runtime.world_size, self.batch.micro_batch, self.batch.grad_accum, self.ds_config)
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:

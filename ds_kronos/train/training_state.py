@@ -36,6 +36,7 @@ from ds_kronos.train.masters import full_fp32_master, zero3_fp32_masters
 LATEST = "latest"
 MANIFEST = "manifest.json"
 UNIVERSAL_DIR = "universal"
+OFFLOADED_TENSORS = "offloaded_tensors"  # DeepSpeed's copy of each rank's NVMe optimizer swap files, in a tag
 _TAG = re.compile(r"^step(\d{8})$")
 _STAGING = re.compile(r"^\.step\d{8}\.partial(-old)?$")
 
@@ -48,6 +49,8 @@ class RunLayout:
     micro_batch: int
     grad_accum: int
     zero_stage: int
+    optimizer_offload: str | None = None
+    """Where the optimizer state lived: "none", "cpu" or "nvme" (None: a manifest from before it was recorded)."""
 
     @property
     def global_batch(self) -> int:
@@ -56,6 +59,15 @@ class RunLayout:
     def describe(self) -> str:
         return (f"{self.micro_batch} per rank x {self.grad_accum} accumulation x {self.world_size} ranks = "
                 f"{self.global_batch}")
+
+
+def run_layout(world_size: int, micro_batch: int, grad_accum: int, ds_config: dict[str, Any]) -> RunLayout:
+    """The layout of this run (recorded in each checkpoint's manifest)."""
+    from ds_kronos.train.nvme import optimizer_offload
+
+    return RunLayout(world_size=world_size, micro_batch=micro_batch, grad_accum=grad_accum,
+                     zero_stage=int(ds_config.get("zero_optimization", {}).get("stage", 0)),
+                     optimizer_offload=optimizer_offload(ds_config))
 
 
 @dataclass(frozen=True)
@@ -207,6 +219,14 @@ def resume_candidates(checkpoint_dir: Path) -> tuple[list[Candidate], list[str]]
         else:
             candidates.append(Candidate(tag, layout))
     return candidates, notes
+
+
+def written_offload(checkpoint_dir: Path, candidate: Candidate) -> str | None:
+    """Where the optimizer state of the run that wrote ``candidate`` lived, None where unknown (an older manifest
+    that does not say, and no ``offloaded_tensors/``: DeepSpeed's copy of NVMe swap files)."""
+    if candidate.layout.optimizer_offload is not None:
+        return candidate.layout.optimizer_offload
+    return "nvme" if (checkpoint_dir / candidate.tag / OFFLOADED_TENSORS).is_dir() else None
 
 
 def needs_universal(checkpoint_dir: Path, tag: str) -> bool:

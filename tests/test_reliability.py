@@ -361,3 +361,21 @@ def test_resume_refuses_what_deepspeed_cannot_load_before_loading(written, confi
         with pytest.raises(UserError, match=expected) as raised:
             resume_source(checkpoints, config, world_size)
         assert "\n" not in str(raised.value)
+
+
+def test_restricted_loading_holds_with_the_users_force_no_weights_only_switch(tmp_path, monkeypatch):
+    """torch refuses every load when both of its switches are set; a user's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD must
+    neither make resume fail nor let a payload run (DeepSpeed passes weights_only=False itself)."""
+    from ds_kronos.train.safe_load import weights_only_loading
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
+    plain, planted, marker = tmp_path / "plain.pt", tmp_path / "planted.pt", tmp_path / "payload_ran"
+    torch.save({"w": torch.ones(2)}, plain)
+    torch.save({"p": Payload(marker)}, planted)
+    with weights_only_loading():
+        assert torch.equal(torch.load(plain, weights_only=False)["w"], torch.ones(2))
+    with pytest.raises(UserError, match="not plain training state"), weights_only_loading():
+        torch.load(planted, weights_only=False)
+    assert not marker.exists()
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1" and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ

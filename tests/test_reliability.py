@@ -20,8 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from ds_kronos.deepspeed_json.resolve import BatchLayout, load_ds_config
+from ds_kronos.errors import UserError
 from ds_kronos.model import Kronos
-from ds_kronos.train.training_state import resume_candidates
+from ds_kronos.runtime import Runtime
+from ds_kronos.train import training_state
+from ds_kronos.train.resume import find_resume_source
+from ds_kronos.train.training_state import RunLayout, remove_leftovers, resume_candidates
 from helpers import REPO, common_args, deepspeed_train, env, free_port, summary
 
 LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
@@ -248,3 +253,135 @@ def test_resume_candidates_are_only_complete_step_folders(tmp_path):
     assert candidates == []
     assert any("not a checkpoint of this run" in note for note in notes)
     assert any("skipped step00000007: the manifest names a file outside the checkpoint" in note for note in notes)
+
+
+def staged_tag(folder: Path, content: bytes) -> Path:
+    """A one-rank tag's files, as a save writes them into its staging folder."""
+    folder.mkdir(parents=True)
+    for name in ("rng_rank00000.safetensors", "mp_rank_00_model_states.pt"):
+        (folder / name).write_bytes(content)
+    return folder
+
+
+@pytest.mark.parametrize("new_copy_checks", [True, False], ids=["new_complete", "new_damaged"])
+def test_a_kill_inside_the_swap_of_a_re_saved_step_keeps_one_copy(new_copy_checks, tmp_path, monkeypatch):
+    """Step 4 saved, then saved again (a run resumed at its last step) and killed between the two renames that swap
+    the new tag in: the next start publishes the new copy if its manifest checks, else moves the old one back."""
+    checkpoints, tag = tmp_path / "checkpoints", "step00000004"
+    staging = checkpoints / f".{tag}.partial"
+    layout = RunLayout(world_size=1, micro_batch=1, grad_accum=1, zero_stage=0)
+    training_state._publish(checkpoints, staged_tag(staging, b"old"), tag, layout)
+    staged_tag(staging, b"newer")
+    replace, calls = os.replace, []
+
+    def killed_before_the_second_rename(source, target):
+        calls.append(source)
+        if len(calls) == 3:  # 1: the manifest, 2: the old tag retired, 3: the new tag moved in
+            raise KeyboardInterrupt
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        training_state._publish(checkpoints, staging, tag, layout)
+    monkeypatch.setattr(os, "replace", replace)
+    assert not (checkpoints / tag).exists() and staging.is_dir() and (checkpoints / f".{tag}.partial-old").is_dir()
+    if not new_copy_checks:
+        (staging / "mp_rank_00_model_states.pt").write_bytes(b"ne")  # truncated: its manifest does not check
+    notes = remove_leftovers(checkpoints)
+    expected = b"newer" if new_copy_checks else b"old"
+    assert (checkpoints / tag / "mp_rank_00_model_states.pt").read_bytes() == expected
+    assert any(("the new copy" if new_copy_checks else "the previous copy") in note for note in notes), notes
+    assert [c.tag for c in resume_candidates(checkpoints)[0]] == [tag]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["latest", tag]  # no staging folder left
+
+
+@pytest.mark.processes
+def test_resume_across_zero_1_and_2_continues_exactly(stopped_run, config_runs, tmp_path, demo_prepared_dir,
+                                                       tiny_checkpoints):
+    """DeepSpeed's ZeRO-1 and ZeRO-2 save the same optimizer state: the ZeRO-2 run resumed at ZeRO-1 ends as the
+    uninterrupted ZeRO-2 run."""
+    save_dir = copy_run(stopped_run, tmp_path / "run")
+    args = common_args(demo_prepared_dir, tiny_checkpoints, save_dir) + ["--deepspeed_config", "ds_configs/zero1.json",
+                                                                         "--resume"]
+    result = launched(args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "resumed from step 3" in result.stdout
+    assert_same_final_weights(save_dir, config_runs["zero2"])
+
+
+@pytest.mark.processes
+def test_resume_at_another_zero_stage_is_one_line_naming_both(stopped_run, tmp_path, demo_prepared_dir,
+                                                              tiny_checkpoints):
+    save_dir = copy_run(stopped_run, tmp_path / "run")
+    result = single(common_args(demo_prepared_dir, tiny_checkpoints, save_dir)
+                    + ["--deepspeed_config", "ds_configs/zero0.json", "--resume"])
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    errors = error_lines(result)
+    assert len(errors) == 1 and "written by a ZeRO-2 run and this run is ZeRO-0" in errors[0], errors
+
+
+def fake_checkpoints(root: Path, layout: dict, nvme_files: bool = False) -> Path:
+    """A complete-looking tag (manifest, RNG files) written with ``layout``; no DeepSpeed files (never loaded)."""
+    tag = root / "checkpoints" / "step00000004"
+    tag.mkdir(parents=True)
+    names = [f"rng_rank{rank:05d}.safetensors" for rank in range(layout["world_size"])]
+    if nvme_files:
+        names.append("offloaded_tensors/rank00/0_48.tensor.swp")
+    for name in names:
+        (tag / name).parent.mkdir(parents=True, exist_ok=True)
+        (tag / name).write_bytes(b"x")
+    (tag / "manifest.json").write_text(json.dumps({"tag": tag.name, "layout": layout, "files": dict.fromkeys(names,
+                                                                                                          1)}))
+    return root / "checkpoints"
+
+
+def resume_source(checkpoints: Path, config: str, world_size: int, micro: int = 8):
+    ds_config = load_ds_config(f"ds_configs/{config}.json")
+    runtime = Runtime(rank=0, local_rank=0, world_size=world_size, device=torch.device("cpu"))
+    return find_resume_source(checkpoints, BatchLayout(micro, 1, world_size), runtime, lambda line: None, ds_config)
+
+
+@pytest.mark.parametrize("written,config,world_size,expected", [
+    ({"zero_stage": 2}, "zero1", 2, None),
+    ({"zero_stage": 1}, "zero2", 2, None),
+    ({"zero_stage": 0}, "zero2", 2, "written by a ZeRO-0 run and this run is ZeRO-2"),
+    ({"zero_stage": 3}, "zero2", 2, "written by a ZeRO-3 run and this run is ZeRO-2"),
+    ({"zero_stage": 3, "optimizer_offload": "cpu"}, "zero3_offload", 2, None),
+    ({"zero_stage": 3, "optimizer_offload": "none"}, "zero3_offload", 2,
+     "optimizer state not offloaded and this run has it offloaded to the CPU"),
+    ({"zero_stage": 3, "optimizer_offload": "cpu"}, "zero3_nvme", 2,
+     "offloaded to the CPU and this run has it offloaded to NVMe"),
+    ({"zero_stage": 3}, "zero3", 2, "offloaded to NVMe and this run has it not offloaded"),  # older manifest
+    ({"zero_stage": 3, "optimizer_offload": "nvme"}, "zero3_nvme", 1, "which NVMe optimizer offload does not support"),
+], ids=["zero2_to_1", "zero1_to_2", "zero0_to_2", "zero3_to_2", "cpu_to_cpu", "none_to_cpu", "cpu_to_nvme",
+        "nvme_to_none", "nvme_elastic"])
+def test_resume_refuses_what_deepspeed_cannot_load_before_loading(written, config, world_size, expected, tmp_path):
+    """A changed ZeRO stage (but 1 <-> 2) or optimizer offload, and an elastic resume under NVMe, are refused with
+    one line before any engine, conversion or load; an older manifest's NVMe tag is told by its offloaded_tensors/."""
+    layout = {"world_size": 2, "micro_batch": 8 * world_size // 2, "grad_accum": 1, **written}
+    checkpoints = fake_checkpoints(tmp_path, layout, nvme_files="optimizer_offload" not in written
+                                   and written["zero_stage"] == 3)
+    if expected is None:
+        assert resume_source(checkpoints, config, world_size).candidates[0].tag == "step00000004"
+    else:
+        with pytest.raises(UserError, match=expected) as raised:
+            resume_source(checkpoints, config, world_size)
+        assert "\n" not in str(raised.value)
+
+
+def test_restricted_loading_holds_with_the_users_force_no_weights_only_switch(tmp_path, monkeypatch):
+    """torch refuses every load when both of its switches are set; a user's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD must
+    neither make resume fail nor let a payload run (DeepSpeed passes weights_only=False itself)."""
+    from ds_kronos.train.safe_load import weights_only_loading
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
+    plain, planted, marker = tmp_path / "plain.pt", tmp_path / "planted.pt", tmp_path / "payload_ran"
+    torch.save({"w": torch.ones(2)}, plain)
+    torch.save({"p": Payload(marker)}, planted)
+    with weights_only_loading():
+        assert torch.equal(torch.load(plain, weights_only=False)["w"], torch.ones(2))
+    with pytest.raises(UserError, match="not plain training state"), weights_only_loading():
+        torch.load(planted, weights_only=False)
+    assert not marker.exists()
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1" and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ

@@ -113,6 +113,27 @@ def test_world_size_invariance(invariance_runs):
         assert_same_run(reference, invariance_runs[name])
 
 
+@pytest.mark.processes
+def test_preset_initialisation_is_the_same_at_every_zero_stage(demo_prepared_dir, tiny_checkpoints, tmp_path):
+    """From a preset (not a checkpoint folder) with the same --seed: ZeRO-3's partitioned construction
+    (deepspeed.zero.Init) draws the same initial weights as a plain build, so initial_model/, the first validation
+    loss and the run itself match across stages and world sizes."""
+    layouts = {"1x16_zero0": (1, "ds_configs/zero0.json", 16, 1), "2x4x2_zero3": (2, "ds_configs/zero3.json", 4, 2)}
+
+    def run(name: str) -> None:
+        nproc, config, micro, accum = layouts[name]
+        launch(nproc, run_args(demo_prepared_dir, (tiny_checkpoints[0], Path("tiny")), tmp_path / name, config,
+                               micro, accum, "--max_steps", "2"))
+    two_at_a_time(run, layouts)
+    plain, partitioned = (tmp_path / name for name in layouts)
+    assert summary(partitioned)["partitioned_construction"] and not summary(plain)["partitioned_construction"]
+    start_plain, start_partitioned = weights(plain / "initial_model"), weights(partitioned / "initial_model")
+    assert start_plain.keys() == start_partitioned.keys()
+    different = [k for k in start_plain if not torch.equal(start_plain[k], start_partitioned[k])]
+    assert not different, different
+    assert_same_run(plain, partitioned)
+
+
 def test_training_moves_weights_far_more_than_the_invariance_tolerance(invariance_runs, tiny_checkpoints):
     start, end = weights(tiny_checkpoints[1]), weights(invariance_runs[REFERENCE] / "final_model")
     assert max((start[k] - end[k]).abs().max().item() for k in start) > 100 * WEIGHT_ATOL

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ds_kronos.model.partitioned import modifiable
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm, computed in fp32 whatever the input dtype (as upstream)."""
@@ -279,8 +281,11 @@ class HierarchicalEmbedding(nn.Module):
         self.emb_s1 = nn.Embedding(2 ** s1_bits, d_model)
         self.emb_s2 = nn.Embedding(2 ** s2_bits, d_model)
         self.fusion_proj = nn.Linear(2 * d_model, d_model)
-        nn.init.normal_(self.emb_s1.weight, mean=0.0, std=d_model ** -0.5)
-        nn.init.normal_(self.emb_s2.weight, mean=0.0, std=d_model ** -0.5)
+        for table in (self.emb_s1, self.emb_s2):
+            # Under deepspeed.zero.Init the tables are partitioned by now: gathered, the draw is the full table's,
+            # so the random stream (and every later initial weight) is the same as in a plain build.
+            with modifiable(table):
+                nn.init.normal_(table.weight, mean=0.0, std=d_model ** -0.5)
 
     def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor) -> torch.Tensor:
         scale = math.sqrt(self.d_model)

@@ -6,6 +6,13 @@ A DeepSpeed JSON offloads to NVMe when ``offload_param`` or ``offload_optimizer`
 through its async I/O op, which needs the libaio system library; without it the run stops at start with one line
 that says what to install. The swap files are scratch: they are removed at the end of the run (and any left by a
 killed run are removed at the next start), since a resumed run reloads its state from the checkpoint, not from them.
+
+Resuming with the optimizer on NVMe (:func:`restore_swapped_optimizer`): DeepSpeed 0.19's ``load_checkpoint`` then
+skips the ZeRO optimizer load and only copies ``<tag>/offloaded_tensors/rankNN`` back into the swap folder; a fresh
+engine's swapper knows only the fp32 partitions, so the copied Adam moments would never be read, Adam's step count
+would restart and the param groups would keep the warm-up lr. The trainer completes the load with DeepSpeed's own
+pieces: the ZeRO optimizer load (step counts, lr and the other param-group values, in-memory sub-groups), then each
+swapped sub-group's moments are registered with the swapper and read back from the copied files.
 """
 
 from __future__ import annotations
@@ -15,8 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ds_kronos.console import say
-from ds_kronos.errors import ConfigError, UserError
+from ds_kronos.errors import CheckpointError, ConfigError, UserError
 from ds_kronos.runtime import Runtime, barrier
 
 AUTO = "auto"
@@ -29,6 +38,13 @@ def nvme_sections(ds_config: dict[str, Any]) -> list[dict[str, Any]]:
     zero = ds_config.get("zero_optimization", {})
     return [zero[key] for key in OFFLOAD_SECTIONS
             if isinstance(zero.get(key), dict) and zero[key].get("device") == "nvme"]
+
+
+def optimizer_offload(ds_config: dict[str, Any]) -> str:
+    """Where the JSON keeps the optimizer state: "none", "cpu" or "nvme"."""
+    section = ds_config.get("zero_optimization", {}).get("offload_optimizer")
+    device = section.get("device") if isinstance(section, dict) else None
+    return str(device) if device in ("cpu", "nvme") else "none"
 
 
 def fill_nvme_path(ds_config: dict[str, Any], nvme_dir: str | None, save_dir: str) -> Path | None:
@@ -135,3 +151,39 @@ def prepare_swap_folder(ds_config: dict[str, Any], nvme_dir: str | None, save_di
             say(f"start-up clean-up: removed {freed / 2**30:.2f} GiB of stale NVMe swap files in {swap_dir}")
     barrier()
     return swap_dir
+
+
+def offloads_optimizer_to_nvme(engine) -> bool:
+    """Whether the engine's ZeRO-3 optimizer swaps its state to NVMe (DeepSpeed's own test for it)."""
+    return bool(engine.zero_nvme_offload_optimizer())
+
+
+def restore_swapped_optimizer(engine, load_dir: Path, tag: str) -> None:
+    """Finish ``engine.load_checkpoint(load_dir, tag)`` under NVMe optimizer offload (see the module docstring).
+    Collective (the ZeRO-3 load gathers and re-partitions parameters): call on every rank, right after the load."""
+    optimizer = engine.optimizer
+    optimizer.checkpoint_event_prologue()
+    # DeepSpeed's ZeRO load, which load_checkpoint skips here: it restores the base optimizer's state dict (the step
+    # counts and param groups: lr, betas, ...), the in-memory sub-groups' masters and moments, and purges the
+    # swapper's state records, which then know the fp32 partitions only.
+    if not engine._load_zero_checkpoint(str(load_dir), tag, load_optimizer_states=True):
+        raise CheckpointError(f"{load_dir / tag}: no ZeRO optimizer files for this rank")
+    swapper, inner = optimizer.optimizer_swapper, optimizer.optimizer
+    for index, master in enumerate(optimizer.fp32_partitioned_groups_flat):
+        state = inner.state.get(master)
+        if not optimizer._swappable_optimizer_subgroup(index) or not state:
+            continue  # kept in memory (restored above), or never stepped
+        numel = optimizer.fp16_partitioned_groups_flat_numel[index]
+        for name, value in state.items():
+            if not torch.is_tensor(value) or value.dim() == 0:
+                continue  # a step count or other scalar: restored with the state dict
+            path = Path(swapper.swap_folder) / f"{name}-{master.ds_id}.tensor.swp"  # SwapTensorContext's naming
+            if not path.is_file() or path.stat().st_size < numel * value.element_size():
+                raise CheckpointError(f"{load_dir / tag}: the NVMe copy of the optimizer state {name} of sub-group "
+                                      f"{index} is missing or short ({path.name})")
+            # Saved swapped out (empty); a tensor of its full size makes the swapper register it (it registers
+            # state tensors by size), and the swap-in then reads the checkpoint's values from the copied file.
+            state[name] = torch.empty(numel, dtype=value.dtype)
+        swapper.swap_in_optimizer_state(parameter=master)
+        swapper.swap_out_optimizer_state(parameter=master)
+    optimizer.checkpoint_event_epilogue()

@@ -2,7 +2,9 @@
 
 Decided before the engine is built (an elastic resume needs ``load_universal`` in the DeepSpeed config): the
 complete checkpoints, newest first (see ds_kronos.train.training_state), the layout of the run that wrote them, and
-whether the world size changed. Loading then tries them in turn; every rank agrees on each attempt (one small
+whether the world size changed. What DeepSpeed cannot load is refused first with one line: another ZeRO stage (but
+ZeRO-1 <-> 2), another optimizer offload device, and a changed world size with NVMe optimizer offload.
+Loading then tries them in turn; every rank agrees on each attempt (one small
 all-reduce), so a file that one rank cannot read moves all ranks on together.
 """
 
@@ -16,8 +18,16 @@ from ds_kronos.console import say
 from ds_kronos.deepspeed_json.resolve import BatchLayout
 from ds_kronos.errors import UserError
 from ds_kronos.runtime import Runtime, all_reduce_max, rank_seed, seed_everything
+from ds_kronos.train.nvme import optimizer_offload
 from ds_kronos.train.position import Position
-from ds_kronos.train.training_state import Candidate, RunLayout, load_training_state, needs_universal, resume_candidates
+from ds_kronos.train.training_state import (
+    Candidate,
+    RunLayout,
+    load_training_state,
+    needs_universal,
+    resume_candidates,
+    written_offload,
+)
 from ds_kronos.train.universal import convert_to_universal
 
 
@@ -32,8 +42,8 @@ class ResumeSource:
     """Load DeepSpeed universal copies (elastic, and the optimizer state is partitioned by rank)."""
 
 
-def find_resume_source(checkpoint_dir: Path, batch: BatchLayout, runtime: Runtime,
-                       say: Callable[[str], None]) -> ResumeSource:
+def find_resume_source(checkpoint_dir: Path, batch: BatchLayout, runtime: Runtime, say: Callable[[str], None],
+                       ds_config: dict[str, Any]) -> ResumeSource:
     candidates, notes = resume_candidates(checkpoint_dir)
     if runtime.is_main:
         for note in notes:
@@ -42,14 +52,41 @@ def find_resume_source(checkpoint_dir: Path, batch: BatchLayout, runtime: Runtim
         passed = f" ({len(notes)} passed over, see above)" if notes else ""
         raise UserError(f"--resume: no checkpoint to resume from in {checkpoint_dir}{passed}")
     layout = candidates[0].layout
+    check_same_engine(checkpoint_dir, candidates[0], ds_config)
     if layout.global_batch != batch.global_batch:
         raise UserError(f"--resume: {candidates[0].tag} was trained with a global batch of {layout.describe()}; "
                         f"this run has {batch.micro_batch} x {batch.grad_accum} x {runtime.world_size} = "
                         f"{batch.global_batch}. Keep the global batch when resuming (on another number of ranks, "
                         f"change --batch_size/--grad_accum so the product stays {layout.global_batch})")
     elastic = layout.world_size != runtime.world_size
+    if elastic and "nvme" in (optimizer_offload(ds_config), written_offload(checkpoint_dir, candidates[0])):
+        raise UserError(f"--resume: {candidates[0].tag} was written by {layout.world_size} rank(s) and this run has "
+                        f"{runtime.world_size}, which NVMe optimizer offload does not support (each rank's swapped "
+                        f"optimizer state is saved as its own files, which DeepSpeed's universal conversion does not "
+                        f"read): resume on {layout.world_size} rank(s)")
     same_layout = tuple(c for c in candidates if c.layout == layout)
     return ResumeSource(same_layout, layout, elastic, elastic and needs_universal(checkpoint_dir, candidates[0].tag))
+
+
+STAGES_DEEPSPEED_LOADS_ACROSS = {1, 2}
+"""ZeRO-1 and ZeRO-2 save the same optimizer state (stage_1_and_2.py), so either loads the other's checkpoint."""
+
+
+def check_same_engine(checkpoint_dir: Path, newest: Candidate, ds_config: dict[str, Any]) -> None:
+    """Refuse, with one line naming both, a ZeRO stage or an optimizer offload that DeepSpeed cannot load the
+    checkpoint into (it would report every tag as unreadable, or load it wrongly)."""
+    written, stage = newest.layout.zero_stage, int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    if written != stage and not {written, stage} <= STAGES_DEEPSPEED_LOADS_ACROSS:
+        raise UserError(f"--resume: {newest.tag} was written by a ZeRO-{written} run and this run is ZeRO-{stage}: "
+                        f"DeepSpeed loads a checkpoint at the stage that wrote it (or across ZeRO-1 and ZeRO-2) "
+                        f"only; resume with a ZeRO-{written} config")
+    was, now = written_offload(checkpoint_dir, newest), optimizer_offload(ds_config)
+    if was is not None and was != now:
+        raise UserError(f"--resume: {newest.tag} was written with the optimizer state {_OFFLOAD_WORDS[was]} and "
+                        f"this run has it {_OFFLOAD_WORDS[now]}: resume with the same offload_optimizer device")
+
+
+_OFFLOAD_WORDS = {"none": "not offloaded", "cpu": "offloaded to the CPU", "nvme": "offloaded to NVMe"}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -20,6 +20,9 @@ import torch
 from ds_kronos.errors import UserError
 
 FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+"""torch refuses every load when both switches are set: a user's own ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is lifted
+inside :func:`weights_only_loading` (and put back after)."""
 
 
 def deepspeed_state_classes() -> list[type]:
@@ -35,8 +38,9 @@ def deepspeed_state_classes() -> list[type]:
 @contextmanager
 def weights_only_loading() -> Iterator[None]:
     """Every ``torch.load`` inside uses the restricted unpickler with DeepSpeed's state classes allowed."""
-    previous = os.environ.get(FORCE_WEIGHTS_ONLY)
+    previous = {name: os.environ.get(name) for name in (FORCE_WEIGHTS_ONLY, FORCE_NO_WEIGHTS_ONLY)}
     os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    os.environ.pop(FORCE_NO_WEIGHTS_ONLY, None)
     try:
         with torch.serialization.safe_globals(deepspeed_state_classes()):
             yield
@@ -46,7 +50,8 @@ def weights_only_loading() -> Iterator[None]:
         raise UserError(f"--resume: a checkpoint file holds objects that are not plain training state, so it is not "
                         f"loaded ({first})") from None
     finally:
-        if previous is None:
-            os.environ.pop(FORCE_WEIGHTS_ONLY, None)
-        else:
-            os.environ[FORCE_WEIGHTS_ONLY] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -66,7 +66,7 @@ from ds_kronos.train.resume import ResumeSource, find_resume_source, resume_posi
 from ds_kronos.train.schedule import onecycle_factory
 from ds_kronos.train.step import train_micro_step
 from ds_kronos.train.tasks import PredictorTask, TokenizerTask
-from ds_kronos.train.training_state import RunLayout, remove_leftovers, save_training_state
+from ds_kronos.train.training_state import RunLayout, remove_leftovers, run_layout, save_training_state
 from ds_kronos.train.validation import ValidationResult, validate
 
 
@@ -100,7 +100,8 @@ class Trainer:
         self._build_data()
         self.swap_dir = prepare_swap_folder(self.ds_config, config.nvme_dir, config.save_dir, self.runtime)
         self.resume_source: ResumeSource | None = (
-            find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say) if config.resume else None)
+            find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say, self.ds_config)
+            if config.resume else None)
         self.task = build_task(config, self.runtime, self.ds_config)
         self.model = self.task.model
         self.model_peak_rss = peak_rss_bytes()  # building (and loading) the model, before DeepSpeed's engine
@@ -178,8 +179,7 @@ class Trainer:
                                if c.overlap_grad_reduce else None)
 
     def _layout(self) -> RunLayout:
-        return RunLayout(world_size=self.runtime.world_size, micro_batch=self.batch.micro_batch,
-                         grad_accum=self.batch.grad_accum, zero_stage=self.ds_view.zero_stage)
+        return run_layout(self.runtime.world_size, self.batch.micro_batch, self.batch.grad_accum, self.ds_config)
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from ds_kronos.runtime import Runtime, barrier
 LATEST = "latest"
 MANIFEST = "manifest.json"
 UNIVERSAL_DIR = "universal"
+OFFLOADED_TENSORS = "offloaded_tensors"  # DeepSpeed's copy of each rank's NVMe optimizer swap files, in a tag
 _TAG = re.compile(r"^step(\d{8})$")
 _STAGING = re.compile(r"^\.step\d{8}\.partial(-old)?$")
 
@@ -46,6 +48,8 @@ class RunLayout:
     micro_batch: int
     grad_accum: int
     zero_stage: int
+    optimizer_offload: str | None = None
+    """Where the optimizer state lived: "none", "cpu" or "nvme" (None: a manifest from before it was recorded)."""
 
     @property
     def global_batch(self) -> int:
@@ -54,6 +58,15 @@ class RunLayout:
     def describe(self) -> str:
         return (f"{self.micro_batch} per rank x {self.grad_accum} accumulation x {self.world_size} ranks = "
                 f"{self.global_batch}")
+
+
+def run_layout(world_size: int, micro_batch: int, grad_accum: int, ds_config: dict[str, Any]) -> RunLayout:
+    """The layout of this run (recorded in each checkpoint's manifest)."""
+    from ds_kronos.train.nvme import optimizer_offload
+
+    return RunLayout(world_size=world_size, micro_batch=micro_batch, grad_accum=grad_accum,
+                     zero_stage=int(ds_config.get("zero_optimization", {}).get("stage", 0)),
+                     optimizer_offload=optimizer_offload(ds_config))
 
 
 @dataclass(frozen=True)
@@ -118,11 +131,37 @@ def _prune(checkpoint_dir: Path, keep_last: int, protect: str) -> None:
     shutil.rmtree(checkpoint_dir / UNIVERSAL_DIR, ignore_errors=True)  # a resumed run has its own tags now
 
 
+def _recover_interrupted_resave(checkpoint_dir: Path) -> list[str]:
+    """A kill between the two renames of a re-saved step (see ``_publish``) leaves ``.stepN.partial-old`` (the
+    previous complete tag) and ``.stepN.partial`` (the new one, manifest written) and no ``stepN``. As model folders
+    are recovered (ds_kronos.atomic.recover_folders): the staged tag is published if its manifest checks, else the
+    previous one is moved back. Returns what was done."""
+    done = []
+    for retired in sorted(checkpoint_dir.glob(".step*.partial-old")):
+        tag = retired.name[1:].removesuffix(".partial-old")
+        if not _TAG.match(tag) or (checkpoint_dir / tag).exists():
+            continue
+        for source, which in ((checkpoint_dir / f".{tag}.partial", "the new copy"), (retired, "the previous copy")):
+            if source.is_dir() and _manifest_names(source, tag) and _completeness_problem(source)[0] is None:
+                os.replace(source, checkpoint_dir / tag)
+                done.append(f"{tag}: kept {which} from a re-save that was interrupted")
+                break
+    return done
+
+
+def _manifest_names(folder: Path, tag: str) -> bool:
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("tag") == tag
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def remove_leftovers(checkpoint_dir: Path) -> list[str]:
-    """Staging folders of saves that never finished (rank 0, at start). Returns their names."""
+    """Staging folders of saves that never finished (rank 0, at start), after recovering a step whose re-save was
+    interrupted. Returns what was done."""
     if not checkpoint_dir.is_dir():
         return []
-    removed = []
+    removed = _recover_interrupted_resave(checkpoint_dir)
     for path in list(checkpoint_dir.iterdir()) + list((checkpoint_dir / UNIVERSAL_DIR).glob(".*.tmp-*")):
         if path.is_dir() and (_STAGING.match(path.name) or ".tmp-" in path.name):
             shutil.rmtree(path, ignore_errors=True)
@@ -181,6 +220,14 @@ def resume_candidates(checkpoint_dir: Path) -> tuple[list[Candidate], list[str]]
     return candidates, notes
 
 
+def written_offload(checkpoint_dir: Path, candidate: Candidate) -> str | None:
+    """Where the optimizer state of the run that wrote ``candidate`` lived, None where unknown (an older manifest
+    that does not say, and no ``offloaded_tensors/``: DeepSpeed's copy of NVMe swap files)."""
+    if candidate.layout.optimizer_offload is not None:
+        return candidate.layout.optimizer_offload
+    return "nvme" if (checkpoint_dir / candidate.tag / OFFLOADED_TENSORS).is_dir() else None
+
+
 def needs_universal(checkpoint_dir: Path, tag: str) -> bool:
     """Whether the tag holds optimizer state partitioned by data-parallel rank (ZeRO-1/2/3, the bf16 optimizer)."""
     return any((checkpoint_dir / tag).glob("*optim_states.pt"))
@@ -190,12 +237,15 @@ def load_training_state(engine, runtime: Runtime, checkpoint_dir: Path, tag: str
                         restore_rng: bool) -> dict[str, Any] | None:
     """Restore model, optimizer, scheduler and (``restore_rng``: same world size) this rank's RNG; returns the
     client state saved with them, or None when DeepSpeed found nothing to load."""
+    from ds_kronos.train.nvme import offloads_optimizer_to_nvme, restore_swapped_optimizer
     from ds_kronos.train.safe_load import weights_only_loading
 
     load_dir = checkpoint_dir / UNIVERSAL_DIR if universal else checkpoint_dir
     with weights_only_loading():
         path, client_state = engine.load_checkpoint(str(load_dir), tag=tag, load_optimizer_states=True,
                                                     load_lr_scheduler_states=True)
+        if path is not None and offloads_optimizer_to_nvme(engine):
+            restore_swapped_optimizer(engine, load_dir, tag)  # DeepSpeed skips the optimizer state there
     if path is None:
         return None
     if restore_rng:

@@ -20,12 +20,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_TOP_P, option, prepared_data_problems
+from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_TOP_P, option
 from ds_kronos.console import say
+from ds_kronos.data.manifest import SPLITS
 from ds_kronos.data.normalise import DEFAULT_CLIP, denormalise
 from ds_kronos.data.series import CLOSE
+from ds_kronos.data.verify import prepared_data_problems
 from ds_kronos.evaluation import metrics, probabilistic
-from ds_kronos.evaluation.config import SPLIT_CHOICES, EvalConfig
+from ds_kronos.evaluation.config import EvalConfig
 from ds_kronos.evaluation.selection import EvaluationSet
 from ds_kronos.forecast.sampler_file import (
     DEFAULT_TEMPERATURE,
@@ -34,6 +36,7 @@ from ds_kronos.forecast.sampler_file import (
     write_sampler_file,
 )
 from ds_kronos.model.published import names_checkpoint
+from ds_kronos.runtime import distributed_failures, init_runtime
 
 
 @dataclass(kw_only=True)
@@ -46,7 +49,7 @@ class CalibrateConfig:
     predictor: str | None = option(None, help="predictor checkpoint folder (sampler.json is written into it)")
     sampler_out: str | None = option(None, help=f"where to write the chosen settings (default: the predictor "
                                                 f"folder's {SAMPLER_FILE})")
-    split: str = option("val", choices=SPLIT_CHOICES, help="split the settings are chosen on")
+    split: str = option("val", choices=SPLITS, help="split the settings are chosen on")
     check_split: str | None = option("test", help="split scored with the default and the chosen settings, "
                                                   "reported before/after (none: skip)")
     temperatures: list[float] = option(default_factory=lambda: [0.8, 1.0, 1.2, 1.5],
@@ -81,8 +84,8 @@ class CalibrateConfig:
                 problems.append(f"--{name} is required: a checkpoint folder or a preset name")
         if self.predictor and not self.sampler_out and not names_checkpoint(self.predictor):
             problems.append(f"--predictor {self.predictor} is not a folder: give --sampler_out FILE")
-        if self.check_split is not None and self.check_split not in SPLIT_CHOICES:
-            problems.append(f"--check_split must be one of {', '.join(SPLIT_CHOICES)} or none, got "
+        if self.check_split is not None and self.check_split not in SPLITS:
+            problems.append(f"--check_split must be one of {', '.join(SPLITS)} or none, got "
                             f"{self.check_split!r}")
         bad_t = [t for t in self.temperatures if not (math.isfinite(t) and 0 < t <= MAX_TEMPERATURE)]
         if bad_t or not self.temperatures:
@@ -122,6 +125,11 @@ def close_scores(paths_norm: np.ndarray, real: Any, quantiles: list[float]) -> d
 
 def run_calibration(config: CalibrateConfig, log: Callable[[str], None] = say) -> dict[str, Any] | None:
     """Run the search; returns what was written to sampler.json on rank 0, None on the other ranks."""
+    with distributed_failures(config.dist_timeout):
+        return _calibrate(config, log)
+
+
+def _calibrate(config: CalibrateConfig, log: Callable[[str], None]) -> dict[str, Any] | None:
     from ds_kronos.evaluation.gather import broadcast_choice, gather_forecasts
     from ds_kronos.evaluation.job import forecast_origins
     from ds_kronos.evaluation.scoring import realised_windows
@@ -138,7 +146,6 @@ def run_calibration(config: CalibrateConfig, log: Callable[[str], None] = say) -
     predictor = Kronos.from_folder_or_preset(config.predictor)
     check_pair(tokenizer, predictor)
 
-    from ds_kronos.runtime import barrier, init_runtime
     runtime = init_runtime(config.threads, config.dist_timeout)
     main = runtime.is_main
     tokenizer, predictor = tokenizer.to(runtime.device).float(), predictor.to(runtime.device).float()
@@ -207,8 +214,7 @@ def run_calibration(config: CalibrateConfig, log: Callable[[str], None] = say) -
                 log(f"  {split}: before (T {default[0]:g}, top_p {default[1]:g}) "
                     f"{format_scores(calibration['before'][name])}; after {format_scores(calibration['after'][name])}")
         log(f"wrote {path} ({calibration['seconds']:.0f} s)")
-    barrier()
-    torch.distributed.destroy_process_group()
+    runtime.close()
     return payload
 
 

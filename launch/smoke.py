@@ -5,21 +5,27 @@
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 
 import torch
 
 from ds_kronos.cli import run_main
+from ds_kronos.config import option, parse_config
 from ds_kronos.model import PREDICTOR_PRESETS, Kronos, KronosTokenizer, preset
 
 
+@dataclass(kw_only=True)
+class SmokeConfig:
+    """Install check: one forward/backward pass of a predictor preset on random bars."""
+
+    preset: str = option("small", choices=tuple(sorted(PREDICTOR_PRESETS)), help="predictor preset")
+    batch: int = option(4, ge=1, help="samples")
+    context: int = option(64, ge=1, help="tokens per sample")
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="small", choices=sorted(PREDICTOR_PRESETS))
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--context", type=int, default=64)
-    args = parser.parse_args(argv)
+    args = parse_config(SmokeConfig, argv)
     torch.manual_seed(0)
     spec = preset(args.preset)
     tokenizer = KronosTokenizer.from_preset(spec.tokenizer).eval()

@@ -31,7 +31,7 @@ target = Path(sys.argv[1]).resolve()
 located = {name: locate_ds_config(f"ds_configs/{name}.json") for name in shipped_names()}
 located.update({f"default:{cls.__name__}": locate_ds_config(cls().deepspeed_config)
                 for cls in (TrainConfig, TokenizerTrainConfig)})
-exact, merged = ds_config_for(2, False, "bf16"), ds_config_for(1, False, "bf16")
+exact, merged = ds_config_for(2, "none", "bf16"), ds_config_for(1, "none", "bf16")
 exact.write("planned.json")
 print(json.dumps({
     "package": str(Path(ds_kronos.__file__).resolve()),

@@ -40,13 +40,6 @@ def nvme_sections(ds_config: dict[str, Any]) -> list[dict[str, Any]]:
             if isinstance(zero.get(key), dict) and zero[key].get("device") == "nvme"]
 
 
-def optimizer_offload(ds_config: dict[str, Any]) -> str:
-    """Where the JSON keeps the optimizer state: "none", "cpu" or "nvme"."""
-    section = ds_config.get("zero_optimization", {}).get("offload_optimizer")
-    device = section.get("device") if isinstance(section, dict) else None
-    return str(device) if device in ("cpu", "nvme") else "none"
-
-
 def fill_nvme_path(ds_config: dict[str, Any], nvme_dir: str | None, save_dir: str) -> Path | None:
     """Set every "auto" (or missing) ``nvme_path`` to ``nvme_dir`` (default ``save_dir/nvme_swap``), in place;
     returns the swap folder in use, None without NVMe offload. Explicit paths in the JSON are kept; they must agree,

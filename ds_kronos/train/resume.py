@@ -16,9 +16,9 @@ from typing import Any, Callable
 
 from ds_kronos.console import say
 from ds_kronos.deepspeed_json.resolve import BatchLayout
+from ds_kronos.deepspeed_json.view import DeepSpeedView
 from ds_kronos.errors import UserError
 from ds_kronos.runtime import Runtime, all_reduce_max, rank_seed, seed_everything
-from ds_kronos.train.nvme import optimizer_offload
 from ds_kronos.train.position import Position
 from ds_kronos.train.training_state import (
     Candidate,
@@ -59,7 +59,8 @@ def find_resume_source(checkpoint_dir: Path, batch: BatchLayout, runtime: Runtim
                         f"{batch.global_batch}. Keep the global batch when resuming (on another number of ranks, "
                         f"change --batch_size/--grad_accum so the product stays {layout.global_batch})")
     elastic = layout.world_size != runtime.world_size
-    if elastic and "nvme" in (optimizer_offload(ds_config), written_offload(checkpoint_dir, candidates[0])):
+    offloads = (DeepSpeedView.of(ds_config).offload_optimizer, written_offload(checkpoint_dir, candidates[0]))
+    if elastic and "nvme" in offloads:
         raise UserError(f"--resume: {candidates[0].tag} was written by {layout.world_size} rank(s) and this run has "
                         f"{runtime.world_size}, which NVMe optimizer offload does not support (each rank's swapped "
                         f"optimizer state is saved as its own files, which DeepSpeed's universal conversion does not "
@@ -80,7 +81,7 @@ def check_same_engine(checkpoint_dir: Path, newest: Candidate, ds_config: dict[s
         raise UserError(f"--resume: {newest.tag} was written by a ZeRO-{written} run and this run is ZeRO-{stage}: "
                         f"DeepSpeed loads a checkpoint at the stage that wrote it (or across ZeRO-1 and ZeRO-2) "
                         f"only; resume with a ZeRO-{written} config")
-    was, now = written_offload(checkpoint_dir, newest), optimizer_offload(ds_config)
+    was, now = written_offload(checkpoint_dir, newest), DeepSpeedView.of(ds_config).offload_optimizer
     if was is not None and was != now:
         raise UserError(f"--resume: {newest.tag} was written with the optimizer state {_OFFLOAD_WORDS[was]} and "
                         f"this run has it {_OFFLOAD_WORDS[now]}: resume with the same offload_optimizer device")

@@ -62,11 +62,11 @@ class RunLayout:
 
 def run_layout(world_size: int, micro_batch: int, grad_accum: int, ds_config: dict[str, Any]) -> RunLayout:
     """The layout of this run (recorded in each checkpoint's manifest)."""
-    from ds_kronos.train.nvme import optimizer_offload
+    from ds_kronos.deepspeed_json.view import DeepSpeedView
 
     return RunLayout(world_size=world_size, micro_batch=micro_batch, grad_accum=grad_accum,
                      zero_stage=int(ds_config.get("zero_optimization", {}).get("stage", 0)),
-                     optimizer_offload=optimizer_offload(ds_config))
+                     optimizer_offload=DeepSpeedView.of(ds_config).offload_optimizer)
 
 
 @dataclass(frozen=True)

@@ -117,3 +117,17 @@ def test_the_checks_see_a_planted_cycle_and_an_upward_import():
     graph["ds_kronos.data.verify"] = graph["ds_kronos.data.verify"] | {"ds_kronos.train.trainer"}
     assert any("ds_kronos.data.verify" in c and "ds_kronos.train.trainer" in c for c in cycles(graph))
     assert layer("ds_kronos.data.verify") < layer("ds_kronos.train.trainer")
+
+
+def test_every_module_imports():
+    """The launch scripts import the jobs only after their arguments are checked, so a broken import would otherwise
+    first show in a launched run (the slow lane): import every module here."""
+    import importlib
+
+    failed = []
+    for name in sorted(import_graph()):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, whatever its kind
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+    assert not failed, "\n".join(failed)

@@ -132,12 +132,13 @@ def banner(trainer) -> None:
         + (f"; compiled (torch.compile, {trainer.compile_backend}: the first step and validation compile)"
            if trainer.compile_backend else "")
         + ("; gradient all-reduce overlapped with backward" if trainer.grad_reduction is not None else ""))
-    train_set, val_set = trainer.train_set, trainer.val_set
+    train_set, val_set = trainer.data.train_set, trainer.data.val_set
     say(f"data {c.data}: {train_set.num_windows:,} train windows ({len(train_set):,} per epoch), "
         f"{val_set.num_windows:,} val windows ({len(val_set):,} per evaluation); window {train_set.window} bars")
+    data = trainer.data
     say(f"batch {batch.micro_batch} per rank x {batch.grad_accum} accumulation x {rt.world_size} ranks = "
-        f"{batch.global_batch}; {trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps over "
-        f"{trainer.epochs} epoch(s); lr schedule {c.lr_schedule} (warm-up {warmup_steps(trainer.total_steps)} steps)")
+        f"{batch.global_batch}; {data.steps_per_epoch} steps/epoch, {data.total_steps} steps over "
+        f"{data.epochs} epoch(s); lr schedule {c.lr_schedule} (warm-up {warmup_steps(data.total_steps)} steps)")
 
 
 def validation_line(trainer, label: str, result, improved: bool) -> None:
@@ -181,8 +182,8 @@ def summary(trainer, status: str) -> dict[str, Any]:
         "device": rt.device.type,
         "steps": pos.step,
         "total_steps": trainer.total_steps,
-        "epochs": trainer.epochs,
-        "steps_per_epoch": trainer.steps_per_epoch,
+        "epochs": trainer.data.epochs,
+        "steps_per_epoch": trainer.data.steps_per_epoch,
         "global_batch": trainer.batch.global_batch,
         "first_val_loss": pos.first_val,
         "best_val_loss": pos.best_val if math.isfinite(pos.best_val) else None,

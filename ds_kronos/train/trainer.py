@@ -14,7 +14,8 @@ published folder format from the fp32 master weights, ``initial_model/`` (when t
 ``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet
 offline``, ``comet/``.
 
-The loop (:meth:`Trainer.run`): set-up (data, the task's model, the engine; resume), then per optimizer step
+The loop (:meth:`Trainer.run`): set-up (:mod:`ds_kronos.train.build`: data, the task's model, the engine; resume),
+then per optimizer step
 :func:`ds_kronos.train.step.train_micro_step` over the accumulation's micro-batches and :meth:`Trainer._after_step`
 (log, divergence check, validation, checkpoint at their intervals), then the final validation, checkpoint and
 exports. Reporting, resume, NVMe set-up and the exact fp32 masters each live in their own module.
@@ -29,12 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from ds_kronos.atomic import recover_folders
 from ds_kronos.console import say
-from ds_kronos.data import ShardedWindowSampler, WindowDataset, verify_prepared
-from ds_kronos.deepspeed_json.resolve import load_ds_config, resolve_run
+from ds_kronos.deepspeed_json.resolve import load_ds_config
 from ds_kronos.deepspeed_json.view import DeepSpeedView
 from ds_kronos.memory_usage import peak_rss_bytes
 from ds_kronos.runtime import (
@@ -47,39 +46,17 @@ from ds_kronos.runtime import (
     seed_everything,
 )
 from ds_kronos.train import reporting
-from ds_kronos.train.compiled import compile_engine
-from ds_kronos.train.config import (
-    DEFAULT_GRAD_ACCUM,
-    DEFAULT_MICRO_BATCH,
-    CommonTrainConfig,
-    TokenizerTrainConfig,
-    TrainConfig,
-)
+from ds_kronos.train.build import build_data, build_engine, build_task
+from ds_kronos.train.config import CommonTrainConfig
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
 from ds_kronos.train.export import export_fp32_state_dict
-from ds_kronos.train.grad_overlap import overlap_gradient_reduction
-from ds_kronos.train.masters import exact_fp32_start, set_fp32_masters
 from ds_kronos.train.nvme import prepare_swap_folder, remove_swap_files
 from ds_kronos.train.position import Position
 from ds_kronos.train.reporting import CometLogger, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, resume_position
-from ds_kronos.train.schedule import onecycle_factory
 from ds_kronos.train.step import train_micro_step
-from ds_kronos.train.tasks import PredictorTask, TokenizerTask
 from ds_kronos.train.training_state import RunLayout, remove_leftovers, run_layout, save_training_state
 from ds_kronos.train.validation import ValidationResult, validate
-
-
-def build_task(config: CommonTrainConfig, runtime: Runtime, ds_config: dict) -> PredictorTask | TokenizerTask:
-    if isinstance(config, TrainConfig):
-        return PredictorTask(tokenizer=config.tokenizer, predictor=config.predictor,
-                             teacher_forcing=config.teacher_forcing, tokenizer_dtype=config.tokenizer_dtype,
-                             device=runtime.device, activation_checkpointing=config.activation_checkpointing,
-                             partition_config=ds_config if DeepSpeedView.of(ds_config).partitioned else None,
-                             rank=runtime.rank)
-    if isinstance(config, TokenizerTrainConfig):
-        return TokenizerTask(tokenizer=config.tokenizer, device=runtime.device)
-    raise TypeError(f"no training task for {type(config).__name__}")
 
 
 class Trainer:
@@ -97,7 +74,9 @@ class Trainer:
         if self.runtime.is_main:
             for note in remove_leftovers(self.checkpoint_dir) + recover_folders(self.save_dir):
                 say(f"start-up clean-up: {note}")
-        self._build_data()
+        data = build_data(config, self.runtime, self.ds_json)
+        self.data, self.batch, self.ds_config, self.total_steps = data, data.batch, data.ds_config, data.total_steps
+        self.ds_view = DeepSpeedView.of(self.ds_config)
         self.swap_dir = prepare_swap_folder(self.ds_config, config.nvme_dir, config.save_dir, self.runtime)
         self.resume_source: ResumeSource | None = (
             find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say, self.ds_config)
@@ -107,7 +86,10 @@ class Trainer:
         self.model_peak_rss = peak_rss_bytes()  # building (and loading) the model, before DeepSpeed's engine
         # The model is built (identically on every rank); from here each rank draws its own random numbers.
         seed_everything(rank_seed(config.seed, self.runtime.rank))
-        self._build_engine()
+        built = build_engine(config, self.task, self.ds_config, self.total_steps, resuming=bool(self.resume_source),
+                             universal=bool(self.resume_source and self.resume_source.universal))
+        self.engine, self.scheduler, self.frozen_fp32 = built.engine, built.scheduler, built.frozen_fp32
+        self.compile_backend, self.grad_reduction = built.compile_backend, built.grad_reduction
         self.build_peak_rss = peak_rss_bytes()  # building, loading and partitioning the model: reported at the end
         self.position = Position()
         self.comet: CometLogger | None = None
@@ -118,65 +100,6 @@ class Trainer:
         self.running_count = 0  # micro-batches summed in ``running`` since the last log line
         self.checkpointed_step = -1
         self.timed_since: float | None = None  # training time is counted from here (None: not training now)
-
-    # ----------------------------------------------------------------------------------------------- set-up
-    def _build_data(self) -> None:
-        c, rt = self.config, self.runtime
-        prepared = verify_prepared(c.data, local_rank=rt.local_rank)  # checked once per node and change
-        self.train_set = WindowDataset(prepared, "train", max_samples=c.n_train_iter, seed=c.seed, clip=c.clip)
-        self.val_set = WindowDataset(prepared, "val", max_samples=c.n_val_iter, seed=c.seed, shuffle=False,
-                                     clip=c.clip)
-        spec = resolve_run(self.ds_json, c.deepspeed_config, batch_size=c.batch_size, grad_accum=c.grad_accum,
-                           world_size=rt.world_size, micro_batches_per_epoch=self._micro_batches_per_epoch,
-                           epochs=c.epochs, max_steps=c.max_steps, lr=c.lr, use_onecycle=c.lr_schedule == "onecycle",
-                           on_cpu=rt.on_cpu, default_micro=DEFAULT_MICRO_BATCH, default_accum=DEFAULT_GRAD_ACCUM)
-        self.batch, self.ds_config = spec.batch, spec.ds_config
-        self.ds_view = DeepSpeedView.of(self.ds_config)
-        self.steps_per_epoch, self.total_steps, self.epochs = spec.steps_per_epoch, spec.total_steps, spec.epochs
-        self.train_sampler = ShardedWindowSampler(len(self.train_set), rank=rt.rank, world_size=rt.world_size,
-                                                  batch_size=self.batch.micro_batch, drop_last=True)
-        val_sampler = ShardedWindowSampler(len(self.val_set), rank=rt.rank, world_size=rt.world_size,
-                                           batch_size=self.batch.micro_batch, drop_last=False)
-        workers = c.num_workers if c.num_workers is not None else (0 if rt.on_cpu else 2)
-
-        def loader(dataset, sampler) -> DataLoader:
-            # A private generator: creating a DataLoader iterator must not consume the global torch RNG, or a
-            # resumed run (which creates its iterator mid-epoch) would sample differently from an uninterrupted one.
-            return DataLoader(dataset, batch_size=self.batch.micro_batch, sampler=sampler, num_workers=workers,
-                              pin_memory=rt.device.type == "cuda", generator=torch.Generator())
-
-        self.train_loader = loader(self.train_set, self.train_sampler)
-        self.val_loader = loader(self.val_set, val_sampler)
-
-    def _micro_batches_per_epoch(self, micro_batch: int) -> int:
-        """How the sampler deals an epoch to the ranks decides the steps in it."""
-        return ShardedWindowSampler(len(self.train_set), world_size=self.runtime.world_size, batch_size=micro_batch,
-                                    drop_last=True).batches_per_epoch()
-
-    def _build_engine(self) -> None:
-        import deepspeed
-
-        c = self.config
-        use_onecycle = c.lr_schedule == "onecycle"
-        if self.resume_source and self.resume_source.universal:
-            self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
-        # bf16/fp16 engines build their fp32 masters from the cast module: keep the exact values to restore them.
-        exact, self.frozen_fp32 = exact_fp32_start(self.model, self.task, self.ds_view.low_precision)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.engine, _, _, self.scheduler = deepspeed.initialize(
-            model=self.model, model_parameters=trainable, config=self.ds_config,
-            lr_scheduler=onecycle_factory(self.ds_config["optimizer"]["params"]["lr"], self.total_steps)
-            if use_onecycle else None)
-        if exact and not self.resume_source:  # a resumed run loads its masters from the checkpoint
-            set_fp32_masters(self.engine, exact)
-        del exact
-        self.task.checkpoint_weights = None  # done with the checkpoint file (if any): close it
-        if not use_onecycle and getattr(self.scheduler, "last_batch_iteration", None) == -1:
-            # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
-            self.scheduler.step()
-        self.compile_backend = compile_engine(self.engine) if c.compile else None
-        self.grad_reduction = (overlap_gradient_reduction(self.engine, int(c.grad_bucket_mb * 2 ** 20))
-                               if c.overlap_grad_reduce else None)
 
     def _layout(self) -> RunLayout:
         return run_layout(self.runtime.world_size, self.batch.micro_batch, self.batch.grad_accum, self.ds_config)
@@ -212,15 +135,15 @@ class Trainer:
     def _train(self) -> bool:
         """The epoch loop; returns True when stopped by ``exit_after_steps``."""
         pos, batch = self.position, self.batch
-        self.progress = Progress(self.total_steps, self.epochs, batch.global_batch, start_step=pos.step)
+        self.progress = Progress(self.total_steps, self.data.epochs, batch.global_batch, start_step=pos.step)
         self.engine.train()
         self._start_timing()
         while pos.step < self.total_steps:
-            if pos.micro_in_epoch >= self.micro_per_epoch:
+            if pos.micro_in_epoch >= self.data.micro_per_epoch:
                 pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
-            self.train_sampler.set_epoch(pos.epoch)
-            self.train_sampler.set_start_batch(pos.micro_in_epoch)
-            for x, stamp in self.train_loader:
+            self.data.train_sampler.set_epoch(pos.epoch)
+            self.data.train_sampler.set_start_batch(pos.micro_in_epoch)
+            for x, stamp in self.data.train_loader:
                 if self._epoch_over():
                     break
                 losses, lr_used = train_micro_step(self.engine, self.task, x, stamp, self.grad_reduction)
@@ -236,7 +159,8 @@ class Trainer:
                     if self.runtime.is_main:
                         say(f"stopping after step {pos.step} as asked (--exit_after_steps); resume with --resume")
                     return True
-            pos.micro_in_epoch = max(pos.micro_in_epoch, self.micro_per_epoch)  # the loader is exhausted either way
+            # The loader is exhausted either way.
+            pos.micro_in_epoch = max(pos.micro_in_epoch, self.data.micro_per_epoch)
         self._stop_timing()
         self._check_divergence()
         if not pos.history.val or pos.history.val[-1][0] != pos.step:
@@ -245,12 +169,8 @@ class Trainer:
         self._export("final_model")
         return False
 
-    @property
-    def micro_per_epoch(self) -> int:
-        return self.steps_per_epoch * self.batch.grad_accum
-
     def _epoch_over(self) -> bool:
-        return self.position.micro_in_epoch >= self.micro_per_epoch or self.position.step >= self.total_steps
+        return self.position.micro_in_epoch >= self.data.micro_per_epoch or self.position.step >= self.total_steps
 
     def _record_micro_step(self, losses: torch.Tensor) -> None:
         """Accumulate the logged losses and the divergence guard's sums on the device (no host sync)."""
@@ -306,7 +226,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------- validate and export
     def _validate(self, label: str) -> ValidationResult:
         """Validate (collective), keep the best model, report."""
-        result = validate(self.engine, self.task, self.val_loader, self.runtime, self.config.seed)
+        result = validate(self.engine, self.task, self.data.val_loader, self.runtime, self.config.seed)
         pos = self.position
         pos.last_val = result.loss
         pos.first_val = result.loss if pos.first_val is None else pos.first_val

@@ -1,0 +1,142 @@
+"""Building a training run: the data (datasets, samplers, loaders and the resolved batch and schedule), the task
+(the model and its loss) and the DeepSpeed engine around the model.
+
+The Trainer calls these in order; each returns what it built, so the Trainer holds the run's parts and the loop,
+not the recipe for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ds_kronos.data import ShardedWindowSampler, WindowDataset, verify_prepared
+from ds_kronos.deepspeed_json.resolve import BatchLayout, resolve_run
+from ds_kronos.deepspeed_json.view import DeepSpeedView
+from ds_kronos.runtime import Runtime
+from ds_kronos.train.compiled import compile_engine
+from ds_kronos.train.config import (
+    DEFAULT_GRAD_ACCUM,
+    DEFAULT_MICRO_BATCH,
+    CommonTrainConfig,
+    TokenizerTrainConfig,
+    TrainConfig,
+)
+from ds_kronos.train.grad_overlap import OverlappedGradientReduction, overlap_gradient_reduction
+from ds_kronos.train.masters import exact_fp32_start, set_fp32_masters
+from ds_kronos.train.schedule import onecycle_factory
+from ds_kronos.train.tasks import PredictorTask, TokenizerTask
+
+
+@dataclass
+class RunData:
+    """The run's data and what the DeepSpeed JSON resolved to once the data's size was known."""
+
+    train_set: WindowDataset
+    val_set: WindowDataset
+    train_sampler: ShardedWindowSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    batch: BatchLayout
+    ds_config: dict[str, Any]
+    """The resolved DeepSpeed config (batch sizes, optimizer, scheduler filled in)."""
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+
+    @property
+    def micro_per_epoch(self) -> int:
+        return self.steps_per_epoch * self.batch.grad_accum
+
+
+def build_data(config: CommonTrainConfig, runtime: Runtime, ds_json: dict[str, Any]) -> RunData:
+    """Verify the prepared data (once per node and change), open the splits and resolve the batch and schedule."""
+    c, rt = config, runtime
+    prepared = verify_prepared(c.data, local_rank=rt.local_rank)
+    train_set = WindowDataset(prepared, "train", max_samples=c.n_train_iter, seed=c.seed, clip=c.clip)
+    val_set = WindowDataset(prepared, "val", max_samples=c.n_val_iter, seed=c.seed, shuffle=False, clip=c.clip)
+
+    def micro_batches_per_epoch(micro_batch: int) -> int:
+        # How the sampler deals an epoch to the ranks decides the steps in it.
+        return ShardedWindowSampler(len(train_set), world_size=rt.world_size, batch_size=micro_batch,
+                                    drop_last=True).batches_per_epoch()
+
+    spec = resolve_run(ds_json, c.deepspeed_config, batch_size=c.batch_size, grad_accum=c.grad_accum,
+                       world_size=rt.world_size, micro_batches_per_epoch=micro_batches_per_epoch, epochs=c.epochs,
+                       max_steps=c.max_steps, lr=c.lr, use_onecycle=c.lr_schedule == "onecycle", on_cpu=rt.on_cpu,
+                       default_micro=DEFAULT_MICRO_BATCH, default_accum=DEFAULT_GRAD_ACCUM)
+    micro = spec.batch.micro_batch
+    train_sampler = ShardedWindowSampler(len(train_set), rank=rt.rank, world_size=rt.world_size, batch_size=micro,
+                                         drop_last=True)
+    val_sampler = ShardedWindowSampler(len(val_set), rank=rt.rank, world_size=rt.world_size, batch_size=micro,
+                                       drop_last=False)
+    workers = c.num_workers if c.num_workers is not None else (0 if rt.on_cpu else 2)
+
+    def loader(dataset: WindowDataset, sampler: ShardedWindowSampler) -> DataLoader:
+        # A private generator: creating a DataLoader iterator must not consume the global torch RNG, or a resumed
+        # run (which creates its iterator mid-epoch) would sample differently from an uninterrupted one.
+        return DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=workers,
+                          pin_memory=rt.device.type == "cuda", generator=torch.Generator())
+
+    return RunData(train_set=train_set, val_set=val_set, train_sampler=train_sampler,
+                   train_loader=loader(train_set, train_sampler), val_loader=loader(val_set, val_sampler),
+                   batch=spec.batch, ds_config=spec.ds_config, steps_per_epoch=spec.steps_per_epoch,
+                   total_steps=spec.total_steps, epochs=spec.epochs)
+
+
+def build_task(config: CommonTrainConfig, runtime: Runtime, ds_config: dict[str, Any]
+               ) -> PredictorTask | TokenizerTask:
+    """The job's model and loss; a ZeRO-3 run builds the predictor partitioned."""
+    if isinstance(config, TrainConfig):
+        return PredictorTask(tokenizer=config.tokenizer, predictor=config.predictor,
+                             teacher_forcing=config.teacher_forcing, tokenizer_dtype=config.tokenizer_dtype,
+                             device=runtime.device, activation_checkpointing=config.activation_checkpointing,
+                             partition_config=ds_config if DeepSpeedView.of(ds_config).partitioned else None,
+                             rank=runtime.rank)
+    if isinstance(config, TokenizerTrainConfig):
+        return TokenizerTask(tokenizer=config.tokenizer, device=runtime.device)
+    raise TypeError(f"no training task for {type(config).__name__}")
+
+
+@dataclass
+class RunEngine:
+    """The DeepSpeed engine and what was built with it."""
+
+    engine: Any
+    scheduler: Any
+    frozen_fp32: dict[str, torch.Tensor]
+    """Exact fp32 values of the parameters the engine does not train (for the exports)."""
+    compile_backend: str | None
+    grad_reduction: OverlappedGradientReduction | None
+
+
+def build_engine(config: CommonTrainConfig, task: PredictorTask | TokenizerTask, ds_config: dict[str, Any],
+                 total_steps: int, *, resuming: bool, universal: bool) -> RunEngine:
+    """``deepspeed.initialize`` over the task's trainable parameters, with the exact fp32 start, the schedule, the
+    optional compile and the optional overlapped gradient reduction. ``universal``: the resume loads a universal
+    checkpoint (a changed world size)."""
+    import deepspeed
+
+    use_onecycle = config.lr_schedule == "onecycle"
+    if universal:
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
+    # bf16/fp16 engines build their fp32 masters from the cast module: keep the exact values to restore them.
+    exact, frozen_fp32 = exact_fp32_start(task.model, task, DeepSpeedView.of(ds_config).low_precision)
+    trainable = [p for p in task.model.parameters() if p.requires_grad]
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=task.model, model_parameters=trainable, config=ds_config,
+        lr_scheduler=onecycle_factory(ds_config["optimizer"]["params"]["lr"], total_steps) if use_onecycle else None)
+    if exact and not resuming:  # a resumed run loads its masters from the checkpoint
+        set_fp32_masters(engine, exact)
+    del exact
+    task.checkpoint_weights = None  # done with the checkpoint file (if any): close it
+    if not use_onecycle and getattr(scheduler, "last_batch_iteration", None) == -1:
+        # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
+        scheduler.step()
+    return RunEngine(engine=engine, scheduler=scheduler, frozen_fp32=frozen_fp32,
+                     compile_backend=compile_engine(engine) if config.compile else None,
+                     grad_reduction=(overlap_gradient_reduction(engine, int(config.grad_bucket_mb * 2 ** 20))
+                                     if config.overlap_grad_reduce else None))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
+
+from ds_kronos.runtime import free_port  # noqa: F401 - one definition, imported by the tests from here
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,12 +31,6 @@ VAL_SAMPLES = 75
 SEED = 100
 # Extra options per config: zero1 exercises the exact OneCycleLR mode and comet offline, zero3 teacher forcing.
 EXTRA = {"zero1": ["--lr_schedule", "onecycle", "--comet", "offline"], "zero3": ["--teacher_forcing"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def env() -> dict[str, str]:

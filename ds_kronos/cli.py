@@ -88,8 +88,8 @@ def _report(exc: UserError) -> None:
 
 def _exit(code: int) -> None:
     """Exit without the interpreter's final garbage collection: it walks every object torch, DeepSpeed and pandas
-    created (measured: 1.7 s per process on this CPU, each time a job ends). Outputs are closed and written
-    atomically before this point, and atexit handlers and ordinary finalisers still run."""
+    created, which costs seconds per process each time a job ends (figure in docs/performance.md). Outputs are closed
+    and written atomically before this point, and atexit handlers and ordinary finalisers still run."""
     gc.freeze()
     sys.exit(code)
 

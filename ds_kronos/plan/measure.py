@@ -29,9 +29,9 @@ def fix_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
     """Pin glibc's mmap threshold so that large freed blocks go back to the system at once.
 
     Why: glibc raises the threshold each time an mmap'd block is freed (up to 32 MiB), after which tensors of a
-    few MiB come from the heap and stay resident when freed; RSS then grows step after step (measured here: mini,
-    batch 8 x 256, 318 -> 574 MB over three identical steps, flat at 310 MB with the threshold pinned). Training
-    on CPU can do the same with MALLOC_MMAP_THRESHOLD_=131072 in the environment. False where not glibc.
+    few MiB come from the heap and stay resident when freed; RSS then grows step after step over identical steps,
+    and stays flat with the threshold pinned (figures in docs/performance.md). Training on CPU can do the same
+    with MALLOC_MMAP_THRESHOLD_=131072 in the environment. False where not glibc.
     """
     name = ctypes.util.find_library("c")
     try:

@@ -4,7 +4,8 @@ At ZeRO stage 0 DeepSpeed all-reduces the gradients once backward has finished (
 flatten every gradient, one blocking all-reduce, copy back). DDP starts each bucket's all-reduce as soon as backward
 has produced its gradients, and the transfer runs while the rest of backward computes. No DeepSpeed setting does that
 at stage 0: ``overlap_comm`` belongs to ZeRO-1/2 (and on the CPU accelerator its reduction stream is synchronous).
-Measured on this CPU (issue 13): the blocking all-reduce is what puts ZeRO-0 fp32 about 5% behind DDP.
+Waiting for that one transfer after backward is what puts ZeRO-0 behind DDP; the paired measurement is in
+docs/performance.md (`benchmarks/grad_overlap_ab.py`).
 
 :class:`OverlappedGradientReduction` turns the engine's own post-backward all-reduce off
 (``engine.enable_backward_allreduce``, DeepSpeed's switch for engines whose caller reduces) and reduces the same

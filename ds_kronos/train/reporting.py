@@ -132,10 +132,10 @@ def banner(trainer) -> None:
         + (f"; compiled (torch.compile, {trainer.compile_backend}: the first step and validation compile)"
            if trainer.compile_backend else "")
         + ("; gradient all-reduce overlapped with backward" if trainer.grad_reduction is not None else ""))
-    train_set, val_set = trainer.data.train_set, trainer.data.val_set
+    data = trainer.data
+    train_set, val_set = data.train_set, data.val_set
     say(f"data {c.data}: {train_set.num_windows:,} train windows ({len(train_set):,} per epoch), "
         f"{val_set.num_windows:,} val windows ({len(val_set):,} per evaluation); window {train_set.window} bars")
-    data = trainer.data
     say(f"batch {batch.micro_batch} per rank x {batch.grad_accum} accumulation x {rt.world_size} ranks = "
         f"{batch.global_batch}; {data.steps_per_epoch} steps/epoch, {data.total_steps} steps over "
         f"{data.epochs} epoch(s); lr schedule {c.lr_schedule} (warm-up {warmup_steps(data.total_steps)} steps)")

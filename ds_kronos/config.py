@@ -25,6 +25,10 @@ DEFAULT_DIST_TIMEOUT_S = 600.0
 """How long a collective may wait for the other ranks before a job stops (``--dist_timeout`` of every job that
 joins a process group): long enough for a slow checkpoint write or evaluation on another rank."""
 
+DEFAULT_MAX_CONTEXT = 512
+"""Most tokens the predictor sees when forecasting (upstream's KronosPredictor max_context); older history is
+dropped. The forecast and evaluation jobs' ``--max_context`` default, and training's forecast validation."""
+
 DEFAULT_TOP_P = 0.9
 """Nucleus sampling mass of the evaluation and forecast jobs and of :class:`ds_kronos.forecast.KronosForecaster`:
 upstream's ``KronosPredictor.predict`` default. (The low-level ``ds_kronos.forecast.sampler`` functions keep

@@ -180,6 +180,11 @@ def _cases(tmp: Path, prepared: Path) -> dict[str, tuple[str, list[str], list[st
                                             ["option epochs: expected an integer, got 'many'"], "OUT"),
         "s1_bits_40": ("train.py", train("--predictor", _s1_bits_40(tmp / "s1_bits_40")),
                        ["s1_bits must be at most 16, got 40"], "OUT"),
+        "select_by_crps_one_path": ("train.py", train("--select_by", "crps", "--val_paths", "1"),
+                                    ["--select_by crps needs --val_paths 2 or more", "got 1"], "OUT"),
+        "select_by_without_origins": ("train.py", train("--select_by", "rank_ic", "--val_forecast_origins", "0"),
+                                      ["--select_by rank_ic scores forecasts", "--val_forecast_origins must be 1"],
+                                      "OUT"),
         # --- training: DeepSpeed JSON (item 6) ---
         "ds_zero_stage_4": ("train.py", ds("stage4", lambda c: c["zero_optimization"].update(stage=4)),
                             ["zero_optimization.stage must be 0, 1, 2 or 3, got 4"], "OUT"),
@@ -234,6 +239,7 @@ CASE_NAMES = [
     "demo_out_below_a_file", "memory_gb_nan", "write_ds_config_missing_folder", "full_disk",
     "sha256_mismatch_nan_rows", "offsets_not_increasing", "manifest_of_wrong_type", "manifest_of_wrong_shape",
     "save_dir_is_a_file", "save_dir_unwritable", "train_yaml_option_of_wrong_type", "s1_bits_40",
+    "select_by_crps_one_path", "select_by_without_origins",
     "ds_zero_stage_4", "ds_negative_lr", "ds_string_for_object", "ds_unknown_optimizer", "ds_unknown_zero_key",
     "ds_micro_batch_0", "ds_micro_batch_abc", "ds_unknown_top_level_key",
 ]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+RANDOM_WALK_WINDOW = 20
+"""Default bars of history whose one-bar changes give the random walk's volatility (evaluation and training)."""
 RANDOM_WALK_STREAM = 1  # generator streams per baseline: np.random.default_rng([seed, stream])
 BOOTSTRAP_STREAM = 2
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_TOP_P, option, output_dir_problems
+from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_MAX_CONTEXT, DEFAULT_TOP_P, option, output_dir_problems
 from ds_kronos.data.manifest import SPLITS
 from ds_kronos.data.normalise import DEFAULT_CLIP
 from ds_kronos.data.verify import prepared_data_problems
+from ds_kronos.evaluation.baselines import RANDOM_WALK_WINDOW
 
 
 @dataclass(kw_only=True)
@@ -29,7 +30,8 @@ class EvalConfig:
     split: str = option("test", choices=SPLITS, help="split of the prepared dataset to forecast")
     local_rank: int = option(-1, help="set by the deepspeed launcher")
 
-    max_context: int = option(512, help="most tokens the predictor sees (older history is dropped)", ge=1)
+    max_context: int = option(DEFAULT_MAX_CONTEXT, ge=1,
+                              help="most tokens the predictor sees (older history is dropped)")
     pred_len: int | None = option(None, help="bars to forecast per origin (default: the prepared set's predict)", ge=1)
     stride: int | None = option(None, help="bars between consecutive forecast origins (default: pred_len, so "
                                            "forecast windows do not overlap)", ge=1)
@@ -44,8 +46,8 @@ class EvalConfig:
         None, help="score the distribution of the sampled paths (CRPS, WQL, MASE, coverage, PIT, Brier of P(up), "
                    "volatility) against random-walk and bootstrap baselines; default: on with --sample_count >= 2 "
                    "(true with one path is an error)")
-    random_walk_window: int = option(20, help="bars of history whose one-bar changes give the random-walk "
-                                              "baseline's volatility", ge=2)
+    random_walk_window: int = option(RANDOM_WALK_WINDOW, ge=2, help="bars of history whose one-bar changes give "
+                                                                    "the random-walk baseline's volatility")
     use_cache: bool = option(True, help="incremental decoding with a key/value cache; false recomputes the whole "
                                         "window at every step (upstream's way: the same forecasts, slower)")
     temperature: float | None = option(None, help="sampling temperature (default: the predictor folder's "

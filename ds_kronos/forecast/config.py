@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_TOP_P, option
+from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_MAX_CONTEXT, DEFAULT_TOP_P, option
 from ds_kronos.data.normalise import DEFAULT_CLIP
 
 
@@ -33,7 +33,8 @@ class ForecastConfig:
 
     lookback: int = option(400, help="history bars per series fed to the model (the last ones)", ge=1)
     pred_len: int = option(120, help="bars to forecast", ge=1)
-    max_context: int = option(512, help="most tokens the predictor sees (older history is dropped)", ge=1)
+    max_context: int = option(DEFAULT_MAX_CONTEXT, ge=1,
+                              help="most tokens the predictor sees (older history is dropped)")
     sample_count: int = option(10, help="sampled paths per series: their mean is the forecast, their quantiles "
                                         "the bands (1: the mean only)", ge=1)
     quantiles: list[float] = option(default_factory=lambda: [0.1, 0.5, 0.9],

@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ds_kronos.config import DEFAULT_MAX_CONTEXT
 from ds_kronos.data import ShardedWindowSampler, WindowDataset, verify_prepared
 from ds_kronos.deepspeed_json.resolve import BatchLayout, resolve_run
 from ds_kronos.deepspeed_json.view import DeepSpeedView
+from ds_kronos.forecast.sampler_file import resolve_sampler
 from ds_kronos.runtime import Runtime
 from ds_kronos.train.compiled import compile_engine
 from ds_kronos.train.config import (
@@ -25,6 +27,7 @@ from ds_kronos.train.config import (
     TokenizerTrainConfig,
     TrainConfig,
 )
+from ds_kronos.train.forecast_validation import ForecastValidation
 from ds_kronos.train.grad_overlap import OverlappedGradientReduction, overlap_gradient_reduction
 from ds_kronos.train.masters import exact_fp32_start, set_fp32_masters
 from ds_kronos.train.schedule import onecycle_factory
@@ -140,3 +143,17 @@ def build_engine(config: CommonTrainConfig, task: PredictorTask | TokenizerTask,
                      compile_backend=compile_engine(engine) if config.compile else None,
                      grad_reduction=(overlap_gradient_reduction(engine, int(config.grad_bucket_mb * 2 ** 20))
                                      if config.overlap_grad_reduce else None))
+
+
+def build_forecast_validation(config: CommonTrainConfig, data: RunData, task: PredictorTask | TokenizerTask,
+                              ds_config: dict[str, Any]) -> ForecastValidation | None:
+    """The fixed validation origins scored by forecast at every evaluation, or None (the tokenizer job; the
+    predictor with ``--select_by loss`` and no ``--val_forecast_origins``)."""
+    if not isinstance(config, TrainConfig) or config.forecast_origins() == 0:
+        return None
+    val = data.val_set
+    return ForecastValidation(val.arrays, val.lookback, val.predict, origins=config.forecast_origins(),
+                              paths=config.val_paths, clip=config.clip, seed=config.seed,
+                              sampler=resolve_sampler(config.predictor, None, None),
+                              max_context=DEFAULT_MAX_CONTEXT,
+                              pad_forwards=DeepSpeedView.of(ds_config).partitioned)

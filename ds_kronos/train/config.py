@@ -14,9 +14,13 @@ from dataclasses import dataclass
 from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, option, output_dir_problems
 from ds_kronos.data.normalise import DEFAULT_CLIP
 from ds_kronos.data.verify import prepared_data_problems
+from ds_kronos.train.selection import SELECT_BY, Selection
 
 DEFAULT_MICRO_BATCH = 50
 DEFAULT_GRAD_ACCUM = 1
+DEFAULT_FORECAST_ORIGINS = 64
+"""Validation origins of --select_by crps/rank_ic (with DEFAULT_FORECAST_PATHS: see README, selection)."""
+DEFAULT_FORECAST_PATHS = 8
 
 
 def checkpoint_problems(flag: str, name: str, kind: str) -> list[str]:
@@ -84,7 +88,12 @@ class CommonTrainConfig:
     seed: int = option(100, help="seed of model init (presets), data order and sampling")
 
     eval_every: int = option(0, help="also validate every K optimizer steps (0: once per epoch)", ge=0)
-    eval_at_start: bool = option(True, help="validate before the first step (the baseline the run must beat)")
+    eval_at_start: bool = option(True, help="validate before the first step: the start model is then a candidate "
+                                            "for best_model/ like any evaluation")
+    patience: int = option(0, help="stop after K evaluations in a row without improvement of the selection metric "
+                                   "(0: never stop early)", ge=0)
+    min_delta: float = option(0.0, help="an evaluation improves on the best only by more than this (in the "
+                                        "selection metric's units)", ge=0)
     save_every: int = option(0, help="DeepSpeed checkpoint every N optimizer steps (0: at the end of each epoch)", ge=0)
     keep_last: int = option(2, help="DeepSpeed checkpoints to keep", ge=1)
     resume: bool = option(False, help="continue from save_dir/checkpoints/latest (model, optimizer, scheduler, data "
@@ -115,6 +124,10 @@ class CommonTrainConfig:
     nvme_dir: str | None = option(None, help="folder for ZeRO-Infinity's NVMe swap files when the JSON offloads to "
                                   "\"nvme\" (default: save_dir/nvme_swap; removed at the end of the run)")
 
+    def selection(self) -> Selection:
+        """How best_model/ is chosen and when the run stops early (ds_kronos.train.selection)."""
+        return Selection("loss", self.patience, self.min_delta)
+
     def problems(self) -> list[str]:
         problems = self.option_problems()
         if problems:
@@ -141,6 +154,34 @@ class TrainConfig(CommonTrainConfig):
     tokenizer_dtype: str = option("auto", choices=("auto", "fp32", "bf16", "fp16"),
                                   help="frozen tokenizer dtype: auto = fp16 on GPU (upstream: fp32; see README), "
                                        "fp32 on CPU")
+    select_by: str = option("loss", choices=SELECT_BY,
+                            help="what picks best_model/ (and drives --patience): the validation token loss, or "
+                                 "the sampled forecasts of fixed validation origins: crps (lower is better) or "
+                                 "rank_ic (higher is better)")
+    val_forecast_origins: int | None = option(
+        None, ge=0, help="validation origins forecast at every evaluation (default: "
+                         f"{DEFAULT_FORECAST_ORIGINS} with --select_by crps/rank_ic, 0 = none with loss; set it "
+                         "with loss to report forecast scores without selecting by them)")
+    val_paths: int = option(DEFAULT_FORECAST_PATHS, ge=1, help="sampled paths per validation origin")
+
+    def selection(self) -> Selection:
+        return Selection(self.select_by, self.patience, self.min_delta)
+
+    def forecast_origins(self) -> int:
+        """Origins of the forecast validation (0: none)."""
+        if self.val_forecast_origins is not None:
+            return self.val_forecast_origins
+        return DEFAULT_FORECAST_ORIGINS if self.select_by != "loss" else 0
+
+    def option_problems(self) -> list[str]:
+        problems = super().option_problems()
+        if self.select_by != "loss" and self.forecast_origins() == 0:
+            problems.append(f"--select_by {self.select_by} scores forecasts of validation origins: "
+                            f"--val_forecast_origins must be 1 or more")
+        if self.select_by == "crps" and self.val_paths < 2:
+            problems.append(f"--select_by crps needs --val_paths 2 or more (the CRPS scores a distribution of "
+                            f"sampled paths; one path is a point forecast), got {self.val_paths}")
+        return problems
 
     def model_problems(self) -> list[str]:
         return (checkpoint_problems("tokenizer", self.tokenizer, "tokenizer")

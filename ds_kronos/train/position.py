@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ds_kronos.train.reporting import History
+from ds_kronos.train.selection import SelectionState
 
 
 @dataclass
@@ -22,13 +23,17 @@ class Position:
     samples: int = 0
     train_seconds: float = 0.0
     history: History = field(default_factory=History)
+    selection: SelectionState = field(default_factory=SelectionState)
+    """The candidates seen so far: best_model/'s step and score, the start's, early stopping."""
 
     def to_client_state(self) -> dict[str, Any]:
         state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         state["history"] = self.history.to_dict()
+        state["selection"] = self.selection.to_dict()
         return state
 
     @classmethod
     def from_client_state(cls, state: dict[str, Any]) -> "Position":
         values = {k: v for k, v in state.items() if k in {f.name for f in dataclasses.fields(cls)}}
-        return cls(**{**values, "history": History.from_dict(values.get("history", {}))})
+        return cls(**{**values, "history": History.from_dict(values.get("history", {})),
+                      "selection": SelectionState.from_dict(values.get("selection", {}))})

@@ -26,6 +26,9 @@ from ds_kronos.runtime import all_reduce_sum
 from ds_kronos.train.compiled import compile_seconds
 from ds_kronos.train.nvme import SWAP_SUBFOLDER, folder_bytes
 
+FINISHED, STOPPED_EARLY, STOPPED_BY_REQUEST = "finished", "stopped early", "stopped (exit_after_steps)"
+"""The run's status in summary.json (or "failed: ..."); a final_model/ exists after the first two."""
+
 
 def format_seconds(seconds: float) -> str:
     seconds = int(max(0, seconds))
@@ -75,13 +78,15 @@ class History:
     """(step, validation loss)"""
     lr: list[tuple[int, float]] = field(default_factory=list)
     """(step, learning rate used by that optimizer step), at log intervals"""
+    forecast: list[tuple[int, float, float | None, float]] = field(default_factory=list)
+    """(step, CRPS, RankIC, skill vs the random walk) of the forecast validation, when it runs"""
 
     def to_dict(self) -> dict[str, list]:
-        return {"train": self.train, "val": self.val, "lr": self.lr}
+        return {"train": self.train, "val": self.val, "lr": self.lr, "forecast": self.forecast}
 
     @classmethod
     def from_dict(cls, values: dict[str, list]) -> "History":
-        return cls(*([tuple(p) for p in values.get(key, [])] for key in ("train", "val", "lr")))
+        return cls(*([tuple(p) for p in values.get(key, [])] for key in ("train", "val", "lr", "forecast")))
 
     def plot(self, path: Path, title: str, ylabel: str) -> None:
         plt = pyplot()
@@ -94,7 +99,15 @@ class History:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        handles, labels = ax.get_legend_handles_labels()
+        if self.forecast:  # the forecast's CRPS has its own scale
+            crps_axis = ax.twinx()
+            steps, crps = [p[0] for p in self.forecast], [p[1] for p in self.forecast]
+            crps_axis.plot(steps, crps, "s--", color="tab:red", label="validation forecast CRPS (close)")
+            crps_axis.set_ylabel("CRPS, normalised units")
+            more_handles, more_labels = crps_axis.get_legend_handles_labels()
+            handles, labels = handles + more_handles, labels + more_labels
+        ax.legend(handles, labels)
         save_figure(fig, path)
 
 
@@ -141,18 +154,29 @@ def banner(trainer) -> None:
         f"{data.epochs} epoch(s); lr schedule {c.lr_schedule} (warm-up {warmup_steps(data.total_steps)} steps)")
 
 
-def validation_line(trainer, label: str, result, improved: bool) -> None:
-    """One line per evaluation, and its comet metrics (rank 0)."""
+def validation_line(trainer, label: str, result, improved: bool, forecast=None) -> None:
+    """One line per evaluation (two with forecast scores), and its comet metrics (rank 0)."""
     pos, names = trainer.position, trainer.task.names
-    note = " (best so far: saved best_model/)" if improved else ""
+    note = f" (best so far by {trainer.selection.metric}: saved best_model/)" if improved else ""
     parts = ", ".join(f"{name.removeprefix('val_').removesuffix('_loss')} {value:.4f}"
                       for name, value in zip(names.val_components_comet, result.components))
     say(f"validation {label} at step {pos.step}: loss {result.loss:.4f} ({parts}) over {result.samples} "
-        f"samples{note}")
+        f"samples{note if forecast is None else ''}")
+    if forecast is not None:
+        rank_ic = "undefined" if forecast.rank_ic is None else f"{forecast.rank_ic:+.4f}"
+        verdict = "better" if forecast.skill > 0 else "WORSE"
+        say(f"  forecasts at step {pos.step}: crps {forecast.crps:.4f} ({verdict} than the random walk's "
+            f"{trainer.forecasts.random_walk_crps:.4f}: skill {forecast.skill:+.3f}), rank_ic {rank_ic}; "
+            f"{len(trainer.forecasts)} origins x {trainer.forecasts.paths} paths in {forecast.seconds:.1f} s{note}")
     if trainer.comet:
         trainer.comet.log(names.val_comet, result.loss, step=pos.step, epoch=pos.epoch)
         for name, value in zip(names.val_components_comet, result.components):
             trainer.comet.log(name, value, step=pos.step)
+        if forecast is not None:
+            trainer.comet.log("val_forecast_crps", forecast.crps, step=pos.step)
+            trainer.comet.log("val_forecast_skill_vs_random_walk", forecast.skill, step=pos.step)
+            if forecast.rank_ic is not None:
+                trainer.comet.log("val_forecast_rank_ic", forecast.rank_ic, step=pos.step)
 
 
 # --------------------------------------------------------------------------------------------------- the summary
@@ -197,7 +221,10 @@ def summary(trainer, status: str) -> dict[str, Any]:
         "grad_reduce": "overlapped" if trainer.grad_reduction is not None else "deepspeed",
         # Only folders that exist: a run that failed or stopped early names no model it did not write.
         "best_model": str(best) if (best / "config.json").is_file() else None,
-        "final_model": str(final) if status == "finished" else None,
+        "final_model": str(final) if status in (FINISHED, STOPPED_EARLY) else None,
+        "improved_on_start": trainer.selection.improved_on_start(pos.selection),
+        "selection": trainer.selection.summary(pos.selection),
+        "forecast_validation": None if trainer.forecasts is None else trainer.forecasts.summary(),
         "last_checkpoint": trainer.checkpointed_step if trainer.checkpointed_step >= 0 else None,
         "history": pos.history.to_dict(),
         "partitioned_construction": trainer.task.partitioned,
@@ -212,6 +239,9 @@ def write_outputs(trainer, summary: dict[str, Any]) -> None:
     pos.history.plot(save_dir / "loss_curve.png", f"Kronos {kind} training",
                      "mean of s1 and s2 cross-entropy" if kind == "predictor"
                      else "(recon_pre + recon_all + bsq) / 2; val: full recon MSE")
-    if summary["status"] in ("finished", "stopped (exit_after_steps)"):
+    verdict = trainer.selection.verdict_line(pos.selection)
+    if verdict and summary["status"] in (FINISHED, STOPPED_EARLY):
+        say(verdict)
+    if summary["status"] in (FINISHED, STOPPED_EARLY, STOPPED_BY_REQUEST):
         say(f"done: {summary['status']} at step {pos.step}; best val {summary['best_val_loss']}, final val "
             f"{summary['final_val_loss']}; {summary['samples_per_s']} samples/s; outputs in {save_dir}")

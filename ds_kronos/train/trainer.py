@@ -38,6 +38,7 @@ from ds_kronos.deepspeed_json.view import DeepSpeedView
 from ds_kronos.memory_usage import peak_rss_bytes
 from ds_kronos.runtime import (
     Runtime,
+    all_reduce_max,
     all_reduce_sum,
     barrier,
     distributed_failures,
@@ -46,13 +47,13 @@ from ds_kronos.runtime import (
     seed_everything,
 )
 from ds_kronos.train import reporting
-from ds_kronos.train.build import build_data, build_engine, build_task
+from ds_kronos.train.build import build_data, build_engine, build_forecast_validation, build_task
 from ds_kronos.train.config import CommonTrainConfig
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
 from ds_kronos.train.export import export_fp32_state_dict
 from ds_kronos.train.nvme import prepare_swap_folder, remove_swap_files
 from ds_kronos.train.position import Position
-from ds_kronos.train.reporting import CometLogger, Progress
+from ds_kronos.train.reporting import FINISHED, STOPPED_BY_REQUEST, STOPPED_EARLY, CometLogger, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, resume_position
 from ds_kronos.train.step import train_micro_step
 from ds_kronos.train.training_state import RunLayout, remove_leftovers, run_layout, save_training_state
@@ -84,6 +85,8 @@ class Trainer:
         self.task = build_task(config, self.runtime, self.ds_config)
         self.model = self.task.model
         self.model_peak_rss = peak_rss_bytes()  # building (and loading) the model, before DeepSpeed's engine
+        self.selection = config.selection()
+        self.forecasts = build_forecast_validation(config, data, self.task, self.ds_config)
         # The model is built (identically on every rank); from here each rank draws its own random numbers.
         seed_everything(rank_seed(config.seed, self.runtime.rank))
         built = build_engine(config, self.task, self.ds_config, self.total_steps, resuming=bool(self.resume_source),
@@ -122,7 +125,7 @@ class Trainer:
                 self._export("initial_model")
             if c.eval_at_start and self.position.step == 0 and not self.position.history.val:
                 self._validate("before training")
-            status = "stopped (exit_after_steps)" if self._train() else "finished"
+            status = self._train()
         except Diverged as exc:
             self._finish(f"failed: {exc}")
             raise
@@ -132,13 +135,13 @@ class Trainer:
         return summary
 
     # -------------------------------------------------------------------------------------------- training
-    def _train(self) -> bool:
-        """The epoch loop; returns True when stopped by ``exit_after_steps``."""
+    def _train(self) -> str:
+        """The epoch loop; returns the run's status (finished, stopped early, stopped by ``exit_after_steps``)."""
         pos, batch = self.position, self.batch
         self.progress = Progress(self.total_steps, self.data.epochs, batch.global_batch, start_step=pos.step)
         self.engine.train()
         self._start_timing()
-        while pos.step < self.total_steps:
+        while pos.step < self.total_steps and not pos.selection.stop_reason:
             if pos.micro_in_epoch >= self.data.micro_per_epoch:
                 pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
             self.data.train_sampler.set_epoch(pos.epoch)
@@ -153,12 +156,16 @@ class Trainer:
                 pos.step += 1
                 pos.samples += batch.global_batch
                 self._after_step(lr_used)
+                if pos.selection.stop_reason:
+                    break
                 if self.config.exit_after_steps and pos.step == self.config.exit_after_steps < self.total_steps:
                     self._stop_timing()
                     self._checkpoint()
                     if self.runtime.is_main:
                         say(f"stopping after step {pos.step} as asked (--exit_after_steps); resume with --resume")
-                    return True
+                    return STOPPED_BY_REQUEST
+            if pos.selection.stop_reason:
+                break
             # The loader is exhausted either way.
             pos.micro_in_epoch = max(pos.micro_in_epoch, self.data.micro_per_epoch)
         self._stop_timing()
@@ -167,7 +174,9 @@ class Trainer:
             self._validate("final")
         self._checkpoint()
         self._export("final_model")
-        return False
+        if pos.selection.stop_reason and self.runtime.is_main:
+            say(f"{pos.selection.stop_reason}: stopped at step {pos.step} of {self.total_steps}")
+        return STOPPED_EARLY if pos.selection.stop_reason else FINISHED
 
     def _epoch_over(self) -> bool:
         return self.position.micro_in_epoch >= self.data.micro_per_epoch or self.position.step >= self.total_steps
@@ -225,18 +234,30 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- validate and export
     def _validate(self, label: str) -> ValidationResult:
-        """Validate (collective), keep the best model, report."""
+        """Validate (collective): the token loss and, when asked, the forecasts; keep the best candidate by the
+        selection metric (ds_kronos.train.selection); decide on an early stop; report."""
         result = validate(self.engine, self.task, self.data.val_loader, self.runtime, self.config.seed)
         pos = self.position
         pos.last_val = result.loss
         pos.first_val = result.loss if pos.first_val is None else pos.first_val
+        pos.best_val = min(pos.best_val, result.loss)
         pos.history.val.append((pos.step, result.loss))
-        improved = result.loss < pos.best_val
+        forecast = None
+        if self.forecasts is not None:
+            forecast = self.forecasts.score(self.engine, self.task.tokenizer, self.runtime)
+            pos.history.forecast.append((pos.step, forecast.crps, forecast.rank_ic, forecast.skill))
+        metric = self.selection.metric
+        improved = self.selection.consider(pos.selection, pos.step,
+                                           result.loss if metric == "loss" else forecast.value(metric))
+        # Every rank holds the same reduced scores, so the same verdict; one reduction guarantees that every rank
+        # stops at the same step.
+        if all_reduce_max(int(pos.selection.stop_reason is not None), self.runtime.device) and \
+                not pos.selection.stop_reason:
+            pos.selection.stop_reason = "early stop (another rank's verdict)"
         if improved:
-            pos.best_val = result.loss
             self._export("best_model")
         if self.runtime.is_main:
-            reporting.validation_line(self, label, result, improved)
+            reporting.validation_line(self, label, result, improved, forecast)
         return result
 
     def _export(self, folder: str) -> None:

@@ -1,0 +1,166 @@
+"""Validation by forecast quality: sampled forecasts of fixed validation origins, scored at every evaluation.
+
+What is scored is what the model is fine-tuned for: ``paths`` sampled continuations of ``origins`` validation
+windows, decoded by the same sampler as ``launch/evaluate.py`` (the cached decoder, ds_kronos.forecast.sampler)
+and scored with the evaluation module's implementations (ds_kronos.evaluation.probabilistic and metrics):
+
+* ``crps``: the ensemble CRPS of the close, normalised units (each origin's lookback mean and std), mean over
+  origins and horizons (lower is better);
+* ``rank_ic``: mean daily cross-sectional RankIC of the predicted window return (the paths' mean close at the
+  last horizon) against the realised one (higher is better);
+* and, computed once at set-up, the CRPS of the random walk with historical volatility on the same origins with
+  the same number of paths, so every evaluation line says whether the model beats it (``skill`` = 1 - CRPS /
+  random walk's).
+
+Fixed origins: the validation split's forecast origins (ds_kronos.evaluation.origins: one per ``predict`` bars
+of the common calendar), whole dates spread evenly over the split with every symbol of each date (the RankIC
+needs symbols to rank), up to ``origins``. The same at every evaluation and on every rank.
+
+Exact and rank-independent: origin i's paths come from its own generator, seeded from (seed, its row), so they
+depend on the weights only; that is also common random numbers, which removes most of the sampling noise from
+the comparison of two evaluations. Origins are dealt in fixed chunks (chunk k to rank k mod world_size), so a
+chunk's batch and numbers do not depend on the world size; each rank writes its origins' per-origin values into
+zero vectors and one all-reduce sum (adding zeros is exact) gives every rank the same vectors, reduced in origin
+order. Under ZeRO-3 every forward gathers parameters, a collective: ranks with fewer chunks decode padding chunks
+(results discarded) so that every rank runs the same decoding steps.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ds_kronos.data.normalise import denormalise
+from ds_kronos.data.series import CLOSE
+from ds_kronos.errors import DataError
+from ds_kronos.evaluation import metrics, probabilistic
+from ds_kronos.evaluation.baselines import RANDOM_WALK_WINDOW, random_walk_paths
+from ds_kronos.evaluation.origins import Origins, build_origins, origin_windows
+from ds_kronos.forecast.sampler import sample_paths
+from ds_kronos.forecast.sampler_file import SamplerSettings
+from ds_kronos.runtime import Runtime, all_reduce_sum, stream_seed
+
+CHUNK_ORIGINS = 16
+"""Origins decoded together (x paths rows per batch); also the unit dealt to the ranks."""
+FORECAST_STREAM = 11
+"""Key of the sampler's generators, stream_seed(seed, FORECAST_STREAM, row): apart from training's streams."""
+BASELINE_STREAM = 12
+"""Key of the random-walk baseline's numpy stream (set-up, identical on every rank)."""
+
+
+@dataclass(frozen=True)
+class ForecastScores:
+    crps: float
+    rank_ic: float | None
+    """None when no date has enough symbols with a defined correlation."""
+    skill: float
+    """1 - crps / the random walk's CRPS on the same origins (> 0: better than the random walk)."""
+    seconds: float
+
+    def value(self, metric: str) -> float | None:
+        return {"crps": self.crps, "rank_ic": self.rank_ic}[metric]
+
+
+def choose_origins(timestamps: np.ndarray, offsets: np.ndarray, lookback: int, pred_len: int, count: int) -> Origins:
+    """Up to ``count`` origins of the split: whole dates, evenly spread over its calendar, every symbol's origin at
+    each chosen date (in row order). Deterministic: the same data gives the same origins."""
+    every = build_origins(timestamps, offsets, lookback, pred_len, stride=pred_len)
+    if len(every) == 0:
+        return every
+    dates = np.asarray(timestamps, dtype=np.int64)[every.rows - 1]
+    unique, per_date = np.unique(dates, return_counts=True)
+    # As many whole dates as fit, evenly spaced (first and last included); one date with more origins than
+    # ``count`` keeps its first ``count`` symbols.
+    n_dates = int(np.clip(round(count / per_date.mean()), 1, unique.size))
+    while True:
+        chosen = unique[np.unique(np.linspace(0, unique.size - 1, n_dates).round().astype(np.int64))]
+        keep = np.isin(dates, chosen)
+        if keep.sum() <= count or n_dates == 1:
+            break
+        n_dates -= 1
+    keep = np.flatnonzero(keep)[:count]
+    return Origins(every.rows[keep], every.symbols[keep])
+
+
+class ForecastValidation:
+    """The fixed origins with their realised futures, and :meth:`score`, a collective."""
+
+    def __init__(self, split, lookback: int, pred_len: int, *, origins: int, paths: int, clip: float, seed: int,
+                 sampler: SamplerSettings, max_context: int, pad_forwards: bool, split_name: str = "val"):
+        self.lookback, self.pred_len, self.paths, self.clip, self.seed = lookback, pred_len, paths, clip, seed
+        self.sampler, self.max_context, self.pad_forwards = sampler, max_context, pad_forwards
+        self.origins = choose_origins(split.timestamps, split.offsets, lookback, pred_len, origins)
+        if len(self.origins) == 0:
+            raise DataError(f"validation by forecast: split {split_name!r} has no forecast origin (each needs "
+                            f"{lookback} bars of history and {pred_len} after)")
+        self.windows = origin_windows(split, self.origins.rows, lookback, pred_len, clip)
+        self.dates = self.origins.dates(split.timestamps)
+        self.actual_close_norm = self.windows.norm[:, lookback:, CLOSE].astype(np.float64)
+        self.last_close = self.windows.raw[:, lookback - 1, CLOSE]
+        self.real_returns = metrics.window_returns(self.windows.raw[:, lookback:, CLOSE], self.last_close)[:, -1]
+        history = self.windows.norm[:, :lookback, CLOSE:CLOSE + 1].astype(np.float64)
+        walk = random_walk_paths(history, pred_len, paths, RANDOM_WALK_WINDOW, stream_seed(seed, BASELINE_STREAM))
+        self.random_walk_crps = float(probabilistic.crps_values(walk[..., 0], self.actual_close_norm).mean())
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def describe(self) -> str:
+        return (f"{len(self)} validation origins on {np.unique(self.dates).size} dates x {self.paths} paths, "
+                f"horizon {self.pred_len} (random walk CRPS {self.random_walk_crps:.4f})")
+
+    def summary(self) -> dict:
+        """What summary.json records about the forecast validation (the scores are in the history)."""
+        return {"origins": len(self), "dates": int(np.unique(self.dates).size), "paths": self.paths,
+                "horizon": self.pred_len, "random_walk_crps": self.random_walk_crps,
+                "random_walk_window": RANDOM_WALK_WINDOW, "seed": self.seed, "sampler": self.sampler.describe(),
+                "units": "close, normalised by each origin's lookback mean and std"}
+
+    def _chunks_of(self, rank: int, world_size: int) -> list[np.ndarray]:
+        starts = range(rank * CHUNK_ORIGINS, len(self), world_size * CHUNK_ORIGINS)
+        return [np.arange(s, min(s + CHUNK_ORIGINS, len(self))) for s in starts]
+
+    def score(self, engine, tokenizer, runtime: Runtime) -> ForecastScores:
+        """Collective: every rank must call it. Sample and score every origin; identical result on every rank."""
+        started = time.perf_counter()
+        mine = self._chunks_of(runtime.rank, runtime.world_size)
+        crps = torch.zeros(len(self), dtype=torch.float64)
+        returns = torch.zeros(len(self), dtype=torch.float64)
+        decode = len(self._chunks_of(0, runtime.world_size)) if self.pad_forwards else len(mine)
+        padding = self._chunks_of(0, runtime.world_size)[0]
+        for k in range(decode):
+            chunk = mine[k] if k < len(mine) else padding
+            close = self._sample_close(engine.module, tokenizer, chunk, runtime.device)  # [n, S, H] normalised
+            if k >= len(mine):
+                continue  # a padding chunk: it only kept the ZeRO-3 collectives in step
+            crps[chunk] = torch.from_numpy(
+                probabilistic.crps_values(close, self.actual_close_norm[chunk]).mean(axis=1))
+            w = self.windows
+            price = denormalise(close.mean(axis=1), w.mean[chunk, 0, CLOSE, None], w.std[chunk, 0, CLOSE, None])
+            returns[chunk] = torch.from_numpy(metrics.window_returns(price, self.last_close[chunk])[:, -1])
+        totals = all_reduce_sum(torch.stack([crps, returns]).to(runtime.device)).cpu().numpy()
+        mean_crps = float(totals[0].mean())
+        _, _, rank_ic = metrics.daily_ic(self.dates, totals[1], self.real_returns)
+        return ForecastScores(crps=mean_crps, rank_ic=float(rank_ic.mean()) if rank_ic.size else None,
+                              skill=1.0 - mean_crps / self.random_walk_crps if self.random_walk_crps > 0 else 0.0,
+                              seconds=time.perf_counter() - started)
+
+    def _sample_close(self, model, tokenizer, chunk: np.ndarray, device: torch.device) -> np.ndarray:
+        w, L = self.windows, self.lookback
+        dtype = next(tokenizer.parameters()).dtype
+
+        def tensor(values: np.ndarray, to_dtype: torch.dtype | None = None) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(values)).to(device, to_dtype)
+
+        generators = []
+        for row in self.origins.rows[chunk]:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(stream_seed(self.seed, FORECAST_STREAM, int(row)))
+            generators.append(generator)
+        paths = sample_paths(tokenizer, model, tensor(w.norm[chunk, :L], dtype), tensor(w.stamp[chunk, :L]),
+                             tensor(w.stamp[chunk, L:]), self.max_context, self.pred_len, self.clip,
+                             self.sampler.temperature, 0, self.sampler.top_p, self.paths, generators)
+        return paths[:, :, -self.pred_len:, CLOSE].double().cpu().numpy()

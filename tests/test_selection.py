@@ -1,0 +1,143 @@
+"""Choosing best_model/ (issue 23 items 1-3), in process: the selection rule and early stopping, the fixed forecast
+origins, and the forecast scores against a direct computation. The runs through the deepspeed launcher are in
+tests/test_selection_runs.py."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from ds_kronos.data import verify_prepared
+from ds_kronos.data.series import CLOSE
+from ds_kronos.forecast.sampler import sample_paths
+from ds_kronos.forecast.sampler_file import SamplerSettings
+from ds_kronos.model import Kronos, KronosTokenizer
+from ds_kronos.runtime import stream_seed
+from ds_kronos.train import forecast_validation
+from ds_kronos.train.config import TrainConfig
+from ds_kronos.train.forecast_validation import CHUNK_ORIGINS, FORECAST_STREAM, ForecastValidation, choose_origins
+from ds_kronos.train.position import Position
+from ds_kronos.train.selection import Selection, SelectionState
+
+
+def feed(selection: Selection, scores: list[float | None]) -> tuple[SelectionState, list[bool]]:
+    state = SelectionState()
+    return state, [selection.consider(state, step, value) for step, value in enumerate(scores)]
+
+
+def test_the_start_stays_best_unless_beaten_by_more_than_min_delta():
+    selection = Selection("crps", patience=0, min_delta=0.01)
+    state, improved = feed(selection, [0.50, 0.495, 0.49, 0.52])
+    assert improved == [True, False, False, False]  # 0.49 is not 0.01 below 0.50
+    assert state.best_step == 0 and state.start == 0.50
+    assert selection.improved_on_start(state) is False
+    assert (state.best_later, state.best_later_step) == (0.49, 2)
+    line = selection.verdict_line(state)
+    assert "no evaluation improved on the start model by crps" in line and "step 2" in line and "0.49" in line
+    state, improved = feed(selection, [0.50, 0.48, 0.47])
+    assert improved == [True, True, False] and state.best_step == 1
+    assert selection.improved_on_start(state) is True
+
+
+def test_rank_ic_is_better_when_higher_and_undefined_scores_never_win():
+    selection = Selection("rank_ic")
+    state, improved = feed(selection, [0.01, None, float("nan"), 0.03, 0.02])
+    assert improved == [True, False, False, True, False]
+    assert state.best == 0.03 and state.best_step == 3
+    assert state.scores[1] == (1, None) and state.scores[2] == (2, None)
+
+
+def test_patience_counts_evaluations_in_a_row_without_improvement():
+    selection = Selection("loss", patience=2)
+    state, _ = feed(selection, [5.0, 4.0, 4.5, 3.0, 3.5])  # the improvement at step 3 resets the count
+    assert state.stop_reason is None and state.stale == 1
+    selection.consider(state, 5, 3.2)
+    assert state.stale == 2
+    assert state.stop_reason.startswith("early stop: loss did not improve on 3 (step 3)")
+
+
+def test_no_start_score_means_no_verdict_about_the_start():
+    selection = Selection("crps")
+    state, _ = feed(selection, [])
+    for step, value in ((4, 0.5), (8, 0.4)):
+        selection.consider(state, step, value)
+    assert selection.improved_on_start(state) is None and selection.verdict_line(state) is None
+
+
+def test_the_selection_state_survives_a_checkpoint_round_trip():
+    position = Position(step=12)
+    selection = Selection("crps", patience=3)
+    for step, value in ((0, 0.5), (6, 0.4), (12, 0.45)):
+        selection.consider(position.selection, step, value)
+    restored = Position.from_client_state(position.to_client_state())
+    assert restored.selection == position.selection
+    assert Position.from_client_state({"step": 3}).selection == SelectionState()  # a checkpoint from before
+
+
+def test_train_config_checks_the_selection_options():
+    def problems(**options) -> list[str]:
+        return [p for p in TrainConfig(data="x", **options).option_problems() if "select_by" in p]
+
+    assert problems(select_by="crps", val_paths=1) == [
+        "--select_by crps needs --val_paths 2 or more (the CRPS scores a distribution of sampled paths; one path is "
+        "a point forecast), got 1"]
+    assert problems(select_by="rank_ic", val_paths=1) == []  # the RankIC of the mean path needs no spread
+    assert problems(select_by="crps", val_forecast_origins=0)
+    assert TrainConfig(select_by="crps").forecast_origins() > 0
+    assert TrainConfig().forecast_origins() == 0  # loss selection costs nothing extra by default
+    assert TrainConfig(val_forecast_origins=8).forecast_origins() == 8
+
+
+def test_fixed_origins_are_whole_dates_spread_over_the_split():
+    # 3 symbols x 100 bars on one calendar, the third symbol starting 40 bars late.
+    lengths = [100, 100, 60]
+    timestamps = np.concatenate([np.arange(100), np.arange(100), np.arange(40, 100)]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    origins = choose_origins(timestamps, offsets, lookback=10, pred_len=5, count=12)
+    dates = timestamps[origins.rows - 1]
+    assert len(origins) <= 12
+    for date in np.unique(dates):  # every symbol that has an origin at a chosen date is in
+        expected = 3 if date >= 40 + 9 else 2
+        assert (dates == date).sum() == expected
+    assert dates.min() < 30 and dates.max() > 80  # spread, not the first dates only
+    again = choose_origins(timestamps, offsets, lookback=10, pred_len=5, count=12)
+    assert np.array_equal(origins.rows, again.rows)
+
+
+def test_forecast_scores_are_the_crps_and_rank_ic_of_the_sampled_paths(demo_prepared_dir, tiny_checkpoints,
+                                                                       monkeypatch):
+    prepared = verify_prepared(str(demo_prepared_dir))
+    split = prepared.split("val")
+    torch.manual_seed(0)
+    tokenizer = KronosTokenizer.from_folder_or_preset(str(tiny_checkpoints[0]))
+    model = Kronos.from_folder_or_preset(str(tiny_checkpoints[1]))
+    sampler = SamplerSettings()
+    validation = ForecastValidation(split, prepared.lookback, prepared.predict, origins=CHUNK_ORIGINS + 5, paths=4,
+                                    clip=5.0, seed=7, sampler=sampler, max_context=512, pad_forwards=False)
+    runtime = SimpleNamespace(rank=0, world_size=1, device=torch.device("cpu"))
+    monkeypatch.setattr(forecast_validation, "all_reduce_sum", lambda tensor: tensor)
+    scores = validation.score(SimpleNamespace(module=model), tokenizer, runtime)
+
+    # The same paths, one origin at a time (so batching does not matter), scored by the energy form of the CRPS.
+    w, L, H = validation.windows, prepared.lookback, prepared.predict
+    crps, returns = [], []
+    for i, row in enumerate(validation.origins.rows):
+        generator = torch.Generator().manual_seed(stream_seed(7, FORECAST_STREAM, int(row)))
+        paths = sample_paths(tokenizer, model, torch.from_numpy(w.norm[i:i + 1, :L]),
+                             torch.from_numpy(w.stamp[i:i + 1, :L]), torch.from_numpy(w.stamp[i:i + 1, L:]), 512, H,
+                             5.0, sampler.temperature, 0, sampler.top_p, 4, [generator])[0, :, -H:, CLOSE].double()
+        actual = torch.from_numpy(w.norm[i, L:, CLOSE]).double()
+        energy = (paths - actual).abs().mean(0) - (paths[:, None] - paths[None]).abs().mean((0, 1)) / 2
+        crps.append(energy.mean().item())
+        close = paths.mean(0)[-1].item() * float(w.std[i, 0, CLOSE]) + float(w.mean[i, 0, CLOSE])
+        returns.append(close / float(w.raw[i, L - 1, CLOSE]) - 1)
+    assert scores.crps == pytest.approx(np.mean(crps), rel=1e-5)
+    assert scores.skill == pytest.approx(1 - scores.crps / validation.random_walk_crps)
+    from ds_kronos.evaluation.metrics import daily_ic
+    _, _, rank_ic = daily_ic(validation.dates, np.array(returns), validation.real_returns)
+    assert rank_ic.size > 0 and scores.rank_ic == pytest.approx(rank_ic.mean(), rel=1e-5)
+    assert math.isfinite(validation.random_walk_crps) and validation.random_walk_crps > 0

@@ -26,6 +26,8 @@ class Runtime:
     local_rank: int
     world_size: int
     device: torch.device
+    local_world_size: int = 1
+    """Ranks on this node (the launcher's LOCAL_WORLD_SIZE): fewer than ``world_size`` on a multi-node run."""
 
     @property
     def is_main(self) -> bool:
@@ -107,7 +109,7 @@ def init_runtime(threads: int | None = None, timeout_s: float = DEFAULT_DIST_TIM
     else:
         accelerator.set_device(local_rank)
         device = torch.device(accelerator.device_name(local_rank))
-    return Runtime(rank, local_rank, world, device)
+    return Runtime(rank, local_rank, world, device, local_world)
 
 
 def rank_seed(seed: int, rank: int, step: int = 0) -> int:

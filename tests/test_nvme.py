@@ -84,3 +84,51 @@ def test_start_up_sweep_removes_every_rank_and_the_default_folder(tmp_path):
     _swap_tree(swap, ranks=(0, 1, 2))
     assert nvme.remove_swap_files(swap, remove_dir=True) == 6000
     assert not swap.exists()
+
+
+@pytest.fixture
+def prepare(monkeypatch, nvme_json):
+    """``prepare_swap_folder`` on one rank of a ``world_size``-rank run with ``local`` ranks per node (the async I/O
+    check kept to its folder creation, the barriers to this process); returns the folder, the verdict and what
+    rank 0 printed."""
+    from ds_kronos.runtime import Runtime
+
+    said: list[str] = []
+    monkeypatch.setattr(nvme, "barrier", lambda: None)
+    monkeypatch.setattr(nvme, "check_nvme_ready", lambda folder: folder.mkdir(parents=True, exist_ok=True))
+    monkeypatch.setattr(nvme, "say", said.append)
+
+    def run(save_dir, nvme_dir=None, nvme_path=None, world_size=1, local=1):
+        config = copy.deepcopy(nvme_json)
+        if nvme_path is not None:
+            for key in nvme.OFFLOAD_SECTIONS:
+                config["zero_optimization"][key]["nvme_path"] = str(nvme_path)
+        runtime = Runtime(rank=0, local_rank=0, world_size=world_size, device=None, local_world_size=local)
+        said.clear()
+        return (*nvme.prepare_swap_folder(config, nvme_dir, str(save_dir), runtime), list(said))
+    return run
+
+
+def test_an_explicit_nvme_path_that_existed_is_never_removed(prepare, tmp_path):
+    users = tmp_path / "users_swap"
+    users.mkdir()
+    swap, removes, _ = prepare(tmp_path / "run", nvme_path=users)
+    assert swap == users and not removes
+    _swap_tree(users, ranks=(0,))
+    nvme.remove_swap_files(users, rank=0, remove_dir=removes)
+    assert users.is_dir() and not any(users.iterdir())  # its swap files gone, the folder the user made kept
+    created, removes, _ = prepare(tmp_path / "run", nvme_path=tmp_path / "made_by_this_run")
+    assert removes
+    nvme.remove_swap_files(created, rank=0, remove_dir=removes)
+    assert not created.exists()
+    assert prepare(tmp_path / "run", nvme_dir=str(users))[1] is False
+    assert prepare(tmp_path / "run")[:2] == (tmp_path / "run" / "nvme_swap", True)
+    assert prepare(tmp_path / "run")[1] is True  # the default folder, even when a killed run left it
+
+
+def test_a_multi_node_run_is_warned_off_the_default_swap_folder_in_save_dir(prepare, tmp_path):
+    *_, said = prepare(tmp_path / "run", world_size=16, local=8)
+    assert len(said) == 1 and said[0].startswith("warning: this run spans 2 nodes") and "--nvme_dir" in said[0]
+    assert prepare(tmp_path / "run", world_size=8, local=8)[2] == []  # one node
+    assert prepare(tmp_path / "run", nvme_dir=str(tmp_path / "local"), world_size=16, local=8)[2] == []
+    assert prepare(tmp_path / "run", nvme_path=tmp_path / "local", world_size=16, local=8)[2] == []

@@ -5,7 +5,9 @@ A DeepSpeed JSON offloads to NVMe when ``offload_param`` or ``offload_optimizer`
 ``save_dir/nvme_swap``). DeepSpeed writes ``<nvme_path>/zero_stage_3/{optimizer,<dtype>params}/rank<N>/*.swp``
 through its async I/O op, which needs the libaio system library; without it the run stops at start with one line
 that says what to install. The swap files are scratch: they are removed at the end of the run (and any left by a
-killed run are removed at the next start), since a resumed run reloads its state from the checkpoint, not from them.
+killed run are removed at the next start), since a resumed run reloads its state from the checkpoint, not from them;
+the folder itself goes too when empty, if it is the default one or this run created it. A multi-node run is warned
+off the default folder, which sits in the shared ``save_dir``.
 
 Resuming with the optimizer on NVMe (:func:`restore_swapped_optimizer`): DeepSpeed 0.19's ``load_checkpoint`` then
 skips the ZeRO optimizer load and only copies ``<tag>/offloaded_tensors/rankNN`` back into the swap folder; a fresh
@@ -84,7 +86,8 @@ def check_nvme_ready(swap_dir: Path) -> None:
 def remove_swap_files(swap_dir: Path, rank: int | None = None, remove_dir: bool = False) -> int:
     """Remove DeepSpeed's swap files under ``swap_dir``: those of ``rank`` (each rank removes its own at the end,
     with no collective, so a failing run cleans up too), or all of them (at start, before any rank writes); then
-    the folders left empty (``swap_dir`` itself only with ``remove_dir``: the default folder, not a user's).
+    the folders left empty (``swap_dir`` itself only with ``remove_dir``: the default folder or one this run
+    created, not a user's).
     Returns the bytes freed."""
     root = swap_dir / SWAP_SUBFOLDER
     # Ranks on one node clean up at the same time: any entry may vanish under us, so every step tolerates that.
@@ -129,21 +132,43 @@ def _walk(root: Path, max_depth: int | None = None):
             yield folder, dirs, files
 
 
+def removes_folder_at_end(swap_dir: Path, save_dir: str, existed_before: bool) -> bool:
+    """Whether the run removes the swap folder itself once it is empty: the default one in ``save_dir``, or one this
+    run created; never a folder that was there before (a user's, named by --nvme_dir or the JSON's nvme_path)."""
+    return swap_dir == Path(save_dir) / DEFAULT_SUBFOLDER or not existed_before
+
+
+def shared_swap_warning(swap_dir: Path, nvme_dir: str | None, save_dir: str, runtime: Runtime) -> str | None:
+    """A warning when a multi-node run swaps into the default folder: it is inside ``save_dir``, which the nodes
+    share (the checkpoints are loaded from it), so every node's swap traffic would go to one shared filesystem."""
+    if nvme_dir or swap_dir != Path(save_dir) / DEFAULT_SUBFOLDER or runtime.world_size <= runtime.local_world_size:
+        return None
+    return (f"warning: this run spans {runtime.world_size // max(1, runtime.local_world_size)} nodes and swaps to "
+            f"NVMe in {swap_dir}, inside --save_dir, which the nodes share: pass --nvme_dir with a node-local "
+            f"folder (a local NVMe drive) so that each node swaps to its own disk")
+
+
 def prepare_swap_folder(ds_config: dict[str, Any], nvme_dir: str | None, save_dir: str, runtime: Runtime
-                        ) -> Path | None:
+                        ) -> tuple[Path | None, bool]:
     """Collective: fill the JSON's "auto" ``nvme_path`` (:func:`fill_nvme_path`), check that the folder can be used
     and remove swap files a killed run left (one rank per node, before any rank writes new ones). Returns the swap
-    folder, None without NVMe offload."""
+    folder (None without NVMe offload) and whether the run removes the folder itself at the end
+    (:func:`removes_folder_at_end`)."""
     swap_dir = fill_nvme_path(ds_config, nvme_dir, save_dir)
     if swap_dir is None:
-        return None
+        return None, False
+    existed = swap_dir.exists()
+    barrier()  # every rank has looked before any creates it
     check_nvme_ready(swap_dir)
     if runtime.local_rank == 0:
         freed = remove_swap_files(swap_dir)
         if freed and runtime.is_main:
             say(f"start-up clean-up: removed {freed / 2**30:.2f} GiB of stale NVMe swap files in {swap_dir}")
+    warning = shared_swap_warning(swap_dir, nvme_dir, save_dir, runtime)
+    if warning and runtime.is_main:
+        say(warning)
     barrier()
-    return swap_dir
+    return swap_dir, removes_folder_at_end(swap_dir, save_dir, existed)
 
 
 def offloads_optimizer_to_nvme(engine) -> bool:

@@ -78,7 +78,8 @@ class Trainer:
         data = build_data(config, self.runtime, self.ds_json)
         self.data, self.batch, self.ds_config, self.total_steps = data, data.batch, data.ds_config, data.total_steps
         self.ds_view = DeepSpeedView.of(self.ds_config)
-        self.swap_dir = prepare_swap_folder(self.ds_config, config.nvme_dir, config.save_dir, self.runtime)
+        self.swap_dir, self.removes_swap_dir = prepare_swap_folder(self.ds_config, config.nvme_dir, config.save_dir,
+                                                                   self.runtime)
         self.resume_source: ResumeSource | None = (
             find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say, self.ds_config)
             if config.resume else None)
@@ -278,7 +279,7 @@ class Trainer:
     def remove_swap_files(self) -> None:
         """This rank's NVMe swap files (no collective: a failing run cleans up too)."""
         if self.swap_dir is not None:
-            remove_swap_files(self.swap_dir, self.runtime.rank, remove_dir=not self.config.nvme_dir)
+            remove_swap_files(self.swap_dir, self.runtime.rank, remove_dir=self.removes_swap_dir)
 
     def _finish(self, status: str) -> dict[str, Any]:
         """summary.json and the loss curve (rank 0); collective (the memory report and a barrier)."""

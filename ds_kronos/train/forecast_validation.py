@@ -108,10 +108,6 @@ class ForecastValidation:
     def __len__(self) -> int:
         return len(self.origins)
 
-    def describe(self) -> str:
-        return (f"{len(self)} validation origins on {np.unique(self.dates).size} dates x {self.paths} paths, "
-                f"horizon {self.pred_len} (random walk CRPS {self.random_walk_crps:.4f})")
-
     def summary(self) -> dict:
         """What summary.json records about the forecast validation (the scores are in the history)."""
         return {"origins": len(self), "dates": int(np.unique(self.dates).size), "paths": self.paths,
@@ -129,8 +125,8 @@ class ForecastValidation:
         mine = self._chunks_of(runtime.rank, runtime.world_size)
         crps = torch.zeros(len(self), dtype=torch.float64)
         returns = torch.zeros(len(self), dtype=torch.float64)
-        decode = len(self._chunks_of(0, runtime.world_size)) if self.pad_forwards else len(mine)
-        padding = self._chunks_of(0, runtime.world_size)[0]
+        most = self._chunks_of(0, runtime.world_size)  # rank 0 holds the most chunks
+        decode, padding = (len(most) if self.pad_forwards else len(mine)), most[0]
         for k in range(decode):
             chunk = mine[k] if k < len(mine) else padding
             close = self._sample_close(engine.module, tokenizer, chunk, runtime.device)  # [n, S, H] normalised

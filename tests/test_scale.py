@@ -47,6 +47,7 @@ def test_zero3_nvme_trains_base_built_partitioned_and_exports_loadable_weights(d
     states swapped to an NVMe folder (ZeRO-Infinity, async I/O), activation checkpointing, bf16. Two steps, then
     the exports load in a plain process and the swap files are gone."""
     save_dir, swap = tmp_path / "base_nvme", tmp_path / "swap"
+    swap.mkdir()  # the user's own folder: emptied at the end, not removed (tests/test_nvme.py: one a run creates is)
     command = [str(REPO / ".venv" / "bin" / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
                str(REPO / "launch" / "train.py"), "--data", str(demo_prepared_dir), "--tokenizer", "base",
                "--predictor", "base", "--deepspeed_config", "ds_configs/zero3_nvme_bf16.json", "--nvme_dir", str(swap),
@@ -63,7 +64,7 @@ def test_zero3_nvme_trains_base_built_partitioned_and_exports_loadable_weights(d
     assert base_params > 100e6
     # The swap files held the fp32 masters and Adam moments (12 bytes per parameter) at least, and are removed.
     assert summary["memory"]["nvme_swap_bytes"] >= 12 * base_params
-    assert swap.is_dir() and not any(swap.iterdir())  # a folder the user named is kept, emptied
+    assert swap.is_dir() and not any(swap.iterdir())
     trained = Kronos.from_pretrained(save_dir / "final_model")
     initial = Kronos.from_pretrained(save_dir / "initial_model")
     assert trained.config == Kronos.from_preset("base").config

@@ -15,6 +15,7 @@ import math
 import os
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
 
 from ds_kronos.errors import ConfigError
@@ -42,7 +43,8 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[A
 
     ``nargs="+"`` (list fields only) lets the flag take several space-separated values (``--csv a.csv b.csv``);
     each value may still be comma-separated, so the comma form keeps working. ``ge``/``gt``/``le``/``lt`` bound a
-    number (a None value, where the field allows it, is not checked); :func:`validate` reports a value outside.
+    number, or every item of a list of numbers (a None value, where the field allows it, is not checked);
+    :func:`validate` reports a value outside.
     """
     bounds = {key: value for key, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None}
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "cli": cli, "nargs": nargs,
@@ -216,12 +218,24 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see --help)")
 
 
+def _job_fields_first(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls``, those it declares itself first, then each option group it inherits (``--help``
+    lists a job's own options before the shared groups such as :class:`ProcessOptions`)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    ordered: dict[str, dataclasses.Field] = {}
+    for klass in cls.__mro__:
+        for name in vars(klass).get("__annotations__", {}):
+            if name in fields and name not in ordered:
+                ordered[name] = fields[name]
+    return list(ordered.values())
+
+
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(description=description or (cls.__doc__ or "").strip().split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--config", default=None, help="YAML or JSON file with option values (CLI flags win)")
     hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
+    for field in _job_fields_first(cls):
         if not field.metadata.get("cli", True):
             continue
         tp, optional = _base_type(hints[field.name])
@@ -287,16 +301,25 @@ def _describe_bounds(bounds: dict[str, float]) -> str:
     return f"{symbol[value[0]]} {value[1]:g}"
 
 
+def _inside(value: float, bounds: dict[str, float]) -> bool:
+    return (("ge" not in bounds or value >= bounds["ge"]) and ("gt" not in bounds or value > bounds["gt"])
+            and ("le" not in bounds or value <= bounds["le"]) and ("lt" not in bounds or value < bounds["lt"]))
+
+
 def bound_problems(config: Any) -> list[str]:
-    """The declared ``ge``/``gt``/``le``/``lt`` bounds of every field (NaN is outside any bound)."""
+    """The declared ``ge``/``gt``/``le``/``lt`` bounds of every field, or of every item of a list field (NaN is
+    outside any bound)."""
     problems = []
     for field in dataclasses.fields(config):
         bounds, value = field.metadata.get("bounds") or {}, getattr(config, field.name)
         if not bounds or value is None or isinstance(value, bool):
             continue
-        inside = (("ge" not in bounds or value >= bounds["ge"]) and ("gt" not in bounds or value > bounds["gt"])
-                  and ("le" not in bounds or value <= bounds["le"]) and ("lt" not in bounds or value < bounds["lt"]))
-        if not inside:
+        if isinstance(value, (list, tuple)):
+            outside = [item for item in value if not _inside(item, bounds)]
+            if outside:
+                problems.append(f"--{field.name} must be {_describe_bounds(bounds)}, got "
+                                f"{', '.join(f'{item:g}' for item in outside)}")
+        elif not _inside(value, bounds):
             problems.append(f"--{field.name} must be {_describe_bounds(bounds)}, got {value}")
     return problems
 
@@ -313,3 +336,13 @@ def validate(config: Any) -> None:
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+@dataclass(kw_only=True)
+class ProcessOptions:
+    """The options of a job's process (every job that joins a process group through the deepspeed launcher)."""
+
+    local_rank: int = option(-1, help="set by the deepspeed launcher")
+    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)", ge=1)
+    dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, gt=0, help="seconds a collective may wait for the other "
+                                 "ranks before the job stops and names the rank that stopped answering")

@@ -134,8 +134,8 @@ def test_calibrate_on_two_ranks_then_evaluate_uses_the_file(demo_prepared_dir, t
 
 @pytest.mark.parametrize("extra, message", [
     (["--sample_count", "1"], "--sample_count must be >= 2, got 1"),
-    (["--top_ps", "0.9,1.5"], "--top_ps must be in (0, 1], got 0.9, 1.5"),
-    (["--temperatures", "0"], "--temperatures must be numbers in (0, 100], got 0"),
+    (["--top_ps", "0.9,1.5"], "--top_ps must be in (0, 1], got 1.5"),
+    (["--temperatures", "0"], "--temperatures must be in (0, 100], got 0"),
     (["--quantiles", "0.1,1"], "--quantiles must be in (0, 1), got 1"),
 ])
 def test_calibrate_bad_options_exit_2(tmp_path, capsys, extra, message):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from ds_kronos.config import parse_config
+from ds_kronos.config import bound_problems, parse_config
 from ds_kronos.errors import ConfigError
 from ds_kronos.model import Kronos
 from ds_kronos.plan import PlanRequest, model_counts, plan, recommend
@@ -167,8 +167,13 @@ def test_ds_config_overrides_where_no_file_exists():
     assert loaded["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
 
 
+def all_problems(request: PlanRequest) -> list[str]:
+    """What parse_config reports for a request: its declared bounds, then its own checks."""
+    return bound_problems(request) + request.problems()
+
+
 def test_request_problems_are_listed():
-    problems = dataclasses.replace(_request(), variant="huge", zero=1, offload="cpu", micro_batch=0).problems()
+    problems = all_problems(dataclasses.replace(_request(), variant="huge", zero=1, offload="cpu", micro_batch=0))
     assert any("huge" in p for p in problems)
     assert any("--offload needs" in p for p in problems)
     assert any("--micro_batch" in p for p in problems)
@@ -194,8 +199,8 @@ def test_plan_cli(tmp_path):
 
 def test_memory_and_output_file_are_checked(tmp_path):
     for memory in (float("nan"), float("inf"), 0.0):
-        problems = _request(memory_gb=memory).problems()
-        assert any(p.startswith("--memory_gb must be a positive number of GiB") for p in problems), (memory, problems)
+        problems = all_problems(_request(memory_gb=memory))
+        assert any(p.startswith("--memory_gb must be in (0, inf)") for p in problems), (memory, problems)
     assert any(f"folder {tmp_path / 'missing'} does not exist" in p
                for p in _request(write_ds_config=str(tmp_path / "missing" / "ds.json")).problems())
     assert any("is a folder" in p for p in _request(write_ds_config=str(tmp_path)).problems())
@@ -282,7 +287,7 @@ def test_offload_problems():
         parse_config(PlanRequest, ["--variant", "base", "--offload", "true"])
     bad = PlanRequest(variant="base", zero=2, offload="nvme").problems()
     assert any("--offload nvme needs --zero 3" in p for p in bad)
-    assert any("--disk_gb must be a positive" in p for p in _request(disk_gb=0.0).problems())
+    assert any("--disk_gb must be in (0, inf)" in p for p in all_problems(_request(disk_gb=0.0)))
 
 
 @pytest.mark.processes

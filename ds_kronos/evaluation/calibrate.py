@@ -11,7 +11,6 @@ records CRPS and coverage before and after on data the choice never saw. The fil
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +19,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_TOP_P, option
+from ds_kronos.config import DEFAULT_MAX_CONTEXT, DEFAULT_TOP_P, ProcessOptions, option
 from ds_kronos.console import say
 from ds_kronos.data.manifest import SPLITS
-from ds_kronos.data.normalise import DEFAULT_CLIP, denormalise
+from ds_kronos.data.normalise import denormalise
 from ds_kronos.data.series import CLOSE
 from ds_kronos.data.verify import prepared_data_problems
 from ds_kronos.evaluation import metrics, probabilistic
 from ds_kronos.evaluation.config import EvalConfig
 from ds_kronos.evaluation.selection import EvaluationSet
+from ds_kronos.forecast.config import clip_option, quantiles_option
 from ds_kronos.forecast.sampler_file import (
     DEFAULT_TEMPERATURE,
     MAX_TEMPERATURE,
@@ -40,7 +40,7 @@ from ds_kronos.runtime import distributed_failures, init_runtime
 
 
 @dataclass(kw_only=True)
-class CalibrateConfig:
+class CalibrateConfig(ProcessOptions):
     """Search the sampler's temperature and top-p on a validation split (min CRPS of the close); write
     sampler.json next to the predictor."""
 
@@ -52,26 +52,22 @@ class CalibrateConfig:
     split: str = option("val", choices=SPLITS, help="split the settings are chosen on")
     check_split: str | None = option("test", help="split scored with the default and the chosen settings, "
                                                   "reported before/after (none: skip)")
-    temperatures: list[float] = option(default_factory=lambda: [0.8, 1.0, 1.2, 1.5],
+    temperatures: list[float] = option(default_factory=lambda: [0.8, 1.0, 1.2, 1.5], gt=0, le=MAX_TEMPERATURE,
                                        help="temperatures of the grid, comma-separated")
-    top_ps: list[float] = option(default_factory=lambda: [0.8, 0.9, 1.0],
+    top_ps: list[float] = option(default_factory=lambda: [0.8, 0.9, 1.0], gt=0, le=1,
                                  help="nucleus masses of the grid, comma-separated (1.0: off)")
     sample_count: int = option(20, help="sampled paths per origin (fixed for every setting)", ge=2)
-    quantiles: list[float] = option(default_factory=lambda: [0.1, 0.9],
-                                    help="quantiles whose central bands' coverage is reported (default: 0.1,0.9)")
+    quantiles: list[float] = quantiles_option((0.1, 0.9), help="quantiles whose central bands' coverage is "
+                                                              "reported (default: 0.1,0.9)")
     max_origins_per_symbol: int | None = option(None, help="keep only the latest N origins of each symbol", ge=1)
     pred_len: int | None = option(None, help="bars to forecast per origin (default: the prepared set's predict)",
                                   ge=1)
     stride: int | None = option(None, help="bars between origins (default: pred_len)", ge=1)
-    max_context: int = option(512, help="most tokens the predictor sees", ge=1)
+    max_context: int = option(DEFAULT_MAX_CONTEXT, help="most tokens the predictor sees", ge=1)
     seed: int = option(0, help="sampler seed (rank r uses seed + r), the same for every setting")
     batch_size: int = option(64, help="origins forecast together per rank", ge=1)
-    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip] (as in training)", gt=0)
+    clip: float = clip_option()
     use_cache: bool = option(True, help="incremental decoding with a key/value cache")
-    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)", ge=1)
-    dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, gt=0, help="seconds a collective may wait for the other "
-                                 "ranks")
-    local_rank: int = option(-1, help="set by the deepspeed launcher")
 
     @property
     def target(self) -> Path:
@@ -87,16 +83,9 @@ class CalibrateConfig:
         if self.check_split is not None and self.check_split not in SPLITS:
             problems.append(f"--check_split must be one of {', '.join(SPLITS)} or none, got "
                             f"{self.check_split!r}")
-        bad_t = [t for t in self.temperatures if not (math.isfinite(t) and 0 < t <= MAX_TEMPERATURE)]
-        if bad_t or not self.temperatures:
-            problems.append(f"--temperatures must be numbers in (0, {MAX_TEMPERATURE:g}], got "
-                            f"{', '.join(f'{t:g}' for t in self.temperatures) or 'none'}")
-        bad_p = [p for p in self.top_ps if not 0 < p <= 1]
-        if bad_p or not self.top_ps:
-            problems.append(f"--top_ps must be in (0, 1], got {', '.join(f'{p:g}' for p in self.top_ps) or 'none'}")
-        bad_q = [q for q in self.quantiles if not 0 < q < 1]
-        if bad_q:
-            problems.append(f"--quantiles must be in (0, 1), got {', '.join(f'{q:g}' for q in bad_q)}")
+        for name in ("temperatures", "top_ps"):
+            if not getattr(self, name):
+                problems.append(f"--{name} must list at least one value")
         return problems
 
     def evaluation(self, split: str) -> EvalConfig:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_MAX_CONTEXT, DEFAULT_TOP_P, option, output_dir_problems
+from ds_kronos.config import ProcessOptions, option, output_dir_problems
 from ds_kronos.data.manifest import SPLITS
-from ds_kronos.data.normalise import DEFAULT_CLIP
 from ds_kronos.data.verify import prepared_data_problems
 from ds_kronos.evaluation.baselines import RANDOM_WALK_WINDOW
+from ds_kronos.forecast.config import SamplingOptions, clip_option, quantiles_option
 
 
 @dataclass(kw_only=True)
-class EvalConfig:
+class EvalConfig(SamplingOptions, ProcessOptions):
     """Forecast a prepared split from rolling origins and score the forecasts against naive baselines."""
 
     data: str | None = option(None, help="prepared dataset folder (launch/prepare_data.py output)")
@@ -28,10 +28,7 @@ class EvalConfig:
                    "the same sampler seeds and reported as 'reference'")
     out: str = option("runs/evaluation", help="output folder: report.json, forecast_examples.png, ic_over_time.png")
     split: str = option("test", choices=SPLITS, help="split of the prepared dataset to forecast")
-    local_rank: int = option(-1, help="set by the deepspeed launcher")
 
-    max_context: int = option(DEFAULT_MAX_CONTEXT, ge=1,
-                              help="most tokens the predictor sees (older history is dropped)")
     pred_len: int | None = option(None, help="bars to forecast per origin (default: the prepared set's predict)", ge=1)
     stride: int | None = option(None, help="bars between consecutive forecast origins (default: pred_len, so "
                                            "forecast windows do not overlap)", ge=1)
@@ -39,41 +36,29 @@ class EvalConfig:
                                                            "(default: all)", ge=1)
     sample_count: int = option(1, help="sampled paths averaged into one forecast (> 1 also reports the calibration "
                                        "of their quantile bands)", ge=1)
-    quantiles: list[float] = option(default_factory=lambda: [0.1, 0.5, 0.9],
-                                    help="with --sample_count > 1: quantiles of the sampled paths whose calibration "
-                                         "is reported, comma-separated (default: 0.1,0.5,0.9)")
+    quantiles: list[float] = quantiles_option((0.1, 0.5, 0.9), help="with --sample_count > 1: quantiles of the "
+                                              "sampled paths whose calibration is reported, comma-separated "
+                                              "(default: 0.1,0.5,0.9)")
     probabilistic: bool | None = option(
         None, help="score the distribution of the sampled paths (CRPS, WQL, MASE, coverage, PIT, Brier of P(up), "
                    "volatility) against random-walk and bootstrap baselines; default: on with --sample_count >= 2 "
                    "(true with one path is an error)")
     random_walk_window: int = option(RANDOM_WALK_WINDOW, ge=2, help="bars of history whose one-bar changes give "
                                                                     "the random-walk baseline's volatility")
-    use_cache: bool = option(True, help="incremental decoding with a key/value cache; false recomputes the whole "
-                                        "window at every step (upstream's way: the same forecasts, slower)")
-    temperature: float | None = option(None, help="sampling temperature (default: the predictor folder's "
-                                                  "sampler.json, else 1.0)", gt=0)
-    top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p", ge=0)
-    top_p: float | None = option(None, help=f"nucleus sampling mass, 1.0: off (default: the predictor folder's "
-                                            f"sampler.json, else {DEFAULT_TOP_P})", gt=0, le=1)
-    sampler_file: bool = option(True, help="use the sampling settings of the predictor folder's sampler.json "
-                                           "(launch/calibrate.py) where an option does not set them; false: "
-                                           "ignore the file")
     seed: int = option(0, help="seed of the sampler (rank r uses seed + r) and of preset (random) weights")
     batch_size: int = option(64, help="origins forecast together per rank", ge=1)
-    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip] (as in training)", gt=0)
+    clip: float = clip_option()
     examples: int = option(4, help="symbols shown in forecast_examples.png", ge=0)
-    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)", ge=1)
-    dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, gt=0, help="seconds a collective may wait for the other "
-                                 "ranks before the job stops and names the rank that stopped answering")
 
     backtest: bool = option(False, help="also run pyqlib's TopkDropout backtest of the model's predicted returns "
                                         "(needs a set prepared from a Qlib folder holding --benchmark)")
     benchmark: str = option("SH000300", help="--backtest: Qlib instrument of the benchmark series")
-    topk: int = option(50, help="--backtest: stocks held (capped at half the symbols with a signal)")
-    n_drop: int = option(5, help="--backtest: stocks swapped per day at most (capped at topk and at the symbols "
-                                 "not held)")
-    limit_threshold: float = option(0.095, help="--backtest: no buy (sell) when $change >= (<= -) this; 0: off "
-                                                "(also off where the provider has no $change)")
+    topk: int = option(50, ge=1, help="--backtest: stocks held (capped at half the symbols with a signal)")
+    n_drop: int = option(5, ge=1, help="--backtest: stocks swapped per day at most (capped at topk and at the "
+                                       "symbols not held)")
+    limit_threshold: float = option(0.095, ge=0, lt=1, help="--backtest: no buy (sell) when $change >= (<= -) "
+                                                            "this; 0: off (also off where the provider has no "
+                                                            "$change)")
     qlib_dir: str | None = option(None, help="--backtest: Qlib provider folder (default: the prepared set's "
                                              "source path)")
 
@@ -91,18 +76,9 @@ class EvalConfig:
             problems.append("--out must name a folder")
         if self.pred_len is not None and self.pred_len > self.max_context:
             problems.append(f"--pred_len {self.pred_len} exceeds --max_context {self.max_context}")
-        bad_quantiles = [q for q in self.quantiles or [] if not 0.0 < q < 1.0]
-        if bad_quantiles:
-            problems.append(f"--quantiles must be in (0, 1), got {', '.join(f'{q:g}' for q in bad_quantiles)}")
         if self.probabilistic and self.sample_count < 2:
             problems.append(f"--probabilistic needs at least 2 sampled paths per origin, got --sample_count "
                             f"{self.sample_count}")
-        if self.backtest:
-            if not self.benchmark:
-                problems.append("--benchmark must name a Qlib instrument with --backtest")
-            for name in ("topk", "n_drop"):
-                if getattr(self, name) < 1:
-                    problems.append(f"--{name} must be >= 1, got {getattr(self, name)}")
-            if not 0.0 <= self.limit_threshold < 1.0:
-                problems.append(f"--limit_threshold must be in [0, 1), got {self.limit_threshold}")
+        if self.backtest and not self.benchmark:
+            problems.append("--benchmark must name a Qlib instrument with --backtest")
         return problems

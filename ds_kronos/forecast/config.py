@@ -1,4 +1,5 @@
-"""Options of the forecast job (``launch/forecast.py``).
+"""Options of the forecast job (``launch/forecast.py``), and the option group of every job that samples forecasts
+(:class:`SamplingOptions`, shared with evaluation).
 
 Sampling defaults follow upstream's ``KronosPredictor.predict`` (T 1.0, top_p 0.9), with 10 sampled paths so that
 there are bands; ``--top_k 1`` makes the forecast greedy.
@@ -9,12 +10,42 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, DEFAULT_MAX_CONTEXT, DEFAULT_TOP_P, option
+from ds_kronos.config import DEFAULT_MAX_CONTEXT, DEFAULT_TOP_P, ProcessOptions, option
 from ds_kronos.data.normalise import DEFAULT_CLIP
 
 
+def clip_option(help: str = "clip normalised features to [-clip, clip] (as in training)") -> float:
+    """The ``--clip`` option of every job that normalises windows (one default: ds_kronos.data.normalise)."""
+    return option(DEFAULT_CLIP, help=help, gt=0)
+
+
+def quantiles_option(default: tuple[float, ...], help: str) -> list[float]:
+    """A ``--quantiles`` option: levels strictly between 0 and 1 (declared, so checked in one place)."""
+    return option(default_factory=lambda: list(default), help=help, gt=0, lt=1)
+
+
 @dataclass(kw_only=True)
-class ForecastConfig:
+class SamplingOptions:
+    """How the autoregressive sampler draws paths: the options of every job that forecasts with it (forecast,
+    evaluation). Defaults follow upstream's ``KronosPredictor.predict``; a predictor folder's ``sampler.json``
+    (ds_kronos.forecast.sampler_file) fills temperature and top-p where the options leave them unset."""
+
+    max_context: int = option(DEFAULT_MAX_CONTEXT, ge=1,
+                              help="most tokens the predictor sees (older history is dropped)")
+    temperature: float | None = option(None, help="sampling temperature (default: the predictor folder's "
+                                                  "sampler.json, else 1.0)", gt=0)
+    top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p", ge=0)
+    top_p: float | None = option(None, help=f"nucleus sampling mass, 1.0: off (default: the predictor folder's "
+                                            f"sampler.json, else {DEFAULT_TOP_P})", gt=0, le=1)
+    sampler_file: bool = option(True, help="use the sampling settings of the predictor folder's sampler.json "
+                                           "(launch/calibrate.py) where an option does not set them; false: "
+                                           "ignore the file")
+    use_cache: bool = option(True, help="incremental decoding with a key/value cache; false recomputes the whole "
+                                        "window at every step (upstream's way: the same forecasts, slower)")
+
+
+@dataclass(kw_only=True)
+class ForecastConfig(SamplingOptions, ProcessOptions):
     """Forecast the next bars of one or more series: a CSV (mean and quantile bands) and a PNG per series."""
 
     tokenizer: str | None = option(None, help="tokenizer: a checkpoint folder (fine-tuned, or a published one such "
@@ -29,25 +60,13 @@ class ForecastConfig:
     end: str | None = option(None, help="with --qlib_dir: the last history day (default: the provider's last "
                                         "calendar day)")
     out: str = option("runs/forecast", help="output folder: SYMBOL.csv and SYMBOL.png per series, summary.json")
-    local_rank: int = option(-1, help="set by the deepspeed launcher")
 
     lookback: int = option(400, help="history bars per series fed to the model (the last ones)", ge=1)
     pred_len: int = option(120, help="bars to forecast", ge=1)
-    max_context: int = option(DEFAULT_MAX_CONTEXT, ge=1,
-                              help="most tokens the predictor sees (older history is dropped)")
     sample_count: int = option(10, help="sampled paths per series: their mean is the forecast, their quantiles "
                                         "the bands (1: the mean only)", ge=1)
-    quantiles: list[float] = option(default_factory=lambda: [0.1, 0.5, 0.9],
-                                    help="quantiles of the sampled paths written per field, comma-separated "
-                                         "(default: 0.1,0.5,0.9)")
-    temperature: float | None = option(None, help="sampling temperature (default: the predictor folder's "
-                                                  "sampler.json, else 1.0)", gt=0)
-    top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p", ge=0)
-    top_p: float | None = option(None, help=f"nucleus sampling mass, 1.0: off (default: the predictor folder's "
-                                            f"sampler.json, else {DEFAULT_TOP_P})", gt=0, le=1)
-    sampler_file: bool = option(True, help="use the sampling settings of the predictor folder's sampler.json "
-                                           "(launch/calibrate.py) where an option does not set them; false: "
-                                           "ignore the file")
+    quantiles: list[float] = quantiles_option((0.1, 0.5, 0.9), help="quantiles of the sampled paths written per "
+                                                                   "field, comma-separated (default: 0.1,0.5,0.9)")
     seed: int = option(0, help="sampler seed: series i draws from its own generator seeded from (seed, i), so a "
                                "forecast does not depend on --batch_size or the number of ranks; also seeds "
                                "preset (random) weights")
@@ -55,13 +74,8 @@ class ForecastConfig:
                                                       "series takes the first pred_len after its last bar (default: "
                                                       "continue each series' own bar spacing and trading days)")
     batch_size: int = option(16, help="series forecast together per rank", ge=1)
-    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip] (as in training)", gt=0)
+    clip: float = clip_option()
     plot_bars: int = option(120, help="history bars drawn as candlesticks in each PNG", ge=1)
-    use_cache: bool = option(True, help="incremental decoding with a key/value cache; false recomputes the whole "
-                                        "window at every step (upstream's way: the same forecasts, slower)")
-    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)", ge=1)
-    dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, gt=0, help="seconds a collective may wait for the other "
-                                 "ranks before the job stops and names the rank that stopped answering")
 
     def problems(self) -> list[str]:
         problems = []
@@ -79,9 +93,6 @@ class ForecastConfig:
             problems.append("--out must name a folder")
         if self.pred_len > self.max_context:
             problems.append(f"--pred_len {self.pred_len} exceeds --max_context {self.max_context}")
-        bad_quantiles = [q for q in self.quantiles or [] if not 0.0 < q < 1.0]
-        if bad_quantiles:
-            problems.append(f"--quantiles must be in (0, 1), got {', '.join(f'{q:g}' for q in bad_quantiles)}")
         if self.future_timestamps and not os.path.isfile(self.future_timestamps):
             problems.append(f"--future_timestamps {self.future_timestamps}: no such file")
         return problems

@@ -54,16 +54,12 @@ class MeasureConfig:
     """Peak memory of plain fp32 AdamW training on CPU, next to the planner's estimate."""
 
     variant: str = option("mini", help="predictor preset")
-    micro_batch: int = option(8, help="samples per step")
-    context: int = option(256, help="tokens per sample")
-    steps: int = option(3, help="optimizer steps (the first allocates the Adam states)")
-    threads: int = option(1, help="torch threads")
+    micro_batch: int = option(8, ge=1, help="samples per step")
+    context: int = option(256, ge=1, help="tokens per sample")
+    steps: int = option(3, ge=1, help="optimizer steps (the first allocates the Adam states)")
+    threads: int = option(1, ge=1, help="torch threads")
     pin_mmap_threshold: bool = option(True, help="pin glibc's mmap threshold (see fix_mmap_threshold); false "
                                       "shows the allocator's retained memory as well")
-
-    def problems(self) -> list[str]:
-        return [f"--{name} must be positive" for name in ("micro_batch", "context", "steps", "threads")
-                if getattr(self, name) < 1]
 
 
 def measure(config: MeasureConfig) -> dict[str, float]:

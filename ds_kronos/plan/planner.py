@@ -39,22 +39,23 @@ class PlanRequest:
     """Per-rank memory of a Kronos training configuration, and the configuration that fits a device."""
 
     variant: str | None = option(None, help=f"predictor preset: {', '.join(PREDICTOR_PRESETS)}")
-    world_size: int = option(1, help="data-parallel processes (GPUs) in all")
-    gpus_per_node: int | None = option(None, help="processes per node (default: world_size, at most 8)")
+    world_size: int = option(1, ge=1, help="data-parallel processes (GPUs) in all")
+    gpus_per_node: int | None = option(None, ge=1, help="processes per node (default: world_size, at most 8)")
     zero: int = option(0, choices=(0, 1, 2, 3), help="ZeRO stage")
     offload: str = option("none", choices=OFFLOAD_DEVICES,
                           help="offload target: none; cpu (optimizer states with ZeRO-2, optimizer and params with "
-                          "ZeRO-3); nvme (ZeRO-3 only: ZeRO-Infinity swap files). true/false, the old boolean "
-                          "spelling, mean cpu/none")
-    micro_batch: int = option(16, help="samples per rank per micro step")
-    context: int | None = option(None, help="tokens per sample (default: the preset's max_context)")
+                          "ZeRO-3); nvme (ZeRO-3 only: ZeRO-Infinity swap files)")
+    micro_batch: int = option(16, ge=1, help="samples per rank per micro step")
+    context: int | None = option(None, ge=1, help="tokens per sample (default: the preset's max_context)")
     precision: str = option("fp32", choices=tuple(BYTES), help="training precision")
     activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward")
-    memory_gb: float | None = option(None, help="memory in GiB to fit: per device on --device gpu; on --device cpu "
-                                     "host memory per node, shared by that node's ranks. Recommends a configuration "
+    memory_gb: float | None = option(None, gt=0, lt=math.inf,
+                                     help="memory in GiB to fit: per device on --device gpu; on --device cpu host "
+                                     "memory per node, shared by that node's ranks. Recommends a configuration "
                                      "that fits")
-    disk_gb: float | None = option(None, help="free disk in GiB per node for NVMe (ZeRO-Infinity) swap files; "
-                                   "without it NVMe offload is not a candidate")
+    disk_gb: float | None = option(None, gt=0, lt=math.inf,
+                                   help="free disk in GiB per node for NVMe (ZeRO-Infinity) swap files; without it "
+                                   "NVMe offload is not a candidate")
     from_checkpoint: bool = option(False, help="the predictor is loaded from a checkpoint folder (ZeRO-0/1/2 read "
                                    "the whole state dict next to the model)")
     margin: float = option(0.2, ge=0, lt=1,
@@ -74,18 +75,10 @@ class PlanRequest:
                 model_counts(self.variant)
             except CheckpointError as exc:
                 problems.append(str(exc))
-        for name in ("world_size", "micro_batch", "context", "gpus_per_node"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"--{name} must be at least 1, got {value}")
         if self.offload == "cpu" and self.zero < 2:
             problems.append(f"--offload needs --zero 2 or 3 (got --zero {self.zero})")
         elif self.offload == "nvme" and self.zero != 3:
             problems.append(f"--offload nvme needs --zero 3 (got --zero {self.zero})")
-        for name in ("memory_gb", "disk_gb"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value < math.inf:
-                problems.append(f"--{name} must be a positive number of GiB, got {value}")
         problems += _output_file_problems("--write_ds_config", self.write_ds_config)
         gpn = self.gpus_per_node
         if gpn and self.world_size >= 1 and self.world_size % min(gpn, self.world_size):

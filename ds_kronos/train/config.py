@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S, option, output_dir_problems
-from ds_kronos.data.normalise import DEFAULT_CLIP
+from ds_kronos.config import ProcessOptions, option, output_dir_problems
 from ds_kronos.data.verify import prepared_data_problems
+from ds_kronos.forecast.config import clip_option
 from ds_kronos.train.selection import SELECT_BY, Selection
 
 DEFAULT_MICRO_BATCH = 50
@@ -65,13 +65,12 @@ def ds_config_file_problems(path: str | None) -> list[str]:
 
 
 @dataclass(kw_only=True)
-class CommonTrainConfig:
+class CommonTrainConfig(ProcessOptions):
     """Options shared by both training jobs."""
 
     data: str = option(None, help="prepared dataset folder (launch/prepare_data.py output)")
     save_dir: str = option("runs/predictor", help="output folder: best_model/, checkpoints/, summary.json, plots")
     deepspeed_config: str = option("ds_configs/zero2.json", help="DeepSpeed JSON (ZeRO stage, optimizer, precision)")
-    local_rank: int = option(-1, help="set by the deepspeed launcher")
 
     epochs: int = option(30, help="passes over n_train_iter samples each", ge=1)
     max_steps: int = option(0, help="stop after this many optimizer steps (0: epochs decide); sets the schedule "
@@ -109,11 +108,8 @@ class CommonTrainConfig:
     comet_name: str | None = option(None, help="comet experiment name")
 
     num_workers: int | None = option(None, help="DataLoader workers per rank (default: 0 on CPU, 2 on GPU)", ge=0)
-    threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)", ge=1)
-    dist_timeout: float = option(DEFAULT_DIST_TIMEOUT_S, help="seconds a collective may wait for the other ranks "
-                                 "before the job stops and names the rank that stopped answering", gt=0)
     activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward (saves memory)")
-    clip: float = option(DEFAULT_CLIP, help="clip normalised features to [-clip, clip]", gt=0)
+    clip: float = clip_option(help="clip normalised features to [-clip, clip]")
     compile: bool = option(False, help="compile the model with DeepSpeed's engine.compile (torch.compile, the "
                            "accelerator's backend) before the first step")
     overlap_grad_reduce: bool = option(True, help="at ZeRO-0, start each bucket's gradient all-reduce during "

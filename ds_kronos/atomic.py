@@ -12,10 +12,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
-
-MODEL_FOLDER_FILES = ("config.json", "model.safetensors")
-"""What a complete model folder holds (ds_kronos.model.published's CONFIG_NAME and WEIGHTS_NAME)."""
+from typing import Callable, Iterator
 
 
 def temporary_sibling(path: str | os.PathLike, *, keep_suffix: bool = True) -> Path:
@@ -63,13 +60,14 @@ def replace_folder(staging: str | os.PathLike, target: str | os.PathLike,
     return target
 
 
-def recover_folders(parent: str | os.PathLike) -> list[str]:
-    """Clean up after model-folder writes (:func:`ds_kronos.model.published.write_folder`) that were killed in
-    ``parent``; returns what was done.
+def recover_folders(parent: str | os.PathLike, is_complete: Callable[[Path], bool]) -> list[str]:
+    """Clean up after folder writes through :func:`replace_folder` that were killed in ``parent``; returns what was
+    done.
 
     A kill between the two renames of :func:`replace_folder` leaves the previous folder as ``.NAME.old-PID`` and no
-    ``NAME``: it is moved back. Every other ``.NAME.tmp-PID`` / ``.NAME.old-PID`` is an unfinished or retired copy
-    and is removed.
+    ``NAME``: it is moved back when ``is_complete`` (the writer's own test, e.g.
+    :func:`ds_kronos.model.published.is_model_folder`) accepts it. Every other ``.NAME.tmp-PID`` / ``.NAME.old-PID``
+    is an unfinished or retired copy and is removed.
     """
     parent, done = Path(parent), []
     if not parent.is_dir():
@@ -78,7 +76,7 @@ def recover_folders(parent: str | os.PathLike) -> list[str]:
         if not path.is_dir() or not path.name.startswith("."):
             continue
         name, sep, _ = path.name[1:].rpartition(".old-")
-        if sep and not (parent / name).exists() and all((path / f).is_file() for f in MODEL_FOLDER_FILES):
+        if sep and not (parent / name).exists() and is_complete(path):
             os.replace(path, parent / name)
             done.append(f"restored {name}/ from an interrupted replacement")
         elif ".tmp-" in path.name or ".old-" in path.name:

@@ -22,13 +22,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ds_kronos.atomic import MODEL_FOLDER_FILES, replace_folder, temporary_sibling
+from ds_kronos.atomic import replace_folder, temporary_sibling
 from ds_kronos.errors import CheckpointError
 
 if TYPE_CHECKING:
     from torch import nn
 
-CONFIG_NAME, WEIGHTS_NAME = MODEL_FOLDER_FILES  # "config.json", "model.safetensors"
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 MODEL_CARD_NAME = "README.md"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _MODEL_CARD = """---
@@ -69,6 +69,11 @@ def resolve_folder(name_or_path: str | os.PathLike) -> Path:
 def names_checkpoint(name_or_path: str) -> bool:
     """True for an existing path or a hub id ("org/name"); False for a bare preset name like "small"."""
     return Path(name_or_path).expanduser().exists() or "/" in str(name_or_path)
+
+
+def is_model_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds both files of the published format (what :func:`write_folder` writes)."""
+    return (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:

@@ -36,6 +36,7 @@ from ds_kronos.console import say
 from ds_kronos.deepspeed_json.resolve import load_ds_config
 from ds_kronos.deepspeed_json.view import DeepSpeedView
 from ds_kronos.memory_usage import peak_rss_bytes
+from ds_kronos.model.published import is_model_folder
 from ds_kronos.runtime import (
     Runtime,
     all_reduce_max,
@@ -73,7 +74,7 @@ class Trainer:
         self.save_dir = Path(config.save_dir)
         self.checkpoint_dir = self.save_dir / "checkpoints"
         if self.runtime.is_main:
-            for note in remove_leftovers(self.checkpoint_dir) + recover_folders(self.save_dir):
+            for note in remove_leftovers(self.checkpoint_dir) + recover_folders(self.save_dir, is_model_folder):
                 say(f"start-up clean-up: {note}")
         data = build_data(config, self.runtime, self.ds_json)
         self.data, self.batch, self.ds_config, self.total_steps = data, data.batch, data.ds_config, data.total_steps

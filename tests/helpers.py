@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
@@ -46,6 +48,41 @@ def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py
     result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
+
+
+def stall_a_rank(command: list[str], when: Callable[[str], bool], rank: int = 1,
+                 timeout: int = 120) -> tuple[int, str, float]:
+    """Start ``command`` (a deepspeed launcher command) and stop rank ``rank`` with SIGSTOP once a line of its
+    output satisfies ``when``; returns (exit code, all output, seconds from the stop to the job's end).
+
+    Once the launcher starts killing its ranks it sends SIGTERM, which a stopped process only receives once it
+    runs again, so the stopped rank is continued then: waiting for DeepSpeed's 30 s SIGKILL grace would test
+    DeepSpeed, not ds_kronos."""
+    job = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)
+    lines: list[str] = []
+    try:
+        for line in job.stdout:
+            lines.append(line)
+            if when(line):
+                break
+        pids = subprocess.run(["pgrep", "-f", "-s", str(job.pid), "--", f"--local_rank={rank}"],
+                              capture_output=True, text=True).stdout.split()
+        assert len(pids) == 1, (pids, "".join(lines)[-3000:])
+        os.kill(int(pids[0]), signal.SIGSTOP)
+        stopped_at = time.time()
+        for line in job.stdout:
+            lines.append(line)
+            if "Killing subprocess" in line:
+                os.kill(int(pids[0]), signal.SIGCONT)
+                break
+        lines += job.stdout.readlines()
+        job.wait(timeout=timeout)
+        return job.returncode, "".join(lines), time.time() - stopped_at
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
 
 
 def two_at_a_time(run: Callable[[object], object], items: Iterable) -> list:

@@ -17,7 +17,7 @@ import pytest
 from ds_kronos.cli import run_main
 from ds_kronos.evaluation import metrics
 from ds_kronos.evaluation.origins import build_origins, origin_windows
-from helpers import free_port
+from helpers import free_port, stall_a_rank
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "launch" / "evaluate.py"
@@ -407,6 +407,23 @@ def test_deepspeed_two_ranks_match_one_process(demo_prepared_dir, tiny_models, t
     assert len(a) == len(b) > 0 and a == pytest.approx(b, rel=1e-4, abs=1e-6)
     assert two["model"]["ic"]["significance"]["ic"]["t"] == pytest.approx(
         one["model"]["ic"]["significance"]["ic"]["t"], rel=1e-4)
+
+
+@pytest.mark.processes
+def test_a_stopped_rank_ends_the_evaluation_within_the_timeout_and_is_named(demo_prepared_dir, tiny_models, tmp_path):
+    # The same one-line translation as training (ds_kronos.runtime.distributed_failures): rank 0 finishes its
+    # origins and waits in the gather of the forecasts for rank 1, which was stopped while forecasting.
+    launcher = Path(sys.executable).parent / "deepspeed"
+    command = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), str(SCRIPT),
+               *eval_args(demo_prepared_dir, tiny_models, tmp_path / "out", "--sample_count", "20",
+                          "--dist_timeout", "5")]
+    returncode, output, elapsed = stall_a_rank(command, when=lambda line: "evaluating split" in line)
+    assert returncode != 0
+    assert elapsed < 30, elapsed
+    errors = [line for line in output.splitlines() if ": error:" in line]
+    assert errors and all("rank 1 stopped answering" in line for line in errors), output[-3000:]
+    assert "--dist_timeout 5" in errors[0]
+    assert not (tmp_path / "out" / "report.json").exists()
 
 
 def run_in_process(argv: list[str], capsys) -> tuple[int, str]:

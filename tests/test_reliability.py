@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ from ds_kronos.runtime import Runtime
 from ds_kronos.train import training_state
 from ds_kronos.train.resume import find_resume_source
 from ds_kronos.train.training_state import RunLayout, remove_leftovers, resume_candidates
-from helpers import REPO, common_args, deepspeed_train, env, free_port, summary
+from helpers import REPO, common_args, deepspeed_train, env, free_port, stall_a_rank, summary
 
 LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
 
@@ -204,35 +202,8 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout_and_is_named(demo_prepar
                       "--eval_at_start", "false", "--dist_timeout", "10")
     command = [str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "launch" / "train.py"),
                *args]
-    job = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           start_new_session=True)
-    lines = []
-    try:
-        for line in job.stdout:
-            lines.append(line)
-            if line.startswith("step 2/"):
-                break
-        rank1 = subprocess.run(["pgrep", "-f", "-s", str(job.pid), "--", "--local_rank=1"], capture_output=True,
-                               text=True).stdout.split()
-        assert len(rank1) == 1, rank1
-        os.kill(int(rank1[0]), signal.SIGSTOP)
-        stopped_at = time.time()
-        for line in job.stdout:
-            lines.append(line)
-            if "Killing subprocess" in line:
-                # The launcher is ending the job. It sends SIGTERM, which a stopped process only receives once it
-                # runs again; waiting for DeepSpeed's 30 s SIGKILL grace would test DeepSpeed, not ds_kronos.
-                os.kill(int(rank1[0]), signal.SIGCONT)
-                break
-        lines += job.stdout.readlines()
-        job.wait(timeout=120)
-        elapsed = time.time() - stopped_at
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
-    output = "".join(lines)
-    assert job.returncode != 0
+    returncode, output, elapsed = stall_a_rank(command, when=lambda line: line.startswith("step 2/"))
+    assert returncode != 0
     assert elapsed < 30, elapsed  # the timeout (10 s), the check-in (3 s) and the launcher's clean-up
     errors = [line for line in output.splitlines() if ": error:" in line]
     assert errors and all("rank 1 stopped answering" in line for line in errors), output[-3000:]

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,19 +36,80 @@ SEED = 100
 EXTRA = {"zero1": ["--lr_schedule", "onecycle", "--comet", "offline"], "zero3": ["--teacher_forcing"]}
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "COMET_DISABLE_AUTO_LOGGING": "1", "PYTHONUNBUFFERED": "1"}
+LAUNCHER = Path(sys.executable).parent / "deepspeed"
+"""The deepspeed launcher of the interpreter that runs the tests (the repository's .venv under ``make test``)."""
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment of every process a test starts: the CPU accelerator, no comet auto-logging, unbuffered
+    output, this checkout first on the import path; ``extra`` adds or overrides variables."""
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "COMET_DISABLE_AUTO_LOGGING": "1", "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(REPO), **extra}
+
+
+def launch_command(script: str, args: list[str], processes: int = 2) -> list[str]:
+    """``launch/<script>`` on ``processes`` CPU ranks through the real deepspeed launcher, on a free port."""
+    return [str(LAUNCHER), "--num_gpus", str(processes), "--master_port", str(free_port()),
+            str(REPO / "launch" / script), *args]
+
+
+def run_job(script: str, args: list[str], processes: int | None = None, timeout: int = 300, cwd: Path = REPO,
+            **extra_env: str) -> subprocess.CompletedProcess:
+    """``launch/<script>``: one plain process (``processes`` None: a 1-process group without the launcher's
+    start-up cost) or ``processes`` ranks through the deepspeed launcher. Output captured; the exit code is the
+    caller's to check."""
+    command = ([sys.executable, str(REPO / "launch" / script), *args] if processes is None
+               else launch_command(script, args, processes))
+    return subprocess.run(command, cwd=cwd, env=env(**extra_env), capture_output=True, text=True, timeout=timeout)
 
 
 def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py",
                     processes: int = 2) -> subprocess.CompletedProcess:
-    """Run a launch/ script on ``processes`` CPU ranks (default 2) through the real deepspeed launcher."""
-    launcher = REPO / ".venv" / "bin" / "deepspeed"
-    command = [str(launcher) if launcher.exists() else "deepspeed", "--num_gpus", str(processes), "--master_port",
-               str(free_port()), str(REPO / "launch" / script), *args]
-    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+    """Run a launch/ script on ``processes`` CPU ranks (default 2) through the real deepspeed launcher; it must
+    succeed."""
+    result = run_job(script, args, processes, timeout)
     assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
+
+
+def run_in_process(script: str, argv: list[str], capsys) -> tuple[int, str]:
+    """``launch/<script>``'s main in this process, as its command line would run it (``ds_kronos.cli.run_main``):
+    returns the exit code and what it wrote to stderr (``capsys``: pytest's fixture). For the checks that end
+    before any process group exists."""
+    from importlib import util
+
+    import pytest
+
+    from ds_kronos.cli import run_main
+
+    spec = util.spec_from_file_location(f"{Path(script).stem}_script", REPO / "launch" / script)
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(module.main, argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """The ``prog: error: ...`` lines of a finished job's output."""
+    return [line for line in (result.stdout + result.stderr).splitlines() if ": error:" in line]
+
+
+def model_weights(folder: Path) -> dict:
+    """The state dict of a published predictor folder (best_model/, final_model/, ...)."""
+    from ds_kronos.model import Kronos
+
+    return Kronos.from_pretrained(folder).state_dict()
+
+
+def assert_same_weights(a: Path, b: Path, atol: float = 1e-6) -> None:
+    """Two predictor folders hold the same tensors, each element within ``atol``."""
+    import torch
+
+    wa, wb = model_weights(a), model_weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=atol, msg=key)
 
 
 def stall_a_rank(command: list[str], when: Callable[[str], bool], rank: int = 1,
@@ -93,12 +155,25 @@ def two_at_a_time(run: Callable[[object], object], items: Iterable) -> list:
         return list(pool.map(run, items))
 
 
-def common_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) -> list[str]:
-    """The short run every config makes: 2 epochs x 4 steps of 2 x 16 samples, 75 validation samples."""
+def train_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path, **options) -> list[str]:
+    """launch/train.py's arguments for a short run of the test data: by default the run every config makes (2
+    epochs x 4 steps of 2 x 16 samples, 75 validation samples); ``options`` add or override options by name (True:
+    the flag alone; None: leave the option out, i.e. at the job's default)."""
     tokenizer, predictor = checkpoints
-    return ["--data", str(prepared), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
-            "--save_dir", str(save_dir), "--epochs", "2", "--n_train_iter", "128", "--n_val_iter", str(VAL_SAMPLES),
-            "--batch_size", "16", "--log_every", "1", "--seed", str(SEED)]
+    values = {"data": prepared, "tokenizer": tokenizer, "predictor": predictor, "save_dir": save_dir, "epochs": 2,
+              "n_train_iter": 128, "n_val_iter": VAL_SAMPLES, "batch_size": 16, "log_every": 1, "seed": SEED,
+              **options}
+    args: list[str] = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        args += [f"--{name}"] if value is True else [f"--{name}", str(value).lower() if value is False else str(value)]
+    return args
+
+
+def common_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) -> list[str]:
+    """The short run every config makes (:func:`train_args` with its defaults)."""
+    return train_args(prepared, checkpoints, save_dir)
 
 
 def summary(save_dir: Path) -> dict:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +14,16 @@ import pytest
 
 from ds_kronos.data import PrepareConfig, prepare_dataset, write_demo_market
 from ds_kronos.evaluation.backtest import build_signal, effective_topk
+from helpers import run_job
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "launch" / "evaluate.py"
 BENCH = "SH000300"
 RANGES = dict(train_range=["2022-01-01", "2023-06-30"], val_range=["2023-07-01", "2023-12-31"],
               test_range=["2024-01-01", "2024-06-30"])
 
 
 def run_eval(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), "--tokenizer", "tiny", "--predictor", "tiny", "--top_k", "1",
-                           "--threads", "1", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return run_job("evaluate.py", ["--tokenizer", "tiny", "--predictor", "tiny", "--top_k", "1", "--threads", "1",
+                                   *args], timeout=120, OMP_NUM_THREADS="1")
 
 
 def make_market(root: Path, benchmark: str | None) -> tuple[Path, Path]:

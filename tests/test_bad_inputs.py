@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +20,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from helpers import REPO, env, free_port
-
-LAUNCH = REPO / "launch"
+from helpers import REPO, run_job
 
 
 @contextmanager
@@ -222,8 +219,7 @@ def table(demo_prepared_dir, tmp_path_factory):
         script, argv, expected, out = cases[name]
         out = str(tmp / f"out_{name}") if out == "OUT" else out
         argv = [out if a == "OUT" else a for a in argv]
-        result = subprocess.run([sys.executable, str(LAUNCH / script), *argv], cwd=tmp, env=env(),
-                                capture_output=True, text=True, timeout=300)
+        result = run_job(script, argv, cwd=tmp)
         return name, (script, result, expected, out)
 
     with unwritable(tmp / "locked") as locked:
@@ -274,11 +270,7 @@ def test_every_case_is_in_the_table(tmp_path, demo_prepared_dir):
 def test_a_data_error_under_the_launcher_is_one_line_from_one_rank(demo_prepared_dir, tmp_path):
     """Both ranks meet the same damaged set (100 rows of NaN after preparation): one line, from rank 0."""
     data = _damaged_copy(demo_prepared_dir, tmp_path / "nan_rows", _nan_rows)
-    launcher = REPO / ".venv" / "bin" / "deepspeed"
-    result = subprocess.run([str(launcher) if launcher.exists() else "deepspeed", "--num_gpus", "2", "--master_port",
-                             str(free_port()), str(LAUNCH / "train.py"), "--data", data, "--save_dir",
-                             str(tmp_path / "run")], cwd=tmp_path, env=env(), capture_output=True, text=True,
-                            timeout=300)
+    result = run_job("train.py", ["--data", data, "--save_dir", str(tmp_path / "run")], processes=2, cwd=tmp_path)
     output = result.stdout + result.stderr
     errors = [line for line in output.splitlines() if "error:" in line]
     assert result.returncode != 0

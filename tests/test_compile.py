@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from ds_kronos.model import Kronos
 from ds_kronos.train.safe_load import deepspeed_state_classes
-from helpers import SEED, deepspeed_train, summary, two_at_a_time
+from helpers import SEED, assert_same_weights, deepspeed_train, summary, two_at_a_time
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -60,11 +59,7 @@ def test_compiled_run_gives_the_eager_losses_and_weights(eager_and_compiled):
         np.testing.assert_allclose([v for _, v in compiled["history"][kind]], [v for _, v in eager["history"][kind]],
                                    rtol=0, atol=1e-5)
     for folder in ("best_model", "final_model"):  # exported from the compiled engine: plain names, eager's values
-        a = Kronos.from_pretrained(runs["eager"] / folder).state_dict()
-        b = Kronos.from_pretrained(runs["compiled"] / folder).state_dict()
-        assert a.keys() == b.keys()
-        for key in a:
-            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5)
+        assert_same_weights(runs["eager"] / folder, runs["compiled"] / folder, atol=1e-5)
     # The DeepSpeed checkpoint (for --resume) keeps the eager module's parameter names.
     (states,) = glob.glob(str(runs["compiled"] / "checkpoints" / f"step{STEPS:08d}" / "*model_states.pt"))
     with torch.serialization.safe_globals(deepspeed_state_classes()):  # never unpickle code from a file

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from ds_kronos.errors import ConfigError
 from ds_kronos.forecast.sampler_file import SAMPLER_FILE, read_sampler_file, resolve_sampler, write_sampler_file
-from helpers import free_port
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import run_in_process, run_job
 
 
 def test_sampler_file_round_trip_and_precedence(tmp_path):
@@ -80,8 +75,6 @@ def test_kronos_forecaster_from_folders_uses_the_sampler_file(tmp_path):
 
 @pytest.mark.processes
 def test_calibrate_on_two_ranks_then_evaluate_uses_the_file(demo_prepared_dir, tmp_path):
-    import os
-
     import torch
 
     from ds_kronos.model import Kronos, KronosTokenizer
@@ -89,13 +82,10 @@ def test_calibrate_on_two_ranks_then_evaluate_uses_the_file(demo_prepared_dir, t
     torch.manual_seed(0)
     KronosTokenizer.from_preset("tiny").save_pretrained(tmp_path / "tok")
     Kronos.from_preset("tiny").save_pretrained(tmp_path / "pred")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     common = ["--data", str(demo_prepared_dir), "--tokenizer", str(tmp_path / "tok"), "--predictor",
               str(tmp_path / "pred"), "--max_origins_per_symbol", "2", "--sample_count", "4", "--threads", "1"]
-    launcher = Path(sys.executable).parent / "deepspeed"
-    command = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "launch" /
-               "calibrate.py"), *common, "--temperatures", "0.5,2", "--top_ps", "1.0"]
-    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    run = run_job("calibrate.py", [*common, "--temperatures", "0.5,2", "--top_ps", "1.0"], processes=2, timeout=240,
+                  OMP_NUM_THREADS="1")
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     written = json.loads((tmp_path / "pred" / SAMPLER_FILE).read_text())
     grid = written["calibration"]["grid"]
@@ -109,9 +99,11 @@ def test_calibrate_on_two_ranks_then_evaluate_uses_the_file(demo_prepared_dir, t
         assert check["crps"] > 0 and [b["nominal"] for b in check["coverage"]] == [pytest.approx(0.8)]
     assert "chosen: temperature" in run.stdout
 
-    evaluate = [sys.executable, str(REPO / "launch" / "evaluate.py"), *common, "--out"]
-    used = subprocess.run([*evaluate, str(tmp_path / "e1")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=180)
+    def evaluate(out: str, *extra: str):
+        return run_job("evaluate.py", [*common, "--out", str(tmp_path / out), *extra], timeout=180,
+                       OMP_NUM_THREADS="1")
+
+    used = evaluate("e1")
     assert used.returncode == 0, used.stderr[-3000:]
     report = json.loads((tmp_path / "e1" / "report.json").read_text())
     assert (report["sampler"]["temperature"], report["sampler"]["top_p"]) == (best["temperature"], 1.0)
@@ -121,12 +113,10 @@ def test_calibrate_on_two_ranks_then_evaluate_uses_the_file(demo_prepared_dir, t
 
     (tmp_path / "pred" / SAMPLER_FILE).write_text('{"format": "ds_kronos.sampler", "version": 1, '
                                                   '"temperature": 0, "top_p": 0.9}')
-    bad = subprocess.run([*evaluate, str(tmp_path / "e2")], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=180)
+    bad = evaluate("e2")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert "'temperature' must be a number" in bad.stderr and not (tmp_path / "e2").exists()
-    ignored = subprocess.run([*evaluate, str(tmp_path / "e3"), "--sampler_file", "false"], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=180)
+    ignored = evaluate("e3", "--sampler_file", "false")
     assert ignored.returncode == 0, ignored.stderr[-3000:]
     report = json.loads((tmp_path / "e3" / "report.json").read_text())
     assert report["sampler"]["sources"] == {"temperature": "default", "top_p": "default"}
@@ -139,17 +129,9 @@ def test_calibrate_on_two_ranks_then_evaluate_uses_the_file(demo_prepared_dir, t
     (["--quantiles", "0.1,1"], "--quantiles must be in (0, 1), got 1"),
 ])
 def test_calibrate_bad_options_exit_2(tmp_path, capsys, extra, message):
-    from importlib import util
-
-    from ds_kronos.cli import run_main
-
     (tmp_path / "data").mkdir()
-    spec = util.spec_from_file_location("calibrate_script", REPO / "launch" / "calibrate.py")
-    module = util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(module.main, ["--data", str(tmp_path / "data"), "--tokenizer", "tiny", "--predictor", "tiny",
-                               "--sampler_out", str(tmp_path / "s.json"), *extra])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    code, err = run_in_process("calibrate.py", ["--data", str(tmp_path / "data"), "--tokenizer", "tiny", "--predictor",
+                                                "tiny", "--sampler_out", str(tmp_path / "s.json"), *extra], capsys)
+    assert code == 2
+    assert message in err
     assert not (tmp_path / "s.json").exists()

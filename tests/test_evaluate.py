@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ds_kronos.cli import run_main
 from ds_kronos.evaluation import metrics
 from ds_kronos.evaluation.origins import build_origins, origin_windows
-from helpers import free_port, stall_a_rank
+from helpers import launch_command, run_in_process, run_job, stall_a_rank
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "launch" / "evaluate.py"
 DAY = 86_400 * 10**9
 
 
@@ -198,18 +193,13 @@ def tiny_models(tmp_path_factory) -> tuple[Path, Path]:
     return root / "tokenizer", root / "predictor"
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-
-
 def eval_args(data: Path, models: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
     return ["--data", str(data), "--tokenizer", str(models[0]), "--predictor", str(models[1]), "--out", str(out),
             "--max_origins_per_symbol", "3", "--sample_count", "1", "--threads", "1", *extra]
 
 
-def run_eval(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env(), capture_output=True, text=True,
-                          timeout=120)
+def run_eval(args: list[str], processes: int | None = None) -> subprocess.CompletedProcess:
+    return run_job("evaluate.py", args, processes, timeout=180, OMP_NUM_THREADS="1")
 
 
 def metric_sections(report: dict) -> dict:
@@ -387,10 +377,7 @@ def test_deepspeed_two_ranks_match_one_process(demo_prepared_dir, tiny_models, t
     greedy = ("--top_k", "1", "--seed", "3", "--sample_count", "2")
     single = run_eval(eval_args(demo_prepared_dir, tiny_models, tmp_path / "one", *greedy))
     assert single.returncode == 0, single.stderr[-3000:]
-    launcher = Path(sys.executable).parent / "deepspeed"
-    command = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), str(SCRIPT),
-               *eval_args(demo_prepared_dir, tiny_models, tmp_path / "two", *greedy)]
-    double = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=180)
+    double = run_eval(eval_args(demo_prepared_dir, tiny_models, tmp_path / "two", *greedy), processes=2)
     assert double.returncode == 0, (double.stdout + double.stderr)[-3000:]
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     two = json.loads((tmp_path / "two" / "report.json").read_text())
@@ -413,10 +400,8 @@ def test_deepspeed_two_ranks_match_one_process(demo_prepared_dir, tiny_models, t
 def test_a_stopped_rank_ends_the_evaluation_within_the_timeout_and_is_named(demo_prepared_dir, tiny_models, tmp_path):
     # The same one-line translation as training (ds_kronos.runtime.distributed_failures): rank 0 finishes its
     # origins and waits in the gather of the forecasts for rank 1, which was stopped while forecasting.
-    launcher = Path(sys.executable).parent / "deepspeed"
-    command = [str(launcher), "--num_gpus", "2", "--master_port", str(free_port()), str(SCRIPT),
-               *eval_args(demo_prepared_dir, tiny_models, tmp_path / "out", "--sample_count", "20",
-                          "--dist_timeout", "5")]
+    command = launch_command("evaluate.py", eval_args(demo_prepared_dir, tiny_models, tmp_path / "out",
+                                                      "--sample_count", "20", "--dist_timeout", "5"))
     returncode, output, elapsed = stall_a_rank(command, when=lambda line: "evaluating split" in line)
     assert returncode != 0
     assert elapsed < 30, elapsed
@@ -424,17 +409,6 @@ def test_a_stopped_rank_ends_the_evaluation_within_the_timeout_and_is_named(demo
     assert errors and all("rank 1 stopped answering" in line for line in errors), output[-3000:]
     assert "--dist_timeout 5" in errors[0]
     assert not (tmp_path / "out" / "report.json").exists()
-
-
-def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
-    from importlib import util
-
-    spec = util.spec_from_file_location("evaluate_script", SCRIPT)
-    module = util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(module.main, argv)
-    return exit_info.value.code, capsys.readouterr().err
 
 
 @pytest.mark.processes
@@ -465,7 +439,7 @@ def test_bad_input_gives_one_line_and_exit_2(demo_prepared_dir, tiny_models, tmp
             demo_prepared_dir, tiny_models, tmp_path / "o", "--probabilistic"),
     }
     for expected, argv in cases.items():
-        code, err = run_in_process(argv, capsys)
+        code, err = run_in_process("evaluate.py", argv, capsys)
         assert code == 2, (expected, err)
         assert len(err.strip().splitlines()) == 1 and expected in err, (expected, err)
     assert not (tmp_path / "o").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 
-from ds_kronos.cli import run_main
 from ds_kronos.config import parse_config
 from ds_kronos.data.csv_source import read_csv_file
 from ds_kronos.forecast import KronosForecaster
@@ -22,9 +20,8 @@ from ds_kronos.forecast.config import ForecastConfig
 from ds_kronos.forecast.job import series_seed
 from ds_kronos.forecast.sources import load_inputs
 from ds_kronos.model import Kronos, KronosTokenizer
-from helpers import REPO, env, fixtures_dir, free_port
+from helpers import fixtures_dir, run_in_process, run_job
 
-SCRIPT = REPO / "launch" / "forecast.py"
 KLINE = fixtures_dir() / "kline_5min_2500.csv"
 FIELDS = ("open", "high", "low", "close", "volume", "amount")
 LOOKBACK, PRED_LEN, PATHS = 96, 26, 4
@@ -48,10 +45,8 @@ def forecast_args(models: tuple[Path, Path], out: Path, *extra: str) -> list[str
             str(LOOKBACK), "--pred_len", str(PRED_LEN), "--sample_count", str(PATHS), "--threads", "1", *extra]
 
 
-def run_script(args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    command = (launcher or [sys.executable]) + [str(SCRIPT), *args]
-    return subprocess.run(command, cwd=REPO, env={**env(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=240)
+def run_script(args: list[str], processes: int | None = None) -> subprocess.CompletedProcess:
+    return run_job("forecast.py", args, processes, timeout=240, OMP_NUM_THREADS="1")
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +98,7 @@ def test_csv_forecasts_files_calendar_and_values(single_run, csv_files, tiny_che
 
 @pytest.mark.processes
 def test_two_ranks_write_the_same_files_as_one(single_run, csv_files, tiny_checkpoints, tmp_path):
-    launcher = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
-    result = run_script(forecast_args(tiny_checkpoints, tmp_path / "two", "--csv", *map(str, csv_files)), launcher)
+    result = run_script(forecast_args(tiny_checkpoints, tmp_path / "two", "--csv", *map(str, csv_files)), processes=2)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     one = single_run[0]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["ranks"] == 2
@@ -143,17 +137,6 @@ def test_future_timestamps_file_and_series_selection(csv_files, tiny_checkpoints
                                   .astype(np.int64))
 
 
-def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
-    from importlib import util
-
-    spec = util.spec_from_file_location("forecast_script", SCRIPT)
-    module = util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(module.main, argv)
-    return exit_info.value.code, capsys.readouterr().err
-
-
 @pytest.mark.processes
 def test_bad_input_gives_one_line_and_exit_2(csv_files, tiny_checkpoints, demo_qlib_dir, tmp_path, capsys):
     from ds_kronos.model import TOKENIZER_PRESETS
@@ -189,7 +172,7 @@ def test_bad_input_gives_one_line_and_exit_2(csv_files, tiny_checkpoints, demo_q
         "does not exist": forecast_args((tmp_path / "missing", tiny_checkpoints[1]), out, "--csv", bbb),
     }
     for expected, argv in cases.items():
-        code, err = run_in_process(argv, capsys)
+        code, err = run_in_process("forecast.py", argv, capsys)
         assert code == 2, (expected, err)
         assert len(err.strip().splitlines()) == 1 and expected in err, (expected, err)
     assert not out.exists()

@@ -9,15 +9,13 @@ forcing and the dropout-free tiny model make runs deterministic (see test_scale_
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from ds_kronos.model import Kronos
-from helpers import REPO, SEED, deepspeed_train, env, summary, two_at_a_time
+from helpers import assert_same_weights, deepspeed_train, model_weights, run_job, summary, train_args, two_at_a_time
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -25,15 +23,9 @@ SMALL_BUCKETS = ["--grad_bucket_mb", "0.25"]
 
 
 def args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path, micro: int, accum: int, *extra: str):
-    tokenizer, predictor = checkpoints
-    return ["--data", str(prepared), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
-            "--save_dir", str(save_dir), "--deepspeed_config", "ds_configs/zero0.json", "--epochs", "1",
-            "--n_train_iter", "144", "--n_val_iter", "24", "--batch_size", str(micro), "--grad_accum", str(accum),
-            "--teacher_forcing", "--log_every", "1", "--seed", str(SEED), "--eval_at_start", "false", *extra]
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return Kronos.from_pretrained(run / "final_model").state_dict()
+    return train_args(prepared, checkpoints, save_dir, deepspeed_config="ds_configs/zero0.json", epochs=1,
+                      n_train_iter=144, n_val_iter=24, batch_size=micro, grad_accum=accum, teacher_forcing=True,
+                      eval_at_start=False) + list(extra)
 
 
 def test_two_ranks_give_deepspeeds_weights_bit_for_bit(demo_prepared_dir, tiny_checkpoints, tmp_path):
@@ -48,7 +40,7 @@ def test_two_ranks_give_deepspeeds_weights_bit_for_bit(demo_prepared_dir, tiny_c
     assert overlapped["steps"] == deepspeed["steps"] == 9
     assert overlapped["history"]["train"] == deepspeed["history"]["train"]
     assert overlapped["history"]["val"] == deepspeed["history"]["val"]
-    a, b = weights(runs["true"]), weights(runs["false"])
+    a, b = model_weights(runs["true"] / "final_model"), model_weights(runs["false"] / "final_model")
     start = Kronos.from_pretrained(tiny_checkpoints[1]).state_dict()
     assert any(not torch.equal(a[key], start[key]) for key in a)  # it trained
     for key in a:
@@ -60,12 +52,8 @@ def test_three_ranks_with_accumulation_match_one_process(demo_prepared_dir, tiny
     three, one = tmp_path / "three", tmp_path / "one"
     _, single = two_at_a_time(lambda run: run(), [
         lambda: deepspeed_train(args(demo_prepared_dir, tiny_checkpoints, three, 4, 2, *SMALL_BUCKETS), processes=3),
-        lambda: subprocess.run([sys.executable, str(REPO / "launch" / "train.py"),
-                                *args(demo_prepared_dir, tiny_checkpoints, one, 24, 1)], cwd=REPO, env=env(),
-                               capture_output=True, text=True, timeout=300)])
+        lambda: run_job("train.py", args(demo_prepared_dir, tiny_checkpoints, one, 24, 1))])
     assert single.returncode == 0, single.stderr[-3000:]
     assert summary(three)["grad_reduce"] == "overlapped" and summary(one)["grad_reduce"] == "deepspeed"
     assert summary(three)["steps"] == summary(one)["steps"] == 6
-    a, b = weights(three), weights(one)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    assert_same_weights(three / "final_model", one / "final_model", atol=1e-6)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,35 +23,21 @@ from ds_kronos.runtime import Runtime
 from ds_kronos.train import training_state
 from ds_kronos.train.resume import find_resume_source
 from ds_kronos.train.training_state import RunLayout, remove_leftovers, resume_candidates
-from helpers import REPO, common_args, deepspeed_train, env, free_port, stall_a_rank, summary
-
-LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
+from helpers import (
+    REPO,
+    assert_same_weights,
+    common_args,
+    deepspeed_train,
+    error_lines,
+    launch_command,
+    run_job,
+    stall_a_rank,
+    summary,
+)
 
 
 def zero2_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path, *extra: str) -> list[str]:
     return common_args(prepared, checkpoints, save_dir) + ["--deepspeed_config", "ds_configs/zero2.json", *extra]
-
-
-def single(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), *args], cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def launched(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    command = [str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port()),
-               str(REPO / "launch" / "train.py"), *args]
-    return subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
-
-
-def error_lines(result: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in (result.stdout + result.stderr).splitlines() if ": error:" in line]
-
-
-def assert_same_final_weights(a: Path, b: Path) -> None:
-    wa = Kronos.from_pretrained(a / "final_model").state_dict()
-    wb = Kronos.from_pretrained(b / "final_model").state_dict()
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-6, msg=key)
 
 
 def set_manifest_size(tag: Path, name: str) -> None:
@@ -107,7 +91,7 @@ def test_resume_skips_unsafe_and_incomplete_checkpoints_and_stays_exact(stopped_
     partial = checkpoints / ".step00000004.partial"
     shutil.copytree(checkpoints / "step00000001", partial)
     (save_dir / ".best_model.tmp-999").mkdir()
-    result = launched(zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--resume"))
+    result = run_job("train.py", zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--resume"), processes=2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert not marker.exists(), "the planted payload ran"
@@ -116,7 +100,7 @@ def test_resume_skips_unsafe_and_incomplete_checkpoints_and_stays_exact(stopped_
     assert "skipped step00000002: rng_rank00001.safetensors is missing" in out
     assert "resumed from step 1" in out
     assert not partial.exists() and not (save_dir / ".best_model.tmp-999").exists()
-    assert_same_final_weights(save_dir, config_runs["zero2"])
+    assert_same_weights(save_dir / "final_model", config_runs["zero2"] / "final_model")
 
 
 @pytest.mark.processes
@@ -140,7 +124,7 @@ def test_no_complete_checkpoint_is_one_clear_line(stopped_run, tmp_path, demo_pr
         (tag / "manifest.json").unlink()
     candidates, notes = resume_candidates(save_dir / "checkpoints")
     assert candidates == [] and len(notes) == 3 and all("no manifest.json" in note for note in notes)
-    result = single(zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--resume"))
+    result = run_job("train.py", zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--resume"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(error_lines(result)) == 1 and "no checkpoint to resume from" in error_lines(result)[0]
 
@@ -153,7 +137,8 @@ def test_a_run_that_fails_before_training_leaves_nothing_half_written(demo_prepa
     retired = save_dir / ".best_model.old-4242"
     Kronos.from_pretrained(tiny_checkpoints[1]).save_pretrained(retired)
     (save_dir / ".final_model.tmp-4243").mkdir()
-    result = single(zero2_args(demo_prepared_dir, (tiny_checkpoints[0], Path("tiny")), save_dir, "--resume"))
+    result = run_job("train.py", zero2_args(demo_prepared_dir, (tiny_checkpoints[0], Path("tiny")), save_dir,
+                                            "--resume"))
     assert result.returncode == 2, result.stderr
     assert "no checkpoint to resume from" in result.stderr
     assert not (save_dir / "checkpoints").exists() and not (save_dir / "initial_model").exists()
@@ -179,7 +164,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_state(lr, launcher, ex
             "--save_dir", str(save_dir), "--deepspeed_config", str(lr_config(tmp_path, lr)), "--epochs", "20",
             "--n_train_iter", "128", "--n_val_iter", "16", "--batch_size", "16", "--save_every", "1",
             "--log_every", "1"]
-    result = launched(args) if launcher else single(args)
+    result = run_job("train.py", args, processes=2 if launcher else None)
     assert result.returncode != 0
     errors = error_lines(result)
     assert len(errors) == 1 and "training diverged at step" in errors[0] and expected in errors[0], errors
@@ -200,8 +185,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_state(lr, launcher, ex
 def test_a_stopped_rank_ends_the_job_within_the_timeout_and_is_named(demo_prepared_dir, tiny_checkpoints, tmp_path):
     args = zero2_args(demo_prepared_dir, tiny_checkpoints, tmp_path / "run", "--epochs", "500",
                       "--eval_at_start", "false", "--dist_timeout", "10")
-    command = [str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "launch" / "train.py"),
-               *args]
+    command = launch_command("train.py", args)
     returncode, output, elapsed = stall_a_rank(command, when=lambda line: line.startswith("step 2/"))
     assert returncode != 0
     assert elapsed < 30, elapsed  # the timeout (10 s), the check-in (3 s) and the launcher's clean-up
@@ -274,17 +258,17 @@ def test_resume_across_zero_1_and_2_continues_exactly(stopped_run, config_runs, 
     save_dir = copy_run(stopped_run, tmp_path / "run")
     args = common_args(demo_prepared_dir, tiny_checkpoints, save_dir) + ["--deepspeed_config", "ds_configs/zero1.json",
                                                                          "--resume"]
-    result = launched(args)
+    result = run_job("train.py", args, processes=2)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "resumed from step 3" in result.stdout
-    assert_same_final_weights(save_dir, config_runs["zero2"])
+    assert_same_weights(save_dir / "final_model", config_runs["zero2"] / "final_model")
 
 
 @pytest.mark.processes
 def test_resume_at_another_zero_stage_is_one_line_naming_both(stopped_run, tmp_path, demo_prepared_dir,
                                                               tiny_checkpoints):
     save_dir = copy_run(stopped_run, tmp_path / "run")
-    result = single(common_args(demo_prepared_dir, tiny_checkpoints, save_dir)
+    result = run_job("train.py", common_args(demo_prepared_dir, tiny_checkpoints, save_dir)
                     + ["--deepspeed_config", "ds_configs/zero0.json", "--resume"])
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
     errors = error_lines(result)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ds_kronos.model import Kronos
-from helpers import SEED, common_args, deepspeed_train, summary, two_at_a_time
+from helpers import SEED, assert_same_weights, common_args, deepspeed_train, summary, two_at_a_time
 
 pytestmark = pytest.mark.processes
 
@@ -58,10 +58,7 @@ def offload_runs(demo_prepared_dir, tiny_checkpoints, wide_predictor, tmp_path_f
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    wa = Kronos.from_pretrained(a / "final_model").state_dict()
-    wb = Kronos.from_pretrained(b / "final_model").state_dict()
-    for key in wa:
-        torch.testing.assert_close(wb[key], wa[key], rtol=0, atol=1e-6, msg=key)
+    assert_same_weights(a / "final_model", b / "final_model", atol=1e-6)
     sa, sb = summary(a), summary(b)
     assert sa["steps"] == sb["steps"] == 8
     for kind in ("train", "val", "lr"):

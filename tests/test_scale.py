@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ds_kronos.model import Kronos
-from helpers import REPO, common_args, env, free_port
+from helpers import LAUNCHER, REPO, common_args, env, free_port, run_job
 
 
 @pytest.mark.processes
@@ -21,10 +21,9 @@ def test_two_nodes_over_loopback_match_one_node_with_two_processes(config_runs, 
     hostfile.write_text("localhost slots=1\n127.0.0.1 slots=1\n")
     save_dir = tmp_path / "two_nodes"
     port = str(free_port())
-    launcher = str(REPO / ".venv" / "bin" / "deepspeed")
     nodes = []
     for node_rank in (0, 1):
-        command = [launcher, "--hostfile", str(hostfile), "--no_ssh", "--num_nodes", "2", "--num_gpus", "1",
+        command = [str(LAUNCHER), "--hostfile", str(hostfile), "--no_ssh", "--num_nodes", "2", "--num_gpus", "1",
                    "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", port,
                    str(REPO / "launch" / "train.py"), *common_args(demo_prepared_dir, tiny_checkpoints, save_dir),
                    "--deepspeed_config", "ds_configs/zero2.json", "--threads", "1"]
@@ -48,12 +47,11 @@ def test_zero3_nvme_trains_base_built_partitioned_and_exports_loadable_weights(d
     the exports load in a plain process and the swap files are gone."""
     save_dir, swap = tmp_path / "base_nvme", tmp_path / "swap"
     swap.mkdir()  # the user's own folder: emptied at the end, not removed (tests/test_nvme.py: one a run creates is)
-    command = [str(REPO / ".venv" / "bin" / "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-               str(REPO / "launch" / "train.py"), "--data", str(demo_prepared_dir), "--tokenizer", "base",
-               "--predictor", "base", "--deepspeed_config", "ds_configs/zero3_nvme_bf16.json", "--nvme_dir", str(swap),
-               "--activation_checkpointing", "--save_dir", str(save_dir), "--max_steps", "2", "--n_train_iter", "8",
-               "--n_val_iter", "2", "--batch_size", "1", "--eval_at_start", "false", "--log_every", "1"]
-    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=900)
+    result = run_job("train.py", [
+        "--data", str(demo_prepared_dir), "--tokenizer", "base", "--predictor", "base", "--deepspeed_config",
+        "ds_configs/zero3_nvme_bf16.json", "--nvme_dir", str(swap), "--activation_checkpointing", "--save_dir",
+        str(save_dir), "--max_steps", "2", "--n_train_iter", "8", "--n_val_iter", "2", "--batch_size", "1",
+        "--eval_at_start", "false", "--log_every", "1"], processes=2, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((save_dir / "summary.json").read_text())
     zero = summary["deepspeed_config"]["zero_optimization"]

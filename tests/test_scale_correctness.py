@@ -21,11 +21,21 @@ from safetensors.torch import load_file
 
 from ds_kronos.model import Kronos
 from ds_kronos.runtime import rank_seed
-from helpers import REPO, SEED, env, free_port, single_process_val_losses, summary, two_at_a_time
+from helpers import (
+    REPO,
+    SEED,
+    assert_same_weights,
+    env,
+    model_weights,
+    run_job,
+    single_process_val_losses,
+    summary,
+    train_args,
+    two_at_a_time,
+)
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
-LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
 STEPS = 8  # one epoch of 128 samples at a global batch of 16
 WEIGHT_ATOL = 1e-6
 
@@ -33,11 +43,7 @@ WEIGHT_ATOL = 1e-6
 def launch(nproc: int, args: list[str], timeout: int = 300, expect_ok: bool = True) -> subprocess.CompletedProcess:
     """``nproc`` ranks through the deepspeed launcher; one rank as a plain process (the same code path, a
     1-process group, without the launcher's start-up cost)."""
-    script = str(REPO / "launch" / "train.py")
-    command = ([sys.executable, script, *args] if nproc == 1 else
-               [str(LAUNCHER) if LAUNCHER.exists() else "deepspeed", "--num_gpus", str(nproc), "--master_port",
-                str(free_port()), script, *args])
-    result = subprocess.run(command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
+    result = run_job("train.py", args, None if nproc == 1 else nproc, timeout)
     if expect_ok:
         assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
@@ -45,21 +51,12 @@ def launch(nproc: int, args: list[str], timeout: int = 300, expect_ok: bool = Tr
 
 def run_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path, config: str, micro: int,
              accum: int = 1, *extra: str) -> list[str]:
-    tokenizer, predictor = checkpoints
-    return ["--data", str(prepared), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
-            "--save_dir", str(save_dir), "--deepspeed_config", config, "--epochs", "1", "--n_train_iter", "128",
-            "--n_val_iter", "24", "--batch_size", str(micro), "--grad_accum", str(accum), "--teacher_forcing",
-            "--log_every", "1", "--seed", str(SEED), *extra]
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return Kronos.from_pretrained(folder).state_dict()
+    return train_args(prepared, checkpoints, save_dir, deepspeed_config=config, epochs=1, n_val_iter=24,
+                      batch_size=micro, grad_accum=accum, teacher_forcing=True) + list(extra)
 
 
 def assert_same_run(a: Path, b: Path, atol: float = WEIGHT_ATOL) -> None:
-    wa, wb = weights(a / "final_model"), weights(b / "final_model")
-    for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=atol, msg=key)
+    assert_same_weights(a / "final_model", b / "final_model", atol)
     sa, sb = summary(a), summary(b)
     for kind in ("val", "train"):
         np.testing.assert_allclose(sa["history"][kind], sb["history"][kind], rtol=0, atol=1e-5, err_msg=kind)
@@ -127,7 +124,8 @@ def test_preset_initialisation_is_the_same_at_every_zero_stage(demo_prepared_dir
     two_at_a_time(run, layouts)
     plain, partitioned = (tmp_path / name for name in layouts)
     assert summary(partitioned)["partitioned_construction"] and not summary(plain)["partitioned_construction"]
-    start_plain, start_partitioned = weights(plain / "initial_model"), weights(partitioned / "initial_model")
+    start_plain = model_weights(plain / "initial_model")
+    start_partitioned = model_weights(partitioned / "initial_model")
     assert start_plain.keys() == start_partitioned.keys()
     different = [k for k in start_plain if not torch.equal(start_plain[k], start_partitioned[k])]
     assert not different, different
@@ -135,7 +133,7 @@ def test_preset_initialisation_is_the_same_at_every_zero_stage(demo_prepared_dir
 
 
 def test_training_moves_weights_far_more_than_the_invariance_tolerance(invariance_runs, tiny_checkpoints):
-    start, end = weights(tiny_checkpoints[1]), weights(invariance_runs[REFERENCE] / "final_model")
+    start, end = model_weights(tiny_checkpoints[1]), model_weights(invariance_runs[REFERENCE] / "final_model")
     assert max((start[k] - end[k]).abs().max().item() for k in start) > 100 * WEIGHT_ATOL
 
 
@@ -233,12 +231,12 @@ def test_bf16_masters_hold_the_exact_fp32_start(demo_prepared_dir, frozen_te_che
     result = subprocess.run([sys.executable, "-c", MASTERS_SCRIPT, json.dumps([common, runs])], cwd=REPO, env=env(),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    start = weights(predictor)
+    start = model_weights(predictor)
     assert any("time_emb" in key for key in start)
     rounded = {k: v.to(torch.bfloat16).float() for k, v in start.items()}
     assert max((rounded[k] - start[k]).abs().max().item() for k in start) > 1e-4  # the test can tell the difference
     for stage, (_, save_dir) in enumerate(runs):
         assert summary(Path(save_dir))["deepspeed_config"]["zero_optimization"]["stage"] == stage
-        exported = weights(Path(save_dir) / "final_model")
+        exported = model_weights(Path(save_dir) / "final_model")
         for key in start:  # an AdamW step at lr 1e-30 moves a weight by ~1e-30
             assert (start[key] - exported[key]).abs().max().item() < 1e-20, (stage, key)

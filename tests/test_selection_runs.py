@@ -19,17 +19,15 @@ from ds_kronos.forecast.sampler_file import resolve_sampler
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.train import forecast_validation
 from ds_kronos.train.forecast_validation import CHUNK_ORIGINS, ForecastValidation
-from helpers import SEED, deepspeed_train, summary, two_at_a_time
+from helpers import SEED, deepspeed_train, summary, train_args, two_at_a_time
 
 ORIGINS = 72  # 9 dates x 8 symbols: 5 chunks of 16 (3 + 2 on 2 ranks, 2 + 2 + 1 on 3)
 PATHS = 4
 
 
 def run_args(prepared, checkpoints, save_dir, *extra: str) -> list[str]:
-    tokenizer, predictor = checkpoints
-    return ["--data", str(prepared), "--tokenizer", str(tokenizer), "--predictor", str(predictor), "--save_dir",
-            str(save_dir), "--n_train_iter", "96", "--n_val_iter", "24", "--eval_every", "1", "--log_every", "1",
-            "--select_by", "crps", "--val_paths", str(PATHS), "--seed", str(SEED), *extra]
+    return train_args(prepared, checkpoints, save_dir, epochs=None, batch_size=None, n_train_iter=96, n_val_iter=24,
+                      eval_every=1, select_by="crps", val_paths=PATHS) + list(extra)
 
 
 def start_model_crps(prepared_dir, checkpoints, monkeypatch) -> float:

@@ -18,15 +18,13 @@ from pathlib import Path
 import pytest
 
 from ds_kronos.shm_buffers import BUFFER_PREFIX, SHM_DIR, buffer_name, sweep_stale_buffers
-from helpers import REPO, common_args, env, free_port
+from helpers import LAUNCHER, REPO, common_args, env, free_port
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
-LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
-
 
 def launch(args: list[str], port: int, **popen) -> subprocess.Popen:
-    command = [str(LAUNCHER) if LAUNCHER.exists() else "deepspeed", "--num_gpus", "2", "--master_port", str(port),
+    command = [str(LAUNCHER), "--num_gpus", "2", "--master_port", str(port),
                str(REPO / "launch" / "train.py"), *args]
     return subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, **popen)

@@ -7,8 +7,6 @@ inspected by several tests, to keep the suite's time down: 2 epochs x 4 optimize
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -20,13 +18,12 @@ from ds_kronos.model import Kronos
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
 from helpers import (
     CONFIGS,
-    REPO,
     TOTAL_STEPS,
     VAL_SAMPLES,
+    assert_same_weights,
     common_args,
     deepspeed_train,
-    env,
-    free_port,
+    run_job,
     single_process_val_losses,
     summary,
 )
@@ -122,17 +119,9 @@ def test_resume_continues_exactly(config_runs, demo_prepared_dir, tiny_checkpoin
     assert summary(save_dir)["status"].startswith("stopped")
     second = deepspeed_train(args + ["--resume"])
     assert "resumed from step 3" in second.stdout
-    resumed = Kronos.from_pretrained(save_dir / "final_model").state_dict()
-    straight = Kronos.from_pretrained(config_runs["zero2"] / "final_model").state_dict()
-    for key in straight:
-        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6)
+    assert_same_weights(save_dir / "final_model", config_runs["zero2"] / "final_model", atol=1e-6)
     np.testing.assert_allclose(summary(save_dir)["history"]["train"], summary(config_runs["zero2"])["history"]["train"],
                                rtol=0, atol=1e-6)
-
-
-def run_single(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), *args], cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("content,expected", [
@@ -145,8 +134,8 @@ def test_bad_deepspeed_config_is_one_clear_line(demo_prepared_dir, tmp_path, con
     path = tmp_path / "ds.json"
     if content is not None:
         path.write_text(content)
-    result = run_single(["--data", str(demo_prepared_dir), "--deepspeed_config", str(path), "--batch_size", "16",
-                         "--save_dir", str(tmp_path / "out")])
+    result = run_job("train.py", ["--data", str(demo_prepared_dir), "--deepspeed_config", str(path), "--batch_size",
+                                  "16", "--save_dir", str(tmp_path / "out")])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0], result.stderr
@@ -155,7 +144,7 @@ def test_bad_deepspeed_config_is_one_clear_line(demo_prepared_dir, tmp_path, con
 
 
 def test_bad_options_are_listed_together(tmp_path):
-    result = run_single(["--data", str(tmp_path / "missing"), "--epochs", "0", "--lr", "-1"])
+    result = run_job("train.py", ["--data", str(tmp_path / "missing"), "--epochs", "0", "--lr", "-1"])
     assert result.returncode == 2
     assert "3 problems" in result.stderr and "--epochs must be >= 1" in result.stderr
     assert "--lr must be > 0" in result.stderr and "no such folder" in result.stderr
@@ -166,11 +155,7 @@ def test_user_error_under_the_launcher_is_one_line(demo_prepared_dir, tmp_path):
     """Both ranks hit the same bad input; the user sees it once, and the launcher exits non-zero."""
     path = tmp_path / "ds.json"
     path.write_text('{"optimizer": ')
-    launcher = REPO / ".venv" / "bin" / "deepspeed"
-    result = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()),
-                             str(REPO / "launch" / "train.py"), "--data", str(demo_prepared_dir),
-                             "--deepspeed_config", str(path)], cwd=REPO, env=env(), capture_output=True, text=True,
-                            timeout=300)
+    result = run_job("train.py", ["--data", str(demo_prepared_dir), "--deepspeed_config", str(path)], processes=2)
     assert result.returncode != 0
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
     assert len(errors) == 1 and "not valid JSON" in errors[0], errors

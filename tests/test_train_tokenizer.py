@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ import torch
 
 from ds_kronos.model import Kronos, KronosTokenizer, KronosTokenizerConfig
 from ds_kronos.train.tasks import TokenizerTask
-from helpers import REPO, deepspeed_train, env, fixtures_dir
+from helpers import deepspeed_train, fixtures_dir, run_job
 
 
 class _Direct:
@@ -64,10 +62,8 @@ def test_tokenizer_training_lowers_reconstruction_and_feeds_the_predictor(demo_p
 def test_mismatched_tokenizer_and_predictor_are_refused(demo_prepared_dir, tmp_path):
     KronosTokenizer(KronosTokenizerConfig(d_model=16, n_heads=2, ff_dim=32, n_enc_layers=2, n_dec_layers=2,
                                           s1_bits=8, s2_bits=8)).save_pretrained(tmp_path / "tok8")
-    result = subprocess.run([sys.executable, str(REPO / "launch" / "train.py"), "--data", str(demo_prepared_dir),
-                             "--tokenizer", str(tmp_path / "tok8"), "--predictor", "tiny", "--save_dir",
-                             str(tmp_path / "out"), "--batch_size", "8"], cwd=REPO, env=env(), capture_output=True,
-                            text=True, timeout=300)
+    result = run_job("train.py", ["--data", str(demo_prepared_dir), "--tokenizer", str(tmp_path / "tok8"),
+                                  "--predictor", "tiny", "--save_dir", str(tmp_path / "out"), "--batch_size", "8"])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "s1/s2 bits 8/8, predictor 10/10" in lines[0], result.stderr

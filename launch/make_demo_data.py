@@ -17,7 +17,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(DemoMarketConfig, argv)
     path = write_demo_market(config.out, symbols=config.symbols, seed=config.seed, start=config.start,
                              end=config.end, amount=config.amount, overwrite=config.overwrite,
-                             benchmark=config.benchmark or None)
+                             benchmark=config.benchmark or None, ar=config.ar)
     index = f" and benchmark {config.benchmark.upper()}" if config.benchmark else ""
     print(f"wrote demo market with {config.symbols} symbols{index} ({config.start}..{config.end}) to {path}")
 

@@ -16,10 +16,13 @@ mean(OHLC) x volume" path of the preparation is the one exercised); for Qlib's b
 prices are taken as already adjusted) and change (close / previous traded close - 1, NaN on suspended days; the
 exchange's price-limit check reads it). Each symbol follows a market factor plus its own GARCH(1,1) volatility with
 Student-t innovations (volatility clustering, fat tails); volume rises with the absolute return; high/low bracket
-open and close. Symbols list and delist at different dates and have a few suspended days; csi300 is a subset whose
-membership may start after listing. With ``benchmark`` (e.g. SH000300), an index is written too: the equal-weighted
-average of the daily close-to-close returns of the csi300 members trading that day, compounded from 1000 (open =
-previous close, high/low = max/min of the two, volume = members' total). Everything is a pure function of the seed
+open and close. By default prices are martingales (only volatility is predictable); ``ar`` gives each symbol's own
+daily return an AR(1) coefficient (negative: mean reversion, positive: momentum), a market whose returns a model
+can learn to forecast, at the same long-run volatility. Symbols list and delist at different dates and have a few
+suspended days; csi300 is a subset whose membership may start after listing. With ``benchmark`` (e.g. SH000300),
+an index is written too: the equal-weighted average of the daily close-to-close returns of the csi300 members
+trading that day, compounded from 1000 (open = previous close, high/low = max/min of the two, volume = members'
+total). Everything is a pure function of the seed and ``ar``
 (the benchmark draws no random numbers, so the symbols do not depend on it).
 """
 
@@ -50,6 +53,8 @@ class DemoMarketConfig:
     start: str = option("2011-01-01", help="first calendar day")
     end: str = option("2025-06-30", help="last calendar day")
     amount: bool = option(False, help="also write amount.day.bin (by default amt is derived at preparation)")
+    ar: float = option(0.0, gt=-1, lt=1, help="AR(1) coefficient of each symbol's own daily return (0: a "
+                                              "martingale; < 0 mean reversion, > 0 momentum)")
     benchmark: str = option("SH000300", help="index symbol written as a benchmark series for the evaluation's "
                                              "--backtest ('' for none)")
     overwrite: bool = option(False, help="replace an existing demo market folder at --out")
@@ -86,12 +91,21 @@ def _garch_returns(rng: np.random.Generator, n: int, daily_vol: float, alpha: fl
     return returns
 
 
-def _simulate_symbol(rng: np.random.Generator, market: np.ndarray) -> dict[str, np.ndarray]:
+def _autoregressive(shocks: np.ndarray, ar: float) -> np.ndarray:
+    """x_t = ar x_{t-1} + sqrt(1 - ar^2) e_t: an AR(1) with the shocks' long-run variance (ar 0: the shocks)."""
+    if ar == 0.0:
+        return shocks
+    from scipy.signal import lfilter
+
+    return lfilter([np.sqrt(1.0 - ar * ar)], [1.0, -ar], shocks)
+
+
+def _simulate_symbol(rng: np.random.Generator, market: np.ndarray, ar: float = 0.0) -> dict[str, np.ndarray]:
     n = len(market)
     loading = rng.uniform(0.6, 1.3)
     idio = _garch_returns(rng, n, daily_vol=rng.uniform(0.012, 0.025), alpha=rng.uniform(0.05, 0.1),
                           beta=rng.uniform(0.85, 0.9), dof=rng.uniform(3.5, 6.0))
-    ret = loading * market + idio
+    ret = loading * market + _autoregressive(idio, ar)
     close = rng.uniform(5.0, 60.0) * np.exp(np.cumsum(ret))
     prev_close = np.r_[close[0] * np.exp(-ret[0]), close[:-1]]
     scale = np.abs(ret).mean()
@@ -107,22 +121,23 @@ def _simulate_symbol(rng: np.random.Generator, market: np.ndarray) -> dict[str, 
 
 def write_demo_market(out: str | os.PathLike, *, symbols: int = 40, seed: int = 0, start: str = "2011-01-01",
                       end: str = "2025-06-30", amount: bool = False, overwrite: bool = False,
-                      benchmark: str | None = None) -> Path:
+                      benchmark: str | None = None, ar: float = 0.0) -> Path:
     """Write the synthetic market to ``out`` (atomically: temp folder, then rename); returns the path.
 
-    ``benchmark``: also write this index symbol (see the module docstring); None or '' for none."""
+    ``benchmark``: also write this index symbol (see the module docstring); None or '' for none. ``ar``: the AR(1)
+    coefficient of each symbol's own daily return (0: martingale prices, the market of earlier versions)."""
     out = Path(out)
     names = _symbol_names(symbols)
     if benchmark and benchmark.upper() in names:
         raise DataError(f"benchmark {benchmark} clashes with a demo symbol name")
     with staged_output(out, overwrite, lambda folder: (folder / "calendars" / "day.txt").is_file(),
                        "a Qlib folder") as tmp:
-        _write_market(tmp, names, seed, start, end, amount, benchmark)
+        _write_market(tmp, names, seed, start, end, amount, benchmark, ar)
     return out
 
 
 def _write_market(tmp: Path, names: list[str], seed: int, start: str, end: str, amount: bool,
-                  benchmark: str | None) -> None:
+                  benchmark: str | None, ar: float) -> None:
     calendar = pd.bdate_range(start, end)
     n_days = len(calendar)
     rng = np.random.default_rng(seed)
@@ -142,7 +157,7 @@ def _write_market(tmp: Path, names: list[str], seed: int, start: str, end: str, 
             first = int(rng.integers(0, max(1, n_days - 300)))
         if kind > 0.8 or rng.uniform() < 0.1:
             last = int(rng.integers(min(first + 250, n_days - 1), n_days))
-        bars = _simulate_symbol(rng, market[first:last + 1])
+        bars = _simulate_symbol(rng, market[first:last + 1], ar)
         halted = rng.choice(last - first + 1, size=min(3, last - first), replace=False)
         folder = tmp / "features" / name.lower()
         folder.mkdir(parents=True)

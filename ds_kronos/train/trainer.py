@@ -265,7 +265,7 @@ class Trainer:
         """The fp32 master weights into ``save_dir/folder`` in the published format. Collective."""
         state = export_fp32_state_dict(self.engine, self.frozen_fp32, keep=self.runtime.is_main)
         if self.runtime.is_main:
-            self.model.save_pretrained(self.save_dir / folder, state_dict=state)
+            self.task.publish(self.save_dir / folder, state)
 
     def _checkpoint(self) -> None:
         if self.checkpointed_step == self.position.step:

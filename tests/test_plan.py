@@ -324,7 +324,7 @@ def test_lora_keeps_every_parameter_but_states_for_the_adapters_only():
     zero2 = plan(_request(variant="large", zero=2, world_size=8, finetune="lora")).estimate
     assert zero2.model_states == zero2.deepspeed_model_states == 2 * T + int(18 * T / 8) + 2 * (P - T)
     full = plan(_request(variant="large", zero=2, world_size=8)).estimate
-    assert full.model_states > 5 * zero2.model_states and zero2.params == 2 * P
+    assert full.grads + full.optimizer > 100 * (zero2.grads + zero2.optimizer) and zero2.params == 2 * P
     zero3 = plan(_cpu_node(variant="large", zero=3, offload="cpu", finetune="lora")).estimate
     assert zero3.rank_states["fp32_master"] == 4 * -(-T // 2) and zero3.rank_states["lp_partition"] == 2 * -(-P // 2)
     # Rank 0 keeps the frozen model's exact fp32 values for the exports (bf16); an export adds the merged layers.

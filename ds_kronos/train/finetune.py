@@ -55,7 +55,7 @@ class FinetuneSpec:
             return (f"LoRA rank {self.lora_rank}, alpha {self.lora_alpha:g}, dropout {self.lora_dropout:g} on "
                     f"{', '.join(self.lora_targets)}")
         if self.mode == "freeze":
-            return f"frozen: {', '.join(self.freeze)}"
+            return f"all but --freeze {','.join(self.freeze)}"
         return "every parameter"
 
     def option_problems(self) -> list[str]:

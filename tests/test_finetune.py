@@ -168,3 +168,31 @@ def test_partitioned_start_values_are_read_under_the_engine_names(trained_lora):
     assert torch.equal(exact[adapter], trained_lora.adapter_start[adapter])
     assert len(exact) == len(base_file) + len(trained_lora.adapter_start)
     assert trained_lora.exact_values(None) is None
+
+
+def test_a_resume_with_other_finetune_options_is_refused_by_name(tmp_path):
+    """The checkpoint's manifest records what the run trained; another --finetune is one line before any engine
+    exists (DeepSpeed's load would only report missing keys for every tag)."""
+    from types import SimpleNamespace
+
+    from ds_kronos.deepspeed_json.resolve import BatchLayout
+    from ds_kronos.errors import UserError
+    from ds_kronos.train import training_state
+    from ds_kronos.train.resume import find_resume_source
+
+    lora = TrainConfig(finetune="lora", lora_rank=4)
+    batch, ds_config = BatchLayout(micro_batch=8, grad_accum=1, world_size=1), {"zero_optimization": {"stage": 2}}
+    staging = tmp_path / ".step00000003.partial"
+    staging.mkdir()
+    for name in ("rng_rank00000.safetensors", "mp_rank_00_model_states.pt"):
+        (staging / name).write_bytes(b"state")
+    layout = training_state.run_layout(1, batch, ds_config, lora.trained())
+    training_state._publish(tmp_path, staging, "step00000003", layout)
+    runtime = SimpleNamespace(is_main=True, world_size=1)
+    found = find_resume_source(tmp_path, batch, runtime, print, ds_config, lora.trained())
+    assert found.layout.trained == "LoRA rank 4 (alpha 16) on q_proj,k_proj,v_proj,out_proj,w1,w2,w3"
+    again = TrainConfig(finetune="lora", lora_rank=4, lora_dropout=0.1)  # dropout leaves the state as it is
+    assert find_resume_source(tmp_path, batch, runtime, print, ds_config, again.trained()).layout == layout
+    with pytest.raises(UserError, match=r"step00000003 was written by a run that trains LoRA rank 4 \(alpha 16\) on "
+                                        r"q_proj.*; this run trains every parameter. Resume with the same --finetune"):
+        find_resume_source(tmp_path, batch, runtime, print, ds_config, TrainConfig().trained())

@@ -130,6 +130,10 @@ class CommonTrainConfig:
         """How best_model/ is chosen and when the run stops early (ds_kronos.train.selection)."""
         return Selection("loss", self.patience, self.min_delta)
 
+    def trained(self) -> str:
+        """What the run trains, as recorded in its checkpoints (a resume must train the same)."""
+        return FinetuneSpec().signature()
+
     def problems(self) -> list[str]:
         problems = self.option_problems()
         if problems:
@@ -186,6 +190,9 @@ class TrainConfig(CommonTrainConfig):
 
     def selection(self) -> Selection:
         return Selection(self.select_by, self.patience, self.min_delta)
+
+    def trained(self) -> str:
+        return self.finetune_spec().signature()
 
     def finetune_spec(self) -> FinetuneSpec:
         return FinetuneSpec(mode=self.finetune, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,

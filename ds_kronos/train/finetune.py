@@ -58,6 +58,13 @@ class FinetuneSpec:
             return f"all but --freeze {','.join(self.freeze)}"
         return "every parameter"
 
+    def signature(self) -> str:
+        """What the training state depends on (the dropout does not change it): recorded in each checkpoint, so
+        that a resume with other options is refused by name rather than failing in DeepSpeed's load."""
+        if self.mode == "lora":
+            return (f"LoRA rank {self.lora_rank} (alpha {self.lora_alpha:g}) on {','.join(self.lora_targets)}")
+        return self.describe()
+
     def option_problems(self) -> list[str]:
         """The checks that need no model."""
         problems = []

@@ -81,7 +81,7 @@ class Trainer:
         self.swap_dir, self.removes_swap_dir = prepare_swap_folder(self.ds_config, config.nvme_dir, config.save_dir,
                                                                    self.runtime)
         self.resume_source: ResumeSource | None = (
-            find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say, self.ds_config)
+            find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say, self.ds_config, config.trained())
             if config.resume else None)
         self.task = build_task(config, self.runtime, self.ds_config)
         self.model = self.task.model
@@ -106,7 +106,7 @@ class Trainer:
         self.timed_since: float | None = None  # training time is counted from here (None: not training now)
 
     def _layout(self) -> RunLayout:
-        return run_layout(self.runtime.world_size, self.batch.micro_batch, self.batch.grad_accum, self.ds_config)
+        return run_layout(self.runtime.world_size, self.batch, self.ds_config, self.config.trained())
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:

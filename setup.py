@@ -30,6 +30,8 @@ setup(
         # and the Newey-West (HAC) t-statistic of the daily IC.
         "scoringrules>=0.10",
         "statsmodels>=0.14",
+        # Parameter-efficient fine-tuning (--finetune lora): LoRA layers, their merge and the adapter format.
+        "peft>=0.21,<0.22",
     ],
     # ruff is pinned to a minor version: its rules change between minors, and `make test` runs it. setuptools:
     # tests/test_install.py builds the package offline (--no-build-isolation), and venvs of Python >= 3.12 lack it.

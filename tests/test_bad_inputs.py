@@ -182,6 +182,14 @@ def _cases(tmp: Path, prepared: Path) -> dict[str, tuple[str, list[str], list[st
         "select_by_without_origins": ("train.py", train("--select_by", "rank_ic", "--val_forecast_origins", "0"),
                                       ["--select_by rank_ic scores forecasts", "--val_forecast_origins must be 1"],
                                       "OUT"),
+        # --- training: --finetune (issue 23 item 7) ---
+        "lora_target_matches_nothing": ("train.py", train("--finetune", "lora", "--lora_targets", "q_proj,qkv"),
+                                        ["--lora_targets: 'qkv' matches no module of the predictor (adaptable:"],
+                                        "OUT"),
+        "lora_rank_above_the_layer": ("train.py", train("--finetune", "lora", "--lora_rank", "100"),
+                                      ["--lora_rank 100 is larger than the targeted layer", "(64 x 64)"], "OUT"),
+        "freeze_everything": ("train.py", train("--finetune", "freeze", "--freeze", "*"),
+                              ["--freeze * freezes every parameter of the predictor"], "OUT"),
         # --- training: DeepSpeed JSON (item 6) ---
         "ds_zero_stage_4": ("train.py", ds("stage4", lambda c: c["zero_optimization"].update(stage=4)),
                             ["zero_optimization.stage must be 0, 1, 2 or 3, got 4"], "OUT"),
@@ -236,6 +244,7 @@ CASE_NAMES = [
     "sha256_mismatch_nan_rows", "offsets_not_increasing", "manifest_of_wrong_type", "manifest_of_wrong_shape",
     "save_dir_is_a_file", "save_dir_unwritable", "train_yaml_option_of_wrong_type", "s1_bits_40",
     "select_by_crps_one_path", "select_by_without_origins",
+    "lora_target_matches_nothing", "lora_rank_above_the_layer", "freeze_everything",
     "ds_zero_stage_4", "ds_negative_lr", "ds_string_for_object", "ds_unknown_optimizer", "ds_unknown_zero_key",
     "ds_micro_batch_0", "ds_micro_batch_abc", "ds_unknown_top_level_key",
 ]

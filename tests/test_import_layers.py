@@ -15,8 +15,9 @@ LAYERS = {
     # 0: plumbing every module may use
     "ds_kronos": 0, "errors": 0, "console": 0, "atomic": 0, "jsonio": 0, "plotting": 0, "shm_buffers": 0,
     "memory_usage": 0,
-    # 1: the option system, the scripts' error handling, the models, the view of a DeepSpeed JSON
-    "config": 1, "cli": 1, "model": 1, "deepspeed_json": 1,
+    # 1: the option system, the scripts' error handling, the models, the view of a DeepSpeed JSON, the LoRA/freeze
+    # rules over a model
+    "config": 1, "cli": 1, "model": 1, "deepspeed_json": 1, "adapters": 1,
     # 2: market data and the process runtime
     "data": 2, "runtime": 2,
     # 3: forecasting

@@ -300,3 +300,48 @@ def test_plan_cli_cpu_node_with_offload():
     assert out.returncode == 0, out.stderr
     assert "ZeRO-3 + CPU offload" in out.stdout and "node host (estimate.node_host)" in out.stdout
     assert "host memory per node (shared by its ranks)" in out.stdout and "node disk" in out.stdout
+
+
+def test_lora_counts_the_adapters_from_rank_and_targets():
+    """--finetune lora: rank x (in + out) per adapted layer (every block's 4 attention and 3 feed-forward
+    projections and the dependency layer's 4), the same count as peft's own model; the rest is frozen."""
+    c = model_counts("base").config
+    d, ff = c.d_model, c.ff_dim
+    per_rank = c.n_layers * (4 * 2 * d + 3 * (d + ff)) + 4 * 2 * d
+    lora = model_counts("base", 8)
+    assert lora.trained_params == 8 * per_rank == 1_521_664
+    assert lora.total_params == model_counts("base").total_params + lora.trained_params
+    assert lora.adapted_weight_params == c.n_layers * (4 * d * d + 3 * d * ff) + 4 * d * d
+    assert model_counts("base", 8, ("q_proj", "v_proj")).trained_params == 8 * (c.n_layers + 1) * 2 * 2 * d
+    from peft import LoraConfig, get_peft_model
+
+    tiny = get_peft_model(Kronos.from_preset("tiny"), LoraConfig(r=4, target_modules=["q_proj", "w2"]))
+    assert model_counts("tiny", 4, ("q_proj", "w2")).trained_params == sum(
+        p.numel() for p in tiny.parameters() if p.requires_grad)
+
+
+def test_lora_keeps_every_parameter_but_states_for_the_adapters_only():
+    counts, full_counts = model_counts("large", 8), model_counts("large")
+    P, T = counts.total_params, counts.trained_params
+    zero0 = plan(_request(variant="large", zero=0, precision="fp32", finetune="lora")).estimate
+    assert (zero0.params, zero0.grads, zero0.optimizer) == (4 * P, 4 * T, 8 * T)
+    # ZeRO-2 bf16 on 8 ranks: DeepSpeed's estimator for the adapters, plus the frozen model in bf16 on every rank.
+    zero2 = plan(_request(variant="large", zero=2, world_size=8, finetune="lora")).estimate
+    assert zero2.model_states == zero2.deepspeed_model_states == 2 * T + int(18 * T / 8) + 2 * (P - T)
+    full = plan(_request(variant="large", zero=2, world_size=8)).estimate
+    assert full.grads + full.optimizer > 100 * (zero2.grads + zero2.optimizer) and zero2.params == 2 * P
+    zero3 = plan(_cpu_node(variant="large", zero=3, offload="cpu", finetune="lora")).estimate
+    assert zero3.rank_states["fp32_master"] == 4 * -(-T // 2) and zero3.rank_states["lp_partition"] == 2 * -(-P // 2)
+    # Rank 0 keeps the frozen model's exact fp32 values for the exports (bf16); an export adds the merged layers.
+    assert zero2.rank0_frozen_copy == 4 * (P - T) and full.rank0_frozen_copy == 0
+    assert zero2.export_state == 4 * (P + counts.adapted_weight_params)
+    assert full_counts.trained_params == full_counts.total_params
+
+
+def test_lora_options_are_checked_against_the_preset():
+    assert _request(finetune="lora").problems() == []
+    assert _request(finetune="lora", lora_rank=900).problems() == [
+        "--lora_rank 900 is larger than the targeted layer transformer.0.self_attn.q_proj (832 x 832): choose at "
+        "most 832"]
+    assert "'attn' matches no module" in _request(finetune="lora", lora_targets=["attn"]).problems()[0]
+    assert _request(lora_rank=900).problems() == []  # only with --finetune lora

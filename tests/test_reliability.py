@@ -293,7 +293,8 @@ def fake_checkpoints(root: Path, layout: dict, nvme_files: bool = False) -> Path
 def resume_source(checkpoints: Path, config: str, world_size: int, micro: int = 8):
     ds_config = load_ds_config(f"ds_configs/{config}.json")
     runtime = Runtime(rank=0, local_rank=0, world_size=world_size, device=torch.device("cpu"))
-    return find_resume_source(checkpoints, BatchLayout(micro, 1, world_size), runtime, lambda line: None, ds_config)
+    return find_resume_source(checkpoints, BatchLayout(micro, 1, world_size), runtime, lambda line: None, ds_config,
+                              "every parameter")
 
 
 @pytest.mark.parametrize("written,config,world_size,expected", [

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -133,8 +133,9 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
 
 
 def write_folder(folder: str | os.PathLike, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],
-                 model_card: str) -> Path:
-    """Write config + weights into a temporary sibling folder, then swap it into place.
+                 model_card: str, extra: Callable[[Path], None] | None = None) -> Path:
+    """Write config + weights into a temporary sibling folder, then swap it into place. ``extra(staging)`` may add
+    more to the folder before the swap (a LoRA adapter), so that it is replaced together with the weights.
 
     A crash leaves either the previous folder or none, never a half-written one that looks complete.
     """
@@ -154,6 +155,8 @@ def write_folder(folder: str | os.PathLike, config: Mapping[str, Any], state_dic
     (staging / CONFIG_NAME).write_text(json.dumps(dict(sorted(config.items())), indent=2, sort_keys=True),
                                        encoding="utf-8")
     (staging / MODEL_CARD_NAME).write_text(model_card, encoding="utf-8")
+    if extra is not None:
+        extra(staging)
     return replace_folder(staging, target)
 
 
@@ -195,13 +198,14 @@ class PretrainedMixin:
             return cls.from_pretrained(name_or_path)
         return cls.from_preset(name_or_path)  # type: ignore[attr-defined]
 
-    def save_pretrained(self, folder: str | os.PathLike,
-                        state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
-        """Write the folder (fp32). ``state_dict`` overrides the module's own (e.g. gathered fp32 master weights)."""
+    def save_pretrained(self, folder: str | os.PathLike, state_dict: Mapping[str, torch.Tensor] | None = None,
+                        extra: Callable[[Path], None] | None = None) -> Path:
+        """Write the folder (fp32). ``state_dict`` overrides the module's own (e.g. gathered fp32 master weights);
+        ``extra`` adds to the folder before it is published (see :func:`write_folder`)."""
         module: nn.Module = self  # type: ignore[assignment]
         state = dict(module.state_dict() if state_dict is None else state_dict)
         # Shapes come from the config, not from the module, whose parameters may be partitioned (ZeRO-3).
         with torch.device("meta"):
             reference = type(self)(self.config)
         check_state_dict(reference.state_dict(), state, f"save_pretrained({folder})")
-        return write_folder(folder, self.config.to_dict(), state, _MODEL_CARD.format(cls=type(self).__name__))
+        return write_folder(folder, self.config.to_dict(), state, _MODEL_CARD.format(cls=type(self).__name__), extra)

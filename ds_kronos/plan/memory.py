@@ -4,6 +4,11 @@ activations, in bytes.
 Model states come from DeepSpeed's own estimators where it ships them (ZeRO-2/3, bf16), and otherwise from the
 same byte convention applied here; activations are counted from what autograd saves in this code's layers. The
 per-stage table, with the reasons, is in ``docs/memory_planner.md``.
+
+Under ``--finetune lora`` (``counts.trained_params`` < ``counts.total_params``) every parameter is held at the
+training precision as before, but gradients, fp32 masters and AdamW moments exist for the trained (adapter)
+parameters only; DeepSpeed's estimators are then given the trained count and the frozen parameters are added at
+the training precision.
 """
 
 from __future__ import annotations
@@ -133,7 +138,11 @@ class MemoryEstimate:
     """NVMe swap files of one rank (name -> bytes)."""
     export_state: int = 0
     """The fp32 state dict rank 0 holds while it writes best_model/ or final_model/ (train/training_state.
-    export_fp32_state_dict keeps it on the writing rank only; write_folder adds no copy)."""
+    export_fp32_state_dict keeps it on the writing rank only; write_folder adds no copy). Under LoRA the frozen
+    part of it is ``rank0_frozen_copy`` (the same tensors), and the merged layers are new copies."""
+    rank0_frozen_copy: int = 0
+    """Exact fp32 values of the frozen parameters, which rank 0 (the exporter) keeps for the whole run under bf16
+    (train/masters.py: the engine holds them in bf16 only): the base model under LoRA."""
 
     @property
     def model_states(self) -> int:
@@ -164,10 +173,11 @@ class MemoryEstimate:
 
     @property
     def rank_export_peak(self) -> int:
-        """Rank 0 while it exports: its resident states (not the step's transients) plus the fp32 state dict."""
+        """Rank 0 while it exports: its resident states (not the step's transients) plus the fp32 state dict (whose
+        frozen part is the frozen copy rank 0 keeps anyway)."""
         compute = self.tokenizer if self.on_cpu else 0
         states = sum(v for k, v in self.rank_states.items() if k not in _BACKWARD_ONLY)
-        return self.rank_baseline + compute + states + self.export_state
+        return self.rank_baseline + compute + states + max(self.export_state, self.rank0_frozen_copy)
 
     @property
     def other_rank_peak(self) -> int:
@@ -178,7 +188,7 @@ class MemoryEstimate:
     def rank_peak(self) -> int:
         """Peak resident memory of the busiest rank process, rank 0 (bytes): building/initialising, training, or
         holding the exported state dict, whichever is largest."""
-        return max(self.other_rank_peak, self.rank_export_peak)
+        return max(self.other_rank_peak + self.rank0_frozen_copy, self.rank_export_peak)
 
     @property
     def node_host(self) -> int:
@@ -205,40 +215,45 @@ _BACKWARD_ONLY = ("reduce_bucket", "gathered_params")
 
 # ------------------------------------------------------------------------------------------------- model states
 def _deepspeed_zero2(counts: ModelCounts, setup: Setup) -> tuple[int, int]:
-    """(cpu bytes per node, device bytes per rank) from DeepSpeed's ZeRO-2 estimator."""
+    """(cpu bytes per node, device bytes per rank) from DeepSpeed's ZeRO-2 estimator, for the trained parameters
+    (it assumes every parameter trains)."""
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     return estimate_zero2_model_states_mem_needs(
-        total_params=counts.total_params, num_gpus_per_node=setup.gpus_per_node, num_nodes=setup.nodes,
+        total_params=counts.trained_params, num_gpus_per_node=setup.gpus_per_node, num_nodes=setup.nodes,
         cpu_offload=setup.offloaded)
 
 
 def _deepspeed_zero3(counts: ModelCounts, setup: Setup) -> tuple[int, int]:
-    """(cpu bytes per node, device bytes per rank) from DeepSpeed's ZeRO-3 estimator. ``zero_init=True``: under
-    ZeRO-3 the trainer builds the model inside ``deepspeed.zero.Init`` (each rank materialises only its shard)."""
+    """(cpu bytes per node, device bytes per rank) from DeepSpeed's ZeRO-3 estimator, for the trained parameters.
+    ``zero_init=True``: under ZeRO-3 the trainer builds the model inside ``deepspeed.zero.Init`` (each rank
+    materialises only its shard)."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
 
     cpu, device, _ = estimate_zero3_model_states_mem_needs(
-        total_params=counts.total_params, largest_layer_params=counts.largest_layer_params,
+        total_params=counts.trained_params, largest_layer_params=counts.largest_layer_params,
         num_gpus_per_node=setup.gpus_per_node, num_nodes=setup.nodes, cpu_offload=setup.offloaded,
         cpu_offload_params=setup.offloaded, zero_init=True)
     return cpu, device
 
 
 def model_states(counts: ModelCounts, setup: Setup) -> tuple[int, int, int, int, str, int | None]:
-    """(params, grads, optimizer, host_offload, source, deepspeed figure) per rank."""
-    P, L, N, c = counts.total_params, counts.largest_layer_params, setup.world_size, BYTES[setup.precision]
-    shard = lambda nbytes: int(nbytes * P / N)  # noqa: E731 - bytes/param over the ranks
+    """(params, grads, optimizer, host_offload, source, deepspeed figure) per rank. Gradients and optimizer states
+    exist for the T trained parameters only (all P of them, or the adapters)."""
+    P, T, L, N = counts.total_params, counts.trained_params, counts.largest_layer_params, setup.world_size
+    c = BYTES[setup.precision]
+    shard = lambda nbytes: int(nbytes * T / N)  # noqa: E731 - bytes/trained param over the ranks
     mixed = setup.precision != "fp32"
     ours = f"ds_kronos (DeepSpeed's byte convention, {setup.precision})"
     if setup.zero == 0:
         if mixed:
-            return c * P, (c + FP32) * P, (FP32 + ADAM) * P, 0, ours + ": no DeepSpeed estimator for ZeRO-0", None
-        return c * P, c * P, ADAM * P, 0, ours + ": no DeepSpeed estimator for ZeRO-0", None
+            return c * P, (c + FP32) * T, (FP32 + ADAM) * T, 0, ours + ": no DeepSpeed estimator for ZeRO-0", None
+        return c * P, c * T, ADAM * T, 0, ours + ": no DeepSpeed estimator for ZeRO-0", None
     if setup.zero == 1:
-        return c * P, c * P + shard(FP32), shard(FP32 + ADAM), 0, ours + ": no DeepSpeed estimator for ZeRO-1", None
+        return c * P, c * T + shard(FP32), shard(FP32 + ADAM), 0, ours + ": no DeepSpeed estimator for ZeRO-1", None
     if setup.zero == 2:
         cpu_node, ds_device = _deepspeed_zero2(counts, setup)
+        ds_device += c * counts.frozen_params  # replicated at the training precision, no states
         if setup.offloaded:
             params, grads, optimizer, host = c * P, 0, 0, cpu_node // setup.gpus_per_node
         else:
@@ -251,7 +266,9 @@ def model_states(counts: ModelCounts, setup: Setup) -> tuple[int, int, int, int,
             # Host side: DeepSpeed's source-derived terms (zero3_host_terms), not its estimator's 1.5x figure.
             params, grads, optimizer, host = gathered, 0, 0, sum(zero3_host_terms(counts, setup).values())
         else:
-            params, grads, optimizer, host = gathered + shard(c), shard(FP32), shard(FP32 + ADAM), 0
+            frozen = int(c * counts.frozen_params / N)  # partitioned at the training precision, no states
+            params, grads, optimizer, host = gathered + shard(c) + frozen, shard(FP32), shard(FP32 + ADAM), 0
+            ds_device += frozen
         name = "estimate_zero3_model_states_mem_needs"
     if mixed:
         # DeepSpeed's figure is the total; our split is made to sum to it.
@@ -267,14 +284,15 @@ def _sub_group_numel(counts: ModelCounts, setup: Setup) -> int:
     """Elements of the largest optimizer sub-group of a rank: stage3._create_fp16_sub_groups closes a sub-group
     once it reaches sub_group_size, so one can overshoot by one parameter's partition."""
     N = setup.world_size
-    per_rank = math.ceil(counts.total_params / N)
+    per_rank = math.ceil(counts.trained_params / N)
     return min(per_rank, setup.knobs.sub_group_size + math.ceil(counts.largest_tensor_params / N))
 
 
 def zero3_host_terms(counts: ModelCounts, setup: Setup) -> dict[str, int]:
-    """Host-memory terms of a ZeRO-3 rank with offload (cpu or nvme), bytes. Names match docs/memory_planner.md."""
+    """Host-memory terms of a ZeRO-3 rank with offload (cpu or nvme), bytes. Names match docs/memory_planner.md.
+    ``part``: this rank's partition of every parameter; ``trained``: of the trained ones (optimizer side)."""
     P, N, c, k = counts.total_params, setup.world_size, BYTES[setup.precision], setup.knobs
-    part = math.ceil(P / N)
+    part, trained = math.ceil(P / N), math.ceil(counts.trained_params / N)
     sub = _sub_group_numel(counts, setup)
     terms = {
         # stage3._create_param_groups_fp16_flat_cpu_memory: the rank's compute-precision partition, flat on the
@@ -282,13 +300,13 @@ def zero3_host_terms(counts: ModelCounts, setup: Setup) -> dict[str, int]:
         "lp_partition": c * (part if setup.offload == "cpu" else min(part, k.max_in_cpu)),
         # stage3._setup_for_real_optimizer: grad_partitions_flat_buffer, on the host when the optimizer is
         # offloaded, at the gradient-accumulation dtype (engine.get_data_types: the model dtype by default).
-        "grad_partition_buffer": c * part,
+        "grad_partition_buffer": c * trained,
     }
     if setup.offload == "cpu":
         terms.update(
-            fp32_master=FP32 * part,  # stage3._create_fp32_partitions: fp16 partition .to(fp32).clone()
-            fp32_grads=FP32 * part,  # stage3.initialize_optimizer_states: subgroup_gradient_buffer
-            adam_moments=ADAM * part)  # DeepSpeedCPUAdam: exp_avg + exp_avg_sq, fp32, at the first step
+            fp32_master=FP32 * trained,  # stage3._create_fp32_partitions: fp16 partition .to(fp32).clone()
+            fp32_grads=FP32 * trained,  # stage3.initialize_optimizer_states: subgroup_gradient_buffer
+            adam_moments=ADAM * trained)  # DeepSpeedCPUAdam: exp_avg + exp_avg_sq, fp32, at the first step
     else:  # nvme: master, moments and fp32 grads live in swap files; only one sub-group is in memory at a time
         terms.update(
             # stage3.initialize_optimizer_states: gradient_buffer (largest sub-group, fp32) kept as .grad
@@ -308,19 +326,19 @@ def zero3_rank_terms(counts: ModelCounts, setup: Setup) -> tuple[dict[str, int],
     """(resident terms, step transient, init transient) of a ZeRO-3 rank process on the CPU accelerator, where
     "device" and host are the same memory. Without offload the same buffers exist on the device."""
     P, N, c, k = counts.total_params, setup.world_size, BYTES[setup.precision], setup.knobs
-    part = math.ceil(P / N)
+    part, trained = math.ceil(P / N), math.ceil(counts.trained_params / N)
     if setup.offloaded:
         terms = zero3_host_terms(counts, setup)
     else:
         terms = {
             "lp_partition": c * part,  # stage3._create_fp16_partitions_with_defragmentation: lp_param_buffer
-            "grad_partition_buffer": c * part,  # stage3._setup_for_real_optimizer
-            "fp32_master": FP32 * part,  # stage3._create_fp32_partitions
+            "grad_partition_buffer": c * trained,  # stage3._setup_for_real_optimizer
+            "fp32_master": FP32 * trained,  # stage3._create_fp32_partitions
             # stage3._prepare_fp32_grad_for_sub_group: one sub-group's fp32 grad at a time
             "fp32_grads": FP32 * _sub_group_numel(counts, setup),
-            "adam_moments": ADAM * part,
+            "adam_moments": ADAM * trained,
         }
-    bucket = c * min(k.reduce_bucket_size, P)
+    bucket = c * min(k.reduce_bucket_size, counts.trained_params)
     # stage3._setup_for_real_optimizer: ipg bucket of reduce_bucket_size elements (torch.empty: only the part
     # that gradients fill becomes resident; a model smaller than the bucket fills it to P).
     terms["reduce_bucket"] = bucket
@@ -336,7 +354,7 @@ def zero3_rank_terms(counts: ModelCounts, setup: Setup) -> tuple[dict[str, int],
     step = 2 * bucket
     # stage3._create_fp32_partitions: ``.to(fp32)`` then ``.clone()``: two fp32 copies briefly (not with nvme,
     # where the conversion goes through the swap buffers).
-    init = FP32 * part if setup.offload != "nvme" else 0
+    init = FP32 * trained if setup.offload != "nvme" else 0
     return terms, step, init
 
 
@@ -344,7 +362,8 @@ def zero3_disk_terms(counts: ModelCounts, setup: Setup) -> dict[str, int]:
     """NVMe swap files of one rank (ZeRO-Infinity), bytes."""
     if setup.offload != "nvme":
         return {}
-    part = math.ceil(counts.total_params / setup.world_size)
+    N = setup.world_size
+    part, trained = math.ceil(counts.total_params / N), math.ceil(counts.trained_params / N)
     return {
         # partition_parameters.Init._partition_param -> AsyncPartitionedParameterSwapper.swap_out_and_release:
         # every parameter partition is written once at the model dtype (zero_stage_3/<dtype>params/rank<r>)
@@ -352,8 +371,8 @@ def zero3_disk_terms(counts: ModelCounts, setup: Setup) -> dict[str, int]:
         # swap_tensor/optimizer_utils: per sub-group the fp32 master, exp_avg and exp_avg_sq
         # (OptimizerSwapper._initialize_parameters / swap_out_optimizer_state) and the fp32 gradients
         # (_swap_out_gradients, '<id>_gradient_<offset>_<length>.tensor.swp')
-        "optimizer_swap_files": (FP32 + ADAM) * part,
-        "gradient_swap_files": FP32 * part,
+        "optimizer_swap_files": (FP32 + ADAM) * trained,
+        "gradient_swap_files": FP32 * trained,
     }
 
 
@@ -369,8 +388,8 @@ def build_terms(counts: ModelCounts, setup: Setup) -> dict[str, int]:
         "model": FP32 * P,  # every rank builds the whole fp32 model
         # checkpoint.load reads the whole safetensors state dict (fp32) next to the model
         "checkpoint": FP32 * P if setup.from_checkpoint else 0,
-        # train/masters.capture_fp32 (bf16): exact fp32 copy of the trainable params until initialize is done
-        "fp32_copy": FP32 * P if setup.precision != "fp32" else 0,
+        # train/masters.capture_fp32 (bf16): exact fp32 copy of the trained params until initialize is done
+        "fp32_copy": FP32 * counts.trained_params if setup.precision != "fp32" else 0,
     }
 
 
@@ -474,4 +493,5 @@ def estimate(counts: ModelCounts, setup: Setup) -> MemoryEstimate:
                           ranks_per_node=min(setup.gpus_per_node, setup.world_size), on_cpu=setup.on_cpu,
                           rank_states=states, rank_step_transient=step, rank_init_transient=init,
                           rank_build=build_terms(counts, setup), rank_disk=zero3_disk_terms(counts, setup),
-                          export_state=FP32 * counts.total_params)
+                          export_state=FP32 * (counts.total_params + counts.adapted_weight_params),
+                          rank0_frozen_copy=FP32 * counts.frozen_params if setup.precision != "fp32" else 0)

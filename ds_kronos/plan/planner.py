@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ds_kronos.adapters import DEFAULT_LORA_TARGETS, lora_problems
 from ds_kronos.config import option
 from ds_kronos.deepspeed_json.files import SHIPPED_DIR
 from ds_kronos.deepspeed_json.view import OFFLOAD_DEVICES, DeepSpeedView
@@ -65,6 +66,17 @@ class PlanRequest:
     device: str = option("gpu", choices=("gpu", "cpu"), help="accelerator kind: on CPU the ranks of a node share "
                          "its host memory (--memory_gb is per node), and attention dropout takes torch's math "
                          "attention kernel, which stores the T x T scores")
+    finetune: str = option("full", choices=("full", "lora"),
+                           help="what trains (launch/train.py --finetune): every parameter, or LoRA adapters only "
+                                "(gradients and optimizer states for the adapters; the predictor held frozen)")
+    lora_rank: int = option(8, ge=1, help="--finetune lora: the adapters' rank (launch/train.py --lora_rank)")
+    lora_targets: list[str] = option(default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+                                     help="--finetune lora: adapted modules (launch/train.py --lora_targets)")
+
+    def counts(self) -> ModelCounts:
+        """The preset's parameter counts under this request's fine-tuning."""
+        rank = self.lora_rank if self.finetune == "lora" else 0
+        return model_counts(self.variant, rank, tuple(self.lora_targets))
 
     def problems(self) -> list[str]:
         problems = []
@@ -75,6 +87,8 @@ class PlanRequest:
                 model_counts(self.variant)
             except CheckpointError as exc:
                 problems.append(str(exc))
+            else:
+                problems += self._lora_problems()
         if self.offload == "cpu" and self.zero < 2:
             problems.append(f"--offload needs --zero 2 or 3 (got --zero {self.zero})")
         elif self.offload == "nvme" and self.zero != 3:
@@ -84,6 +98,16 @@ class PlanRequest:
         if gpn and self.world_size >= 1 and self.world_size % min(gpn, self.world_size):
             problems.append(f"--world_size {self.world_size} is not a multiple of --gpus_per_node {gpn}")
         return problems
+
+    def _lora_problems(self) -> list[str]:
+        if self.finetune != "lora":
+            return []
+        import torch
+
+        from ds_kronos.model import Kronos
+
+        with torch.device("meta"):
+            return lora_problems(Kronos.from_preset(self.variant), tuple(self.lora_targets), self.lora_rank)
 
     def setup(self, counts: ModelCounts, knobs: ZeroKnobs | None = None) -> Setup:
         gpn = min(self.gpus_per_node or min(self.world_size, 8), self.world_size)
@@ -209,7 +233,7 @@ class Plan:
 
 
 def plan(request: PlanRequest) -> Plan:
-    counts = model_counts(request.variant)
+    counts = request.counts()
     choice = ds_config_for(request.zero, request.offload, request.precision)
     setup = request.setup(counts, ZeroKnobs.from_ds_config(choice.load()))
     return Plan(request, counts, setup, estimate(counts, setup), choice)

@@ -19,8 +19,10 @@ def _label(p: Plan) -> str:
 def breakdown(p: Plan) -> str:
     s, e, c = p.setup, p.estimate, p.counts
     lines = [
-        f"Kronos-{c.variant}: {c.total_params:,} trainable params (largest layer {c.largest_layer_params:,}); "
-        f"frozen tokenizer {c.tokenizer_params:,} params",
+        f"Kronos-{c.variant}: {c.total_params:,} params (largest layer {c.largest_layer_params:,}), "
+        + (f"{c.trained_params:,} trained (LoRA rank {c.lora_rank} adapters; gradients and optimizer states for "
+           f"these only)" if c.lora_rank else "all trained")
+        + f"; frozen tokenizer {c.tokenizer_params:,} params",
         f"{s.world_size} rank(s) on {s.nodes} node(s), {s.gpus_per_node} per node; {_label(p)}; context {s.context}; "
         f"{s.precision}",
         "",

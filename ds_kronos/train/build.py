@@ -98,7 +98,7 @@ def build_task(config: CommonTrainConfig, runtime: Runtime, ds_config: dict[str,
                              teacher_forcing=config.teacher_forcing, tokenizer_dtype=config.tokenizer_dtype,
                              device=runtime.device, activation_checkpointing=config.activation_checkpointing,
                              partition_config=ds_config if DeepSpeedView.of(ds_config).partitioned else None,
-                             rank=runtime.rank)
+                             rank=runtime.rank, finetune=config.finetune_spec())
     if isinstance(config, TokenizerTrainConfig):
         return TokenizerTask(tokenizer=config.tokenizer, device=runtime.device)
     raise TypeError(f"no training task for {type(config).__name__}")
@@ -122,12 +122,15 @@ def build_engine(config: CommonTrainConfig, task: PredictorTask | TokenizerTask,
     optional compile and the optional overlapped gradient reduction. ``universal``: the resume loads a universal
     checkpoint (a changed world size)."""
     import deepspeed
+    from deepspeed import comm as dist
 
     use_onecycle = config.lr_schedule == "onecycle"
     if universal:
         ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     # bf16/fp16 engines build their fp32 masters from the cast module: keep the exact values to restore them.
-    exact, frozen_fp32 = exact_fp32_start(task.model, task, DeepSpeedView.of(ds_config).low_precision)
+    # Only the rank that writes the exports keeps the frozen tensors' fp32 values (all of LoRA's base model).
+    exact, frozen_fp32 = exact_fp32_start(task.model, task, DeepSpeedView.of(ds_config).low_precision,
+                                          keep_frozen=dist.get_rank() == 0)
     trainable = [p for p in task.model.parameters() if p.requires_grad]
     engine, _, _, scheduler = deepspeed.initialize(
         model=task.model, model_parameters=trainable, config=ds_config,

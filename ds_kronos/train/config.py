@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ds_kronos.adapters import DEFAULT_LORA_TARGETS
 from ds_kronos.config import ProcessOptions, option, output_dir_problems
 from ds_kronos.data.verify import prepared_data_problems
 from ds_kronos.forecast.config import clip_option
+from ds_kronos.train.finetune import DEFAULT_LORA_ALPHA, DEFAULT_LORA_RANK, FINETUNE_MODES, FinetuneSpec
 from ds_kronos.train.selection import SELECT_BY, Selection
 
 DEFAULT_MICRO_BATCH = 50
@@ -124,6 +126,10 @@ class CommonTrainConfig(ProcessOptions):
         """How best_model/ is chosen and when the run stops early (ds_kronos.train.selection)."""
         return Selection("loss", self.patience, self.min_delta)
 
+    def trained(self) -> str:
+        """What the run trains, as recorded in its checkpoints (a resume must train the same)."""
+        return FinetuneSpec().signature()
+
     def problems(self) -> list[str]:
         problems = self.option_problems()
         if problems:
@@ -160,8 +166,34 @@ class TrainConfig(CommonTrainConfig):
                          "with loss to report forecast scores without selecting by them)")
     val_paths: int = option(DEFAULT_FORECAST_PATHS, ge=1, help="sampled paths per validation origin")
 
+    # What is trained (ds_kronos.train.finetune).
+    finetune: str = option("full", choices=FINETUNE_MODES,
+                           help="full: every parameter; lora: low-rank adapters (peft) on --lora_targets, the "
+                                "predictor frozen; freeze: every parameter but those --freeze names")
+    lora_rank: int = option(DEFAULT_LORA_RANK, ge=1, help="--finetune lora: rank r of each adapter (B A, r x in "
+                            "and out x r)")
+    lora_alpha: float = option(DEFAULT_LORA_ALPHA, gt=0, help="--finetune lora: the adapter's output is scaled by "
+                               "alpha / rank")
+    lora_dropout: float = option(0.0, ge=0, lt=1, help="--finetune lora: dropout on the adapters' input")
+    lora_targets: list[str] = option(
+        default_factory=lambda: list(DEFAULT_LORA_TARGETS),
+        help="--finetune lora: modules to adapt, by the last part of their name (peft's target_modules): default "
+             "the attention projections (self- and cross-attention) and the feed-forward of every block")
+    freeze: list[str] = option(
+        default_factory=list, help="--finetune freeze: globs over parameter names (as in model.safetensors) to "
+        "freeze; '!GLOB' exempts, the last match wins. e.g. 'embedding.*,time_emb.*' (embeddings), "
+        "'transformer.[0-3].*' (blocks 0-3), '*,!head.*' (heads only)")
+
     def selection(self) -> Selection:
         return Selection(self.select_by, self.patience, self.min_delta)
+
+    def trained(self) -> str:
+        return self.finetune_spec().signature()
+
+    def finetune_spec(self) -> FinetuneSpec:
+        return FinetuneSpec(mode=self.finetune, lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                            lora_dropout=self.lora_dropout, lora_targets=tuple(self.lora_targets),
+                            freeze=tuple(self.freeze))
 
     def forecast_origins(self) -> int:
         """Origins of the forecast validation (0: none)."""
@@ -177,11 +209,14 @@ class TrainConfig(CommonTrainConfig):
         if self.select_by == "crps" and self.val_paths < 2:
             problems.append(f"--select_by crps needs --val_paths 2 or more (the CRPS scores a distribution of "
                             f"sampled paths; one path is a point forecast), got {self.val_paths}")
-        return problems
+        return problems + self.finetune_spec().option_problems()
 
     def model_problems(self) -> list[str]:
-        return (checkpoint_problems("tokenizer", self.tokenizer, "tokenizer")
-                + checkpoint_problems("predictor", self.predictor, "predictor"))
+        from ds_kronos.train.finetune import finetune_problems
+
+        problems = (checkpoint_problems("tokenizer", self.tokenizer, "tokenizer")
+                    + checkpoint_problems("predictor", self.predictor, "predictor"))
+        return problems or finetune_problems(self.finetune_spec(), self.predictor)
 
 
 @dataclass(kw_only=True)

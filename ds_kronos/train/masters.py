@@ -7,7 +7,9 @@ trainer keeps the values it loaded and writes them back into the masters with De
 (``FP16_UnfusedOptimizer``, ``FP16_Optimizer``) have no per-parameter mapping; their master lists are used.
 
 Frozen tensors (parameters with ``requires_grad=False``, buffers such as the rotary ``inv_freq`` or sinusoidal time
-tables) have no master; they never change, so the exported model takes the values captured before the cast.
+tables, the whole predictor under ``--finetune lora``) have no master; they never change, so the exported model takes
+the values captured before the cast. Only the rank that writes the exports keeps them (``keep_frozen``): under LoRA
+they are nearly the whole model in fp32.
 """
 
 from __future__ import annotations
@@ -18,27 +20,33 @@ import torch
 from torch import nn
 
 
-def exact_fp32_start(model: nn.Module, task, low_precision: bool
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    """(exact fp32 values to write into a bf16/fp16 engine's masters, frozen tensors' exact values for exports);
-    ({}, None) for an fp32 engine, whose masters are the module's own parameters. Call before the engine casts."""
+def exact_fp32_start(model: nn.Module, task, low_precision: bool, keep_frozen: bool = True
+                     ) -> tuple[Mapping[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """(exact fp32 values to write into a bf16/fp16 engine's masters, frozen tensors' exact values for exports,
+    empty unless ``keep_frozen``); ({}, None) for an fp32 engine, whose masters are the module's own parameters.
+    Call before the engine casts. Collective under ZeRO-3."""
     if not low_precision:
         return {}, None
     if task.partitioned:
         # Built under zero.Init: the module is already cast and partitioned. The exact values are in the checkpoint
         # file (read one tensor at a time); a preset's values are its cast init.
         weights = task.checkpoint_weights
-        return (weights or {}), frozen_fp32(model, weights)
-    return capture_fp32(model)
+        return (weights or {}), frozen_fp32(model, weights, keep_frozen)
+    return capture_fp32(model, keep_frozen)
 
 
-def capture_fp32(module: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(trainable parameters, frozen floating tensors) as exact fp32 CPU copies, taken before the engine casts."""
+def capture_fp32(module: nn.Module, keep_frozen: bool = True
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(trainable parameters, frozen floating tensors unless not ``keep_frozen``) as exact fp32 CPU copies, taken
+    before the engine casts."""
     trainable, frozen = {}, {}
     for name, param in module.named_parameters():
-        (trainable if param.requires_grad else frozen)[name] = param.detach().float().cpu().clone()
+        if param.requires_grad:
+            trainable[name] = param.detach().float().cpu().clone()
+        elif keep_frozen:
+            frozen[name] = param.detach().float().cpu().clone()
     for name, buffer in module.named_buffers():
-        if buffer.is_floating_point():
+        if buffer.is_floating_point() and keep_frozen:
             frozen[name] = buffer.detach().cpu().clone()
     return trainable, frozen
 
@@ -126,10 +134,12 @@ def full_fp32_master(engine, param: nn.Parameter) -> torch.Tensor | None:
     return None if zero0 is None else zero0.get(id(param))
 
 
-def frozen_fp32(module: nn.Module, weights: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+def frozen_fp32(module: nn.Module, weights: Mapping[str, torch.Tensor] | None, keep: bool = True
+                ) -> dict[str, torch.Tensor]:
     """The frozen floating tensors of a model built partitioned (zero.Init), as fp32 CPU copies: from the
     checkpoint file when there is one (exact), else gathered from the module one parameter at a time (a preset's
-    fixed tables, already at the training precision). Collective under ZeRO-3."""
+    fixed tables, already at the training precision). Collective under ZeRO-3 (every rank gathers; only ranks
+    with ``keep`` hold the result, the others return {})."""
     from ds_kronos.model.partitioned import modifiable
 
     frozen: dict[str, torch.Tensor] = {}
@@ -137,11 +147,15 @@ def frozen_fp32(module: nn.Module, weights: Mapping[str, torch.Tensor] | None) -
         if param.requires_grad:
             continue
         if weights is not None:
-            frozen[name] = weights[name].clone()  # a copy of its own, whatever the reader's memory
+            if keep:
+                frozen[name] = weights[name].clone()  # a copy of its own, whatever the reader's memory
             continue
         owner = module.get_submodule(name.rpartition(".")[0])
         with modifiable(owner, modifier_rank=None):
-            frozen[name] = param.detach().float().cpu().clone()
+            if keep:
+                frozen[name] = param.detach().float().cpu().clone()
+    if not keep:
+        return frozen
     for name, buffer in module.named_buffers():
         if buffer.is_floating_point():
             frozen[name] = (weights[name].clone() if weights is not None and name in weights

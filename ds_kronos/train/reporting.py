@@ -24,6 +24,7 @@ from ds_kronos.memory_usage import peak_rss_bytes
 from ds_kronos.plotting import pyplot, save_figure
 from ds_kronos.runtime import all_reduce_sum
 from ds_kronos.train.compiled import compile_seconds
+from ds_kronos.train.finetune import parameter_counts
 from ds_kronos.train.nvme import SWAP_SUBFOLDER, folder_bytes
 
 FINISHED, STOPPED_EARLY, STOPPED_BY_REQUEST = "finished", "stopped early", "stopped (exit_after_steps)"
@@ -136,12 +137,12 @@ class Progress:
 def banner(trainer) -> None:
     """What runs: processes, ZeRO stage, precision, model, data, batch layout and schedule (rank 0)."""
     c, rt, batch, view, task = trainer.config, trainer.runtime, trainer.batch, trainer.ds_view, trainer.task
-    params = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters())
+    trained, params = parameter_counts(trainer.model)
     built = " (built partitioned: deepspeed.zero.Init)" if task.partitioned else ""
     offload = view.describe_offload()
     say(f"ds_kronos {task.kind} training: {rt.world_size} process(es) on {rt.device.type}, ZeRO-{view.zero_stage}"
-        f"{built}{f' ({offload})' if offload else ''}, {view.precision}; {task.description}; {params:,} "
-        f"trainable-model parameters"
+        f"{built}{f' ({offload})' if offload else ''}, {view.precision}; {task.description}; {trained:,} of "
+        f"{params:,} parameters trained (in the optimizer)"
         + (f"; compiled (torch.compile, {trainer.compile_backend}: the first step and validation compile)"
            if trainer.compile_backend else "")
         + ("; gradient all-reduce overlapped with backward" if trainer.grad_reduction is not None else ""))
@@ -228,6 +229,7 @@ def summary(trainer, status: str) -> dict[str, Any]:
         "last_checkpoint": trainer.checkpointed_step if trainer.checkpointed_step >= 0 else None,
         "history": pos.history.to_dict(),
         "partitioned_construction": trainer.task.partitioned,
+        "parameters": dict(zip(("trained", "total"), parameter_counts(trainer.model))),
         "memory": memory(trainer),
     }
 

@@ -43,7 +43,8 @@ class ResumeSource:
 
 
 def find_resume_source(checkpoint_dir: Path, batch: BatchLayout, runtime: Runtime, say: Callable[[str], None],
-                       ds_config: dict[str, Any]) -> ResumeSource:
+                       ds_config: dict[str, Any], trained: str) -> ResumeSource:
+    """``trained``: what this run trains (--finetune's signature), which must be what the checkpoints hold."""
     candidates, notes = resume_candidates(checkpoint_dir)
     if runtime.is_main:
         for note in notes:
@@ -53,6 +54,10 @@ def find_resume_source(checkpoint_dir: Path, batch: BatchLayout, runtime: Runtim
         raise UserError(f"--resume: no checkpoint to resume from in {checkpoint_dir}{passed}")
     layout = candidates[0].layout
     check_same_engine(checkpoint_dir, candidates[0], ds_config)
+    if layout.trained is not None and layout.trained != trained:
+        raise UserError(f"--resume: {candidates[0].tag} was written by a run that trains {layout.trained}; this run "
+                        f"trains {trained}. Resume with the same --finetune options (another kind of fine-tuning "
+                        f"is a new run: start it from an exported model folder, in a new --save_dir)")
     if layout.global_batch != batch.global_batch:
         raise UserError(f"--resume: {candidates[0].tag} was trained with a global batch of {layout.describe()}; "
                         f"this run has {batch.micro_batch} x {batch.grad_accum} x {runtime.world_size} = "

@@ -6,7 +6,9 @@ model to put in the engine, the training loss with its logged components, and pe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from ds_kronos.model.objective import predict_and_score, tokenize_batch
 from ds_kronos.model.pairing import check_pair
 from ds_kronos.model.partitioned import SafetensorsTensors, build_partitioned
 from ds_kronos.model.published import names_checkpoint
+from ds_kronos.train.finetune import FinetuneSpec, Finetuning
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,25 +56,36 @@ class PredictorTask:
 
     def __init__(self, *, tokenizer: str, predictor: str, teacher_forcing: bool, tokenizer_dtype: str,
                  device: torch.device, activation_checkpointing: bool, partition_config: dict | None = None,
-                 rank: int = 0):
+                 rank: int = 0, finetune: FinetuneSpec | None = None):
         self.tokenizer_dtype = resolve_tokenizer_dtype(tokenizer_dtype, device)
         self.device = device
         frozen = KronosTokenizer.from_folder_or_preset(tokenizer)  # outside zero.Init: never partitioned
         self.tokenizer = frozen.eval().requires_grad_(False).to(device, self.tokenizer_dtype)
         self.partitioned = partition_config is not None
-        self.checkpoint_weights: SafetensorsTensors | None = None
-        """With partitioned construction: the checkpoint file, read one tensor at a time (for the fp32 masters)."""
+        weights: SafetensorsTensors | None = None
         if self.partitioned:
             # ZeRO-3: each rank materialises only its shard, and a checkpoint streams in one module at a time.
-            self.model, self.checkpoint_weights = build_partitioned(Kronos, predictor, partition_config, rank)
+            predictor_model, weights = build_partitioned(Kronos, predictor, partition_config, rank)
         else:
-            self.model = Kronos.from_folder_or_preset(predictor)
+            predictor_model = Kronos.from_folder_or_preset(predictor)
         self.random_init = not names_checkpoint(predictor)
-        check_pair(self.tokenizer, self.model)
-        self.model.gradient_checkpointing = activation_checkpointing
+        check_pair(self.tokenizer, predictor_model)
+        predictor_model.gradient_checkpointing = activation_checkpointing
+        finetune = finetune or FinetuneSpec()
+        self.finetuning = Finetuning(finetune, predictor_model)
+        self.model: nn.Module = self.finetuning.model
+        """What the engine trains: the predictor, or peft's model around it (--finetune lora)."""
+        self.checkpoint_weights: Mapping[str, torch.Tensor] | None = self.finetuning.exact_values(weights)
+        """With partitioned construction: the checkpoint file, read one tensor at a time (for the fp32 masters),
+        under the engine module's names."""
         self.teacher_forcing = teacher_forcing
         self.description = (f"predictor {predictor}, tokenizer {tokenizer} "
-                            f"({str(self.tokenizer_dtype).removeprefix('torch.')}, frozen)")
+                            f"({str(self.tokenizer_dtype).removeprefix('torch.')}, frozen); trains "
+                            f"{finetune.describe()}")
+
+    def publish(self, folder: Path, state: Mapping[str, torch.Tensor]) -> None:
+        """Write an export (the engine module's full fp32 state) as a published folder (ds_kronos.train.finetune)."""
+        self.finetuning.publish(folder, state)
 
     def train_losses(self, engine, x: torch.Tensor, stamp: torch.Tensor) -> torch.Tensor:
         """[loss (with grad), s1 loss, s2 loss]."""
@@ -108,6 +122,9 @@ class TokenizerTask:
         self.model: nn.Module = KronosTokenizer.from_folder_or_preset(tokenizer)
         self.random_init = not names_checkpoint(tokenizer)
         self.description = f"tokenizer {tokenizer}"
+
+    def publish(self, folder: Path, state: Mapping[str, torch.Tensor]) -> None:
+        self.model.save_pretrained(folder, state_dict=state)
 
     def _forward(self, engine, x: torch.Tensor):
         x = x.to(self.device, non_blocking=True)

@@ -82,7 +82,7 @@ class Trainer:
         self.swap_dir, self.removes_swap_dir = prepare_swap_folder(self.ds_config, config.nvme_dir, config.save_dir,
                                                                    self.runtime)
         self.resume_source: ResumeSource | None = (
-            find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say, self.ds_config)
+            find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say, self.ds_config, config.trained())
             if config.resume else None)
         self.task = build_task(config, self.runtime, self.ds_config)
         self.model = self.task.model
@@ -107,7 +107,7 @@ class Trainer:
         self.timed_since: float | None = None  # training time is counted from here (None: not training now)
 
     def _layout(self) -> RunLayout:
-        return run_layout(self.runtime.world_size, self.batch.micro_batch, self.batch.grad_accum, self.ds_config)
+        return run_layout(self.runtime.world_size, self.batch, self.ds_config, self.config.trained())
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
@@ -266,7 +266,7 @@ class Trainer:
         """The fp32 master weights into ``save_dir/folder`` in the published format. Collective."""
         state = export_fp32_state_dict(self.engine, self.frozen_fp32, keep=self.runtime.is_main)
         if self.runtime.is_main:
-            self.model.save_pretrained(self.save_dir / folder, state_dict=state)
+            self.task.publish(self.save_dir / folder, state)
 
     def _checkpoint(self) -> None:
         if self.checkpointed_step == self.position.step:

@@ -23,7 +23,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,6 +31,9 @@ from safetensors.torch import load_file, save_file
 from ds_kronos.atomic import replace_folder, write_text_atomic
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.runtime import Runtime, barrier
+
+if TYPE_CHECKING:
+    from ds_kronos.deepspeed_json.resolve import BatchLayout
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -50,6 +53,8 @@ class RunLayout:
     zero_stage: int
     optimizer_offload: str | None = None
     """Where the optimizer state lived: "none", "cpu" or "nvme" (None: a manifest from before it was recorded)."""
+    trained: str | None = None
+    """What the run trained (ds_kronos.train.finetune.FinetuneSpec.signature; None: from before it was recorded)."""
 
     @property
     def global_batch(self) -> int:
@@ -60,12 +65,12 @@ class RunLayout:
                 f"{self.global_batch}")
 
 
-def run_layout(world_size: int, micro_batch: int, grad_accum: int, ds_config: dict[str, Any]) -> RunLayout:
+def run_layout(world_size: int, batch: BatchLayout, ds_config: dict[str, Any], trained: str) -> RunLayout:
     """The layout of this run (recorded in each checkpoint's manifest)."""
     from ds_kronos.deepspeed_json.view import DeepSpeedView
 
-    return RunLayout(world_size=world_size, micro_batch=micro_batch, grad_accum=grad_accum,
-                     zero_stage=int(ds_config.get("zero_optimization", {}).get("stage", 0)),
+    return RunLayout(world_size=world_size, micro_batch=batch.micro_batch, grad_accum=batch.grad_accum,
+                     trained=trained, zero_stage=int(ds_config.get("zero_optimization", {}).get("stage", 0)),
                      optimizer_offload=DeepSpeedView.of(ds_config).offload_optimizer)
 
 

@@ -385,3 +385,27 @@ def test_restricted_loading_holds_with_the_users_force_no_weights_only_switch(tm
         torch.load(planted, weights_only=False)
     assert not marker.exists()
     assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1" and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+def test_an_elastic_resume_without_room_for_the_conversion_is_one_line(tmp_path, monkeypatch):
+    """The universal conversion needs about two more copies of the tag on its filesystem: refused before any engine
+    is built when they do not fit, with one line naming both sizes and the way out; passed when they fit."""
+    import shutil as shutil_module
+
+    layout = {"world_size": 2, "micro_batch": 8, "grad_accum": 1, "zero_stage": 2, "optimizer_offload": "none"}
+    checkpoints = fake_checkpoints(tmp_path, layout)
+    (checkpoints / "step00000004" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x" * 600_000)
+    tag_bytes = sum(p.stat().st_size for p in (checkpoints / "step00000004").rglob("*") if p.is_file())
+    usage = shutil_module.disk_usage(tmp_path)
+
+    def free(nbytes: int):
+        return lambda path: usage._replace(free=nbytes)
+
+    monkeypatch.setattr(shutil_module, "disk_usage", free(2 * tag_bytes - 1))
+    with pytest.raises(UserError, match="needs about") as raised:
+        resume_source(checkpoints, "zero2", 1, micro=16)
+    message = str(raised.value)
+    assert "\n" not in message and "step00000004" in message and "resume on 2 rank(s)" in message
+    monkeypatch.setattr(shutil_module, "disk_usage", free(2 * tag_bytes))
+    assert resume_source(checkpoints, "zero2", 1, micro=16).universal
+    assert resume_source(checkpoints, "zero2", 2).universal is False  # same world size: nothing to convert

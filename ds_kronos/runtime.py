@@ -8,9 +8,10 @@ import os
 import random
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -132,6 +133,51 @@ def all_reduce_max(value: int, device: torch.device) -> int:
     tensor = torch.tensor([value], dtype=torch.int64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return int(tensor.item())
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (plain Python data this process made, never a file's contents), in rank order."""
+    import deepspeed.comm as dist
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+_ABORTED = "\0aborted"
+
+
+def outcome_on_main(key: str, work: Callable[[], str | None], runtime: Runtime, wait_s: float,
+                    what: str) -> str | None:
+    """Rank 0 runs ``work`` (None when it succeeded, else a one-line problem); every rank returns that outcome.
+
+    For work that may outlast ``--dist_timeout`` (a checkpoint conversion): the other ranks do not wait in a
+    collective, which that timeout bounds, but on the process group's store with a limit of their own, ``wait_s``.
+    The store lives in rank 0's process, so a rank 0 that dies ends the wait at once. ``key`` names the outcome
+    within the job (the store is the job's own); ``what`` says in the error lines what rank 0 was doing."""
+    if runtime.world_size == 1:
+        return work()
+    import torch.distributed as tdist
+
+    store = tdist.distributed_c10d._get_default_store()
+    name = f"ds_kronos/outcome/{key}"
+    if runtime.is_main:
+        try:
+            problem = work()
+        except BaseException:
+            store.set(name, _ABORTED)  # the other ranks stop waiting; this rank reports its own error
+            raise
+        store.set(name, problem or "")
+        return problem
+    try:
+        store.wait([name], datetime.timedelta(seconds=wait_s))
+        value = store.get(name).decode("utf-8", errors="replace")
+    except RuntimeError as exc:
+        timed_out = "timeout" in str(exc).lower() or "timed out" in str(exc).lower()
+        raise UserError(f"rank 0 did not finish {what} within {wait_s:g} s" if timed_out else
+                        f"rank 0 stopped answering while {what}", rank_specific=True) from None
+    if value == _ABORTED:
+        raise UserError(f"rank 0 failed while {what} (see its error)")
+    return value or None
 
 
 def seed_everything(seed: int) -> None:

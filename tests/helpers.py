@@ -55,9 +55,9 @@ def launch_command(script: str, args: list[str], processes: int = 2) -> list[str
 
 def run_job(script: str, args: list[str], processes: int | None = None, timeout: int = 300, cwd: Path = REPO,
             **extra_env: str) -> subprocess.CompletedProcess:
-    """``launch/<script>``: one plain process (``processes`` None: a 1-process group without the launcher's
-    start-up cost) or ``processes`` ranks through the deepspeed launcher. Output captured; the exit code is the
-    caller's to check."""
+    """``launch/<script>`` (or the script at an absolute path): one plain process (``processes`` None: a 1-process
+    group without the launcher's start-up cost) or ``processes`` ranks through the deepspeed launcher. Output
+    captured; the exit code is the caller's to check."""
     command = ([sys.executable, str(REPO / "launch" / script), *args] if processes is None
                else launch_command(script, args, processes))
     return subprocess.run(command, cwd=cwd, env=env(**extra_env), capture_output=True, text=True, timeout=timeout)

@@ -218,6 +218,10 @@ def staged_tag(folder: Path, content: bytes) -> Path:
     return folder
 
 
+def staged_files(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in folder.iterdir()}
+
+
 @pytest.mark.parametrize("new_copy_checks", [True, False], ids=["new_complete", "new_damaged"])
 def test_a_kill_inside_the_swap_of_a_re_saved_step_keeps_one_copy(new_copy_checks, tmp_path, monkeypatch):
     """Step 4 saved, then saved again (a run resumed at its last step) and killed between the two renames that swap
@@ -225,7 +229,7 @@ def test_a_kill_inside_the_swap_of_a_re_saved_step_keeps_one_copy(new_copy_check
     checkpoints, tag = tmp_path / "checkpoints", "step00000004"
     staging = checkpoints / f".{tag}.partial"
     layout = RunLayout(world_size=1, micro_batch=1, grad_accum=1, zero_stage=0)
-    training_state._publish(checkpoints, staged_tag(staging, b"old"), tag, layout)
+    training_state._publish(checkpoints, staged_tag(staging, b"old"), tag, layout, staged_files(staging))
     staged_tag(staging, b"newer")
     replace, calls = os.replace, []
 
@@ -237,7 +241,7 @@ def test_a_kill_inside_the_swap_of_a_re_saved_step_keeps_one_copy(new_copy_check
 
     monkeypatch.setattr(os, "replace", killed_before_the_second_rename)
     with pytest.raises(KeyboardInterrupt):
-        training_state._publish(checkpoints, staging, tag, layout)
+        training_state._publish(checkpoints, staging, tag, layout, staged_files(staging))
     monkeypatch.setattr(os, "replace", replace)
     assert not (checkpoints / tag).exists() and staging.is_dir() and (checkpoints / f".{tag}.partial-old").is_dir()
     if not new_copy_checks:
@@ -341,3 +345,101 @@ def test_restricted_loading_holds_with_the_users_force_no_weights_only_switch(tm
         torch.load(planted, weights_only=False)
     assert not marker.exists()
     assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1" and "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+
+
+class SavingEngine:
+    """What save_training_state uses of a DeepSpeed engine. Its save_checkpoint writes as DeepSpeed's does at
+    ZeRO-1/2: each rank its optimizer file and rank 0 the model file through the checkpoint engine (DeepSpeed's
+    own TorchCheckpointEngine), and rank 0 a recovery script copied outside it."""
+
+    def __init__(self, rank: int):
+        from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+        self.rank, self.checkpoint_engine = rank, TorchCheckpointEngine()
+
+    def save_checkpoint(self, save_dir: str, tag: str, client_state: dict, save_latest: bool) -> None:
+        folder = Path(save_dir) / tag
+        if self.rank == 0:
+            self.checkpoint_engine.save({"module": {"w": torch.ones(4)}, **client_state},
+                                        str(folder / "mp_rank_00_model_states.pt"))
+            (folder / "zero_to_fp32.py").write_text("# DeepSpeed's recovery script\n")
+        self.checkpoint_engine.save({"state": torch.zeros(100 * (self.rank + 1))},
+                                    str(folder / f"zero_pp_rank_{self.rank}_mp_rank_00_optim_states.pt"))
+
+    def use_node_local_storage(self) -> bool:
+        return False
+
+
+def test_the_manifest_lists_every_ranks_files_when_rank_0s_listing_lags(tmp_path, monkeypatch):
+    """On a shared filesystem rank 0's listing of the staging folder may miss another node's files (NFS caches
+    listings and attributes): the manifest is assembled from each rank's report of its own files. Two ranks as two
+    threads (the collectives between them faked with a thread barrier), rank 0 blind to rank 1's files."""
+    import threading
+
+    checkpoints, gate, reports = tmp_path / "checkpoints", threading.Barrier(2, timeout=60), [None, None]
+
+    def rank() -> int:
+        return int(threading.current_thread().name.removeprefix("rank"))
+
+    def gather(obj):
+        reports[rank()] = obj
+        gate.wait()
+        gathered = list(reports)
+        gate.wait()
+        return gathered
+
+    listing = Path.rglob
+
+    def lagging_listing(self, pattern):  # rank 0 does not see rank 1's files yet
+        return (p for p in listing(self, pattern) if rank() != 0 or "rank_1_" not in p.name and "00001" not in p.name)
+
+    monkeypatch.setattr(training_state, "barrier", lambda: gate.wait())
+    monkeypatch.setattr(training_state, "all_gather_objects", gather, raising=False)
+    monkeypatch.setattr(Path, "rglob", lagging_listing)
+    layout = RunLayout(world_size=2, micro_batch=1, grad_accum=1, zero_stage=2, optimizer_offload="none")
+    errors = []
+
+    def save(r: int) -> None:
+        try:
+            training_state.save_training_state(SavingEngine(r), Runtime(r, r, 2, torch.device("cpu"), 2),
+                                               checkpoints, 4, {"step": 4}, keep_last=2, layout=layout)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+            gate.abort()
+    threads = [threading.Thread(target=save, args=(r,), name=f"rank{r}") for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    monkeypatch.undo()
+    tag = checkpoints / "step00000004"
+    files = json.loads((tag / "manifest.json").read_text())["files"]
+    assert files == {p.name: p.stat().st_size for p in tag.iterdir() if p.name != "manifest.json"}
+    assert {"zero_pp_rank_1_mp_rank_00_optim_states.pt", "rng_rank00001.safetensors", "zero_to_fp32.py"} <= set(files)
+    candidates, notes = resume_candidates(checkpoints)
+    assert [c.tag for c in candidates] == [tag.name], notes
+
+
+def test_an_elastic_resume_without_room_for_the_conversion_is_one_line(tmp_path, monkeypatch):
+    """The universal conversion needs about two more copies of the tag on its filesystem: refused before any engine
+    is built when they do not fit, with one line naming both sizes and the way out; passed when they fit."""
+    import shutil as shutil_module
+
+    layout = {"world_size": 2, "micro_batch": 8, "grad_accum": 1, "zero_stage": 2, "optimizer_offload": "none"}
+    checkpoints = fake_checkpoints(tmp_path, layout)
+    (checkpoints / "step00000004" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x" * 600_000)
+    tag_bytes = sum(p.stat().st_size for p in (checkpoints / "step00000004").rglob("*") if p.is_file())
+    usage = shutil_module.disk_usage(tmp_path)
+
+    def free(nbytes: int):
+        return lambda path: usage._replace(free=nbytes)
+
+    monkeypatch.setattr(shutil_module, "disk_usage", free(2 * tag_bytes - 1))
+    with pytest.raises(UserError, match="needs about") as raised:
+        resume_source(checkpoints, "zero2", 1, micro=16)
+    message = str(raised.value)
+    assert "\n" not in message and "step00000004" in message and "resume on 2 rank(s)" in message
+    monkeypatch.setattr(shutil_module, "disk_usage", free(2 * tag_bytes))
+    assert resume_source(checkpoints, "zero2", 1, micro=16).universal
+    assert resume_source(checkpoints, "zero2", 2).universal is False  # same world size: nothing to convert

@@ -9,6 +9,7 @@ losses and logged training losses, to rounding; updates are ~1e-4 per weight, ro
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -40,10 +41,11 @@ STEPS = 8  # one epoch of 128 samples at a global batch of 16
 WEIGHT_ATOL = 1e-6
 
 
-def launch(nproc: int, args: list[str], timeout: int = 300, expect_ok: bool = True) -> subprocess.CompletedProcess:
+def launch(nproc: int, args: list[str], timeout: int = 300, expect_ok: bool = True,
+           script: str | Path = "train.py") -> subprocess.CompletedProcess:
     """``nproc`` ranks through the deepspeed launcher; one rank as a plain process (the same code path, a
-    1-process group, without the launcher's start-up cost)."""
-    result = run_job("train.py", args, None if nproc == 1 else nproc, timeout)
+    1-process group, without the launcher's start-up cost). ``script``: a launch/ script, or a path."""
+    result = run_job(str(script), args, None if nproc == 1 else nproc, timeout)
     if expect_ok:
         assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
@@ -72,7 +74,7 @@ def frozen_te_checkpoints(tiny_checkpoints, tmp_path_factory) -> tuple[Path, Pat
     return tiny_checkpoints[0], folder / "predictor"
 
 
-LAYOUTS = {"1x16_zero0": (1, "ds_configs/zero0.json", 16, 1), "2x8_zero1": (2, "ds_configs/zero1.json", 8, 1),
+LAYOUTS = {"1x16_zero0": (1, "ds_configs/zero0.json", 16, 1), "1x8x2_zero1": (1, "ds_configs/zero1.json", 8, 2),
            "2x8_zero2": (2, "ds_configs/zero2.json", 8, 1), "2x4x2_zero3": (2, "ds_configs/zero3.json", 4, 2)}
 REFERENCE = "1x16_zero0"
 
@@ -137,21 +139,48 @@ def test_training_moves_weights_far_more_than_the_invariance_tolerance(invarianc
     assert max((start[k] - end[k]).abs().max().item() for k in start) > 100 * WEIGHT_ATOL
 
 
+SLOW_CONVERSION = """
+# launch/train.py with DeepSpeed's universal conversion made slower than --dist_timeout, as a large model's is.
+import runpy, sys, time
+import deepspeed.checkpoint.ds_to_universal as ds_to_universal
+convert = ds_to_universal.main
+def slow(args):
+    time.sleep(5)
+    return convert(args)
+ds_to_universal.main = slow
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
 @pytest.mark.parametrize("source,resumed", [
     ("2x8_zero2", (1, "ds_configs/zero2.json", 16, 1)),
     ("2x4x2_zero3", (1, "ds_configs/zero3.json", 16, 1)),
-    ("2x8_zero1", (1, "ds_configs/zero1.json", 8, 2)),
+    ("1x8x2_zero1", (2, "ds_configs/zero1.json", 8, 1)),
     ("1x16_zero0", (2, "ds_configs/zero0.json", 8, 1)),
-], ids=["zero2_2to1", "zero3_2to1", "zero1_2to1_accum", "zero0_1to2"])
+], ids=["zero2_2to1", "zero3_2to1", "zero1_1to2_accum", "zero0_1to2"])
 def test_resume_on_a_different_world_size_ends_with_the_uninterrupted_weights(
         source, resumed, invariance_runs, demo_prepared_dir, tiny_checkpoints, tmp_path):
+    """zero1_1to2_accum also runs at --dist_timeout 2 with a conversion that takes over 5 s: rank 0 converts the
+    checkpoint while rank 1 waits for it outside any collective, so a conversion longer than the timeout is not taken
+    for a rank that stopped answering."""
     save_dir = stopped_at_step_3(invariance_runs[source], tmp_path / "elastic")
     manifest = json.loads((save_dir / "checkpoints" / "step00000003" / "manifest.json").read_text())
     assert manifest["layout"]["world_size"] == LAYOUTS[source][0]
     nproc, config, micro, accum = resumed
-    second = launch(nproc, run_args(demo_prepared_dir, tiny_checkpoints, save_dir, config, micro, accum, "--resume"))
+    converts = LAYOUTS[source][1] != "ds_configs/zero0.json"  # fp32 ZeRO-0 loads on any world size as it is
+    script, extra = REPO / "launch" / "train.py", []
+    if converts and nproc > 1:
+        script, extra = tmp_path / "slow_conversion.py", ["--dist_timeout", "2"]
+        script.write_text(SLOW_CONVERSION.format(train=str(REPO / "launch" / "train.py")))
+    second = launch(nproc, run_args(demo_prepared_dir, tiny_checkpoints, save_dir, config, micro, accum, "--resume",
+                                    *extra), script=script)
     assert f"resumed from step 3 (epoch 1, micro-batch {3 * accum})" in second.stdout
     assert f"written by {LAYOUTS[source][0]} rank(s), now {nproc}" in second.stdout
+    converted = re.search(r"converted step00000003 in ([0-9.]+) s", second.stdout)
+    assert bool(converted) == converts
+    if extra:
+        assert float(converted.group(1)) > 5
     assert summary(save_dir)["steps"] == STEPS
     assert_same_run(invariance_runs[REFERENCE], save_dir)
     assert not (save_dir / "checkpoints" / "universal").exists()  # the converted copy goes with the next save

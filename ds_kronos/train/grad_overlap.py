@@ -13,6 +13,19 @@ gradients with the same arithmetic: a sum over the data-parallel group, then a s
 sum is computed by the same collective, so a run with it gives DeepSpeed's weights (bit for bit on 2 ranks, where a
 sum of two numbers does not depend on the order).
 
+The gradients are views into the buckets' buffers, as torch DDP's ``gradient_as_bucket_view``: the buckets hold the
+gradients rather than a second copy of them, and the averaged sums are the gradients once the all-reduces end.
+DeepSpeed sets ``.grad`` to None after each step; the first gradient hook of the next step copies the fresh gradient
+into its slice and points ``.grad`` back at the slice (DDP's way too), so accumulation micro-steps add in place.
+
+The engine's switch is also what DeepSpeed's bf16/fp16 optimizer at ZeRO-0 (``FP16_Optimizer`` /
+``FP16_UnfusedOptimizer``, the ``DDP_BFLOAT16`` and ``FP16`` wrappers) reads when it checks the gradients for
+overflow: ``CheckOverflow.has_overflow`` (runtime/utils.py) adds an all-reduce of the overflow flag over the world
+whenever ``enable_backward_allreduce`` is False, since the gradients would then differ between ranks. Here they are
+already reduced when the optimizer steps, so :meth:`~OverlappedGradientReduction.step` runs ``engine.step()`` with
+the switch on (nothing reads it there to reduce: the engine's own all-reduce happens at the end of backward), which
+spares every step that blocking all-reduce.
+
 It applies only where it is DeepSpeed's plain path: stage 0 with the gradients on the parameters (fp32, and
 bf16/fp16 without DeepSpeed's BF16_Optimizer, which reduces separate fp32 master gradients), more than one rank,
 DeepSpeed's default gradient averaging, managed gradient accumulation, no MoE, no pipeline or sequence parallelism.
@@ -34,10 +47,10 @@ BUCKET_BYTES = 25 * 2 ** 20
 class _Bucket:
     params: list[torch.nn.Parameter]
     ready: int = 0
-    # One buffer for the bucket's gradients, kept from step to step: a fresh one each step (as torch.cat makes)
-    # costs a page fault per 4 KiB, which on this CPU took longer than the copy itself.
+    # One buffer for the bucket's gradients, kept from step to step (a fresh one each step costs a page fault per
+    # 4 KiB, which on this CPU took longer than the copy itself); the parameters' .grad are views into it.
     flat: torch.Tensor | None = None
-    views: list[torch.Tensor] = field(default_factory=list)  # each parameter's slice of ``flat``
+    views: list[torch.Tensor] = field(default_factory=list)  # each parameter's slice of ``flat``, shaped like it
     sent: torch.Tensor | None = None  # ``flat`` in the communication data type
     work: Any = None
 
@@ -66,7 +79,7 @@ def overlap_unsupported(engine) -> str | None:
 class OverlappedGradientReduction:
     """Reduces a ZeRO-0 engine's gradients in buckets launched from gradient hooks during backward.
 
-    Call :meth:`finish` after ``engine.backward(loss)`` and before ``engine.step()``.
+    Call :meth:`step` after ``engine.backward(loss)``, in place of ``engine.step()``.
     """
 
     def __init__(self, engine, bucket_bytes: int = BUCKET_BYTES) -> None:
@@ -85,12 +98,18 @@ class OverlappedGradientReduction:
         for param in reversed(params):
             nbytes = param.numel() * param.element_size()
             if (not self.buckets or param.dtype != self.buckets[-1].params[0].dtype  # one dtype per buffer
-                    or size + nbytes > bucket_bytes):
+                    or param.device != self.buckets[-1].params[0].device or size + nbytes > bucket_bytes):
                 self.buckets.append(_Bucket([]))
                 size = 0
             self.buckets[-1].params.append(param)
             size += nbytes
-        self._bucket_of = {param: bucket for bucket in self.buckets for param in bucket.params}
+        self._slot = {}  # parameter -> (its bucket, its view)
+        for bucket in self.buckets:
+            first = bucket.params[0]
+            bucket.flat = torch.zeros(sum(p.numel() for p in bucket.params), dtype=first.dtype, device=first.device)
+            bucket.views = [view.view(p.shape) for p, view in
+                            zip(bucket.params, bucket.flat.split([p.numel() for p in bucket.params]))]
+            self._slot.update({p: (bucket, view) for p, view in zip(bucket.params, bucket.views)})
         self._next = 0  # the next bucket to launch: launched strictly in order, so every rank issues the same sequence
         for param in params:
             param.register_post_accumulate_grad_hook(self._grad_ready)
@@ -106,10 +125,26 @@ class OverlappedGradientReduction:
         return (self.active and self.engine.is_gradient_accumulation_boundary()
                 and not self.engine.inside_no_sync_ctxt)
 
+    def _bind(self, param: torch.nn.Parameter) -> None:
+        """Make ``param.grad`` its view into the bucket, holding the gradient accumulated so far (zero if none)."""
+        _, view = self._slot[param]
+        grad = param.grad
+        if grad is not None and grad.data_ptr() == view.data_ptr():
+            return
+        if grad is None:  # unused this step on this rank: every rank must still send the same sizes
+            view.zero_()
+        else:
+            view.copy_(grad.data)
+        param.grad = view
+
     def _grad_ready(self, param: torch.nn.Parameter) -> None:
+        if not self.active:
+            return
+        self._bind(param)  # on accumulation micro-steps too, so that the next ones add into the bucket in place
         if not self._reducing():
-            return  # an accumulation micro-step: gradients keep adding up in .grad
-        self._bucket_of[param].ready += 1
+            return
+        bucket = self._slot[param][0]
+        bucket.ready += 1
         while self._next < len(self.buckets) and self.buckets[self._next].ready == len(self.buckets[self._next].params):
             self._launch(self.buckets[self._next])
             self._next += 1
@@ -118,20 +153,14 @@ class OverlappedGradientReduction:
         import deepspeed.comm as dist
 
         for param in bucket.params:
-            if param.grad is None:  # unused this step on this rank: every rank must still send the same sizes
-                param.grad = torch.zeros_like(param)
-        if bucket.flat is None:
-            bucket.flat = torch.empty(sum(p.numel() for p in bucket.params), dtype=bucket.params[0].grad.dtype,
-                                      device=bucket.params[0].grad.device)
-            bucket.views = list(bucket.flat.split([p.numel() for p in bucket.params]))
-        for param, view in zip(bucket.params, bucket.views):
-            view.copy_(param.grad.data.reshape(-1))
+            self._bind(param)
         comm_dtype = self.engine.communication_data_type
         bucket.sent = bucket.flat if bucket.flat.dtype == comm_dtype else bucket.flat.to(comm_dtype)
         bucket.work = dist.all_reduce(bucket.sent, group=self.group, async_op=True)
 
     def finish(self) -> None:
-        """Wait for every bucket (launching those whose gradients never became ready) and write the averages back."""
+        """Wait for every bucket (launching those whose gradients never became ready) and average: the gradients,
+        views into the buckets, then hold DeepSpeed's reduced values."""
         if not self._reducing():
             return
         while self._next < len(self.buckets):
@@ -142,10 +171,18 @@ class OverlappedGradientReduction:
             bucket.sent.mul_(self.scale)
             if bucket.sent is not bucket.flat:
                 bucket.flat.copy_(bucket.sent)
-            for param, view in zip(bucket.params, bucket.views):
-                param.grad.data.copy_(view.view_as(param.grad))
             bucket.ready, bucket.sent, bucket.work = 0, None, None
         self._next = 0
+
+    def step(self) -> None:
+        """:meth:`finish`, then ``engine.step()`` with DeepSpeed told that the gradients are reduced (see the module
+        docstring: its bf16/fp16 overflow check would otherwise all-reduce its flag at every step)."""
+        self.finish()
+        self.engine.enable_backward_allreduce = True
+        try:
+            self.engine.step()
+        finally:
+            self.engine.enable_backward_allreduce = not self.active
 
 
 def overlap_gradient_reduction(engine, bucket_bytes: int = BUCKET_BYTES) -> OverlappedGradientReduction | None:

@@ -5,12 +5,15 @@ complete checkpoints, newest first (see ds_kronos.train.training_state), the lay
 whether the world size changed. What DeepSpeed cannot load is refused first with one line: another ZeRO stage (but
 ZeRO-1 <-> 2), another optimizer offload device, and a changed world size with NVMe optimizer offload.
 Loading then tries them in turn; every rank agrees on each attempt (one small
-all-reduce), so a file that one rank cannot read moves all ranks on together.
+all-reduce), so a file that one rank cannot read moves all ranks on together. On another world size rank 0 first
+converts the candidate (ds_kronos.train.universal) while the others wait for its outcome outside any collective, so
+a conversion that outlasts ``--dist_timeout`` is not taken for a rank that stopped answering.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,7 +21,7 @@ from ds_kronos.console import say
 from ds_kronos.deepspeed_json.resolve import BatchLayout
 from ds_kronos.deepspeed_json.view import DeepSpeedView
 from ds_kronos.errors import UserError
-from ds_kronos.runtime import Runtime, all_reduce_max, rank_seed, seed_everything
+from ds_kronos.runtime import Runtime, all_reduce_max, outcome_on_main, rank_seed, seed_everything
 from ds_kronos.train.position import Position
 from ds_kronos.train.training_state import (
     Candidate,
@@ -28,7 +31,12 @@ from ds_kronos.train.training_state import (
     resume_candidates,
     written_offload,
 )
-from ds_kronos.train.universal import convert_to_universal
+from ds_kronos.train.universal import (
+    CONVERSION_WAIT_S,
+    conversion_space_problem,
+    convert_to_universal,
+    remove_universal_copy,
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,12 @@ def find_resume_source(checkpoint_dir: Path, batch: BatchLayout, runtime: Runtim
                         f"optimizer state is saved as its own files, which DeepSpeed's universal conversion does not "
                         f"read): resume on {layout.world_size} rank(s)")
     same_layout = tuple(c for c in candidates if c.layout == layout)
-    return ResumeSource(same_layout, layout, elastic, elastic and needs_universal(checkpoint_dir, candidates[0].tag))
+    universal = elastic and needs_universal(checkpoint_dir, candidates[0].tag)
+    if universal:
+        problem = conversion_space_problem(checkpoint_dir, candidates[0].tag)
+        if problem:
+            raise UserError(f"--resume: {problem}: free space there, or resume on {layout.world_size} rank(s)")
+    return ResumeSource(same_layout, layout, elastic, universal)
 
 
 STAGES_DEEPSPEED_LOADS_ACROSS = {1, 2}
@@ -104,20 +117,30 @@ def _anyone_failed(problem: str | None, runtime: Runtime) -> bool:
     return all_reduce_max(int(problem is not None), runtime.device) > 0
 
 
+def _converted(checkpoint_dir: Path, candidate: Candidate, source: ResumeSource, runtime: Runtime,
+               say: Callable[[str], None]) -> str | None:
+    """Rank 0: ``candidate`` converted to a universal checkpoint; None, or why it could not be."""
+    say(f"--resume: {candidate.tag} was written by {source.layout.world_size} rank(s), this run has "
+        f"{runtime.world_size}: converting it to a DeepSpeed universal checkpoint")
+    try:
+        conversion = convert_to_universal(checkpoint_dir, candidate.tag)
+    except UserError as exc:
+        return str(exc)
+    say(f"--resume: converted {candidate.tag} in {conversion.describe()}" if conversion.seconds else
+        f"--resume: {candidate.tag} was converted before: loading that copy")
+    return None
+
+
 def load_newest(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSource,
                 say: Callable[[str], None]) -> tuple[Candidate, dict[str, Any]]:
     """Load the newest candidate that every rank can read; collective."""
     for candidate in source.candidates:
         problem = None
         if source.universal:
-            if runtime.is_main:
-                say(f"--resume: {candidate.tag} was written by {source.layout.world_size} rank(s), this run has "
-                    f"{runtime.world_size}: converting it to a DeepSpeed universal checkpoint")
-                try:
-                    convert_to_universal(checkpoint_dir, candidate.tag)
-                except UserError as exc:
-                    problem = str(exc)
-            if _anyone_failed(problem, runtime):
+            problem = outcome_on_main(f"universal/{candidate.tag}",
+                                      partial(_converted, checkpoint_dir, candidate, source, runtime, say), runtime,
+                                      CONVERSION_WAIT_S, f"converting {candidate.tag} to a universal checkpoint")
+            if problem is not None:
                 if runtime.is_main:
                     say(f"--resume: skipped {candidate.tag}: {problem}")
                 continue
@@ -133,6 +156,8 @@ def load_newest(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSo
             return candidate, state
         if runtime.is_main:
             say(f"--resume: skipped {candidate.tag}: {problem or 'another rank could not read its files'}")
+            if source.universal:
+                remove_universal_copy(checkpoint_dir, candidate.tag)  # every rank is past loading it
     raise UserError(f"--resume: none of the {len(source.candidates)} complete checkpoint(s) in {checkpoint_dir} "
                     f"could be loaded (see the lines above)")
 

@@ -15,11 +15,13 @@ def train_micro_step(engine, task, x: torch.Tensor, stamp: torch.Tensor, grad_re
                      ) -> tuple[torch.Tensor, float]:
     """Forward and backward of one micro-batch, then ``engine.step()``. Returns the task's losses (detached, on the
     device: [loss, components...]) and the lr this step applied (the scheduler moves on inside ``step()``).
-    ``grad_reduction``: the overlapped gradient all-reduce (ds_kronos.train.grad_overlap), finished after backward."""
+    ``grad_reduction``: the overlapped gradient all-reduce (ds_kronos.train.grad_overlap), which finishes its
+    reductions and steps the engine."""
     losses = task.train_losses(engine, x, stamp)
     engine.backward(losses[0])
-    if grad_reduction is not None:
-        grad_reduction.finish()
     lr = engine.get_lr()[0]  # a Python float held by the optimizer's param group: no device sync
-    engine.step()
+    if grad_reduction is not None:
+        grad_reduction.step()
+    else:
+        engine.step()
     return losses.detach().float(), lr

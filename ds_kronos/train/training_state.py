@@ -1,10 +1,12 @@
 """Training-state checkpoints (DeepSpeed's own format, for resume): atomic publication, self-healing selection.
 
 Saving (collective). Every rank writes its DeepSpeed files and its RNG state into a staging folder
-``checkpoints/.stepNNNNNNNN.partial``; after a barrier rank 0 writes ``manifest.json`` (every file with its size,
-and the layout of the run: world size, micro batch, accumulation, ZeRO stage), renames the folder to
-``stepNNNNNNNN`` and moves ``latest`` to it through a temporary file and ``os.replace``. A save that fails or is
-killed leaves only a dot-folder, which no run takes for a checkpoint and the next run removes.
+``checkpoints/.stepNNNNNNNN.partial`` and reports the files it wrote with their sizes, as it sees them: on a shared
+filesystem another node's view of a folder may lag (NFS caches listings and attributes), so rank 0 does not list
+the others' files itself. Rank 0 gathers the reports, writes ``manifest.json`` (every file with its size, and the
+layout of the run: world size, micro batch, accumulation, ZeRO stage), renames the folder to ``stepNNNNNNNN`` and
+moves ``latest`` to it through a temporary file and ``os.replace``. A save that fails or is killed leaves only a
+dot-folder, which no run takes for a checkpoint and the next run removes.
 
 Resuming. Candidates are the ``stepNNNNNNNN`` folders inside ``checkpoints/`` (``latest`` is a hint, never a path:
 a pointer elsewhere is ignored), newest first; a candidate is complete when its manifest lists every file at its
@@ -30,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from ds_kronos.atomic import replace_folder, write_text_atomic
 from ds_kronos.jsonio import write_json_atomic
-from ds_kronos.runtime import Runtime, barrier
+from ds_kronos.runtime import Runtime, all_gather_objects, barrier
 
 if TYPE_CHECKING:
     from ds_kronos.deepspeed_json.resolve import BatchLayout
@@ -100,21 +102,73 @@ def save_training_state(engine, runtime: Runtime, checkpoint_dir: Path, step: in
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     barrier()
-    engine.save_checkpoint(str(checkpoint_dir), tag=staging.name, client_state=client_state, save_latest=False)
+    recorder = _RecordingCheckpointEngine(engine.checkpoint_engine)
+    engine.checkpoint_engine = recorder
+    try:
+        engine.save_checkpoint(str(checkpoint_dir), tag=staging.name, client_state=client_state, save_latest=False)
+    finally:
+        engine.checkpoint_engine = recorder.inner
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, str(staging / _rng_name(runtime.rank)))
-    barrier()
+    reports = all_gather_objects(_own_files(staging, recorder.saved + [staging / _rng_name(runtime.rank)],
+                                            runtime.rank, _swap_copy_rank(engine, runtime)))
     if runtime.is_main:
-        _publish(checkpoint_dir, staging, tag, layout)
+        _publish(checkpoint_dir, staging, tag, layout, _manifest_files(staging, reports))
         _prune(checkpoint_dir, keep_last, protect=tag)
     barrier()
     return tag
 
 
-def _publish(checkpoint_dir: Path, staging: Path, tag: str, layout: RunLayout) -> None:
-    files = {str(p.relative_to(staging)): p.stat().st_size for p in sorted(staging.rglob("*")) if p.is_file()}
+class _RecordingCheckpointEngine:
+    """DeepSpeed's checkpoint engine (what ``engine.save_checkpoint`` writes its files through), noting each path:
+    the files this rank wrote."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.saved: list[Path] = []
+
+    def save(self, state_dict, path: str) -> None:
+        self.inner.save(state_dict, path)
+        self.saved.append(Path(path))
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
+def _swap_copy_rank(engine, runtime: Runtime) -> int:
+    """The rank number of this rank's folder in ``offloaded_tensors/`` (DeepSpeed's save_checkpoint names it by the
+    local rank when checkpoints go to node-local storage)."""
+    return runtime.local_rank if engine.use_node_local_storage() else runtime.rank
+
+
+def _own_files(staging: Path, written: list[Path], rank: int, swap_copy_rank: int) -> dict[str, int]:
+    """This rank's report: name (relative to ``staging``) -> bytes of the files it wrote, from its own view of them:
+    ``written`` and its copy of the NVMe swap files (DeepSpeed copies each rank's into ``offloaded_tensors/rankNN``,
+    outside its checkpoint engine)."""
+    from deepspeed.checkpoint.ds_to_universal import dp_index_to_str
+
+    swap_copy = staging / OFFLOADED_TENSORS / f"rank{dp_index_to_str(swap_copy_rank)}"
+    paths = written + ([p for p in sorted(swap_copy.rglob("*")) if p.is_file()] if swap_copy.is_dir() else [])
+    root = staging.resolve()
+    return {str(p.resolve().relative_to(root)): p.stat().st_size for p in paths}
+
+
+def _manifest_files(staging: Path, reports: list[dict[str, int]]) -> dict[str, int]:
+    """Rank 0: every rank's report, and from its own listing what DeepSpeed wrote on rank 0 outside its checkpoint
+    engine (its recovery scripts). Another rank's file is taken from that rank's report, never from this listing."""
+    files: dict[str, int] = {}
+    for report in reports:
+        files.update(report)
+    for path in sorted(staging.rglob("*")):
+        name = str(path.relative_to(staging))
+        if name not in files and path.is_file():
+            files[name] = path.stat().st_size
+    return dict(sorted(files.items()))
+
+
+def _publish(checkpoint_dir: Path, staging: Path, tag: str, layout: RunLayout, files: dict[str, int]) -> None:
     write_json_atomic(staging / MANIFEST, {"tag": tag, "layout": dataclasses.asdict(layout), "files": files})
     # The same step saved again (a run resumed at its last step) is replaced whole.
     replace_folder(staging, checkpoint_dir / tag, retired=checkpoint_dir / f".{tag}.partial-old")

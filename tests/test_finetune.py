@@ -188,7 +188,7 @@ def test_a_resume_with_other_finetune_options_is_refused_by_name(tmp_path):
     for name in ("rng_rank00000.safetensors", "mp_rank_00_model_states.pt"):
         (staging / name).write_bytes(b"state")
         files[name] = len(b"state")
-    layout = training_state.run_layout(1, batch, ds_config, lora.trained())
+    layout = training_state.run_layout(batch, ds_config, lora.trained())
     training_state._publish(tmp_path, staging, "step00000003", layout, files)
     runtime = SimpleNamespace(is_main=True, world_size=1)
     found = find_resume_source(tmp_path, batch, runtime, print, ds_config, lora.trained())

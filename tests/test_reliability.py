@@ -228,7 +228,7 @@ def test_a_kill_inside_the_swap_of_a_re_saved_step_keeps_one_copy(new_copy_check
     the new tag in: the next start publishes the new copy if its manifest checks, else moves the old one back."""
     checkpoints, tag = tmp_path / "checkpoints", "step00000004"
     staging = checkpoints / f".{tag}.partial"
-    layout = RunLayout(world_size=1, micro_batch=1, grad_accum=1, zero_stage=0)
+    layout = RunLayout(batch=BatchLayout(micro_batch=1, grad_accum=1, world_size=1), zero_stage=0)
     training_state._publish(checkpoints, staged_tag(staging, b"old"), tag, layout, staged_files(staging))
     staged_tag(staging, b"newer")
     replace, calls = os.replace, []
@@ -396,7 +396,8 @@ def test_the_manifest_lists_every_ranks_files_when_rank_0s_listing_lags(tmp_path
     monkeypatch.setattr(training_state, "barrier", lambda: gate.wait())
     monkeypatch.setattr(training_state, "all_gather_objects", gather, raising=False)
     monkeypatch.setattr(Path, "rglob", lagging_listing)
-    layout = RunLayout(world_size=2, micro_batch=1, grad_accum=1, zero_stage=2, optimizer_offload="none")
+    layout = RunLayout(batch=BatchLayout(micro_batch=1, grad_accum=1, world_size=2), zero_stage=2,
+                       optimizer_offload="none")
     errors = []
 
     def save(r: int) -> None:

@@ -67,6 +67,10 @@ class BatchLayout:
     def global_batch(self) -> int:
         return self.micro_batch * self.grad_accum * self.world_size
 
+    def describe(self) -> str:
+        return (f"{self.micro_batch} per rank x {self.grad_accum} accumulation x {self.world_size} ranks = "
+                f"{self.global_batch}")
+
 
 def resolve_batch(config: dict, path: str, *, batch_size: int | None, grad_accum: int | None, world_size: int,
                   default_micro: int, default_accum: int) -> BatchLayout:

@@ -66,24 +66,24 @@ def find_resume_source(checkpoint_dir: Path, batch: BatchLayout, runtime: Runtim
         raise UserError(f"--resume: {candidates[0].tag} was written by a run that trains {layout.trained}; this run "
                         f"trains {trained}. Resume with the same --finetune options (another kind of fine-tuning "
                         f"is a new run: start it from an exported model folder, in a new --save_dir)")
-    if layout.global_batch != batch.global_batch:
-        raise UserError(f"--resume: {candidates[0].tag} was trained with a global batch of {layout.describe()}; "
+    if layout.batch.global_batch != batch.global_batch:
+        raise UserError(f"--resume: {candidates[0].tag} was trained with a global batch of {layout.batch.describe()}; "
                         f"this run has {batch.micro_batch} x {batch.grad_accum} x {runtime.world_size} = "
                         f"{batch.global_batch}. Keep the global batch when resuming (on another number of ranks, "
-                        f"change --batch_size/--grad_accum so the product stays {layout.global_batch})")
-    elastic = layout.world_size != runtime.world_size
+                        f"change --batch_size/--grad_accum so the product stays {layout.batch.global_batch})")
+    elastic = layout.batch.world_size != runtime.world_size
     offloads = (DeepSpeedView.of(ds_config).offload_optimizer, written_offload(checkpoint_dir, candidates[0]))
     if elastic and "nvme" in offloads:
-        raise UserError(f"--resume: {candidates[0].tag} was written by {layout.world_size} rank(s) and this run has "
-                        f"{runtime.world_size}, which NVMe optimizer offload does not support (each rank's swapped "
+        raise UserError(f"--resume: {candidates[0].tag} was written by {layout.batch.world_size} rank(s) and this run "
+                        f"has {runtime.world_size}, which NVMe optimizer offload does not support (each rank's swapped "
                         f"optimizer state is saved as its own files, which DeepSpeed's universal conversion does not "
-                        f"read): resume on {layout.world_size} rank(s)")
+                        f"read): resume on {layout.batch.world_size} rank(s)")
     same_layout = tuple(c for c in candidates if c.layout == layout)
     universal = elastic and needs_universal(checkpoint_dir, candidates[0].tag)
     if universal:
         problem = conversion_space_problem(checkpoint_dir, candidates[0].tag)
         if problem:
-            raise UserError(f"--resume: {problem}: free space there, or resume on {layout.world_size} rank(s)")
+            raise UserError(f"--resume: {problem}: free space there, or resume on {layout.batch.world_size} rank(s)")
     return ResumeSource(same_layout, layout, elastic, universal)
 
 
@@ -94,7 +94,7 @@ STAGES_DEEPSPEED_LOADS_ACROSS = {1, 2}
 def check_same_engine(checkpoint_dir: Path, newest: Candidate, ds_config: dict[str, Any]) -> None:
     """Refuse, with one line naming both, a ZeRO stage or an optimizer offload that DeepSpeed cannot load the
     checkpoint into (it would report every tag as unreadable, or load it wrongly)."""
-    written, stage = newest.layout.zero_stage, int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    written, stage = newest.layout.zero_stage, DeepSpeedView.of(ds_config).zero_stage
     if written != stage and not {written, stage} <= STAGES_DEEPSPEED_LOADS_ACROSS:
         raise UserError(f"--resume: {newest.tag} was written by a ZeRO-{written} run and this run is ZeRO-{stage}: "
                         f"DeepSpeed loads a checkpoint at the stage that wrote it (or across ZeRO-1 and ZeRO-2) "
@@ -120,7 +120,7 @@ def _anyone_failed(problem: str | None, runtime: Runtime) -> bool:
 def _converted(checkpoint_dir: Path, candidate: Candidate, source: ResumeSource, runtime: Runtime,
                say: Callable[[str], None]) -> str | None:
     """Rank 0: ``candidate`` converted to a universal checkpoint; None, or why it could not be."""
-    say(f"--resume: {candidate.tag} was written by {source.layout.world_size} rank(s), this run has "
+    say(f"--resume: {candidate.tag} was written by {source.layout.batch.world_size} rank(s), this run has "
         f"{runtime.world_size}: converting it to a DeepSpeed universal checkpoint")
     try:
         conversion = convert_to_universal(checkpoint_dir, candidate.tag)
@@ -170,11 +170,11 @@ def resume_position(engine, runtime: Runtime, checkpoint_dir: Path, source: Resu
     candidate, state = load_newest(engine, runtime, checkpoint_dir, source, say)
     position = Position.from_client_state(state)
     if source.elastic:
-        samples_in_epoch = position.micro_in_epoch * source.layout.micro_batch * source.layout.world_size
+        samples_in_epoch = position.micro_in_epoch * source.layout.batch.micro_batch * source.layout.batch.world_size
         position.micro_in_epoch = samples_in_epoch // (batch.micro_batch * runtime.world_size)
         seed_everything(rank_seed(seed, runtime.rank, step=position.step))
     if runtime.is_main:
-        how = (f"; written by {source.layout.world_size} rank(s), now {runtime.world_size}"
+        how = (f"; written by {source.layout.batch.world_size} rank(s), now {runtime.world_size}"
                + (" (DeepSpeed universal checkpoint)" if source.universal else "")) if source.elastic else ""
         say(f"resumed from step {position.step} (epoch {position.epoch + 1}, micro-batch {position.micro_in_epoch}) "
             f"of {candidate.tag}{how}")

@@ -107,7 +107,7 @@ class Trainer:
         self.timed_since: float | None = None  # training time is counted from here (None: not training now)
 
     def _layout(self) -> RunLayout:
-        return run_layout(self.runtime.world_size, self.batch, self.ds_config, self.config.trained())
+        return run_layout(self.batch, self.ds_config, self.config.trained())
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:

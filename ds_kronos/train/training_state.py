@@ -25,17 +25,15 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ds_kronos.atomic import replace_folder, write_text_atomic
+from ds_kronos.deepspeed_json.resolve import BatchLayout
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.runtime import Runtime, all_gather_objects, barrier
-
-if TYPE_CHECKING:
-    from ds_kronos.deepspeed_json.resolve import BatchLayout
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -47,33 +45,37 @@ _STAGING = re.compile(r"^\.step\d{8}\.partial(-old)?$")
 
 @dataclass(frozen=True)
 class RunLayout:
-    """How the ranks of the run that wrote a checkpoint were laid out."""
+    """What a checkpoint's state depends on, beyond the model: how the run that wrote it split its batch over its
+    ranks, its engine (ZeRO stage, optimizer offload) and what it trained. Recorded in each manifest (flat, see
+    :meth:`to_manifest`), compared on ``--resume``."""
 
-    world_size: int
-    micro_batch: int
-    grad_accum: int
+    batch: BatchLayout
     zero_stage: int
     optimizer_offload: str | None = None
     """Where the optimizer state lived: "none", "cpu" or "nvme" (None: a manifest from before it was recorded)."""
     trained: str | None = None
     """What the run trained (ds_kronos.train.finetune.FinetuneSpec.signature; None: from before it was recorded)."""
 
-    @property
-    def global_batch(self) -> int:
-        return self.world_size * self.micro_batch * self.grad_accum
+    def to_manifest(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self.batch), "zero_stage": self.zero_stage,
+                "optimizer_offload": self.optimizer_offload, "trained": self.trained}
 
-    def describe(self) -> str:
-        return (f"{self.micro_batch} per rank x {self.grad_accum} accumulation x {self.world_size} ranks = "
-                f"{self.global_batch}")
+    @classmethod
+    def from_manifest(cls, entry: dict[str, Any]) -> RunLayout:
+        """Raises TypeError/KeyError for an entry that is not one (the caller reports the tag as unreadable)."""
+        batch = BatchLayout(micro_batch=entry["micro_batch"], grad_accum=entry["grad_accum"],
+                            world_size=entry["world_size"])
+        return cls(batch=batch, zero_stage=entry["zero_stage"], optimizer_offload=entry.get("optimizer_offload"),
+                   trained=entry.get("trained"))
 
 
-def run_layout(world_size: int, batch: BatchLayout, ds_config: dict[str, Any], trained: str) -> RunLayout:
+def run_layout(batch: BatchLayout, ds_config: dict[str, Any], trained: str) -> RunLayout:
     """The layout of this run (recorded in each checkpoint's manifest)."""
     from ds_kronos.deepspeed_json.view import DeepSpeedView
 
-    return RunLayout(world_size=world_size, micro_batch=batch.micro_batch, grad_accum=batch.grad_accum,
-                     trained=trained, zero_stage=int(ds_config.get("zero_optimization", {}).get("stage", 0)),
-                     optimizer_offload=DeepSpeedView.of(ds_config).offload_optimizer)
+    view = DeepSpeedView.of(ds_config)
+    return RunLayout(batch=batch, zero_stage=view.zero_stage, optimizer_offload=view.offload_optimizer,
+                     trained=trained)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def _manifest_files(staging: Path, reports: list[dict[str, int]]) -> dict[str, i
 
 
 def _publish(checkpoint_dir: Path, staging: Path, tag: str, layout: RunLayout, files: dict[str, int]) -> None:
-    write_json_atomic(staging / MANIFEST, {"tag": tag, "layout": dataclasses.asdict(layout), "files": files})
+    write_json_atomic(staging / MANIFEST, {"tag": tag, "layout": layout.to_manifest(), "files": files})
     # The same step saved again (a run resumed at its last step) is replaced whole.
     replace_folder(staging, checkpoint_dir / tag, retired=checkpoint_dir / f".{tag}.partial-old")
     write_text_atomic(checkpoint_dir / LATEST, tag)
@@ -236,13 +238,13 @@ def _completeness_problem(folder: Path) -> tuple[str | None, RunLayout | None]:
     """(why the tag cannot be used, or None; its layout). Reads only the manifest and file sizes."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        layout = RunLayout(**manifest["layout"])
+        layout = RunLayout.from_manifest(manifest["layout"])
         files = {str(name): int(size) for name, size in manifest["files"].items()}
     except FileNotFoundError:
         return "no manifest.json (a save that did not finish, or written by an older ds_kronos)", None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"manifest.json is not valid ({type(exc).__name__}: {exc})", None
-    for rank in range(layout.world_size):
+    for rank in range(layout.batch.world_size):
         if _rng_name(rank) not in files:
             return f"the manifest lists no RNG state for rank {rank}", layout
     for name, size in files.items():

@@ -123,7 +123,7 @@ def convert_to_universal(checkpoint_dir: Path, tag: str) -> Conversion:
     except Exception as exc:  # DeepSpeed raises assorted types for unreadable or inconsistent checkpoints
         shutil.rmtree(staging, ignore_errors=True)
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--resume: DeepSpeed could not convert {checkpoint_dir / tag} to a universal checkpoint "
+        raise UserError(f"DeepSpeed could not convert {checkpoint_dir / tag} to a universal checkpoint "
                         f"for the new world size: {detail}") from None
     return Conversion(replace_folder(staging, target), time.perf_counter() - started, extract, merge)
 

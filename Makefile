@@ -10,11 +10,12 @@ DEMO_DIR ?= demo_runs
 
 setup: $(STAMP)
 
-$(STAMP): setup.py launch/install_torch.sh launch/install_libaio.sh
+$(STAMP): setup.py launch/install_torch.sh launch/install_libaio.sh launch/install_async_io.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@bash launch/install_torch.sh $(PY)
 	@bash launch/install_libaio.sh
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) launch/install_async_io.py
 	@touch $(STAMP)
 
 test: $(STAMP)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,14 +37,6 @@ def shm_left_as_found():
 
     left = sorted(buffers() - before - held_shm_names())  # one held by a live process is another job's
     assert not left, f"the test suite left {len(left)} DeepSpeed shm buffer(s) in /dev/shm: {left[:4]}"
-
-
-BUILD_ASYNC_IO = """
-from deepspeed.accelerator import get_accelerator
-builder = get_accelerator().create_op_builder("AsyncIOBuilder")
-if builder is not None and builder.is_compatible(verbose=False):
-    builder.load(verbose=False)
-"""
 
 
 # --- Two lanes: tests that start processes are marked ------------------------------------------------------------
@@ -92,27 +83,6 @@ def pytest_runtest_setup(item):
 def pytest_runtest_call(item):
     with _processes_refused(item):
         return (yield)
-
-
-_ASYNC_IO_BUILD = pytest.StashKey[subprocess.Popen]()
-
-
-def pytest_collection_finish(session):
-    """The NVMe test needs DeepSpeed's async I/O op, which a fresh machine compiles when it is first loaded (about
-    3 minutes on 2 cores). When the selected tests start processes, compile it at the lowest priority while they
-    run: they leave about a core idle on average (the launcher's start and end are single-threaded). A rank that
-    loads the op meanwhile waits on torch's build lock, so no run sees a half-built op; on a machine that has it,
-    this only loads it. The fast lane has no use for it."""
-    if not session.config.option.collectonly and any(item.get_closest_marker(PROCESSES) for item in session.items):
-        session.config.stash[_ASYNC_IO_BUILD] = subprocess.Popen(
-            [sys.executable, "-c", BUILD_ASYNC_IO], env={**os.environ, "DS_ACCELERATOR": "cpu"},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(19))
-
-
-def pytest_sessionfinish(session):
-    build = session.config.stash.get(_ASYNC_IO_BUILD, None)
-    if build is not None:
-        build.wait()  # never kill it: a killed build leaves torch's lock file behind, and every later load waits on it
 
 
 # ---------------------------------------------------------------------------------------------------------------------

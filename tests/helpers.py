@@ -60,7 +60,17 @@ def run_job(script: str, args: list[str], processes: int | None = None, timeout:
     captured; the exit code is the caller's to check."""
     command = ([sys.executable, str(REPO / "launch" / script), *args] if processes is None
                else launch_command(script, args, processes))
-    return subprocess.run(command, cwd=cwd, env=env(**extra_env), capture_output=True, text=True, timeout=timeout)
+    # Its own process group: a run past ``timeout`` is killed with its ranks (killing the launcher alone would leave
+    # them running, and one of them may hold a lock or a core that the next tests wait for).
+    with subprocess.Popen(command, cwd=cwd, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as job:
+        try:
+            stdout, stderr = job.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+            raise
+    return subprocess.CompletedProcess(command, job.returncode, stdout, stderr)
 
 
 def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py",

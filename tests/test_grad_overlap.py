@@ -143,7 +143,9 @@ for active in (True, False):
 report["same_weights"] = report["weights"][True] == report["weights"][False]
 report["steps"] = engine.global_steps
 del report["weights"]
-print("REPORT " + json.dumps(report), flush=True)
+# One file per rank: two ranks printing at once can interleave their lines.
+with open(sys.argv[-1] + f".rank{runtime.rank}.json", "w") as handle:  # after --local_rank
+    json.dump(report, handle)
 runtime.close()
 """
 
@@ -155,11 +157,11 @@ def test_bf16_steps_without_deepspeeds_overflow_all_reduce_into_bucket_views(tmp
     gradients as views into its buckets (no second copy), and give DeepSpeed's own weights bit for bit (2 ranks)."""
     script = tmp_path / "bf16_overlap.py"
     script.write_text(LOW_PRECISION_SCRIPT)
-    result = subprocess.run([str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port()), str(script)],
-                            cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run([str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port()), str(script),
+                             str(tmp_path / "report")], cwd=REPO, env=env(), capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    reports = [json.loads(line.split("REPORT ", 1)[1]) for line in result.stdout.splitlines() if "REPORT " in line]
-    assert len(reports) == 2, result.stdout[-3000:]
+    reports = [json.loads((tmp_path / f"report.rank{rank}.json").read_text()) for rank in (0, 1)]
     for report in reports:
         assert report["wrapper"] in ("FP16_Optimizer", "FP16_UnfusedOptimizer")
         assert report["steps"] == 3

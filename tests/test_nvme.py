@@ -4,6 +4,8 @@ op cannot work, and the clean-up. The real NVMe training run is in tests/test_sc
 from __future__ import annotations
 
 import copy
+import os
+import time
 
 import pytest
 
@@ -61,6 +63,48 @@ def test_unwritable_swap_folder_is_one_line(tmp_path):
         nvme.check_nvme_ready(blocker / "swap")
 
 
+class FakeOp:
+    """An op builder whose load is recorded, not compiled: torch's build folder rule still applies to its name."""
+    name = "ds_kronos_test_op"
+
+    def __init__(self):
+        self.loads = 0
+
+    def load(self, verbose: bool = False):
+        self.loads += 1
+
+
+def test_a_lock_left_by_an_interrupted_compile_is_one_line_not_an_endless_wait(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    op = FakeOp()
+    folder = nvme.async_io_build_folder(op)
+    assert folder == tmp_path / "extensions" / op.name
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / "lock"
+    lock.touch()
+    (folder / "build.ninja").touch()
+    nvme.load_async_io(op, announce=False)  # a compile in progress (files just changed): wait on it, as torch does
+    assert op.loads == 1
+    old = time.time() - nvme.STALE_BUILD_LOCK_S - 60
+    for path in (folder, lock, folder / "build.ninja"):
+        os.utime(path, (old, old))
+    with pytest.raises(UserError) as raised:
+        nvme.load_async_io(op, announce=False)
+    message = str(raised.value)
+    assert "\n" not in message and str(lock) in message and "remove the file" in message and op.loads == 1
+
+
+def test_the_first_compile_is_announced_once_built_it_is_not(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    op = FakeOp()
+    nvme.load_async_io(op)
+    assert "compiling DeepSpeed's async I/O op" in capsys.readouterr().out
+    (nvme.async_io_build_folder(op) / f"{op.name}.so").touch()
+    nvme.load_async_io(op)
+    nvme.load_async_io(op, announce=False)
+    assert capsys.readouterr().out == "" and op.loads == 3
+
+
 def _swap_tree(root, ranks=(0, 1)):
     for kind in ("optimizer", "bf16params"):
         for rank in ranks:
@@ -95,7 +139,7 @@ def prepare(monkeypatch, nvme_json):
 
     said: list[str] = []
     monkeypatch.setattr(nvme, "barrier", lambda: None)
-    monkeypatch.setattr(nvme, "check_nvme_ready", lambda folder: folder.mkdir(parents=True, exist_ok=True))
+    monkeypatch.setattr(nvme, "check_nvme_ready", lambda folder, announce: folder.mkdir(parents=True, exist_ok=True))
     monkeypatch.setattr(nvme, "say", said.append)
 
     def run(save_dir, nvme_dir=None, nvme_path=None, world_size=1, local=1):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,9 @@ def fill_nvme_path(ds_config: dict[str, Any], nvme_dir: str | None, save_dir: st
     return Path(paths.pop())
 
 
-def check_nvme_ready(swap_dir: Path) -> None:
-    """Stop with one line when the async I/O op cannot work here or the folder cannot be written."""
+def check_nvme_ready(swap_dir: Path, announce: bool = True) -> None:
+    """Stop with one line when the async I/O op cannot work here or the folder cannot be written; load the op
+    (``announce``: say so if it must be compiled first; one rank per node)."""
     from deepspeed.accelerator import get_accelerator
 
     builder = get_accelerator().create_op_builder("AsyncIOBuilder")
@@ -81,6 +83,55 @@ def check_nvme_ready(swap_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"--nvme_dir {swap_dir}: cannot write there ({exc.strerror or exc})") from None
+    load_async_io(builder, announce)
+
+
+# A compile of the async I/O op takes about 3 minutes on 2 cores; a build folder untouched for this long while its
+# lock is held was left by an interrupted compile.
+STALE_BUILD_LOCK_S = 15 * 60
+
+
+def async_io_build_folder(builder) -> Path | None:
+    """Where torch compiles the op (TORCH_EXTENSIONS_DIR or its default); None if torch no longer says."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory  # torch's own rule, private since 1.x
+        return Path(_get_build_directory(builder.name, verbose=False))
+    except (ImportError, TypeError, OSError):
+        return None
+
+
+def last_change(folder: Path) -> float:
+    """The latest modification time of ``folder`` or a file in it (files may vanish meanwhile: a build runs)."""
+    times = [folder.stat().st_mtime]
+    for path in folder.iterdir():
+        try:
+            times.append(path.stat().st_mtime)
+        except FileNotFoundError:
+            pass
+    return max(times)
+
+
+def load_async_io(builder=None, announce: bool = True) -> None:
+    """Load DeepSpeed's async I/O op now, as the engine would, compiling it on its first use on this machine
+    (``make setup`` does that once). Two failure modes of torch's compile-on-load are made visible: the minutes of
+    a first compile are announced, and a build lock left by an interrupted compile (torch would wait on it forever,
+    silently) stops the run with one line. Ranks may call it at once: torch's lock lets one compile."""
+    if builder is None:
+        from deepspeed.accelerator import get_accelerator
+        builder = get_accelerator().create_op_builder("AsyncIOBuilder")
+    folder = async_io_build_folder(builder)
+    if folder is not None:
+        lock = folder / "lock"
+        if lock.exists():
+            idle = time.time() - last_change(folder)
+            if idle > STALE_BUILD_LOCK_S:
+                raise UserError(f"{lock}: an interrupted compile of DeepSpeed's async I/O op left this lock, on "
+                                f"which every load waits forever (nothing in its folder has changed for "
+                                f"{idle / 60:.0f} minutes): remove the file and run again")
+        if announce and not (folder / f"{builder.name}.so").exists():
+            say(f"compiling DeepSpeed's async I/O op for NVMe offload in {folder} (its first use here; a few "
+                f"minutes)")
+    builder.load(verbose=False)
 
 
 def remove_swap_files(swap_dir: Path, rank: int | None = None, remove_dir: bool = False) -> int:
@@ -159,7 +210,7 @@ def prepare_swap_folder(ds_config: dict[str, Any], nvme_dir: str | None, save_di
         return None, False
     existed = swap_dir.exists()
     barrier()  # every rank has looked before any creates it
-    check_nvme_ready(swap_dir)
+    check_nvme_ready(swap_dir, announce=runtime.local_rank == 0)
     if runtime.local_rank == 0:
         freed = remove_swap_files(swap_dir)
         if freed and runtime.is_main:

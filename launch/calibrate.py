@@ -1,6 +1,6 @@
-"""Choose the sampler's temperature and top-p on the validation split (lowest CRPS of the close) and write them to
-the predictor folder's sampler.json, which launch/evaluate.py, launch/forecast.py and KronosForecaster.from_folders
-then use by default.
+"""Choose the sampler's temperature and top-p, and fit its spread factor (paths scaled around their mean), on the
+validation split (lowest CRPS of the close) and write them to the predictor folder's sampler.json, which
+launch/evaluate.py, launch/forecast.py and KronosForecaster.from_folders then use by default.
 
     python launch/calibrate.py --data PREPARED --tokenizer DIR --predictor DIR --sample_count 20
     DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/calibrate.py --data PREPARED ...   # symbols split over ranks

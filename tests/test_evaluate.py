@@ -176,6 +176,33 @@ def test_origin_windows_normalise_like_window_dataset(demo_prepared_dir):
     np.testing.assert_array_equal(windows.stamp, stamp.numpy())
 
 
+def test_the_evaluation_samples_with_the_spread_factor(demo_prepared_dir):
+    import dataclasses
+
+    import torch
+
+    from ds_kronos.evaluation.config import EvalConfig
+    from ds_kronos.evaluation.job import forecast_origins
+    from ds_kronos.evaluation.selection import select_evaluation
+    from ds_kronos.model import Kronos, KronosTokenizer
+
+    torch.manual_seed(0)
+    tokenizer, predictor = KronosTokenizer.from_preset("tiny"), Kronos.from_preset("tiny")
+    config = EvalConfig(data=str(demo_prepared_dir), tokenizer="tiny", predictor="tiny", max_origins_per_symbol=1,
+                        pred_len=3, sample_count=3, temperature=1.0, top_p=0.9)
+    selection = select_evaluation(config)
+    origins = selection.origins.for_rank(0, 4)
+
+    def paths(spread: float) -> np.ndarray:
+        return forecast_origins(dataclasses.replace(config, spread=spread), selection, origins, tokenizer, predictor,
+                                torch.device("cpu"), torch.Generator().manual_seed(1), None)
+
+    plain, wide = paths(1.0), paths(1.8)
+    mean = plain.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(wide, mean + 1.8 * (plain - mean), rtol=1e-5, atol=1e-5)
+    assert np.abs(plain - mean).max() > 0.01  # the paths differ, so the check means something
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # launch/evaluate.py
 # ---------------------------------------------------------------------------------------------------------------------

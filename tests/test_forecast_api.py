@@ -9,8 +9,9 @@ import torch
 
 from ds_kronos.data.csv_source import read_csv_file
 from ds_kronos.errors import DataError
-from ds_kronos.forecast import KronosForecaster, calendar_features, sample_paths
+from ds_kronos.forecast import KronosForecaster, calendar_features, sample_paths, widen_paths
 from ds_kronos.forecast.calendar import continue_timestamps, read_timestamps, timestamps_after
+from ds_kronos.forecast.sampler_file import SamplerSettings
 from ds_kronos.model import Kronos, KronosTokenizer
 from helpers import fixtures_dir
 
@@ -146,6 +147,32 @@ def test_forecast_batch_bands_are_the_quantiles_of_the_sampled_paths(forecaster,
         np.testing.assert_allclose(result[i]["volume"].to_numpy(), average[i, :, 4], rtol=1e-5)
     # Bands that are not degenerate: the paths differ.
     assert (result[0]["close_q0.9"] > result[0]["close_q0.1"]).any()
+
+
+def test_a_spread_factor_widens_the_bands_around_an_unchanged_mean(forecaster, kline_ns):
+    frames, x_ts, y_ts = kline_frames(kline_ns, 2, 48, 6)
+    kwargs = dict(quantiles=(0.1, 0.9), sample_count=5, top_p=0.9)
+    plain = forecaster.forecast_batch(frames, x_ts, y_ts, 6, generator=torch.Generator().manual_seed(3), **kwargs)
+    wide = KronosForecaster(forecaster.predictor, forecaster.tokenizer, sampler=SamplerSettings(spread=2.5))
+    widened = wide.forecast_batch(frames, x_ts, y_ts, 6, generator=torch.Generator().manual_seed(3), **kwargs)
+    for a, b in zip(plain, widened):
+        for field in ("close", "volume"):
+            np.testing.assert_allclose(b[field], a[field], rtol=1e-5)
+            for q in ("0.1", "0.9"):  # the same draws: each band is 2.5 times as far from the mean
+                np.testing.assert_allclose(b[f"{field}_q{q}"] - b[field], 2.5 * (a[f"{field}_q{q}"] - a[field]),
+                                           rtol=1e-4, atol=1e-3 * a[field].abs().max())
+    # The call's value wins over the forecaster's; the sampler's decoded history steps are left as they are.
+    again = wide.forecast_batch(frames, x_ts, y_ts, 6, generator=torch.Generator().manual_seed(3), spread=1.0,
+                                **kwargs)
+    pd.testing.assert_frame_equal(again[0], plain[0])
+    values = np.stack([f.to_numpy(dtype=np.float32) for f in frames])
+    x = torch.from_numpy((values - values.mean(axis=1, keepdims=True)) / (values.std(axis=1, keepdims=True) + 1e-5))
+    stamps = [torch.from_numpy(np.stack([calendar_features(t) for t in ts])) for ts in (x_ts, y_ts)]
+    paths = [sample_paths(forecaster.tokenizer, forecaster.predictor, x, *stamps, 512, 6, sample_count=5,
+                          generator=torch.Generator().manual_seed(3), spread=spread) for spread in (1.0, 2.5)]
+    assert torch.equal(paths[0][:, :, :-6], paths[1][:, :, :-6])
+    with pytest.raises(ValueError, match="spread must be a positive number"):
+        widen_paths(paths[0], 0.0)
 
 
 def test_predict_batch_is_the_band_mean_and_cache_free_path_agrees(forecaster, kline_ns):

@@ -115,14 +115,15 @@ def test_forecast_scores_are_the_crps_and_rank_ic_of_the_sampled_paths(demo_prep
     torch.manual_seed(0)
     tokenizer = KronosTokenizer.from_folder_or_preset(str(tiny_checkpoints[0]))
     model = Kronos.from_folder_or_preset(str(tiny_checkpoints[1]))
-    sampler = SamplerSettings()
+    sampler = SamplerSettings(spread=1.5)  # a calibrated sampler.json's spread factor applies here too
     validation = ForecastValidation(split, prepared.lookback, prepared.predict, origins=CHUNK_ORIGINS + 5, paths=4,
                                     clip=5.0, seed=7, sampler=sampler, max_context=512, pad_forwards=False)
     runtime = SimpleNamespace(rank=0, world_size=1, device=torch.device("cpu"))
     monkeypatch.setattr(forecast_validation, "all_reduce_sum", lambda tensor: tensor)
     scores = validation.score(SimpleNamespace(module=model), tokenizer, runtime)
 
-    # The same paths, one origin at a time (so batching does not matter), scored by the energy form of the CRPS.
+    # The same paths, one origin at a time (so batching does not matter), widened by hand around their mean and
+    # scored by the energy form of the CRPS.
     w, L, H = validation.windows, prepared.lookback, prepared.predict
     crps, returns = [], []
     for i, row in enumerate(validation.origins.rows):
@@ -130,6 +131,7 @@ def test_forecast_scores_are_the_crps_and_rank_ic_of_the_sampled_paths(demo_prep
         paths = sample_paths(tokenizer, model, torch.from_numpy(w.norm[i:i + 1, :L]),
                              torch.from_numpy(w.stamp[i:i + 1, :L]), torch.from_numpy(w.stamp[i:i + 1, L:]), 512, H,
                              5.0, sampler.temperature, 0, sampler.top_p, 4, [generator])[0, :, -H:, CLOSE].double()
+        paths = paths.mean(0) + 1.5 * (paths - paths.mean(0))
         actual = torch.from_numpy(w.norm[i, L:, CLOSE]).double()
         energy = (paths - actual).abs().mean(0) - (paths[:, None] - paths[None]).abs().mean((0, 1)) / 2
         crps.append(energy.mean().item())

@@ -6,7 +6,7 @@ memory-mapped split, scores the model against the point and probabilistic baseli
 the paths as a distribution: :mod:`ds_kronos.evaluation.scoring`) and writes the report (and, with
 ``--backtest``, runs pyqlib's TopkDropout backtest of the forecasts, see :mod:`ds_kronos.evaluation.backtest`).
 All input checks run before the process group is set up, so bad input fails fast with one line on every rank;
-so does the choice of the sampler's temperature/top-p (an option, else the predictor folder's ``sampler.json``,
+so does the choice of the sampler's temperature/top-p/spread (an option, else the predictor folder's ``sampler.json``,
 else upstream's defaults).
 """
 
@@ -115,7 +115,7 @@ def forecast_origins(config: EvalConfig, selection: EvaluationSet, origins: Orig
         y_stamp = torch.from_numpy(np.ascontiguousarray(win.stamp[:, lookback:])).to(device)
         paths = sample_paths(tokenizer, predictor, x, x_stamp, y_stamp, config.max_context, pred_len, config.clip,
                              config.temperature, config.top_k, config.top_p, config.sample_count, generator,
-                             config.use_cache)[:, :, -pred_len:, :]
+                             config.use_cache, 1.0 if config.spread is None else config.spread)[:, :, -pred_len:, :]
         out[start:start + len(rows)] = paths.cpu().numpy()
         done = start + len(rows)
         # About ten progress lines per run, whatever its size.
@@ -136,8 +136,8 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any] 
     selection = select_evaluation(config)
     # Explicit options, else the predictor folder's sampler.json, else upstream's defaults (checked here, before
     # any process group, so a bad file is one line).
-    sampler = resolve_sampler(config.predictor, config.temperature, config.top_p, config.sampler_file)
-    config = dataclasses.replace(config, temperature=sampler.temperature, top_p=sampler.top_p)
+    sampler = resolve_sampler(config.predictor, config.temperature, config.top_p, config.sampler_file, config.spread)
+    config = dataclasses.replace(config, temperature=sampler.temperature, top_p=sampler.top_p, spread=sampler.spread)
     # Seed before building preset (random) models: every rank must hold the same weights.
     torch.manual_seed(config.seed)
     tokenizer = KronosTokenizer.from_folder_or_preset(config.tokenizer)

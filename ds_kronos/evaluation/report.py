@@ -167,9 +167,11 @@ def format_significance(significance: dict[str, Any]) -> str:
 def format_sampler(sampler: dict[str, Any]) -> str:
     """Which sampling settings were used and where they came from."""
     sources = sampler["sources"]
-    where = sources["temperature"] if sources["temperature"] == sources["top_p"] else (
-        f"temperature: {sources['temperature']}, top_p: {sources['top_p']}")
-    return f"sampler: temperature {sampler['temperature']:g}, top_p {sampler['top_p']:g} (from {where})"
+    names = ("temperature", "top_p", "spread")
+    where = sources["temperature"] if len({sources[name] for name in names}) == 1 else ", ".join(
+        f"{name}: {sources[name]}" for name in names)
+    return (f"sampler: temperature {sampler['temperature']:g}, top_p {sampler['top_p']:g}, spread "
+            f"{sampler['spread']:g} (from {where})")
 
 
 PLOTTED_ROWS = ("model", "reference", "random_walk", "bootstrap")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ds_kronos.config import DEFAULT_MAX_CONTEXT, DEFAULT_TOP_P, ProcessOptions, option
 from ds_kronos.data.normalise import DEFAULT_CLIP
+from ds_kronos.forecast.sampler_file import MAX_SPREAD
 
 
 def clip_option(help: str = "clip normalised features to [-clip, clip] (as in training)") -> float:
@@ -28,7 +29,7 @@ def quantiles_option(default: tuple[float, ...], help: str) -> list[float]:
 class SamplingOptions:
     """How the autoregressive sampler draws paths: the options of every job that forecasts with it (forecast,
     evaluation). Defaults follow upstream's ``KronosPredictor.predict``; a predictor folder's ``sampler.json``
-    (ds_kronos.forecast.sampler_file) fills temperature and top-p where the options leave them unset."""
+    (ds_kronos.forecast.sampler_file) fills temperature, top-p and spread where the options leave them unset."""
 
     max_context: int = option(DEFAULT_MAX_CONTEXT, ge=1,
                               help="most tokens the predictor sees (older history is dropped)")
@@ -37,6 +38,9 @@ class SamplingOptions:
     top_k: int = option(0, help="keep the k most likely tokens (0: off; 1: greedy); takes precedence over top_p", ge=0)
     top_p: float | None = option(None, help=f"nucleus sampling mass, 1.0: off (default: the predictor folder's "
                                             f"sampler.json, else {DEFAULT_TOP_P})", gt=0, le=1)
+    spread: float | None = option(None, help="scale each forecast's sampled paths around their mean path by this "
+                                             "factor (default: the predictor folder's sampler.json, else 1.0: as "
+                                             "sampled)", gt=0, le=MAX_SPREAD)
     sampler_file: bool = option(True, help="use the sampling settings of the predictor folder's sampler.json "
                                            "(launch/calibrate.py) where an option does not set them; false: "
                                            "ignore the file")

@@ -61,8 +61,9 @@ class KronosForecaster:
 
     Missing ``volume``/``amount`` are filled as upstream (zeros; amount = volume x mean price). ``use_cache``
     selects incremental decoding (default) or upstream's full recomputation; both give the same forecasts.
-    ``sampler`` holds the temperature and top-p used where a call does not give them (default: upstream's);
-    :meth:`from_folders` takes them from the predictor folder's ``sampler.json`` when there is one.
+    ``sampler`` holds the temperature, top-p and spread factor used where a call does not give them (default:
+    upstream's, spread 1.0); :meth:`from_folders` takes them from the predictor folder's ``sampler.json`` when
+    there is one. The spread factor widens the bands around an unchanged mean (the mean forecast ignores it).
     """
 
     def __init__(self, predictor: Kronos, tokenizer: KronosTokenizer, device: str | torch.device = "cpu",
@@ -82,7 +83,7 @@ class KronosForecaster:
                      clip: float = DEFAULT_CLIP, use_cache: bool = True,
                      sampler_file: bool = True) -> "KronosForecaster":
         """Load a tokenizer and a predictor folder (or presets); the predictor folder's ``sampler.json``
-        (launch/calibrate.py) sets the default temperature and top-p unless ``sampler_file=False``."""
+        (launch/calibrate.py) sets the default temperature, top-p and spread unless ``sampler_file=False``."""
         sampler = resolve_sampler(predictor, None, None, sampler_file)
         return cls(Kronos.from_folder_or_preset(predictor), KronosTokenizer.from_folder_or_preset(tokenizer), device,
                    max_context, clip, use_cache, sampler)
@@ -108,14 +109,15 @@ class KronosForecaster:
     def forecast_values(self, values: Sequence[np.ndarray], x_stamps: Sequence[np.ndarray],
                         y_stamps: Sequence[np.ndarray], pred_len: int, quantiles: Sequence[float] = (),
                         temperature: float | None = None, top_k: int = 0, top_p: float | None = None,
-                        sample_count: int = 1, generator: Generators = None) -> Forecast:
+                        sample_count: int = 1, generator: Generators = None, spread: float | None = None) -> Forecast:
         """Forecast B series of equal history length from arrays: ``values`` [L, 6] (open, high, low, close,
         volume, amount), ``x_stamps`` [L, 5] / ``y_stamps`` [pred_len, 5] time features (:func:`calendar_features`).
-        ``temperature``/``top_p`` None: the forecaster's ``sampler`` settings.
+        ``temperature``/``top_p``/``spread`` None: the forecaster's ``sampler`` settings.
         """
         quantiles = check_quantiles(quantiles)
         temperature = self.sampler.temperature if temperature is None else temperature
         top_p = self.sampler.top_p if top_p is None else top_p
+        spread = self.sampler.spread if spread is None else spread
         if len({len(v) for v in values}) != 1:
             raise UserError(f"all series need the same history length, got {sorted({len(v) for v in values})}")
         xs, means, stds = [], [], []
@@ -131,7 +133,7 @@ class KronosForecaster:
 
         paths = sample_paths(self.tokenizer, self.predictor, tensor(xs), tensor(x_stamps), tensor(y_stamps),
                              self.max_context, pred_len, self.clip, temperature, top_k, top_p, sample_count,
-                             generator, self.use_cache)[:, :, -pred_len:, :]
+                             generator, self.use_cache, spread)[:, :, -pred_len:, :]
         # Mean and quantiles in normalised units, then de-normalised: both commute with the positive affine map.
         mean_norm = paths.mean(dim=1).cpu().numpy()
         std, shift = np.stack(stds)[:, None, :], np.stack(means)[:, None, :]
@@ -164,12 +166,12 @@ class KronosForecaster:
     def forecast_batch(self, dfs: Sequence[pd.DataFrame], x_timestamps: Sequence, y_timestamps: Sequence,
                        pred_len: int, quantiles: Sequence[float] = (0.1, 0.5, 0.9), temperature: float | None = None,
                        top_k: int = 0, top_p: float | None = None, sample_count: int = 20,
-                       generator: Generators = None) -> list[pd.DataFrame]:
+                       generator: Generators = None, spread: float | None = None) -> list[pd.DataFrame]:
         """Mean and quantile bands per series: columns ``open, open_q0.1, ..., amount_q0.9`` (each field's mean,
         then its quantiles), indexed by the future timestamps."""
         values, x_stamps, y_stamps = self._inputs(dfs, x_timestamps, y_timestamps, pred_len)
         result = self.forecast_values(values, x_stamps, y_stamps, pred_len, quantiles, temperature, top_k, top_p,
-                                      sample_count, generator)
+                                      sample_count, generator, spread)
         return [forecast_frame(result, i, pd.DatetimeIndex(pd.to_datetime(y_timestamps[i])))
                 for i in range(len(dfs))]
 

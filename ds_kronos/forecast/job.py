@@ -54,8 +54,8 @@ def run_forecast(config: ForecastConfig, log: Callable[[str], None] = say) -> di
 def _forecast(config: ForecastConfig, log: Callable[[str], None]) -> dict[str, Any] | None:
     t0 = time.perf_counter()
     inputs = load_inputs(config)
-    sampler = resolve_sampler(config.predictor, config.temperature, config.top_p, config.sampler_file)
-    config = dataclasses.replace(config, temperature=sampler.temperature, top_p=sampler.top_p)
+    sampler = resolve_sampler(config.predictor, config.temperature, config.top_p, config.sampler_file, config.spread)
+    config = dataclasses.replace(config, temperature=sampler.temperature, top_p=sampler.top_p, spread=sampler.spread)
     torch.manual_seed(config.seed)  # before building preset (random) models: every rank holds the same weights
     tokenizer = KronosTokenizer.from_folder_or_preset(config.tokenizer)
     predictor = Kronos.from_folder_or_preset(config.predictor)
@@ -74,7 +74,8 @@ def _forecast(config: ForecastConfig, log: Callable[[str], None]) -> dict[str, A
     if main:
         log(f"forecasting {len(inputs.series)} series from {inputs.source} (lookback {config.lookback}, pred_len "
             f"{config.pred_len}, {config.sample_count} sampled path(s), temperature {sampler.temperature:g}, top_p "
-            f"{sampler.top_p:g} from {sampler.sources['top_p']}) on {runtime.world_size} rank(s)")
+            f"{sampler.top_p:g}, spread {sampler.spread:g} from {sampler.sources['top_p']}) on {runtime.world_size} "
+            f"rank(s)")
         for symbol, reason in inputs.skipped:
             log(f"skipped {symbol}: {reason}")
         if config.sample_count == 1:
@@ -88,7 +89,7 @@ def _forecast(config: ForecastConfig, log: Callable[[str], None]) -> dict[str, A
         result = forecaster.forecast_values(
             [s.values for s in series], [time_features(s.timestamps).astype(np.float32) for s in series],
             [time_features(inputs.future[i]).astype(np.float32) for i in batch], config.pred_len, computed,
-            config.temperature, config.top_k, config.top_p, config.sample_count, generators)
+            config.temperature, config.top_k, config.top_p, config.sample_count, generators, config.spread)
         written = select_quantiles(result, wanted)
         for j, i in enumerate(batch):
             write_csv(out / f"{names[i]}.csv", written, j, inputs.future[i])

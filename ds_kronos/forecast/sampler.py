@@ -17,12 +17,15 @@ cache from the new window at that step, which is exactly the recomputation (the 
 only).
 
 Differences from upstream: the models are put in eval mode for the call (upstream leaves dropout on if the
-caller forgot), and a tokenizer/predictor pair with different bit widths is refused.
+caller forgot), and a tokenizer/predictor pair with different bit widths is refused. :func:`sample_paths` can
+also widen (or narrow) the forecast paths around their mean by a spread factor (:func:`widen_paths`), the
+post-processing step that ``launch/calibrate.py`` fits on validation and records in ``sampler.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -129,15 +132,27 @@ def generate_tokens(predictor: Kronos, s1_ids: torch.Tensor, s2_ids: torch.Tenso
     return s1_all, s2_all
 
 
+def widen_paths(paths: torch.Tensor, spread: float) -> torch.Tensor:
+    """Sampled paths [B, S, T, F] scaled around their mean over the S paths by ``spread``, for each series, step and
+    feature: x_j -> m + spread (x_j - m), m the mean path. The mean (the point forecast) stays; every path's
+    deviation from it, and so the spread of the paths and their quantile bands' width, is multiplied by
+    ``spread`` (a forecast's dependence across steps and features is kept). Returns a new tensor."""
+    if not (math.isfinite(spread) and spread > 0):
+        raise ValueError(f"spread must be a positive number, got {spread!r}")
+    mean = paths.mean(dim=1, keepdim=True)
+    return mean + spread * (paths - mean)
+
+
 @torch.no_grad()
 def sample_paths(tokenizer: KronosTokenizer, predictor: Kronos, x: torch.Tensor, x_stamp: torch.Tensor,
                  y_stamp: torch.Tensor, max_context: int, pred_len: int, clip: float = DEFAULT_CLIP,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = INFERENCE_TOP_P, sample_count: int = 5,
-                 generator: Generators = None, use_cache: bool = True) -> torch.Tensor:
+                 generator: Generators = None, use_cache: bool = True, spread: float = 1.0) -> torch.Tensor:
     """Every sampled path after normalised history ``x`` [B, L, 6]: float32 [B, sample_count, keep, 6] with
     keep = ``min(L + pred_len, max_context)`` decoded steps in normalised units (the last ``pred_len`` are the
     forecast). ``generator`` may be a sequence of B generators, one per series: a series' paths then do not
-    depend on which other series share its batch."""
+    depend on which other series share its batch. ``spread`` != 1 scales the forecast steps around their mean
+    path (:func:`widen_paths`; the decoded history steps are left as they are)."""
     check_pair(tokenizer, predictor)
     batch = x.shape[0]
     if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != batch:
@@ -155,7 +170,10 @@ def sample_paths(tokenizer: KronosTokenizer, predictor: Kronos, x: torch.Tensor,
                                                use_cache)
         keep = min(x.shape[1] + pred_len, max_context)
         decoded = tokenizer.decode([s1_tokens[:, -keep:], s2_tokens[:, -keep:]], half=True)
-        return decoded.float().reshape(batch, sample_count, keep, -1)
+        paths = decoded.float().reshape(batch, sample_count, keep, -1)
+        if spread != 1.0:
+            paths[:, :, -pred_len:] = widen_paths(paths[:, :, -pred_len:], spread)
+        return paths
 
 
 @torch.no_grad()

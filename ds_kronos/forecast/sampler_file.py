@@ -2,8 +2,13 @@
 
 The file is plain JSON checked against a small schema (it is read with :func:`json.loads`, never executed or
 unpickled), so a file that is not ours, or holds a value out of range, is one clear line. Upstream's loader
-ignores it. Which settings a job uses, in order: an explicit option (``--temperature``, ``--top_p``), else the
-predictor folder's ``sampler.json`` (unless ``--sampler_file false``), else upstream's defaults (T 1.0, top-p 0.9).
+ignores it. Which settings a job uses, in order: an explicit option (``--temperature``, ``--top_p``,
+``--spread``), else the predictor folder's ``sampler.json`` (unless ``--sampler_file false``), else upstream's
+defaults (T 1.0, top-p 0.9, and no spread factor: 1.0).
+
+The spread factor scales each origin's sampled paths around their mean (:func:`ds_kronos.forecast.sampler.widen_paths`),
+an ensemble post-processing step fitted on validation by ``launch/calibrate.py``. Version 2 of the file added it; a
+version-1 file (no ``spread``) still reads, with spread 1.0.
 """
 
 from __future__ import annotations
@@ -20,27 +25,31 @@ from ds_kronos.jsonio import write_json_atomic
 
 SAMPLER_FILE = "sampler.json"
 FORMAT = "ds_kronos.sampler"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 had no spread factor
 DEFAULT_TEMPERATURE = 1.0
 MAX_TEMPERATURE = 100.0  # a larger value samples uniformly in practice: a file asking for it is not sane
+DEFAULT_SPREAD = 1.0  # the paths as sampled
+MAX_SPREAD = 10.0  # ten times the sampled spread is no longer a correction of the model's paths: not sane
 MAX_FILE_BYTES = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
-    """Temperature and nucleus mass of the sampler, and where each came from."""
+    """Temperature, nucleus mass and spread factor of the sampler, and where each came from."""
 
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
-    sources: dict[str, str] = dataclasses.field(default_factory=lambda: {"temperature": "default",
-                                                                          "top_p": "default"})
+    spread: float = DEFAULT_SPREAD
+    sources: dict[str, str] = dataclasses.field(default_factory=lambda: {"temperature": "default", "top_p": "default",
+                                                                          "spread": "default"})
     file: str | None = None                 # the sampler.json read, if any
     calibration: dict[str, Any] | None = None  # what that file says about how it was chosen
 
     def describe(self) -> dict[str, Any]:
         """The report's ``sampler`` section."""
-        return {"temperature": self.temperature, "top_p": self.top_p, "sources": dict(self.sources),
-                "file": self.file, "calibration": self.calibration}
+        return {"temperature": self.temperature, "top_p": self.top_p, "spread": self.spread,
+                "sources": dict(self.sources), "file": self.file, "calibration": self.calibration}
 
 
 def _number(value: Any, name: str, path: Path, low: float, high: float, low_open: bool) -> float:
@@ -64,16 +73,20 @@ def read_sampler_file(path: str | Path) -> SamplerSettings:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ConfigError(f"{path}: not a ds_kronos sampler file (expected \"format\": \"{FORMAT}\"; written by "
                           f"launch/calibrate.py); remove it or pass --sampler_file false")
-    if payload.get("version") != VERSION:
-        raise ConfigError(f"{path}: sampler file version {payload.get('version')!r}, this ds_kronos reads "
-                          f"version {VERSION}")
+    version = payload.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise ConfigError(f"{path}: sampler file version {version!r}, this ds_kronos reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}")
     temperature = _number(payload.get("temperature"), "temperature", path, 0.0, MAX_TEMPERATURE, True)
     top_p = _number(payload.get("top_p"), "top_p", path, 0.0, 1.0, True)
+    spread = (DEFAULT_SPREAD if version == 1 else
+              _number(payload.get("spread"), "spread", path, 0.0, MAX_SPREAD, True))
     calibration = payload.get("calibration")
     if calibration is not None and not isinstance(calibration, dict):
         raise ConfigError(f"{path}: 'calibration' must be an object, got {type(calibration).__name__}")
     source = f"{SAMPLER_FILE} ({path})"
-    return SamplerSettings(temperature, top_p, {"temperature": source, "top_p": source}, str(path), calibration)
+    return SamplerSettings(temperature, top_p, spread, {"temperature": source, "top_p": source, "spread": source},
+                           str(path), calibration)
 
 
 def sampler_file_of(predictor: str | None) -> Path | None:
@@ -85,22 +98,20 @@ def sampler_file_of(predictor: str | None) -> Path | None:
 
 
 def resolve_sampler(predictor: str | None, temperature: float | None, top_p: float | None,
-                    use_file: bool = True) -> SamplerSettings:
+                    use_file: bool = True, spread: float | None = None) -> SamplerSettings:
     """The settings a job samples with: explicit values, else the folder's sampler.json, else the defaults."""
     path = sampler_file_of(predictor) if use_file else None
     base = read_sampler_file(path) if path is not None else SamplerSettings()
-    sources = dict(base.sources)
-    if temperature is not None:
-        sources["temperature"] = "command line"
-    if top_p is not None:
-        sources["top_p"] = "command line"
-    return dataclasses.replace(base, temperature=base.temperature if temperature is None else float(temperature),
-                               top_p=base.top_p if top_p is None else float(top_p), sources=sources)
+    explicit = {name: float(value) for name, value in
+                (("temperature", temperature), ("top_p", top_p), ("spread", spread)) if value is not None}
+    sources = {**base.sources, **{name: "command line" for name in explicit}}
+    return dataclasses.replace(base, **explicit, sources=sources)
 
 
-def write_sampler_file(path: str | Path, temperature: float, top_p: float, calibration: dict[str, Any]) -> Path:
+def write_sampler_file(path: str | Path, temperature: float, top_p: float, spread: float,
+                       calibration: dict[str, Any]) -> Path:
     """Write a sampler.json atomically (a reader never sees half a file); returns its path."""
     path = Path(path)
     write_json_atomic(path, {"format": FORMAT, "version": VERSION, "temperature": float(temperature),
-                             "top_p": float(top_p), "calibration": calibration})
+                             "top_p": float(top_p), "spread": float(spread), "calibration": calibration})
     return path

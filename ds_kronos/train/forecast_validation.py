@@ -158,5 +158,6 @@ class ForecastValidation:
             generators.append(generator)
         paths = sample_paths(tokenizer, model, tensor(w.norm[chunk, :L], dtype), tensor(w.stamp[chunk, :L]),
                              tensor(w.stamp[chunk, L:]), self.max_context, self.pred_len, self.clip,
-                             self.sampler.temperature, 0, self.sampler.top_p, self.paths, generators)
+                             self.sampler.temperature, 0, self.sampler.top_p, self.paths, generators,
+                             spread=self.sampler.spread)
         return paths[:, :, -self.pred_len:, CLOSE].double().cpu().numpy()

@@ -65,7 +65,7 @@ class ScaleRunConfig:
     work_dir: str = option("runs/scale_run", help="demo data, run folders and NVMe swap files go here")
     data: str | None = option(None, help="prepared dataset (default: the demo market, prepared into --work_dir)")
     keep_runs: bool = option(False, help="keep each run's folder (checkpoints and exported models)")
-    from_checkpoint: bool = option(False, help="start from a checkpoint folder of the preset's random init (written "
+    from_model_folder: bool = option(False, help="start from a model folder of the preset's random init (written "
                                    "once into --work_dir by a plain process) instead of the preset: measures "
                                    "streamed loading into the partitioned model")
     timeout_s: float = option(3600.0, help="seconds one run may take", gt=0)
@@ -165,7 +165,7 @@ def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[st
     shutil.rmtree(run_dir, ignore_errors=True)
     swap_dir = run_dir / "nvme_swap" if OFFLOAD[config] == "nvme" else None
     run_dir.mkdir(parents=True)
-    predictor = str(preset_checkpoint(Path(cfg.work_dir), variant)) if cfg.from_checkpoint else variant
+    predictor = str(preset_checkpoint(Path(cfg.work_dir), variant)) if cfg.from_model_folder else variant
     # The shipped JSON with this benchmark's learning rate (the trainer refuses --lr that contradicts the file).
     from ds_kronos.deepspeed_json.resolve import load_ds_config
     ds_json = load_ds_config(config)
@@ -216,7 +216,7 @@ def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[st
         "sec_per_step": round(statistics.median(later), 3) if later else None,
         "sec_per_step_spread": [round(min(later), 3), round(max(later), 3)] if later else None,
         "samples_per_s": round(global_batch / statistics.median(later), 3) if later else None,
-        "from_checkpoint": cfg.from_checkpoint, "rank_model_peak_rss_bytes": memory["model_peak_rss_bytes"],
+        "from_model_folder": cfg.from_model_folder, "rank_model_peak_rss_bytes": memory["model_peak_rss_bytes"],
         "rank_peak_rss_bytes": memory["peak_rss_bytes"], "rank_build_peak_rss_bytes": memory["build_peak_rss_bytes"],
         "machine_peak_rss_bytes": machine_peak, "nvme_peak_bytes": sampler.swap_peak,
         "nvme_left_after_run": folder_bytes(swap_dir) if swap_dir is not None and swap_dir.exists() else 0,

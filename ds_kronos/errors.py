@@ -30,8 +30,13 @@ class ConfigError(UserError):
     """An invalid option or config file."""
 
 
+class ModelFolderError(UserError):
+    """A model folder (upstream's published format: config.json + model.safetensors) or preset name that cannot be
+    loaded: missing files, unexpected or mis-shaped tensors, a hub id not on this machine."""
+
+
 class CheckpointError(UserError):
-    """A checkpoint folder that cannot be loaded (missing files, unexpected or mis-shaped tensors, hub ids)."""
+    """A training checkpoint (DeepSpeed's state under save_dir/checkpoints) that cannot be resumed from."""
 
 
 class DataError(UserError):

@@ -116,7 +116,7 @@ def demo_prepared_dir(demo_qlib_dir, tmp_path_factory) -> Path:
 # --- Training fixtures (tests/test_train*.py, tests/test_scale.py) -------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
-    """A seeded tiny tokenizer and predictor saved as checkpoint folders (the runs' starting point)."""
+    """A seeded tiny tokenizer and predictor saved as model folders (the runs' starting point)."""
     folder = tmp_path_factory.mktemp("tiny_models")
     torch.manual_seed(SEED)
     KronosTokenizer.from_preset("tiny").save_pretrained(folder / "tokenizer")

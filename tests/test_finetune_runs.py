@@ -2,7 +2,7 @@
 
 Four 2-rank runs, two at a time, and one 1-rank resume:
 - ``lora_zero2``: LoRA at ZeRO-2 (fp32, teacher forcing: deterministic), checkpoints every 3 steps;
-- ``lora_zero3``: LoRA at ZeRO-3, bf16, partitioned construction from the checkpoint folder, activation
+- ``lora_zero3``: LoRA at ZeRO-3, bf16, partitioned construction from the model folder, activation
   checkpointing;
 - ``freeze_zero0``: --finetune freeze at ZeRO-0, bf16;
 - ``lora_resumed`` (2 ranks) and ``lora_elastic`` (1 rank): ``lora_zero2`` stopped after its step-3 checkpoint and

@@ -81,7 +81,7 @@ def test_csv_forecasts_files_calendar_and_values(single_run, csv_files, tiny_che
                                                                           <= bbb[f"{field}_q0.9"]).all()
 
     # The numbers are the model's forecast of BBB's last LOOKBACK bars with series 1's own generator.
-    torch.manual_seed(0)  # --seed 0: the weights come from the checkpoint folders anyway
+    torch.manual_seed(0)  # --seed 0: the weights come from the model folders anyway
     forecaster = KronosForecaster(Kronos.from_pretrained(tiny_checkpoints[1]),
                                   KronosTokenizer.from_pretrained(tiny_checkpoints[0]))
     from ds_kronos.data.series import time_features

@@ -271,8 +271,8 @@ def test_build_and_load_can_be_the_peak():
     """ZeRO-2 bf16 from a checkpoint: full fp32 model + state dict, then the exact fp32 copy next to the engine's
     states; ZeRO-3 (zero.Init) builds and loads a shard and one module at a time."""
     counts = model_counts("large")
-    zero2 = plan(_cpu_node(variant="large", zero=2, from_checkpoint=True)).estimate
-    zero3 = plan(_cpu_node(variant="large", zero=3, from_checkpoint=True)).estimate
+    zero2 = plan(_cpu_node(variant="large", zero=2, from_model_folder=True)).estimate
+    zero3 = plan(_cpu_node(variant="large", zero=3, from_model_folder=True)).estimate
     assert zero2.rank_build == {"model": 4 * counts.total_params, "checkpoint": 4 * counts.total_params,
                                 "fp32_copy": 4 * counts.total_params}
     assert zero2.rank_build_peak > zero3.rank_build_peak

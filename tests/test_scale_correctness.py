@@ -114,7 +114,7 @@ def test_world_size_invariance(invariance_runs):
 
 @pytest.mark.processes
 def test_preset_initialisation_is_the_same_at_every_zero_stage(demo_prepared_dir, tiny_checkpoints, tmp_path):
-    """From a preset (not a checkpoint folder) with the same --seed: ZeRO-3's partitioned construction
+    """From a preset (not a model folder) with the same --seed: ZeRO-3's partitioned construction
     (deepspeed.zero.Init) draws the same initial weights as a plain build, so initial_model/, the first validation
     loss and the run itself match across stages and world sizes."""
     layouts = {"1x16_zero0": (1, "ds_configs/zero0.json", 16, 1), "2x4x2_zero3": (2, "ds_configs/zero3.json", 4, 2)}

@@ -51,7 +51,7 @@ from ds_kronos.forecast.sampler_file import (
     SAMPLER_FILE,
     write_sampler_file,
 )
-from ds_kronos.model.published import names_checkpoint
+from ds_kronos.model.published import names_model_folder
 from ds_kronos.runtime import distributed_failures, init_runtime
 
 
@@ -61,8 +61,8 @@ class CalibrateConfig(ProcessOptions):
     close); write sampler.json next to the predictor."""
 
     data: str | None = option(None, help="prepared dataset folder (launch/prepare_data.py output)")
-    tokenizer: str | None = option(None, help="tokenizer checkpoint folder, or a preset name (random weights)")
-    predictor: str | None = option(None, help="predictor checkpoint folder (sampler.json is written into it)")
+    tokenizer: str | None = option(None, help="tokenizer model folder, or a preset name (random weights)")
+    predictor: str | None = option(None, help="predictor model folder (sampler.json is written into it)")
     sampler_out: str | None = option(None, help=f"where to write the chosen settings (default: the predictor "
                                                 f"folder's {SAMPLER_FILE})")
     split: str = option("val", choices=SPLITS, help="split the settings are chosen on")
@@ -95,8 +95,8 @@ class CalibrateConfig(ProcessOptions):
         problems = prepared_data_problems(self.data)
         for name in ("tokenizer", "predictor"):
             if not getattr(self, name):
-                problems.append(f"--{name} is required: a checkpoint folder or a preset name")
-        if self.predictor and not self.sampler_out and not names_checkpoint(self.predictor):
+                problems.append(f"--{name} is required: a model folder or a preset name")
+        if self.predictor and not self.sampler_out and not names_model_folder(self.predictor):
             problems.append(f"--predictor {self.predictor} is not a folder: give --sampler_out FILE")
         if self.check_split is not None and self.check_split not in SPLITS:
             problems.append(f"--check_split must be one of {', '.join(SPLITS)} or none, got "

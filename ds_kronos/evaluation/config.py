@@ -21,8 +21,8 @@ class EvalConfig(SamplingOptions, ProcessOptions):
     """Forecast a prepared split from rolling origins and score the forecasts against naive baselines."""
 
     data: str | None = option(None, help="prepared dataset folder (launch/prepare_data.py output)")
-    tokenizer: str | None = option(None, help="tokenizer checkpoint folder, or a preset name (random weights)")
-    predictor: str | None = option(None, help="predictor checkpoint folder, or a preset name (random weights)")
+    tokenizer: str | None = option(None, help="tokenizer model folder, or a preset name (random weights)")
+    predictor: str | None = option(None, help="predictor model folder, or a preset name (random weights)")
     reference_predictor: str | None = option(
         None, help="a second predictor (e.g. the starting point of fine-tuning) forecast on the same origins with "
                    "the same sampler seeds and reported as 'reference'")
@@ -71,7 +71,7 @@ class EvalConfig(SamplingOptions, ProcessOptions):
         problems = prepared_data_problems(self.data) + output_dir_problems("--out", self.out)
         for name in ("tokenizer", "predictor"):
             if not getattr(self, name):
-                problems.append(f"--{name} is required: a checkpoint folder or a preset name")
+                problems.append(f"--{name} is required: a model folder or a preset name")
         if not self.out:
             problems.append("--out must name a folder")
         if self.pred_len is not None and self.pred_len > self.max_context:

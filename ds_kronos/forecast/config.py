@@ -52,10 +52,10 @@ class SamplingOptions:
 class ForecastConfig(SamplingOptions, ProcessOptions):
     """Forecast the next bars of one or more series: a CSV (mean and quantile bands) and a PNG per series."""
 
-    tokenizer: str | None = option(None, help="tokenizer: a checkpoint folder (fine-tuned, or a published one such "
+    tokenizer: str | None = option(None, help="tokenizer: a model folder (fine-tuned, or a published one such "
                                               "as ./Kronos-Tokenizer-base), a hub id already in the local Hugging "
                                               "Face cache, or a preset name (random weights)")
-    predictor: str | None = option(None, help="predictor: a checkpoint folder (e.g. runs/predictor/best_model), a "
+    predictor: str | None = option(None, help="predictor: a model folder (e.g. runs/predictor/best_model), a "
                                               "cached hub id, or a preset name (random weights)")
     csv: list[str] | None = option(None, nargs="+", help="CSV files, one series each (symbol = file stem; columns "
                                                          "as launch/prepare_data.py reads them)")
@@ -85,7 +85,7 @@ class ForecastConfig(SamplingOptions, ProcessOptions):
         problems = []
         for name in ("tokenizer", "predictor"):
             if not getattr(self, name):
-                problems.append(f"--{name} is required: a checkpoint folder or a preset name")
+                problems.append(f"--{name} is required: a model folder or a preset name")
         if bool(self.csv) == bool(self.qlib_dir):
             problems.append("give the series to forecast with either --csv FILE [FILE ...] or --qlib_dir DIR "
                             "--instrument NAMES")

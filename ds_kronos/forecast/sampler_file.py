@@ -90,7 +90,7 @@ def read_sampler_file(path: str | Path) -> SamplerSettings:
 
 
 def sampler_file_of(predictor: str | None) -> Path | None:
-    """The sampler.json of a predictor checkpoint folder, if there is one (a preset name has none)."""
+    """The sampler.json of a predictor model folder, if there is one (a preset name has none)."""
     if not predictor:
         return None
     candidate = Path(predictor) / SAMPLER_FILE

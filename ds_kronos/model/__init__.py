@@ -1,4 +1,4 @@
-"""The Kronos model family: tokenizer, predictor, their configs/presets and the published checkpoint format."""
+"""The Kronos model family: tokenizer, predictor, their configs/presets and the published model format."""
 
 from ds_kronos.model.configs import (
     PREDICTOR_PRESETS,

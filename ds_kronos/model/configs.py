@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ds_kronos.errors import CheckpointError
+from ds_kronos.errors import ModelFolderError
 
 MAX_BITS = 16
 """Largest s1_bits / s2_bits accepted: embeddings and heads have 2**bits rows (65,536 at 16; 40 bits would ask for
@@ -48,11 +48,11 @@ class _HubConfig:
                 parts.append(f"missing key(s) {', '.join(missing)}")
             if unknown:
                 parts.append(f"unexpected key(s) {', '.join(unknown)}")
-            raise CheckpointError(f"{source}: not a {cls.__name__} config: {'; '.join(parts)}")
+            raise ModelFolderError(f"{source}: not a {cls.__name__} config: {'; '.join(parts)}")
         config = cls(**{n: values[n] for n in names})
         problems = config.problems()
         if problems:
-            raise CheckpointError(f"{source}: invalid {cls.__name__}: {'; '.join(problems)}")
+            raise ModelFolderError(f"{source}: invalid {cls.__name__}: {'; '.join(problems)}")
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,6 +213,6 @@ PREDICTOR_ALIASES = {f"kronos-{name}": name for name in ("mini", "small", "base"
 def resolve_preset(name: str, presets: dict[str, Any], aliases: dict[str, str], kind: str) -> Any:
     key = aliases.get(name.lower(), name.lower())
     if key not in presets:
-        raise CheckpointError(f"unknown {kind} preset {name!r}; choose one of {', '.join(presets)}")
+        raise ModelFolderError(f"unknown {kind} preset {name!r}; choose one of {', '.join(presets)}")
     return presets[key]
 

@@ -5,7 +5,7 @@ so no rank ever holds the whole model. Two things then need care:
 
 - initialisation that runs after the submodules exist (``Kronos._init_weights``) must gather a module's
   parameters to write them (:func:`modifiable`);
-- a checkpoint folder is loaded one module at a time: rank 0 reads each tensor from the safetensors file (memory
+- a model folder is loaded one module at a time: rank 0 reads each tensor from the safetensors file (memory
   mapped: only that tensor is materialised) into the gathered module, and DeepSpeed re-partitions it on exit
   (:func:`load_partitioned`). Every rank holds at most one module in full at any moment.
 
@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from ds_kronos.errors import CheckpointError
+from ds_kronos.errors import ModelFolderError
 
 
 def is_partitioned(param: torch.Tensor) -> bool:
@@ -61,7 +61,7 @@ class SafetensorsTensors(Mapping[str, torch.Tensor]):
         try:
             self._file = safe_open(self.path, framework="pt")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{self.path}: unreadable safetensors file ({exc})") from None
+            raise ModelFolderError(f"{self.path}: unreadable safetensors file ({exc})") from None
         self._mapped = 0
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -100,7 +100,7 @@ def expected_shapes(model: nn.Module) -> dict[str, torch.Size]:
 def load_partitioned(model: nn.Module, weights: SafetensorsTensors, rank: int) -> None:
     """Load every tensor of ``weights`` into ``model`` (partitioned or not), one module at a time.
 
-    Names and shapes are checked against the file's header first, so a mismatch is one CheckpointError naming the
+    Names and shapes are checked against the file's header first, so a mismatch is one ModelFolderError naming the
     tensors, raised on every rank before any collective. Collective under ZeRO-3: call on every rank.
     """
     from ds_kronos.model.published import check_state_dict
@@ -122,7 +122,7 @@ def load_partitioned(model: nn.Module, weights: SafetensorsTensors, rank: int) -
 
 def build_partitioned(cls: type[nn.Module], name_or_path: str, ds_config: dict, rank: int
                       ) -> tuple[nn.Module, SafetensorsTensors | None]:
-    """``cls`` (Kronos) built under ``deepspeed.zero.Init`` from a checkpoint folder or a preset name, and the
+    """``cls`` (Kronos) built under ``deepspeed.zero.Init`` from a model folder or a preset name, and the
     folder's weights reader (None for a preset). Collective: call on every rank with the same arguments.
 
     A preset is initialised as in a plain build (same seed, same values: the init gathers each module); a folder's
@@ -130,10 +130,10 @@ def build_partitioned(cls: type[nn.Module], name_or_path: str, ds_config: dict, 
     """
     import deepspeed
 
-    from ds_kronos.model.published import names_checkpoint, read_config, resolve_folder, weights_file
+    from ds_kronos.model.published import names_model_folder, read_config, resolve_folder, weights_file
 
     weights = None
-    if names_checkpoint(name_or_path):
+    if names_model_folder(name_or_path):
         folder = resolve_folder(name_or_path)
         config = cls.config_class.from_dict(read_config(folder), source=str(folder / "config.json"))
         weights = SafetensorsTensors(weights_file(folder))

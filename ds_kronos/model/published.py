@@ -1,4 +1,4 @@
-"""The published checkpoint format: a folder with ``config.json`` and ``model.safetensors``.
+"""The published model format: a folder (a "model folder") with ``config.json`` and ``model.safetensors``.
 
 This is what huggingface_hub's ``PyTorchModelHubMixin`` writes for the upstream Kronos classes: the config holds
 the constructor arguments (sorted keys), the safetensors file every state-dict entry in float32 (buffers
@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ds_kronos.atomic import replace_folder, temporary_sibling
-from ds_kronos.errors import CheckpointError
+from ds_kronos.errors import ModelFolderError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -47,26 +47,26 @@ M = TypeVar("M", bound="PretrainedMixin")
 
 
 def resolve_folder(name_or_path: str | os.PathLike) -> Path:
-    """Local checkpoint folder for a path, or for a hub id already in the local Hugging Face cache."""
+    """Local model folder for a path, or for a hub id already in the local Hugging Face cache."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     if path.exists():
-        raise CheckpointError(f"{path}: expected a checkpoint folder (config.json + model.safetensors), got a file")
+        raise ModelFolderError(f"{path}: expected a model folder (config.json + model.safetensors), got a file")
     text = str(name_or_path)
     if _HUB_ID.match(text):
         cached = _cached_snapshot(text)
         if cached is not None:
             return cached
         local = text.split("/")[-1]
-        raise CheckpointError(
+        raise ModelFolderError(
             f"{text!r} is not a local folder and ds_kronos never downloads at run time. Fetch it once where there "
             f"is network: `huggingface-cli download {text} --local-dir ./{local}` (or "
             f"huggingface_hub.snapshot_download('{text}', local_dir='./{local}')), then pass ./{local}")
-    raise CheckpointError(f"checkpoint folder {path} does not exist")
+    raise ModelFolderError(f"model folder {path} does not exist")
 
 
-def names_checkpoint(name_or_path: str) -> bool:
+def names_model_folder(name_or_path: str) -> bool:
     """True for an existing path or a hub id ("org/name"); False for a bare preset name like "small"."""
     return Path(name_or_path).expanduser().exists() or "/" in str(name_or_path)
 
@@ -88,13 +88,13 @@ def _cached_snapshot(repo_id: str) -> Path | None:
 def read_config(folder: Path) -> dict[str, Any]:
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
-        raise CheckpointError(f"{folder}: no {CONFIG_NAME} (is this a Kronos checkpoint folder?)")
+        raise ModelFolderError(f"{folder}: no {CONFIG_NAME} (is this a Kronos model folder?)")
     try:
         values = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
+        raise ModelFolderError(f"{config_path}: not valid JSON ({exc})") from None
     if not isinstance(values, dict):
-        raise CheckpointError(f"{config_path}: expected a JSON object")
+        raise ModelFolderError(f"{config_path}: expected a JSON object")
     return values
 
 
@@ -103,9 +103,9 @@ def weights_file(folder: Path) -> Path:
     weights_path = folder / WEIGHTS_NAME
     if not weights_path.is_file():
         if (folder / "pytorch_model.bin").is_file():
-            raise CheckpointError(f"{folder}: only pytorch_model.bin (pickle) found; ds_kronos loads "
+            raise ModelFolderError(f"{folder}: only pytorch_model.bin (pickle) found; ds_kronos loads "
                                   f"{WEIGHTS_NAME} only. Convert it once with safetensors where you trust the file.")
-        raise CheckpointError(f"{folder}: no {WEIGHTS_NAME}")
+        raise ModelFolderError(f"{folder}: no {WEIGHTS_NAME}")
     return weights_path
 
 
@@ -114,11 +114,11 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights_path}: unreadable safetensors file ({exc})") from None
+        raise ModelFolderError(f"{weights_path}: unreadable safetensors file ({exc})") from None
 
 
 def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise one CheckpointError naming every missing, unexpected and mis-shaped tensor."""
+    """Raise one ModelFolderError naming every missing, unexpected and mis-shaped tensor."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     mis_shaped = sorted(f"{k} (file {tuple(found[k].shape)}, model {tuple(expected[k].shape)})"
@@ -129,7 +129,7 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
             shown = ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
             problems.append(f"{len(names)} {label} tensor(s): {shown}")
     if problems:
-        raise CheckpointError(f"{source}: weights do not match the model config: {'; '.join(problems)}")
+        raise ModelFolderError(f"{source}: weights do not match the model config: {'; '.join(problems)}")
 
 
 def write_folder(folder: str | os.PathLike, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor],
@@ -178,7 +178,7 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(cls: type[M], name_or_path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
                         **config_overrides: Any) -> M:
-        """Load a checkpoint folder strictly. ``config_overrides`` may change dropouts (not shapes)."""
+        """Load a model folder strictly. ``config_overrides`` may change dropouts (not shapes)."""
         folder = resolve_folder(name_or_path)
         values = read_config(folder)
         config = cls.config_class.from_dict(values, source=str(folder / CONFIG_NAME))
@@ -192,9 +192,9 @@ class PretrainedMixin:
 
     @classmethod
     def from_folder_or_preset(cls: type[M], name_or_path: str) -> M:
-        """A checkpoint folder (or hub id), else a preset name (random init: seed torch first for identical weights
+        """A model folder (or hub id), else a preset name (random init: seed torch first for identical weights
         on every rank)."""
-        if names_checkpoint(name_or_path):
+        if names_model_folder(name_or_path):
             return cls.from_pretrained(name_or_path)
         return cls.from_preset(name_or_path)  # type: ignore[attr-defined]
 

@@ -51,7 +51,7 @@ def _largest_layer(model: nn.Module) -> int:
 @lru_cache(maxsize=None)
 def model_counts(variant: str, lora_rank: int = 0,
                  lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS) -> ModelCounts:
-    """Counts for a preset name (tiny, mini, small, base, large, 1b, 3b); raises CheckpointError for others.
+    """Counts for a preset name (tiny, mini, small, base, large, 1b, 3b); raises ModelFolderError for others.
     ``lora_rank`` > 0: the predictor fine-tuned with LoRA of that rank on ``lora_targets`` (--finetune lora)."""
     spec = preset(variant)
     with torch.device("meta"):

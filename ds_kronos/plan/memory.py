@@ -88,8 +88,8 @@ class Setup:
     teacher_forcing: bool = False
     on_cpu: bool = False
     """The ranks train on the CPU accelerator: the "device" is host memory, shared by the ranks of a node."""
-    from_checkpoint: bool = False
-    """The predictor is loaded from a checkpoint folder (its safetensors state dict is read) rather than built from
+    from_model_folder: bool = False
+    """The predictor is loaded from a model folder (its safetensors state dict is read) rather than built from
     a preset's random init."""
     knobs: ZeroKnobs = ZeroKnobs()
 
@@ -383,11 +383,11 @@ def build_terms(counts: ModelCounts, setup: Setup) -> dict[str, int]:
         # deepspeed.zero.Init: each module is built in fp32, then partitioned at the config dtype; loading goes one
         # module at a time through GatheredParameters, reading one tensor of the state dict at a time.
         return {"model": c * math.ceil(P / setup.world_size), "gathered_module": FP32 * counts.largest_layer_params,
-                "checkpoint": FP32 * counts.largest_tensor_params if setup.from_checkpoint else 0}
+                "checkpoint": FP32 * counts.largest_tensor_params if setup.from_model_folder else 0}
     return {
         "model": FP32 * P,  # every rank builds the whole fp32 model
         # checkpoint.load reads the whole safetensors state dict (fp32) next to the model
-        "checkpoint": FP32 * P if setup.from_checkpoint else 0,
+        "checkpoint": FP32 * P if setup.from_model_folder else 0,
         # train/masters.capture_fp32 (bf16): exact fp32 copy of the trained params until initialize is done
         "fp32_copy": FP32 * counts.trained_params if setup.precision != "fp32" else 0,
     }

@@ -21,7 +21,7 @@ from ds_kronos.adapters import DEFAULT_LORA_TARGETS, lora_problems
 from ds_kronos.config import option
 from ds_kronos.deepspeed_json.files import SHIPPED_DIR
 from ds_kronos.deepspeed_json.view import OFFLOAD_DEVICES, DeepSpeedView
-from ds_kronos.errors import CheckpointError, ConfigError, naming_path
+from ds_kronos.errors import ConfigError, ModelFolderError, naming_path
 from ds_kronos.model import PREDICTOR_PRESETS
 from ds_kronos.plan.counts import ModelCounts, model_counts
 from ds_kronos.plan.memory import BYTES, MemoryEstimate, Setup, ZeroKnobs, estimate
@@ -57,7 +57,7 @@ class PlanRequest:
     disk_gb: float | None = option(None, gt=0, lt=math.inf,
                                    help="free disk in GiB per node for NVMe (ZeRO-Infinity) swap files; without it "
                                    "NVMe offload is not a candidate")
-    from_checkpoint: bool = option(False, help="the predictor is loaded from a checkpoint folder (ZeRO-0/1/2 read "
+    from_model_folder: bool = option(False, help="the predictor is loaded from a model folder (ZeRO-0/1/2 read "
                                    "the whole state dict next to the model)")
     margin: float = option(0.2, ge=0, lt=1,
                            help="share of --memory_gb kept free (allocator slack, CUDA context, buffers)")
@@ -85,7 +85,7 @@ class PlanRequest:
         else:
             try:
                 model_counts(self.variant)
-            except CheckpointError as exc:
+            except ModelFolderError as exc:
                 problems.append(str(exc))
             else:
                 problems += self._lora_problems()
@@ -115,7 +115,7 @@ class PlanRequest:
                      micro_batch=self.micro_batch, context=self.context or counts.max_context,
                      precision=self.precision, activation_checkpointing=self.activation_checkpointing,
                      math_attention=self.device == "cpu" and counts.config.attn_dropout_p > 0,
-                     on_cpu=self.device == "cpu", from_checkpoint=self.from_checkpoint,
+                     on_cpu=self.device == "cpu", from_model_folder=self.from_model_folder,
                      knobs=knobs or ZeroKnobs())
 
 

@@ -25,11 +25,11 @@ DEFAULT_FORECAST_ORIGINS = 64
 DEFAULT_FORECAST_PATHS = 8
 
 
-def checkpoint_problems(flag: str, name: str, kind: str) -> list[str]:
-    """A ``--tokenizer``/``--predictor`` value: a preset name, or a checkpoint folder whose config.json is valid
+def model_option_problems(flag: str, name: str, kind: str) -> list[str]:
+    """A ``--tokenizer``/``--predictor`` value: a preset name, or a model folder whose config.json is valid
     (read now, so that a bad one is refused before any process group or model exists; the weights are checked
     when they are loaded)."""
-    from ds_kronos.errors import CheckpointError
+    from ds_kronos.errors import ModelFolderError
     from ds_kronos.model.configs import (
         PREDICTOR_ALIASES,
         PREDICTOR_PRESETS,
@@ -39,17 +39,17 @@ def checkpoint_problems(flag: str, name: str, kind: str) -> list[str]:
         KronosTokenizerConfig,
         resolve_preset,
     )
-    from ds_kronos.model.published import CONFIG_NAME, names_checkpoint, read_config, resolve_folder
+    from ds_kronos.model.published import CONFIG_NAME, names_model_folder, read_config, resolve_folder
 
     config_class, presets, aliases = ((KronosConfig, PREDICTOR_PRESETS, PREDICTOR_ALIASES) if kind == "predictor"
                                       else (KronosTokenizerConfig, TOKENIZER_PRESETS, TOKENIZER_ALIASES))
     try:
-        if names_checkpoint(name):
+        if names_model_folder(name):
             folder = resolve_folder(name)
             config_class.from_dict(read_config(folder), source=str(folder / CONFIG_NAME))
         else:
             resolve_preset(name, presets, aliases, kind)
-    except CheckpointError as exc:
+    except ModelFolderError as exc:
         return [f"--{flag}: {exc}"]
     return []
 
@@ -137,7 +137,7 @@ class CommonTrainConfig(ProcessOptions):
         return ds_config_file_problems(self.deepspeed_config) + self.model_problems()
 
     def model_problems(self) -> list[str]:
-        """Problems of the checkpoint folders or preset names the job starts from."""
+        """Problems of the model folders or preset names the job starts from."""
         return []
 
     def option_problems(self) -> list[str]:
@@ -149,9 +149,9 @@ class CommonTrainConfig(ProcessOptions):
 class TrainConfig(CommonTrainConfig):
     """Fine-tune a Kronos predictor over a frozen tokenizer with DeepSpeed."""
 
-    tokenizer: str = option("tiny", help="frozen tokenizer: checkpoint folder (e.g. from launch/train_tokenizer.py) "
+    tokenizer: str = option("tiny", help="frozen tokenizer: model folder (e.g. from launch/train_tokenizer.py) "
                                          "or a preset name for a random one")
-    predictor: str = option("tiny", help="predictor checkpoint folder to fine-tune, or a preset name (random init)")
+    predictor: str = option("tiny", help="predictor model folder to fine-tune, or a preset name (random init)")
     teacher_forcing: bool = option(False, help="condition the s2 head on the true s1 token instead of a sampled one")
     tokenizer_dtype: str = option("auto", choices=("auto", "fp32", "bf16", "fp16"),
                                   help="frozen tokenizer dtype: auto = fp16 on GPU (upstream: fp32; see README), "
@@ -214,8 +214,8 @@ class TrainConfig(CommonTrainConfig):
     def model_problems(self) -> list[str]:
         from ds_kronos.train.finetune import finetune_problems
 
-        problems = (checkpoint_problems("tokenizer", self.tokenizer, "tokenizer")
-                    + checkpoint_problems("predictor", self.predictor, "predictor"))
+        problems = (model_option_problems("tokenizer", self.tokenizer, "tokenizer")
+                    + model_option_problems("predictor", self.predictor, "predictor"))
         return problems or finetune_problems(self.finetune_spec(), self.predictor)
 
 
@@ -223,10 +223,10 @@ class TrainConfig(CommonTrainConfig):
 class TokenizerTrainConfig(CommonTrainConfig):
     """Fine-tune a Kronos tokenizer with DeepSpeed (upstream's first stage)."""
 
-    tokenizer: str = option("tiny", help="tokenizer checkpoint folder to fine-tune, or a preset name (random init)")
+    tokenizer: str = option("tiny", help="tokenizer model folder to fine-tune, or a preset name (random init)")
     save_dir: str = option("runs/tokenizer", help="output folder: best_model/, checkpoints/, summary.json, plots")
     deepspeed_config: str = option("ds_configs/tokenizer_zero2.json",
                                    help="DeepSpeed JSON (upstream's tokenizer settings: lr 2e-4, clipping 2.0)")
 
     def model_problems(self) -> list[str]:
-        return checkpoint_problems("tokenizer", self.tokenizer, "tokenizer")
+        return model_option_problems("tokenizer", self.tokenizer, "tokenizer")

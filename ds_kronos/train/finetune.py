@@ -102,9 +102,9 @@ def finetune_problems(spec: FinetuneSpec, predictor: str) -> list[str]:
     import torch
 
     from ds_kronos.model import Kronos
-    from ds_kronos.model.published import names_checkpoint, read_config, resolve_folder
+    from ds_kronos.model.published import names_model_folder, read_config, resolve_folder
 
-    if names_checkpoint(predictor):
+    if names_model_folder(predictor):
         config = Kronos.config_class.from_dict(read_config(resolve_folder(predictor)))
     else:
         config = Kronos.preset_config(predictor)

@@ -18,7 +18,7 @@ from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.model.objective import predict_and_score, tokenize_batch
 from ds_kronos.model.pairing import check_pair
 from ds_kronos.model.partitioned import SafetensorsTensors, build_partitioned
-from ds_kronos.model.published import names_checkpoint
+from ds_kronos.model.published import names_model_folder
 from ds_kronos.train.finetune import FinetuneSpec, Finetuning
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -68,7 +68,7 @@ class PredictorTask:
             predictor_model, weights = build_partitioned(Kronos, predictor, partition_config, rank)
         else:
             predictor_model = Kronos.from_folder_or_preset(predictor)
-        self.random_init = not names_checkpoint(predictor)
+        self.random_init = not names_model_folder(predictor)
         check_pair(self.tokenizer, predictor_model)
         predictor_model.gradient_checkpointing = activation_checkpointing
         finetune = finetune or FinetuneSpec()
@@ -120,7 +120,7 @@ class TokenizerTask:
     def __init__(self, *, tokenizer: str, device: torch.device):
         self.device = device
         self.model: nn.Module = KronosTokenizer.from_folder_or_preset(tokenizer)
-        self.random_init = not names_checkpoint(tokenizer)
+        self.random_init = not names_model_folder(tokenizer)
         self.description = f"tokenizer {tokenizer}"
 
     def publish(self, folder: Path, state: Mapping[str, torch.Tensor]) -> None:

@@ -1,4 +1,4 @@
-"""Published checkpoint format: bit-exact round trips, strict loading with named problems, presets, precision."""
+"""Published model folders: bit-exact round trips, strict loading with named problems, presets, precision."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ds_kronos.errors import CheckpointError
+from ds_kronos.errors import ModelFolderError
 from ds_kronos.model import PREDICTOR_PRESETS, Kronos, KronosConfig, KronosTokenizer, KronosTokenizerConfig
 from ds_kronos.model.layers import RotaryEmbedding
 from helpers import fixtures_dir
@@ -73,7 +73,7 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(tmp_path):
         state["extra.weight"] = torch.zeros(3)
         state["head.proj_s1.bias"] = torch.zeros(7)
     _rewrite_weights(folder, damage)
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(ModelFolderError) as info:
         Kronos.from_pretrained(folder)
     message = str(info.value)
     assert "1 missing tensor(s): norm.weight" in message
@@ -84,7 +84,7 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(tmp_path):
 def test_missing_buffer_is_refused(tmp_path):
     folder = _copy_golden(tmp_path, "tokenizer")
     _rewrite_weights(folder, lambda state: state.pop("tokenizer.bsq.group_basis"))
-    with pytest.raises(CheckpointError, match="tokenizer.bsq.group_basis"):
+    with pytest.raises(ModelFolderError, match="tokenizer.bsq.group_basis"):
         KronosTokenizer.from_pretrained(folder)
 
 
@@ -94,28 +94,28 @@ def test_config_problems_are_named(tmp_path):
     values.pop("n_layers")
     values["rope_theta"] = 1.0
     (folder / "config.json").write_text(json.dumps(values))
-    with pytest.raises(CheckpointError, match=r"missing key\(s\) n_layers; unexpected key\(s\) rope_theta"):
+    with pytest.raises(ModelFolderError, match=r"missing key\(s\) n_layers; unexpected key\(s\) rope_theta"):
         Kronos.from_pretrained(folder)
     (folder / "config.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not valid JSON"):
+    with pytest.raises(ModelFolderError, match="not valid JSON"):
         Kronos.from_pretrained(folder)
 
 
 def test_hub_id_without_network_fails_fast_with_download_hint(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match=r"huggingface-cli download NeoQuasar/Kronos-small --local-dir"):
+    with pytest.raises(ModelFolderError, match=r"huggingface-cli download NeoQuasar/Kronos-small --local-dir"):
         Kronos.from_pretrained("NeoQuasar/Kronos-small")
 
 
 def test_missing_folder_and_pickle_only_folder(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(ModelFolderError, match="does not exist"):
         Kronos.from_pretrained(tmp_path / "nope")
     folder = tmp_path / "old"
     folder.mkdir()
     shutil.copy(GOLDEN / "predictor" / "config.json", folder / "config.json")
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
-    with pytest.raises(CheckpointError, match="pickle"):
+    with pytest.raises(ModelFolderError, match="pickle"):
         Kronos.from_pretrained(folder)
 
 
@@ -152,7 +152,7 @@ def test_tiny_presets_are_small_and_paired():
 
 
 def test_unknown_preset_lists_choices():
-    with pytest.raises(CheckpointError, match="unknown predictor preset 'huge'.*tiny, mini, small"):
+    with pytest.raises(ModelFolderError, match="unknown predictor preset 'huge'.*tiny, mini, small"):
         Kronos.from_preset("huge")
 
 

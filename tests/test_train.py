@@ -46,6 +46,15 @@ def test_every_config_trains_and_writes_loadable_models(config_runs, name):
         assert all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())
     assert (config_runs[name] / "loss_curve.png").stat().st_size > 1000
     assert (config_runs[name] / "checkpoints" / "latest").read_text().strip() == "step00000008"
+    # Efficiency (issue 24): from the run's samples/s and the FLOP count per sample; MFU only against a known peak.
+    rate = result["samples_per_s"]
+    assert result["tokens_per_s"] == pytest.approx(rate * 35, rel=1e-4)  # positions per sample: 36 bars - 1
+    assert result["tflops_per_rank"] == pytest.approx(rate * result["flops_per_sample"] / 2 / 1e12, rel=1e-4)
+    if name == "zero0":  # --peak_tflops 0.5
+        assert result["peak_tflops"] == 0.5
+        assert result["mfu"] == pytest.approx(result["tflops_per_rank"] / 0.5, rel=1e-5)  # both rounded to 6 digits
+    else:
+        assert result["mfu"] is None and result["peak_tflops"] is None
 
 
 def test_training_moves_the_weights_and_lowers_the_loss(config_runs, tiny_checkpoints):

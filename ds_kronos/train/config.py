@@ -103,6 +103,9 @@ class CommonTrainConfig(ProcessOptions):
                                            "preempted (for testing resume)", ge=0)
 
     log_every: int = option(10, help="progress line every N optimizer steps", ge=1)
+    peak_tflops: float | None = option(None, gt=0, help="peak dense TFLOP/s of one device, for the MFU in the log "
+                                       "(default: the datasheet figure of a known GPU at the run's precision; on "
+                                       "CPU none, MFU n/a)")
     comet: str = option("off", choices=("off", "offline", "online"),
                         help="comet_ml logging: online needs COMET_API_KEY; offline writes an archive under "
                              "save_dir/comet")

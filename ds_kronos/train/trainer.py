@@ -140,7 +140,7 @@ class Trainer:
     def _train(self) -> str:
         """The epoch loop; returns the run's status (finished, stopped early, stopped by ``exit_after_steps``)."""
         pos, batch = self.position, self.batch
-        self.progress = Progress(self.total_steps, self.data.epochs, batch.global_batch, start_step=pos.step)
+        self.progress = Progress.of(self)
         self.engine.train()
         self._start_timing()
         while pos.step < self.total_steps and not pos.selection.stop_reason:

@@ -98,7 +98,7 @@ class CommonTrainConfig(ProcessOptions):
     save_every: int = option(0, help="DeepSpeed checkpoint every N optimizer steps (0: at the end of each epoch)", ge=0)
     keep_last: int = option(2, help="DeepSpeed checkpoints to keep", ge=1)
     resume: bool = option(False, help="continue from save_dir/checkpoints/latest (model, optimizer, scheduler, data "
-                                      "position, RNG)")
+                                      "position, RNG); with no checkpoint there yet, start from scratch")
     exit_after_steps: int = option(0, help="stop this invocation after N optimizer steps with a checkpoint, as if "
                                            "preempted (for testing resume)", ge=0)
 

@@ -190,6 +190,8 @@ def _cases(tmp: Path, prepared: Path) -> dict[str, tuple[str, list[str], list[st
                                       ["--lora_rank 100 is larger than the targeted layer", "(64 x 64)"], "OUT"),
         "freeze_everything": ("train.py", train("--finetune", "freeze", "--freeze", "*"),
                               ["--freeze * freezes every parameter of the predictor"], "OUT"),
+        "unknown_signal": ("train.py", train("--save_on_signal", "TERM,BOGUS"),
+                           ["--save_on_signal: unknown or unsupported signal 'BOGUS'", "or none"], "OUT"),
         # --- training: DeepSpeed JSON (item 6) ---
         "ds_zero_stage_4": ("train.py", ds("stage4", lambda c: c["zero_optimization"].update(stage=4)),
                             ["zero_optimization.stage must be 0, 1, 2 or 3, got 4"], "OUT"),
@@ -244,7 +246,7 @@ CASE_NAMES = [
     "sha256_mismatch_nan_rows", "offsets_not_increasing", "manifest_of_wrong_type", "manifest_of_wrong_shape",
     "save_dir_is_a_file", "save_dir_unwritable", "train_yaml_option_of_wrong_type", "s1_bits_40",
     "select_by_crps_one_path", "select_by_without_origins",
-    "lora_target_matches_nothing", "lora_rank_above_the_layer", "freeze_everything",
+    "lora_target_matches_nothing", "lora_rank_above_the_layer", "freeze_everything", "unknown_signal",
     "ds_zero_stage_4", "ds_negative_lr", "ds_string_for_object", "ds_unknown_optimizer", "ds_unknown_zero_key",
     "ds_micro_batch_0", "ds_micro_batch_abc", "ds_unknown_top_level_key",
 ]

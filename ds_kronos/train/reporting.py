@@ -29,7 +29,9 @@ from ds_kronos.train.finetune import parameter_counts
 from ds_kronos.train.nvme import SWAP_SUBFOLDER, folder_bytes
 
 FINISHED, STOPPED_EARLY, STOPPED_BY_REQUEST = "finished", "stopped early", "stopped (exit_after_steps)"
-"""The run's status in summary.json (or "failed: ..."); a final_model/ exists after the first two."""
+PREEMPTED = "preempted"
+"""The run's status in summary.json (or "failed: ..."); a final_model/ exists after the first two. "preempted": saved
+a checkpoint on a signal (ds_kronos.train.preemption) and stopped."""
 
 
 def format_seconds(seconds: float) -> str:

@@ -1,24 +1,16 @@
 """The training jobs: data -> (frozen tokenizer) -> DeepSpeed engine -> validation -> outputs.
 
-One trainer for both stages; the task (ds_kronos.train.tasks) decides the model and loss. Run recipe (CPU, 2
-processes)::
-
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train_tokenizer.py --data prepared/ --tokenizer tiny \\
-        --epochs 2 --batch_size 16 --save_dir runs/tok
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train.py --deepspeed_config ds_configs/zero2.json \\
-        --data prepared/ --tokenizer runs/tok/best_model --predictor tiny --epochs 2 --batch_size 16 \\
-        --save_dir runs/demo
-
+One trainer for both stages; the task (ds_kronos.train.tasks) decides the model and loss (run recipes: README).
 Outputs in ``save_dir``: ``best_model/`` (lowest validation loss) and ``final_model/`` (last step), both in the
 published folder format from the fp32 master weights, ``initial_model/`` (when training starts from a preset),
 ``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet
 offline``, ``comet/``.
 
 The loop (:meth:`Trainer.run`): set-up (:mod:`ds_kronos.train.build`: data, the task's model, the engine; resume),
-then per optimizer step
-:func:`ds_kronos.train.step.train_micro_step` over the accumulation's micro-batches and :meth:`Trainer._after_step`
-(log, divergence check, validation, checkpoint at their intervals), then the final validation, checkpoint and
-exports. Reporting, resume, NVMe set-up and the exact fp32 masters each live in their own module.
+then per optimizer step :func:`ds_kronos.train.step.train_micro_step` over the accumulation's micro-batches and
+:meth:`Trainer._after_step` (log, divergence check, a stop request, validation, checkpoint at their intervals), then
+the final validation, checkpoint and exports. Reporting, resume, preemption, NVMe set-up and the exact fp32 masters
+each live in their own module.
 """
 
 from __future__ import annotations
@@ -54,7 +46,8 @@ from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
 from ds_kronos.train.export import export_fp32_state_dict
 from ds_kronos.train.nvme import prepare_swap_folder, remove_swap_files
 from ds_kronos.train.position import Position
-from ds_kronos.train.reporting import FINISHED, STOPPED_BY_REQUEST, STOPPED_EARLY, CometLogger, Progress
+from ds_kronos.train.preemption import StopRequests, stop_if_preempted
+from ds_kronos.train.reporting import FINISHED, STOPPED_EARLY, CometLogger, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, resume_position
 from ds_kronos.train.step import train_micro_step
 from ds_kronos.train.training_state import RunLayout, remove_leftovers, run_layout, save_training_state
@@ -66,6 +59,7 @@ class Trainer:
 
     def __init__(self, config: CommonTrainConfig):
         self.started = time.perf_counter()
+        self.stops = StopRequests(config.save_on_signal, config.exit_after_steps)  # listens from here on
         self.config = config
         self.ds_json = load_ds_config(config.deepspeed_config)  # fail fast, before processes wait on each other
         self.runtime: Runtime = init_runtime(config.threads, config.dist_timeout)
@@ -125,8 +119,8 @@ class Trainer:
             if self.task.random_init and self.position.step == 0 and not self.resume_source:
                 # A preset starts from random weights: keep them, to compare the run with its starting point.
                 self._export("initial_model")
-            if c.eval_at_start and self.position.step == 0 and not self.position.history.val:
-                self._validate("before training")
+            if due := self.position.take_due_validation(c.eval_at_start):
+                self._validate(due)
             status = self._train()
         except Diverged as exc:
             self._finish(f"failed: {exc}")
@@ -138,7 +132,7 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------- training
     def _train(self) -> str:
-        """The epoch loop; returns the run's status (finished, stopped early, stopped by ``exit_after_steps``)."""
+        """The epoch loop; returns the run's status (finished, stopped early, stopped on a request or a signal)."""
         pos, batch = self.position, self.batch
         self.progress = Progress.of(self)
         self.engine.train()
@@ -158,14 +152,14 @@ class Trainer:
                 pos.step += 1
                 pos.samples += batch.global_batch
                 self._after_step(lr_used)
-                if pos.selection.stop_reason:
-                    break
-                if self.config.exit_after_steps and pos.step == self.config.exit_after_steps < self.total_steps:
+                if self.stops.reason:  # a preemption signal or --exit_after_steps: save this step and stop
                     self._stop_timing()
                     self._checkpoint()
                     if self.runtime.is_main:
-                        say(f"stopping after step {pos.step} as asked (--exit_after_steps); resume with --resume")
-                    return STOPPED_BY_REQUEST
+                        say(self.stops.closing_line(pos.step))
+                    return self.stops.status
+                if pos.selection.stop_reason:
+                    break
             if pos.selection.stop_reason:
                 break
             # The loader is exhausted either way.
@@ -198,10 +192,14 @@ class Trainer:
             self._log(lr_used)
         if pos.step % min(c.log_every, CHECK_EVERY) == 0:
             self._check_divergence()
-        if (c.eval_every and pos.step % c.eval_every == 0) or end_of_epoch:
+        due = "end of epoch" if end_of_epoch else "periodic" if c.eval_every and pos.step % c.eval_every == 0 else None
+        if self.stops.poll(pos.step, self.total_steps, self.runtime):  # collective; a stop saves without validating
+            pos.due_validation = due
+            return
+        if due:
             self._stop_timing()
             self._check_divergence()
-            self._validate("end of epoch" if end_of_epoch else "periodic")
+            self._validate(due)
             self._start_timing()
         if (c.save_every and pos.step % c.save_every == 0) or (end_of_epoch and not c.save_every):
             self._checkpoint()
@@ -295,6 +293,6 @@ def run_training(config: CommonTrainConfig) -> dict[str, Any]:
     with distributed_failures(config.dist_timeout):
         trainer = Trainer(config)
         try:
-            return trainer.run()
+            return stop_if_preempted(trainer.run())
         finally:
             trainer.remove_swap_files()

@@ -7,6 +7,7 @@ inspected by several tests, to keep the suite's time down: 2 epochs x 4 optimize
 
 from __future__ import annotations
 
+import csv
 import zipfile
 
 import numpy as np
@@ -18,6 +19,7 @@ from ds_kronos.model import Kronos
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
 from helpers import (
     CONFIGS,
+    MONITORED,
     TOTAL_STEPS,
     VAL_SAMPLES,
     run_job,
@@ -114,6 +116,34 @@ def test_comet_offline_archive_holds_upstream_metric_names(config_runs):
     for metric in ("train_predictor_loss_batch", "train_S1_loss_each_batch", "train_S2_loss_each_batch",
                    "predictor_learning_rate", "val_predictor_loss_epoch"):
         assert metric in text, metric
+
+
+def test_deepspeed_monitors_get_the_losses_next_to_deepspeeds_learning_rate(config_runs):
+    """zero1's JSON has tensorboard and csv_monitor sections: DeepSpeed's own writers, read back with tensorboard's
+    reader and as CSV, hold summary.json's training and validation losses on DeepSpeed's axis (global samples)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result, monitors = summary(config_runs[MONITORED]), config_runs[MONITORED].parent / f"{MONITORED}_monitors"
+    batch = result["deepspeed_config"]["train_batch_size"]
+    events = EventAccumulator(str(monitors / "tensorboard"))
+    events.Reload()
+    board = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    expected = {"Train/Samples/train_loss": result["history"]["train"], "Validation/Samples/val_loss":
+                result["history"]["val"]}
+    for tag, history in expected.items():
+        assert [step for step, _ in board[tag]] == [step * batch for step, _ in history], tag
+        np.testing.assert_allclose([v for _, v in board[tag]], [v for _, v in history], rtol=1e-6)  # float32
+        with open(monitors / "csv" / f"{tag.replace('/', '_')}.csv") as handle:
+            rows = list(csv.reader(handle))
+        assert rows[0] == ["step", tag.rsplit("/", 1)[1]]
+        assert [(int(step) // batch, float(value)) for step, value in rows[1:]] == [tuple(p) for p in history]
+    for part in ("train_s1_loss", "train_s2_loss", "val_S1_loss", "val_S2_loss"):
+        assert len(board[f"{'Train' if part.startswith('train') else 'Validation'}/Samples/{part}"]) == \
+            len(result["history"]["train" if part.startswith("train") else "val"]), part
+    # DeepSpeed's own event, after its scheduler stepped: at step k's samples, the lr step k+1 uses.
+    lrs = board["Train/Samples/lr"]
+    assert [step for step, _ in lrs] == [k * batch for k in range(1, TOTAL_STEPS + 1)]
+    np.testing.assert_allclose([v for _, v in lrs[:-1]], [lr for _, lr in result["history"]["lr"][1:]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("content,expected", [

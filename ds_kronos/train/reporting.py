@@ -178,7 +178,7 @@ def banner(trainer) -> None:
 
 
 def validation_line(trainer, label: str, result, improved: bool, forecast=None) -> None:
-    """One line per evaluation (two with forecast scores), and its comet metrics (rank 0)."""
+    """One line per evaluation, two with forecast scores (rank 0)."""
     pos, names = trainer.position, trainer.task.names
     note = f" (best so far by {trainer.selection.metric}: saved best_model/)" if improved else ""
     parts = ", ".join(f"{name.removeprefix('val_').removesuffix('_loss')} {value:.4f}"
@@ -191,15 +191,6 @@ def validation_line(trainer, label: str, result, improved: bool, forecast=None) 
         say(f"  forecasts at step {pos.step}: crps {forecast.crps:.4f} ({verdict} than the random walk's "
             f"{trainer.forecasts.random_walk_crps:.4f}: skill {forecast.skill:+.3f}), rank_ic {rank_ic}; "
             f"{len(trainer.forecasts)} origins x {trainer.forecasts.paths} paths in {forecast.seconds:.1f} s{note}")
-    if trainer.comet:
-        trainer.comet.log(names.val_comet, result.loss, step=pos.step, epoch=pos.epoch)
-        for name, value in zip(names.val_components_comet, result.components):
-            trainer.comet.log(name, value, step=pos.step)
-        if forecast is not None:
-            trainer.comet.log("val_forecast_crps", forecast.crps, step=pos.step)
-            trainer.comet.log("val_forecast_skill_vs_random_walk", forecast.skill, step=pos.step)
-            if forecast.rank_ic is not None:
-                trainer.comet.log("val_forecast_rank_ic", forecast.rank_ic, step=pos.step)
 
 
 # --------------------------------------------------------------------------------------------------- the summary

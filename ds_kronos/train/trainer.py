@@ -4,7 +4,7 @@ One trainer for both stages; the task (ds_kronos.train.tasks) decides the model 
 Outputs in ``save_dir``: ``best_model/`` (lowest validation loss) and ``final_model/`` (last step), both in the
 published folder format from the fp32 master weights, ``initial_model/`` (when training starts from a preset),
 ``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet
-offline``, ``comet/``.
+offline``, ``comet/``. Metrics also go to DeepSpeed's monitors (:mod:`ds_kronos.train.metrics`).
 
 The loop (:meth:`Trainer.run`): set-up (:mod:`ds_kronos.train.build`: data, the task's model, the engine; resume),
 then per optimizer step :func:`ds_kronos.train.step.train_micro_step` over the accumulation's micro-batches and
@@ -15,7 +15,6 @@ each live in their own module.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -44,10 +43,12 @@ from ds_kronos.train.build import build_data, build_engine, build_forecast_valid
 from ds_kronos.train.config import CommonTrainConfig
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
 from ds_kronos.train.export import export_fp32_state_dict
+from ds_kronos.train.metrics import RunMetrics
+from ds_kronos.train.monitors import check_monitors
 from ds_kronos.train.nvme import prepare_swap_folder, remove_swap_files
 from ds_kronos.train.position import Position
 from ds_kronos.train.preemption import StopRequests, stop_if_preempted
-from ds_kronos.train.reporting import FINISHED, STOPPED_EARLY, CometLogger, Progress
+from ds_kronos.train.reporting import FINISHED, STOPPED_EARLY, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, resume_position
 from ds_kronos.train.step import train_micro_step
 from ds_kronos.train.training_state import RunLayout, remove_leftovers, run_layout, save_training_state
@@ -62,6 +63,7 @@ class Trainer:
         self.stops = StopRequests(config.save_on_signal, config.exit_after_steps)  # listens from here on
         self.config = config
         self.ds_json = load_ds_config(config.deepspeed_config)  # fail fast, before processes wait on each other
+        check_monitors(self.ds_json, config.deepspeed_config)
         self.runtime: Runtime = init_runtime(config.threads, config.dist_timeout)
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         seed_everything(config.seed)  # identical preset init on every rank
@@ -91,7 +93,7 @@ class Trainer:
         self.compile_backend, self.grad_reduction = built.compile_backend, built.grad_reduction
         self.build_peak_rss = peak_rss_bytes()  # building, loading and partitioning the model: reported at the end
         self.position = Position()
-        self.comet: CometLogger | None = None
+        self.metrics = RunMetrics(self.task.names)  # no sinks until run() opens them
         self.guard = DivergenceGuard(fp16=self.ds_view.fp16, device=self.runtime.device)
         self.progress: Progress | None = None
         self.lr_used = float("nan")  # the lr of the last optimizer step, for the divergence message
@@ -112,9 +114,7 @@ class Trainer:
             self.checkpointed_step = self.position.step
         if rt.is_main:
             reporting.banner(self)
-            if c.comet != "off":
-                self.comet = CometLogger(c.comet, c.comet_project, c.comet_name, self.save_dir / "comet",
-                                         {**dataclasses.asdict(c), "world_size": rt.world_size})
+        self.metrics = RunMetrics.of(self)
         try:
             if self.task.random_init and self.position.step == 0 and not self.resume_source:
                 # A preset starts from random weights: keep them, to compare the run with its starting point.
@@ -126,8 +126,7 @@ class Trainer:
             self._finish(f"failed: {exc}")
             raise
         summary = self._finish(status)
-        if self.comet:
-            self.comet.end()
+        self.metrics.end()
         return summary
 
     # -------------------------------------------------------------------------------------------- training
@@ -224,9 +223,7 @@ class Trainer:
         pos.history.lr.append((pos.step, lr_used))
         if rt.is_main:
             say(self.progress.line(pos.step, pos.epoch, dict(zip(names.labels, mean)), lr_used))
-            if self.comet:
-                for name, value in zip(names.train_comet + (names.lr_comet,), mean + [lr_used]):
-                    self.comet.log(name, value, step=pos.step)
+            self.metrics.train(pos.step, pos.samples, mean, lr_used)
 
     def _check_divergence(self) -> None:
         """Every rank reaches the same verdict from the all-reduced losses since the last check (a host sync)."""
@@ -258,6 +255,7 @@ class Trainer:
             self._export("best_model")
         if self.runtime.is_main:
             reporting.validation_line(self, label, result, improved, forecast)
+            self.metrics.validation(pos.step, pos.epoch, pos.samples, result, forecast)
         return result
 
     def _export(self, folder: str) -> None:

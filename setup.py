@@ -35,6 +35,9 @@ setup(
     ],
     # ruff is pinned to a minor version: its rules change between minors, and `make test` runs it. setuptools:
     # tests/test_install.py builds the package offline (--no-build-isolation), and venvs of Python >= 3.12 lack it.
-    extras_require={"dev": ["pytest>=8", "ruff>=0.17,<0.18", "setuptools>=70.1"]},
+    # tensorboard: DeepSpeed's TensorBoard monitor (a "tensorboard" section in the DeepSpeed JSON) writes through
+    # torch.utils.tensorboard, which needs it; the tests read its events back with its own reader.
+    extras_require={"dev": ["pytest>=8", "ruff>=0.17,<0.18", "setuptools>=70.1", "tensorboard>=2.14"],
+                    "tensorboard": ["tensorboard>=2.14"]},
     license="MIT",
 )

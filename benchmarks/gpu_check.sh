@@ -28,14 +28,13 @@ unset DS_ACCELERATOR  # a CPU setting left in the environment would hide the GPU
 GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | sed 's/^/gpu: /'
 
-# A datasheet peak when the GPU is known (dense bf16), else the benchmark's own matmul probe.
+# A datasheet peak when the GPU is known (dense bf16, the table in ds_kronos/model/flops.py that the trainer's MFU
+# uses too), else the benchmark's own matmul probe.
 if [ -z "${PEAK_TFLOPS:-}" ]; then
-    case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
-        *H100*|*H200*|*H800*|*GH200*) PEAK_TFLOPS=989 ;;
-        *A100*|*A800*) PEAK_TFLOPS=312 ;;
-        *L40S*) PEAK_TFLOPS=362 ;;
-        *A10G*) PEAK_TFLOPS=70 ;;
-    esac
+    PEAK_TFLOPS=$("$PYTHON" -c 'import torch
+from ds_kronos.model.flops import device_peak
+peak = device_peak(torch.cuda.get_device_name(0))
+print(peak.tflops("bf16") if peak else "")')
 fi
 PEAK_ARGS=()
 [ -n "${PEAK_TFLOPS:-}" ] && PEAK_ARGS=(--peak_tflops "$PEAK_TFLOPS")

@@ -15,7 +15,7 @@ sides are compiled the same way (launch/train.py --compile: DeepSpeed's engine.c
 place before DDP wraps it); compilation falls in the warm-up steps and its time is printed apart.
 
 Printed: samples/s, tokens/s, median step time, peak memory per rank (RSS on CPU, max_memory_allocated on GPU),
-model FLOPs per sample (formula in ds_kronos.plan.flops), MFU against --peak_tflops or a matmul probe at this
+model FLOPs per sample (formula in ds_kronos.model.flops), MFU against --peak_tflops or a matmul probe at this
 precision (the probe gives the achievable, not the datasheet, peak: its MFU reads higher), and the ratio
 DeepSpeed / DDP. The LAST line is one JSON object (samples_per_s, baseline_samples_per_s, ratio, peak_rss_mb,
 mfu, ...).
@@ -310,12 +310,12 @@ def _summary(results: list[dict[str, Any]], config: ThroughputConfig, flops: flo
 
 
 def run(config: ThroughputConfig) -> dict[str, Any]:
+    from ds_kronos.model.flops import flops_per_sample
     from ds_kronos.plan.counts import model_counts
-    from ds_kronos.plan.flops import flops_per_sample
 
     counts = model_counts(config.variant)
     context = config.context or min(counts.max_context, 512)
-    flops = flops_per_sample(counts, context)
+    flops = flops_per_sample(counts.config, counts.matmul_params, context)
     ds = _phase("deepspeed", config)
     peak = config.peak_tflops or ds[0]["probe_tflops"]
     peak_source = "--peak_tflops" if config.peak_tflops else f"matmul probe ({config.precision}, per process)"

@@ -23,6 +23,10 @@ from ds_kronos.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_PREEMPTED = 75
+"""The job saved a checkpoint on a preemption signal and stopped: run it again with ``--resume`` (requeue it).
+75 is ``EX_TEMPFAIL`` of sysexits.h, "a temporary failure, try again". Not 143 (128 + SIGTERM): that is what a
+process killed by SIGTERM before it could save reports. Not 0 (the run is not finished), 1 (a crash) or 2."""
 QUIET_RANK_GRACE_S = 3.0
 """How long a rank that does not print waits before exiting, so that rank 0's line is not cut off by the launcher."""
 TRACEBACK_ENV = "DS_KRONOS_TRACEBACK"
@@ -76,6 +80,10 @@ def _message(exc: UserError) -> str:
     return text
 
 
+class Preempted(Exception):
+    """Raised once a job has saved its state on a preemption signal; :func:`run_main` exits with EXIT_PREEMPTED."""
+
+
 def _report(exc: UserError) -> None:
     rank = int(os.environ.get("RANK", "0") or 0)
     if _should_report(rank, exc):
@@ -95,7 +103,8 @@ def _exit(code: int) -> None:
 
 
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
-    """Run ``main(argv)`` and exit: 0 on success, 2 with ``prog: error: <message>`` on a :class:`UserError`."""
+    """Run ``main(argv)`` and exit: 0 on success, 2 with ``prog: error: <message>`` on a :class:`UserError`, 75
+    after a save on a preemption signal (:class:`Preempted`)."""
     try:
         main(argv)
     except UserError as exc:
@@ -107,6 +116,8 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
             raise
         _report(UserError(message))
         _exit(EXIT_USER_ERROR)
+    except Preempted:
+        _exit(EXIT_PREEMPTED)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         _exit(EXIT_INTERRUPTED)

@@ -32,8 +32,26 @@ CONFIGS = sorted(p.stem for p in (REPO / "ds_configs").glob("zero*.json") if p.s
 TOTAL_STEPS = 8
 VAL_SAMPLES = 75
 SEED = 100
-# Extra options per config: zero1 exercises the exact OneCycleLR mode and comet offline, zero3 teacher forcing.
-EXTRA = {"zero1": ["--lr_schedule", "onecycle", "--comet", "offline"], "zero3": ["--teacher_forcing"]}
+# Extra options per config: zero1 exercises the exact OneCycleLR mode and comet offline, zero3 teacher forcing, zero0
+# a given peak for the MFU of its log lines.
+EXTRA = {"zero1": ["--lr_schedule", "onecycle", "--comet", "offline"], "zero3": ["--teacher_forcing"],
+         "zero0": ["--peak_tflops", "0.5"]}
+# zero1 also switches on DeepSpeed's TensorBoard and CSV monitors (a copy of its JSON with the two sections, writing
+# into <root>/zero1_monitors/{tensorboard,csv}).
+MONITORED = "zero1"
+
+
+def config_run_json(name: str, root: Path) -> str:
+    """The DeepSpeed JSON of the config_runs run ``name`` (inside ``root``, the fixture's folder)."""
+    if name != MONITORED:
+        return f"ds_configs/{name}.json"
+    config = json.loads((REPO / "ds_configs" / f"{name}.json").read_text())
+    monitors = root / f"{name}_monitors"
+    config["tensorboard"] = {"enabled": True, "output_path": str(monitors), "job_name": "tensorboard"}
+    config["csv_monitor"] = {"enabled": True, "output_path": str(monitors), "job_name": "csv"}
+    path = root / f"{name}_monitored.json"
+    path.write_text(json.dumps(config))
+    return str(path)
 
 
 LAUNCHER = Path(sys.executable).parent / "deepspeed"

@@ -190,6 +190,8 @@ def _cases(tmp: Path, prepared: Path) -> dict[str, tuple[str, list[str], list[st
                                       ["--lora_rank 100 is larger than the targeted layer", "(64 x 64)"], "OUT"),
         "freeze_everything": ("train.py", train("--finetune", "freeze", "--freeze", "*"),
                               ["--freeze * freezes every parameter of the predictor"], "OUT"),
+        "unknown_signal": ("train.py", train("--save_on_signal", "TERM,BOGUS"),
+                           ["--save_on_signal: unknown or unsupported signal 'BOGUS'", "or none"], "OUT"),
         # --- training: DeepSpeed JSON (item 6) ---
         "ds_zero_stage_4": ("train.py", ds("stage4", lambda c: c["zero_optimization"].update(stage=4)),
                             ["zero_optimization.stage must be 0, 1, 2 or 3, got 4"], "OUT"),
@@ -208,6 +210,10 @@ def _cases(tmp: Path, prepared: Path) -> dict[str, tuple[str, list[str], list[st
         "ds_unknown_top_level_key": ("train.py", ds("toplevel", lambda c: c.update(
             zero_optimisation=c.pop("zero_optimization"))),
             ["unknown key 'zero_optimisation' (did you mean 'zero_optimization'?)"], "OUT"),
+        # --- training: DeepSpeed's monitors (issue 24 item 7); today an OSError traceback from inside initialize ---
+        "ds_monitor_path_is_a_file": ("train.py", ds("monitor", lambda c: c.update(
+            csv_monitor={"enabled": True, "output_path": str(a_file)})),
+            [f"csv_monitor.output_path/job_name {a_file}/DeepSpeedJobName: {a_file} is a file, not a folder"], "OUT"),
     }
     if Path("/dev/full").exists():  # a device that answers every write with ENOSPC: a full disk, for real
         cases["full_disk"] = ("plan.py", ["--variant", "tiny", "--write_ds_config", "/dev/full"],
@@ -244,9 +250,9 @@ CASE_NAMES = [
     "sha256_mismatch_nan_rows", "offsets_not_increasing", "manifest_of_wrong_type", "manifest_of_wrong_shape",
     "save_dir_is_a_file", "save_dir_unwritable", "train_yaml_option_of_wrong_type", "s1_bits_40",
     "select_by_crps_one_path", "select_by_without_origins",
-    "lora_target_matches_nothing", "lora_rank_above_the_layer", "freeze_everything",
+    "lora_target_matches_nothing", "lora_rank_above_the_layer", "freeze_everything", "unknown_signal",
     "ds_zero_stage_4", "ds_negative_lr", "ds_string_for_object", "ds_unknown_optimizer", "ds_unknown_zero_key",
-    "ds_micro_batch_0", "ds_micro_batch_abc", "ds_unknown_top_level_key",
+    "ds_micro_batch_0", "ds_micro_batch_abc", "ds_unknown_top_level_key", "ds_monitor_path_is_a_file",
 ]
 
 
@@ -434,6 +440,28 @@ def test_shipped_deepspeed_configs_and_common_keys_pass():
     auto["zero_optimization"]["reduce_bucket_size"] = "auto"  # DeepSpeed's own models accept "auto" values
     auto["bf16"] = {"enabled": "auto"}
     assert ds_config_problems(auto) == []
+
+
+def test_monitor_sections_are_checked_as_deepspeed_reads_them(tmp_path, monkeypatch):
+    """DeepSpeed's own models decide what is on ("yes" is) and which keys exist; an enabled monitor whose package
+    is missing names the install; a disabled one is not looked at."""
+    import importlib.util
+
+    from ds_kronos.deepspeed_json.checks import ds_config_problems
+    from ds_kronos.train.monitors import monitor_problems
+
+    config = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    config["tensorboard"] = {"enabled": "yes", "output_path": str(a_file / "below"), "job_name": "run"}
+    config["csv_monitor"] = {"enabled": False, "output_path": str(a_file)}
+    config["wandb"] = {"enabled": True, "projct": "x"}
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else found(name))
+    assert ds_config_problems(config) == ["unknown key wandb.projct (did you mean 'project'?)"]
+    assert monitor_problems(config) == [
+        "tensorboard.enabled needs the tensorboard package, which is not installed (pip install '.[tensorboard]')",
+        f"tensorboard.output_path/job_name {a_file}/below/run: {a_file} is a file, not a folder"]
 
 
 def test_deepspeed_json_problems_are_listed_in_one_line(tmp_path):

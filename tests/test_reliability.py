@@ -126,7 +126,7 @@ def test_no_complete_checkpoint_is_one_clear_line(stopped_run, tmp_path, demo_pr
     assert candidates == [] and len(notes) == 3 and all("no manifest.json" in note for note in notes)
     result = run_job("train.py", zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--resume"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(error_lines(result)) == 1 and "no checkpoint to resume from" in error_lines(result)[0]
+    assert len(error_lines(result)) == 1 and "no complete checkpoint to resume from" in error_lines(result)[0]
 
 
 @pytest.mark.processes
@@ -137,11 +137,13 @@ def test_a_run_that_fails_before_training_leaves_nothing_half_written(demo_prepa
     retired = save_dir / ".best_model.old-4242"
     Kronos.from_pretrained(tiny_checkpoints[1]).save_pretrained(retired)
     (save_dir / ".final_model.tmp-4243").mkdir()
+    (save_dir / "checkpoints" / "step00000001").mkdir(parents=True)  # a tag with nothing in it: --resume fails
     result = run_job("train.py", zero2_args(demo_prepared_dir, (tiny_checkpoints[0], Path("tiny")), save_dir,
                                             "--resume"))
     assert result.returncode == 2, result.stderr
-    assert "no checkpoint to resume from" in result.stderr
-    assert not (save_dir / "checkpoints").exists() and not (save_dir / "initial_model").exists()
+    assert "no complete checkpoint to resume from" in result.stderr
+    assert [p.name for p in (save_dir / "checkpoints").iterdir()] == ["step00000001"]
+    assert not (save_dir / "initial_model").exists()
     assert (save_dir / "best_model" / "config.json").is_file() and not retired.exists()
     assert not (save_dir / ".final_model.tmp-4243").exists()
 
@@ -327,6 +329,29 @@ def test_resume_refuses_what_deepspeed_cannot_load_before_loading(written, confi
         with pytest.raises(UserError, match=expected) as raised:
             resume_source(checkpoints, config, world_size)
         assert "\n" not in str(raised.value)
+
+
+def test_resume_with_no_checkpoint_at_all_starts_afresh_but_a_damaged_run_is_refused(tmp_path):
+    """A job script that always passes --resume starts from scratch on its first run (one line says so); a folder
+    whose checkpoints exist but none of which is complete, or whose `latest` names a tag that is gone, is an error."""
+    said = []
+    runtime = Runtime(rank=0, local_rank=0, world_size=2, device=torch.device("cpu"))
+    ds_config = load_ds_config("ds_configs/zero2.json")
+
+    def find(checkpoints: Path):
+        return find_resume_source(checkpoints, BatchLayout(8, 1, 2), runtime, said.append, ds_config, "every parameter")
+
+    assert find(tmp_path / "never_written") is None
+    (tmp_path / "empty" / ".step00000002.partial").mkdir(parents=True)  # a first save that never finished
+    assert find(tmp_path / "empty") is None
+    assert said == [f"--resume: no checkpoint in {tmp_path / name} yet: starting from scratch"
+                    for name in ("never_written", "empty")]
+    (tmp_path / "damaged" / "step00000004").mkdir(parents=True)
+    (tmp_path / "dangling").mkdir()
+    (tmp_path / "dangling" / "latest").write_text("step00000004")
+    for name in ("damaged", "dangling"):
+        with pytest.raises(UserError, match="no complete checkpoint to resume from .* does not start again from"):
+            find(tmp_path / name)
 
 
 def test_restricted_loading_holds_with_the_users_force_no_weights_only_switch(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """Resume is an exact continuation under every optimizer offload kind (issue 20, item 1): none
-(tests/test_train.py::test_resume_continues_exactly, ZeRO-2), CPU (zero3_offload.json) and NVMe (zero3_nvme.json).
+(tests/test_preemption.py, ZeRO-2, stopped by a signal), CPU (zero3_offload.json) and NVMe (zero3_nvme.json).
 
 Each case stops a 2-rank run with ``--exit_after_steps``, resumes it, and compares it with the uninterrupted run:
 the same final weights, logged losses and learning rates. Under NVMe the predictor is tiny widened to d_model 128,

@@ -103,13 +103,14 @@ def test_finished_run_releases_its_buffers_and_sweeps_dead_ones_but_not_live_one
 
 
 def test_run_that_fails_with_a_user_error_releases_its_buffers(demo_prepared_dir, tiny_checkpoints, tmp_path):
-    """--resume with nothing to resume fails after the process group (and the buffers) exist."""
+    """--resume with no complete checkpoint fails after the process group (and the buffers) exist."""
     port = free_port()
+    (tmp_path / "run" / "checkpoints" / "step00000001").mkdir(parents=True)
     args = common_args(demo_prepared_dir, tiny_checkpoints, tmp_path / "run") + [
         "--deepspeed_config", "ds_configs/zero2.json", "--resume"]
     job = launch(args, port)
     output, _ = job.communicate(timeout=300)
-    assert job.returncode != 0 and "no checkpoint to resume from" in output, output[-3000:]
+    assert job.returncode != 0 and "no complete checkpoint to resume from" in output, output[-3000:]
     assert buffers_of(port) == []
 
 

@@ -165,11 +165,13 @@ def _scheduler_problems(section: dict) -> list[str]:
 
 
 def _section_models() -> dict[str, type]:
+    from deepspeed.monitor.config import CometConfig, CSVConfig, TensorBoardConfig, WandbConfig
     from deepspeed.runtime.precision_config import DeepSpeedBF16Config, DeepSpeedFP16Config
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
     return {"zero_optimization": DeepSpeedZeroConfig, "fp16": DeepSpeedFP16Config, "bf16": DeepSpeedBF16Config,
-            "bfloat16": DeepSpeedBF16Config}
+            "bfloat16": DeepSpeedBF16Config, "tensorboard": TensorBoardConfig, "csv_monitor": CSVConfig,
+            "wandb": WandbConfig, "comet": CometConfig}
 
 
 def ds_config_problems(config: dict[str, Any]) -> list[str]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from ds_kronos.adapters import DEFAULT_LORA_TARGETS, lora_parameter_count, targeted_modules
 from ds_kronos.model import TOKENIZER_PRESETS, Kronos, KronosConfig, KronosTokenizer, KronosTokenizerConfig, preset
+from ds_kronos.model.flops import matmul_params
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,12 @@ def model_counts(variant: str, lora_rank: int = 0,
     with torch.device("meta"):
         model = Kronos(spec.config)
         tokenizer = KronosTokenizer(TOKENIZER_PRESETS[spec.tokenizer])
-    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     learned = sum(p.numel() for p in model.parameters() if p.requires_grad)
     adapters = lora_parameter_count(model, lora_targets, lora_rank) if lora_rank else 0
     return ModelCounts(
         variant=variant, config=spec.config, tokenizer_config=TOKENIZER_PRESETS[spec.tokenizer],
         max_context=spec.max_context, total_params=learned + adapters, trained_params=adapters or learned,
-        largest_layer_params=_largest_layer(model), matmul_params=matmul,
+        largest_layer_params=_largest_layer(model), matmul_params=matmul_params(model),
         tokenizer_params=sum(p.numel() for p in tokenizer.parameters()),
         largest_tensor_params=max(p.numel() for p in model.parameters()),
         adapted_weight_params=(sum(m.weight.numel() for _, m in targeted_modules(model, lora_targets))

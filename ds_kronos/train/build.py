@@ -30,6 +30,7 @@ from ds_kronos.train.config import (
 from ds_kronos.train.forecast_validation import ForecastValidation
 from ds_kronos.train.grad_overlap import OverlappedGradientReduction, overlap_gradient_reduction
 from ds_kronos.train.masters import exact_fp32_start, set_fp32_masters
+from ds_kronos.train.preemption import worker_init
 from ds_kronos.train.schedule import onecycle_factory
 from ds_kronos.train.tasks import PredictorTask, TokenizerTask
 
@@ -82,7 +83,8 @@ def build_data(config: CommonTrainConfig, runtime: Runtime, ds_json: dict[str, A
         # A private generator: creating a DataLoader iterator must not consume the global torch RNG, or a resumed
         # run (which creates its iterator mid-epoch) would sample differently from an uninterrupted one.
         return DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=workers,
-                          pin_memory=rt.device.type == "cuda", generator=torch.Generator())
+                          pin_memory=rt.device.type == "cuda", generator=torch.Generator(),
+                          worker_init_fn=worker_init(c.save_on_signal))  # they outlive a preemption signal
 
     return RunData(train_set=train_set, val_set=val_set, train_sampler=train_sampler,
                    train_loader=loader(train_set, train_sampler), val_loader=loader(val_set, val_sampler),

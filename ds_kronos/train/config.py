@@ -16,6 +16,7 @@ from ds_kronos.config import ProcessOptions, option, output_dir_problems
 from ds_kronos.data.verify import prepared_data_problems
 from ds_kronos.forecast.config import clip_option
 from ds_kronos.train.finetune import DEFAULT_LORA_ALPHA, DEFAULT_LORA_RANK, FINETUNE_MODES, FinetuneSpec
+from ds_kronos.train.preemption import signal_problems
 from ds_kronos.train.selection import SELECT_BY, Selection
 
 DEFAULT_MICRO_BATCH = 50
@@ -98,11 +99,18 @@ class CommonTrainConfig(ProcessOptions):
     save_every: int = option(0, help="DeepSpeed checkpoint every N optimizer steps (0: at the end of each epoch)", ge=0)
     keep_last: int = option(2, help="DeepSpeed checkpoints to keep", ge=1)
     resume: bool = option(False, help="continue from save_dir/checkpoints/latest (model, optimizer, scheduler, data "
-                                      "position, RNG)")
+                                      "position, RNG); with no checkpoint there yet, start from scratch")
     exit_after_steps: int = option(0, help="stop this invocation after N optimizer steps with a checkpoint, as if "
                                            "preempted (for testing resume)", ge=0)
+    save_on_signal: list[str] = option(default_factory=lambda: ["TERM", "USR1"],
+                                       help="signals on which every rank saves a checkpoint at the end of the current "
+                                            "step and the job exits with code 75 (continue with --resume); any of "
+                                            "TERM, USR1, USR2, INT, HUP, XCPU, or none (default: TERM,USR1)")
 
     log_every: int = option(10, help="progress line every N optimizer steps", ge=1)
+    peak_tflops: float | None = option(None, gt=0, help="peak dense TFLOP/s of one device, for the MFU in the log "
+                                       "(default: the datasheet figure of a known GPU at the run's precision; on "
+                                       "CPU none, MFU n/a)")
     comet: str = option("off", choices=("off", "offline", "online"),
                         help="comet_ml logging: online needs COMET_API_KEY; offline writes an archive under "
                              "save_dir/comet")
@@ -142,7 +150,8 @@ class CommonTrainConfig(ProcessOptions):
 
     def option_problems(self) -> list[str]:
         """The checks that need neither DeepSpeed nor torch."""
-        return prepared_data_problems(self.data) + output_dir_problems("--save_dir", self.save_dir)
+        return (prepared_data_problems(self.data) + output_dir_problems("--save_dir", self.save_dir)
+                + signal_problems(self.save_on_signal))
 
 
 @dataclass(kw_only=True)

@@ -25,6 +25,15 @@ class Position:
     history: History = field(default_factory=History)
     selection: SelectionState = field(default_factory=SelectionState)
     """The candidates seen so far: best_model/'s step and score, the start's, early stopping."""
+    due_validation: str | None = None
+    """The label of a validation that was due at ``step`` when the run stopped there on a signal (it saves without
+    waiting for it): the resumed run runs it first, so it decides as an uninterrupted run."""
+
+    def take_due_validation(self, eval_at_start: bool) -> str | None:
+        """The validation to run before the first step of this invocation, if any: the one a run stopped on a signal
+        left to it (taken: it is run once), or the start model's (``--eval_at_start``, at step 0 only)."""
+        due, self.due_validation = self.due_validation, None
+        return due or ("before training" if eval_at_start and self.step == 0 and not self.history.val else None)
 
     def to_client_state(self) -> dict[str, Any]:
         state = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

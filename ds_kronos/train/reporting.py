@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -24,11 +24,14 @@ from ds_kronos.memory_usage import peak_rss_bytes
 from ds_kronos.plotting import pyplot, save_figure
 from ds_kronos.runtime import all_reduce_sum
 from ds_kronos.train.compiled import compile_seconds
+from ds_kronos.train.efficiency import Efficiency, run_efficiency
 from ds_kronos.train.finetune import parameter_counts
 from ds_kronos.train.nvme import SWAP_SUBFOLDER, folder_bytes
 
 FINISHED, STOPPED_EARLY, STOPPED_BY_REQUEST = "finished", "stopped early", "stopped (exit_after_steps)"
-"""The run's status in summary.json (or "failed: ..."); a final_model/ exists after the first two."""
+PREEMPTED = "preempted"
+"""The run's status in summary.json (or "failed: ..."); a final_model/ exists after the first two. "preempted": saved
+a checkpoint on a signal (ds_kronos.train.preemption) and stopped."""
 
 
 def format_seconds(seconds: float) -> str:
@@ -113,24 +116,43 @@ class History:
 
 
 class Progress:
-    """One line per log interval: step, epoch, losses, lr, samples/s, ETA."""
+    """One line per log interval: step, epoch, losses, lr, throughput (samples/s, tokens/s, TFLOP/s per rank, MFU:
+    ds_kronos.train.efficiency), ETA."""
 
-    def __init__(self, total_steps: int, epochs: int, samples_per_step: int, start_step: int = 0):
+    def __init__(self, total_steps: int, epochs: int, samples_per_step: int, efficiency: Efficiency,
+                 start_step: int = 0, clock: Callable[[], float] = time.perf_counter):
         self.total_steps, self.epochs, self.samples_per_step = total_steps, epochs, samples_per_step
+        self.efficiency, self.clock = efficiency, clock
         self.start_step = start_step
-        self.start = self.last = time.perf_counter()
+        self.last = clock()
+        self.started = time.perf_counter()  # the ETA counts validations and saves too: wall time
         self.last_step = start_step
 
+    @classmethod
+    def of(cls, trainer) -> "Progress":
+        """The trainer's progress from its current step, with its efficiency figures, timed by its training clock (a
+        validation between two lines does not count, so the line after it reads the training speed too)."""
+        c, rt, data = trainer.config, trainer.runtime, trainer.data
+        efficiency = run_efficiency(trainer.task, data.train_set.window, rt.world_size, rt.device,
+                                    trainer.ds_view.precision, c.peak_tflops)
+
+        def training_seconds() -> float:
+            running = time.perf_counter() - trainer.timed_since if trainer.timed_since is not None else 0.0
+            return trainer.position.train_seconds + running
+
+        return cls(trainer.total_steps, data.epochs, trainer.batch.global_batch, efficiency,
+                   start_step=trainer.position.step, clock=training_seconds)
+
     def line(self, step: int, epoch: int, losses: dict[str, float], lr: float) -> str:
-        now = time.perf_counter()
+        now = self.clock()
         rate = (step - self.last_step) * self.samples_per_step / max(now - self.last, 1e-9)
-        overall = (step - self.start_step) / max(now - self.start, 1e-9)
+        overall = (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
         eta = (self.total_steps - step) / overall if overall > 0 else 0.0
         self.last, self.last_step = now, step
         (name, loss), *parts = losses.items()
         detail = ", ".join(f"{label} {value:.4f}" for label, value in parts)
         return (f"step {step}/{self.total_steps} | epoch {epoch + 1}/{self.epochs} | {name} {loss:.4f} ({detail}) "
-                f"| lr {lr:.3e} | {rate:.3g} samples/s | ETA {format_seconds(eta)}")  # 3 digits: 0.412 for large models
+                f"| lr {lr:.3e} | {self.efficiency.describe(rate)} | ETA {format_seconds(eta)}")
 
 
 # ------------------------------------------------------------------------------------------- the trainer's lines
@@ -156,7 +178,7 @@ def banner(trainer) -> None:
 
 
 def validation_line(trainer, label: str, result, improved: bool, forecast=None) -> None:
-    """One line per evaluation (two with forecast scores), and its comet metrics (rank 0)."""
+    """One line per evaluation, two with forecast scores (rank 0)."""
     pos, names = trainer.position, trainer.task.names
     note = f" (best so far by {trainer.selection.metric}: saved best_model/)" if improved else ""
     parts = ", ".join(f"{name.removeprefix('val_').removesuffix('_loss')} {value:.4f}"
@@ -169,15 +191,6 @@ def validation_line(trainer, label: str, result, improved: bool, forecast=None) 
         say(f"  forecasts at step {pos.step}: crps {forecast.crps:.4f} ({verdict} than the random walk's "
             f"{trainer.forecasts.random_walk_crps:.4f}: skill {forecast.skill:+.3f}), rank_ic {rank_ic}; "
             f"{len(trainer.forecasts)} origins x {trainer.forecasts.paths} paths in {forecast.seconds:.1f} s{note}")
-    if trainer.comet:
-        trainer.comet.log(names.val_comet, result.loss, step=pos.step, epoch=pos.epoch)
-        for name, value in zip(names.val_components_comet, result.components):
-            trainer.comet.log(name, value, step=pos.step)
-        if forecast is not None:
-            trainer.comet.log("val_forecast_crps", forecast.crps, step=pos.step)
-            trainer.comet.log("val_forecast_skill_vs_random_walk", forecast.skill, step=pos.step)
-            if forecast.rank_ic is not None:
-                trainer.comet.log("val_forecast_rank_ic", forecast.rank_ic, step=pos.step)
 
 
 # --------------------------------------------------------------------------------------------------- the summary
@@ -198,6 +211,7 @@ def summary(trainer, status: str) -> dict[str, Any]:
     """The content of summary.json. Collective (the memory figures)."""
     rt, pos = trainer.runtime, trainer.position
     best, final = trainer.save_dir / "best_model", trainer.save_dir / "final_model"
+    samples_per_s = pos.samples / pos.train_seconds if pos.train_seconds else None
     return {
         "task": trainer.task.kind,
         "status": status,
@@ -215,7 +229,8 @@ def summary(trainer, status: str) -> dict[str, Any]:
         "final_val_loss": pos.last_val,
         "train_samples": pos.samples,
         "train_seconds": round(pos.train_seconds, 3),
-        "samples_per_s": round(pos.samples / pos.train_seconds, 3) if pos.train_seconds else None,
+        "samples_per_s": round(samples_per_s, 3) if samples_per_s else None,
+        **(trainer.progress.efficiency.summary(samples_per_s) if trainer.progress else {}),
         "wall_seconds": round(time.perf_counter() - trainer.started, 3),
         "compiled": bool(getattr(trainer.engine, "is_compiled", False)),
         "compile_seconds": round(compile_seconds(), 3) if trainer.compile_backend else None,

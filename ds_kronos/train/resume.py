@@ -51,15 +51,24 @@ class ResumeSource:
 
 
 def find_resume_source(checkpoint_dir: Path, batch: BatchLayout, runtime: Runtime, say: Callable[[str], None],
-                       ds_config: dict[str, Any], trained: str) -> ResumeSource:
-    """``trained``: what this run trains (--finetune's signature), which must be what the checkpoints hold."""
+                       ds_config: dict[str, Any], trained: str) -> ResumeSource | None:
+    """``trained``: what this run trains (--finetune's signature), which must be what the checkpoints hold.
+
+    None when ``checkpoint_dir`` holds no checkpoint at all (no tag, no ``latest``): the run starts from scratch,
+    as the first run of a job script that always passes --resume must. Tags that exist but none of which is complete
+    are an error: a damaged run must not silently start again from step 0."""
     candidates, notes = resume_candidates(checkpoint_dir)
     if runtime.is_main:
         for note in notes:
             say(f"--resume: {note}")
+    if not candidates and not notes:
+        if runtime.is_main:
+            say(f"--resume: no checkpoint in {checkpoint_dir} yet: starting from scratch")
+        return None
     if not candidates:
-        passed = f" ({len(notes)} passed over, see above)" if notes else ""
-        raise UserError(f"--resume: no checkpoint to resume from in {checkpoint_dir}{passed}")
+        raise UserError(f"--resume: no complete checkpoint to resume from in {checkpoint_dir} ({len(notes)} passed "
+                        f"over, see above); a damaged run does not start again from step 0: move the folder away to "
+                        f"start afresh")
     layout = candidates[0].layout
     check_same_engine(checkpoint_dir, candidates[0], ds_config)
     if layout.trained is not None and layout.trained != trained:

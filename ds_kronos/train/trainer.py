@@ -1,29 +1,20 @@
 """The training jobs: data -> (frozen tokenizer) -> DeepSpeed engine -> validation -> outputs.
 
-One trainer for both stages; the task (ds_kronos.train.tasks) decides the model and loss. Run recipe (CPU, 2
-processes)::
-
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train_tokenizer.py --data prepared/ --tokenizer tiny \\
-        --epochs 2 --batch_size 16 --save_dir runs/tok
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train.py --deepspeed_config ds_configs/zero2.json \\
-        --data prepared/ --tokenizer runs/tok/best_model --predictor tiny --epochs 2 --batch_size 16 \\
-        --save_dir runs/demo
-
+One trainer for both stages; the task (ds_kronos.train.tasks) decides the model and loss (run recipes: README).
 Outputs in ``save_dir``: ``best_model/`` (lowest validation loss) and ``final_model/`` (last step), both in the
 published folder format from the fp32 master weights, ``initial_model/`` (when training starts from a preset),
 ``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet
-offline``, ``comet/``.
+offline``, ``comet/``. Metrics also go to DeepSpeed's monitors (:mod:`ds_kronos.train.metrics`).
 
 The loop (:meth:`Trainer.run`): set-up (:mod:`ds_kronos.train.build`: data, the task's model, the engine; resume),
-then per optimizer step
-:func:`ds_kronos.train.step.train_micro_step` over the accumulation's micro-batches and :meth:`Trainer._after_step`
-(log, divergence check, validation, checkpoint at their intervals), then the final validation, checkpoint and
-exports. Reporting, resume, NVMe set-up and the exact fp32 masters each live in their own module.
+then per optimizer step :func:`ds_kronos.train.step.train_micro_step` over the accumulation's micro-batches and
+:meth:`Trainer._after_step` (log, divergence check, a stop request, validation, checkpoint at their intervals), then
+the final validation, checkpoint and exports. Reporting, resume, preemption, NVMe set-up and the exact fp32 masters
+each live in their own module.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -52,9 +43,12 @@ from ds_kronos.train.build import build_data, build_engine, build_forecast_valid
 from ds_kronos.train.config import CommonTrainConfig
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
 from ds_kronos.train.export import export_fp32_state_dict
+from ds_kronos.train.metrics import RunMetrics
+from ds_kronos.train.monitors import check_monitors
 from ds_kronos.train.nvme import prepare_swap_folder, remove_swap_files
 from ds_kronos.train.position import Position
-from ds_kronos.train.reporting import FINISHED, STOPPED_BY_REQUEST, STOPPED_EARLY, CometLogger, Progress
+from ds_kronos.train.preemption import StopRequests, stop_if_preempted
+from ds_kronos.train.reporting import FINISHED, STOPPED_EARLY, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, resume_position
 from ds_kronos.train.step import train_micro_step
 from ds_kronos.train.training_state import RunLayout, remove_leftovers, run_layout, save_training_state
@@ -66,8 +60,10 @@ class Trainer:
 
     def __init__(self, config: CommonTrainConfig):
         self.started = time.perf_counter()
+        self.stops = StopRequests(config.save_on_signal, config.exit_after_steps)  # listens from here on
         self.config = config
         self.ds_json = load_ds_config(config.deepspeed_config)  # fail fast, before processes wait on each other
+        check_monitors(self.ds_json, config.deepspeed_config)
         self.runtime: Runtime = init_runtime(config.threads, config.dist_timeout)
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         seed_everything(config.seed)  # identical preset init on every rank
@@ -97,7 +93,7 @@ class Trainer:
         self.compile_backend, self.grad_reduction = built.compile_backend, built.grad_reduction
         self.build_peak_rss = peak_rss_bytes()  # building, loading and partitioning the model: reported at the end
         self.position = Position()
-        self.comet: CometLogger | None = None
+        self.metrics = RunMetrics(self.task.names)  # no sinks until run() opens them
         self.guard = DivergenceGuard(fp16=self.ds_view.fp16, device=self.runtime.device)
         self.progress: Progress | None = None
         self.lr_used = float("nan")  # the lr of the last optimizer step, for the divergence message
@@ -118,29 +114,26 @@ class Trainer:
             self.checkpointed_step = self.position.step
         if rt.is_main:
             reporting.banner(self)
-            if c.comet != "off":
-                self.comet = CometLogger(c.comet, c.comet_project, c.comet_name, self.save_dir / "comet",
-                                         {**dataclasses.asdict(c), "world_size": rt.world_size})
+        self.metrics = RunMetrics.of(self)
         try:
             if self.task.random_init and self.position.step == 0 and not self.resume_source:
                 # A preset starts from random weights: keep them, to compare the run with its starting point.
                 self._export("initial_model")
-            if c.eval_at_start and self.position.step == 0 and not self.position.history.val:
-                self._validate("before training")
+            if due := self.position.take_due_validation(c.eval_at_start):
+                self._validate(due)
             status = self._train()
         except Diverged as exc:
             self._finish(f"failed: {exc}")
             raise
         summary = self._finish(status)
-        if self.comet:
-            self.comet.end()
+        self.metrics.end()
         return summary
 
     # -------------------------------------------------------------------------------------------- training
     def _train(self) -> str:
-        """The epoch loop; returns the run's status (finished, stopped early, stopped by ``exit_after_steps``)."""
+        """The epoch loop; returns the run's status (finished, stopped early, stopped on a request or a signal)."""
         pos, batch = self.position, self.batch
-        self.progress = Progress(self.total_steps, self.data.epochs, batch.global_batch, start_step=pos.step)
+        self.progress = Progress.of(self)
         self.engine.train()
         self._start_timing()
         while pos.step < self.total_steps and not pos.selection.stop_reason:
@@ -158,14 +151,14 @@ class Trainer:
                 pos.step += 1
                 pos.samples += batch.global_batch
                 self._after_step(lr_used)
-                if pos.selection.stop_reason:
-                    break
-                if self.config.exit_after_steps and pos.step == self.config.exit_after_steps < self.total_steps:
+                if self.stops.reason:  # a preemption signal or --exit_after_steps: save this step and stop
                     self._stop_timing()
                     self._checkpoint()
                     if self.runtime.is_main:
-                        say(f"stopping after step {pos.step} as asked (--exit_after_steps); resume with --resume")
-                    return STOPPED_BY_REQUEST
+                        say(self.stops.closing_line(pos.step))
+                    return self.stops.status
+                if pos.selection.stop_reason:
+                    break
             if pos.selection.stop_reason:
                 break
             # The loader is exhausted either way.
@@ -198,10 +191,14 @@ class Trainer:
             self._log(lr_used)
         if pos.step % min(c.log_every, CHECK_EVERY) == 0:
             self._check_divergence()
-        if (c.eval_every and pos.step % c.eval_every == 0) or end_of_epoch:
+        due = "end of epoch" if end_of_epoch else "periodic" if c.eval_every and pos.step % c.eval_every == 0 else None
+        if self.stops.poll(pos.step, self.total_steps, self.runtime):  # collective; a stop saves without validating
+            pos.due_validation = due
+            return
+        if due:
             self._stop_timing()
             self._check_divergence()
-            self._validate("end of epoch" if end_of_epoch else "periodic")
+            self._validate(due)
             self._start_timing()
         if (c.save_every and pos.step % c.save_every == 0) or (end_of_epoch and not c.save_every):
             self._checkpoint()
@@ -226,9 +223,7 @@ class Trainer:
         pos.history.lr.append((pos.step, lr_used))
         if rt.is_main:
             say(self.progress.line(pos.step, pos.epoch, dict(zip(names.labels, mean)), lr_used))
-            if self.comet:
-                for name, value in zip(names.train_comet + (names.lr_comet,), mean + [lr_used]):
-                    self.comet.log(name, value, step=pos.step)
+            self.metrics.train(pos.step, pos.samples, mean, lr_used)
 
     def _check_divergence(self) -> None:
         """Every rank reaches the same verdict from the all-reduced losses since the last check (a host sync)."""
@@ -260,6 +255,7 @@ class Trainer:
             self._export("best_model")
         if self.runtime.is_main:
             reporting.validation_line(self, label, result, improved, forecast)
+            self.metrics.validation(pos.step, pos.epoch, pos.samples, result, forecast)
         return result
 
     def _export(self, folder: str) -> None:
@@ -295,6 +291,6 @@ def run_training(config: CommonTrainConfig) -> dict[str, Any]:
     with distributed_failures(config.dist_timeout):
         trainer = Trainer(config)
         try:
-            return trainer.run()
+            return stop_if_preempted(trainer.run())
         finally:
             trainer.remove_swap_files()

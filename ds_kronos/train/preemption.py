@@ -1,0 +1,135 @@
+"""Stop requests of a training run: a preemption signal, or ``--exit_after_steps``; both save and stop at a step.
+
+Schedulers warn before they kill: Slurm sends SIGTERM (then SIGKILL after its KillWait, 30 s by default) or, with
+``--signal=B:USR1@120``, SIGUSR1 to the batch script two minutes ahead; Kubernetes sends SIGTERM and waits its grace
+period; spot instances give 30-120 s. With ``--save_on_signal`` (default TERM,USR1) every rank installs a handler
+for those signals that only records which signal arrived: a handler runs between any two bytecodes, possibly inside
+a collective or a file write, so it does no I/O and no communication. At every optimizer-step boundary the ranks
+agree in one all-reduce of a few numbers (:meth:`StopRequests.poll`, a collective and a host sync): if any rank
+received a signal, every rank writes a checkpoint of that step (atomic, ds_kronos.train.training_state) and the job
+ends with exit code ``EXIT_PREEMPTED`` (75, ds_kronos.cli), ``status: "preempted"`` in summary.json. A signal is
+therefore acted on at the end of the step it arrives in; a validation due at that step is left to the resumed run,
+which runs it first (``Position.due_validation``), so a save does not wait for it. A second signal during the save
+is recorded like the first and changes nothing; anything harder (SIGKILL) finds the atomic tags.
+
+DataLoader workers ignore these signals (:func:`worker_init`): DeepSpeed's launcher sends SIGTERM to each rank's
+whole process tree, and Slurm signals every process of a job step, so without it the workers would die under the
+rank (torch's own worker handler ends a worker on a SIGTERM) and the rank would fail with "DataLoader worker killed"
+instead of saving. They stop as usual when the rank's loader shuts them down. Handlers can only be installed from the
+main thread; a Trainer built in another thread does not listen (and says nothing).
+
+What DeepSpeed's launcher does with the signals it receives is in docs/multinode.md (preemption).
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+from typing import Any, Callable
+
+from ds_kronos.cli import EXIT_PREEMPTED, Preempted
+from ds_kronos.console import say
+from ds_kronos.errors import ConfigError
+
+CATCHABLE = ("TERM", "USR1", "USR2", "INT", "HUP", "XCPU")
+"""Signals --save_on_signal accepts: those whose default action ends the process and that schedulers send as a
+warning (SIGXCPU: LSF and some Slurm set-ups at a CPU-time limit). Not KILL/STOP (cannot be caught), not the faults
+(SEGV, BUS, ...), not CHLD or PIPE (the DataLoader and the console rely on their usual meaning)."""
+OFF = "none"
+
+
+def parse_signals(names: list[str] | None) -> tuple[signal.Signals, ...]:
+    """``["TERM", "USR1"]`` (or ``SIGTERM``, any case) -> the signals; ``["none"]`` or nothing -> none."""
+    names = [name.strip() for name in names or [] if name.strip()]
+    if [name.lower() for name in names] in ([], [OFF]):
+        return ()
+    chosen, unknown = [], []
+    for name in names:
+        bare = name.upper().removeprefix("SIG")
+        (chosen if bare in CATCHABLE else unknown).append(bare)
+    if unknown:
+        raise ConfigError(f"--save_on_signal: unknown or unsupported signal {', '.join(map(repr, unknown))} "
+                          f"(choose from {', '.join(CATCHABLE)}, comma-separated, or {OFF})")
+    return tuple(dict.fromkeys(getattr(signal, f"SIG{name}") for name in chosen))
+
+
+def signal_problems(names: list[str] | None) -> list[str]:
+    try:
+        parse_signals(names)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
+def worker_init(names: list[str] | None) -> Callable[[int], None] | None:
+    """A DataLoader ``worker_init_fn`` that makes the workers ignore the preemption signals (None: none chosen)."""
+    signals = parse_signals(names)
+    return functools.partial(_ignore_in_worker, tuple(int(sig) for sig in signals)) if signals else None
+
+
+def _ignore_in_worker(signals: tuple[int, ...], worker_id: int) -> None:
+    for sig in signals:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+class StopRequests:
+    """Listens for the preemption signals (from construction on) and decides, with every rank, when to stop."""
+
+    def __init__(self, signal_names: list[str] | None, exit_after_steps: int = 0):
+        self.signals = parse_signals(signal_names)
+        self.exit_after_steps = exit_after_steps
+        self.received: list[int] = []
+        """Signal numbers this rank received, in order (appended by the handler: nothing else happens there)."""
+        self.reason: str | None = None
+        """Why the run stops (set by :meth:`poll`); None while it goes on."""
+        self.status: str | None = None
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                signal.signal(sig, self._record)
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.received.append(signum)
+
+    def poll(self, step: int, total_steps: int, runtime) -> bool:
+        """Collective at every optimizer-step boundary (when any signal is listened for): whether every rank stops
+        at ``step`` now, because some rank received a signal or ``--exit_after_steps`` is reached. Sets
+        :attr:`reason` and :attr:`status`; rank 0 says why."""
+        from ds_kronos.train.reporting import PREEMPTED, STOPPED_BY_REQUEST
+
+        if self.signals:
+            import torch
+
+            from ds_kronos.runtime import all_reduce_sum
+
+            first = self.received[0] if self.received else None
+            flags = torch.tensor([float(first == sig) for sig in self.signals], device=runtime.device)
+            counts = all_reduce_sum(flags).tolist()  # the host sync: one small all-reduce per step
+            if any(counts):
+                who = ", ".join(f"{sig.name} on {int(n)} of {runtime.world_size} rank(s)"
+                                for sig, n in zip(self.signals, counts) if n)
+                self.reason, self.status = f"preempted after step {step} ({who})", PREEMPTED
+        if self.reason is None and self.exit_after_steps and step == self.exit_after_steps < total_steps:
+            self.reason = f"stopping after step {step} as asked (--exit_after_steps)"
+            self.status = STOPPED_BY_REQUEST
+        if self.reason and runtime.is_main:
+            say(f"{self.reason}: saving a checkpoint")
+        return self.reason is not None
+
+    def closing_line(self, step: int) -> str:
+        """Rank 0's line once the checkpoint of ``step`` is written."""
+        from ds_kronos.train.reporting import PREEMPTED
+        from ds_kronos.train.training_state import tag_for
+
+        then = (f"exit code {EXIT_PREEMPTED}: run the same command with --resume to continue"
+                if self.status == PREEMPTED else "resume with --resume")
+        return f"saved checkpoint {tag_for(step)} (step {step}); {then}"
+
+
+def stop_if_preempted(summary: dict[str, Any]) -> dict[str, Any]:
+    """The run's summary, or :class:`Preempted` when it stopped on a signal (the launch scripts then exit 75)."""
+    from ds_kronos.train.reporting import PREEMPTED
+
+    if summary.get("status") == PREEMPTED:
+        raise Preempted(f"checkpoint at step {summary.get('last_checkpoint')}")
+    return summary

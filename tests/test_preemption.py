@@ -1,0 +1,272 @@
+"""Preemption (issue 24): a signal to the launcher or to one rank makes every rank save the step it is in and stop
+with exit code 75; ``--resume`` (which starts from scratch when there is no checkpoint yet) continues to the weights
+of an uninterrupted run. The Slurm recipe (launch/slurm/train.sbatch) runs against stand-ins for srun and scontrol.
+
+The runs use the arguments of the zero2 config run (tests/conftest.py: dropout and sampled s1 conditioning on, as by
+default), so they end where that uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from ds_kronos.cli import EXIT_PREEMPTED
+from ds_kronos.errors import ConfigError
+from ds_kronos.model import Kronos
+from ds_kronos.train.preemption import StopRequests, parse_signals
+from ds_kronos.train.training_state import resume_candidates
+from helpers import REPO, common_args, deepspeed_train, env, free_port, summary, two_at_a_time
+
+LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
+
+
+def zero2_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) -> list[str]:
+    return common_args(prepared, checkpoints, save_dir) + ["--deepspeed_config", "ds_configs/zero2.json"]
+
+
+def session_pids(session: int, pattern: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "-s", str(session), "--", pattern], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def run_acting(command: list[str], act: Callable[[subprocess.Popen, str], None], cwd: Path = REPO,
+               environment: dict[str, str] | None = None, timeout: float = 240) -> tuple[int, str]:
+    """Start ``command`` in its own session; call ``act(job, line)`` on every output line; return its exit code and
+    output. Whatever is left of the session is killed at the end."""
+    job = subprocess.Popen(command, cwd=cwd, env=environment or env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in job.stdout:
+            lines.append(line)
+            act(job, line)
+        job.wait(timeout=timeout)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    return job.returncode, "".join(lines)
+
+
+def launched(args: list[str], act: Callable[[subprocess.Popen, str], None]) -> tuple[int, str]:
+    command = [str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "launch" / "train.py"),
+               *args]
+    return run_acting(command, act)
+
+
+def stopped_step(output: str) -> int:
+    line = next(line for line in output.splitlines() if line.startswith("preempted after step "))
+    return int(line.removeprefix("preempted after step ").split()[0])
+
+
+def assert_ends_as_uninterrupted(save_dir: Path, reference: Path) -> None:
+    """Bit-identical final weights, and the same loss and validation history, as the uninterrupted run."""
+    resumed = Kronos.from_pretrained(save_dir / "final_model").state_dict()
+    straight = Kronos.from_pretrained(reference / "final_model").state_dict()
+    for key in straight:
+        assert torch.equal(resumed[key], straight[key]), key
+    for part in ("train", "val"):
+        assert summary(save_dir)["history"][part] == summary(reference)["history"][part], part
+
+
+def assert_saved_at_the_stop(save_dir: Path, output: str) -> int:
+    step = stopped_step(output)
+    info = summary(save_dir)
+    assert info["status"] == "preempted" and info["last_checkpoint"] == step and info["final_model"] is None
+    assert f"saved checkpoint step{step:08d} (step {step}); exit code {EXIT_PREEMPTED}" in output
+    candidates, notes = resume_candidates(save_dir / "checkpoints")
+    assert candidates[0].tag == f"step{step:08d}" and not notes  # complete: every file the manifest lists
+    assert "Traceback" not in output
+    return step
+
+
+@pytest.mark.processes
+def test_a_signal_to_the_launcher_or_to_one_rank_saves_that_step_and_resume_ends_as_uninterrupted(
+        config_runs, demo_prepared_dir, tiny_checkpoints, tmp_path):
+    """Both runs start with --resume in an empty save_dir, as a requeued job script always does.
+    A: SIGTERM to DeepSpeed's per-node launcher (launch.py), which forwards it to rank 0 (only: it waits for that
+    rank to end before it signals the next). B: SIGUSR1 to rank 1 alone, then SIGTERM to rank 0 while the save is
+    under way. Both save the step they are in, agreed by every rank, and exit 75 (the launcher's own exit code: see
+    below); each resumed run ends with the uninterrupted run's weights, bit for bit."""
+    runs = {"launcher": tmp_path / "launcher", "rank": tmp_path / "rank"}
+    pids: dict[str, dict[str, int]] = {"launcher": {}, "rank": {}}
+    signalled: dict[str, list[str]] = {"launcher": [], "rank": []}
+
+    def find(name: str, job: subprocess.Popen, line: str) -> None:
+        if line.startswith("batch ") and not pids[name]:  # the banner: every process is up; look them up now
+            pids[name] = {pattern: pid for pattern in ("deepspeed.launcher.launch", "--local_rank=0", "--local_rank=1")
+                          for pid in session_pids(job.pid, pattern)}
+
+    def to_the_launcher(job: subprocess.Popen, line: str) -> None:
+        find("launcher", job, line)
+        if line.startswith("step 2/") and not signalled["launcher"]:
+            os.kill(pids["launcher"]["deepspeed.launcher.launch"], signal.SIGTERM)
+            signalled["launcher"].append("TERM to launch.py")
+
+    def to_one_rank(job: subprocess.Popen, line: str) -> None:
+        find("rank", job, line)
+        if line.startswith("step 3/") and not signalled["rank"]:  # lands in step 4, the end of the first epoch
+            os.kill(pids["rank"]["--local_rank=1"], signal.SIGUSR1)
+            signalled["rank"].append("USR1 to rank 1")
+        elif line.startswith("preempted after step") and len(signalled["rank"]) == 1:
+            os.kill(pids["rank"]["--local_rank=0"], signal.SIGTERM)  # the second signal, during the save
+            signalled["rank"].append("TERM to rank 0")
+
+    acts = {"launcher": to_the_launcher, "rank": to_one_rank}
+    results = dict(zip(runs, two_at_a_time(
+        lambda name: launched(zero2_args(demo_prepared_dir, tiny_checkpoints, runs[name]) + ["--resume"], acts[name]),
+        runs)))
+
+    code, output = results["launcher"]
+    assert "--resume: no checkpoint in" in output and "yet: starting from scratch" in output
+    assert "(SIGTERM on 1 of 2 rank(s)): saving a checkpoint" in output
+    # DeepSpeed's launch.py ends with exit code 1 after it forwarded SIGTERM, whatever its ranks returned.
+    assert code == 1, output[-3000:]
+    assert_saved_at_the_stop(runs["launcher"], output)
+
+    code, output = results["rank"]
+    assert signalled["rank"] == ["USR1 to rank 1", "TERM to rank 0"]
+    assert "(SIGUSR1 on 1 of 2 rank(s)): saving a checkpoint" in output
+    assert code == EXIT_PREEMPTED, output[-3000:]  # the ranks' own code, passed on by the launcher
+    step = assert_saved_at_the_stop(runs["rank"], output)
+
+    resumed = dict(zip(runs, two_at_a_time(
+        lambda name: deepspeed_train(zero2_args(demo_prepared_dir, tiny_checkpoints, runs[name]) + ["--resume"]),
+        runs)))
+    for save_dir in runs.values():
+        assert summary(save_dir)["status"] == "finished"
+        assert_ends_as_uninterrupted(save_dir, config_runs["zero2"])
+    if step % 4 == 0:  # stopped at the end of an epoch: the validation due there ran first in the resumed run
+        first = next(line for line in resumed["rank"].stdout.splitlines() if line.startswith(("validation", "step")))
+        assert first.startswith(f"validation end of epoch at step {step}"), first
+
+
+FAKE_SRUN = """#!{python}
+# srun on one node, for tests: SLURM_NTASKS copies of the command, each with the variables srun gives a task;
+# the signals srun forwards are forwarded; the exit code is the highest of the tasks'.
+import os, signal, subprocess, sys
+argv = sys.argv[1:]
+command = argv[next(i for i, arg in enumerate(argv) if not arg.startswith("-")):]
+tasks = [subprocess.Popen(command, env={{**os.environ, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r),
+                                        "SLURM_NODEID": "0"}}) for r in range(int(os.environ["SLURM_NTASKS"]))]
+for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM):
+    signal.signal(sig, lambda signum, frame: [task.send_signal(signum) for task in tasks])
+codes = [task.wait() for task in tasks]
+sys.exit(max(code if code >= 0 else 128 - code for code in codes))
+"""
+
+FAKE_SCONTROL = """#!/bin/bash
+# scontrol for tests: `show hostnames LIST` expands a comma-separated list; anything else is logged.
+if [ "$1 $2" = "show hostnames" ]; then tr ',' '\\n' <<< "$3"; else echo "$*" >> "$FAKE_SLURM_LOG"; fi
+"""
+
+
+def fake_slurm(folder: Path) -> Path:
+    folder.mkdir()
+    for name, text in (("srun", FAKE_SRUN.format(python=sys.executable)), ("scontrol", FAKE_SCONTROL)):
+        (folder / name).write_text(text)
+        (folder / name).chmod((folder / name).stat().st_mode | stat.S_IXUSR)
+    return folder
+
+
+@pytest.mark.processes
+def test_the_slurm_recipe_forwards_the_warning_saves_requeues_and_continues(config_runs, demo_prepared_dir,
+                                                                           tiny_checkpoints, tmp_path):
+    """launch/slurm/train.sbatch with the environment Slurm gives a batch job (2 tasks on one node) and stand-ins for
+    srun and scontrol: SIGUSR1 to the batch script (what --signal=B:USR1@120 sends) reaches every rank through srun,
+    they save and exit 75, the script requeues the job; run again (as the requeued job), it resumes and ends with the
+    uninterrupted run's weights. The ranks find their rank and rendezvous from the SLURM_* variables alone."""
+    save_dir, log = tmp_path / "run", tmp_path / "slurm.log"
+    slurm_env = {**env(), "PATH": f"{fake_slurm(tmp_path / 'bin')}:{os.environ['PATH']}", "PYTHON": sys.executable,
+                 "SLURM_JOB_ID": "4242", "SLURM_JOB_NODELIST": "localhost", "SLURM_NTASKS": "2",
+                 "SLURM_NTASKS_PER_NODE": "2", "SLURM_SUBMIT_DIR": str(REPO), "MASTER_PORT": str(free_port()),
+                 "FAKE_SLURM_LOG": str(log)}
+    command = ["bash", str(REPO / "launch" / "slurm" / "train.sbatch"),
+               *zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir)]
+    sent = []
+
+    def warn(job: subprocess.Popen, line: str) -> None:
+        if line.startswith("step 2/") and not sent:
+            job.send_signal(signal.SIGUSR1)
+            sent.append(line)
+
+    code, output = run_acting(command, warn, environment=slurm_env)
+    assert code == EXIT_PREEMPTED, output[-3000:]
+    assert "(SIGUSR1 on 2 of 2 rank(s)): saving a checkpoint" in output
+    assert_saved_at_the_stop(save_dir, output)
+    assert log.read_text().split() == ["requeue", "4242"]
+    slurm_env["MASTER_PORT"] = str(free_port())
+    again = subprocess.run(command, cwd=REPO, env=slurm_env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "resumed from step" in again.stdout
+    assert log.read_text().split() == ["requeue", "4242"]  # a finished run is not requeued
+    assert_ends_as_uninterrupted(save_dir, config_runs["zero2"])
+
+
+def test_signal_names_are_checked_before_anything_starts():
+    assert parse_signals(["TERM", "usr1"]) == (signal.SIGTERM, signal.SIGUSR1)
+    assert parse_signals(["SIGUSR2", "USR2"]) == (signal.SIGUSR2,)
+    assert parse_signals(["none"]) == () and parse_signals([]) == ()
+    for names, bad in ((["TERM", "FOO"], "'FOO'"), (["KILL"], "'KILL'"), (["none", "TERM"], "'NONE'")):
+        with pytest.raises(ConfigError, match=f"--save_on_signal: unknown or unsupported signal {bad}"):
+            parse_signals(names)
+
+
+def test_the_handler_only_records_and_a_signal_ends_no_process(monkeypatch):
+    """The installed handler appends the signal number (no I/O, no collective); the process lives on."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        stops = StopRequests(["USR1", "USR2"])
+        os.kill(os.getpid(), signal.SIGUSR2)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.01)  # Python runs handlers between bytecodes of the main thread
+        assert stops.received == [signal.SIGUSR2, signal.SIGUSR1]
+        assert StopRequests(["none"]).signals == ()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def test_a_line_to_a_reader_that_went_away_does_not_stop_the_job(monkeypatch):
+    """pdsh gone after a SIGTERM: rank 0's next line meets a closed pipe; the save it announces must still happen."""
+    from ds_kronos.console import say
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with open(write_end, "w") as stream:
+        monkeypatch.setattr(sys, "stdout", stream)
+        say("preempted after step 3: saving a checkpoint")
+        say("saved checkpoint step00000003")
+
+
+@pytest.mark.processes  # DataLoader workers are processes
+def test_dataloader_workers_outlive_a_signal_sent_to_the_whole_process_tree(demo_prepared_dir):
+    """DeepSpeed's launcher SIGTERMs each rank's whole tree and Slurm signals every process of a step: the workers
+    must not die under a rank that is about to save (torch's own handler ends a worker on SIGTERM, and the loader
+    then raises "DataLoader worker ... killed by signal")."""
+    from torch.utils.data import DataLoader
+
+    from ds_kronos.data import PreparedDataset, WindowDataset
+    from ds_kronos.train.preemption import worker_init
+
+    dataset = WindowDataset(PreparedDataset.open(demo_prepared_dir), "train", max_samples=64, seed=0)
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, worker_init_fn=worker_init(["TERM", "USR1"]))
+    batches = iter(loader)
+    next(batches)
+    for worker in batches._workers:
+        for sig in ("USR1", "TERM"):  # from another process than the rank, as the launcher or slurmstepd
+            subprocess.run(["kill", f"-{sig}", str(worker.pid)], check=True)
+    time.sleep(0.5)
+    assert all(worker.is_alive() for worker in batches._workers)
+    assert sum(1 for _ in batches) == 15  # the rest of the epoch's 16 batches
+    assert worker_init(["none"]) is None

@@ -42,8 +42,10 @@ class Runtime:
         """Collective: leave the process group once every rank is done. The ranks wait for each other first: a rank
         leaving while rank 0 still uses the group intermittently aborts the process ("terminate called without an
         active exception")."""
+        global _host_group
         barrier()
-        torch.distributed.destroy_process_group()
+        torch.distributed.destroy_process_group()  # every group, the host group included
+        _host_group = None
 
 
 def free_port() -> int:
@@ -195,6 +197,25 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     import deepspeed.comm as dist
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+_host_group: Any = None
+
+
+def host_all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum a few host-side numbers over every rank without involving the accelerator: on a GPU the world group is
+    NCCL's, and reading its result back would wait for every kernel queued so far, so a gloo group over the same
+    ranks (created on first use, which every rank reaches at the same point) carries them instead. For a flag the
+    ranks must agree on at each step (a preemption signal) at the cost of a small message, not a device sync.
+    Collective."""
+    import torch.distributed as dist
+
+    global _host_group
+    if _host_group is None:
+        _host_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=_host_group)
+    return tensor.tolist()
 
 
 def is_collective_timeout(exc: BaseException) -> bool:

@@ -98,13 +98,10 @@ class StopRequests:
         from ds_kronos.train.reporting import PREEMPTED, STOPPED_BY_REQUEST
 
         if self.signals:
-            import torch
-
-            from ds_kronos.runtime import all_reduce_sum
+            from ds_kronos.runtime import host_all_reduce_sum
 
             first = self.received[0] if self.received else None
-            flags = torch.tensor([float(first == sig) for sig in self.signals], device=runtime.device)
-            counts = all_reduce_sum(flags).tolist()  # the host sync: one small all-reduce per step
+            counts = host_all_reduce_sum([float(first == sig) for sig in self.signals])  # host only: no device sync
             if any(counts):
                 who = ", ".join(f"{sig.name} on {int(n)} of {runtime.world_size} rank(s)"
                                 for sig, n in zip(self.signals, counts) if n)

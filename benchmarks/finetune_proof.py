@@ -1,7 +1,8 @@
 """Does fine-tuning help, and does forecast selection keep it from hurting? The whole pipeline through the real
 launch/ scripts on two synthetic markets (issue 23 item 6).
 
-    DS_ACCELERATOR=cpu python benchmarks/finetune_proof.py                        # everything (about an hour here)
+    DS_ACCELERATOR=cpu python benchmarks/finetune_proof.py --finetune_eval_every 32 \\
+        --extra_train_args=--val_forecast_origins=512     # everything, as in docs/finetune.md (~16 min here)
     DS_ACCELERATOR=cpu python benchmarks/finetune_proof.py --stages markets tokenizer pretrain
 
 A start model that knows something: the tiny tokenizer and predictor are trained from scratch on a SOURCE market

@@ -151,19 +151,28 @@ def preset_checkpoint(work_dir: Path, variant: str) -> Path:
     return folder
 
 
-def planned(variant: str, config: str, world_size: int, micro_batch: int, context: int) -> dict[str, float]:
+def planned(variant: str, config: str, world_size: int, micro_batch: int, context: int,
+            finetune: str = "full") -> dict[str, float]:
+    """The planner's figures for a run of ``config`` (its ZeRO stage, offload and precision read from the file)."""
+    from ds_kronos.deepspeed_json.resolve import load_ds_config
+    from ds_kronos.deepspeed_json.view import DeepSpeedView
     from ds_kronos.plan import PlanRequest, plan
 
-    estimate = plan(PlanRequest(variant=variant, world_size=world_size, zero=3, offload=OFFLOAD[config],
-                                micro_batch=micro_batch, context=context, precision="bf16", device="cpu")).estimate
+    view = DeepSpeedView.of(load_ds_config(config))
+    estimate = plan(PlanRequest(variant=variant, world_size=world_size, zero=view.zero_stage,
+                                offload=view.offload_optimizer, micro_batch=micro_batch, context=context,
+                                precision=view.precision, device="cpu", finetune=finetune)).estimate
     return {"rank_peak": estimate.rank_peak, "node_host": estimate.node_host, "node_disk": estimate.node_disk}
 
 
-def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[str, Any]:
-    config = CONFIGS[variant]
-    run_dir = Path(cfg.work_dir) / f"run_{variant}"
+def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int, *, config: str | None = None,
+            finetune: str = "full") -> dict[str, Any]:
+    """One run of ``variant`` through ``config`` (default: the variant's row above) with ``--finetune finetune``
+    (full or lora at the trainer's defaults); its measured row."""
+    config = config or CONFIGS[variant]
+    run_dir = Path(cfg.work_dir) / f"run_{variant}_{finetune}_{Path(config).stem}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    swap_dir = run_dir / "nvme_swap" if OFFLOAD[config] == "nvme" else None
+    swap_dir = run_dir / "nvme_swap" if OFFLOAD.get(config) == "nvme" else None
     run_dir.mkdir(parents=True)
     predictor = str(preset_checkpoint(Path(cfg.work_dir), variant)) if cfg.from_model_folder else variant
     # The shipped JSON with this benchmark's learning rate (the trainer refuses --lr that contradicts the file).
@@ -176,7 +185,8 @@ def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[st
                "--master_port", str(port), "launch/train.py", "--deepspeed_config", str(ds_path), "--data", str(data),
                "--tokenizer", "base", "--predictor", predictor, "--batch_size", str(cfg.micro_batch),
                "--max_steps", str(cfg.steps), "--log_every", "1", "--eval_at_start", "false",
-               "--n_val_iter", str(cfg.micro_batch * cfg.world_size), "--threads", "1", "--save_dir", str(run_dir)]
+               "--n_val_iter", str(cfg.micro_batch * cfg.world_size), "--threads", "1", "--save_dir", str(run_dir),
+               "--finetune", finetune]
     env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu")}
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -208,10 +218,11 @@ def run_one(cfg: ScaleRunConfig, variant: str, data: Path, port: int) -> dict[st
     later = [arrivals[s] - arrivals[s - 1] for s in sorted(arrivals) if s > 1 and s - 1 in arrivals]
     memory = summary["memory"]
     context = _context(data)
-    plan_figures = planned(variant, config, cfg.world_size, cfg.micro_batch, context)
+    plan_figures = planned(variant, config, cfg.world_size, cfg.micro_batch, context, finetune)
     machine_peak = sampler.machine_peak
     row = {
-        "variant": variant, "ds_config": config, "world_size": cfg.world_size, "micro_batch": cfg.micro_batch,
+        "variant": variant, "ds_config": config, "finetune": finetune, "parameters": summary["parameters"],
+        "world_size": cfg.world_size, "micro_batch": cfg.micro_batch,
         "context": context, "steps": summary["steps"], "wall_s": round(wall, 1),
         "sec_per_step": round(statistics.median(later), 3) if later else None,
         "sec_per_step_spread": [round(min(later), 3), round(max(later), 3)] if later else None,

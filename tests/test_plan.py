@@ -15,7 +15,7 @@ from ds_kronos.config import bound_problems, parse_config
 from ds_kronos.errors import ConfigError
 from ds_kronos.model import Kronos
 from ds_kronos.plan import PlanRequest, model_counts, plan, recommend
-from ds_kronos.plan.memory import Setup, block_bytes_per_token
+from ds_kronos.plan.memory import BASELINE_PROCESS_BYTES, LORA_IMPORT_BYTES, Setup, block_bytes_per_token
 from ds_kronos.plan.planner import GIB, SHARDING_LADDER
 from helpers import REPO
 
@@ -336,6 +336,9 @@ def test_lora_keeps_every_parameter_but_states_for_the_adapters_only():
     assert zero2.rank0_frozen_copy == 4 * (P - T) and full.rank0_frozen_copy == 0
     assert zero2.export_state == 4 * (P + counts.adapted_weight_params)
     assert full_counts.trained_params == full_counts.total_params
+    # A LoRA rank imports peft (measured); a full fine-tuning rank does not.
+    assert zero2.rank_baseline == BASELINE_PROCESS_BYTES + LORA_IMPORT_BYTES
+    assert full.rank_baseline == BASELINE_PROCESS_BYTES
 
 
 def test_lora_options_are_checked_against_the_preset():

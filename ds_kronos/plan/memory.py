@@ -28,6 +28,11 @@ ADAM = 8  # two fp32 moments
 # (RssAnon ~254 MB, RssFile ~121 MB; the file-backed part is the shared libraries, which the ranks of a node share
 # in reality but which each rank's RSS counts). The frozen tokenizer and the activations are separate terms.
 BASELINE_PROCESS_BYTES = 375_000 * 1024
+# What importing peft (and the transformers it imports) adds to a --finetune lora rank, on top of the baseline:
+# VmRSS before and after ``import peft`` in a process set up as for BASELINE_PROCESS_BYTES, 154.3-154.6 MiB over 3
+# runs (peft 0.21.2, transformers 5.25.0). Without it the plan was 1.30-1.33x under base's measured rank peak
+# (benchmarks/finetune_memory.py; docs/performance.md, "Full fine-tuning against LoRA").
+LORA_IMPORT_BYTES = 155 * 1024 ** 2
 # Processes a ``deepspeed`` launch adds on each node besides the ranks: the runner (``deepspeed`` CLI) and
 # ``deepspeed.launcher.launch`` both import torch and deepspeed (measured: ~385 MB VmRSS each next to a 2-rank run).
 LAUNCHER_PROCESSES_PER_NODE = 2
@@ -125,7 +130,7 @@ class MemoryEstimate:
     ranks_per_node: int = 1
     on_cpu: bool = False
     rank_baseline: int = BASELINE_PROCESS_BYTES
-    """torch + deepspeed + gloo group (BASELINE_PROCESS_BYTES)."""
+    """torch + deepspeed + gloo group (BASELINE_PROCESS_BYTES), + peft under LoRA (LORA_IMPORT_BYTES)."""
     rank_states: dict[str, int] = field(default_factory=dict)
     """Resident model-state terms of the rank process while training (name -> bytes); see docs/memory_planner.md."""
     rank_step_transient: int = 0
@@ -491,6 +496,7 @@ def estimate(counts: ModelCounts, setup: Setup) -> MemoryEstimate:
                           tokenizer=tokenizer_bytes(counts, setup), host_offload=host,
                           model_states_source=source, deepspeed_model_states=ds_figure,
                           ranks_per_node=min(setup.gpus_per_node, setup.world_size), on_cpu=setup.on_cpu,
+                          rank_baseline=BASELINE_PROCESS_BYTES + (LORA_IMPORT_BYTES if counts.lora_rank else 0),
                           rank_states=states, rank_step_transient=step, rank_init_transient=init,
                           rank_build=build_terms(counts, setup), rank_disk=zero3_disk_terms(counts, setup),
                           export_state=FP32 * (counts.total_params + counts.adapted_weight_params),

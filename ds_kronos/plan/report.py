@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ds_kronos.plan.memory import BASELINE_PROCESS_BYTES
 from ds_kronos.plan.planner import GIB, Plan, Recommendation
 
 
@@ -50,8 +51,10 @@ def _process_lines(p: Plan) -> list[str]:
     """The rank process (host memory) term by term, and the node's memory and disk."""
     e = p.estimate
     where = "CPU accelerator: device = host memory" if e.on_cpu else "host memory of a GPU rank"
-    lines = ["", f"{'rank process (' + where + ')':<52}", f"{'  baseline (torch, deepspeed, gloo)':<34}"
-             f"{gib(e.rank_baseline)}  BASELINE_PROCESS_BYTES (measured)"]
+    lora = e.rank_baseline != BASELINE_PROCESS_BYTES
+    lines = ["", f"{'rank process (' + where + ')':<52}",
+             f"{'  baseline (torch, deepspeed, gloo)':<34}{gib(e.rank_baseline)}  "
+             f"BASELINE_PROCESS_BYTES{' + LORA_IMPORT_BYTES (peft)' if lora else ''} (measured)"]
     lines += [f"{'  ' + name:<34}{gib(value)}" for name, value in e.rank_states.items()]
     if e.rank_step_transient:
         lines.append(f"{'  reduce-scatter copies (step)':<34}{gib(e.rank_step_transient)}")

@@ -185,13 +185,22 @@ class Finetuning:
         if self.model is self.base:
             self.base.save_pretrained(folder, state_dict=state)
             return
+        import torch
+
         replica = self._replica(state)
         merged = {base: state[name] for name, base in self.base_names.items() if name in state}
-        for module_name, module in replica.named_modules():
-            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
-                weight = self.base_names[f"{module_name}.base_layer.weight"]
-                for adapter in module.active_adapters:
-                    merged[weight] = merged[weight] + module.get_delta_weight(adapter)
+        with torch.no_grad():
+            for module_name, module in replica.named_modules():
+                if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+                    weight = self.base_names[f"{module_name}.base_layer.weight"]
+                    # The weight is added into peft's fresh delta in place: one new tensor per layer. (W + delta
+                    # allocates a second one and frees the delta, a hole per layer that the allocator keeps.)
+                    delta = None
+                    for adapter in module.active_adapters:
+                        part = module.get_delta_weight(adapter)
+                        delta = part if delta is None else delta.add_(part)
+                    if delta is not None:
+                        merged[weight] = delta.add_(merged[weight])
 
         def write_adapter(staging: Path) -> None:
             replica.save_pretrained(str(staging / ADAPTER_FOLDER), state_dict=dict(state),

@@ -1,24 +1,18 @@
 """The training jobs: data -> (frozen tokenizer) -> DeepSpeed engine -> validation -> outputs.
 
-One trainer for both stages; the task (ds_kronos.train.tasks) decides the model and loss. Run recipe (CPU, 2
-processes)::
+One trainer for both stages; the task (ds_kronos.train.tasks) decides the model and loss. How to run it: the
+docstrings of launch/train.py and launch/train_tokenizer.py.
 
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train_tokenizer.py --data prepared/ --tokenizer tiny \\
-        --epochs 2 --batch_size 16 --save_dir runs/tok
-    DS_ACCELERATOR=cpu deepspeed --num_gpus 2 launch/train.py --deepspeed_config ds_configs/zero2.json \\
-        --data prepared/ --tokenizer runs/tok/best_model --predictor tiny --epochs 2 --batch_size 16 \\
-        --save_dir runs/demo
-
-Outputs in ``save_dir``: ``best_model/`` (lowest validation loss) and ``final_model/`` (last step), both in the
-published folder format from the fp32 master weights, ``initial_model/`` (when training starts from a preset),
-``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet
-offline``, ``comet/``.
+Outputs in ``save_dir``: ``best_model/`` (best evaluation by the selection metric) and ``final_model/`` (last step),
+both in the published folder format from the fp32 master weights, ``initial_model/`` (when training starts from a
+preset), ``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``metrics.jsonl`` (one line per
+evaluation), ``loss_curve.png`` and, with ``--comet offline``, ``comet/``.
 
 The loop (:meth:`Trainer.run`): set-up (:mod:`ds_kronos.train.build`: data, the task's model, the engine; resume),
 then per optimizer step
 :func:`ds_kronos.train.step.train_micro_step` over the accumulation's micro-batches and :meth:`Trainer._after_step`
-(log, divergence check, validation, checkpoint at their intervals), then the final validation, checkpoint and
-exports. Reporting, resume, NVMe set-up and the exact fp32 masters each live in their own module.
+(log, divergence check, stop file, validation, checkpoint at their intervals), then the final validation,
+checkpoint and exports. Reporting, resume, NVMe set-up and the exact fp32 masters each live in their own module.
 """
 
 from __future__ import annotations
@@ -47,7 +41,7 @@ from ds_kronos.runtime import (
     rank_seed,
     seed_everything,
 )
-from ds_kronos.train import reporting
+from ds_kronos.train import metrics_log, reporting
 from ds_kronos.train.build import build_data, build_engine, build_forecast_validation, build_task
 from ds_kronos.train.config import CommonTrainConfig
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
@@ -57,6 +51,7 @@ from ds_kronos.train.position import Position
 from ds_kronos.train.reporting import FINISHED, STOPPED_BY_REQUEST, STOPPED_EARLY, CometLogger, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, resume_position
 from ds_kronos.train.step import train_micro_step
+from ds_kronos.train.stop_file import StopFile
 from ds_kronos.train.training_state import RunLayout, remove_leftovers, run_layout, save_training_state
 from ds_kronos.train.validation import ValidationResult, validate
 
@@ -73,6 +68,7 @@ class Trainer:
         seed_everything(config.seed)  # identical preset init on every rank
         self.save_dir = Path(config.save_dir)
         self.checkpoint_dir = self.save_dir / "checkpoints"
+        self.stop_file = StopFile(self.save_dir, self.runtime.is_main)
         if self.runtime.is_main:
             for note in remove_leftovers(self.checkpoint_dir) + recover_folders(self.save_dir, is_model_folder):
                 say(f"start-up clean-up: {note}")
@@ -118,6 +114,7 @@ class Trainer:
             self.checkpointed_step = self.position.step
         if rt.is_main:
             reporting.banner(self)
+            metrics_log.restart(self.save_dir, self.position, self.selection.metric)
             if c.comet != "off":
                 self.comet = CometLogger(c.comet, c.comet_project, c.comet_name, self.save_dir / "comet",
                                          {**dataclasses.asdict(c), "world_size": rt.world_size})
@@ -143,7 +140,7 @@ class Trainer:
         self.progress = Progress(self.total_steps, self.data.epochs, batch.global_batch, start_step=pos.step)
         self.engine.train()
         self._start_timing()
-        while pos.step < self.total_steps and not pos.selection.stop_reason:
+        while pos.step < self.total_steps and not (pos.selection.stop_reason or self.stop_file.requested):
             if pos.micro_in_epoch >= self.data.micro_per_epoch:
                 pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
             self.data.train_sampler.set_epoch(pos.epoch)
@@ -158,7 +155,7 @@ class Trainer:
                 pos.step += 1
                 pos.samples += batch.global_batch
                 self._after_step(lr_used)
-                if pos.selection.stop_reason:
+                if pos.selection.stop_reason or self.stop_file.requested:
                     break
                 if self.config.exit_after_steps and pos.step == self.config.exit_after_steps < self.total_steps:
                     self._stop_timing()
@@ -166,19 +163,19 @@ class Trainer:
                     if self.runtime.is_main:
                         say(f"stopping after step {pos.step} as asked (--exit_after_steps); resume with --resume")
                     return STOPPED_BY_REQUEST
-            if pos.selection.stop_reason:
+            if pos.selection.stop_reason or self.stop_file.requested:
                 break
             # The loader is exhausted either way.
             pos.micro_in_epoch = max(pos.micro_in_epoch, self.data.micro_per_epoch)
         self._stop_timing()
         self._check_divergence()
-        if not pos.history.val or pos.history.val[-1][0] != pos.step:
+        if not self.stop_file.requested and (not pos.history.val or pos.history.val[-1][0] != pos.step):
             self._validate("final")
         self._checkpoint()
         self._export("final_model")
         if pos.selection.stop_reason and self.runtime.is_main:
             say(f"{pos.selection.stop_reason}: stopped at step {pos.step} of {self.total_steps}")
-        return STOPPED_EARLY if pos.selection.stop_reason else FINISHED
+        return STOPPED_EARLY if pos.selection.stop_reason else self.stop_file.status or FINISHED
 
     def _epoch_over(self) -> bool:
         return self.position.micro_in_epoch >= self.data.micro_per_epoch or self.position.step >= self.total_steps
@@ -218,8 +215,9 @@ class Trainer:
     def _log(self, lr_used: float) -> None:
         rt, pos, names = self.runtime, self.position, self.task.names
         # The global batch's mean (every rank's share), so the logged loss does not depend on how the batch is split
-        # across ranks; a host sync, at log intervals only.
-        mean = (all_reduce_sum(self.running) / (self.running_count * rt.world_size)).tolist()
+        # across ranks; a host sync, at log intervals only. The stop file's flag rides along.
+        totals = self.stop_file.agree(all_reduce_sum(self.stop_file.with_flag(self.running)).tolist(), pos.step)
+        mean = [total / (self.running_count * rt.world_size) for total in totals]
         self.running.zero_()
         self.running_count = 0
         pos.history.train.append((pos.step, mean[0]))

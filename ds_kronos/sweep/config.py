@@ -18,8 +18,9 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 @dataclass(kw_only=True)
 class SweepConfig:
-    """Hyper-parameter sweep of launch/train.py on Optuna: usage `launch/sweep.py --space FILE [options] -- TRAIN
-    OPTIONS` (the options after -- go to every trial's train.py)."""
+    """Hyper-parameter sweep of launch/train.py on Optuna: launch/sweep.py --space FILE [options] -- TRAIN_OPTIONS
+
+    The options after -- go to every trial's train.py."""
 
     space: str = option(None, help="YAML/JSON search space: train.py options with a range {low, high, log, step} "
                                    "or choices [...] (docs/sweeps.md)")

@@ -45,23 +45,24 @@ def trials_csv(study_dir: Path) -> list[dict[str, str]]:
 @pytest.mark.processes
 def test_a_seeded_sweep_prunes_the_bad_trial_which_stops_cleanly(demo_prepared_dir, tiny_checkpoints, tmp_path):
     # Seed 6 draws lr 1e-3 for trial 0 and 1e-9 for trial 1 (asserted below); after one finished trial the median
-    # pruner compares trial 1's evaluation at step 2 with trial 0's, which has learnt and is lower.
+    # pruner compares trial 1's evaluation at step 8 with trial 0's, which has learnt and is lower (at step 0 both
+    # score the same start model).
     args = sweep_args(tmp_path, "lr: [1.0e-3, 1.0e-9]\n",
                       ["--trials", "2", "--seed", "6", "--pruner_startup_trials", "1", "--num_gpus", "2"],
-                      demo_prepared_dir, tiny_checkpoints, max_steps=40, n_train_iter=640, eval_every=2)
+                      demo_prepared_dir, tiny_checkpoints, max_steps=40, n_train_iter=640, eval_every=8)
     result = run_job("sweep.py", args, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     study_dir = tmp_path / "sweeps" / STUDY
     good, bad = trials_csv(study_dir)
     assert (float(good["lr"]), good["state"]) == (1e-3, "COMPLETE")
-    assert (float(bad["lr"]), bad["state"], bad["pruned_at"]) == (1e-9, "PRUNED", "2")
+    assert (float(bad["lr"]), bad["state"], bad["pruned_at"]) == (1e-9, "PRUNED", "8")
     completed = summary(study_dir / "trial_0000")
     assert completed["status"] == "finished" and completed["steps"] == 40
     assert float(good["objective"]) == completed["selection"]["best_score"] < completed["first_val_loss"]
 
     pruned = summary(study_dir / "trial_0001")  # both ranks stopped at one step, cleanly, long before the end
     assert pruned["status"] == "stopped by request (stop file)"
-    assert 2 < pruned["steps"] < 40 and pruned["last_checkpoint"] == pruned["steps"] == int(bad["steps"])
+    assert 8 < pruned["steps"] < 40 and pruned["last_checkpoint"] == pruned["steps"] == int(bad["steps"])
     assert pruned["final_model"] and (study_dir / "trial_0001" / "final_model" / "model.safetensors").is_file()
     lines = (study_dir / "trial_0001" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [s for s, _ in pruned["history"]["val"]]
@@ -73,7 +74,7 @@ def test_a_seeded_sweep_prunes_the_bad_trial_which_stops_cleanly(demo_prepared_d
     assert sweep_summary["best"]["best_model"] == str(study_dir / "trial_0000" / "best_model")
     assert sweep_summary["sweep_seconds_per_trial"]["trials"] == 2
     assert f"best: trial 0, loss {completed['selection']['best_score']:.6g}" in result.stdout
-    assert "PRUNED at step 2" in result.stdout
+    assert "PRUNED at step 8" in result.stdout
     for plot in ("history.png", "slice.png", "intermediate_values.png"):
         assert (study_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
 

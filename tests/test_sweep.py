@@ -19,6 +19,7 @@ from ds_kronos.sweep.config import SweepConfig
 from ds_kronos.sweep.job import BudgetTaken, Sweep, make_sampler
 from ds_kronos.sweep.space import load_space
 from ds_kronos.sweep.storage import creation_lock, describe_storage, open_storage, storage_problems
+from ds_kronos.sweep.trial_run import Outcome
 from ds_kronos.sweep.workers import fail_lost_trials, this_worker
 from ds_kronos.train import metrics_log
 from ds_kronos.train.config import TrainConfig
@@ -226,3 +227,13 @@ def test_the_table_csv_and_overhead_come_from_the_study(tmp_path):
     report.write_csv(tmp_path / "trials.csv", rows)
     assert (tmp_path / "trials.csv").read_text().splitlines()[0].startswith("number,lr,objective,state")
     assert report.overhead_figures(rows)["trials"] == 3
+
+
+def test_a_prune_request_that_came_after_the_last_evaluation_leaves_the_trial_complete():
+    """The pruner may answer on a run's final evaluation, when it is already finishing: the run never sees the
+    stop file, finishes, and is a complete trial with its value; a run that obeyed is a pruned one."""
+    finished = {"status": "finished", "steps": 128, "selection": {"metric": "loss", "best_score": 2.5}}
+    late = Outcome(0, 30.0, finished, pruned_at=128)
+    assert late.complete and late.pruned_at is None and late.value == 2.5
+    stopped = Outcome(0, 20.0, {**finished, "steps": 70, "status": "stopped by request (stop file)"}, pruned_at=64)
+    assert not stopped.complete and stopped.pruned_at == 64

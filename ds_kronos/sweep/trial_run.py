@@ -22,6 +22,7 @@ from typing import Any, Callable
 from ds_kronos.errors import ConfigError
 from ds_kronos.runtime import free_port
 from ds_kronos.train.metrics_log import METRICS_NAME
+from ds_kronos.train.reporting import FINISHED, STOPPED_BY_STOP_FILE, STOPPED_EARLY
 from ds_kronos.train.stop_file import STOP_NAME
 
 POLL_S = 0.5
@@ -29,8 +30,8 @@ POLL_S = 0.5
 TERMINATE_WAIT_S = 60.0
 LOG_NAME = "train.log"
 SUMMARY_NAME = "summary.json"
-FINISHED_STATUSES = ("finished", "stopped early")
-"""Statuses of a trainer's summary.json whose run is a complete trial (ds_kronos.train.reporting)."""
+FINISHED_STATUSES = (FINISHED, STOPPED_EARLY)
+"""Statuses of a trainer's summary.json whose run is a complete trial; STOPPED_BY_STOP_FILE: a pruned one."""
 
 
 def deepspeed_launcher() -> str:
@@ -57,7 +58,12 @@ class Outcome:
     """Lifetime of the launched command (the trainer's share of the trial's wall time)."""
     summary: dict[str, Any] | None
     pruned_at: int | None
-    """The step whose evaluation pruned the trial (None: not pruned)."""
+    """The step whose evaluation pruned the trial (None: not pruned). A request that came after the run's last
+    evaluation, when it was already finishing, is dropped: the trial is complete."""
+
+    def __post_init__(self) -> None:
+        if self.pruned_at is not None and self.status != STOPPED_BY_STOP_FILE:
+            self.pruned_at = None
 
     @property
     def status(self) -> str | None:
@@ -149,6 +155,7 @@ def run_trial(command: list[str], save_dir: Path, report: Callable[[int, float],
                     process.kill()
                     process.wait()
     launch_seconds = time.perf_counter() - started
+    (save_dir / STOP_NAME).unlink(missing_ok=True)  # a request the run did not see (it was finishing) or obeyed
     summary_path = save_dir / SUMMARY_NAME
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
     return Outcome(process.returncode, launch_seconds, summary, pruned_at)

@@ -96,10 +96,12 @@ def write_plots(study, folder: Path, param_names: list[str], metric: str) -> lis
     for name, draw in plots.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna marks its matplotlib plots experimental
+            # The importance plot's axes refuse tight_layout; the plot is drawn as Optuna lays it out.
+            warnings.filterwarnings("ignore", message=".*not compatible with tight_layout")
             axes = draw()
-        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-        figure.set_size_inches(max(6.4, 3.2 * len(param_names)) if name == "slice" else 6.4, 4.2)
-        save_figure(figure, folder / PLOTS[name])
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            figure.set_size_inches(max(6.4, 3.2 * len(param_names)) if name == "slice" else 6.4, 4.2)
+            save_figure(figure, folder / PLOTS[name])
         written.append(PLOTS[name])
     plt.close("all")
     return written

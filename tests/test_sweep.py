@@ -127,6 +127,7 @@ def position_with_evaluations() -> Position:
 
 def test_metrics_jsonl_has_one_line_per_evaluation_and_restarts_with_the_run(tmp_path):
     position = position_with_evaluations()
+    tmp_path = tmp_path / "new_run"  # a new run's save_dir does not exist yet when the run starts
     metrics_log.restart(tmp_path, Position(), "crps")  # a new run starts with an empty file
     assert (tmp_path / metrics_log.METRICS_NAME).read_text() == ""
     for count in range(1, 4):

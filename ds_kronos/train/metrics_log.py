@@ -40,7 +40,9 @@ def _line(record: dict[str, Any]) -> str:
 
 
 def restart(save_dir: Path, position, metric: str) -> None:
-    """Rewrite the file with the evaluations the run starts from (rank 0, when the run starts)."""
+    """Rewrite the file with the evaluations the run starts from (rank 0, when the run starts; a new run's save_dir
+    may not exist yet)."""
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
     write_text_atomic(Path(save_dir) / METRICS_NAME, "".join(_line(r) for r in records(position, metric)))
 
 

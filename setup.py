@@ -32,6 +32,11 @@ setup(
         "statsmodels>=0.14",
         # Parameter-efficient fine-tuning (--finetune lora): LoRA layers, their merge and the adapter format.
         "peft>=0.21,<0.22",
+        # Hyper-parameter sweeps (launch/sweep.py): the study, its storage (SQLite, a database server or a journal
+        # file), the samplers, pruners and plots. A requirement rather than an extra: its own dependencies
+        # (SQLAlchemy, alembic) already come with pyqlib's mlflow, so it adds two small packages, and every launch/
+        # script then works after one install.
+        "optuna>=5.0,<6",
     ],
     # ruff is pinned to a minor version: its rules change between minors, and `make test` runs it. setuptools:
     # tests/test_install.py builds the package offline (--no-build-isolation), and venvs of Python >= 3.12 lack it.

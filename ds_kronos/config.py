@@ -64,6 +64,13 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def option_types(cls: type) -> dict[str, Any]:
+    """Each command-line option of the config class ``cls`` and the type of its value (``int`` for ``int | None``;
+    ``list[str]`` stays a list type)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _base_type(hints[f.name])[0] for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):

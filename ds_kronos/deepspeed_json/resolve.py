@@ -57,6 +57,21 @@ def _pick(config: dict, key: str, option_value: Any, default: Any, option_name: 
     return json_value
 
 
+def options_fixed_by(config: dict) -> dict[str, str]:
+    """The job options a DeepSpeed JSON fixes, each with the setting that fixes it: an explicit value (not "auto")
+    of the micro batch, the accumulation or the lr (an option set to another value is refused, see :func:`_pick`),
+    and an explicit ``train_batch_size``, which fixes the product of the micro batch and the accumulation."""
+    lr = config.get("optimizer", {}).get("params", {}).get("lr", AUTO)
+    settings = {"batch_size": ("train_micro_batch_size_per_gpu", config.get("train_micro_batch_size_per_gpu", AUTO)),
+                "grad_accum": ("gradient_accumulation_steps", config.get("gradient_accumulation_steps", AUTO)),
+                "lr": ("optimizer.params.lr", lr)}
+    fixed = {option: f"{key}={value}" for option, (key, value) in settings.items() if value != AUTO}
+    if config.get("train_batch_size", AUTO) != AUTO:
+        for option in ("batch_size", "grad_accum"):
+            fixed.setdefault(option, f"train_batch_size={config['train_batch_size']}")
+    return fixed
+
+
 @dataclass(frozen=True)
 class BatchLayout:
     micro_batch: int

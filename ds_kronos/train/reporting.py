@@ -23,6 +23,7 @@ from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.memory_usage import peak_rss_bytes
 from ds_kronos.plotting import pyplot, save_figure
 from ds_kronos.runtime import all_reduce_sum
+from ds_kronos.train import metrics_log
 from ds_kronos.train.compiled import compile_seconds
 from ds_kronos.train.efficiency import Efficiency, run_efficiency
 from ds_kronos.train.finetune import parameter_counts
@@ -30,8 +31,10 @@ from ds_kronos.train.nvme import SWAP_SUBFOLDER, folder_bytes
 
 FINISHED, STOPPED_EARLY, STOPPED_BY_REQUEST = "finished", "stopped early", "stopped (exit_after_steps)"
 PREEMPTED = "preempted"
-"""The run's status in summary.json (or "failed: ..."); a final_model/ exists after the first two. "preempted": saved
-a checkpoint on a signal (ds_kronos.train.preemption) and stopped."""
+STOPPED_BY_STOP_FILE = "stopped by request (stop file)"
+"""The run's status in summary.json (or "failed: ..."); a final_model/ exists after all but STOPPED_BY_REQUEST and
+PREEMPTED, which saved a checkpoint and stopped (ds_kronos.train.preemption)."""
+WITH_FINAL_MODEL = (FINISHED, STOPPED_EARLY, STOPPED_BY_STOP_FILE)
 
 
 def format_seconds(seconds: float) -> str:
@@ -178,8 +181,9 @@ def banner(trainer) -> None:
 
 
 def validation_line(trainer, label: str, result, improved: bool, forecast=None) -> None:
-    """One line per evaluation, two with forecast scores (rank 0)."""
+    """One line per evaluation (two with forecast scores) and its line in metrics.jsonl (rank 0)."""
     pos, names = trainer.position, trainer.task.names
+    metrics_log.append_last(trainer.save_dir, pos, trainer.selection.metric)
     note = f" (best so far by {trainer.selection.metric}: saved best_model/)" if improved else ""
     parts = ", ".join(f"{name.removeprefix('val_').removesuffix('_loss')} {value:.4f}"
                       for name, value in zip(names.val_components_comet, result.components))
@@ -237,7 +241,7 @@ def summary(trainer, status: str) -> dict[str, Any]:
         "grad_reduce": "overlapped" if trainer.grad_reduction is not None else "deepspeed",
         # Only folders that exist: a run that failed or stopped early names no model it did not write.
         "best_model": str(best) if (best / "config.json").is_file() else None,
-        "final_model": str(final) if status in (FINISHED, STOPPED_EARLY) else None,
+        "final_model": str(final) if status in WITH_FINAL_MODEL else None,
         "improved_on_start": trainer.selection.improved_on_start(pos.selection),
         "selection": trainer.selection.summary(pos.selection),
         "forecast_validation": None if trainer.forecasts is None else trainer.forecasts.summary(),
@@ -257,8 +261,8 @@ def write_outputs(trainer, summary: dict[str, Any]) -> None:
                      "mean of s1 and s2 cross-entropy" if kind == "predictor"
                      else "(recon_pre + recon_all + bsq) / 2; val: full recon MSE")
     verdict = trainer.selection.verdict_line(pos.selection)
-    if verdict and summary["status"] in (FINISHED, STOPPED_EARLY):
+    if verdict and summary["status"] in WITH_FINAL_MODEL:
         say(verdict)
-    if summary["status"] in (FINISHED, STOPPED_EARLY, STOPPED_BY_REQUEST):
+    if summary["status"] in WITH_FINAL_MODEL + (STOPPED_BY_REQUEST,):
         say(f"done: {summary['status']} at step {pos.step}; best val {summary['best_val_loss']}, final val "
             f"{summary['final_val_loss']}; {summary['samples_per_s']} samples/s; outputs in {save_dir}")

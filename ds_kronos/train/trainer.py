@@ -1,16 +1,14 @@
 """The training jobs: data -> (frozen tokenizer) -> DeepSpeed engine -> validation -> outputs.
 
-One trainer for both stages; the task (ds_kronos.train.tasks) decides the model and loss (run recipes: README).
-Outputs in ``save_dir``: ``best_model/`` (lowest validation loss) and ``final_model/`` (last step), both in the
-published folder format from the fp32 master weights, ``initial_model/`` (when training starts from a preset),
-``checkpoints/`` (DeepSpeed state for ``--resume``), ``summary.json``, ``loss_curve.png`` and, with ``--comet
-offline``, ``comet/``. Metrics also go to DeepSpeed's monitors (:mod:`ds_kronos.train.metrics`).
+One trainer for both stages; the task (ds_kronos.train.tasks) decides the model and loss (how to run it: the
+docstrings of launch/train.py and launch/train_tokenizer.py). Outputs in ``save_dir``: ``best_model/`` (best
+evaluation by the selection metric), ``final_model/`` (last step), ``initial_model/`` (a preset's start), all in
+the published format from the fp32 masters; ``checkpoints/`` (for ``--resume``), ``summary.json``,
+``metrics.jsonl``, ``loss_curve.png``; metrics also go to comet and DeepSpeed's monitors (train/metrics.py).
 
-The loop (:meth:`Trainer.run`): set-up (:mod:`ds_kronos.train.build`: data, the task's model, the engine; resume),
-then per optimizer step :func:`ds_kronos.train.step.train_micro_step` over the accumulation's micro-batches and
-:meth:`Trainer._after_step` (log, divergence check, a stop request, validation, checkpoint at their intervals), then
-the final validation, checkpoint and exports. Reporting, resume, preemption, NVMe set-up and the exact fp32 masters
-each live in their own module.
+The loop (:meth:`Trainer.run`): set-up (train/build.py), then per optimizer step :func:`train_micro_step` over the
+accumulation's micro-batches and :meth:`Trainer._after_step` (log, divergence check, stop file, stop request,
+validation, checkpoint at their intervals), then the final validation, checkpoint and exports.
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from ds_kronos.runtime import (
     rank_seed,
     seed_everything,
 )
-from ds_kronos.train import reporting
+from ds_kronos.train import metrics_log, reporting
 from ds_kronos.train.build import build_data, build_engine, build_forecast_validation, build_task
 from ds_kronos.train.config import CommonTrainConfig
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
@@ -51,6 +49,7 @@ from ds_kronos.train.preemption import StopRequests, stop_if_preempted
 from ds_kronos.train.reporting import FINISHED, STOPPED_EARLY, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, resume_position
 from ds_kronos.train.step import train_micro_step
+from ds_kronos.train.stop_file import StopFile
 from ds_kronos.train.training_state import RunLayout, remove_leftovers, run_layout, save_training_state
 from ds_kronos.train.validation import ValidationResult, validate
 
@@ -69,6 +68,7 @@ class Trainer:
         seed_everything(config.seed)  # identical preset init on every rank
         self.save_dir = Path(config.save_dir)
         self.checkpoint_dir = self.save_dir / "checkpoints"
+        self.stop_file = StopFile(self.save_dir, self.runtime.is_main)
         if self.runtime.is_main:
             for note in remove_leftovers(self.checkpoint_dir) + recover_folders(self.save_dir, is_model_folder):
                 say(f"start-up clean-up: {note}")
@@ -114,6 +114,7 @@ class Trainer:
             self.checkpointed_step = self.position.step
         if rt.is_main:
             reporting.banner(self)
+            metrics_log.restart(self.save_dir, self.position, self.selection.metric)
         self.metrics = RunMetrics.of(self)
         try:
             if self.task.random_init and self.position.step == 0 and not self.resume_source:
@@ -136,7 +137,7 @@ class Trainer:
         self.progress = Progress.of(self)
         self.engine.train()
         self._start_timing()
-        while pos.step < self.total_steps and not pos.selection.stop_reason:
+        while pos.step < self.total_steps and not (pos.selection.stop_reason or self.stop_file.requested):
             if pos.micro_in_epoch >= self.data.micro_per_epoch:
                 pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
             self.data.train_sampler.set_epoch(pos.epoch)
@@ -157,21 +158,21 @@ class Trainer:
                     if self.runtime.is_main:
                         say(self.stops.closing_line(pos.step))
                     return self.stops.status
-                if pos.selection.stop_reason:
+                if pos.selection.stop_reason or self.stop_file.requested:
                     break
-            if pos.selection.stop_reason:
+            if pos.selection.stop_reason or self.stop_file.requested:
                 break
             # The loader is exhausted either way.
             pos.micro_in_epoch = max(pos.micro_in_epoch, self.data.micro_per_epoch)
         self._stop_timing()
         self._check_divergence()
-        if not pos.history.val or pos.history.val[-1][0] != pos.step:
+        if not self.stop_file.requested and (not pos.history.val or pos.history.val[-1][0] != pos.step):
             self._validate("final")
         self._checkpoint()
         self._export("final_model")
         if pos.selection.stop_reason and self.runtime.is_main:
             say(f"{pos.selection.stop_reason}: stopped at step {pos.step} of {self.total_steps}")
-        return STOPPED_EARLY if pos.selection.stop_reason else FINISHED
+        return STOPPED_EARLY if pos.selection.stop_reason else self.stop_file.status or FINISHED
 
     def _epoch_over(self) -> bool:
         return self.position.micro_in_epoch >= self.data.micro_per_epoch or self.position.step >= self.total_steps
@@ -215,8 +216,9 @@ class Trainer:
     def _log(self, lr_used: float) -> None:
         rt, pos, names = self.runtime, self.position, self.task.names
         # The global batch's mean (every rank's share), so the logged loss does not depend on how the batch is split
-        # across ranks; a host sync, at log intervals only.
-        mean = (all_reduce_sum(self.running) / (self.running_count * rt.world_size)).tolist()
+        # across ranks; a host sync, at log intervals only. The stop file's flag rides along.
+        totals = self.stop_file.agree(all_reduce_sum(self.stop_file.with_flag(self.running)).tolist(), pos.step)
+        mean = [total / (self.running_count * rt.world_size) for total in totals]
         self.running.zero_()
         self.running_count = 0
         pos.history.train.append((pos.step, mean[0]))

@@ -293,6 +293,8 @@ def run_training(config: CommonTrainConfig) -> dict[str, Any]:
     with distributed_failures(config.dist_timeout):
         trainer = Trainer(config)
         try:
-            return stop_if_preempted(trainer.run())
+            summary = trainer.run()
+            trainer.runtime.close()  # every rank leaves together: one leaving early can abort another's gloo exit
+            return stop_if_preempted(summary)
         finally:
             trainer.remove_swap_files()

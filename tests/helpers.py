@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,3 +227,16 @@ def single_process_val_losses(prepared: Path, checkpoints: tuple[Path, Path], sa
                                      s1_targets=s1[:, 1:], causal_s2=True)
         per_sample, _, _ = model.head.compute_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:], reduction="none")
     return per_sample
+
+
+def stopped_after_step_3(run: Path, target: Path) -> Path:
+    """A copy of the finished run ``run`` as a run preempted after its step-3 checkpoint (what --exit_after_steps 3
+    leaves): the later tags, ``final_model/`` and ``summary.json`` removed, ``latest`` on step 3."""
+    shutil.copytree(run, target, symlinks=True)
+    for tag in (target / "checkpoints").glob("step*"):
+        if tag.name != "step00000003":
+            shutil.rmtree(tag)
+    (target / "checkpoints" / "latest").write_text("step00000003")
+    for name in ("final_model", "summary.json"):
+        shutil.rmtree(target / name) if (target / name).is_dir() else (target / name).unlink()
+    return target

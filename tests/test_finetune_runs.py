@@ -16,7 +16,6 @@ the optimizer holds the adapters only; the resumed runs end with the uninterrupt
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from helpers import (
     common_args,
     deepspeed_train,
     single_process_val_losses,
+    stopped_after_step_3,
     summary,
     two_at_a_time,
 )
@@ -66,18 +66,6 @@ def runs(demo_prepared_dir, tiny_checkpoints, tmp_path_factory) -> dict[str, Pat
     two_at_a_time(train, ["lora_zero2", "lora_zero3"])
     two_at_a_time(train, ["freeze_zero0", "lora_resumed", "lora_elastic"])
     return {name: root / name for name in (*RUNS, "lora_resumed", "lora_elastic")}
-
-
-def stopped_after_step_3(run: Path, target: Path) -> Path:
-    """A copy of ``run`` as a run preempted after its step-3 checkpoint (what --exit_after_steps 3 leaves)."""
-    shutil.copytree(run, target, symlinks=True)
-    for tag in (target / "checkpoints").glob("step*"):
-        if tag.name != "step00000003":
-            shutil.rmtree(tag)
-    (target / "checkpoints" / "latest").write_text("step00000003")
-    for name in ("final_model", "summary.json"):
-        shutil.rmtree(target / name) if (target / name).is_dir() else (target / name).unlink()
-    return target
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:

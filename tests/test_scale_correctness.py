@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from helpers import (
     model_weights,
     run_job,
     single_process_val_losses,
+    stopped_after_step_3,
     summary,
     train_args,
     two_at_a_time,
@@ -93,18 +93,6 @@ def invariance_runs(demo_prepared_dir, tiny_checkpoints, tmp_path_factory) -> di
     return {name: root / name for name in LAYOUTS}
 
 
-def stopped_at_step_3(run: Path, target: Path) -> Path:
-    """A copy of ``run`` as if it had been preempted after its step-3 checkpoint."""
-    shutil.copytree(run, target, symlinks=True)
-    for tag in (target / "checkpoints").glob("step*"):
-        if tag.name != "step00000003":
-            shutil.rmtree(tag)
-    (target / "checkpoints" / "latest").write_text("step00000003")
-    for name in ("final_model", "summary.json"):
-        shutil.rmtree(target / name) if (target / name).is_dir() else (target / name).unlink()
-    return target
-
-
 def test_world_size_invariance(invariance_runs):
     reference = invariance_runs[REFERENCE]
     assert summary(reference)["steps"] == STEPS
@@ -164,7 +152,7 @@ def test_resume_on_a_different_world_size_ends_with_the_uninterrupted_weights(
     """zero1_1to2_accum also runs at --dist_timeout 2 with a conversion that takes over 5 s: rank 0 converts the
     checkpoint while rank 1 waits for it outside any collective, so a conversion longer than the timeout is not taken
     for a rank that stopped answering."""
-    save_dir = stopped_at_step_3(invariance_runs[source], tmp_path / "elastic")
+    save_dir = stopped_after_step_3(invariance_runs[source], tmp_path / "elastic")
     manifest = json.loads((save_dir / "checkpoints" / "step00000003" / "manifest.json").read_text())
     assert manifest["layout"]["world_size"] == LAYOUTS[source][0]
     nproc, config, micro, accum = resumed
@@ -187,7 +175,7 @@ def test_resume_on_a_different_world_size_ends_with_the_uninterrupted_weights(
 
 
 def test_resume_with_another_global_batch_is_refused(invariance_runs, demo_prepared_dir, tiny_checkpoints, tmp_path):
-    save_dir = stopped_at_step_3(invariance_runs["2x8_zero2"], tmp_path / "changed")
+    save_dir = stopped_after_step_3(invariance_runs["2x8_zero2"], tmp_path / "changed")
     result = launch(1, run_args(demo_prepared_dir, tiny_checkpoints, save_dir, "ds_configs/zero2.json", 8, 1,
                                 "--resume"), expect_ok=False)
     assert result.returncode == 2

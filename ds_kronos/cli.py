@@ -102,6 +102,21 @@ def _exit(code: int) -> None:
     sys.exit(code)
 
 
+def _end_process(code: int) -> None:
+    """End a job's own process once its outputs are written (0, or 75 after a preemption save): Python's exit
+    handlers run (atexit: logging, multiprocessing's clean-up of DataLoader workers, weakref finalisers), then the
+    process ends without the C++ runtime's static destructors, in which a library thread still joinable at exit
+    intermittently aborted a rank that had finished ("terminate called without an active exception", exit 134,
+    seen under srun), turning a complete run into a failed job."""
+    import atexit
+
+    gc.freeze()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> None:
     """Run ``main(argv)`` and exit: 0 on success, 2 with ``prog: error: <message>`` on a :class:`UserError`, 75
     after a save on a preemption signal (:class:`Preempted`)."""
@@ -117,8 +132,8 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
         _report(UserError(message))
         _exit(EXIT_USER_ERROR)
     except Preempted:
-        _exit(EXIT_PREEMPTED)
+        (_end_process if argv is None else _exit)(EXIT_PREEMPTED)  # argv None: the real command line, our process
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         _exit(EXIT_INTERRUPTED)
-    _exit(0)
+    (_end_process if argv is None else _exit)(0)

@@ -9,6 +9,7 @@ default), so they end where that uninterrupted run ends.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -202,7 +203,9 @@ def test_the_slurm_recipe_forwards_the_warning_saves_requeues_and_continues(conf
 
     code, output = run_acting(command, warn, environment=slurm_env)
     assert code == EXIT_PREEMPTED, output[-3000:]
-    assert "(SIGUSR1 on 2 of 2 rank(s)): saving a checkpoint" in output
+    # srun passes the signal to one task after the other: the second may get it only after its next step's poll,
+    # where the first's flag already stops both.
+    assert re.search(r"\(SIGUSR1 on [12] of 2 rank\(s\)\): saving a checkpoint", output), output[-3000:]
     assert_saved_at_the_stop(save_dir, output)
     assert log.read_text().split() == ["requeue", "4242"]
     slurm_env["MASTER_PORT"] = str(free_port())

@@ -15,11 +15,12 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import signal
 import sys
 import time
 from typing import Callable, Sequence
 
-from ds_kronos.errors import UserError
+from ds_kronos.errors import Terminated, UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -94,6 +95,14 @@ def _report(exc: UserError) -> None:
         time.sleep(QUIET_RANK_GRACE_S)
 
 
+def _say_terminated(signum: int) -> None:
+    rank = int(os.environ.get("RANK", "0") or 0)
+    prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv and sys.argv[0] else "ds_kronos"
+    where = f"[rank {rank}] " if rank else ""
+    print(f"{where}{prog}: {signal.Signals(signum).name} arrived while this rank waited on the others: the job is "
+          f"being ended elsewhere, so this rank leaves without saving", file=sys.stderr, flush=True)
+
+
 def _exit(code: int) -> None:
     """Exit without the interpreter's final garbage collection: it walks every object torch, DeepSpeed and pandas
     created, which costs seconds per process each time a job ends (figure in docs/performance.md). Outputs are closed
@@ -133,6 +142,9 @@ def run_main(main: Callable[[Sequence[str] | None], object], argv: Sequence[str]
         _exit(EXIT_USER_ERROR)
     except Preempted:
         (_end_process if argv is None else _exit)(EXIT_PREEMPTED)  # argv None: the real command line, our process
+    except Terminated as exc:
+        _say_terminated(exc.signum)
+        _exit(128 + exc.signum)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         _exit(EXIT_INTERRUPTED)

@@ -26,6 +26,16 @@ class UserError(Exception):
         self.rank_specific = rank_specific
 
 
+class Terminated(Exception):
+    """A collective failed on a rank that had been sent a termination signal while it waited (the launcher or the
+    scheduler is ending the job, and whoever stopped it has said why): the rank leaves as the signal would have
+    ended it, exit code 128 + the signal, with a note rather than an error line that would blame another rank."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class ConfigError(UserError):
     """An invalid option or config file."""
 

@@ -8,7 +8,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +18,7 @@ import torch
 
 from ds_kronos import shm_buffers
 from ds_kronos.config import DEFAULT_DIST_TIMEOUT_S
-from ds_kronos.errors import UserError
+from ds_kronos.errors import Terminated, UserError
 
 
 @dataclass(frozen=True)
@@ -252,17 +252,33 @@ def stalled_rank_message(timeout_s: float) -> str:
             f"stops (look at that process: stopped, hung, swapping or out of memory)")
 
 
+def is_peer_gone(exc: BaseException) -> bool:
+    """A collective that failed because another rank's process ended (gloo's wording)."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("Connection closed by peer" in text or "Connection reset by peer" in text)
+
+
 @contextmanager
-def distributed_failures(timeout_s: float) -> Iterator[None]:
+def distributed_failures(timeout_s: float,
+                         signals_received: Callable[[], Sequence[int]] = tuple) -> Iterator[None]:
     """Every job that joins a process group runs inside this: a collective that timed out becomes the one line
     naming the rank that stopped answering, and running out of GPU memory becomes a sizing hint (both
-    :class:`UserError`, printed by this rank, since only it knows)."""
+    :class:`UserError`, printed by this rank, since only it knows).
+
+    ``signals_received``: the termination signals this process caught so far (the job's preemption listener). A
+    rank that was stopped (SIGSTOP, swapped out) and continued only to be sent the launcher's SIGTERM finds its
+    collective timed out too; it must not claim that another rank stopped answering, so it ends as
+    :class:`Terminated` instead."""
     try:
         yield
     except torch.cuda.OutOfMemoryError as exc:  # a user-fixable sizing problem
         raise UserError(f"out of GPU memory: {str(exc).splitlines()[0]} (lower --batch_size, use ZeRO-3, "
                         f"offload or --activation_checkpointing; see launch/plan.py)", rank_specific=True) from None
     except RuntimeError as exc:
-        if not is_collective_timeout(exc):
+        timed_out = is_collective_timeout(exc)
+        received = signals_received()
+        if received and (timed_out or is_peer_gone(exc)):
+            raise Terminated(received[0]) from None
+        if not timed_out:
             raise
         raise UserError(stalled_rank_message(timeout_s), rank_specific=True) from None

@@ -196,6 +196,35 @@ def test_a_stopped_rank_ends_the_job_within_the_timeout_and_is_named(demo_prepar
     assert "--dist_timeout 10" in errors[0]
 
 
+@pytest.mark.parametrize("failure", ["Timed out waiting 10000ms for recv operation to complete",
+                                     "[pair.cc:534] Connection closed by peer [127.0.0.1]:41915"])
+def test_a_rank_told_to_end_while_it_waited_leaves_quietly_with_the_signals_code(failure, monkeypatch, capsys):
+    """A rank that was stopped (SIGSTOP, swapped out) and continued only to receive the launcher's SIGTERM finds
+    its collective failed: it leaves as SIGTERM would have ended it, without an error line blaming another rank."""
+    import signal
+
+    from ds_kronos.cli import run_main
+    from ds_kronos.runtime import distributed_failures
+
+    def main(argv):
+        with distributed_failures(10, lambda: [signal.SIGTERM]):
+            raise RuntimeError(failure)
+
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as stop:
+        run_main(main, [])
+    assert stop.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert ": error:" not in err and "[rank 1]" in err and "SIGTERM arrived while this rank waited" in err
+
+    def bug(argv):  # not a collective failure: a bug keeps its traceback even while the job is being ended
+        with distributed_failures(10, lambda: [signal.SIGTERM]):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        run_main(bug, [])
+
+
 def test_resume_candidates_are_only_complete_step_folders(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     (checkpoints / "stepABC").mkdir(parents=True)

@@ -57,9 +57,9 @@ from ds_kronos.train.validation import ValidationResult, validate
 class Trainer:
     """Runs one training job (the task decides which model and loss) on a DeepSpeed engine."""
 
-    def __init__(self, config: CommonTrainConfig):
+    def __init__(self, config: CommonTrainConfig, stops: StopRequests | None = None):
         self.started = time.perf_counter()
-        self.stops = StopRequests(config.save_on_signal, config.exit_after_steps)  # listens from here on
+        self.stops = stops or StopRequests(config.save_on_signal, config.exit_after_steps)  # listens from here on
         self.config = config
         self.ds_json = load_ds_config(config.deepspeed_config)  # fail fast, before processes wait on each other
         check_monitors(self.ds_json, config.deepspeed_config)
@@ -92,8 +92,7 @@ class Trainer:
         self.engine, self.scheduler, self.frozen_fp32 = built.engine, built.scheduler, built.frozen_fp32
         self.compile_backend, self.grad_reduction = built.compile_backend, built.grad_reduction
         self.build_peak_rss = peak_rss_bytes()  # building, loading and partitioning the model: reported at the end
-        self.position = Position()
-        self.metrics = RunMetrics(self.task.names)  # no sinks until run() opens them
+        self.position, self.metrics = Position(), RunMetrics(self.task.names)  # metrics: no sinks until run()
         self.guard = DivergenceGuard(fp16=self.ds_view.fp16, device=self.runtime.device)
         self.progress: Progress | None = None
         self.lr_used = float("nan")  # the lr of the last optimizer step, for the divergence message
@@ -290,8 +289,9 @@ class Trainer:
 
 
 def run_training(config: CommonTrainConfig) -> dict[str, Any]:
-    with distributed_failures(config.dist_timeout):
-        trainer = Trainer(config)
+    stops = StopRequests(config.save_on_signal, config.exit_after_steps)  # listens from here on
+    with distributed_failures(config.dist_timeout, lambda: stops.received):
+        trainer = Trainer(config, stops)
         try:
             summary = trainer.run()
             trainer.runtime.close()  # every rank leaves together: one leaving early can abort another's gloo exit

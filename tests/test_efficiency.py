@@ -37,7 +37,7 @@ def test_the_flop_count_is_torchs_count_of_the_matrix_products_plus_attention(on
     x, stamp = torch.randn(2, WINDOW, 6), torch.zeros(2, WINDOW, 5)
     batch = tokenize_batch(tokenizer, x, stamp, torch.device("cpu"), torch.float32)
     tokens, c = WINDOW - 1, model.config
-    counted = linear_flops(lambda: predict_and_score(model, model.head, batch, False)[0].backward()) / 2
+    counted = linear_flops(lambda m=model: predict_and_score(m, m.head, batch, False)[0].backward()) / 2
     attention = 12.0 * (c.n_layers + 1) * c.d_model * tokens ** 2
     assert counted == 6 * matmul_params(model) * tokens
     assert flops_per_sample(c, matmul_params(model), tokens) == counted + attention
@@ -50,6 +50,31 @@ def test_the_flop_count_is_torchs_count_of_the_matrix_products_plus_attention(on
     attention = 12.0 * (len(tokenizer.encoder) + 2 * len(tokenizer.decoder)) * tokenizer.config.d_model * WINDOW ** 2
     no_input_gradient = 2.0 * tokenizer.embed.weight.numel() * WINDOW
     assert tokenizer_flops_per_sample(tokenizer, WINDOW) == counted + no_input_gradient + attention
+
+
+def test_frozen_weights_count_no_weight_gradient(one_torch_thread):
+    """--finetune freeze of a late block: torch's counter finds 4 FLOPs per frozen weight and token (forward and the
+    gradient that flows on to block 0), 6 for the rest, as the formula says. With LoRA the base layers of block 0
+    and the input projection need no backward at all (nothing before them trains): the count overstates, but is
+    far below counting every weight as trained."""
+    from ds_kronos.train.finetune import FinetuneSpec, Finetuning
+
+    torch.manual_seed(0)
+    tokenizer = KronosTokenizer.from_preset("tiny")
+    x, stamp = torch.randn(2, WINDOW, 6), torch.zeros(2, WINDOW, 5)
+    batch = tokenize_batch(tokenizer, x, stamp, torch.device("cpu"), torch.float32)
+    tokens = WINDOW - 1
+    for spec in (FinetuneSpec(mode="freeze", freeze=("transformer.1.*",)), FinetuneSpec(mode="lora")):
+        model = Finetuning(spec, Kronos.from_preset("tiny")).model
+        c, frozen = model.config, matmul_params(model, frozen_only=True)
+        assert 0 < frozen < matmul_params(model)
+        counted = linear_flops(lambda m=model: predict_and_score(m, m.head, batch, False)[0].backward()) / 2
+        formula = flops_per_sample(c, matmul_params(model), tokens, frozen) - 12.0 * (c.n_layers + 1) * c.d_model \
+            * tokens ** 2
+        if spec.mode == "freeze":
+            assert counted == formula == (6 * matmul_params(model) - 2 * frozen) * tokens
+        else:
+            assert counted < formula < 0.8 * 6 * matmul_params(model) * tokens
 
 
 @pytest.mark.parametrize("name,peak,bf16,fp32", [

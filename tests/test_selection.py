@@ -73,9 +73,68 @@ def test_the_selection_state_survives_a_checkpoint_round_trip():
     selection = Selection("crps", patience=3)
     for step, value in ((0, 0.5), (6, 0.4), (12, 0.45)):
         selection.consider(position.selection, step, value)
+    selection.consider(position.selection, 18, 0.44, {1: 0.4, 2: 0.5})
+    position.selection.start_daily = [(1, 0.5), (2, 0.6), (3, 0.7)]
     restored = Position.from_client_state(position.to_client_state())
     assert restored.selection == position.selection
     assert Position.from_client_state({"step": 3}).selection == SelectionState()  # a checkpoint from before
+
+
+def paired(gains: list[float], base: float = 0.5) -> tuple[dict[int, float], dict[int, float]]:
+    """The start's per-date CRPS and a candidate's that is better by ``gains`` (per date)."""
+    start = {date: base + 0.01 * (date % 3) for date in range(len(gains))}
+    return start, {date: start[date] - gain for date, gain in zip(start, gains)}
+
+
+def test_a_trained_model_must_beat_the_start_by_more_than_chance():
+    """By forecast, the start stays best_model/ unless the paired per-date gain is significant (one-sided HAC t)."""
+    wiggle = np.sin(1.7 * np.arange(23))
+    wiggle = (wiggle - wiggle.mean()) / wiggle.std()
+    noise = (0.004 + 0.03 * wiggle).tolist()  # a mean gain of 0.004 with a spread of 0.03 between dates: chance
+    start, candidate = paired(noise)
+    selection = Selection("crps")  # beat_start_p 0.05 by default
+    state = SelectionState()
+    assert selection.consider(state, 0, np.mean(list(start.values())), start)
+    assert not selection.consider(state, 32, np.mean(list(candidate.values())), candidate)
+    assert state.best_step == 0 and selection.improved_on_start(state) is False
+    test = state.best_later_test
+    assert test["dates"] == 23 and test["gain"] == pytest.approx(np.mean(noise)) and not test["passes"]
+    assert 0.1 < test["p_one_sided"] < 0.5 and test["t"] > 0
+    line = selection.verdict_line(state)
+    assert "paired over 23 dates" in line and ">= --beat_start_p 0.05" in line and "best_model/ is the start" in line
+    # The same scores without the test: the noisy gain is taken.
+    loose = Selection("crps", beat_start_p=1.0)
+    state = SelectionState()
+    assert [loose.consider(state, s, np.mean(list(d.values())), d) for s, d in ((0, start), (32, candidate))] == [
+        True, True]
+    assert state.best_later_test is None
+    # A gain that holds on nearly every date passes, and the verdict says by how much.
+    steady = (0.01 + 0.003 * wiggle).tolist()
+    start, candidate = paired(steady)
+    state = SelectionState()
+    selection.consider(state, 0, np.mean(list(start.values())), start)
+    assert selection.consider(state, 32, np.mean(list(candidate.values())), candidate)
+    assert state.best_later_test["passes"] and state.best_later_test["p_one_sided"] < 1e-6
+    assert "best_model/ is step 32" in selection.verdict_line(state)
+    assert selection.summary(state)["best_trained_test"]["t"] > 5
+
+
+def test_the_test_against_the_start_follows_the_metrics_direction_and_needs_three_dates():
+    selection = Selection("rank_ic")
+    state = SelectionState()
+    start = {d: 0.0 + 0.01 * (d % 2) for d in range(10)}
+    worse = {d: v - 0.05 for d, v in start.items()}  # lower RankIC: worse, however steady
+    selection.consider(state, 0, 0.005, start)
+    assert not selection.consider(state, 8, 0.0 - 0.045, worse)
+    better = {d: v + 0.05 + 0.001 * d for d, v in start.items()}
+    assert selection.consider(state, 16, 0.055, better)
+    # Two common dates: no test, min_delta alone decides (and the summary says there was none).
+    state = SelectionState()
+    selection.consider(state, 0, 0.01, {1: 0.0, 2: 0.02})
+    assert selection.consider(state, 8, 0.02, {1: 0.01, 2: 0.03, 5: 0.5})
+    assert state.best_later_test is None
+    # By loss there are no per-date scores to pair: min_delta alone.
+    assert Selection("loss").test_against_start(state, {1: 0.0}) is None
 
 
 def test_train_config_checks_the_selection_options():
@@ -142,4 +201,9 @@ def test_forecast_scores_are_the_crps_and_rank_ic_of_the_sampled_paths(demo_prep
     from ds_kronos.evaluation.metrics import daily_ic
     _, _, rank_ic = daily_ic(validation.dates, np.array(returns), validation.real_returns)
     assert rank_ic.size > 0 and scores.rank_ic == pytest.approx(rank_ic.mean(), rel=1e-5)
+    # Per date: what the selection pairs with the start's (each date's mean CRPS over its origins, its RankIC).
+    dates = validation.dates
+    assert scores.daily["crps"] == pytest.approx({int(d): np.mean(np.array(crps)[dates == d]) for d in set(dates)},
+                                                 rel=1e-5)
+    assert list(scores.daily["rank_ic"].values()) == pytest.approx(rank_ic.tolist(), rel=1e-5)
     assert math.isfinite(validation.random_walk_crps) and validation.random_walk_crps > 0

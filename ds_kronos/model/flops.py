@@ -11,6 +11,12 @@ backward) of the n_layers self-attention blocks and the dependency layer's cross
 causal halving (as PaLM's MFU does). Not counted: the frozen tokenizer's forward and activation-checkpointing
 recomputation (they are work, but not model FLOPs), element-wise ops and softmax.
 
+Frozen weights (``--finetune lora``: the base layers under the adapters; ``--finetune freeze``) get no weight
+gradient, so they count 4 FLOPs per weight and token instead of 6: the forward and the activation gradient that
+still flows back to the trainable parameters before them. Frozen layers that come before every trainable
+parameter (e.g. heads-only training) need no backward at all; the count does not look for them, so it overstates
+such runs.
+
 Tokenizer (its own training stage): the same two terms over what one forward applies per bar. The encoder blocks,
 ``embed``, ``quant_embed`` and both post-quantisation projections run once; the decoder blocks and ``head`` run
 twice (the s1-only and the full reconstruction), so they count twice.
@@ -30,14 +36,18 @@ from torch import nn
 from ds_kronos.model.configs import KronosConfig
 
 
-def matmul_params(model: nn.Module) -> int:
-    """Parameters that multiply activations (Linear weights), whole even when ZeRO-3 partitions them."""
-    return sum(getattr(m.weight, "ds_numel", m.weight.numel()) for m in model.modules() if isinstance(m, nn.Linear))
+def matmul_params(model: nn.Module, frozen_only: bool = False) -> int:
+    """Parameters that multiply activations (Linear weights), whole even when ZeRO-3 partitions them; with
+    ``frozen_only``, those of them that do not train."""
+    return sum(getattr(m.weight, "ds_numel", m.weight.numel()) for m in model.modules()
+               if isinstance(m, nn.Linear) and not (frozen_only and m.weight.requires_grad))
 
 
-def flops_per_sample(config: KronosConfig, matmul: int, context: int) -> float:
-    """Training FLOPs (forward + backward) of one predictor sample of ``context`` tokens."""
-    return 6.0 * matmul * context + 12.0 * (config.n_layers + 1) * config.d_model * context ** 2
+def flops_per_sample(config: KronosConfig, matmul: int, context: int, frozen_matmul: int = 0) -> float:
+    """Training FLOPs (forward + backward) of one predictor sample of ``context`` tokens; ``frozen_matmul`` of the
+    ``matmul`` weights do not train (module docstring)."""
+    return ((6.0 * (matmul - frozen_matmul) + 4.0 * frozen_matmul) * context
+            + 12.0 * (config.n_layers + 1) * config.d_model * context ** 2)
 
 
 def tokenizer_flops_per_sample(tokenizer: nn.Module, bars: int) -> float:

@@ -174,6 +174,10 @@ class TrainConfig(CommonTrainConfig):
                          f"{DEFAULT_FORECAST_ORIGINS} with --select_by crps/rank_ic, 0 = none with loss; set it "
                          "with loss to report forecast scores without selecting by them)")
     val_paths: int = option(DEFAULT_FORECAST_PATHS, ge=1, help="sampled paths per validation origin")
+    beat_start_p: float = option(0.05, gt=0, le=1,
+                                 help="--select_by crps/rank_ic: a trained model replaces the start model only if "
+                                      "its per-date improvement on the validation origins is significant at this "
+                                      "one-sided p-value (paired Newey-West t-test); 1 = any improvement")
 
     # What is trained (ds_kronos.train.finetune).
     finetune: str = option("full", choices=FINETUNE_MODES,
@@ -194,7 +198,7 @@ class TrainConfig(CommonTrainConfig):
         "'transformer.[0-3].*' (blocks 0-3), '*,!head.*' (heads only)")
 
     def selection(self) -> Selection:
-        return Selection(self.select_by, self.patience, self.min_delta)
+        return Selection(self.select_by, self.patience, self.min_delta, self.beat_start_p)
 
     def trained(self) -> str:
         return self.finetune_spec().signature()

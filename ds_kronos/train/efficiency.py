@@ -59,7 +59,7 @@ def run_efficiency(task, window: int, world_size: int, device: torch.device, pre
         tokens, flops = window, tokenizer_flops_per_sample(model, window)
     else:
         tokens = window - 1
-        flops = flops_per_sample(model.config, matmul_params(model), tokens)
+        flops = flops_per_sample(model.config, matmul_params(model), tokens, matmul_params(model, frozen_only=True))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     known = device_peak(name) if device.type == "cuda" else None
     if peak_override:

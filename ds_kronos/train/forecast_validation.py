@@ -59,6 +59,9 @@ class ForecastScores:
     skill: float
     """1 - crps / the random walk's CRPS on the same origins (> 0: better than the random walk)."""
     seconds: float
+    daily: dict[str, dict[int, float]]
+    """Per metric, the score of each origin date (date -> mean CRPS of its origins, or its RankIC): what the
+    selection pairs with the start model's to test an improvement (ds_kronos.train.selection)."""
 
     def value(self, metric: str) -> float | None:
         return {"crps": self.crps, "rank_ic": self.rank_ic}[metric]
@@ -139,10 +142,14 @@ class ForecastValidation:
             returns[chunk] = torch.from_numpy(metrics.window_returns(price, self.last_close[chunk])[:, -1])
         totals = all_reduce_sum(torch.stack([crps, returns]).to(runtime.device)).cpu().numpy()
         mean_crps = float(totals[0].mean())
-        _, _, rank_ic = metrics.daily_ic(self.dates, totals[1], self.real_returns)
+        ic_dates, _, rank_ic = metrics.daily_ic(self.dates, totals[1], self.real_returns)
+        dates, of_date = np.unique(self.dates, return_inverse=True)
+        date_crps = np.bincount(of_date, weights=totals[0]) / np.bincount(of_date)
+        daily = {"crps": dict(zip(dates.tolist(), date_crps.tolist())),
+                 "rank_ic": dict(zip(ic_dates.tolist(), rank_ic.tolist()))}
         return ForecastScores(crps=mean_crps, rank_ic=float(rank_ic.mean()) if rank_ic.size else None,
                               skill=1.0 - mean_crps / self.random_walk_crps if self.random_walk_crps > 0 else 0.0,
-                              seconds=time.perf_counter() - started)
+                              seconds=time.perf_counter() - started, daily=daily)
 
     def _sample_close(self, model, tokenizer, chunk: np.ndarray, device: torch.device) -> np.ndarray:
         w, L = self.windows, self.lookback

@@ -3,7 +3,16 @@ the start model as a candidate.
 
 Every evaluation is a candidate, the start model's (the evaluation before the first step) included. A candidate
 becomes the best when it improves on the best so far by more than ``min_delta`` in the metric's direction (lower
-loss or CRPS, higher RankIC); ``patience`` evaluations in a row without such an improvement stop the run. The
+loss or CRPS, higher RankIC); ``patience`` evaluations in a row without such an improvement stop the run.
+
+By forecast (crps, rank_ic), a trained candidate must also beat the start by more than chance: every evaluation
+scores the same origins with the same sampler draws, so the candidate's and the start's per-date scores are paired,
+and their per-date difference must have a mean in the candidate's favour with a one-sided p-value below
+``beat_start_p`` (Newey-West HAC t-test of ds_kronos.evaluation.significance, the dates' overlap in the lag).
+Why: on the market the start was trained on, where there is nothing to learn, the validation CRPS of a fine-tuned
+model wanders by about 1% between evaluations and the best of them "beat" the start by 0.8% while being 1.2%
+worse on test (docs/finetune.md). With fewer than 3 dates, or by loss, there is no test and ``min_delta`` alone
+decides. The
 state lives in the run's :class:`ds_kronos.train.position.Position`, so a resumed run decides exactly as an
 uninterrupted one. Every rank holds the same all-reduced scores, so every rank reaches the same verdict; the
 Trainer still agrees on a stop with one reduction, at evaluations only.
@@ -14,6 +23,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from ds_kronos.evaluation.significance import MIN_DATES, hac_lags, hac_mean_test
 
 SELECT_BY = ("loss", "crps", "rank_ic")
 HIGHER_IS_BETTER = {"loss": False, "crps": False, "rank_ic": True}
@@ -34,13 +47,20 @@ class SelectionState:
     """Evaluations in a row that did not improve on the best."""
     stop_reason: str | None = None
     scores: list[tuple[int, float | None]] = field(default_factory=list)
+    start_daily: list[tuple[int, float]] | None = None
+    """The start model's per-date scores (date, value), the pairs of the test against the start."""
+    best_later_test: dict[str, Any] | None = None
+    """The test against the start of the best trained candidate (:meth:`Selection.test_against_start`)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "scores": [list(s) for s in self.scores]}
+        return {**self.__dict__, "scores": [list(s) for s in self.scores],
+                "start_daily": None if self.start_daily is None else [list(d) for d in self.start_daily]}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "SelectionState":
-        return cls(**{**values, "scores": [tuple(s) for s in values.get("scores", [])]})
+        daily = values.get("start_daily")
+        return cls(**{**values, "scores": [tuple(s) for s in values.get("scores", [])],
+                      "start_daily": None if daily is None else [tuple(d) for d in daily]})
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,8 @@ class Selection:
     patience: int = 0
     """Stop after this many evaluations in a row without improvement (0: never)."""
     min_delta: float = 0.0
+    beat_start_p: float = 0.05
+    """One-sided p-value a trained candidate's per-date improvement on the start must be below (1: no test)."""
 
     def better(self, value: float, than: float | None) -> bool:
         """An improvement: ahead of ``than`` by more than ``min_delta`` (anything beats no score)."""
@@ -59,16 +81,44 @@ class Selection:
     def ahead(self, value: float, than: float) -> bool:
         return value > than if HIGHER_IS_BETTER[self.metric] else value < than
 
-    def consider(self, state: SelectionState, step: int, value: float | None) -> bool:
-        """Record the evaluation at ``step``; True when it is the new best (export it as ``best_model/``). A score
-        that is undefined (None or NaN: e.g. no date with a RankIC) never improves."""
+    def test_against_start(self, state: SelectionState, daily: dict[int, float] | None) -> dict[str, Any] | None:
+        """The paired test of a candidate's per-date scores against the start's (module docstring): the mean
+        per-date gain over the start (positive: better), its HAC t-statistic and one-sided p-value, the dates paired
+        and whether it passes. None when there is no test: by loss, ``beat_start_p`` 1, no start or too few dates."""
+        if self.metric == "loss" or self.beat_start_p >= 1 or not state.start_daily or not daily:
+            return None
+        start = dict(state.start_daily)
+        dates = [d for d in sorted(start) if d in daily and math.isfinite(daily[d]) and math.isfinite(start[d])]
+        if len(dates) < MIN_DATES:
+            return None
+        sign = 1.0 if HIGHER_IS_BETTER[self.metric] else -1.0
+        gains = np.array([sign * (daily[d] - start[d]) for d in dates])
+        lags = hac_lags(len(dates), 1, 1)  # the validation dates are spread over the split: no window overlap
+        test = hac_mean_test(gains, lags)
+        if test["t"] is None:  # a constant gain series: no spread to test against
+            mean, t, p = float(gains.mean()), None, 0.0 if gains.mean() > 0 else 1.0
+        else:
+            mean, t = test["mean"], test["t"]
+            p = test["p_value"] / 2 if t > 0 else 1 - test["p_value"] / 2
+        return {"gain": mean, "t": t, "p_one_sided": p, "dates": len(dates), "lags": lags,
+                "passes": p < self.beat_start_p}
+
+    def consider(self, state: SelectionState, step: int, value: float | None,
+                 daily: dict[int, float] | None = None) -> bool:
+        """Record the evaluation at ``step`` (``daily``: its per-date scores, for the test against the start);
+        True when it is the new best (export it as ``best_model/``). A score that is undefined (None or NaN: e.g.
+        no date with a RankIC) never improves; nor does a trained candidate that fails the test against the start."""
         defined = value is not None and math.isfinite(value)
         state.scores.append((step, value if defined else None))
+        test = None
         if step == 0 and state.start is None and defined:
             state.start = value
-        elif step > 0 and defined and (state.best_later is None or self.ahead(value, state.best_later)):
-            state.best_later, state.best_later_step = value, step
-        if defined and self.better(value, state.best):
+            state.start_daily = sorted(daily.items()) if daily else None
+        elif step > 0 and defined:
+            test = self.test_against_start(state, daily)
+            if state.best_later is None or self.ahead(value, state.best_later):
+                state.best_later, state.best_later_step, state.best_later_test = value, step, test
+        if defined and self.better(value, state.best) and (test is None or test["passes"]):
             state.best, state.best_step, state.stale = value, step, 0
             return True
         state.stale += 1
@@ -87,7 +137,9 @@ class Selection:
 
     def summary(self, state: SelectionState) -> dict[str, Any]:
         return {"metric": self.metric, "patience": self.patience, "min_delta": self.min_delta,
+                "beat_start_p": None if self.metric == "loss" else self.beat_start_p,
                 "improved_on_start": self.improved_on_start(state), "start_score": state.start,
+                "best_trained_test": state.best_later_test,
                 "best_score": state.best, "best_step": state.best_step, "best_trained_score": state.best_later,
                 "best_trained_step": state.best_later_step, "stop_reason": state.stop_reason,
                 "scores": [list(s) for s in state.scores]}
@@ -98,9 +150,19 @@ class Selection:
         if improved is None:
             return None
         if improved:
+            test = state.best_later_test if state.best_later_step == state.best_step else None
             return (f"best_model/ is step {state.best_step}: {self.metric} {state.best:.6g} vs {state.start:.6g} "
-                    f"for the start model")
+                    f"for the start model{_describe(test, self.beat_start_p)}")
         later = ("no later evaluation" if state.best_later is None else
-                 f"the best trained model (step {state.best_later_step}) has {state.best_later:.6g}")
+                 f"the best trained model (step {state.best_later_step}) has {state.best_later:.6g}"
+                 f"{_describe(state.best_later_test, self.beat_start_p)}")
         return (f"no evaluation improved on the start model by {self.metric} (start {state.start:.6g}; {later}"
                 f"{f', min_delta {self.min_delta:g}' if self.min_delta else ''}): best_model/ is the start model")
+
+
+def _describe(test: dict[str, Any] | None, threshold: float) -> str:
+    if test is None:
+        return ""
+    t = "" if test["t"] is None else f"t {test['t']:.2f}, "
+    return (f", paired over {test['dates']} dates: {t}one-sided p {test['p_one_sided']:.3g} "
+            f"{'<' if test['passes'] else '>='} --beat_start_p {threshold:g}")

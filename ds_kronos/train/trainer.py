@@ -245,8 +245,8 @@ class Trainer:
             forecast = self.forecasts.score(self.engine, self.task.tokenizer, self.runtime)
             pos.history.forecast.append((pos.step, forecast.crps, forecast.rank_ic, forecast.skill))
         metric = self.selection.metric
-        improved = self.selection.consider(pos.selection, pos.step,
-                                           result.loss if metric == "loss" else forecast.value(metric))
+        improved = self.selection.consider(pos.selection, pos.step, *(
+            (result.loss, None) if metric == "loss" else (forecast.value(metric), forecast.daily[metric])))
         # Every rank holds the same reduced scores, so the same verdict; one reduction guarantees that every rank
         # stops at the same step.
         if all_reduce_max(int(pos.selection.stop_reason is not None), self.runtime.device) and \

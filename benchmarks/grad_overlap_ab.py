@@ -15,13 +15,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from train_throughput import ThroughputConfig, join_group, step_inputs
+from train_throughput import ThroughputConfig, join_group, run_ranks, slowest_rank, step_inputs
 
 from ds_kronos.cli import run_main
 from ds_kronos.config import option, parse_config
@@ -76,15 +75,7 @@ def worker(rank: int, values: dict[str, Any], port: int, out_dir: str) -> None:
 
 
 def run(config: OverlapABConfig) -> dict[str, Any]:
-    import torch.multiprocessing as mp
-
-    from ds_kronos.runtime import free_port
-    with tempfile.TemporaryDirectory(prefix="ds_kronos_overlap_") as out_dir:
-        mp.start_processes(worker, args=(dataclasses.asdict(config), free_port(), out_dir),
-                           nprocs=config.world_size, join=True, start_method="spawn")
-        ranks = [json.loads(Path(out_dir, f"{r}.json").read_text()) for r in range(config.world_size)]
-    # A step ends when the slowest rank's does.
-    per_step = {kind: [max(r[kind][i] for r in ranks) for i in range(len(ranks[0][kind]))] for kind in ranks[0]}
+    per_step = slowest_rank(run_ranks(worker, (dataclasses.asdict(config),), config.world_size))
     medians = {kind: statistics.median(values) for kind, values in per_step.items()}
     report = {"variant": config.variant, "precision": config.precision, "world_size": config.world_size,
               "overlapped_step_s": medians["overlapped"], "deepspeed_step_s": medians["deepspeed"],

@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ds_kronos.cli import run_main
 from ds_kronos.config import option, parse_config
@@ -239,7 +239,7 @@ def step_inputs(config: ThroughputConfig, rank: int, runtime) -> StepInputs:
 
 
 def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str) -> None:
-    """One rank of one phase ("deepspeed" or "ddp"); writes its timings to out_dir/<mode>_<rank>.json."""
+    """One rank of one phase ("deepspeed" or "ddp"); writes its timings to out_dir/<rank>.json."""
     config = ThroughputConfig(**values)
     runtime = join_group(config, rank, port)
     import torch
@@ -271,7 +271,7 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
               "threads": torch.get_num_threads(), "context": inputs.context, "warmup_s": warmup_s,
               "compile_s": compile_seconds() if config.compile else None, "profile": profile,
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
-    Path(out_dir, f"{mode}_{rank}.json").write_text(json.dumps(result), encoding="utf-8")
+    Path(out_dir, f"{rank}.json").write_text(json.dumps(result), encoding="utf-8")
     barrier()
 
 
@@ -286,19 +286,31 @@ def _ds_json(config: ThroughputConfig, on_cpu: bool) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------- parent
-def _phase(mode: str, config: ThroughputConfig) -> list[dict[str, Any]]:
+def run_ranks(worker: Callable[..., None], args: tuple, world_size: int) -> list[dict[str, Any]]:
+    """Spawn ``world_size`` processes running ``worker(rank, *args, port, out_dir)`` (each joins the group on
+    ``port`` and writes its results to ``out_dir/<rank>.json``) and return those results in rank order. The
+    benchmarks that time the product's step run their ranks through this."""
     import torch.multiprocessing as mp
 
     from ds_kronos.runtime import free_port
     with tempfile.TemporaryDirectory(prefix="ds_kronos_bench_") as out_dir:
-        mp.start_processes(worker, args=(mode, dataclasses.asdict(config), free_port(), out_dir),
-                           nprocs=config.world_size, join=True, start_method="spawn")
-        return [json.loads(Path(out_dir, f"{mode}_{r}.json").read_text()) for r in range(config.world_size)]
+        mp.start_processes(worker, args=(*args, free_port(), out_dir), nprocs=world_size, join=True,
+                           start_method="spawn")
+        return [json.loads(Path(out_dir, f"{r}.json").read_text()) for r in range(world_size)]
+
+
+def slowest_rank(ranks: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """Per timed series, each step's time on its slowest rank: a step (or a collective) ends when the last rank's
+    does."""
+    return {kind: [max(r[kind][i] for r in ranks) for i in range(len(ranks[0][kind]))] for kind in ranks[0]}
+
+
+def _phase(mode: str, config: ThroughputConfig) -> list[dict[str, Any]]:
+    return run_ranks(worker, (mode, dataclasses.asdict(config)), config.world_size)
 
 
 def _summary(results: list[dict[str, Any]], config: ThroughputConfig, flops: float, peak: float) -> dict[str, Any]:
-    # A step ends when the slowest rank's does: take the per-step maximum over ranks.
-    per_step = [max(r["times"][i] for r in results) for i in range(config.steps)]
+    per_step = slowest_rank([{"times": r["times"]} for r in results])["times"]
     median = statistics.median(per_step)
     samples = config.micro_batch * config.world_size / median
     return {"samples_per_s": samples, "tokens_per_s": samples * results[0]["context"], "step_s_median": median,

@@ -123,8 +123,10 @@ class Selection:
             return True
         state.stale += 1
         if self.patience and state.stale >= self.patience:
+            tested = " (and beat the start's by more than chance)" if state.best_later_test is not None else ""
             state.stop_reason = (f"early stop: {self.metric} did not improve on {state.best:.6g} (step "
-                                 f"{state.best_step}) by more than {self.min_delta:g} in {state.stale} evaluations"
+                                 f"{state.best_step}) by more than {self.min_delta:g}{tested} in {state.stale} "
+                                 f"evaluations"
                                  if state.best is not None else
                                  f"early stop: {self.metric} undefined in {state.stale} evaluations")
         return False

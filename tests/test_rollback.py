@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from ds_kronos.errors import ConfigError
+from ds_kronos.train.config import TrainConfig
 from ds_kronos.train.position import Position
-from ds_kronos.train.rollback import ScaledSchedule, set_lr_factor
+from ds_kronos.train.rollback import Rollbacks, ScaledSchedule, set_lr_factor
 from ds_kronos.train.safe_load import weights_only_loading
 from ds_kronos.train.skipped_steps import SkippedSteps, micro_batch_spans, parse_step_ranges
 from helpers import REPO, model_weights, run_in_process, run_job, summary, train_args, two_at_a_time
@@ -126,6 +129,20 @@ def test_the_lr_factor_scales_the_schedule_from_the_roll_back_on():
     for e in (plain, rolled, resumed):
         e.lr_scheduler.step()
     assert lr(rolled) == 0.25 * lr(plain) and lr(resumed) == 0.5 * lr(plain)
+
+
+def test_a_run_whose_first_checkpoint_comes_too_late_is_refused_once_the_data_sized_its_epochs():
+    # --max_steps 3 with a checkpoint per epoch: the options alone cannot tell (the epoch's length comes from the
+    # data); the Trainer's Rollbacks can, before the engine is built.
+    trainer = SimpleNamespace(config=TrainConfig(on_divergence="rollback", max_steps=3), resume_source=None,
+                              data=SimpleNamespace(steps_per_epoch=4))
+    with pytest.raises(ConfigError, match=r"no checkpoint would be written before the run's last step \(step 3\), as "
+                                          r"checkpoints come at the end of each epoch"):
+        Rollbacks(trainer)
+    trainer.data.steps_per_epoch = 2  # a checkpoint at step 2
+    assert Rollbacks(trainer).enabled
+    trainer.config.on_divergence = "stop"
+    assert not Rollbacks(trainer).enabled
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -61,6 +61,8 @@ class ScaledSchedule:
         self.inner.load_state_dict(state)
 
     def __getattr__(self, name: str):
+        if name == "inner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 

@@ -156,20 +156,30 @@ def lr_config(tmp_path: Path, lr: float) -> Path:
     return path
 
 
+# lr 1e30 gives a NaN loss at step 2, lr 1e6 a loss over 10x the first within a few steps. With --on_divergence
+# rollback the run stops as with stop once --max_rollbacks is spent (lr 1e30 diverges again after going back to
+# step 1), or when there is no checkpoint yet to go back to (--save_every 50); the reason ends the error line.
 @pytest.mark.processes
-@pytest.mark.parametrize("lr,launcher,expected", [(1e30, True, "non-finite loss"), (1e6, False, "over 10x")])
-def test_divergence_stops_the_run_and_keeps_the_last_good_state(lr, launcher, expected, demo_prepared_dir,
+@pytest.mark.parametrize("lr,launcher,options,expected", [
+    (1e30, True, ["--on_divergence", "rollback", "--max_rollbacks", "1"],
+     ["non-finite loss", "1 roll-back(s) already (--max_rollbacks 1): stopped"]),
+    (1e6, False, [], ["over 10x"]),
+    (1e30, False, ["--on_divergence", "rollback", "--save_every", "50"],
+     ["non-finite loss", "no checkpoint to roll back to yet (the first is due at step 50"]),
+], ids=["rollbacks_spent", "stop", "rollback_without_checkpoint"])
+def test_divergence_stops_the_run_and_keeps_the_last_good_state(lr, launcher, options, expected, demo_prepared_dir,
                                                                tiny_checkpoints, tmp_path):
     save_dir = tmp_path / "run"
     tokenizer, predictor = tiny_checkpoints
     args = ["--data", str(demo_prepared_dir), "--tokenizer", str(tokenizer), "--predictor", str(predictor),
             "--save_dir", str(save_dir), "--deepspeed_config", str(lr_config(tmp_path, lr)), "--epochs", "20",
             "--n_train_iter", "128", "--n_val_iter", "16", "--batch_size", "16", "--save_every", "1",
-            "--log_every", "1"]
+            "--log_every", "1", *options]
     result = run_job("train.py", args, processes=2 if launcher else None)
     assert result.returncode != 0
     errors = error_lines(result)
-    assert len(errors) == 1 and "training diverged at step" in errors[0] and expected in errors[0], errors
+    assert len(errors) == 1 and "training diverged at step" in errors[0], errors
+    assert all(part in errors[0] for part in expected), errors
     assert "Traceback" not in result.stdout + result.stderr
     info = summary(save_dir)
     assert info["status"].startswith("failed: training diverged")
@@ -177,10 +187,16 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_state(lr, launcher, ex
     assert step <= 8  # noticed within a few steps
     assert info["final_model"] is None and not (save_dir / "final_model").exists()
     assert info["best_model"] is None or (Path(info["best_model"]) / "config.json").is_file()
+    rollbacks = info["rollbacks"]
+    if "--save_every" in options:  # none written before the divergence, none after it
+        assert not (save_dir / "checkpoints").exists() and rollbacks == []
+        return
     latest = (save_dir / "checkpoints" / "latest").read_text().strip()
     assert int(latest.removeprefix("step")) < step  # the last good checkpoint, not a diverged one
     candidates, _ = resume_candidates(save_dir / "checkpoints")
     assert candidates and candidates[0].tag == latest
+    if "rollback" in options:
+        assert [(r["detected_at_step"], r["restored_step"]) for r in rollbacks] == [(2, 1)] and step == 3, rollbacks
 
 
 @pytest.mark.processes

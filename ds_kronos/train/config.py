@@ -18,6 +18,7 @@ from ds_kronos.forecast.config import clip_option
 from ds_kronos.train.finetune import DEFAULT_LORA_ALPHA, DEFAULT_LORA_RANK, FINETUNE_MODES, FinetuneSpec
 from ds_kronos.train.preemption import signal_problems
 from ds_kronos.train.selection import SELECT_BY, Selection
+from ds_kronos.train.skipped_steps import step_range_problems
 
 DEFAULT_MICRO_BATCH = 50
 DEFAULT_GRAD_ACCUM = 1
@@ -67,6 +68,24 @@ def ds_config_file_problems(path: str | None) -> list[str]:
     return []
 
 
+def rollback_checkpoint_problem(save_every: int, epochs: int, max_steps: int,
+                                steps_per_epoch: int | None = None) -> str | None:
+    """Why ``--on_divergence rollback`` would never have a checkpoint to go back to: the first one (every
+    ``--save_every`` steps, else at the end of each epoch) would come no earlier than the run's last step. Before the
+    data sizes the run (``steps_per_epoch`` None) only the cases the options alone decide are found."""
+    total = max_steps or (epochs * steps_per_epoch if steps_per_epoch else None)
+    if save_every:
+        late, when = total is not None and save_every >= total, f"every {save_every} steps (--save_every)"
+    else:
+        late = (epochs == 1 and not max_steps) or (steps_per_epoch is not None and steps_per_epoch >= total)
+        when = "at the end of each epoch (--save_every 0)"
+    if not late:
+        return None
+    last = f" (step {total})" if total else ""
+    return (f"--on_divergence rollback: no checkpoint would be written before the run's last step{last}, as "
+            f"checkpoints come {when}, so there would be nothing to roll back to: give a smaller --save_every")
+
+
 @dataclass(kw_only=True)
 class CommonTrainConfig(ProcessOptions):
     """Options shared by both training jobs."""
@@ -106,6 +125,19 @@ class CommonTrainConfig(ProcessOptions):
                                        help="signals on which every rank saves a checkpoint at the end of the current "
                                             "step and the job exits with code 75 (continue with --resume); any of "
                                             "TERM, USR1, USR2, INT, HUP, XCPU, or none (default: TERM,USR1)")
+    on_divergence: str = option("stop", choices=("stop", "rollback"),
+                                help="when the loss diverges (non-finite, or over 10x the first): stop the run (exit "
+                                     "2), or roll back to the last checkpoint, skip the steps since the last good "
+                                     "check and go on (docs/reliability.md#divergence)")
+    rollback_lr_factor: float = option(1.0, gt=0, le=1, help="--on_divergence rollback: from each roll-back on, the "
+                                       "lr schedule's value times this (0.5: half after the first, a quarter after "
+                                       "the second)")
+    max_rollbacks: int = option(3, ge=0, help="--on_divergence rollback: roll-backs per run; a divergence after that "
+                                              "many stops the run as with --on_divergence stop")
+    skip_steps: list[str] = option(default_factory=list,
+                                   help="optimizer steps to pass over untrained, their data unused, e.g. 7 or "
+                                        "5-8,20-21 (counted from 1, as in the log): reproduces a roll-back's skip from "
+                                        "the start")
 
     log_every: int = option(10, help="progress line every N optimizer steps", ge=1)
     peak_tflops: float | None = option(None, gt=0, help="peak dense TFLOP/s of one device, for the MFU in the log "
@@ -151,7 +183,18 @@ class CommonTrainConfig(ProcessOptions):
     def option_problems(self) -> list[str]:
         """The checks that need neither DeepSpeed nor torch."""
         return (prepared_data_problems(self.data) + output_dir_problems("--save_dir", self.save_dir)
-                + signal_problems(self.save_on_signal))
+                + signal_problems(self.save_on_signal) + step_range_problems(self.skip_steps)
+                + self.rollback_problems())
+
+    def rollback_problems(self) -> list[str]:
+        if self.on_divergence != "rollback":
+            return [] if self.rollback_lr_factor == 1.0 else [
+                f"--rollback_lr_factor {self.rollback_lr_factor:g} applies to roll-backs: add --on_divergence rollback"]
+        if self.max_rollbacks == 0:
+            return ["--on_divergence rollback with --max_rollbacks 0 would never roll back: give 1 or more (or "
+                    "--on_divergence stop)"]
+        problem = rollback_checkpoint_problem(self.save_every, self.epochs, self.max_steps)
+        return [problem] if problem else []
 
 
 @dataclass(kw_only=True)

@@ -38,6 +38,8 @@ class DivergenceGuard:
         self._sums = torch.zeros(2, device=device)
         """[loss sum since the last check, the first micro-batch's loss (until the reference is set)]"""
         self._count = 0
+        self.good_through = 0
+        """The step of the last check that passed: every micro-batch up to it had a finite, not exploded loss."""
 
     def add(self, loss: torch.Tensor) -> None:
         """One micro-batch's (detached) loss; no host sync."""
@@ -58,6 +60,12 @@ class DivergenceGuard:
         self._count = 0
         self.check(step, mean, lr, skipped_steps)
 
+    def restart(self, step: int, skipped_steps: int) -> None:
+        """After a roll-back to ``step`` (ds_kronos.train.rollback): count from there, as if it had just passed."""
+        self._sums.zero_()
+        self._count, self.consecutive_skips = 0, 0
+        self._step_before, self._skipped_before, self.good_through = step, skipped_steps, step
+
     def set_reference(self, first_loss: float) -> None:
         if self.reference is None and math.isfinite(first_loss):
             self.reference = max(abs(first_loss), 1.0)
@@ -73,6 +81,7 @@ class DivergenceGuard:
                                f"{self.consecutive_skips} steps (gradients overflow at every scale; lr {lr:.3g}). "
                                f"Lower --lr, or use bf16")
             if not math.isfinite(mean_loss):
+                self.good_through = step
                 return  # those steps were skipped by the scaler; their loss is not the model's
         if not math.isfinite(mean_loss):
             raise Diverged(f"training diverged at step {step}: loss {mean_loss} (lr {lr:.3g}); a non-finite loss "
@@ -81,3 +90,4 @@ class DivergenceGuard:
             raise Diverged(f"training diverged at step {step}: loss {mean_loss:.4g} is over {EXPLOSION_FACTOR:g}x "
                            f"the starting loss {self.reference:.4g} (lr {lr:.3g}); the learning rate is likely too "
                            f"high (lower --lr)")
+        self.good_through = step

@@ -28,6 +28,9 @@ class Position:
     due_validation: str | None = None
     """The label of a validation that was due at ``step`` when the run stopped there on a signal (it saves without
     waiting for it): the resumed run runs it first, so it decides as an uninterrupted run."""
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)
+    """The run's roll-backs so far (ds_kronos.train.rollback), as in summary.json: a resumed run goes on skipping
+    their steps, keeps their lr factor and counts them against --max_rollbacks."""
 
     def take_due_validation(self, eval_at_start: bool) -> str | None:
         """The validation to run before the first step of this invocation, if any: the one a run stopped on a signal

@@ -146,6 +146,11 @@ class Progress:
         return cls(trainer.total_steps, data.epochs, trainer.batch.global_batch, efficiency,
                    start_step=trainer.position.step, clock=training_seconds)
 
+    def passed_over(self, steps: int) -> None:
+        """Steps skipped untrained (ds_kronos.train.skipped_steps): not counted in the speed or the ETA's rate."""
+        self.last_step += steps
+        self.start_step += steps
+
     def line(self, step: int, epoch: int, losses: dict[str, float], lr: float) -> str:
         now = self.clock()
         rate = (step - self.last_step) * self.samples_per_step / max(now - self.last, 1e-9)
@@ -246,6 +251,8 @@ def summary(trainer, status: str) -> dict[str, Any]:
         "selection": trainer.selection.summary(pos.selection),
         "forecast_validation": None if trainer.forecasts is None else trainer.forecasts.summary(),
         "last_checkpoint": trainer.checkpointed_step if trainer.checkpointed_step >= 0 else None,
+        "skipped_steps": [list(steps) for steps in trainer.skips.ranges],  # --skip_steps and the roll-backs'
+        "rollbacks": pos.rollbacks,
         "history": pos.history.to_dict(),
         "partitioned_construction": trainer.task.partitioned,
         "parameters": dict(zip(("trained", "total"), parameter_counts(trainer.model))),

@@ -171,17 +171,25 @@ def load_newest(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSo
                     f"could be loaded (see the lines above)")
 
 
-def resume_position(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSource, batch: BatchLayout,
-                    seed: int) -> Position:
-    """Collective: load the newest readable checkpoint (:func:`load_newest`) and return where the run stands. On
-    another world size (elastic) the data position is kept in global samples, so the same global batch continues
-    the same sample order, and ranks without a saved random stream of their own start one for this step."""
+def load_position(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSource, batch: BatchLayout,
+                  seed: int) -> tuple[Candidate, Position]:
+    """Collective: load the newest readable checkpoint (:func:`load_newest`) and return it with where the run stood
+    then. On another world size (elastic) the data position is kept in global samples, so the same global batch
+    continues the same sample order, and ranks without a saved random stream of their own start one for this step.
+    ``--resume`` and a roll-back (ds_kronos.train.rollback) both load through here."""
     candidate, state = load_newest(engine, runtime, checkpoint_dir, source, say)
     position = Position.from_client_state(state)
     if source.elastic:
         samples_in_epoch = position.micro_in_epoch * source.layout.batch.micro_batch * source.layout.batch.world_size
         position.micro_in_epoch = samples_in_epoch // (batch.micro_batch * runtime.world_size)
         seed_everything(rank_seed(seed, runtime.rank, step=position.step))
+    return candidate, position
+
+
+def resume_position(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSource, batch: BatchLayout,
+                    seed: int) -> Position:
+    """``--resume``: :func:`load_position`, and rank 0 says from where."""
+    candidate, position = load_position(engine, runtime, checkpoint_dir, source, batch, seed)
     if runtime.is_main:
         how = (f"; written by {source.layout.batch.world_size} rank(s), now {runtime.world_size}"
                + (" (DeepSpeed universal checkpoint)" if source.universal else "")) if source.elastic else ""

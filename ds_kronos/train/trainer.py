@@ -8,7 +8,8 @@ the published format from the fp32 masters; ``checkpoints/`` (for ``--resume``),
 
 The loop (:meth:`Trainer.run`): set-up (train/build.py), then per optimizer step :func:`train_micro_step` over the
 accumulation's micro-batches and :meth:`Trainer._after_step` (log, divergence check, stop file, stop request,
-validation, checkpoint at their intervals), then the final validation, checkpoint and exports.
+validation, checkpoint at their intervals), then the final validation, checkpoint and exports. Skipped steps are
+passed over (train/skipped_steps.py); a divergence stops the run or rolls it back (train/rollback.py).
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ from ds_kronos.train.position import Position
 from ds_kronos.train.preemption import StopRequests, stop_if_preempted
 from ds_kronos.train.reporting import FINISHED, STOPPED_EARLY, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, resume_position
+from ds_kronos.train.rollback import Rollbacks
+from ds_kronos.train.skipped_steps import SkippedSteps
 from ds_kronos.train.step import train_micro_step
 from ds_kronos.train.stop_file import StopFile
-from ds_kronos.train.training_state import RunLayout, remove_leftovers, run_layout, save_training_state
+from ds_kronos.train.training_state import remove_leftovers, run_layout, save_training_state
 from ds_kronos.train.validation import ValidationResult, validate
 
 
@@ -66,8 +69,7 @@ class Trainer:
         self.runtime: Runtime = init_runtime(config.threads, config.dist_timeout)
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         seed_everything(config.seed)  # identical preset init on every rank
-        self.save_dir = Path(config.save_dir)
-        self.checkpoint_dir = self.save_dir / "checkpoints"
+        self.save_dir, self.checkpoint_dir = Path(config.save_dir), Path(config.save_dir) / "checkpoints"
         self.stop_file = StopFile(self.save_dir, self.runtime.is_main)
         if self.runtime.is_main:
             for note in remove_leftovers(self.checkpoint_dir) + recover_folders(self.save_dir, is_model_folder):
@@ -75,11 +77,13 @@ class Trainer:
         data = build_data(config, self.runtime, self.ds_json)
         self.data, self.batch, self.ds_config, self.total_steps = data, data.batch, data.ds_config, data.total_steps
         self.ds_view = DeepSpeedView.of(self.ds_config)
+        self.layout = run_layout(self.batch, self.ds_config, config.trained())  # recorded in each checkpoint
         self.swap_dir, self.removes_swap_dir = prepare_swap_folder(self.ds_config, config.nvme_dir, config.save_dir,
                                                                    self.runtime)
         self.resume_source: ResumeSource | None = (
             find_resume_source(self.checkpoint_dir, self.batch, self.runtime, say, self.ds_config, config.trained())
             if config.resume else None)
+        self.rollbacks = Rollbacks(self)  # --on_divergence (refuses a run that could never roll back)
         self.task = build_task(config, self.runtime, self.ds_config)
         self.model = self.task.model
         self.model_peak_rss = peak_rss_bytes()  # building (and loading) the model, before DeepSpeed's engine
@@ -92,6 +96,7 @@ class Trainer:
         self.engine, self.scheduler, self.frozen_fp32 = built.engine, built.scheduler, built.frozen_fp32
         self.compile_backend, self.grad_reduction = built.compile_backend, built.grad_reduction
         self.build_peak_rss = peak_rss_bytes()  # building, loading and partitioning the model: reported at the end
+        self.skips = SkippedSteps.of(self)  # --skip_steps, and the steps of roll-backs
         self.position, self.metrics = Position(), RunMetrics(self.task.names)  # metrics: no sinks until run()
         self.guard = DivergenceGuard(fp16=self.ds_view.fp16, device=self.runtime.device)
         self.progress: Progress | None = None
@@ -100,9 +105,6 @@ class Trainer:
         self.running_count = 0  # micro-batches summed in ``running`` since the last log line
         self.checkpointed_step = -1
         self.timed_since: float | None = None  # training time is counted from here (None: not training now)
-
-    def _layout(self) -> RunLayout:
-        return run_layout(self.batch, self.ds_config, self.config.trained())
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self) -> dict[str, Any]:
@@ -121,7 +123,7 @@ class Trainer:
                 self._export("initial_model")
             if due := self.position.take_due_validation(c.eval_at_start):
                 self._validate(due)
-            status = self._train()
+            status = self.rollbacks.run(self._train)  # the loop, again after each roll-back
         except Diverged as exc:
             self._finish(f"failed: {exc}")
             raise
@@ -135,14 +137,15 @@ class Trainer:
         pos, batch = self.position, self.batch
         self.progress = Progress.of(self)
         self.engine.train()
-        self._start_timing()
+        self.timed_since = time.perf_counter()
         while pos.step < self.total_steps and not (pos.selection.stop_reason or self.stop_file.requested):
+            self.skips.move_past(pos, self.total_steps, self.progress)
             if pos.micro_in_epoch >= self.data.micro_per_epoch:
                 pos.epoch, pos.micro_in_epoch = pos.epoch + 1, 0
             self.data.train_sampler.set_epoch(pos.epoch)
             self.data.train_sampler.set_start_batch(pos.micro_in_epoch)
             for x, stamp in self.data.train_loader:
-                if self._epoch_over():
+                if self._epoch_over() or self.skips.due(pos):
                     break
                 losses, lr_used = train_micro_step(self.engine, self.task, x, stamp, self.grad_reduction)
                 self._record_micro_step(losses)
@@ -161,8 +164,8 @@ class Trainer:
                     break
             if pos.selection.stop_reason or self.stop_file.requested:
                 break
-            # The loader is exhausted either way.
-            pos.micro_in_epoch = max(pos.micro_in_epoch, self.data.micro_per_epoch)
+            if not self.skips.due(pos):  # the loader is exhausted either way
+                pos.micro_in_epoch = max(pos.micro_in_epoch, self.data.micro_per_epoch)
         self._stop_timing()
         self._check_divergence()
         if not self.stop_file.requested and (not pos.history.val or pos.history.val[-1][0] != pos.step):
@@ -199,15 +202,12 @@ class Trainer:
             self._stop_timing()
             self._check_divergence()
             self._validate(due)
-            self._start_timing()
+            self.timed_since = time.perf_counter()
         if (c.save_every and pos.step % c.save_every == 0) or (end_of_epoch and not c.save_every):
             self._checkpoint()
 
-    def _start_timing(self) -> None:
-        self.timed_since = time.perf_counter()
-
     def _stop_timing(self) -> None:
-        """Add the time since :meth:`_start_timing` to the training time (validation and exports are not in it)."""
+        """Add the time since ``timed_since`` to the training time (validation and exports are not in it)."""
         if self.timed_since is not None:
             self.position.train_seconds += time.perf_counter() - self.timed_since
             self.timed_since = None
@@ -270,7 +270,7 @@ class Trainer:
             return
         self._check_divergence()  # never save a diverged state over the last good one
         save_training_state(self.engine, self.runtime, self.checkpoint_dir, self.position.step,
-                            self.position.to_client_state(), self.config.keep_last, self._layout())
+                            self.position.to_client_state(), self.config.keep_last, self.layout)
         self.checkpointed_step = self.position.step
 
     # ------------------------------------------------------------------------------------------------- end

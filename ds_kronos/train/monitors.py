@@ -19,7 +19,7 @@ from ds_kronos.config import output_dir_problems
 from ds_kronos.errors import ConfigError
 
 PACKAGES = {"tensorboard": ("tensorboard", "pip install '.[tensorboard]'"),
-            "wandb": ("wandb", "pip install wandb"),
+            "wandb": ("wandb", "pip install '.[wandb]'"),
             "comet": ("comet_ml", "pip install comet_ml")}
 """Section -> (the module DeepSpeed imports for it, how to get it). csv_monitor needs none."""
 FOLDER_SECTIONS = ("tensorboard", "csv_monitor")

@@ -41,8 +41,12 @@ setup(
     # ruff is pinned to a minor version: its rules change between minors, and `make test` runs it. setuptools:
     # tests/test_install.py builds the package offline (--no-build-isolation), and venvs of Python >= 3.12 lack it.
     # tensorboard: DeepSpeed's TensorBoard monitor (a "tensorboard" section in the DeepSpeed JSON) writes through
-    # torch.utils.tensorboard, which needs it; the tests read its events back with its own reader.
-    extras_require={"dev": ["pytest>=8", "ruff>=0.17,<0.18", "setuptools>=70.1", "tensorboard>=2.14"],
-                    "tensorboard": ["tensorboard>=2.14"]},
+    # torch.utils.tensorboard, which needs it; the tests read its events back with its own reader. wandb: DeepSpeed's
+    # wandb monitor; the tests read an offline run's log back with wandb's own reader (wandb.sdk.internal.datastore),
+    # which wandb 0.30 removed without a released successor, hence the tests' bound below 0.30.
+    extras_require={"dev": ["pytest>=8", "ruff>=0.17,<0.18", "setuptools>=70.1", "tensorboard>=2.14",
+                            "wandb>=0.19,<0.30"],
+                    "tensorboard": ["tensorboard>=2.14"],
+                    "wandb": ["wandb>=0.19"]},
     license="MIT",
 )

@@ -11,7 +11,16 @@ import pytest
 import torch
 
 from ds_kronos.model import Kronos, KronosTokenizer
-from helpers import CONFIGS, EXTRA, SEED, common_args, config_run_json, deepspeed_train, two_at_a_time
+from helpers import (
+    CONFIGS,
+    EXTRA,
+    SEED,
+    common_args,
+    config_run_env,
+    config_run_json,
+    deepspeed_train,
+    two_at_a_time,
+)
 
 
 @pytest.fixture
@@ -130,5 +139,5 @@ def config_runs(demo_prepared_dir, tiny_checkpoints, tmp_path_factory) -> dict[s
     root = tmp_path_factory.mktemp("config_runs")
     two_at_a_time(lambda name: deepspeed_train(common_args(demo_prepared_dir, tiny_checkpoints, root / name)
                                                + ["--deepspeed_config", config_run_json(name, root),
-                                                  *EXTRA.get(name, [])]), CONFIGS)
+                                                  *EXTRA.get(name, [])], **config_run_env(name, root)), CONFIGS)
     return {name: root / name for name in CONFIGS}

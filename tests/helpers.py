@@ -33,12 +33,14 @@ CONFIGS = sorted(p.stem for p in (REPO / "ds_configs").glob("zero*.json") if p.s
 TOTAL_STEPS = 8
 VAL_SAMPLES = 75
 SEED = 100
-# Extra options per config: zero1 exercises the exact OneCycleLR mode and comet offline, zero3 teacher forcing, zero0
-# a given peak for the MFU of its log lines.
-EXTRA = {"zero1": ["--lr_schedule", "onecycle", "--comet", "offline"], "zero3": ["--teacher_forcing"],
-         "zero0": ["--peak_tflops", "0.5"]}
-# zero1 also switches on DeepSpeed's TensorBoard and CSV monitors (a copy of its JSON with the two sections, writing
-# into <root>/zero1_monitors/{tensorboard,csv}).
+# Extra options per config: zero1 exercises the exact OneCycleLR mode, zero3 teacher forcing, zero0 a given peak for
+# the MFU of its log lines and --comet offline (COMET_RUN).
+EXTRA = {"zero1": ["--lr_schedule", "onecycle"], "zero3": ["--teacher_forcing"],
+         "zero0": ["--peak_tflops", "0.5", "--comet", "offline"]}
+COMET_RUN = "zero0"
+# zero1 also switches on DeepSpeed's four monitors: a copy of its JSON with tensorboard, csv_monitor, wandb and comet
+# sections, writing into <root>/zero1_monitors/{tensorboard,csv,wandb,comet} (wandb and comet offline; their folders
+# come from the environment, config_run_env). Not on COMET_RUN: --comet and a comet section cannot go together.
 MONITORED = "zero1"
 
 
@@ -50,9 +52,23 @@ def config_run_json(name: str, root: Path) -> str:
     monitors = root / f"{name}_monitors"
     config["tensorboard"] = {"enabled": True, "output_path": str(monitors), "job_name": "tensorboard"}
     config["csv_monitor"] = {"enabled": True, "output_path": str(monitors), "job_name": "csv"}
+    config["wandb"] = {"enabled": True, "project": "ds_kronos_tests"}
+    # Every event, not one per 100 samples per name (DeepSpeed's default interval).
+    config["comet"] = {"enabled": True, "online": False, "project": "ds_kronos_tests", "samples_log_interval": 1}
     path = root / f"{name}_monitored.json"
     path.write_text(json.dumps(config))
     return str(path)
+
+
+def config_run_env(name: str, root: Path) -> dict[str, str]:
+    """Environment variables of the config_runs run ``name``: where the monitored run's wandb and comet offline runs
+    go (DeepSpeed's sections have no key for it), wandb's own cache and settings included."""
+    if name != MONITORED:
+        return {}
+    wandb_dir = root / f"{name}_monitors" / "wandb"
+    wandb_dir.mkdir(parents=True, exist_ok=True)
+    return {"WANDB_DIR": str(wandb_dir), "WANDB_CACHE_DIR": str(wandb_dir / "cache"),
+            "WANDB_CONFIG_DIR": str(wandb_dir / "config"), "COMET_OFFLINE_DIRECTORY": str(wandb_dir.parent / "comet")}
 
 
 LAUNCHER = Path(sys.executable).parent / "deepspeed"
@@ -60,9 +76,10 @@ LAUNCHER = Path(sys.executable).parent / "deepspeed"
 
 
 def env(**extra: str) -> dict[str, str]:
-    """The environment of every process a test starts: the CPU accelerator, no comet auto-logging, unbuffered
-    output, this checkout first on the import path; ``extra`` adds or overrides variables."""
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "COMET_DISABLE_AUTO_LOGGING": "1", "PYTHONUNBUFFERED": "1",
+    """The environment of every process a test starts: the CPU accelerator, no comet auto-logging, wandb offline,
+    unbuffered output, this checkout first on the import path; ``extra`` adds or overrides variables."""
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "COMET_DISABLE_AUTO_LOGGING": "1", "WANDB_MODE": "offline",
+            "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(REPO), **extra}
 
 
@@ -92,11 +109,11 @@ def run_job(script: str, args: list[str], processes: int | None = None, timeout:
     return subprocess.CompletedProcess(command, job.returncode, stdout, stderr)
 
 
-def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py",
-                    processes: int = 2) -> subprocess.CompletedProcess:
+def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py", processes: int = 2,
+                    **extra_env: str) -> subprocess.CompletedProcess:
     """Run a launch/ script on ``processes`` CPU ranks (default 2) through the real deepspeed launcher; it must
-    succeed."""
-    result = run_job(script, args, processes, timeout)
+    succeed. ``extra_env``: as :func:`env`'s."""
+    result = run_job(script, args, processes, timeout, **extra_env)
     assert result.returncode == 0, f"training failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 

@@ -214,6 +214,10 @@ def _cases(tmp: Path, prepared: Path) -> dict[str, tuple[str, list[str], list[st
         "ds_monitor_path_is_a_file": ("train.py", ds("monitor", lambda c: c.update(
             csv_monitor={"enabled": True, "output_path": str(a_file)})),
             [f"csv_monitor.output_path/job_name {a_file}/DeepSpeedJobName: {a_file} is a file, not a folder"], "OUT"),
+        "ds_comet_section_and_comet_option": (
+            "train.py", ds("comet", lambda c: c.update(comet={"enabled": True, "online": False})) + [
+                "--comet", "offline"],
+            ["comet.enabled and --comet offline would each start a comet_ml experiment", "use one of them"], "OUT"),
     }
     if Path("/dev/full").exists():  # a device that answers every write with ENOSPC: a full disk, for real
         cases["full_disk"] = ("plan.py", ["--variant", "tiny", "--write_ds_config", "/dev/full"],
@@ -253,6 +257,7 @@ CASE_NAMES = [
     "lora_target_matches_nothing", "lora_rank_above_the_layer", "freeze_everything", "unknown_signal",
     "ds_zero_stage_4", "ds_negative_lr", "ds_string_for_object", "ds_unknown_optimizer", "ds_unknown_zero_key",
     "ds_micro_batch_0", "ds_micro_batch_abc", "ds_unknown_top_level_key", "ds_monitor_path_is_a_file",
+    "ds_comet_section_and_comet_option",
 ]
 
 
@@ -462,6 +467,25 @@ def test_monitor_sections_are_checked_as_deepspeed_reads_them(tmp_path, monkeypa
     assert monitor_problems(config) == [
         "tensorboard.enabled needs the tensorboard package, which is not installed (pip install '.[tensorboard]')",
         f"tensorboard.output_path/job_name {a_file}/below/run: {a_file} is a file, not a folder"]
+    config = {"comet": {"enabled": True, "online": False}}
+    assert monitor_problems(config) == [] and monitor_problems(config, "online")[0].startswith(
+        "comet.enabled and --comet online would each start a comet_ml experiment")
+    assert monitor_problems({"comet": {"enabled": False}}, "offline") == []
+
+
+def test_comet_ml_ends_a_running_experiment_when_another_starts(tmp_path, monkeypatch):
+    """Why a comet section and --comet are refused together: DeepSpeed starts its experiment (comet_ml.start) inside
+    deepspeed.initialize, --comet's starts after it, and comet_ml then ends DeepSpeed's, which logs nothing more."""
+    import comet_ml
+
+    monkeypatch.setenv("COMET_DISABLE_AUTO_LOGGING", "1")
+    monkeypatch.setenv("COMET_OFFLINE_DIRECTORY", str(tmp_path / "deepspeed"))
+    deepspeeds = comet_ml.start(online=False)  # as deepspeed/monitor/comet.py starts it
+    ours = comet_ml.OfflineExperiment(offline_directory=str(tmp_path / "ours"), display_summary_level=0)
+    try:
+        assert deepspeeds.ended and not ours.ended
+    finally:
+        ours.end()
 
 
 def test_deepspeed_json_problems_are_listed_in_one_line(tmp_path):

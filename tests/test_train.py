@@ -8,7 +8,9 @@ inspected by several tests, to keep the suite's time down: 2 epochs x 4 optimize
 from __future__ import annotations
 
 import csv
+import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from ds_kronos.deepspeed_json.resolve import warmup_steps
 from ds_kronos.model import Kronos
 from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
 from helpers import (
+    COMET_RUN,
     CONFIGS,
     MONITORED,
     TOTAL_STEPS,
@@ -108,7 +111,7 @@ def test_learning_rate_trajectories_in_real_runs(config_runs):
 
 
 def test_comet_offline_archive_holds_upstream_metric_names(config_runs):
-    archives = list((config_runs["zero1"] / "comet").glob("*.zip"))
+    archives = list((config_runs[COMET_RUN] / "comet").glob("*.zip"))
     assert len(archives) == 1
     with zipfile.ZipFile(archives[0]) as archive:
         text = "".join(archive.read(name).decode("utf-8", "replace") for name in archive.namelist()
@@ -118,25 +121,70 @@ def test_comet_offline_archive_holds_upstream_metric_names(config_runs):
         assert metric in text, metric
 
 
-def test_deepspeed_monitors_get_the_losses_next_to_deepspeeds_learning_rate(config_runs):
-    """zero1's JSON has tensorboard and csv_monitor sections: DeepSpeed's own writers, read back with tensorboard's
-    reader and as CSV, hold summary.json's training and validation losses on DeepSpeed's axis (global samples)."""
+def tensorboard_scalars(monitors: Path) -> dict[str, list[tuple[int, float]]]:
+    """DeepSpeed's TensorBoard events, read with tensorboard's own reader: tag -> [(global samples, value)]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result, monitors = summary(config_runs[MONITORED]), config_runs[MONITORED].parent / f"{MONITORED}_monitors"
-    batch = result["deepspeed_config"]["train_batch_size"]
     events = EventAccumulator(str(monitors / "tensorboard"))
     events.Reload()
-    board = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def wandb_scalars(monitors: Path) -> dict[str, list[tuple[int, float]]]:
+    """The offline wandb run's history, read from its transaction log (run-<id>.wandb) with wandb's own reader and
+    record types: key -> [(wandb step, which DeepSpeed sets to the global samples, value)]."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    (log,) = (monitors / "wandb").glob("wandb/offline-run-*/run-*.wandb")
+    store = datastore.DataStore()
+    store.open_for_scan(str(log))
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            for item in record.history.item:
+                key = item.key or ".".join(item.nested_key)
+                if not key.startswith("_"):  # wandb's own _step, _runtime, _timestamp
+                    scalars.setdefault(key, []).append((record.history.step.num, json.loads(item.value_json)))
+    return scalars
+
+
+def comet_scalars(monitors: Path) -> dict[str, list[tuple[int, float]]]:
+    """DeepSpeed's comet experiment, from the offline archive it wrote, its metric messages parsed with comet_ml's
+    own message type: name -> [(step, which DeepSpeed sets to the global samples, value)]."""
+    from comet_ml.messages import MetricMessage
+
+    (archive,) = (monitors / "comet").glob("*.zip")
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    with zipfile.ZipFile(archive) as opened:
+        for line in opened.read("messages.json").decode("utf-8").splitlines():
+            message = json.loads(line)
+            if message["type"] == MetricMessage.type:
+                metric = MetricMessage.from_message_dict(message["payload"]).metric
+                scalars.setdefault(metric["metricName"], []).append((metric["step"], metric["metricValue"]))
+    return scalars
+
+
+@pytest.mark.parametrize("tool", ["tensorboard", "wandb", "comet"])
+def test_deepspeed_monitors_get_the_losses_next_to_deepspeeds_learning_rate(config_runs, tool):
+    """zero1's JSON has tensorboard, csv_monitor, wandb (offline) and comet (offline) sections: DeepSpeed's own
+    writers, each read back with the tool's own reader (and the CSV files as CSV), hold summary.json's training and
+    validation losses on DeepSpeed's axis (global samples), next to DeepSpeed's learning rate."""
+    result, monitors = summary(config_runs[MONITORED]), config_runs[MONITORED].parent / f"{MONITORED}_monitors"
+    batch = result["deepspeed_config"]["train_batch_size"]
+    board = {"tensorboard": tensorboard_scalars, "wandb": wandb_scalars, "comet": comet_scalars}[tool](monitors)
     expected = {"Train/Samples/train_loss": result["history"]["train"], "Validation/Samples/val_loss":
                 result["history"]["val"]}
     for tag, history in expected.items():
         assert [step for step, _ in board[tag]] == [step * batch for step, _ in history], tag
-        np.testing.assert_allclose([v for _, v in board[tag]], [v for _, v in history], rtol=1e-6)  # float32
-        with open(monitors / "csv" / f"{tag.replace('/', '_')}.csv") as handle:
-            rows = list(csv.reader(handle))
-        assert rows[0] == ["step", tag.rsplit("/", 1)[1]]
-        assert [(int(step) // batch, float(value)) for step, value in rows[1:]] == [tuple(p) for p in history]
+        np.testing.assert_allclose([v for _, v in board[tag]], [v for _, v in history], rtol=1e-6)  # float32 in TB
+        if tool == "tensorboard":
+            with open(monitors / "csv" / f"{tag.replace('/', '_')}.csv") as handle:
+                rows = list(csv.reader(handle))
+            assert rows[0] == ["step", tag.rsplit("/", 1)[1]]
+            assert [(int(step) // batch, float(value)) for step, value in rows[1:]] == [tuple(p) for p in history]
     for part in ("train_s1_loss", "train_s2_loss", "val_S1_loss", "val_S2_loss"):
         assert len(board[f"{'Train' if part.startswith('train') else 'Validation'}/Samples/{part}"]) == \
             len(result["history"]["train" if part.startswith("train") else "val"]), part

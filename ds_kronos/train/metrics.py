@@ -80,11 +80,17 @@ class RunMetrics:
             self.monitor.write_events(validation_events(self.names, result, forecast, samples))
 
     def end(self) -> None:
+        """Closes every sink. DeepSpeed closes none of its monitors; its comet experiment must be ended here: comet_ml
+        ends it from a hook of interpreter shutdown (threading._register_atexit), which a finished job's process skips
+        (ds_kronos.cli ends it with os._exit after the atexit handlers), and the offline archive was an empty zip."""
         if self.comet:
             self.comet.end()
-        if self.monitor and self.monitor.tb_monitor is not None:
-            self.monitor.tb_monitor.summary_writer.close()
-        if self.monitor and self.monitor.wandb_monitor is not None:
+        monitor = self.monitor
+        if monitor and monitor.tb_monitor is not None:
+            monitor.tb_monitor.summary_writer.close()
+        if monitor and monitor.wandb_monitor is not None:
             import wandb
 
             wandb.finish()
+        if monitor and monitor.comet_monitor is not None and monitor.comet_monitor.experiment is not None:
+            monitor.comet_monitor.experiment.end()

@@ -7,6 +7,11 @@ that cannot hold a folder in an OSError traceback from ``os.makedirs``. Here eac
 importable and its log folder (``output_path/job_name``, as DeepSpeed joins them; relative to the working folder)
 creatable, so either is one line naming the key before any process group exists. (The sections' keys and types
 are checked with DeepSpeed's own models in ds_kronos.deepspeed_json.checks.)
+
+The ``comet`` section and ``--comet`` cannot both be on: each starts a comet_ml experiment in rank 0's process, and
+comet_ml ends the running experiment when another starts, so DeepSpeed's (started first, inside
+``deepspeed.initialize``) would receive nothing, not even its own learning rate, and would still be archived or
+uploaded as if complete.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from ds_kronos.config import output_dir_problems
 from ds_kronos.errors import ConfigError
 
 PACKAGES = {"tensorboard": ("tensorboard", "pip install '.[tensorboard]'"),
-            "wandb": ("wandb", "pip install wandb"),
+            "wandb": ("wandb", "pip install '.[wandb]'"),
             "comet": ("comet_ml", "pip install comet_ml")}
 """Section -> (the module DeepSpeed imports for it, how to get it). csv_monitor needs none."""
 FOLDER_SECTIONS = ("tensorboard", "csv_monitor")
@@ -50,10 +55,15 @@ def monitor_log_dir(section: Any) -> str:
     return os.path.join(section.output_path, section.job_name)
 
 
-def monitor_problems(config: dict[str, Any]) -> list[str]:
-    """Problems of the enabled monitor sections that DeepSpeed would meet only inside ``deepspeed.initialize``."""
+def monitor_problems(config: dict[str, Any], comet: str = "off") -> list[str]:
+    """Problems of the enabled monitor sections that DeepSpeed would meet only inside ``deepspeed.initialize``, and a
+    ``comet`` section next to ``--comet`` (``comet``: that option's value)."""
     problems = []
-    for key, section in monitor_sections(config).items():
+    sections = monitor_sections(config)
+    if "comet" in sections and comet != "off":
+        problems.append(f"comet.enabled and --comet {comet} would each start a comet_ml experiment, and comet_ml ends "
+                        "the first (DeepSpeed's) when the second starts: use one of them")
+    for key, section in sections.items():
         if key in PACKAGES:
             module, install = PACKAGES[key]
             if importlib.util.find_spec(module) is None:
@@ -63,8 +73,9 @@ def monitor_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def check_monitors(config: dict[str, Any], path: str) -> None:
-    """One ConfigError (one line) listing the problems of the DeepSpeed JSON read from ``path``'s monitors."""
-    problems = monitor_problems(config)
+def check_monitors(config: dict[str, Any], path: str, comet: str = "off") -> None:
+    """One ConfigError (one line) listing the problems of the DeepSpeed JSON read from ``path``'s monitors
+    (``comet``: the run's --comet)."""
+    problems = monitor_problems(config, comet)
     if problems:
         raise ConfigError(f"--deepspeed_config {path}: {'; '.join(problems)}")

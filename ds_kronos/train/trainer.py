@@ -65,7 +65,7 @@ class Trainer:
         self.stops = stops or StopRequests(config.save_on_signal, config.exit_after_steps)  # listens from here on
         self.config = config
         self.ds_json = load_ds_config(config.deepspeed_config)  # fail fast, before processes wait on each other
-        check_monitors(self.ds_json, config.deepspeed_config)
+        check_monitors(self.ds_json, config.deepspeed_config, config.comet)
         self.runtime: Runtime = init_runtime(config.threads, config.dist_timeout)
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         seed_everything(config.seed)  # identical preset init on every rank

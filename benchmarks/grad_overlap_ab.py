@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from train_throughput import ThroughputConfig, join_group, run_ranks, slowest_rank, step_inputs
+from train_throughput import ThroughputConfig, deepspeed_engine, run_ranks, slowest_rank
 
 from ds_kronos.cli import run_main
 from ds_kronos.config import option, parse_config
@@ -48,17 +48,11 @@ def worker(rank: int, values: dict[str, Any], port: int, out_dir: str) -> None:
     measured = ThroughputConfig(variant=config.variant, zero=0, world_size=config.world_size,
                                 micro_batch=config.micro_batch, context=config.context, precision=config.precision,
                                 steps=config.steps, warmup=config.warmup, threads=config.threads)
-    runtime = join_group(measured, rank, port)
-    import deepspeed
-
+    runtime, inputs, engine = deepspeed_engine(measured, rank, port)
     from ds_kronos.runtime import barrier
     from ds_kronos.train.grad_overlap import OverlappedGradientReduction
     from ds_kronos.train.step import train_micro_step
 
-    inputs = step_inputs(measured, rank, runtime)
-    model = inputs.task.model
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
-                                           config=inputs.ds_json)
     reduction = OverlappedGradientReduction(engine, int(config.grad_bucket_mb * 2 ** 20))
     times: dict[str, list[float]] = {"overlapped": [], "deepspeed": []}
     for i in range(config.warmup + config.steps):

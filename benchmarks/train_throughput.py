@@ -238,6 +238,20 @@ def step_inputs(config: ThroughputConfig, rank: int, runtime) -> StepInputs:
     return StepInputs(task, data, context, _ds_json(config, runtime.on_cpu))
 
 
+def deepspeed_engine(config: ThroughputConfig, rank: int, port: int) -> tuple[Any, StepInputs, Any]:
+    """Join the group (ds_kronos's runtime), build the step's inputs and a DeepSpeed engine over the model from
+    the JSON: the set-up of the benchmarks that time one part of the product's step (stop_check_cost.py,
+    grad_overlap_ab.py)."""
+    import deepspeed
+
+    runtime = join_group(config, rank, port)
+    inputs = step_inputs(config, rank, runtime)
+    model = inputs.task.model
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
+                                           config=inputs.ds_json)
+    return runtime, inputs, engine
+
+
 def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str) -> None:
     """One rank of one phase ("deepspeed" or "ddp"); writes its timings to out_dir/<rank>.json."""
     config = ThroughputConfig(**values)

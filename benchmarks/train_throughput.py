@@ -258,7 +258,6 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
     runtime = join_group(config, rank, port)
     import torch
 
-    from ds_kronos.runtime import barrier
     from ds_kronos.train.compiled import compile_seconds
 
     device, bf16 = runtime.device, config.precision == "bf16"
@@ -286,7 +285,7 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
               "compile_s": compile_seconds() if config.compile else None, "profile": profile,
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     Path(out_dir, f"{rank}.json").write_text(json.dumps(result), encoding="utf-8")
-    barrier()
+    runtime.close()  # every rank leaves the group together: one leaving early can abort another's exit
 
 
 def _ds_json(config: ThroughputConfig, on_cpu: bool) -> dict[str, Any]:

@@ -281,6 +281,16 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
     return config
 
 
+def problems_of(check: typing.Callable[[], object]) -> list[str]:
+    """Run ``check`` (a parser or loader that raises :class:`ConfigError`): its message as the one problem, or none.
+    How an option's own parser joins the list of problems that config validation reports together."""
+    try:
+        check()
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
+
+
 def output_dir_problems(flag: str, path: str | None) -> list[str]:
     """A folder a job will write into: it must not be a file, nor lie below one, and the nearest existing folder
     on its way must be writable. Nothing is created here."""

@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ds_kronos.adapters import DEFAULT_LORA_TARGETS
-from ds_kronos.config import ProcessOptions, option, output_dir_problems
+from ds_kronos.config import ProcessOptions, option, output_dir_problems, problems_of
 from ds_kronos.data.verify import prepared_data_problems
 from ds_kronos.forecast.config import clip_option
 from ds_kronos.train.finetune import DEFAULT_LORA_ALPHA, DEFAULT_LORA_RANK, FINETUNE_MODES, FinetuneSpec
-from ds_kronos.train.preemption import signal_problems
+from ds_kronos.train.preemption import parse_signals
 from ds_kronos.train.selection import SELECT_BY, Selection
-from ds_kronos.train.skipped_steps import step_range_problems
+from ds_kronos.train.skipped_steps import parse_step_ranges
 
 DEFAULT_MICRO_BATCH = 50
 DEFAULT_GRAD_ACCUM = 1
@@ -59,13 +59,8 @@ def model_option_problems(flag: str, name: str, kind: str) -> list[str]:
 def ds_config_file_problems(path: str | None) -> list[str]:
     """The DeepSpeed JSON, read and checked now (ds_kronos.deepspeed_json.checks), not by every rank later."""
     from ds_kronos.deepspeed_json.resolve import load_ds_config
-    from ds_kronos.errors import ConfigError
 
-    try:
-        load_ds_config(path or "")
-    except ConfigError as exc:
-        return [str(exc)]
-    return []
+    return problems_of(lambda: load_ds_config(path or ""))
 
 
 def rollback_checkpoint_problem(save_every: int, epochs: int, max_steps: int,
@@ -183,7 +178,8 @@ class CommonTrainConfig(ProcessOptions):
     def option_problems(self) -> list[str]:
         """The checks that need neither DeepSpeed nor torch."""
         return (prepared_data_problems(self.data) + output_dir_problems("--save_dir", self.save_dir)
-                + signal_problems(self.save_on_signal) + step_range_problems(self.skip_steps)
+                + problems_of(lambda: parse_signals(self.save_on_signal))
+                + problems_of(lambda: parse_step_ranges(self.skip_steps))
                 + self.rollback_problems())
 
     def rollback_problems(self) -> list[str]:

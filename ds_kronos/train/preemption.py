@@ -54,14 +54,6 @@ def parse_signals(names: list[str] | None) -> tuple[signal.Signals, ...]:
     return tuple(dict.fromkeys(getattr(signal, f"SIG{name}") for name in chosen))
 
 
-def signal_problems(names: list[str] | None) -> list[str]:
-    try:
-        parse_signals(names)
-    except ConfigError as exc:
-        return [str(exc)]
-    return []
-
-
 def worker_init(names: list[str] | None) -> Callable[[int], None] | None:
     """A DataLoader ``worker_init_fn`` that makes the workers ignore the preemption signals (None: none chosen)."""
     signals = parse_signals(names)

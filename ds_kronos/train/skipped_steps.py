@@ -11,7 +11,7 @@ run's last one are ignored.
 
 Step ``k`` draws each rank's micro-batches ``(k - 1) % steps_per_epoch * grad_accum`` to ``... + grad_accum - 1``
 of epoch ``(k - 1) // steps_per_epoch`` (a step never straddles two epochs), whatever was skipped before it.
-No torch import here: the config's checks use :func:`step_range_problems` before anything heavy is loaded.
+No torch import here: the config's checks use :func:`parse_step_ranges` before anything heavy is loaded.
 """
 
 from __future__ import annotations
@@ -37,14 +37,6 @@ def parse_step_ranges(values: list[str] | None) -> list[tuple[int, int]]:
                               f"from 1, comma-separated)")
         ranges.append((first, last))
     return merge(ranges)
-
-
-def step_range_problems(values: list[str] | None) -> list[str]:
-    try:
-        parse_step_ranges(values)
-    except ConfigError as exc:
-        return [str(exc)]
-    return []
 
 
 def merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

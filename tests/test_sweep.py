@@ -16,10 +16,10 @@ from ds_kronos.config import parse_config
 from ds_kronos.errors import ConfigError
 from ds_kronos.sweep import report
 from ds_kronos.sweep.config import SweepConfig
-from ds_kronos.sweep.job import BudgetTaken, Sweep, make_sampler
+from ds_kronos.sweep.job import BudgetTaken, Sweep, _report, make_sampler
 from ds_kronos.sweep.space import load_space
 from ds_kronos.sweep.storage import creation_lock, describe_storage, open_storage, storage_problems
-from ds_kronos.sweep.trial_run import Outcome
+from ds_kronos.sweep.trial_run import MetricsFollower, Outcome
 from ds_kronos.sweep.workers import fail_lost_trials, this_worker
 from ds_kronos.train import metrics_log
 from ds_kronos.train.config import TrainConfig
@@ -144,6 +144,45 @@ def test_metrics_jsonl_has_one_line_per_evaluation_and_restarts_with_the_run(tmp
     resumed.history.val, resumed.selection.scores = resumed.history.val[:2], resumed.selection.scores[:2]
     metrics_log.restart(tmp_path, resumed, "crps")
     assert [json.loads(line) for line in (tmp_path / metrics_log.METRICS_NAME).read_text().splitlines()] == lines[:2]
+
+
+def evaluated(*steps_values: tuple[int, float]) -> Position:
+    position = Position()
+    position.history.val = list(steps_values)
+    position.selection.scores = list(steps_values)  # --select_by loss: the value is the validation loss
+    return position
+
+
+def test_a_roll_back_s_rewrite_of_metrics_jsonl_is_followed_and_optuna_keeps_the_re_trained_values(tmp_path):
+    """Issue 31: a roll-back rewrites metrics.jsonl shorter (from its checkpoint) and trains the later steps again;
+    the follower must neither read from the middle of a line nor skip the new evaluations, and Optuna must end with
+    the re-trained values, not the undone ones."""
+    study = optuna.create_study()
+    trial = study.ask()
+    follower = MetricsFollower(tmp_path / metrics_log.METRICS_NAME)
+    seen: list[tuple[int, float]] = []
+
+    def poll() -> None:
+        for record in follower.new_records():
+            seen.append((record["step"], record["value"]))
+            _report(trial, record["step"], record["value"])
+
+    metrics_log.restart(tmp_path, Position(), "loss")
+    trained = [(10 * k, 6.0 + k / 7) for k in range(1, 7)]  # long lines: steps 10..60
+    for count in range(1, len(trained) + 1):
+        metrics_log.append_last(tmp_path, evaluated(*trained[:count]), "loss")
+        poll()
+    metrics_log.restart(tmp_path, evaluated(*trained[:2]), "loss")  # rolled back to its checkpoint at step 20
+    poll()
+    again = trained[:2] + [(30, 5.5), (40, 5.25)]  # short lines: steps 30 and 40 trained again
+    for count in (3, 4):
+        metrics_log.append_last(tmp_path, evaluated(*again[:count]), "loss")
+        poll()
+    assert seen == trained + [(30, 5.5), (40, 5.25)]  # each step once, and once more with its re-trained value
+    assert study.trials[0].intermediate_values == dict(again + trained[4:])
+    metrics_log.restart(tmp_path, evaluated(*again), "loss")  # a resumed run rewrites what was reported
+    poll()
+    assert len(seen) == 8
 
 
 def test_the_stop_file_rides_on_the_log_all_reduce_and_is_seen_by_rank_0_only(tmp_path):

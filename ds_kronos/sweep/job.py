@@ -203,8 +203,15 @@ class Sweep:
 
 
 def _report(trial, step: int, value: float) -> bool:
-    """Hand one evaluation to Optuna; whether the pruner stops the trial there."""
-    trial.report(value, step)
+    """Hand one evaluation to Optuna; whether the pruner stops the trial there. A step reported before comes again
+    when its run rolled back and trained it again: its new value replaces the undone one (Optuna's ``report`` keeps
+    a step's first value, so this goes to the storage as ``report`` itself does, and to the trial's cached copy,
+    which ``should_prune`` reads)."""
+    if step in trial._cached_frozen_trial.intermediate_values:
+        trial.storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        trial._cached_frozen_trial.intermediate_values[step] = value
+    else:
+        trial.report(value, step)
     return trial.should_prune()
 
 

@@ -105,22 +105,33 @@ def _read_lines(path: Path) -> list[str]:
 
 
 class MetricsFollower:
-    """The complete lines of a growing metrics.jsonl, each once."""
+    """The evaluations of a trial's metrics.jsonl as its run writes them: each step once, and again when its value
+    changes. A run rewrites the file from an earlier step when it starts (a resumed run: up to its checkpoint) and
+    when it rolls back (ds_kronos.train.metrics_log.restart: a new file, shorter), then trains the later steps again;
+    their new values are what count. The file holds one short line per evaluation, so each poll reads it whole: no
+    byte offset can point into a file that has been replaced."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, reported: dict[int, float | None] | None = None):
         self.path = path
-        self.offset = 0
+        self.reported: dict[int, float | None] = dict(reported or {})
+        """step -> the value handed on last (a resumed trial starts from what its earlier run reported)."""
 
     def new_records(self) -> list[dict[str, Any]]:
         try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return []
-        complete = data[:data.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+        complete = data[:data.rfind(b"\n") + 1]  # a line being appended is taken at the next poll
+        fresh = []
+        for line in complete.decode("utf-8").splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            step, value = int(record["step"]), record.get("value")
+            if step not in self.reported or self.reported[step] != value:
+                self.reported[step] = value
+                fresh.append(record)
+        return fresh
 
 
 def run_trial(command: list[str], save_dir: Path, report: Callable[[int, float], bool]) -> Outcome:

@@ -9,38 +9,18 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from ds_kronos.errors import ConfigError
 from ds_kronos.train.save_dir_lock import LOCK_NAME, SaveDirInUse, SaveDirLock, probe
-from helpers import LAUNCHER, REPO, env, free_port, run_job, summary, train_args
+from helpers import LAUNCHER, REPO, env, forked_holder, free_port, run_job, summary, train_args
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file and folder under ``folder``: (size, modification time in ns)."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
-
-
-def forked_holder(save_dir: Path) -> int:
-    """A child process (forked: no new interpreter) that holds the lock of ``save_dir`` until it is killed."""
-    ready_r, ready_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        try:
-            os.close(ready_r)
-            SaveDirLock.acquire(save_dir)
-            os.write(ready_w, b"1")
-            while True:
-                time.sleep(60)
-        finally:
-            os._exit(0)
-    os.close(ready_w)
-    assert os.read(ready_r, 1) == b"1"
-    os.close(ready_r)
-    return pid
 
 
 def test_a_live_holder_refuses_a_second_job_which_changes_nothing_and_a_killed_one_blocks_nothing(tmp_path):

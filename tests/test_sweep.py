@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import optuna
@@ -19,13 +20,13 @@ from ds_kronos.sweep.config import SweepConfig
 from ds_kronos.sweep.job import BudgetTaken, Sweep, _report, make_sampler
 from ds_kronos.sweep.space import load_space
 from ds_kronos.sweep.storage import creation_lock, describe_storage, open_storage, storage_problems
-from ds_kronos.sweep.trial_run import MetricsFollower, Outcome
-from ds_kronos.sweep.workers import fail_lost_trials, this_worker
+from ds_kronos.sweep.trial_run import MetricsFollower, Outcome, take_over
+from ds_kronos.sweep.workers import CONTINUES_ATTR, fail_lost_trials, this_worker
 from ds_kronos.train import metrics_log
 from ds_kronos.train.config import TrainConfig
 from ds_kronos.train.position import Position
 from ds_kronos.train.stop_file import STOP_NAME, StopFile
-from helpers import REPO, run_in_process
+from helpers import REPO, forked_holder, run_in_process
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -212,6 +213,97 @@ def test_trials_of_workers_gone_from_this_machine_are_failed_and_asked_to_stop(t
     assert fail_lost_trials(study, lines.append) == [1]
     assert [t.state.name for t in study.trials] == ["RUNNING", "FAIL", "RUNNING"]
     assert (tmp_path / STOP_NAME).exists() and "trial 1: marked failed: its sweep worker" in lines[0]
+
+
+def fake_checkpoint(save_dir: Path) -> None:
+    """A complete checkpoint as resume_candidates sees it (a manifest and the files it lists, at their sizes)."""
+    tag = save_dir / "checkpoints" / "step00000004"
+    tag.mkdir(parents=True)
+    (tag / "rng_rank00000.safetensors").write_bytes(b"12345")
+    layout = {"micro_batch": 4, "grad_accum": 1, "world_size": 1, "zero_stage": 0}
+    (tag / "manifest.json").write_text(json.dumps({"tag": tag.name, "layout": layout,
+                                                   "files": {"rng_rank00000.safetensors": 5}}))
+
+
+def sweep_of(tmp_path: Path, trials: int = 3) -> Sweep:
+    config = SweepConfig(space="s.yaml", trials=trials, sweep_dir=str(tmp_path))
+    return Sweep(config, load_space(write(tmp_path, "lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n")), [],
+                 REPO / "launch" / "train.py", tmp_path / "sweep", "loss")
+
+
+def test_a_lost_trial_with_a_checkpoint_is_continued_in_its_folder_with_resume(tmp_path, monkeypatch):
+    """Issue 32: a killed sweep's interrupted trial goes on from its checkpoint (same parameters, same folder,
+    --resume) instead of being drawn afresh; one without a checkpoint is failed as before."""
+    study = optuna.create_study()
+    here = this_worker()
+    gone = {**here, "started": here["started"] - 1}
+    folders = {0: tmp_path / "sweep" / "trial_0000", 1: tmp_path / "sweep" / "trial_0001"}
+    for number, folder in folders.items():
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        trial.report(7.0, 2)
+        trial.set_user_attr("worker", gone)
+        trial.set_user_attr("save_dir", str(folder))
+        folder.mkdir(parents=True)
+        (folder / "train.log").write_text("the first run's log\n")
+    fake_checkpoint(folders[0])
+    lines: list[str] = []
+    assert fail_lost_trials(study, lines.append) == [0, 1]
+    assert lines[0].endswith("a new trial continues it from its checkpoint") and "continues" not in lines[1]
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs == {"save_dir": str(folders[0]), CONTINUES_ATTR: 0}
+
+    launched = []
+
+    def run(command, save_dir, report_value, continued=False):
+        launched.append((command, save_dir, continued))
+        assert report_value(4, 6.5) is False  # the resumed run's evaluations go to the new trial
+        summary = {"status": "finished", "steps": 8, "selection": {"metric": "loss", "best_score": 6.5}}
+        return Outcome(0, 1.0, summary, None)
+
+    monkeypatch.setattr("ds_kronos.sweep.job.run_trial", run)
+    sweep = sweep_of(tmp_path)
+    study.optimize(sweep.objective, n_trials=1)
+    command, save_dir, continued = launched[0]
+    assert save_dir == folders[0] and continued and command[-3:] == ["--save_dir", str(folders[0]), "--resume"]
+    resumed = study.trials[2]
+    assert resumed.state.name == "COMPLETE" and resumed.value == 6.5 and resumed.intermediate_values == {4: 6.5}
+    assert resumed.params == study.trials[0].params and resumed.user_attrs["save_dir"] == str(folders[0])
+    assert report.trial_rows(study, ["lr"])[2]["note"] == "continues trial 0"
+    assert not (tmp_path / "sweep" / "trial_0002").exists()  # no folder of its own
+
+
+def test_a_stopped_sweep_queues_its_trial_s_continuation_and_a_live_holder_is_waited_for(tmp_path, monkeypatch):
+    """SIGTERM to a worker (KeyboardInterrupt): the launch saved a checkpoint, so a continuation is queued. A
+    continuation does not start while a live job holds the folder (an interrupted trial's training that outlived its
+    worker): it asks it to stop, waits, and gives up with the holder's line; once it has gone, the interrupted run's
+    stop request, summary.json and metrics.jsonl go and its checkpoints stay."""
+    study = optuna.create_study()
+
+    def interrupted(command, save_dir, report_value, continued=False):
+        fake_checkpoint(save_dir)  # the launch saved on the SIGTERM it was passed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ds_kronos.sweep.job.run_trial", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(sweep_of(tmp_path).objective, n_trials=1)
+    first, queued = study.trials
+    assert first.state.name == "FAIL" and first.user_attrs["failure"].startswith("interrupted: a new trial continues")
+    assert queued.state.name == "WAITING" and queued.user_attrs[CONTINUES_ATTR] == 0
+
+    folder = Path(first.user_attrs["save_dir"])
+    for name in ("summary.json", "metrics.jsonl"):
+        (folder / name).write_text("{}\n")
+    holder = forked_holder(folder)
+    try:
+        problem = take_over(folder, wait_s=0.6)
+        assert problem.startswith(f"not continued: {folder} is in use by another job (") and f"pid {holder}" in problem
+        assert (folder / STOP_NAME).exists()  # asked to stop (it saves a checkpoint first)
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
+    assert take_over(folder, wait_s=0.6) is None
+    assert sorted(p.name for p in folder.iterdir()) == [".ds_kronos.lock", "checkpoints"]
 
 
 def test_a_worker_counts_every_worker_s_trials_against_the_budget(tmp_path):

@@ -23,6 +23,7 @@ from ds_kronos.errors import ConfigError
 from ds_kronos.runtime import free_port
 from ds_kronos.train.metrics_log import METRICS_NAME
 from ds_kronos.train.reporting import FINISHED, STOPPED_BY_STOP_FILE, STOPPED_EARLY
+from ds_kronos.train.save_dir_lock import probe
 from ds_kronos.train.stop_file import STOP_NAME
 
 POLL_S = 0.5
@@ -134,13 +135,31 @@ class MetricsFollower:
         return fresh
 
 
-def run_trial(command: list[str], save_dir: Path, report: Callable[[int, float], bool]) -> Outcome:
+def take_over(save_dir: Path, wait_s: float = TERMINATE_WAIT_S) -> str | None:
+    """Before a trial continues an interrupted one in ``save_dir``: a live job still holding the folder (the
+    interrupted trial's training, which outlived its worker) is asked to stop through the stop file (it saves a
+    checkpoint first) and waited for up to ``wait_s``; then the interrupted run's outputs that the continuation
+    writes afresh go (its stop request, summary.json, metrics.jsonl: the resumed run rewrites it from its
+    checkpoint). Returns why the folder cannot be taken over (a holder that did not end), else None."""
+    deadline = time.monotonic() + wait_s
+    while (holder := probe(save_dir)) is not None:
+        if time.monotonic() > deadline:
+            return f"not continued: {holder}"
+        (save_dir / STOP_NAME).touch()
+        time.sleep(POLL_S)
+    for name in (STOP_NAME, SUMMARY_NAME, METRICS_NAME):
+        (save_dir / name).unlink(missing_ok=True)
+    return None
+
+
+def run_trial(command: list[str], save_dir: Path, report: Callable[[int, float], bool],
+              continued: bool = False) -> Outcome:
     """Run ``command`` (a trial) to its end; ``report(step, value)`` sees each evaluation's selection value and
-    returns True to prune."""
+    returns True to prune. ``continued``: the trial goes on from an interrupted one's folder (its train.log grows)."""
     follower = MetricsFollower(save_dir / METRICS_NAME)
     pruned_at = None
     started = time.perf_counter()
-    with open(save_dir / LOG_NAME, "w", encoding="utf-8") as log:
+    with open(save_dir / LOG_NAME, "a" if continued else "w", encoding="utf-8") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             while True:

@@ -238,7 +238,7 @@ def test_a_lost_trial_with_a_checkpoint_is_continued_in_its_folder_with_resume(t
     here = this_worker()
     gone = {**here, "started": here["started"] - 1}
     folders = {0: tmp_path / "sweep" / "trial_0000", 1: tmp_path / "sweep" / "trial_0001"}
-    for number, folder in folders.items():
+    for folder in folders.values():
         trial = study.ask()
         trial.suggest_float("lr", 1e-4, 1e-2, log=True)
         trial.report(7.0, 2)

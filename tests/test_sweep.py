@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import optuna
@@ -271,6 +272,27 @@ def test_a_lost_trial_with_a_checkpoint_is_continued_in_its_folder_with_resume(t
     assert resumed.params == study.trials[0].params and resumed.user_attrs["save_dir"] == str(folders[0])
     assert report.trial_rows(study, ["lr"])[2]["note"] == "continues trial 0"
     assert not (tmp_path / "sweep" / "trial_0002").exists()  # no folder of its own
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_failed_by_optuna_s_heartbeat_is_continued_from_its_checkpoint(tmp_path, monkeypatch):
+    """Database storages: a trial whose worker (on another machine) stopped beating is failed by Optuna's heartbeat
+    check, whose callback queues its continuation."""
+    monkeypatch.setattr("ds_kronos.sweep.storage.HEARTBEAT_S", 1)
+    monkeypatch.setattr("ds_kronos.sweep.storage.GRACE_S", 1)
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    trial.set_user_attr("save_dir", str(tmp_path / "trial_0000"))
+    trial.set_user_attr("worker", {**this_worker(), "host": "another-machine"})
+    fake_checkpoint(tmp_path / "trial_0000")
+    storage.record_heartbeat(trial._trial_id)  # its worker's last beat
+    time.sleep(2.5)
+    assert fail_lost_trials(study, print) == []  # not one of this machine's: Optuna's heartbeat failed it
+    first, queued = study.get_trials()
+    assert first.state.name == "FAIL" and queued.state.name == "WAITING"
+    assert queued.user_attrs == {"save_dir": str(tmp_path / "trial_0000"), CONTINUES_ATTR: 0}
 
 
 def test_a_stopped_sweep_queues_its_trial_s_continuation_and_a_live_holder_is_waited_for(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""ZeRO-0's gradient all-reduce, overlapped with backward (launch/train.py's default) against DeepSpeed's own
+"""ZeRO-0's gradient all-reduce, overlapped with backward (train.py --overlap_grad_reduce) against DeepSpeed's own
 (after backward), alternating step by step in one engine: a paired comparison that a shared machine's slow spells
 cannot tilt, since both sides share every minute of the run.
 

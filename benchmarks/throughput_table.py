@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds over the whole grid (each round runs every row once, so a slow spell of a "
                              "shared machine spreads over the rows); rows show the median and min-max")
+    parser.add_argument("--overlap_grad_reduce", default="false", choices=["false", "true"],
+                        help="ZeRO-0 rows: the gradient all-reduce overlapped with backward (train.py's option)")
     args = parser.parse_args()
     with_compile = "true" in args.compile
     compile_zero = args.zero if args.compile_zero is None else args.compile_zero
@@ -63,7 +65,8 @@ def main() -> None:
             common = ["--variant", variant, "--world_size", str(world), "--precision", precision,
                       "--zero", str(zero), "--micro_batch", str(args.micro_batch), "--context",
                       str(args.context), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                      "--baseline", "true" if zero == args.zero[0] else "false", "--compile", compile]
+                      "--baseline", "true" if zero == args.zero[0] else "false", "--compile", compile,
+                      "--overlap_grad_reduce", args.overlap_grad_reduce]
             results[key].append(run(common))
             result = results[key][-1]
             print(f"round {round_index + 1}/{args.repeats} {key}: {result['samples_per_s']:.2f} samples/s"

@@ -60,9 +60,9 @@ class ThroughputConfig:
                                        "engine.compile; the DDP baseline's module with the same torch.compile "
                                        "settings); compilation happens in the --warmup steps (at least 1)")
     seed: int = option(0, help="random seed")
-    overlap_grad_reduce: bool = option(True, help="ZeRO-0: the gradient all-reduce overlapped with backward, as "
-                                                  "launch/train.py does by default (false: DeepSpeed's own, after "
-                                                  "backward)")
+    overlap_grad_reduce: bool = option(False, help="ZeRO-0: the gradient all-reduce overlapped with backward, as "
+                                                   "launch/train.py --overlap_grad_reduce does (default false: "
+                                                   "DeepSpeed's own, after backward, as train.py's default)")
     profile: bool = option(False, help="rank 0 of each phase records its timed steps with torch.profiler and "
                                        "prints where the time goes (its timings then include the profiler's "
                                        "overhead: do not compare them with unprofiled runs)")
@@ -125,7 +125,7 @@ def matmul_tflops(device, dtype, seconds: float = 1.0) -> float:
 def _deepspeed_step(task, ds_json: dict[str, Any], compile: bool, overlap: bool):
     """A DeepSpeed engine around the task's model; returns the trainer's own micro-step
     (ds_kronos.train.step.train_micro_step: tokenize, forward, backward, optimizer) on a batch of bars.
-    ``overlap``: the gradient all-reduce overlapped with backward at ZeRO-0, as launch/train.py does by default."""
+    ``overlap``: the gradient all-reduce overlapped with backward at ZeRO-0 (launch/train.py --overlap_grad_reduce)."""
     import deepspeed
 
     from ds_kronos.train.compiled import compile_engine

@@ -257,3 +257,25 @@ def stopped_after_step_3(run: Path, target: Path) -> Path:
     for name in ("final_model", "summary.json"):
         shutil.rmtree(target / name) if (target / name).is_dir() else (target / name).unlink()
     return target
+
+
+def forked_holder(save_dir: Path) -> int:
+    """A child process (forked: no new interpreter) that holds the save_dir lock of ``save_dir`` until it is killed
+    (``os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)``)."""
+    from ds_kronos.train.save_dir_lock import SaveDirLock
+
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.close(ready_r)
+            SaveDirLock.acquire(save_dir)
+            os.write(ready_w, b"1")
+            while True:
+                time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"1"
+    os.close(ready_r)
+    return pid

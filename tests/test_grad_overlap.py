@@ -1,4 +1,4 @@
-"""ZeRO-0's gradient all-reduce overlapped with backward (``--overlap_grad_reduce``, on by default; issue 13).
+"""ZeRO-0's gradient all-reduce overlapped with backward (``--overlap_grad_reduce``, off by default; issue 13).
 
 It must give DeepSpeed's own result: bit for bit on 2 ranks (a sum of two numbers does not depend on the order, and
 both scale by 1/2), to rounding on 3 ranks against one process on the same global batch. The runs use small buckets
@@ -65,7 +65,8 @@ def test_three_ranks_with_accumulation_match_one_process(demo_prepared_dir, tiny
     # One global batch of 24 split as 3 ranks x 4 samples x 2 accumulation steps, and as 1 process x 24.
     three, one = tmp_path / "three", tmp_path / "one"
     _, single = two_at_a_time(lambda run: run(), [
-        lambda: deepspeed_train(args(demo_prepared_dir, tiny_checkpoints, three, 4, 2, *SMALL_BUCKETS), processes=3),
+        lambda: deepspeed_train(args(demo_prepared_dir, tiny_checkpoints, three, 4, 2, "--overlap_grad_reduce", "true",
+                                      *SMALL_BUCKETS), processes=3),
         lambda: run_job("train.py", args(demo_prepared_dir, tiny_checkpoints, one, 24, 1))])
     assert single.returncode == 0, single.stderr[-3000:]
     assert summary(three)["grad_reduce"] == "overlapped" and summary(one)["grad_reduce"] == "deepspeed"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import optuna
@@ -16,16 +18,16 @@ from ds_kronos.config import parse_config
 from ds_kronos.errors import ConfigError
 from ds_kronos.sweep import report
 from ds_kronos.sweep.config import SweepConfig
-from ds_kronos.sweep.job import BudgetTaken, Sweep, make_sampler
+from ds_kronos.sweep.job import BudgetTaken, Sweep, _report, make_sampler
 from ds_kronos.sweep.space import load_space
 from ds_kronos.sweep.storage import creation_lock, describe_storage, open_storage, storage_problems
-from ds_kronos.sweep.trial_run import Outcome
-from ds_kronos.sweep.workers import fail_lost_trials, this_worker
+from ds_kronos.sweep.trial_run import MetricsFollower, Outcome, take_over
+from ds_kronos.sweep.workers import CONTINUES_ATTR, fail_lost_trials, this_worker
 from ds_kronos.train import metrics_log
 from ds_kronos.train.config import TrainConfig
 from ds_kronos.train.position import Position
 from ds_kronos.train.stop_file import STOP_NAME, StopFile
-from helpers import REPO, run_in_process
+from helpers import REPO, forked_holder, run_in_process
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -146,6 +148,45 @@ def test_metrics_jsonl_has_one_line_per_evaluation_and_restarts_with_the_run(tmp
     assert [json.loads(line) for line in (tmp_path / metrics_log.METRICS_NAME).read_text().splitlines()] == lines[:2]
 
 
+def evaluated(*steps_values: tuple[int, float]) -> Position:
+    position = Position()
+    position.history.val = list(steps_values)
+    position.selection.scores = list(steps_values)  # --select_by loss: the value is the validation loss
+    return position
+
+
+def test_a_roll_back_s_rewrite_of_metrics_jsonl_is_followed_and_optuna_keeps_the_re_trained_values(tmp_path):
+    """Issue 31: a roll-back rewrites metrics.jsonl shorter (from its checkpoint) and trains the later steps again;
+    the follower must neither read from the middle of a line nor skip the new evaluations, and Optuna must end with
+    the re-trained values, not the undone ones."""
+    study = optuna.create_study()
+    trial = study.ask()
+    follower = MetricsFollower(tmp_path / metrics_log.METRICS_NAME)
+    seen: list[tuple[int, float]] = []
+
+    def poll() -> None:
+        for record in follower.new_records():
+            seen.append((record["step"], record["value"]))
+            _report(trial, record["step"], record["value"])
+
+    metrics_log.restart(tmp_path, Position(), "loss")
+    trained = [(10 * k, 6.0 + k / 7) for k in range(1, 7)]  # long lines: steps 10..60
+    for count in range(1, len(trained) + 1):
+        metrics_log.append_last(tmp_path, evaluated(*trained[:count]), "loss")
+        poll()
+    metrics_log.restart(tmp_path, evaluated(*trained[:2]), "loss")  # rolled back to its checkpoint at step 20
+    poll()
+    again = trained[:2] + [(30, 5.5), (40, 5.25)]  # short lines: steps 30 and 40 trained again
+    for count in (3, 4):
+        metrics_log.append_last(tmp_path, evaluated(*again[:count]), "loss")
+        poll()
+    assert seen == trained + [(30, 5.5), (40, 5.25)]  # each step once, and once more with its re-trained value
+    assert study.trials[0].intermediate_values == dict(again + trained[4:])
+    metrics_log.restart(tmp_path, evaluated(*again), "loss")  # a resumed run rewrites what was reported
+    poll()
+    assert len(seen) == 8
+
+
 def test_the_stop_file_rides_on_the_log_all_reduce_and_is_seen_by_rank_0_only(tmp_path):
     (tmp_path / STOP_NAME).touch()
     main, other = StopFile(tmp_path, is_main=True), StopFile(tmp_path, is_main=False)
@@ -173,6 +214,118 @@ def test_trials_of_workers_gone_from_this_machine_are_failed_and_asked_to_stop(t
     assert fail_lost_trials(study, lines.append) == [1]
     assert [t.state.name for t in study.trials] == ["RUNNING", "FAIL", "RUNNING"]
     assert (tmp_path / STOP_NAME).exists() and "trial 1: marked failed: its sweep worker" in lines[0]
+
+
+def fake_checkpoint(save_dir: Path) -> None:
+    """A complete checkpoint as resume_candidates sees it (a manifest and the files it lists, at their sizes)."""
+    tag = save_dir / "checkpoints" / "step00000004"
+    tag.mkdir(parents=True)
+    (tag / "rng_rank00000.safetensors").write_bytes(b"12345")
+    layout = {"micro_batch": 4, "grad_accum": 1, "world_size": 1, "zero_stage": 0}
+    (tag / "manifest.json").write_text(json.dumps({"tag": tag.name, "layout": layout,
+                                                   "files": {"rng_rank00000.safetensors": 5}}))
+
+
+def sweep_of(tmp_path: Path, trials: int = 3) -> Sweep:
+    config = SweepConfig(space="s.yaml", trials=trials, sweep_dir=str(tmp_path))
+    return Sweep(config, load_space(write(tmp_path, "lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n")), [],
+                 REPO / "launch" / "train.py", tmp_path / "sweep", "loss")
+
+
+def test_a_lost_trial_with_a_checkpoint_is_continued_in_its_folder_with_resume(tmp_path, monkeypatch):
+    """Issue 32: a killed sweep's interrupted trial goes on from its checkpoint (same parameters, same folder,
+    --resume) instead of being drawn afresh; one without a checkpoint is failed as before."""
+    study = optuna.create_study()
+    here = this_worker()
+    gone = {**here, "started": here["started"] - 1}
+    folders = {0: tmp_path / "sweep" / "trial_0000", 1: tmp_path / "sweep" / "trial_0001"}
+    for folder in folders.values():
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        trial.report(7.0, 2)
+        trial.set_user_attr("worker", gone)
+        trial.set_user_attr("save_dir", str(folder))
+        folder.mkdir(parents=True)
+        (folder / "train.log").write_text("the first run's log\n")
+    fake_checkpoint(folders[0])
+    lines: list[str] = []
+    assert fail_lost_trials(study, lines.append) == [0, 1]
+    assert lines[0].endswith("a new trial continues it from its checkpoint") and "continues" not in lines[1]
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs == {"save_dir": str(folders[0]), CONTINUES_ATTR: 0}
+
+    launched = []
+
+    def run(command, save_dir, report_value, continued=False):
+        launched.append((command, save_dir, continued))
+        assert report_value(4, 6.5) is False  # the resumed run's evaluations go to the new trial
+        summary = {"status": "finished", "steps": 8, "selection": {"metric": "loss", "best_score": 6.5}}
+        return Outcome(0, 1.0, summary, None)
+
+    monkeypatch.setattr("ds_kronos.sweep.job.run_trial", run)
+    sweep = sweep_of(tmp_path)
+    study.optimize(sweep.objective, n_trials=1)
+    command, save_dir, continued = launched[0]
+    assert save_dir == folders[0] and continued and command[-3:] == ["--save_dir", str(folders[0]), "--resume"]
+    resumed = study.trials[2]
+    assert resumed.state.name == "COMPLETE" and resumed.value == 6.5 and resumed.intermediate_values == {4: 6.5}
+    assert resumed.params == study.trials[0].params and resumed.user_attrs["save_dir"] == str(folders[0])
+    assert report.trial_rows(study, ["lr"])[2]["note"] == "continues trial 0"
+    assert not (tmp_path / "sweep" / "trial_0002").exists()  # no folder of its own
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_trial_failed_by_optuna_s_heartbeat_is_continued_from_its_checkpoint(tmp_path, monkeypatch):
+    """Database storages: a trial whose worker (on another machine) stopped beating is failed by Optuna's heartbeat
+    check, whose callback queues its continuation."""
+    monkeypatch.setattr("ds_kronos.sweep.storage.HEARTBEAT_S", 1)
+    monkeypatch.setattr("ds_kronos.sweep.storage.GRACE_S", 1)
+    storage = open_storage(f"sqlite:///{tmp_path}/study.db")
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+    trial.set_user_attr("save_dir", str(tmp_path / "trial_0000"))
+    trial.set_user_attr("worker", {**this_worker(), "host": "another-machine"})
+    fake_checkpoint(tmp_path / "trial_0000")
+    storage.record_heartbeat(trial._trial_id)  # its worker's last beat
+    time.sleep(2.5)
+    assert fail_lost_trials(study, print) == []  # not one of this machine's: Optuna's heartbeat failed it
+    first, queued = study.get_trials()
+    assert first.state.name == "FAIL" and queued.state.name == "WAITING"
+    assert queued.user_attrs == {"save_dir": str(tmp_path / "trial_0000"), CONTINUES_ATTR: 0}
+
+
+def test_a_stopped_sweep_queues_its_trial_s_continuation_and_a_live_holder_is_waited_for(tmp_path, monkeypatch):
+    """SIGTERM to a worker (KeyboardInterrupt): the launch saved a checkpoint, so a continuation is queued. A
+    continuation does not start while a live job holds the folder (an interrupted trial's training that outlived its
+    worker): it asks it to stop, waits, and gives up with the holder's line; once it has gone, the interrupted run's
+    stop request, summary.json and metrics.jsonl go and its checkpoints stay."""
+    study = optuna.create_study()
+
+    def interrupted(command, save_dir, report_value, continued=False):
+        fake_checkpoint(save_dir)  # the launch saved on the SIGTERM it was passed
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("ds_kronos.sweep.job.run_trial", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(sweep_of(tmp_path).objective, n_trials=1)
+    first, queued = study.trials
+    assert first.state.name == "FAIL" and first.user_attrs["failure"].startswith("interrupted: a new trial continues")
+    assert queued.state.name == "WAITING" and queued.user_attrs[CONTINUES_ATTR] == 0
+
+    folder = Path(first.user_attrs["save_dir"])
+    for name in ("summary.json", "metrics.jsonl"):
+        (folder / name).write_text("{}\n")
+    holder = forked_holder(folder)
+    try:
+        problem = take_over(folder, wait_s=0.6)
+        assert problem.startswith(f"not continued: {folder} is in use by another job (") and f"pid {holder}" in problem
+        assert (folder / STOP_NAME).exists()  # asked to stop (it saves a checkpoint first)
+    finally:
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
+    assert take_over(folder, wait_s=0.6) is None
+    assert sorted(p.name for p in folder.iterdir()) == [".ds_kronos.lock", "checkpoints"]
 
 
 def test_a_worker_counts_every_worker_s_trials_against_the_budget(tmp_path):

@@ -1,13 +1,14 @@
 """launch/sweep.py with real trials through the deepspeed launcher (issue 25): a seeded sweep prunes its bad trial,
 which stops cleanly on 2 ranks, and reports; two workers started at once share one SQLite study, are killed
-together mid-trial, and started again go on to --trials without a duplicate. The checks that start no process are
-in tests/test_sweep.py."""
+together mid-trial, and started again go on to --trials without a duplicate, continuing the killed trial that had
+saved a checkpoint from it. The checks that start no process are in tests/test_sweep.py."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,18 +97,21 @@ def study_trials(tmp_path: Path):
 @pytest.mark.processes
 def test_two_workers_share_a_study_and_go_on_after_a_kill(demo_prepared_dir, tiny_checkpoints, tmp_path):
     args = sweep_args(tmp_path, "lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n", ["--trials", "3", "--pruner", "none"],
-                      demo_prepared_dir, tiny_checkpoints, max_steps=12, n_train_iter=96, eval_every=4)
+                      demo_prepared_dir, tiny_checkpoints, max_steps=12, n_train_iter=96, eval_every=4, save_every=4)
     study_dir = tmp_path / "sweeps" / STUDY
     workers = [start_worker(args, tmp_path / f"first{i}.log") for i in range(2)]
     try:
         deadline = time.time() + 300
-        while not (study_dir / "trial_0002" / "train.log").exists():  # the second round of trials starts
-            assert time.time() < deadline and all(w.poll() is None for w in workers), \
+        # The second round of trials has started, and trial 2 has saved its first checkpoint (step 4 of 12); the other
+        # worker may have ended already (with trial 2 running, the study has its 3 trials).
+        while not (study_dir / "trial_0002" / "checkpoints" / "latest").exists():
+            assert time.time() < deadline and any(w.poll() is None for w in workers), \
                 [(tmp_path / f"first{i}.log").read_text()[-2000:] for i in range(2)]
             time.sleep(0.2)
     finally:
         for worker in workers:  # the whole sweep: both workers and their trials' launchers and ranks
-            os.killpg(worker.pid, signal.SIGKILL)
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
     before = study_trials(tmp_path)
     killed = sorted(n for n, t in before.items() if t.state.name == "RUNNING")
@@ -128,6 +132,14 @@ def test_two_workers_share_a_study_and_go_on_after_a_kill(demo_prepared_dir, tin
     others = [t for n, t in after.items() if t.state.name == "FAIL" and n not in killed]
     assert all(t.user_attrs["failure"].startswith("not run") for t in others)  # a late draw another worker beat
     assert len({t.params["lr"] for t in complete.values()}) == 3  # every trial its own draw
+    # Trial 2 was killed after its checkpoint at step 4 (or 8): a new trial continued it there, from it, to the end.
+    continued = {t.user_attrs["continues"]: t for t in after.values() if "continues" in t.user_attrs}
+    assert 2 in continued and continued[2].state.name == "COMPLETE", outputs
+    assert continued[2].params == before[2].params
+    assert continued[2].user_attrs["save_dir"] == before[2].user_attrs["save_dir"] == str(study_dir / "trial_0002")
+    assert re.search(r"^resumed from step [48] ", (study_dir / "trial_0002" / "train.log").read_text(), re.M)
+    assert summary(study_dir / "trial_0002")["steps"] == 12 and {4, 8, 12} <= set(continued[2].intermediate_values)
     folders = sorted(p.name for p in study_dir.glob("trial_*"))
-    assert folders == [f"trial_{n:04d}" for n in sorted(after) if "save_dir" in after[n].user_attrs]
-    assert all((study_dir / f"trial_{n:04d}" / "best_model").is_dir() for n in complete)
+    assert folders == sorted({Path(t.user_attrs["save_dir"]).name for t in after.values()
+                              if "save_dir" in t.user_attrs})
+    assert all((Path(t.user_attrs["save_dir"]) / "best_model").is_dir() for t in complete.values())

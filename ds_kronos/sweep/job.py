@@ -11,9 +11,10 @@ Optuna numbers the trials, so no two workers run the same one, and the count of 
 decides when each worker stops, so the study ends with ``--trials`` finished trials, not that many per worker.
 
 A worker that is killed leaves its trial RUNNING; a worker started later marks it failed
-(:mod:`ds_kronos.sweep.workers`), and the sweep goes on to ``--trials``. The interrupted trial is not resumed: its
-draw counts as a failure, a new draw takes its place (the sampler loses nothing), and its folder keeps its last
-checkpoint for a ``--resume`` by hand. At the end, each worker writes the table, the plots and summary.json
+(:mod:`ds_kronos.sweep.workers`), and the sweep goes on to ``--trials``. An interrupted trial (a worker killed, or
+stopped by SIGTERM) whose folder holds a checkpoint is continued: a queued trial with its parameters runs in its
+folder with ``--resume``, once no live job holds the folder; one without a checkpoint is drawn afresh. At the
+end, each worker writes the table, the plots and summary.json
 (:mod:`ds_kronos.sweep.report`).
 """
 
@@ -36,8 +37,15 @@ from ds_kronos.sweep import report
 from ds_kronos.sweep.config import SweepConfig
 from ds_kronos.sweep.space import SET_BY_THE_SWEEP, SearchSpace, command_line_value, load_space
 from ds_kronos.sweep.storage import creation_lock, describe_storage, open_storage
-from ds_kronos.sweep.trial_run import Outcome, run_trial, trial_command
-from ds_kronos.sweep.workers import SAVE_DIR_ATTR, WORKER_ATTR, fail_lost_trials, this_worker
+from ds_kronos.sweep.trial_run import Outcome, run_trial, take_over, trial_command
+from ds_kronos.sweep.workers import (
+    CONTINUES_ATTR,
+    SAVE_DIR_ATTR,
+    WORKER_ATTR,
+    continue_later,
+    fail_lost_trials,
+    this_worker,
+)
 from ds_kronos.train.config import TrainConfig
 from ds_kronos.train.selection import HIGHER_IS_BETTER
 
@@ -149,16 +157,29 @@ class Sweep:
             study.stop()
             raise BudgetTaken()
         study.sampler = make_sampler(self.config.sampler, self.config.seed, trial.number)
-        params = self.space.suggest(trial)
-        save_dir = self.study_dir / TRIAL_FOLDER.format(trial.number)
-        save_dir.mkdir(parents=True)
+        params = self.space.suggest(trial)  # a continuation's: the interrupted trial's (queued with them)
+        continues = trial.user_attrs.get(CONTINUES_ATTR)
+        if continues is None:
+            save_dir = self.study_dir / TRIAL_FOLDER.format(trial.number)
+            save_dir.mkdir(parents=True)
+        else:
+            save_dir = Path(trial.user_attrs[SAVE_DIR_ATTR])
+            self._take_over(trial, save_dir)
         command = trial_command(self.train_script, self.config.num_gpus, self.config.hostfile,
-                                self.train_args + SearchSpace.arguments(params) + ["--save_dir", str(save_dir)])
+                                self.train_args + SearchSpace.arguments(params) + ["--save_dir", str(save_dir)]
+                                + ([] if continues is None else ["--resume"]))
         trial.set_user_attr(SAVE_DIR_ATTR, str(save_dir))
         trial.set_user_attr("command", shlex.join(command))
         self.ran.append(trial.number)
-        say(f"trial {trial.number}: {_describe(params)}: {save_dir}")
-        outcome = run_trial(command, save_dir, lambda step, value: _report(trial, step, value))
+        say(f"trial {trial.number}: {_describe(params)}: {save_dir}"
+            + ("" if continues is None else f" (continues trial {continues} from its checkpoint)"))
+        try:
+            outcome = run_trial(command, save_dir, lambda step, value: _report(trial, step, value),
+                                continued=continues is not None)
+        except KeyboardInterrupt:  # the sweep is stopped (its launch was ended, and saved on SIGTERM)
+            if continue_later(study, trial.number, params, str(save_dir)):
+                trial.set_user_attr(report.FAILURE_ATTR, "interrupted: a new trial continues it from its checkpoint")
+            raise
         self._record(trial, outcome)
         if outcome.pruned_at is not None:
             say(f"trial {trial.number}: pruned at step {outcome.pruned_at} ({self.metric} worse than the median of "
@@ -170,10 +191,18 @@ class Sweep:
             return outcome.value
         failure = outcome.failure(save_dir)
         trial.set_user_attr(report.FAILURE_ATTR, failure)
-        if outcome.refused:
+        if outcome.refused and continues is None:  # a continuation's refusal is its own (its checkpoint)
             raise ConfigError(f"trial {trial.number}: train.py refused its options: {failure}")
         say(f"trial {trial.number}: failed: {failure}")
         raise TrialFailed(failure)
+
+    @staticmethod
+    def _take_over(trial, save_dir: Path) -> None:
+        problem = take_over(save_dir)
+        if problem:
+            trial.set_user_attr(report.FAILURE_ATTR, problem)
+            say(f"trial {trial.number}: {problem}")
+            raise TrialFailed(problem)
 
     @staticmethod
     def _record(trial, outcome: Outcome) -> None:
@@ -203,8 +232,15 @@ class Sweep:
 
 
 def _report(trial, step: int, value: float) -> bool:
-    """Hand one evaluation to Optuna; whether the pruner stops the trial there."""
-    trial.report(value, step)
+    """Hand one evaluation to Optuna; whether the pruner stops the trial there. A step reported before comes again
+    when its run rolled back and trained it again: its new value replaces the undone one (Optuna's ``report`` keeps
+    a step's first value, so this goes to the storage as ``report`` itself does, and to the trial's cached copy,
+    which ``should_prune`` reads)."""
+    if step in trial._cached_frozen_trial.intermediate_values:
+        trial.storage.set_trial_intermediate_value(trial._trial_id, step, value)
+        trial._cached_frozen_trial.intermediate_values[step] = value
+    else:
+        trial.report(value, step)
     return trial.should_prune()
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ds_kronos.atomic import write_text_atomic
 from ds_kronos.plotting import pyplot, save_figure
+from ds_kronos.sweep.workers import CONTINUES_ATTR
 
 TABLE_NAME = "trials.csv"
 SUMMARY_NAME = "summary.json"
@@ -37,7 +38,8 @@ def trial_rows(study, param_names: list[str]) -> list[dict[str, Any]]:
                      "launch_seconds": _rounded(launch),
                      "sweep_seconds": _rounded(wall - launch if wall is not None and launch is not None else None),
                      "save_dir": attrs.get("save_dir"), "best_model": attrs.get(BEST_MODEL_ATTR),
-                     "note": attrs.get(FAILURE_ATTR)})
+                     "note": attrs.get(FAILURE_ATTR) or (f"continues trial {attrs[CONTINUES_ATTR]}"
+                                                         if attrs.get(CONTINUES_ATTR) is not None else None)})
     return rows
 
 

@@ -9,7 +9,8 @@
 
 Database storages (SQLite included) keep Optuna's heartbeat: a worker records one every ``HEARTBEAT_S`` seconds
 while its trial runs, and a trial whose worker stopped beating for ``GRACE_S`` seconds (a machine lost, a frozen
-worker) is marked failed by the next worker that starts a trial. The journal storage has no heartbeat in Optuna;
+worker) is marked failed by the next worker that starts a trial (and continued from its checkpoint, if it has one:
+:mod:`ds_kronos.sweep.workers`). The journal storage has no heartbeat in Optuna;
 there (and everywhere, at once) :mod:`ds_kronos.sweep.workers` fails the trials of workers gone from this machine.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ds_kronos.errors import ConfigError
+from ds_kronos.sweep.workers import continue_stale_trial
 
 JOURNAL_SCHEME = "journal://"
 DEFAULT_DATABASE = "study.db"
@@ -102,7 +104,8 @@ def open_storage(url: str):
             warnings.simplefilter("ignore", ExperimentalWarning)  # the heartbeat is marked experimental
             return optuna.storages.RDBStorage(
                 url, engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if sqlite else None,
-                heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+                heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=continue_stale_trial)
     except ImportError as exc:
         raise ConfigError(f"--storage {describe_storage(url)}: its database driver is not installed ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's errors for a server that refuses or is not there

@@ -23,6 +23,7 @@ from ds_kronos.errors import ConfigError
 from ds_kronos.runtime import free_port
 from ds_kronos.train.metrics_log import METRICS_NAME
 from ds_kronos.train.reporting import FINISHED, STOPPED_BY_STOP_FILE, STOPPED_EARLY
+from ds_kronos.train.save_dir_lock import probe
 from ds_kronos.train.stop_file import STOP_NAME
 
 POLL_S = 0.5
@@ -105,31 +106,60 @@ def _read_lines(path: Path) -> list[str]:
 
 
 class MetricsFollower:
-    """The complete lines of a growing metrics.jsonl, each once."""
+    """The evaluations of a trial's metrics.jsonl as its run writes them: each step once, and again when its value
+    changes. A run rewrites the file from an earlier step when it starts (a resumed run: up to its checkpoint) and
+    when it rolls back (ds_kronos.train.metrics_log.restart: a new file, shorter), then trains the later steps again;
+    their new values are what count. The file holds one short line per evaluation, so each poll reads it whole: no
+    byte offset can point into a file that has been replaced."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, reported: dict[int, float | None] | None = None):
         self.path = path
-        self.offset = 0
+        self.reported: dict[int, float | None] = dict(reported or {})
+        """step -> the value handed on last (a resumed trial starts from what its earlier run reported)."""
 
     def new_records(self) -> list[dict[str, Any]]:
         try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return []
-        complete = data[:data.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        return [json.loads(line) for line in complete.decode("utf-8").splitlines() if line.strip()]
+        complete = data[:data.rfind(b"\n") + 1]  # a line being appended is taken at the next poll
+        fresh = []
+        for line in complete.decode("utf-8").splitlines():
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            step, value = int(record["step"]), record.get("value")
+            if step not in self.reported or self.reported[step] != value:
+                self.reported[step] = value
+                fresh.append(record)
+        return fresh
 
 
-def run_trial(command: list[str], save_dir: Path, report: Callable[[int, float], bool]) -> Outcome:
+def take_over(save_dir: Path, wait_s: float = TERMINATE_WAIT_S) -> str | None:
+    """Before a trial continues an interrupted one in ``save_dir``: a live job still holding the folder (the
+    interrupted trial's training, which outlived its worker) is asked to stop through the stop file (it saves a
+    checkpoint first) and waited for up to ``wait_s``; then the interrupted run's outputs that the continuation
+    writes afresh go (its stop request, summary.json, metrics.jsonl: the resumed run rewrites it from its
+    checkpoint). Returns why the folder cannot be taken over (a holder that did not end), else None."""
+    deadline = time.monotonic() + wait_s
+    while (holder := probe(save_dir)) is not None:
+        if time.monotonic() > deadline:
+            return f"not continued: {holder}"
+        (save_dir / STOP_NAME).touch()
+        time.sleep(POLL_S)
+    for name in (STOP_NAME, SUMMARY_NAME, METRICS_NAME):
+        (save_dir / name).unlink(missing_ok=True)
+    return None
+
+
+def run_trial(command: list[str], save_dir: Path, report: Callable[[int, float], bool],
+              continued: bool = False) -> Outcome:
     """Run ``command`` (a trial) to its end; ``report(step, value)`` sees each evaluation's selection value and
-    returns True to prune."""
+    returns True to prune. ``continued``: the trial goes on from an interrupted one's folder (its train.log grows)."""
     follower = MetricsFollower(save_dir / METRICS_NAME)
     pruned_at = None
     started = time.perf_counter()
-    with open(save_dir / LOG_NAME, "w", encoding="utf-8") as log:
+    with open(save_dir / LOG_NAME, "a" if continued else "w", encoding="utf-8") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
             while True:

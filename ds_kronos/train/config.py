@@ -149,9 +149,10 @@ class CommonTrainConfig(ProcessOptions):
     clip: float = clip_option(help="clip normalised features to [-clip, clip]")
     compile: bool = option(False, help="compile the model with DeepSpeed's engine.compile (torch.compile, the "
                            "accelerator's backend) before the first step")
-    overlap_grad_reduce: bool = option(True, help="at ZeRO-0, start each bucket's gradient all-reduce during "
+    overlap_grad_reduce: bool = option(False, help="at ZeRO-0, start each bucket's gradient all-reduce during "
                                        "backward, as torch DDP does, instead of DeepSpeed's one all-reduce after it "
-                                       "(same arithmetic; no effect at ZeRO-1/2/3, with BF16_Optimizer or one rank)")
+                                       "(same arithmetic; no effect at ZeRO-1/2/3, with BF16_Optimizer or one rank; "
+                                       "off by default until measured on GPUs: docs/performance.md)")
     grad_bucket_mb: float = option(25.0, help="gradient MiB per all-reduce with --overlap_grad_reduce (torch DDP's "
                                    "bucket_cap_mb default)", gt=0)
     nvme_dir: str | None = option(None, help="folder for ZeRO-Infinity's NVMe swap files when the JSON offloads to "

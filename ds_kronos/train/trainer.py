@@ -50,6 +50,7 @@ from ds_kronos.train.preemption import StopRequests, stop_if_preempted
 from ds_kronos.train.reporting import FINISHED, STOPPED_EARLY, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, resume_position
 from ds_kronos.train.rollback import Rollbacks
+from ds_kronos.train.save_dir_lock import hold_save_dir, release_save_dir
 from ds_kronos.train.skipped_steps import SkippedSteps
 from ds_kronos.train.step import train_micro_step
 from ds_kronos.train.stop_file import StopFile
@@ -67,6 +68,7 @@ class Trainer:
         self.ds_json = load_ds_config(config.deepspeed_config)  # fail fast, before processes wait on each other
         check_monitors(self.ds_json, config.deepspeed_config, config.comet)
         self.runtime: Runtime = init_runtime(config.threads, config.dist_timeout)
+        self.save_dir_lock = hold_save_dir(Path(config.save_dir), self.runtime)  # before anything touches save_dir
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         seed_everything(config.seed)  # identical preset init on every rank
         self.save_dir, self.checkpoint_dir = Path(config.save_dir), Path(config.save_dir) / "checkpoints"
@@ -298,3 +300,4 @@ def run_training(config: CommonTrainConfig) -> dict[str, Any]:
             return stop_if_preempted(summary)
         finally:
             trainer.remove_swap_files()
+            release_save_dir(trainer.save_dir_lock)

@@ -26,11 +26,9 @@ from ds_kronos.train.selection import SelectionState
 from ds_kronos.train.skipped_steps import SkippedSteps, micro_batch_spans, parse_step_ranges
 from helpers import (
     REPO,
-    VAL_SAMPLES,
     model_weights,
     run_in_process,
     run_job,
-    single_process_val_losses,
     stopped_after,
     summary,
     train_args,
@@ -70,11 +68,14 @@ def test_a_rollback_passes_over_the_nan_batch_and_ends_as_a_run_that_skipped_it(
     for result in more:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert summary(undone)["rollbacks"][0]["restored_step"] == 4 and summary(skipped)["selection"]["best_step"] == 8
-    for run in (undone, resumed, rolled, skipped):
-        best = summary(run)["selection"]["best_score"]
-        losses = single_process_val_losses(demo_prepared_dir, (tiny_checkpoints[0], run / "best_model"), VAL_SAMPLES)
-        assert losses.double().mean().item() == pytest.approx(best, abs=1e-5), run.name
-    assert summary(resumed)["selection"]["best_step"] == 4
+    assert summary(undone)["selection"]["best_step"] == summary(resumed)["selection"]["best_step"] == 4
+    for run in (undone, resumed, rolled, skipped):  # best_model/ holds the weights of the step summary.json names
+        step = summary(run)["selection"]["best_step"]
+        with weights_only_loading():
+            module = torch.load(run / "checkpoints" / f"step{step:08d}" / "mp_rank_00_model_states.pt",
+                                weights_only=True)["module"]
+        best = model_weights(run / "best_model")
+        assert set(best) <= set(module) and all(torch.equal(best[k], module[k]) for k in best), run.name
     lines = [line for line in results[0].stdout.splitlines() if line.startswith("roll-back ")]
     assert lines == ["roll-back 1 of at most 3: divergence seen at step 7; restored step00000004; steps 7-7 will be "
                      "skipped (micro-batches 2-2 of epoch 2)"], results[0].stdout[-3000:]

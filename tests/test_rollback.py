@@ -116,10 +116,12 @@ def test_each_checkpoint_keeps_its_best_model_and_restoring_the_checkpoint_puts_
 
     tag = tmp_path / "checkpoints" / "step00000004"
     tag.mkdir(parents=True)
-    keep_best_model(tmp_path, tag)  # no best_model/ yet: nothing kept
+    keep_best_model(tmp_path, SelectionState(best_step=4), tag)  # no best_model/ yet: nothing kept
     assert not (tag / "best_model").exists()
     export("step 4")
-    keep_best_model(tmp_path, tag)
+    keep_best_model(tmp_path, SelectionState(), tag)  # nothing selected yet: the folder is another run's
+    assert not (tag / "best_model").exists()
+    keep_best_model(tmp_path, SelectionState(best_step=4), tag)
     kept = tag / "best_model" / "model.safetensors"
     assert kept.stat().st_ino == (tmp_path / "best_model" / "model.safetensors").stat().st_ino  # a link, no copy
     export("step 6")  # an export the roll-back or the resume undoes

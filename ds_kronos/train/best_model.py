@@ -36,10 +36,11 @@ def link_folder(source: Path, target: Path) -> None:
             shutil.copy2(path, destination)
 
 
-def keep_best_model(save_dir: Path, staging_tag: Path) -> None:
-    """Rank 0, while a checkpoint is staged: ``save_dir/best_model`` (if any) into the tag as ``best_model/``."""
+def keep_best_model(save_dir: Path, selection: SelectionState, staging_tag: Path) -> None:
+    """Rank 0, while a checkpoint is staged: ``save_dir/best_model`` into the tag as ``best_model/``, when the
+    selection has chosen one (a folder there before any evaluation of this run is another run's)."""
     best = save_dir / BEST_MODEL
-    if best.is_dir():
+    if selection.best_step is not None and best.is_dir():
         link_folder(best, staging_tag / BEST_MODEL)
 
 

@@ -281,7 +281,7 @@ class Trainer:
         self._check_divergence()  # never save a diverged state over the last good one
         save_training_state(self.engine, self.runtime, self.checkpoint_dir, self.position.step,
                             self.position.to_client_state(), self.config.keep_last, self.layout,
-                            partial(keep_best_model, self.save_dir))
+                            partial(keep_best_model, self.save_dir, self.position.selection))
         self.checkpointed_step = self.position.step
 
     # ------------------------------------------------------------------------------------------------- end

@@ -99,13 +99,17 @@ def test_a_resumed_selection_must_be_scored_as_it_was():
     Selection("crps").consider(by_crps, 0, 0.61)
     with pytest.raises(ConfigError, match=r"selected by crps \(spread 1.0\); this run scores crps \(spread 1.3\)"):
         Selection("crps").adopt(by_crps, scoring_setup("crps", 75, {**forecasts, "spread": 1.3}))
-    # A state from before the set-up was recorded: taken as selected by loss when the run selects by loss.
-    old = Position.from_client_state({"step": 4, "selection": {"scores": [[0, 2.36]], "best": 2.36,
-                                                                "best_step": 0}}).selection
-    assert old.scoring is None
+    # A state from before the set-up was recorded: resumed by loss when its scores are the validation losses.
+    old = Position.from_client_state({"step": 4, "history": {"val": [[0, 2.36], [2, 2.3]]},
+                                      "selection": {"scores": [[0, 2.36], [2, 2.3]], "best": 2.3, "best_step": 2}})
+    assert old.selection.scoring is None
     with pytest.raises(ConfigError, match="does not record how it was scored"):
-        Selection("crps").adopt(old, scoring_setup("crps", 75, forecasts))
-    assert "taken as selected by loss" in Selection("loss").adopt(old, by_loss) and old.scoring == by_loss
+        Selection("crps").adopt(old.selection, scoring_setup("crps", 75, forecasts), old.history.val)
+    by_crps_before = SelectionState(scores=[(0, 0.61), (2, 0.6)], best=0.6, best_step=2)
+    with pytest.raises(ConfigError, match="its scores are not the validation losses"):
+        Selection("loss").adopt(by_crps_before, by_loss, old.history.val)
+    note = Selection("loss").adopt(old.selection, by_loss, old.history.val)
+    assert "resumed as selected by loss" in note and old.selection.scoring == by_loss
     # Nothing scored yet: any metric may start.
     assert Selection("crps").adopt(SelectionState(), scoring_setup("crps", 75, forecasts)) is None
 

@@ -135,25 +135,27 @@ class Selection:
                                  f"early stop: {self.metric} undefined in {state.stale} evaluations")
         return False
 
-    def adopt(self, state: SelectionState, scoring: dict[str, Any]) -> str | None:
+    def adopt(self, state: SelectionState, scoring: dict[str, Any],
+              val_losses: list[tuple[int, float]] = ()) -> str | None:
         """Bind ``state`` (a new run's, or a resumed one's) to how this run scores (``scoring``, of
         :func:`scoring_setup`); returns a note to print, or raises ConfigError when the state's scores came from
         another metric or set-up, which this run's scores could not be compared with (a CRPS "beating" a loss).
-        A state from before the set-up was recorded is taken as selected by loss (the only metric there was until
-        then, and its set-up, the validation split, cannot change on a resume) when this run selects by loss, and
-        refused otherwise."""
+        A state from before the set-up was recorded is resumed by loss when its scores are the run's validation
+        losses (``val_losses``, the position's history: a run selected by loss), and refused otherwise: its metric
+        and set-up cannot be known."""
         if state.scoring == scoring or not state.scores:
             state.scoring = scoring
             return None
         if state.scoring is None:
-            if self.metric == "loss":
+            losses = dict((step, loss) for step, loss in val_losses)
+            if self.metric == "loss" and all(v is None or losses.get(step) == v for step, v in state.scores):
                 state.scoring = scoring
                 return ("--resume: the checkpoint's selection state does not record how it was scored (an older "
-                        "ds_kronos): taken as selected by loss, as this run selects")
+                        "ds_kronos); its scores are the validation losses: resumed as selected by loss")
+            why = " and its scores are not the validation losses" if self.metric == "loss" else ""
             raise ConfigError(f"--resume: the checkpoint's selection state does not record how it was scored (an "
-                              f"older ds_kronos), so this run's {self.metric} cannot be compared with its best "
-                              f"score; resume with --select_by loss, or start a new run (new --save_dir) from its "
-                              f"best_model/")
+                              f"older ds_kronos){why}, so this run's {self.metric} cannot be compared with its best "
+                              f"score; start a new run (new --save_dir) from its best_model/")
         raise ConfigError(f"--resume: the checkpoint's best model was selected by "
                           f"{describe_scoring(state.scoring, scoring)}; "
                           f"this run scores {describe_scoring(scoring, state.scoring)}: its scores cannot be "

@@ -120,7 +120,8 @@ class Trainer:
                                             c.seed, self.save_dir)
             self.checkpointed_step = self.position.step
         note = self.selection.adopt(self.position.selection, scoring_setup(  # a resume must score as it was scored
-            self.selection.metric, len(self.data.val_set), None if self.forecasts is None else self.forecasts.setup()))
+            self.selection.metric, len(self.data.val_set), None if self.forecasts is None else self.forecasts.setup()),
+            self.position.history.val)
         if rt.is_main:
             if note:
                 say(note)

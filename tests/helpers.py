@@ -246,14 +246,16 @@ def single_process_val_losses(prepared: Path, checkpoints: tuple[Path, Path], sa
     return per_sample
 
 
-def stopped_after_step_3(run: Path, target: Path) -> Path:
-    """A copy of the finished run ``run`` as a run preempted after its step-3 checkpoint (what --exit_after_steps 3
-    leaves): the later tags, ``final_model/`` and ``summary.json`` removed, ``latest`` on step 3."""
+def stopped_after(run: Path, target: Path, step: int) -> Path:
+    """A copy of the finished run ``run`` as a run stopped after its checkpoint of ``step`` (what --exit_after_steps
+    leaves, or a kill before the next checkpoint): the other tags, ``final_model/`` and ``summary.json`` removed,
+    ``latest`` on ``step``; ``best_model/`` is left as the run left it."""
     shutil.copytree(run, target, symlinks=True)
+    kept = f"step{step:08d}"
     for tag in (target / "checkpoints").glob("step*"):
-        if tag.name != "step00000003":
+        if tag.name != kept:
             shutil.rmtree(tag)
-    (target / "checkpoints" / "latest").write_text("step00000003")
+    (target / "checkpoints" / "latest").write_text(kept)
     for name in ("final_model", "summary.json"):
         shutil.rmtree(target / name) if (target / name).is_dir() else (target / name).unlink()
     return target
@@ -279,3 +281,8 @@ def forked_holder(save_dir: Path) -> int:
     assert os.read(ready_r, 1) == b"1"
     os.close(ready_r)
     return pid
+
+
+def stopped_after_step_3(run: Path, target: Path) -> Path:
+    """:func:`stopped_after` step 3 (a run preempted after its step-3 checkpoint)."""
+    return stopped_after(run, target, 3)

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from ds_kronos.adapters import DEFAULT_LORA_TARGETS, frozen_by
+from ds_kronos.forecast.sampler_file import SamplerSettings, resolve_sampler, selection_sampler_writer
 from ds_kronos.model import Kronos
 from ds_kronos.train.config import TrainConfig
 from ds_kronos.train.finetune import ADAPTER_FOLDER, FinetuneSpec, Finetuning, finetune_problems, parameter_counts
@@ -135,7 +136,9 @@ def test_lora_exports_give_the_trained_model_logits(trained_lora, tmp_path):
     state = {name: t.detach().clone() for name, t in trained_lora.model.state_dict().items()}
     expected = logits(trained_lora.model)
     trained_lora.publish(tmp_path / "best_model", state)
-    trained_lora.publish(tmp_path / "best_model", state)  # a second export of the same state writes the same folder
+    # A second export of the same state writes the same folder; a run that scores forecasts adds its sampler.json.
+    trained_lora.publish(tmp_path / "best_model", state, selection_sampler_writer(SamplerSettings(spread=1.3)))
+    assert resolve_sampler(str(tmp_path / "best_model"), None, None).spread == 1.3
     merged = Kronos.from_pretrained(tmp_path / "best_model")
     for got, want in zip(logits(merged), expected):
         torch.testing.assert_close(got, want, rtol=0, atol=2e-5)

@@ -15,13 +15,25 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ds_kronos.atomic import replace_folder
 from ds_kronos.errors import ConfigError
+from ds_kronos.train.best_model import keep_best_model, restore_best_model
 from ds_kronos.train.config import TrainConfig
 from ds_kronos.train.position import Position
 from ds_kronos.train.rollback import Rollbacks, ScaledSchedule, set_lr_factor
 from ds_kronos.train.safe_load import weights_only_loading
+from ds_kronos.train.selection import SelectionState
 from ds_kronos.train.skipped_steps import SkippedSteps, micro_batch_spans, parse_step_ranges
-from helpers import REPO, model_weights, run_in_process, run_job, summary, train_args, two_at_a_time
+from helpers import (
+    REPO,
+    model_weights,
+    run_in_process,
+    run_job,
+    stopped_after,
+    summary,
+    train_args,
+    two_at_a_time,
+)
 
 NAN_SCRIPT = REPO / "tests" / "nan_batch_train.py"
 
@@ -42,6 +54,28 @@ def test_a_rollback_passes_over_the_nan_batch_and_ends_as_a_run_that_skipped_it(
     results = two_at_a_time(lambda job: run_job(job[0], job[1], processes=2), jobs)
     for result in results:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # Issue 31 item 1, both ways best_model/ could outlive its selection state, run side by side:
+    # - a roll-back that undoes an export: 1 rank, 8 steps, evaluations every 2, checkpoints every 4; NaN at step 7,
+    #   back to step 4, and an lr x1e-6 makes the re-trained step 6 differ from the undone one (its export);
+    # - a resume from a checkpoint older than the last export (a run killed after step 8's export, before its
+    #   checkpoint): the skipped run's copy without step 8's tag, resumed with --max_steps 4.
+    undone, resumed = tmp_path / "undone", stopped_after(skipped, tmp_path / "resumed", step=4)
+    one_rank = train_args(demo_prepared_dir, tiny_checkpoints, undone, deepspeed_config="ds_configs/zero2.json",
+                          save_every=4, eval_every=2, epochs=1, on_divergence="rollback", rollback_lr_factor=1e-6)
+    jobs = [(str(NAN_SCRIPT), one_rank + ["--nan_micro_batch", "7", "--nan_rank", "0"], 1),
+            ("train.py", args(resumed, "--skip_steps", "7", "--resume", "--max_steps", "4"), 2)]
+    more = two_at_a_time(lambda job: run_job(job[0], job[1], processes=job[2]), jobs)
+    for result in more:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert summary(undone)["rollbacks"][0]["restored_step"] == 4 and summary(skipped)["selection"]["best_step"] == 8
+    assert summary(undone)["selection"]["best_step"] == summary(resumed)["selection"]["best_step"] == 4
+    for run in (undone, resumed, rolled, skipped):  # best_model/ holds the weights of the step summary.json names
+        step = summary(run)["selection"]["best_step"]
+        with weights_only_loading():
+            module = torch.load(run / "checkpoints" / f"step{step:08d}" / "mp_rank_00_model_states.pt",
+                                weights_only=True)["module"]
+        best = model_weights(run / "best_model")
+        assert set(best) <= set(module) and all(torch.equal(best[k], module[k]) for k in best), run.name
     lines = [line for line in results[0].stdout.splitlines() if line.startswith("roll-back ")]
     assert lines == ["roll-back 1 of at most 3: divergence seen at step 7; restored step00000004; steps 7-7 will be "
                      "skipped (micro-batches 2-2 of epoch 2)"], results[0].stdout[-3000:]
@@ -67,6 +101,42 @@ def test_a_rollback_passes_over_the_nan_batch_and_ends_as_a_run_that_skipped_it(
     with weights_only_loading():
         state = torch.load(rolled / "checkpoints" / "step00000008" / "mp_rank_00_model_states.pt", weights_only=True)
     assert state["rollbacks"] == a["rollbacks"]
+
+
+def test_each_checkpoint_keeps_its_best_model_and_restoring_the_checkpoint_puts_it_back(tmp_path):
+    def export(text: str) -> None:  # as ds_kronos.model.published.write_folder: a new folder swapped in
+        staging = tmp_path / ".best_model.tmp"
+        (staging / "adapter").mkdir(parents=True)
+        (staging / "model.safetensors").write_text(text)
+        (staging / "adapter" / "adapter_model.safetensors").write_text(text)
+        replace_folder(staging, tmp_path / "best_model")
+
+    def best() -> str:
+        return (tmp_path / "best_model" / "model.safetensors").read_text()
+
+    tag = tmp_path / "checkpoints" / "step00000004"
+    tag.mkdir(parents=True)
+    keep_best_model(tmp_path, SelectionState(best_step=4), tag)  # no best_model/ yet: nothing kept
+    assert not (tag / "best_model").exists()
+    export("step 4")
+    keep_best_model(tmp_path, SelectionState(), tag)  # nothing selected yet: the folder is another run's
+    assert not (tag / "best_model").exists()
+    keep_best_model(tmp_path, SelectionState(best_step=4), tag)
+    kept = tag / "best_model" / "model.safetensors"
+    assert kept.stat().st_ino == (tmp_path / "best_model" / "model.safetensors").stat().st_ino  # a link, no copy
+    export("step 6")  # an export the roll-back or the resume undoes
+    assert kept.read_text() == "step 4" and best() == "step 6"
+    assert restore_best_model(tmp_path, tag, SelectionState(best_step=4)) is None
+    assert best() == "step 4" and (tmp_path / "best_model" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging or retired copy left
+    # A tag written before anything was selected: an export from after it is removed; one from an older ds_kronos
+    # (no best_model/ kept) leaves the folder as it is, and says so.
+    older = tmp_path / "checkpoints" / "step00000002"
+    older.mkdir()
+    assert "may not be step 2's export" in restore_best_model(tmp_path, older, SelectionState(best_step=2))
+    assert best() == "step 4"
+    assert "removed best_model/" in restore_best_model(tmp_path, older, SelectionState())
+    assert not (tmp_path / "best_model").exists()
 
 
 def test_skipped_steps_move_the_data_position_and_the_schedule():

@@ -13,6 +13,7 @@ import torch
 
 from ds_kronos.data import verify_prepared
 from ds_kronos.data.series import CLOSE
+from ds_kronos.errors import ConfigError
 from ds_kronos.forecast.sampler import sample_paths
 from ds_kronos.forecast.sampler_file import SamplerSettings
 from ds_kronos.model import Kronos, KronosTokenizer
@@ -21,7 +22,7 @@ from ds_kronos.train import forecast_validation
 from ds_kronos.train.config import TrainConfig
 from ds_kronos.train.forecast_validation import CHUNK_ORIGINS, FORECAST_STREAM, ForecastValidation, choose_origins
 from ds_kronos.train.position import Position
-from ds_kronos.train.selection import Selection, SelectionState
+from ds_kronos.train.selection import Selection, SelectionState, scoring_setup
 
 
 def feed(selection: Selection, scores: list[float | None]) -> tuple[SelectionState, list[bool]]:
@@ -78,6 +79,53 @@ def test_the_selection_state_survives_a_checkpoint_round_trip():
     restored = Position.from_client_state(position.to_client_state())
     assert restored.selection == position.selection
     assert Position.from_client_state({"step": 3}).selection == SelectionState()  # a checkpoint from before
+
+
+def test_a_resumed_selection_must_be_scored_as_it_was():
+    # Issue 31 item 2: a state selected by loss resumed with --select_by crps let a CRPS of 0.61 "beat" a loss of
+    # 2.36; with rank_ic (higher is better) nothing ever improved. The state records how it was scored.
+    by_loss, forecasts = scoring_setup("loss", 75, None), {"origins": 16, "paths": 4, "spread": 1.0}
+    state = SelectionState()
+    assert Selection("loss").adopt(state, by_loss) is None and state.scoring == by_loss
+    Selection("loss").consider(state, 0, 2.36)
+    for metric in ("crps", "rank_ic"):
+        with pytest.raises(ConfigError, match=rf"selected by loss \(val_samples 75\); this run scores {metric} "
+                                              r"\(origins 16, paths 4, spread 1.0\)"):
+            Selection(metric).adopt(state, scoring_setup(metric, 75, forecasts))
+    assert Selection("loss").adopt(state, scoring_setup("loss", 75, None)) is None  # the same: resumed as is
+    # The same metric on another set-up (here a recalibrated start folder's sampler.json): both values named.
+    by_crps = SelectionState()
+    Selection("crps").adopt(by_crps, scoring_setup("crps", 75, forecasts))
+    Selection("crps").consider(by_crps, 0, 0.61)
+    with pytest.raises(ConfigError, match=r"selected by crps \(spread 1.0\); this run scores crps \(spread 1.3\)"):
+        Selection("crps").adopt(by_crps, scoring_setup("crps", 75, {**forecasts, "spread": 1.3}))
+    # A state from before the set-up was recorded: resumed by loss when its scores are the validation losses.
+    old = Position.from_client_state({"step": 4, "history": {"val": [[0, 2.36], [2, 2.3]]},
+                                      "selection": {"scores": [[0, 2.36], [2, 2.3]], "best": 2.3, "best_step": 2}})
+    assert old.selection.scoring is None
+    with pytest.raises(ConfigError, match="does not record how it was scored"):
+        Selection("crps").adopt(old.selection, scoring_setup("crps", 75, forecasts), old.history.val)
+    by_crps_before = SelectionState(scores=[(0, 0.61), (2, 0.6)], best=0.6, best_step=2)
+    with pytest.raises(ConfigError, match="its scores are not the validation losses"):
+        Selection("loss").adopt(by_crps_before, by_loss, old.history.val)
+    note = Selection("loss").adopt(old.selection, by_loss, old.history.val)
+    assert "resumed as selected by loss" in note and old.selection.scoring == by_loss
+    # Nothing scored yet: any metric may start.
+    assert Selection("crps").adopt(SelectionState(), scoring_setup("crps", 75, forecasts)) is None
+
+
+def test_the_forecast_set_up_names_what_the_scores_depend_on(demo_prepared_dir):
+    prepared = verify_prepared(str(demo_prepared_dir))
+
+    def setup(origins: int = 20, spread: float = 1.0) -> dict:
+        return ForecastValidation(prepared.split("val"), prepared.lookback, prepared.predict, origins=origins, paths=4,
+                                  clip=5.0, seed=7, sampler=SamplerSettings(spread=spread), max_context=512,
+                                  pad_forwards=False).setup()
+
+    base = setup()
+    assert base == setup() and base["origins"] == 20 and base["spread"] == 1.0
+    assert {k for k, v in setup(spread=1.3).items() if base[k] != v} == {"spread"}
+    assert {k for k, v in setup(origins=10).items() if base[k] != v} == {"origins", "origins_digest"}
 
 
 def paired(gains: list[float], base: float = 0.5) -> tuple[dict[int, float], dict[int, float]]:

@@ -8,6 +8,7 @@ beats it, and a resumed stopped run trains no further.
 
 from __future__ import annotations
 
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -15,11 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from ds_kronos.data import verify_prepared
-from ds_kronos.forecast.sampler_file import resolve_sampler
+from ds_kronos.forecast.sampler_file import SAMPLER_FILE, resolve_sampler, write_sampler_file
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.train import forecast_validation
 from ds_kronos.train.forecast_validation import CHUNK_ORIGINS, ForecastValidation
-from helpers import SEED, deepspeed_train, summary, train_args, two_at_a_time
+from helpers import SEED, deepspeed_train, error_lines, run_job, summary, train_args, two_at_a_time
 
 ORIGINS = 72  # whole dates of up to 8 symbols: 5 chunks of 16 (3 + 2 on 2 ranks, 2 + 2 + 1 on 3)
 PATHS = 4
@@ -80,9 +81,14 @@ def test_forecast_scores_do_not_depend_on_the_ranks_or_the_zero_stage(demo_prepa
 
 @pytest.mark.processes
 def test_early_stop_keeps_the_start_and_a_resume_trains_no_further(demo_prepared_dir, tiny_checkpoints, tmp_path):
-    save_dir = tmp_path / "stopped"
+    save_dir, start_folder = tmp_path / "stopped", tmp_path / "start"
+    # A start folder with a calibrated sampler.json: the forecast validation samples with its settings, and the
+    # exports carry them (issue 31 item 3), so evaluate.py scores best_model/ as the selection did.
+    shutil.copytree(tiny_checkpoints[1], start_folder)
+    write_sampler_file(start_folder / SAMPLER_FILE, 1.0, 0.9, 1.3, {"by": "a test"})
+    checkpoints = (tiny_checkpoints[0], start_folder)
     # No evaluation can improve by 1e9: the start stays best_model/, and two stale evaluations stop the run.
-    args = run_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--deepspeed_config", "ds_configs/zero2.json",
+    args = run_args(demo_prepared_dir, checkpoints, save_dir, "--deepspeed_config", "ds_configs/zero2.json",
                     "--batch_size", "8", "--max_steps", "6", "--val_forecast_origins", "16", "--patience", "2",
                     "--min_delta", "1e9")
     first = deepspeed_train(args, timeout=300)
@@ -103,6 +109,20 @@ def test_early_stop_keeps_the_start_and_a_resume_trains_no_further(demo_prepared
     lines = first.stdout.splitlines()
     assert sum("no evaluation improved on the start model by crps" in line for line in lines) == 1
     assert sum("early stop: crps did not improve" in line for line in lines) == 1
+
+    assert result["forecast_validation"]["sampler"]["spread"] == 1.3
+    assert result["forecast_validation"]["sampler_file_in_exports"] is True
+    for export in ("best_model", "final_model"):
+        published = resolve_sampler(str(save_dir / export), None, None)
+        assert (published.temperature, published.top_p, published.spread) == (1.0, 0.9, 1.3), export
+        assert published.calibration["file"] == str(start_folder / SAMPLER_FILE)
+
+    # Issue 31 item 2: a resume that scores another metric (or set-up) is refused, naming both.
+    other = run_job("train.py", [a if a != "crps" else "rank_ic" for a in args] + ["--resume"], 2, timeout=300)
+    assert other.returncode == 2, other.stdout[-3000:] + other.stderr[-3000:]
+    (line,) = error_lines(other)
+    assert "the checkpoint's best model was selected by crps" in line and "this run scores rank_ic" in line, line
+    assert summary(save_dir)["selection"] == selection
 
     again = deepspeed_train(args + ["--resume"], timeout=300)
     assert "resumed from step 2" in again.stdout

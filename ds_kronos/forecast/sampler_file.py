@@ -17,7 +17,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ds_kronos.config import DEFAULT_TOP_P
 from ds_kronos.errors import ConfigError
@@ -115,3 +115,17 @@ def write_sampler_file(path: str | Path, temperature: float, top_p: float, sprea
     write_json_atomic(path, {"format": FORMAT, "version": VERSION, "temperature": float(temperature),
                              "top_p": float(top_p), "spread": float(spread), "calibration": calibration})
     return path
+
+
+def selection_sampler_writer(settings: SamplerSettings) -> Callable[[Path], None]:
+    """What a training run adds to each export when it scores forecasts (ds_kronos.train.forecast_validation): the
+    sampler settings those forecasts were sampled with, as the folder's sampler.json, so that a job reading the
+    export (``evaluate.py --predictor best_model``) samples it as the selection scored it. The calibration says where
+    they came from (a start folder's sampler.json was fitted to the start model, not to this one)."""
+    calibration = {"source": "the sampler settings of the training run's forecast validation",
+                   "settings_from": dict(settings.sources), "file": settings.file,
+                   "file_calibration": settings.calibration}
+
+    def write(folder: Path) -> None:
+        write_sampler_file(folder / SAMPLER_FILE, settings.temperature, settings.top_p, settings.spread, calibration)
+    return write

@@ -21,7 +21,7 @@ meta-device copy of the predictor before any process group exists (:func:`finetu
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -179,11 +179,13 @@ class Finetuning:
             return weights
         return RenamedTensors(weights, self.base_names, self.adapter_start)
 
-    def publish(self, folder: Path, state: Mapping[str, torch.Tensor]) -> None:
+    def publish(self, folder: Path, state: Mapping[str, torch.Tensor],
+                extra: Callable[[Path], None] | None = None) -> None:
         """Write ``state`` (the engine module's full fp32 state dict) as a published folder with the base model's
-        names: with LoRA the merged weights, and the adapter alone in ``folder/adapter/``. Rank 0 only."""
+        names: with LoRA the merged weights, and the adapter alone in ``folder/adapter/``; ``extra(staging)`` adds
+        more files before the folder is swapped into place. Rank 0 only."""
         if self.model is self.base:
-            self.base.save_pretrained(folder, state_dict=state)
+            self.base.save_pretrained(folder, state_dict=state, extra=extra)
             return
         import torch
 
@@ -205,6 +207,8 @@ class Finetuning:
         def write_adapter(staging: Path) -> None:
             replica.save_pretrained(str(staging / ADAPTER_FOLDER), state_dict=dict(state),
                                     save_embedding_layers=False)
+            if extra is not None:
+                extra(staging)
         self.base.save_pretrained(folder, state_dict=merged, extra=write_adapter)
 
     def _replica(self, state: Mapping[str, torch.Tensor]) -> nn.Module:

@@ -27,6 +27,7 @@ order. Under ZeRO-3 every forward gathers parameters, a collective: ranks with f
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -116,7 +117,19 @@ class ForecastValidation:
         return {"origins": len(self), "dates": int(np.unique(self.dates).size), "paths": self.paths,
                 "horizon": self.pred_len, "random_walk_crps": self.random_walk_crps,
                 "random_walk_window": RANDOM_WALK_WINDOW, "seed": self.seed, "sampler": self.sampler.describe(),
+                "sampler_file_in_exports": True,  # the trainer writes these settings into every export
                 "units": "close, normalised by each origin's lookback mean and std"}
+
+    def setup(self) -> dict:
+        """What the scores depend on besides the weights (the selection keeps it: ds_kronos.train.selection
+        .scoring_setup): the origins and their data (a digest), the paths, seed, clip and sampler settings."""
+        digest = hashlib.sha256()
+        for values in (self.origins.rows, self.origins.symbols, self.dates, self.windows.raw):
+            digest.update(np.ascontiguousarray(values).tobytes())
+        return {"origins": len(self), "origins_digest": digest.hexdigest()[:16], "paths": int(self.paths),
+                "horizon": int(self.pred_len), "lookback": int(self.lookback), "seed": int(self.seed),
+                "clip": float(self.clip), "temperature": float(self.sampler.temperature),
+                "top_p": float(self.sampler.top_p), "spread": float(self.sampler.spread)}
 
     def _chunks_of(self, rank: int, world_size: int) -> list[np.ndarray]:
         starts = range(rank * CHUNK_ORIGINS, len(self), world_size * CHUNK_ORIGINS)

@@ -22,6 +22,7 @@ from ds_kronos.deepspeed_json.resolve import BatchLayout
 from ds_kronos.deepspeed_json.view import DeepSpeedView
 from ds_kronos.errors import UserError
 from ds_kronos.runtime import Runtime, all_reduce_max, outcome_on_main, rank_seed, seed_everything
+from ds_kronos.train.best_model import restore_best_model
 from ds_kronos.train.position import Position
 from ds_kronos.train.training_state import (
     Candidate,
@@ -172,13 +173,18 @@ def load_newest(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSo
 
 
 def load_position(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSource, batch: BatchLayout,
-                  seed: int) -> tuple[Candidate, Position]:
+                  seed: int, save_dir: Path) -> tuple[Candidate, Position]:
     """Collective: load the newest readable checkpoint (:func:`load_newest`) and return it with where the run stood
-    then. On another world size (elastic) the data position is kept in global samples, so the same global batch
-    continues the same sample order, and ranks without a saved random stream of their own start one for this step.
-    ``--resume`` and a roll-back (ds_kronos.train.rollback) both load through here."""
+    then; rank 0 puts back the ``best_model/`` of that step (ds_kronos.train.best_model). On another world size
+    (elastic) the data position is kept in global samples, so the same global batch continues the same sample
+    order, and ranks without a saved random stream of their own start one for this step. ``--resume`` and a
+    roll-back (ds_kronos.train.rollback) both load through here."""
     candidate, state = load_newest(engine, runtime, checkpoint_dir, source, say)
     position = Position.from_client_state(state)
+    if runtime.is_main:
+        note = restore_best_model(save_dir, checkpoint_dir / candidate.tag, position.selection)
+        if note:
+            say(f"{candidate.tag}: {note}")
     if source.elastic:
         samples_in_epoch = position.micro_in_epoch * source.layout.batch.micro_batch * source.layout.batch.world_size
         position.micro_in_epoch = samples_in_epoch // (batch.micro_batch * runtime.world_size)
@@ -187,9 +193,9 @@ def load_position(engine, runtime: Runtime, checkpoint_dir: Path, source: Resume
 
 
 def resume_position(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSource, batch: BatchLayout,
-                    seed: int) -> Position:
+                    seed: int, save_dir: Path) -> Position:
     """``--resume``: :func:`load_position`, and rank 0 says from where."""
-    candidate, position = load_position(engine, runtime, checkpoint_dir, source, batch, seed)
+    candidate, position = load_position(engine, runtime, checkpoint_dir, source, batch, seed, save_dir)
     if runtime.is_main:
         how = (f"; written by {source.layout.batch.world_size} rank(s), now {runtime.world_size}"
                + (" (DeepSpeed universal checkpoint)" if source.universal else "")) if source.elastic else ""

@@ -4,8 +4,9 @@ The divergence guard (ds_kronos.train.divergence) raises :class:`Diverged` on ev
 verdict is all-reduced). With ``rollback``, :meth:`Rollbacks.run` catches it and every rank
 
 1. loads the run's last checkpoint, the tag of ``trainer.checkpointed_step``, through the loading code of
-   ``--resume`` (ds_kronos.train.resume.load_position: model, optimizer, scheduler, RNG, data position); only the
-   tag this run wrote or resumed from, never an older run's tag in the same folder;
+   ``--resume`` (ds_kronos.train.resume.load_position: model, optimizer, scheduler, RNG, data position, and the
+   ``best_model/`` of that step with its selection state); only the tag this run wrote or resumed from, never an
+   older run's tag in the same folder;
 2. skips the steps since the last check that passed, up to the step where the divergence was seen: the offending
    micro-batch is among them (every step before had a finite, not exploded mean loss), so they are passed over
    (ds_kronos.train.skipped_steps); the steps between the checkpoint and that check are trained again, identically;
@@ -106,7 +107,7 @@ class Rollbacks:
         detected, tag = t.position.step, tag_for(t.checkpointed_step)
         source = self._source(tag, exc)
         try:
-            _, position = load_position(t.engine, rt, t.checkpoint_dir, source, t.batch, c.seed)
+            _, position = load_position(t.engine, rt, t.checkpoint_dir, source, t.batch, c.seed, t.save_dir)
         except UserError as error:
             raise Diverged(f"{exc}; could not roll back to {tag}: {error}") from error
         first = min(max(t.guard.good_through, position.step) + 1, detected)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ds_kronos.errors import ConfigError
 from ds_kronos.evaluation.significance import MIN_DATES, hac_lags, hac_mean_test
 
 SELECT_BY = ("loss", "crps", "rank_ic")
@@ -51,6 +52,9 @@ class SelectionState:
     """The start model's per-date scores (date, value), the pairs of the test against the start."""
     best_later_test: dict[str, Any] | None = None
     """The test against the start of the best trained candidate (:meth:`Selection.test_against_start`)."""
+    scoring: dict[str, Any] | None = None
+    """How the scores were computed: the metric and its set-up (:func:`scoring_setup`); a resumed run must score
+    the same way (:meth:`Selection.adopt`). None: a state from before it was recorded."""
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "scores": [list(s) for s in self.scores],
@@ -131,6 +135,33 @@ class Selection:
                                  f"early stop: {self.metric} undefined in {state.stale} evaluations")
         return False
 
+    def adopt(self, state: SelectionState, scoring: dict[str, Any],
+              val_losses: list[tuple[int, float]] = ()) -> str | None:
+        """Bind ``state`` (a new run's, or a resumed one's) to how this run scores (``scoring``, of
+        :func:`scoring_setup`); returns a note to print, or raises ConfigError when the state's scores came from
+        another metric or set-up, which this run's scores could not be compared with (a CRPS "beating" a loss).
+        A state from before the set-up was recorded is resumed by loss when its scores are the run's validation
+        losses (``val_losses``, the position's history: a run selected by loss), and refused otherwise: its metric
+        and set-up cannot be known."""
+        if state.scoring == scoring or not state.scores:
+            state.scoring = scoring
+            return None
+        if state.scoring is None:
+            losses = dict((step, loss) for step, loss in val_losses)
+            if self.metric == "loss" and all(v is None or losses.get(step) == v for step, v in state.scores):
+                state.scoring = scoring
+                return ("--resume: the checkpoint's selection state does not record how it was scored (an older "
+                        "ds_kronos); its scores are the validation losses: resumed as selected by loss")
+            why = " and its scores are not the validation losses" if self.metric == "loss" else ""
+            raise ConfigError(f"--resume: the checkpoint's selection state does not record how it was scored (an "
+                              f"older ds_kronos){why}, so this run's {self.metric} cannot be compared with its best "
+                              f"score; start a new run (new --save_dir) from its best_model/")
+        raise ConfigError(f"--resume: the checkpoint's best model was selected by "
+                          f"{describe_scoring(state.scoring, scoring)}; "
+                          f"this run scores {describe_scoring(scoring, state.scoring)}: its scores cannot be "
+                          f"compared with the checkpoint's; resume with the same selection options and start model "
+                          f"(sampler.json), or start a new run (new --save_dir) from its best_model/")
+
     def improved_on_start(self, state: SelectionState) -> bool | None:
         """Whether ``best_model/`` is a trained model rather than the start (None: the start was not scored)."""
         if state.start is None:
@@ -143,7 +174,7 @@ class Selection:
                 "improved_on_start": self.improved_on_start(state), "start_score": state.start,
                 "best_trained_test": state.best_later_test,
                 "best_score": state.best, "best_step": state.best_step, "best_trained_score": state.best_later,
-                "best_trained_step": state.best_later_step, "stop_reason": state.stop_reason,
+                "best_trained_step": state.best_later_step, "stop_reason": state.stop_reason, "scoring": state.scoring,
                 "scores": [list(s) for s in state.scores]}
 
     def verdict_line(self, state: SelectionState) -> str | None:
@@ -168,3 +199,18 @@ def _describe(test: dict[str, Any] | None, threshold: float) -> str:
     t = "" if test["t"] is None else f"t {test['t']:.2f}, "
     return (f", paired over {test['dates']} dates: {t}one-sided p {test['p_one_sided']:.3g} "
             f"{'<' if test['passes'] else '>='} --beat_start_p {threshold:g}")
+
+
+def scoring_setup(metric: str, val_samples: int, forecasts: dict[str, Any] | None) -> dict[str, Any]:
+    """What a selection score depends on besides the weights: the metric and, by loss, the validation samples; by
+    forecast, the forecast validation's set-up (ds_kronos.train.forecast_validation.ForecastValidation.setup:
+    origins, paths, seed, sampler settings)."""
+    if metric == "loss":
+        return {"metric": metric, "val_samples": val_samples}
+    return {"metric": metric, **(forecasts or {})}
+
+
+def describe_scoring(scoring: dict[str, Any], other: dict[str, Any] | None = None) -> str:
+    """``scoring``'s metric, and the set-up entries where it differs from ``other``'s (default: every entry)."""
+    shown = {k: v for k, v in scoring.items() if k != "metric" and (other is None or other.get(k) != v)}
+    return scoring["metric"] + (f" ({', '.join(f'{k} {v}' for k, v in shown.items())})" if shown else "")

@@ -6,7 +6,7 @@ model to put in the engine, the training loss with its logged components, and pe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +83,11 @@ class PredictorTask:
                             f"({str(self.tokenizer_dtype).removeprefix('torch.')}, frozen); trains "
                             f"{finetune.describe()}")
 
-    def publish(self, folder: Path, state: Mapping[str, torch.Tensor]) -> None:
-        """Write an export (the engine module's full fp32 state) as a published folder (ds_kronos.train.finetune)."""
-        self.finetuning.publish(folder, state)
+    def publish(self, folder: Path, state: Mapping[str, torch.Tensor],
+                extra: Callable[[Path], None] | None = None) -> None:
+        """Write an export (the engine module's full fp32 state) as a published folder (ds_kronos.train.finetune);
+        ``extra(staging)`` adds files to it before it is swapped into place."""
+        self.finetuning.publish(folder, state, extra)
 
     def train_losses(self, engine, x: torch.Tensor, stamp: torch.Tensor) -> torch.Tensor:
         """[loss (with grad), s1 loss, s2 loss]."""
@@ -123,8 +125,9 @@ class TokenizerTask:
         self.random_init = not names_model_folder(tokenizer)
         self.description = f"tokenizer {tokenizer}"
 
-    def publish(self, folder: Path, state: Mapping[str, torch.Tensor]) -> None:
-        self.model.save_pretrained(folder, state_dict=state)
+    def publish(self, folder: Path, state: Mapping[str, torch.Tensor],
+                extra: Callable[[Path], None] | None = None) -> None:
+        self.model.save_pretrained(folder, state_dict=state, extra=extra)
 
     def _forward(self, engine, x: torch.Tensor):
         x = x.to(self.device, non_blocking=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from ds_kronos.atomic import recover_folders
 from ds_kronos.console import say
 from ds_kronos.deepspeed_json.resolve import load_ds_config
 from ds_kronos.deepspeed_json.view import DeepSpeedView
+from ds_kronos.forecast.sampler_file import selection_sampler_writer
 from ds_kronos.memory_usage import peak_rss_bytes
 from ds_kronos.model.published import is_model_folder
 from ds_kronos.runtime import (
@@ -38,6 +40,7 @@ from ds_kronos.runtime import (
     seed_everything,
 )
 from ds_kronos.train import metrics_log, reporting
+from ds_kronos.train.best_model import keep_best_model
 from ds_kronos.train.build import build_data, build_engine, build_forecast_validation, build_task
 from ds_kronos.train.config import CommonTrainConfig
 from ds_kronos.train.divergence import CHECK_EVERY, Diverged, DivergenceGuard
@@ -51,6 +54,7 @@ from ds_kronos.train.reporting import FINISHED, STOPPED_EARLY, Progress
 from ds_kronos.train.resume import ResumeSource, find_resume_source, resume_position
 from ds_kronos.train.rollback import Rollbacks
 from ds_kronos.train.save_dir_lock import hold_save_dir, release_save_dir
+from ds_kronos.train.selection import scoring_setup
 from ds_kronos.train.skipped_steps import SkippedSteps
 from ds_kronos.train.step import train_micro_step
 from ds_kronos.train.stop_file import StopFile
@@ -91,6 +95,8 @@ class Trainer:
         self.model_peak_rss = peak_rss_bytes()  # building (and loading) the model, before DeepSpeed's engine
         self.selection = config.selection()
         self.forecasts = build_forecast_validation(config, data, self.task, self.ds_config)
+        # Exports carry the sampler settings their forecasts were scored with (None: no forecast validation).
+        self.export_extra = None if self.forecasts is None else selection_sampler_writer(self.forecasts.sampler)
         # The model is built (identically on every rank); from here each rank draws its own random numbers.
         seed_everything(rank_seed(config.seed, self.runtime.rank))
         built = build_engine(config, self.task, self.ds_config, self.total_steps, resuming=bool(self.resume_source),
@@ -113,9 +119,14 @@ class Trainer:
         c, rt = self.config, self.runtime
         if self.resume_source:
             self.position = resume_position(self.engine, rt, self.checkpoint_dir, self.resume_source, self.batch,
-                                            c.seed)
+                                            c.seed, self.save_dir)
             self.checkpointed_step = self.position.step
+        note = self.selection.adopt(self.position.selection, scoring_setup(  # a resume must score as it was scored
+            self.selection.metric, len(self.data.val_set), None if self.forecasts is None else self.forecasts.setup()),
+            self.position.history.val)
         if rt.is_main:
+            if note:
+                say(note)
             reporting.banner(self)
             metrics_log.restart(self.save_dir, self.position, self.selection.metric)
         self.metrics = RunMetrics.of(self)
@@ -265,14 +276,15 @@ class Trainer:
         """The fp32 master weights into ``save_dir/folder`` in the published format. Collective."""
         state = export_fp32_state_dict(self.engine, self.frozen_fp32, keep=self.runtime.is_main)
         if self.runtime.is_main:
-            self.task.publish(self.save_dir / folder, state)
+            self.task.publish(self.save_dir / folder, state, self.export_extra)
 
     def _checkpoint(self) -> None:
         if self.checkpointed_step == self.position.step:
             return
         self._check_divergence()  # never save a diverged state over the last good one
         save_training_state(self.engine, self.runtime, self.checkpoint_dir, self.position.step,
-                            self.position.to_client_state(), self.config.keep_last, self.layout)
+                            self.position.to_client_state(), self.config.keep_last, self.layout,
+                            partial(keep_best_model, self.save_dir, self.position.selection))
         self.checkpointed_step = self.position.step
 
     # ------------------------------------------------------------------------------------------------- end

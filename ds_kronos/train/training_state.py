@@ -25,7 +25,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -96,8 +96,9 @@ def _rng_name(rank: int) -> str:
 
 # ----------------------------------------------------------------------------------------------------------- saving
 def save_training_state(engine, runtime: Runtime, checkpoint_dir: Path, step: int, client_state: dict[str, Any],
-                        keep_last: int, layout: RunLayout) -> str:
-    """Collective: every rank must call it at the same step."""
+                        keep_last: int, layout: RunLayout, extra: Callable[[Path], None] | None = None) -> str:
+    """Collective: every rank must call it at the same step. ``extra(staging)``: rank 0 adds more to the tag before
+    its manifest is written (the best export of the step, ds_kronos.train.best_model), so the manifest lists it."""
     tag = tag_for(step)
     staging = checkpoint_dir / f".{tag}.partial"
     if runtime.is_main:
@@ -117,6 +118,8 @@ def save_training_state(engine, runtime: Runtime, checkpoint_dir: Path, step: in
     reports = all_gather_objects(_own_files(staging, recorder.saved + [staging / _rng_name(runtime.rank)],
                                             runtime.rank, _swap_copy_rank(engine, runtime)))
     if runtime.is_main:
+        if extra is not None:
+            extra(staging)
         _publish(checkpoint_dir, staging, tag, layout, _manifest_files(staging, reports))
         _prune(checkpoint_dir, keep_last, protect=tag)
     barrier()

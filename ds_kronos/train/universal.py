@@ -27,6 +27,7 @@ import torch
 
 from ds_kronos.atomic import replace_folder, temporary_sibling
 from ds_kronos.errors import UserError
+from ds_kronos.train.best_model import BEST_MODEL
 from ds_kronos.train.nvme import folder_bytes
 from ds_kronos.train.training_state import UNIVERSAL_DIR
 
@@ -58,7 +59,8 @@ def conversion_space_problem(checkpoint_dir: Path, tag: str) -> str | None:
     """Why ``tag`` cannot be converted here for lack of disk space (None: there is room, or it is converted)."""
     if universal_copy(checkpoint_dir, tag).is_dir():
         return None
-    needed = COPIES_NEEDED * folder_bytes(checkpoint_dir / tag)
+    # The tag's best_model/ (hard links of an export, ds_kronos.train.best_model) is not converted.
+    needed = COPIES_NEEDED * (folder_bytes(checkpoint_dir / tag) - folder_bytes(checkpoint_dir / tag / BEST_MODEL))
     free = shutil.disk_usage(checkpoint_dir).free
     if free >= needed:
         return None

@@ -93,10 +93,10 @@ def check(names: list[str], dry_run: bool, budget_s: float, workdir: Path, logs:
     report: dict = {"dry_run": dry_run, "budget_s": budget_s, "sections": {}}
     for name in names:
         left = budget_s - (time.perf_counter() - started)
-        cap = min(DRY_RUN_CAP_S if dry_run else SECTIONS[name], left)
-        if cap < 5:
+        if left < 5:
             report["sections"][name] = {"ok": False, "error": "skipped: the run's time budget is spent"}
             continue
+        cap = min(DRY_RUN_CAP_S if dry_run else SECTIONS[name], left)
         print(f"gpu_check: {name} (cap {cap:.0f} s)", file=sys.stderr, flush=True)
         report["sections"][name] = result = spawn_section(name, dry_run, workdir, cap)
         if logs is not None:  # the whole output, where the report's tail is not enough

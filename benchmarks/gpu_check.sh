@@ -23,13 +23,14 @@ if [ -n "$WHEELS" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
     SITE=$(mktemp -d /tmp/gpu_check_site.XXXXXX)
     trap 'rm -rf "$SITE"' EXIT
     echo "gpu_check: installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE for $("$PYTHON" -V)" >&2
-    if "$PYTHON" -m pip --version >/dev/null 2>&1; then
-        "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --disable-pip-version-check \
-            --target "$SITE" "$WHEELS"/*.whl >&2
-    else  # no pip: a wheel is a zip archive of its files (their scripts are not needed here, except ninja's)
+    if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --disable-pip-version-check \
+            --target "$SITE" "$WHEELS"/*.whl >&2; then
+        # No pip (or one that refuses): a wheel is a zip archive of its files (their scripts are not needed
+        # here, except ninja's).
+        echo "gpu_check: pip could not install them; unpacking the wheels instead" >&2
         "$PYTHON" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' \
             "$SITE" "$WHEELS"/*.whl
-        mkdir -p "$SITE/bin" && ln -sf "$SITE/ninja/data/bin/ninja" "$SITE/bin/ninja"
+        mkdir -p "$SITE/bin" && install -m 755 "$SITE"/ninja-*.data/scripts/ninja "$SITE/bin/ninja"
     fi
     export PYTHONPATH="$SITE:$REPO" PATH="$SITE/bin:$PATH"
 else

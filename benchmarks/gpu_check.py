@@ -58,7 +58,8 @@ def run_section(name: str, dry_run: bool, workdir: Path, result_path: Path) -> N
 
 def _tail(path: Path) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()[-TAIL_LINES:]
+        # Lines cut at 300 characters: the report must stay readable in the last few KiB of a device's output.
+        return [line[:300] for line in path.read_text(encoding="utf-8", errors="replace").splitlines()[-TAIL_LINES:]]
     except OSError:
         return []
 

@@ -127,9 +127,8 @@ def nan_guard(dry_run: bool, workdir: Path) -> dict:
 
 
 def throughput(dry_run: bool, workdir: Path) -> dict:
-    """samples/s, TFLOP/s and MFU of the product's timed step (benchmarks/train_throughput.py), bf16, one GPU:
-    small and base at ZeRO-0 and ZeRO-2, --overlap_grad_reduce on and off (it applies at ZeRO-0 only; at ZeRO-2 the
-    two runs measure the same step, a noise estimate)."""
+    """samples/s, TFLOP/s and MFU of the product's timed step (benchmarks/train_throughput.py), bf16, one process
+    per visible GPU: small and base at ZeRO-0 and ZeRO-2, --overlap_grad_reduce on and off."""
     import torch
     from train_throughput import ThroughputConfig, run
 
@@ -138,12 +137,14 @@ def throughput(dry_run: bool, workdir: Path) -> dict:
     peak = device_peak(torch.cuda.get_device_name(0)) if cuda else None
     peak_tflops = peak.tflops("bf16") if peak else None
     specs = ([("tiny", 2, 32)] if dry_run else [("small", 32, 512), ("base", 16, 512)])
+    world_size = torch.cuda.device_count() if cuda else 1
     runs, ok = {}, True
     for variant, micro_batch, context in specs:
         for zero in (0, 2):
             for overlap in (True, False):
                 key = f"{variant}_zero{zero}_overlap_{'on' if overlap else 'off'}"
-                config = ThroughputConfig(variant=variant, zero=zero, precision="bf16", micro_batch=micro_batch,
+                config = ThroughputConfig(variant=variant, zero=zero, precision="bf16", world_size=world_size,
+                                          micro_batch=micro_batch,
                                           context=context, steps=2 if dry_run else 8, warmup=1 if dry_run else 3,
                                           baseline=False, overlap_grad_reduce=overlap, peak_tflops=peak_tflops)
                 try:
@@ -155,5 +156,8 @@ def throughput(dry_run: bool, workdir: Path) -> dict:
                              "tflops": float(f'{r["samples_per_s"] * r["flops_per_sample"] / 1e12:.3g}'),
                              "mfu": round(r["mfu"], 4), "step_s_median": round(r["step_s_median"], 4),
                              "peak_gpu_mb": round(r["peak_gpu_mb"]), "micro_batch": micro_batch, "context": context}
+    # ds_kronos.train.grad_overlap.overlap_unsupported: the overlapped reduction needs ZeRO-0 and 2+ ranks.
+    note = ("ZeRO-2 reduces in its own optimizer: each ZeRO-2 on/off pair times the same step (its spread is the "
+            "noise)" + ("; on one GPU ZeRO-0's pairs too (the overlap needs 2+ ranks)" if world_size < 2 else ""))
     return {"peak_tflops": peak_tflops, "mfu_against": "datasheet bf16 dense" if peak_tflops else "matmul probe",
-            "runs": runs, "ok": ok}
+            "world_size": world_size, "overlap_note": note, "runs": runs, "ok": ok}

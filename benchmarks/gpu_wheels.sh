@@ -20,8 +20,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 OUT=${1:-benchmarks/gpu_wheels}
-PYTHON=${PYTHON:-/work/main/.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=.venv/bin/python
+# A Python with pip, torch and setuptools >= 70.1 (DeepSpeed's setup imports torch; the build is not isolated):
+# the project's venv.
+PYTHON=${PYTHON:-.venv/bin/python}
+[ -x "$PYTHON" ] || PYTHON=python3
 LIMIT_MIB=60
 DEEPSPEED=deepspeed==0.19.8
 # Why each: numpy (the golden arrays, DeepSpeed; a bare torch has none), pandas + python-dateutil + six (preparing
@@ -48,7 +50,13 @@ rm -f "$OUT"/*.whl
 BUILD=$(mktemp -d)
 trap 'rm -rf "$BUILD"' EXIT
 "$PYTHON" -m pip download --quiet --no-deps --no-binary=:all: --dest "$BUILD" "$DEEPSPEED"
-DS_BUILD_OPS=0 "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$OUT" "$BUILD"/deepspeed-*
+DS_BUILD_OPS=0 "$PYTHON" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$OUT" \
+    "$BUILD"/deepspeed-* >"$BUILD/build.log" 2>&1 || {
+    tail -5 "$BUILD/build.log" >&2
+    echo "gpu_wheels: building DeepSpeed's wheel failed with $PYTHON (it needs torch and setuptools >= 70.1:" \
+         "PYTHON=path/to/the/project/.venv/bin/python)" >&2
+    exit 1
+}
 ls "$OUT"/deepspeed-*-py3-none-any.whl >/dev/null || { echo "gpu_wheels: DeepSpeed's wheel is not pure Python" >&2
                                                       exit 1; }
 

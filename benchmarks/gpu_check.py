@@ -6,8 +6,8 @@
 
 Each section runs in its own process (its own time cap, a share of the run's budget) and reports a JSON object;
 a section that fails, hangs or crashes is reported with its error and the last lines of its output, and the next
-one runs. The sections (docs/gpu_check.md): environment, ops (DeepSpeed's JIT-compiled optimizers), golden (a),
-tokenizer_fp16 (b), zero2_resume (c), zero3_offload (d), kv_cache (e), throughput (f), nan_guard (g). The last line
+one runs. The sections (docs/gpu_check.md): environment, golden (a), tokenizer_fp16 (b), kv_cache (e), ops
+(DeepSpeed's JIT-compiled optimizers), nan_guard (g), zero2_resume (c), zero3_offload (d), throughput (f). The last line
 printed is the whole report as one JSON object; ``--out`` also writes it to a file.
 """
 
@@ -28,10 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "benchmarks")]
 
-# Name -> time cap in seconds on the GPU. The cheap sections run first, so that a slow one cannot starve them;
-# the run's budget (--budget) caps the total, each section getting at most what is left.
+# Name -> time cap in seconds on the GPU, in the order they run: the cheap sections first, so that a slow one
+# cannot starve them, then ops (compiles DeepSpeed's optimizers once) before the training sections that use them.
+# The run's budget (--budget) caps the total, each section getting at most what is left.
 SECTIONS = {
-    "environment": 30, "ops": 180, "golden": 45, "tokenizer_fp16": 45, "kv_cache": 60, "nan_guard": 75,
+    "environment": 30, "golden": 45, "tokenizer_fp16": 45, "kv_cache": 60, "ops": 180, "nan_guard": 75,
     "zero2_resume": 150, "zero3_offload": 75, "throughput": 200,
 }
 DRY_RUN_CAP_S = 240

@@ -59,6 +59,7 @@ def ops(dry_run: bool, workdir: Path) -> dict:
     default for "AdamW"), DeepSpeedCPUAdam for ZeRO-3's CPU offload. The training sections fall back to torch's
     AdamW (optimizer.params.torch_adam) where FusedAdam cannot be built, and say so."""
     from deepspeed.accelerator import get_accelerator
+    (workdir / "ops.started").touch()  # ops.json missing after this: the build was cut off (gpu_check_training)
     names = ["CPUAdamBuilder"] + ([] if device().type == "cpu" else ["FusedAdamBuilder"])
     result: dict = {}
     for name in names:

@@ -47,15 +47,20 @@ def ds_json(name: str, workdir: Path) -> tuple[str, str]:
     names the fallback."""
     path = REPO / "ds_configs" / f"{name}.json"
     ops_file = workdir / "ops.json"
-    ops = json.loads(ops_file.read_text()) if ops_file.is_file() else {}
     builder = "CPUAdamBuilder" if "offload" in name else "FusedAdamBuilder"
-    if ops.get(builder, {"ok": True})["ok"]:
+    if ops_file.is_file():
+        built = json.loads(ops_file.read_text()).get(builder, {"ok": True})["ok"]
+    else:
+        # The ops section did not run (build as usual), or was cut off mid-build: a half-done build keeps torch's
+        # extension lock, on which a new build would wait until the section's cap.
+        built = not (workdir / "ops.started").is_file()
+    if built:
         return str(path), "deepspeed default"
     config = json.loads(path.read_text())
     config["optimizer"]["params"].update(torch_adam=True, fused=True)
     copy = workdir / f"{name}_torch_adam.json"
     copy.write_text(json.dumps(config))
-    return str(copy), f"torch AdamW ({builder} could not be built: see ops)"
+    return str(copy), f"torch AdamW ({builder} was not built: see ops)"
 
 
 def train_args(dry_run: bool, workdir: Path, save_dir: Path, config: str, steps: int, batch: int) -> list[str]:

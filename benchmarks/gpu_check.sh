@@ -1,51 +1,56 @@
 #!/usr/bin/env bash
-# GPU smoke benchmark: DeepSpeed ZeRO-2 bf16 training throughput and MFU for Kronos-small and Kronos-base, one
-# process per visible GPU, a few steps each (under 5 minutes on a recent GPU). The DDP baseline is skipped to stay
-# short; run benchmarks/train_throughput.py yourself for the DeepSpeed / DDP ratio.
+# The GPU acceptance check (benchmarks/gpu_check.py, docs/gpu_check.md): golden parity, tokenizer precision, ZeRO-2
+# resume, ZeRO-3 offload, KV-cache forecasts, throughput/MFU and the NaN guard, in at most 8 minutes on one GPU,
+# reported as ONE JSON line (also written to $OUT/gpu_check.json when $OUT is set, with each section's log in
+# $OUT/gpu_check_logs/).
 #
-#   bash benchmarks/gpu_check.sh                 # PYTHON=.venv/bin/python by default
-#   PEAK_TFLOPS=989 bash benchmarks/gpu_check.sh # MFU against a datasheet peak instead of the matmul probe
+#   bash benchmarks/gpu_check.sh                 # on the GPU machine
+#   bash benchmarks/gpu_check.sh --dry-run       # the same sections at tiny size on the CPU (a few minutes)
+#   bash benchmarks/gpu_check.sh --sections golden,kv_cache
+#
+# Python: with wheels in $WHEELS (default benchmarks/gpu_wheels, made by benchmarks/gpu_wheels.sh), a bare machine's
+# system python3 (its own torch) with the wheels installed into a temporary folder (no venv, no network); without
+# wheels, $PYTHON or the project's .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python
+REPO=$PWD
+WHEELS=${WHEELS-benchmarks/gpu_wheels}  # WHEELS= (empty): the venv path even where wheels exist
+DRY_RUN=0
+for arg in "$@"; do [ "$arg" = "--dry-run" ] && DRY_RUN=1; done
 
-if ! command -v nvidia-smi >/dev/null 2>&1; then
-    echo "gpu_check: nvidia-smi not found: this needs a CUDA machine (on CPU use benchmarks/train_throughput.py" \
-         "with DS_ACCELERATOR=cpu)" >&2
-    exit 1
+if [ -n "$WHEELS" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
+    PYTHON=${PYTHON:-python3}
+    SITE=$(mktemp -d /tmp/gpu_check_site.XXXXXX)
+    trap 'rm -rf "$SITE"' EXIT
+    echo "gpu_check: installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE for $("$PYTHON" -V)" >&2
+    if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --disable-pip-version-check \
+            --target "$SITE" "$WHEELS"/*.whl >&2; then
+        # No pip (or one that refuses): a wheel is a zip archive of its files (their scripts are not needed
+        # here, except ninja's).
+        echo "gpu_check: pip could not install them; unpacking the wheels instead" >&2
+        "$PYTHON" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' \
+            "$SITE" "$WHEELS"/*.whl
+        mkdir -p "$SITE/bin" && install -m 755 "$SITE"/ninja-*.data/scripts/ninja "$SITE/bin/ninja"
+    fi
+    export PYTHONPATH="$SITE:$REPO" PATH="$SITE/bin:$PATH"
+else
+    PYTHON=${PYTHON:-.venv/bin/python}
+    [ -x "$PYTHON" ] || PYTHON=python3
+    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 fi
-if ! nvidia-smi -L >/dev/null 2>&1; then
-    echo "gpu_check: nvidia-smi sees no GPU (driver not loaded, or none visible to this container)" >&2
-    exit 1
-fi
-if ! "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-    echo "gpu_check: $PYTHON has a torch without CUDA (see launch/install_torch.sh)" >&2
-    exit 1
-fi
-unset DS_ACCELERATOR  # a CPU setting left in the environment would hide the GPUs from DeepSpeed
+"$PYTHON" -c 'import torch' 2>/dev/null || { echo "gpu_check: $PYTHON has no torch" >&2; exit 1; }
 
-GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | sed 's/^/gpu: /'
-
-# A datasheet peak when the GPU is known (dense bf16, the table in ds_kronos/model/flops.py that the trainer's MFU
-# uses too), else the benchmark's own matmul probe.
-if [ -z "${PEAK_TFLOPS:-}" ]; then
-    PEAK_TFLOPS=$("$PYTHON" -c 'import torch
-from ds_kronos.model.flops import device_peak
-peak = device_peak(torch.cuda.get_device_name(0))
-print(peak.tflops("bf16") if peak else "")')
+if [ "$DRY_RUN" = 1 ]; then
+    export DS_ACCELERATOR=cpu
+else
+    unset DS_ACCELERATOR  # a CPU setting left in the environment would hide the GPU from DeepSpeed
+    command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >&2 || echo "gpu_check: no nvidia-smi here" >&2
 fi
-PEAK_ARGS=()
-[ -n "${PEAK_TFLOPS:-}" ] && PEAK_ARGS=(--peak_tflops "$PEAK_TFLOPS")
 
-for spec in "small 32" "base 16"; do
-    set -- $spec
-    echo "== Kronos-$1, ZeRO-2 bf16, $GPUS process(es), micro batch $2 x 512 tokens"
-    timeout 140 "$PYTHON" benchmarks/train_throughput.py --variant "$1" --zero 2 --precision bf16 \
-        --world_size "$GPUS" --micro_batch "$2" --context 512 --steps 10 --warmup 3 --baseline false \
-        "${PEAK_ARGS[@]}" 2>&1 | tee /tmp/gpu_check_$1.log | grep -E "^(Kronos|model FLOPs|deepspeed )" || true
-    tail -1 /tmp/gpu_check_$1.log | "$PYTHON" -c \
-        'import json, sys; r = json.loads(sys.stdin.read()); print("MFU {:.1%}  ({:.1f} samples/s, peak GPU {:.0f} MiB/rank)".format(r["mfu"], r["samples_per_s"], r["peak_gpu_mb"]))' \
-        || { echo "gpu_check: Kronos-$1 failed; log in /tmp/gpu_check_$1.log" >&2; exit 1; }
-done
+ARGS=()
+if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    ARGS=(--out "$OUT/gpu_check.json" --logs "$OUT/gpu_check_logs")
+fi
+# The sections share a 420 s budget (benchmarks/gpu_check.py); this only stops a runner that hangs outside them.
+timeout 470 "$PYTHON" benchmarks/gpu_check.py "${ARGS[@]}" "$@"

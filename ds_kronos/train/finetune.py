@@ -209,8 +209,6 @@ class Finetuning:
             # peft casts new adapters to their base layer's dtype (a ZeRO-3 base is built cast to bf16/fp16): the
             # start is the fp32 draw, as over the fp32 base of the other stages, and the module holds it too.
             self.adapter_start = fp32_adapter_draw(spec, base, drawn_from)
-            import torch
-
             with torch.no_grad():
                 for name, param in self.model.named_parameters():
                     if name in self.adapter_start:

@@ -10,7 +10,8 @@ Four 2-rank runs, two at a time, and one 1-rank resume:
 Checked: the merged export loads as an ordinary published folder and equals start + (alpha / r) B A with the
 exported adapter's B and A, every other tensor bit-equal to the start (bf16 included); peft loads the adapter over
 the start model and it gives the merged model's logits; the merged model's validation loss is the engine's (fp32);
-the optimizer holds the adapters only; the resumed runs end with the uninterrupted run's weights.
+the optimizer holds the adapters only; the resumed runs end with the uninterrupted run's weights. One more run of
+its own (1 process, 1 step, ZeRO-3 bf16 at a vanishing lr) checks that LoRA starts from the other stages' fp32 draw.
 """
 
 from __future__ import annotations

@@ -226,13 +226,17 @@ def summary(save_dir: Path) -> dict:
     return json.loads((save_dir / "summary.json").read_text())
 
 
-def single_process_val_losses(prepared: Path, checkpoints: tuple[Path, Path], samples: int):
+def single_process_val_losses(prepared: Path, checkpoints: tuple[Path, Path], samples: int,
+                              teacher_forcing: bool = True):
     """Per-sample validation losses of the first ``samples`` val windows scored by one process, as the trainer
-    scores them (teacher forcing, causal dependency layer): the reference for all-reduced validation."""
+    scores them (causal dependency layer; without teacher forcing, each window's s1 conditioning drawn from its
+    own stream of --seed SEED): the reference for all-reduced validation."""
     import torch
 
     from ds_kronos.data import PreparedDataset, WindowDataset
     from ds_kronos.model import Kronos, KronosTokenizer
+    from ds_kronos.model.objective import per_sample_uniforms
+    from ds_kronos.train.validation import sample_keys
 
     tokenizer = KronosTokenizer.from_pretrained(checkpoints[0]).eval()
     model = Kronos.from_pretrained(checkpoints[1]).eval()
@@ -240,8 +244,11 @@ def single_process_val_losses(prepared: Path, checkpoints: tuple[Path, Path], sa
     x, stamp = dataset.get_batch(list(range(len(dataset))))
     with torch.no_grad():
         s1, s2 = tokenizer.encode(x, half=True)
-        s1_logits, s2_logits = model(s1[:, :-1], s2[:, :-1], stamp[:, :-1], use_teacher_forcing=True,
-                                     s1_targets=s1[:, 1:], causal_s2=True)
+        uniform = None if teacher_forcing else per_sample_uniforms(sample_keys(SEED, range(len(dataset))),
+                                                                   s1.shape[1] - 1)
+        s1_logits, s2_logits = model(s1[:, :-1], s2[:, :-1], stamp[:, :-1], use_teacher_forcing=teacher_forcing,
+                                     s1_targets=s1[:, 1:] if teacher_forcing else None, causal_s2=True,
+                                     s1_uniform=uniform)
         per_sample, _, _ = model.head.compute_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:], reduction="none")
     return per_sample
 

@@ -170,7 +170,9 @@ def test_partitioned_start_values_are_read_under_the_engine_names(trained_lora):
     adapter = "base_model.model.transformer.0.ffn.w1.lora_A.default.weight"
     assert torch.equal(exact[adapter], trained_lora.adapter_start[adapter])
     assert len(exact) == len(base_file) + len(trained_lora.adapter_start)
-    assert trained_lora.exact_values(None) is None
+    preset = trained_lora.exact_values(None)  # a preset: the adapters alone (the base has no exact values)
+    assert set(preset) == set(trained_lora.adapter_start) and torch.equal(preset[adapter], exact[adapter])
+    assert "base_model.model.head.proj_s2.bias" not in preset
 
 
 def test_a_resume_with_other_finetune_options_is_refused_by_name(tmp_path):
@@ -201,3 +203,20 @@ def test_a_resume_with_other_finetune_options_is_refused_by_name(tmp_path):
     with pytest.raises(UserError, match=r"step00000003 was written by a run that trains LoRA rank 4 \(alpha 16\) on "
                                         r"q_proj.*; this run trains every parameter. Resume with the same --finetune"):
         find_resume_source(tmp_path, batch, runtime, print, ds_config, TrainConfig().trained())
+
+
+def test_lora_starts_from_the_same_fp32_draw_over_a_low_precision_base():
+    """ZeRO-3 builds the base model already cast to bf16, and peft casts new adapters to their base layer's dtype:
+    the start values are the fp32 draw all the same (as over the fp32 base ZeRO-0/1/2 build), and the draw leaves
+    the torch generator where the fp32 build leaves it."""
+    spec = FinetuneSpec(mode="lora", lora_rank=4, lora_alpha=8)
+    starts, after = [], []
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(5)
+        finetuning = Finetuning(spec, Kronos.from_preset("tiny").to(dtype))
+        starts.append(finetuning.adapter_start)
+        after.append(torch.rand(4))
+    assert len(starts[0]) == 2 * 18 and starts[0].keys() == starts[1].keys()
+    for name, value in starts[0].items():
+        assert starts[1][name].dtype == torch.float32 and torch.equal(starts[1][name], value), name
+    assert torch.equal(after[0], after[1])

@@ -10,7 +10,8 @@ Four 2-rank runs, two at a time, and one 1-rank resume:
 Checked: the merged export loads as an ordinary published folder and equals start + (alpha / r) B A with the
 exported adapter's B and A, every other tensor bit-equal to the start (bf16 included); peft loads the adapter over
 the start model and it gives the merged model's logits; the merged model's validation loss is the engine's (fp32);
-the optimizer holds the adapters only; the resumed runs end with the uninterrupted run's weights.
+the optimizer holds the adapters only; the resumed runs end with the uninterrupted run's weights. One more run of
+its own (1 process, 1 step, ZeRO-3 bf16 at a vanishing lr) checks that LoRA starts from the other stages' fp32 draw.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ from ds_kronos.adapters import DEFAULT_LORA_TARGETS, frozen_by, lora_parameter_c
 from ds_kronos.model import Kronos
 from ds_kronos.train.finetune import ADAPTER_FOLDER
 from helpers import (
+    REPO,
+    SEED,
     VAL_SAMPLES,
     common_args,
     deepspeed_train,
+    run_job,
     single_process_val_losses,
     stopped_after_step_3,
     summary,
@@ -162,6 +166,39 @@ def test_lora_resumes_exactly_on_the_same_and_another_world_size(runs):
             torch.testing.assert_close(deltas_b[key], deltas_a[key], rtol=0, atol=1e-6, msg=(name, key))
         np.testing.assert_allclose(summary(resumed)["history"]["val"], summary(straight)["history"]["val"],
                                    rtol=0, atol=1e-5)
+
+
+def test_lora_at_zero3_bf16_starts_from_the_draw_of_every_other_stage(demo_prepared_dir, tiny_checkpoints, tmp_path):
+    """ZeRO-3 builds the base model partitioned and already cast to bf16, and peft casts new adapters to their base
+    layer's dtype; the run starts from the fp32 draw all the same, the one ZeRO-0/1/2 make over their fp32 base
+    (the same seed, the same generator state). One process, one step at a vanishing lr (no fp32 master moves), so
+    the exported adapters are the start: every A bit-equal to the fp32 draw (bf16 rounding moved them by up to
+    3e-3 relative), every B still zero to 1e-20."""
+    from ds_kronos.model import KronosTokenizer
+    from ds_kronos.runtime import seed_everything
+    from ds_kronos.train.finetune import FinetuneSpec, Finetuning
+
+    config = json.loads((REPO / "ds_configs" / "zero3_bf16.json").read_text())
+    config["optimizer"]["params"]["lr"] = 1e-30
+    (tmp_path / "zero3_bf16_still.json").write_text(json.dumps(config))
+    save_dir = tmp_path / "lora_zero3_start"
+    result = run_job("train.py", common_args(demo_prepared_dir, tiny_checkpoints, save_dir) + [
+        "--deepspeed_config", str(tmp_path / "zero3_bf16_still.json"), *LORA, "--max_steps", "1",
+        "--eval_at_start", "false"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert summary(save_dir)["partitioned_construction"]
+    seed_everything(SEED)  # what the trainer draws before the adapters: the tokenizer's and the predictor's init
+    KronosTokenizer.from_folder_or_preset(str(tiny_checkpoints[0]))
+    base = Kronos.from_folder_or_preset(str(tiny_checkpoints[1]))
+    drawn = Finetuning(FinetuneSpec(mode="lora", lora_rank=RANK, lora_alpha=ALPHA), base).adapter_start
+    exported = load_file(str(save_dir / "final_model" / ADAPTER_FOLDER / "adapter_model.safetensors"))
+    assert len(exported) == len(drawn) == 2 * 18
+    for name, start in drawn.items():
+        got = exported[name.replace(".default.", ".")]
+        if ".lora_A." in name:
+            assert torch.equal(got, start), name
+        else:
+            assert not start.any() and got.abs().max() < 1e-20, name
 
 
 def test_freeze_keeps_the_frozen_parameters_bit_equal(runs, tiny_checkpoints):

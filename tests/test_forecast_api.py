@@ -9,7 +9,7 @@ import torch
 
 from ds_kronos.data.csv_source import read_csv_file
 from ds_kronos.errors import DataError
-from ds_kronos.forecast import KronosForecaster, calendar_features, sample_paths, widen_paths
+from ds_kronos.forecast import KronosForecaster, calendar_features, sample_paths, widen_bars, widen_paths
 from ds_kronos.forecast.calendar import continue_timestamps, read_timestamps, timestamps_after
 from ds_kronos.forecast.sampler_file import SamplerSettings
 from ds_kronos.model import Kronos, KronosTokenizer
@@ -173,6 +173,61 @@ def test_a_spread_factor_widens_the_bands_around_an_unchanged_mean(forecaster, k
     assert torch.equal(paths[0][:, :, :-6], paths[1][:, :, :-6])
     with pytest.raises(ValueError, match="spread must be a positive number"):
         widen_paths(paths[0], 0.0)
+    # The forecaster widens whole bars in each series' units (widen_bars), the bands are their quantiles.
+    mean, std = values.mean(axis=1), values.std(axis=1)
+    drawn = sample_paths(forecaster.tokenizer, forecaster.predictor, x, *stamps, 512, 6, sample_count=5, top_p=0.9,
+                         generator=torch.Generator().manual_seed(3))[:, :, -6:]
+    bars = widen_bars(drawn, 2.5, torch.from_numpy(mean), torch.from_numpy(std)).numpy()
+    bands = np.quantile(bars, 0.9, axis=1) * (std[:, None] + 1e-5) + mean[:, None]
+    for i, frame in enumerate(widened):
+        for f, field in enumerate(("open", "high", "low", "close", "volume", "amount")):
+            np.testing.assert_allclose(frame[f"{field}_q0.9"], bands[i, :, f], rtol=1e-5, atol=1e-6, err_msg=field)
+
+
+def synthetic_bars(series: int = 3, paths: int = 40, steps: int = 8, seed: int = 0) -> np.ndarray:
+    """Consistent OHLCV bars [series, paths, steps, 6] in a price's units: high above and low below open and close,
+    volume and amount positive (as a forecast's paths should be; a series' volume varies by 60%, 3% or 30%)."""
+    rng = np.random.default_rng(seed)
+    level = rng.uniform(5, 50, size=(series, 1, 1))
+    close = level * np.exp(np.cumsum(rng.normal(0, 0.02, size=(series, paths, steps)), axis=-1))
+    open_ = close * np.exp(rng.normal(0, 0.01, size=close.shape))
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0, 0.01, size=close.shape)))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0, 0.01, size=close.shape)))
+    volume = np.exp(10 + rng.normal(size=close.shape) * np.array([0.6, 0.03, 0.3])[:series, None, None])
+    return np.stack([open_, high, low, close, volume, volume * close], axis=-1)
+
+
+def test_a_large_spread_factor_keeps_every_path_a_bar():
+    """Widened by 6, each path's open and close stay between its low and high, and volume and amount stay >= 0;
+    the close is widened exactly as the calibrated factor says and every mean over the paths is unchanged. (Each
+    feature widened on its own, as before, breaks all of that on these bars.)"""
+    prices = synthetic_bars()
+    mean, std = prices.reshape(3, -1, 6).mean(axis=1), prices.reshape(3, -1, 6).std(axis=1)
+    norm = torch.from_numpy((prices - mean[:, None, None]) / (std[:, None, None] + 1e-5))
+    wide = widen_bars(norm, 6.0, torch.from_numpy(mean), torch.from_numpy(std))
+    torch.testing.assert_close(wide.mean(dim=1), norm.mean(dim=1))
+    torch.testing.assert_close(wide[..., 3], widen_paths(norm, 6.0)[..., 3], rtol=0, atol=0)
+
+    def broken(bars: np.ndarray) -> dict[str, int]:
+        o, h, lo, c, v, a = np.moveaxis(bars, -1, 0)
+        tol = 1e-9 * np.abs(bars).max()
+        return {"high below open or close": int((h < np.maximum(o, c) - tol).sum()),
+                "low above open or close": int((lo > np.minimum(o, c) + tol).sum()),
+                "negative volume or amount": int((np.minimum(v, a) < -tol).sum())}
+
+    def in_prices(bars: torch.Tensor) -> np.ndarray:
+        return bars.numpy() * (std[:, None, None] + 1e-5) + mean[:, None, None]
+
+    assert broken(prices) == dict.fromkeys(broken(prices), 0)
+    assert broken(in_prices(wide)) == dict.fromkeys(broken(prices), 0)
+    assert all(count > 0 for count in broken(in_prices(widen_paths(norm, 6.0))).values())
+    # Only the steps where the full factor would go below zero get less: elsewhere volume is widened by 6.
+    deviation = (wide - wide.mean(dim=1, keepdim=True))[..., 4] / (norm - norm.mean(dim=1, keepdim=True))[..., 4]
+    assert deviation.min() >= 1 - 1e-9 and (deviation > 6 - 1e-6).any() and (deviation < 6 - 1e-3).any()
+    # Narrowing (a factor below 1) keeps every bar as it is and needs no limit.
+    narrow = widen_bars(norm, 0.5, torch.from_numpy(mean), torch.from_numpy(std))
+    assert broken(in_prices(narrow)) == dict.fromkeys(broken(prices), 0)
+    torch.testing.assert_close(narrow[..., 4], widen_paths(norm, 0.5)[..., 4])
 
 
 def test_predict_batch_is_the_band_mean_and_cache_free_path_agrees(forecaster, kline_ns):

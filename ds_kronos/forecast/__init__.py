@@ -21,9 +21,10 @@ from ds_kronos.forecast.sampler import (
     generate_tokens,
     sample_ids,
     sample_paths,
+    widen_bars,
     widen_paths,
 )
 
 __all__ = ["FEATURE_COLUMNS", "PRICE_COLUMNS", "Forecast", "KronosForecaster", "autoregressive_forecast",
            "calendar_features", "eval_mode", "filter_logits", "forecast_frame", "generate_tokens", "quantile_column",
-           "sample_ids", "sample_paths", "widen_paths"]
+           "sample_ids", "sample_paths", "widen_bars", "widen_paths"]

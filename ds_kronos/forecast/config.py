@@ -39,8 +39,9 @@ class SamplingOptions:
     top_p: float | None = option(None, help=f"nucleus sampling mass, 1.0: off (default: the predictor folder's "
                                             f"sampler.json, else {DEFAULT_TOP_P})", gt=0, le=1)
     spread: float | None = option(None, help="scale each forecast's sampled paths around their mean path by this "
-                                             "factor (default: the predictor folder's sampler.json, else 1.0: as "
-                                             "sampled)", gt=0, le=MAX_SPREAD)
+                                             "factor, whole bars at a time (the close by the factor, open/high/low "
+                                             "with it, volume never below 0; default: the predictor folder's "
+                                             "sampler.json, else 1.0: as sampled)", gt=0, le=MAX_SPREAD)
     sampler_file: bool = option(True, help="use the sampling settings of the predictor folder's sampler.json "
                                            "(launch/calibrate.py) where an option does not set them; false: "
                                            "ignore the file")

@@ -63,7 +63,8 @@ class KronosForecaster:
     selects incremental decoding (default) or upstream's full recomputation; both give the same forecasts.
     ``sampler`` holds the temperature, top-p and spread factor used where a call does not give them (default:
     upstream's, spread 1.0); :meth:`from_folders` takes them from the predictor folder's ``sampler.json`` when
-    there is one. The spread factor widens the bands around an unchanged mean (the mean forecast ignores it).
+    there is one. The spread factor widens the bands around an unchanged mean (the mean forecast ignores it), whole
+    bars at a time (``widen_bars``: every path keeps low <= open, close <= high and non-negative volume).
     """
 
     def __init__(self, predictor: Kronos, tokenizer: KronosTokenizer, device: str | torch.device = "cpu",
@@ -131,9 +132,11 @@ class KronosForecaster:
         def tensor(arrays: Sequence[np.ndarray]) -> torch.Tensor:
             return torch.from_numpy(np.stack(arrays).astype(np.float32)).to(self.device)
 
+        # The spread widens whole bars in the data's units: each series' normalisation goes with it.
         paths = sample_paths(self.tokenizer, self.predictor, tensor(xs), tensor(x_stamps), tensor(y_stamps),
                              self.max_context, pred_len, self.clip, temperature, top_k, top_p, sample_count,
-                             generator, self.use_cache, spread)[:, :, -pred_len:, :]
+                             generator, self.use_cache, spread, units=(tensor(means), tensor(stds)))
+        paths = paths[:, :, -pred_len:, :]
         # Mean and quantiles in normalised units, then de-normalised: both commute with the positive affine map.
         mean_norm = paths.mean(dim=1).cpu().numpy()
         std, shift = np.stack(stds)[:, None, :], np.stack(means)[:, None, :]

@@ -19,7 +19,8 @@ only).
 Differences from upstream: the models are put in eval mode for the call (upstream leaves dropout on if the
 caller forgot), and a tokenizer/predictor pair with different bit widths is refused. :func:`sample_paths` can
 also widen (or narrow) the forecast paths around their mean by a spread factor (:func:`widen_paths`), the
-post-processing step that ``launch/calibrate.py`` fits on validation and records in ``sampler.json``.
+post-processing step that ``launch/calibrate.py`` fits on validation and records in ``sampler.json``; given each
+series' normalisation, whole bars are widened in the data's units (:func:`widen_bars`: still bars, volume >= 0).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ds_kronos.data.normalise import DEFAULT_CLIP
+from ds_kronos.data.normalise import DEFAULT_CLIP, NORM_EPS
+from ds_kronos.data.series import CLOSE, VALUE_COLUMNS
 from ds_kronos.model import Kronos, KronosTokenizer, check_pair
 
 INFERENCE_TOP_P = 0.99
@@ -143,16 +145,51 @@ def widen_paths(paths: torch.Tensor, spread: float) -> torch.Tensor:
     return mean + spread * (paths - mean)
 
 
+CARRIED_PRICES = tuple(VALUE_COLUMNS.index(name) for name in ("open", "high", "low"))
+"""Moved with their bar's close by :func:`widen_bars`."""
+QUANTITIES = tuple(VALUE_COLUMNS.index(name) for name in ("vol", "amt"))
+"""Widened on their own by :func:`widen_bars`, never below zero."""
+
+
+def widen_bars(paths: torch.Tensor, spread: float, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Sampled bars [B, S, T, 6] in normalised units (``mean``/``std`` [B, 6]: each series' normalisation) widened by
+    ``spread`` as whole bars in the data's units, so that every widened path is still a bar:
+
+    * the close as :func:`widen_paths` widens it (the calibrated factor applies to it exactly);
+    * open, high and low move with their bar's close (the same shift in the data's units), so each path keeps the
+      decoded bar's shape: high - max(open, close) and min(open, close) - low are unchanged on every path;
+    * volume and amount around their mean path, with the factor lowered (never below 1) at a step where the full
+      factor would take a path below zero.
+
+    Every mean over the paths stays. Returns a new tensor."""
+    out = widen_paths(paths, spread)
+    scale = (std + float(NORM_EPS))[:, None, None, :].to(paths)
+    close_shift = (out[..., CLOSE] - paths[..., CLOSE]) * scale[..., CLOSE]
+    for f in CARRIED_PRICES:
+        out[..., f] = paths[..., f] + close_shift / scale[..., f]
+    zero = (-mean[:, None, None, :].to(paths) / scale)  # the data's zero in normalised units
+    centre = paths.mean(dim=1, keepdim=True)
+    for f in QUANTITIES:
+        lowest_gap = centre[..., f] - paths[..., f].amin(dim=1, keepdim=True)
+        room = (centre[..., f] - zero[..., f]) / lowest_gap.clamp_min(torch.finfo(paths.dtype).tiny)
+        factor = torch.where(lowest_gap > 0, room.clamp_min(1.0).clamp_max(spread), spread) if spread > 1 else spread
+        out[..., f] = centre[..., f] + factor * (paths[..., f] - centre[..., f])
+    return out
+
+
 @torch.no_grad()
 def sample_paths(tokenizer: KronosTokenizer, predictor: Kronos, x: torch.Tensor, x_stamp: torch.Tensor,
                  y_stamp: torch.Tensor, max_context: int, pred_len: int, clip: float = DEFAULT_CLIP,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = INFERENCE_TOP_P, sample_count: int = 5,
-                 generator: Generators = None, use_cache: bool = True, spread: float = 1.0) -> torch.Tensor:
+                 generator: Generators = None, use_cache: bool = True, spread: float = 1.0,
+                 units: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Every sampled path after normalised history ``x`` [B, L, 6]: float32 [B, sample_count, keep, 6] with
     keep = ``min(L + pred_len, max_context)`` decoded steps in normalised units (the last ``pred_len`` are the
     forecast). ``generator`` may be a sequence of B generators, one per series: a series' paths then do not
     depend on which other series share its batch. ``spread`` != 1 scales the forecast steps around their mean
-    path (:func:`widen_paths`; the decoded history steps are left as they are)."""
+    path (the decoded history steps are left as they are): with ``units`` (the mean and std [B, 6] each series
+    was normalised with) as whole bars in the data's units (:func:`widen_bars`), else each feature on its own
+    (:func:`widen_paths`; the close is the same either way)."""
     check_pair(tokenizer, predictor)
     batch = x.shape[0]
     if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != batch:
@@ -172,7 +209,9 @@ def sample_paths(tokenizer: KronosTokenizer, predictor: Kronos, x: torch.Tensor,
         decoded = tokenizer.decode([s1_tokens[:, -keep:], s2_tokens[:, -keep:]], half=True)
         paths = decoded.float().reshape(batch, sample_count, keep, -1)
         if spread != 1.0:
-            paths[:, :, -pred_len:] = widen_paths(paths[:, :, -pred_len:], spread)
+            forecast = paths[:, :, -pred_len:]
+            paths[:, :, -pred_len:] = (widen_paths(forecast, spread) if units is None
+                                       else widen_bars(forecast, spread, *units))
         return paths
 
 

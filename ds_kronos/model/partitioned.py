@@ -56,6 +56,7 @@ class SafetensorsTensors(Mapping[str, torch.Tensor]):
         self.path = str(path)
         self._open()
         self._names = list(self._file.keys())
+        self._known = frozenset(self._names)
 
     def _open(self) -> None:
         try:
@@ -65,7 +66,7 @@ class SafetensorsTensors(Mapping[str, torch.Tensor]):
         self._mapped = 0
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._names:
+        if name not in self._known:
             raise KeyError(name)
         tensor = self._file.get_tensor(name)
         tensor = tensor.float() if tensor.is_floating_point() else tensor
@@ -73,6 +74,9 @@ class SafetensorsTensors(Mapping[str, torch.Tensor]):
         if self._mapped > REMAP_BYTES:
             self._open()  # the previous map (and the pages it kept resident) goes with the previous handle
         return tensor
+
+    def __contains__(self, name: object) -> bool:  # from the header: Mapping's default would read the tensor
+        return name in self._known
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)

@@ -53,7 +53,9 @@ class Kronos(nn.Module, PretrainedMixin):
     ``(s1_logits, s2_logits)``. In training, s2 is conditioned on ``s1_targets`` with teacher forcing, otherwise on
     an s1 id sampled from the (detached) s1 distribution, as upstream trains. ``padding_mask`` is 1/True at padded
     positions. ``causal_s2=True`` keeps the dependency layer causal in eval mode too, for scoring every position
-    (by default it follows upstream: causal only in training).
+    (by default it follows upstream: causal only in training). ``s1_uniform`` [B, T] (numbers in [0, 1)) makes the
+    sampled s1 the inverse-CDF draw of those numbers instead of a draw from torch's generator (validation: each
+    sample's numbers come from its own stream, so its draw does not depend on its batch or rank).
     """
 
     config_class = KronosConfig
@@ -169,8 +171,8 @@ class Kronos(nn.Module, PretrainedMixin):
 
     def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None = None,
                 padding_mask: torch.Tensor | None = None, use_teacher_forcing: bool = False,
-                s1_targets: torch.Tensor | None = None, causal_s2: bool | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                s1_targets: torch.Tensor | None = None, causal_s2: bool | None = None,
+                s1_uniform: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         s1_logits, context = self.decode_s1(s1_ids, s2_ids, stamp, padding_mask)
         if use_teacher_forcing:
             if s1_targets is None:
@@ -182,7 +184,12 @@ class Kronos(nn.Module, PretrainedMixin):
             # collective. A uniform draw instead lets the NaN reach the loss, where the trainer's divergence guard
             # stops the run on every rank. Identity for finite probabilities (no host sync).
             probs = probs.nan_to_num(nan=1.0 / self.s1_vocab_size, posinf=1.0 / self.s1_vocab_size)
-            conditioning = torch.multinomial(probs.view(-1, self.s1_vocab_size), 1).view(s1_ids.shape)
+            if s1_uniform is None:
+                conditioning = torch.multinomial(probs.view(-1, self.s1_vocab_size), 1).view(s1_ids.shape)
+            else:  # the first id whose cumulative probability exceeds u (the last for a rounding shortfall)
+                cdf = probs.cumsum(dim=-1)
+                conditioning = torch.searchsorted(cdf, s1_uniform.to(cdf).unsqueeze(-1), right=True).squeeze(-1)
+                conditioning = conditioning.clamp_max(self.s1_vocab_size - 1)
         return s1_logits, self.decode_s2(context, conditioning, padding_mask, causal=causal_s2)
 
 

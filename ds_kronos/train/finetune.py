@@ -124,6 +124,35 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return trained, total
 
 
+def _low_precision(model: nn.Module) -> bool:
+    import torch
+
+    return any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters())
+
+
+def fp32_adapter_draw(spec: FinetuneSpec, base: nn.Module, drawn_from: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The adapters ``get_peft_model`` drew over ``base`` from the CPU generator state ``drawn_from``, drawn again
+    in fp32 over a weightless copy of ``base`` (built on the meta device, each parameter an empty fp32 CPU tensor:
+    peft reads a layer's sizes from the module and the adapters' dtype and device from its weight). The same draws
+    in the same order; the generator is left where it was."""
+    import torch
+    from peft import get_peft_model
+    from torch import nn
+
+    with torch.device("meta"):
+        shell = type(base)(base.config)
+    for module in shell.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(torch.empty(0), requires_grad=param.requires_grad))
+    after = torch.get_rng_state()
+    torch.set_rng_state(drawn_from)
+    try:
+        drawn = get_peft_model(shell, spec.lora_config())
+    finally:
+        torch.set_rng_state(after)
+    return {name: p.detach().clone() for name, p in drawn.named_parameters() if p.requires_grad}
+
+
 class RenamedTensors(Mapping):
     """A mapping keyed by the engine module's names over one keyed by the base model's (a checkpoint file read one
     tensor at a time), plus tensors of its own (the adapters' start values)."""
@@ -137,6 +166,9 @@ class RenamedTensors(Mapping):
         if name in self.own:
             return self.own[name]
         return self.source[self.base_names[name]]
+
+    def __contains__(self, name: object) -> bool:  # without reading the tensor (Mapping's default would)
+        return name in self.own or name in self.base_names
 
     def __iter__(self) -> Iterator[str]:
         yield from self.base_names
@@ -156,8 +188,10 @@ class Finetuning:
         self.base = base
         names = {id(t): name for name, t in (*base.named_parameters(), *base.named_buffers())}
         if spec.mode == "lora":
+            import torch
             from peft import get_peft_model
 
+            drawn_from = torch.get_rng_state()
             self.model = get_peft_model(base, spec.lora_config())
         else:
             self.model = base
@@ -171,13 +205,21 @@ class Finetuning:
         self.adapter_start = {name: p.detach().float().cpu().clone() for name, p in self.model.named_parameters()
                               if name not in self.base_names}
         """The adapters' start values (exact fp32, before DeepSpeed casts or partitions them)."""
+        if spec.mode == "lora" and _low_precision(base):
+            # peft casts new adapters to their base layer's dtype (a ZeRO-3 base is built cast to bf16/fp16): the
+            # start is the fp32 draw, as over the fp32 base of the other stages, and the module holds it too.
+            self.adapter_start = fp32_adapter_draw(spec, base, drawn_from)
+            with torch.no_grad():
+                for name, param in self.model.named_parameters():
+                    if name in self.adapter_start:
+                        param.copy_(self.adapter_start[name])
 
     def exact_values(self, weights: Mapping[str, torch.Tensor] | None) -> Mapping[str, torch.Tensor] | None:
-        """``weights`` (keyed by the base model's names) under the engine module's names, the adapters' start
-        values included; None stays None."""
-        if weights is None or self.model is self.base:
+        """``weights`` (keyed by the base model's names; None for a preset) under the engine module's names, the
+        adapters' start values included; None without adapters and weights."""
+        if self.model is self.base:
             return weights
-        return RenamedTensors(weights, self.base_names, self.adapter_start)
+        return RenamedTensors(weights or {}, self.base_names, self.adapter_start)
 
     def publish(self, folder: Path, state: Mapping[str, torch.Tensor],
                 extra: Callable[[Path], None] | None = None) -> None:

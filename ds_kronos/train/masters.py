@@ -29,7 +29,7 @@ def exact_fp32_start(model: nn.Module, task, low_precision: bool, keep_frozen: b
         return {}, None
     if task.partitioned:
         # Built under zero.Init: the module is already cast and partitioned. The exact values are in the checkpoint
-        # file (read one tensor at a time); a preset's values are its cast init.
+        # file (read one tensor at a time) and, under LoRA, the adapters' fp32 draw; a preset's are its cast init.
         weights = task.checkpoint_weights
         return (weights or {}), frozen_fp32(model, weights, keep_frozen)
     return capture_fp32(model, keep_frozen)
@@ -137,16 +137,16 @@ def full_fp32_master(engine, param: nn.Parameter) -> torch.Tensor | None:
 def frozen_fp32(module: nn.Module, weights: Mapping[str, torch.Tensor] | None, keep: bool = True
                 ) -> dict[str, torch.Tensor]:
     """The frozen floating tensors of a model built partitioned (zero.Init), as fp32 CPU copies: from the
-    checkpoint file when there is one (exact), else gathered from the module one parameter at a time (a preset's
-    fixed tables, already at the training precision). Collective under ZeRO-3 (every rank gathers; only ranks
-    with ``keep`` hold the result, the others return {})."""
+    checkpoint file when it holds them (exact), else gathered from the module one parameter at a time (a preset's
+    fixed tables and, under LoRA, its base model, already at the training precision). Collective under ZeRO-3
+    (every rank gathers; only ranks with ``keep`` hold the result, the others return {})."""
     from ds_kronos.model.partitioned import modifiable
 
     frozen: dict[str, torch.Tensor] = {}
     for name, param in module.named_parameters():
         if param.requires_grad:
             continue
-        if weights is not None:
+        if weights is not None and name in weights:
             if keep:
                 frozen[name] = weights[name].clone()  # a copy of its own, whatever the reader's memory
             continue

@@ -6,7 +6,7 @@ model to put in the engine, the training loss with its logged components, and pe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ds_kronos.model import Kronos, KronosTokenizer
-from ds_kronos.model.objective import predict_and_score, tokenize_batch
+from ds_kronos.model.objective import per_sample_uniforms, predict_and_score, tokenize_batch
 from ds_kronos.model.pairing import check_pair
 from ds_kronos.model.partitioned import SafetensorsTensors, build_partitioned
 from ds_kronos.model.published import names_model_folder
@@ -94,11 +94,15 @@ class PredictorTask:
         batch = tokenize_batch(self.tokenizer, x, stamp, self.device, self.tokenizer_dtype)
         return torch.stack(predict_and_score(engine, engine.module.head, batch, self.teacher_forcing))
 
-    def validation_sums(self, engine, x: torch.Tensor, stamp: torch.Tensor) -> torch.Tensor:
-        """Sums over the batch of per-sample [loss, s1, s2] and the sample count."""
+    def validation_sums(self, engine, x: torch.Tensor, stamp: torch.Tensor, sample_keys: Sequence[int]
+                        ) -> torch.Tensor:
+        """Sums over the batch of per-sample [loss, s1, s2] and the sample count. Without teacher forcing each
+        sample's s1 conditioning is drawn from its own stream, ``sample_keys`` (one per sample)."""
         batch = tokenize_batch(self.tokenizer, x, stamp, self.device, self.tokenizer_dtype)
+        uniform = (None if self.teacher_forcing
+                   else per_sample_uniforms(sample_keys, batch.s1_in.shape[1]).to(self.device, non_blocking=True))
         per_sample = predict_and_score(engine, engine.module.head, batch, self.teacher_forcing, causal_s2=True,
-                                       reduction="none")
+                                       reduction="none", s1_uniform=uniform)
         return _sums(per_sample)
 
 
@@ -140,7 +144,8 @@ class TokenizerTask:
         loss_pre, loss_all = F.mse_loss(recon_pre, x), F.mse_loss(recon_all, x)
         return torch.stack([(loss_pre + loss_all + bsq_loss) / 2, loss_pre, loss_all, bsq_loss])
 
-    def validation_sums(self, engine, x: torch.Tensor, stamp: torch.Tensor) -> torch.Tensor:
+    def validation_sums(self, engine, x: torch.Tensor, stamp: torch.Tensor, sample_keys: Sequence[int]
+                        ) -> torch.Tensor:
         """Sums over the batch of per-sample [full MSE (the validation loss), s1-only MSE, bsq] and the count.
         The quantizer loss is a batch statistic; it enters as batch mean x batch size."""
         x, recon_pre, recon_all, bsq_loss = self._forward(engine, x)

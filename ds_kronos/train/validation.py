@@ -4,7 +4,9 @@ Summing per-sample losses (rather than averaging per-rank batch means, as upstre
 the mean exact when ranks hold different numbers of samples. For the predictor, scoring keeps the dependency layer
 causal (as in training): upstream validates in eval mode, where the s2 head at position t can see the context of
 t+1, which contains the very s2 token it is scored on. Any sampling (s1 conditioning when teacher forcing is off)
-uses a fixed seed per rank, so the number is reproducible and the training RNG stream is left untouched.
+draws from a stream of the validation window's own, stream_seed(seed, VALIDATION_STREAM, its position), so the
+number is reproducible, the same on any number of ranks and batch size, and the training RNG stream is left
+untouched.
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ds_kronos.runtime import Runtime, all_reduce_max, all_reduce_sum
+from ds_kronos.runtime import Runtime, all_reduce_max, all_reduce_sum, stream_seed
+
+VALIDATION_STREAM = 13
+"""Key of the validation windows' sampling streams, stream_seed(seed, VALIDATION_STREAM, position): apart from
+training's and forecast validation's streams."""
+
+
+def sample_keys(seed: int, positions) -> list[int]:
+    """The sampling stream of each validation window (positions in the split's fixed order)."""
+    return [stream_seed(seed, VALIDATION_STREAM, int(position)) for position in positions]
 
 
 @dataclass(frozen=True)
@@ -37,14 +48,15 @@ def validate(engine, task, loader, runtime: Runtime, seed: int) -> ValidationRes
     fork_devices = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
     forwards = all_reduce_max(len(loader), runtime.device)
     padding = None
+    indices = iter(loader.batch_sampler)  # the (epoch, position) lists the loader fetches, in its order
     with torch.no_grad(), torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(seed + 7919 * runtime.rank)
         for x, stamp in loader:
-            batch_sums = task.validation_sums(engine, x, stamp)
+            keys = sample_keys(seed, [position for _, position in next(indices)])
+            batch_sums = task.validation_sums(engine, x, stamp, keys)
             sums = batch_sums if sums is None else sums + batch_sums
-            padding = (x[:1], stamp[:1])
+            padding = (x[:1], stamp[:1], keys[:1])
         for _ in range(forwards - len(loader)):
-            padding = padding or loader.dataset.get_batch([0])
+            padding = padding or (*loader.dataset.get_batch([0]), sample_keys(seed, [0]))
             task.validation_sums(engine, *padding)
     engine.train(was_training)
     if sums is None:  # this rank had no validation batch; it still takes part in the reduction

@@ -172,3 +172,40 @@ def test_bad_baseline_options_give_one_line_and_exit_2(extra, expected, demo_pre
     code, err = run_in_process("evaluate.py", argv, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_walk_forward_windows_by_date_and_their_scores():
+    from ds_kronos.evaluation.walk_forward import fold_dates, format_walk_forward, walk_forward_section
+
+    rng = np.random.default_rng(2)
+    dates = np.repeat(np.arange(10) * 86_400 * 10**9, 4)  # 10 dates, 4 symbols each
+    windows = fold_dates(dates, 3)
+    assert [w.size for w in windows] == [4, 3, 3] and np.array_equal(np.concatenate(windows), np.unique(dates))
+    with pytest.raises(ConfigError, match="--walk_forward 4 needs at least 12 origin dates .* has 10"):
+        fold_dates(dates, 4)
+    crps = {"model": rng.gamma(2.0, 1.0, dates.size), "reference": rng.gamma(2.0, 1.0, dates.size)}
+    crps["garch_t"] = crps["model"] * np.where(dates < windows[1][0], 2.0, 0.5)  # model better, then worse
+    predicted, realised = rng.standard_normal(dates.size), rng.standard_normal(dates.size)
+    section = walk_forward_section(3, dates, crps, {}, predicted, realised, 5, 5)
+    first, second = section["folds"][:2]
+    assert first["origins"] == 16 and second["dates"] == 3 and first["start"] == "1970-01-01T00:00:00"
+    assert first["skill"] == {"garch_t": pytest.approx(0.5)} and second["skill"]["garch_t"] == pytest.approx(-1.0)
+    assert first["crps"]["model"] == pytest.approx(crps["model"][:16].mean())
+    assert first["dm_p_value"]["crps"]["garch_t"] < 0.05 and "qlike" not in first["dm_p_value"]
+    assert first["ic"]["ic"]["dates"] == 4
+    pooled = section["pooled_skill"]["garch_t"]
+    assert pooled["mean"] == pytest.approx((0.5 - 1.0 - 1.0) / 3) and pooled["positive_windows"] == 1
+    assert "mean skill over windows: -0.500" in format_walk_forward(section)
+
+
+def test_walk_forward_beyond_the_dates_gives_one_line_and_exit_2(demo_prepared_dir, tiny_checkpoints, tmp_path,
+                                                                 capsys):
+    tok, pred = tiny_checkpoints
+    base = ["--data", str(demo_prepared_dir), "--tokenizer", str(tok), "--predictor", str(pred), "--out",
+            str(tmp_path / "o")]
+    code, err = run_in_process("evaluate.py", [*base, "--sample_count", "2", "--walk_forward", "500"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--walk_forward 500 needs at least 1500 origin dates (3 per window); the evaluated split has" in err
+    code, err = run_in_process("evaluate.py", [*base, "--walk_forward", "2"], capsys)
+    assert code == 2 and "--walk_forward scores the windows' sampled paths" in err, err
+    assert not (tmp_path / "o").exists()

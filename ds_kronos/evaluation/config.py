@@ -88,6 +88,8 @@ class EvalConfig(SamplingOptions, ProcessOptions):
             problems.append(f"--probabilistic needs at least 2 sampled paths per origin, got --sample_count "
                             f"{self.sample_count}")
         problems += parse_baselines(self.baselines)[1]
+        if self.walk_forward and not self.scores_distribution:
+            problems.append("--walk_forward scores the windows' sampled paths: it needs --sample_count 2 or more")
         if self.backtest and not self.benchmark:
             problems.append("--benchmark must name a Qlib instrument with --backtest")
         return problems

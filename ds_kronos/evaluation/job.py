@@ -60,6 +60,13 @@ from ds_kronos.evaluation.scoring import (
 )
 from ds_kronos.evaluation.selection import EvaluationSet, calibration_quantiles, select_evaluation
 from ds_kronos.evaluation.significance import ic_significance
+from ds_kronos.evaluation.walk_forward import (
+    WALK_FORWARD_PLOT,
+    fold_dates,
+    format_walk_forward,
+    plot_walk_forward,
+    walk_forward_section,
+)
 from ds_kronos.forecast import sample_paths
 from ds_kronos.forecast.sampler_file import SamplerSettings, resolve_sampler
 from ds_kronos.jsonio import write_json_atomic
@@ -145,6 +152,8 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any] 
     t0 = time.perf_counter()
     selection = select_evaluation(config)
     plan = baseline_plan(config, selection)
+    if config.walk_forward:
+        fold_dates(selection.origins.dates(selection.split.timestamps), config.walk_forward)  # enough dates?
     # Explicit options, else the predictor folder's sampler.json, else upstream's defaults (checked here, before
     # any process group, so a bad file is one line).
     sampler = resolve_sampler(config.predictor, config.temperature, config.top_p, config.sampler_file, config.spread)
@@ -315,7 +324,7 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
     ic_dates, ic, rank_ic = metrics.daily_ic(dates, metrics.window_returns(model_close, real.last_close)[:, -1],
                                              metrics.window_returns(real.future_close, real.last_close)[:, -1])
     scores["model"]["ic"]["significance"] = ic_significance(ic, rank_ic, selection.pred_len, selection.stride)
-    distribution = volatility = tests = None
+    distribution = volatility = tests = folds = None
     if config.scores_distribution:
         ensembles = probabilistic_ensembles(gathered.paths, real, config.seed, config.random_walk_window,
                                             None if gathered_reference is None else gathered_reference.paths)
@@ -324,8 +333,14 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
             ensembles.update(arch_ensembles(fitted, plan.names, real, config.clip))
         distribution = score_ensembles(ensembles, real, calibration_quantiles(config), config.seed,
                                        config.random_walk_window, frozenset(plan.names if plan else ()))
-        volatility, tests, _ = score_baselines(ensembles, fitted, plan, real, dates, selection.pred_len,
-                                               selection.stride, config.seed)
+        volatility, tests, losses = score_baselines(ensembles, fitted, plan, real, dates, selection.pred_len,
+                                                    selection.stride, config.seed)
+        if config.walk_forward:
+            folds = walk_forward_section(
+                config.walk_forward, dates, losses.crps, losses.qlike,
+                metrics.window_returns(model_close, real.last_close)[:, -1],
+                metrics.window_returns(real.future_close, real.last_close)[:, -1], selection.pred_len,
+                selection.stride)
     scoring_seconds = time.perf_counter() - t_scoring
 
     out = Path(config.out)
@@ -338,13 +353,16 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
                            forecast_seconds)
     report["calibration"] = _calibration_section(config, gathered, gathered_reference, real)
     report["probabilistic"] = distribution
-    report["volatility"], report["tests"] = volatility, tests
+    report["volatility"], report["tests"], report["folds"] = volatility, tests, folds
     report["sampler"] = (sampler or SamplerSettings()).describe()
     report["timing"]["scoring_seconds"] = scoring_seconds
     written = [out / REPORT_NAME, out / EXAMPLES_PLOT, out / IC_PLOT]
     if distribution is not None:
         plot_probabilistic(out / PROBABILISTIC_PLOT, distribution, title)
         written.append(out / PROBABILISTIC_PLOT)
+    if folds is not None:
+        plot_walk_forward(out / WALK_FORWARD_PLOT, folds, title)
+        written.append(out / WALK_FORWARD_PLOT)
     backtest_table = None
     if selection.qlib_dir is not None:
         backtest_table, backtest_plot = _add_backtest(config, selection, report, dates, model_close, real, out, title,
@@ -358,6 +376,8 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
         log(format_probabilistic(distribution))
         log(format_volatility(volatility))
         log(format_tests(tests))
+    if folds is not None:
+        log(format_walk_forward(folds))
     log(format_sampler(report["sampler"]))
     log(format_significance(scores["model"]["ic"]["significance"]))
     if backtest_table is not None:

@@ -30,7 +30,12 @@ from ds_kronos.evaluation.arch_baselines import (
     parse_baselines,
     plan_baselines,
 )
-from ds_kronos.evaluation.baseline_report import arch_ensembles, format_volatility, score_baselines
+from ds_kronos.evaluation.baseline_report import (
+    arch_ensembles,
+    format_volatility,
+    score_baselines,
+    strongest_baseline,
+)
 from ds_kronos.evaluation.comparisons import format_tests
 from ds_kronos.evaluation.config import EvalConfig
 from ds_kronos.evaluation.gather import gather_forecasts
@@ -324,7 +329,7 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
     ic_dates, ic, rank_ic = metrics.daily_ic(dates, metrics.window_returns(model_close, real.last_close)[:, -1],
                                              metrics.window_returns(real.future_close, real.last_close)[:, -1])
     scores["model"]["ic"]["significance"] = ic_significance(ic, rank_ic, selection.pred_len, selection.stride)
-    distribution = volatility = tests = folds = None
+    distribution = volatility = tests = folds = band_paths = None
     if config.scores_distribution:
         ensembles = probabilistic_ensembles(gathered.paths, real, config.seed, config.random_walk_window,
                                             None if gathered_reference is None else gathered_reference.paths)
@@ -335,6 +340,8 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
                                        config.random_walk_window, frozenset(plan.names if plan else ()))
         volatility, tests, losses = score_baselines(ensembles, fitted, plan, real, dates, selection.pred_len,
                                                     selection.stride, config.seed)
+        strongest = strongest_baseline(distribution["rows"])
+        band_paths = {"model": ensembles["model"], **({strongest: ensembles[strongest]} if strongest else {})}
         if config.walk_forward:
             folds = walk_forward_section(
                 config.walk_forward, dates, losses.crps, losses.qlike,
@@ -346,7 +353,8 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{Path(selection.prepared.path).name} / {config.split}, pred_len {selection.pred_len}"
-    plot_examples(out / EXAMPLES_PLOT, pick_examples(selection, real, model_close, config.examples), title)
+    plot_examples(out / EXAMPLES_PLOT, pick_examples(selection, real, model_close, config.examples, band_paths),
+                  title)
     plot_ic(out / IC_PLOT, ic_dates, ic, rank_ic, f"daily cross-sectional IC, {title}")
 
     report = _build_report(config, selection, dates, scores, (ic_dates, ic, rank_ic), world_size, t0, load_seconds,

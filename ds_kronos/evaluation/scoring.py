@@ -192,8 +192,10 @@ def calibrate(bands_norm: np.ndarray, real: Realised, quantiles: list[float]) ->
             for f, name in enumerate(VALUE_COLUMNS)}
 
 
-def pick_examples(selection: EvaluationSet, real: Realised, model_close: np.ndarray, count: int) -> list[Example]:
-    """The latest origin of up to ``count`` symbols spread over the symbol list."""
+def pick_examples(selection: EvaluationSet, real: Realised, model_close: np.ndarray, count: int,
+                  band_paths: dict[str, np.ndarray] | None = None) -> list[Example]:
+    """The latest origin of up to ``count`` symbols spread over the symbol list, with the 80% band (10% and 90%
+    quantiles) of each ensemble of ``band_paths`` (label -> [n, S, H, 6] normalised paths)."""
     symbols_present = np.unique(selection.origins.symbols)
     if count == 0 or symbols_present.size == 0:
         return []
@@ -209,5 +211,8 @@ def pick_examples(selection: EvaluationSet, real: Realised, model_close: np.ndar
             history_ns=np.asarray(selection.split.timestamps[history]),
             history_close=np.asarray(selection.split.values[history, CLOSE]),
             future_ns=np.asarray(selection.split.timestamps[row:row + selection.pred_len]),
-            actual_close=real.future_close[i], forecast_close=model_close[i]))
+            actual_close=real.future_close[i], forecast_close=model_close[i],
+            bands={label: np.quantile(denormalise(paths[i, :, :, CLOSE].astype(np.float64), real.close_mean[i],
+                                                  real.close_std[i]), [0.1, 0.9], axis=0)
+                   for label, paths in (band_paths or {}).items()}))
     return examples

@@ -153,9 +153,11 @@ def test_diebold_mariano_on_per_date_differentials_and_the_confidence_set():
     assert test["t"] < -10 and test["p_value"] < 1e-6
     assert comparisons.per_date(np.array([1.0, 3.0, 5.0]), np.array([7, 7, 2])).tolist() == [5.0, 2.0]
     section = comparisons.tests_section({"model": good, "worse": bad, "same": good + 1e-3 * rng.standard_normal(
-        dates.size)}, {}, dates, 1, 1, seed=0)
+        dates.size), "copy": good.copy()}, {}, dates, 1, 1, seed=0)
     assert section["qlike"] is None
-    assert set(section["crps"]["mcs"]["included"]) == {"model", "same"}
+    mcs = section["crps"]["mcs"]
+    assert set(mcs["included"]) == {"model", "same", "copy"}  # an exact copy shares the model's result
+    assert mcs["p_values"]["copy"] == mcs["p_values"]["model"] and mcs["p_values"]["worse"] < 0.1
     assert section["crps"]["diebold_mariano"]["worse"]["p_value"] < 1e-6
 
 

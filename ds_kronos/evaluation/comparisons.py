@@ -40,20 +40,27 @@ def diebold_mariano(model: np.ndarray, other: np.ndarray, dates: np.ndarray, pre
 
 
 def model_confidence_set(losses: dict[str, np.ndarray], dates: np.ndarray, seed: int) -> dict[str, Any]:
-    """arch's MCS over the per-date losses of every forecaster in ``losses`` (per origin [n] each)."""
-    names = list(losses)
-    table = np.column_stack([per_date(losses[name], dates) for name in names])
-    if table.shape[0] < MIN_DATES or len(names) < 2:
+    """arch's MCS over the per-date losses of every forecaster in ``losses`` (per origin [n] each). Forecasters
+    with identical losses (a reference equal to the model) enter once and share the result: arch's range
+    statistic cannot rank exact ties."""
+    series = {name: per_date(values, dates) for name, values in losses.items()}
+    first_of: dict[str, str] = {}
+    for name, values in series.items():
+        first_of[name] = next((other for other in first_of.values() if np.array_equal(series[other], values)), name)
+    distinct = list(dict.fromkeys(first_of.values()))
+    table = np.column_stack([series[name] for name in distinct])
+    if table.shape[0] < MIN_DATES or len(distinct) < 2:
         return {"size": MCS_SIZE, "included": None, "p_values": None, "dates": int(table.shape[0]),
-                "note": f"needs at least {MIN_DATES} dates and 2 forecasters"}
+                "note": f"needs at least {MIN_DATES} dates and 2 distinct forecasters"}
     from arch.bootstrap import MCS
 
     mcs = MCS(table, size=MCS_SIZE, reps=MCS_REPS, method="R", bootstrap="stationary", seed=seed)
     mcs.compute()
-    p_values = mcs.pvalues.iloc[:, 0]
+    p_of = {distinct[int(i)]: float(p) for i, p in mcs.pvalues.iloc[:, 0].items()}
+    included = {distinct[int(i)] for i in mcs.included}
     return {"size": MCS_SIZE, "method": "range statistic, stationary bootstrap", "reps": MCS_REPS,
-            "dates": int(table.shape[0]), "included": [names[int(i)] for i in mcs.included],
-            "p_values": {names[int(i)]: float(p) for i, p in p_values.items()}}
+            "dates": int(table.shape[0]), "included": [name for name in series if first_of[name] in included],
+            "p_values": {name: p_of[first_of[name]] for name in series}}
 
 
 def tests_section(crps: dict[str, np.ndarray], qlike: dict[str, np.ndarray], dates: np.ndarray, pred_len: int,

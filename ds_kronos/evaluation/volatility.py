@@ -53,4 +53,7 @@ def score_volatility(predicted: dict[str, np.ndarray], future_close: np.ndarray,
         rows[name] = {"qlike": _summary(q), "mse": _summary(squared_error(variance, realised)),
                       "mean_predicted": float(np.mean(variance)), "mean_realised": float(np.mean(realised))}
         losses[name] = q.mean(axis=1)
-    return {"target": "(log(close_h / last close))^2, h = 1..H", "rows": rows}, losses
+    return {"target": "(log(close_h / last close))^2, h = 1..H",
+            "definition": "qlike = log s2 + r2 / s2, mse = (s2 - r2)^2 per origin and horizon; s2 the variance "
+                          "(ddof 1) over a row's paths, or an arch baseline's analytic forecast",
+            "rows": rows}, losses

@@ -211,3 +211,25 @@ def test_walk_forward_beyond_the_dates_gives_one_line_and_exit_2(demo_prepared_d
     code, err = run_in_process("evaluate.py", [*base, "--walk_forward", "2"], capsys)
     assert code == 2 and "--walk_forward scores the windows' sampled paths" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_examples_carry_the_80_percent_band_of_each_ensemble(demo_prepared_dir, tmp_path):
+    from ds_kronos.evaluation.config import EvalConfig
+    from ds_kronos.evaluation.report import plot_examples
+    from ds_kronos.evaluation.scoring import pick_examples, realised_windows
+    from ds_kronos.evaluation.selection import select_evaluation
+
+    selection = select_evaluation(EvalConfig(data=str(demo_prepared_dir), tokenizer="tiny", predictor="tiny",
+                                             max_origins_per_symbol=2))
+    real = realised_windows(selection, 5.0)
+    n, horizon = len(selection.origins), selection.pred_len
+    paths = np.random.default_rng(0).standard_normal((n, 30, horizon, 6)).astype(np.float32)
+    examples = pick_examples(selection, real, real.future_close, 2, {"model": paths, "garch_t": paths * 2})
+    assert len(examples) == 2
+    i = int(np.flatnonzero(selection.origins.symbols == selection.origins.symbols[-1])[-1])  # the last example
+    close = paths[i, :, :, 3] * (real.close_std[i] + 1e-5) + real.close_mean[i]
+    assert examples[-1].bands["model"] == pytest.approx(np.quantile(close, [0.1, 0.9], axis=0), rel=1e-5)
+    low, high = examples[-1].bands["garch_t"]
+    assert (high - low > examples[-1].bands["model"][1] - examples[-1].bands["model"][0]).all()  # twice as wide
+    plot_examples(tmp_path / "examples.png", examples, "bands")
+    assert (tmp_path / "examples.png").read_bytes()[:4] == b"\x89PNG"

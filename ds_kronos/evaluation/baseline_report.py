@@ -14,7 +14,7 @@ from ds_kronos.data.normalise import denormalise, normalise
 from ds_kronos.data.series import CLOSE, VALUE_COLUMNS
 from ds_kronos.evaluation.arch_baselines import BaselineForecasts, BaselinePlan, fit_counts
 from ds_kronos.evaluation.comparisons import tests_section
-from ds_kronos.evaluation.scoring import Realised, close_crps
+from ds_kronos.evaluation.scoring import Realised, close_crps, probabilistic_ensembles, score_ensembles
 from ds_kronos.evaluation.volatility import path_variance, score_volatility
 
 MODEL_ROWS = ("model", "reference")  # rows that are not baselines
@@ -77,6 +77,35 @@ def score_baselines(ensembles: dict[str, np.ndarray], forecasts: BaselineForecas
                                        "seconds": forecasts.seconds}
     losses = Losses(close_crps(ensembles, real), qlike)
     return volatility, tests_section(losses.crps, losses.qlike, dates, pred_len, stride, seed), losses
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributionScores:
+    """Everything scored from the sampled paths: the report's probabilistic, volatility and tests sections, the
+    per-origin losses and the ensembles whose bands the examples draw."""
+
+    probabilistic: dict[str, Any]
+    volatility: dict[str, Any]
+    tests: dict[str, Any]
+    losses: Losses
+    band_paths: dict[str, np.ndarray]
+
+
+def score_distributions(paths: np.ndarray, reference_paths: np.ndarray | None,
+                        baselines: tuple[BaselinePlan, BaselineForecasts | None] | None, real: Realised,
+                        dates: np.ndarray, quantiles: list[float], seed: int, random_walk_window: int, clip: float,
+                        pred_len: int, stride: int) -> DistributionScores:
+    """The model's (and reference's) paths, the sampled and point baselines and the arch baselines, scored."""
+    ensembles = probabilistic_ensembles(paths, real, seed, random_walk_window, reference_paths)
+    plan, fitted = baselines if baselines is not None else (None, None)
+    if plan is not None and fitted is not None:
+        ensembles.update(arch_ensembles(fitted, plan.names, real, clip))
+    distribution = score_ensembles(ensembles, real, quantiles, seed, random_walk_window,
+                                   frozenset(plan.names if plan else ()))
+    volatility, tests, losses = score_baselines(ensembles, fitted, plan, real, dates, pred_len, stride, seed)
+    strongest = strongest_baseline(distribution["rows"])
+    band_paths = {"model": ensembles["model"], **({strongest: ensembles[strongest]} if strongest else {})}
+    return DistributionScores(distribution, volatility, tests, losses, band_paths)
 
 
 def format_volatility(section: dict[str, Any]) -> str:

@@ -30,12 +30,7 @@ from ds_kronos.evaluation.arch_baselines import (
     parse_baselines,
     plan_baselines,
 )
-from ds_kronos.evaluation.baseline_report import (
-    arch_ensembles,
-    format_volatility,
-    score_baselines,
-    strongest_baseline,
-)
+from ds_kronos.evaluation.baseline_report import format_volatility, score_distributions
 from ds_kronos.evaluation.comparisons import format_tests
 from ds_kronos.evaluation.config import EvalConfig
 from ds_kronos.evaluation.gather import gather_forecasts
@@ -58,10 +53,8 @@ from ds_kronos.evaluation.scoring import (
     Realised,
     calibrate,
     pick_examples,
-    probabilistic_ensembles,
     realised_windows,
     score_all,
-    score_ensembles,
 )
 from ds_kronos.evaluation.selection import EvaluationSet, calibration_quantiles, select_evaluation
 from ds_kronos.evaluation.significance import ic_significance
@@ -331,20 +324,15 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
     scores["model"]["ic"]["significance"] = ic_significance(ic, rank_ic, selection.pred_len, selection.stride)
     distribution = volatility = tests = folds = band_paths = None
     if config.scores_distribution:
-        ensembles = probabilistic_ensembles(gathered.paths, real, config.seed, config.random_walk_window,
-                                            None if gathered_reference is None else gathered_reference.paths)
-        plan, fitted = baselines if baselines is not None else (None, None)
-        if plan is not None and fitted is not None:
-            ensembles.update(arch_ensembles(fitted, plan.names, real, config.clip))
-        distribution = score_ensembles(ensembles, real, calibration_quantiles(config), config.seed,
-                                       config.random_walk_window, frozenset(plan.names if plan else ()))
-        volatility, tests, losses = score_baselines(ensembles, fitted, plan, real, dates, selection.pred_len,
-                                                    selection.stride, config.seed)
-        strongest = strongest_baseline(distribution["rows"])
-        band_paths = {"model": ensembles["model"], **({strongest: ensembles[strongest]} if strongest else {})}
+        scored = score_distributions(
+            gathered.paths, None if gathered_reference is None else gathered_reference.paths, baselines, real, dates,
+            calibration_quantiles(config), config.seed, config.random_walk_window, config.clip, selection.pred_len,
+            selection.stride)
+        distribution, volatility, tests, band_paths = (scored.probabilistic, scored.volatility, scored.tests,
+                                                       scored.band_paths)
         if config.walk_forward:
             folds = walk_forward_section(
-                config.walk_forward, dates, losses.crps, losses.qlike,
+                config.walk_forward, dates, scored.losses.crps, scored.losses.qlike,
                 metrics.window_returns(model_close, real.last_close)[:, -1],
                 metrics.window_returns(real.future_close, real.last_close)[:, -1], selection.pred_len,
                 selection.stride)
@@ -364,6 +352,8 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
     report["volatility"], report["tests"], report["folds"] = volatility, tests, folds
     report["sampler"] = (sampler or SamplerSettings()).describe()
     report["timing"]["scoring_seconds"] = scoring_seconds
+    if baselines is not None and baselines[1] is not None:
+        report["timing"]["baseline_fit_seconds"] = baselines[1].seconds  # the slowest rank's
     written = [out / REPORT_NAME, out / EXAMPLES_PLOT, out / IC_PLOT]
     if distribution is not None:
         plot_probabilistic(out / PROBABILISTIC_PLOT, distribution, title)

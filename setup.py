@@ -30,6 +30,8 @@ setup(
         # and the Newey-West (HAC) t-statistic of the daily IC.
         "scoringrules>=0.10",
         "statsmodels>=0.14",
+        # Evaluation: the volatility baselines a quant desk uses (GARCH/GJR-t, EWMA, HAR) and the model confidence set.
+        "arch>=8,<9",
         # Parameter-efficient fine-tuning (--finetune lora): LoRA layers, their merge and the adapter format.
         "peft>=0.21,<0.22",
         # Hyper-parameter sweeps (launch/sweep.py): the study, its storage (SQLite, a database server or a journal

@@ -347,7 +347,23 @@ def check_probabilistic_section(report: dict, prepared_dir: Path, seed: int, pat
 
     section = report["probabilistic"]
     rows = section["rows"]
-    assert list(rows) == ["model", "reference", "random_walk", "bootstrap", "last_value", "history_mean"]
+    # The arch baselines follow (HAR left out: the fixture's 30-bar lookback is under its 44 bars), close only.
+    assert list(rows) == ["model", "reference", "random_walk", "bootstrap", "last_value", "history_mean", "garch_t",
+                          "gjr_garch_t", "ewma"]
+    assert list(rows["garch_t"]["features"]) == ["close"]
+    fits = report["volatility"]["baseline_fits"]
+    assert fits["skipped"] == {"har": "needs 44 bars of history, has 30"} and fits["history"] == "lookback"
+    assert all(sum(c.values()) == report["counts"]["origins"] for c in fits["fits"].values())
+    # QLIKE/MSE per sampled row (point forecasts have no variance), DM of the model against every other row.
+    assert list(report["volatility"]["rows"]) == ["model", "reference", "random_walk", "bootstrap", "garch_t",
+                                                  "gjr_garch_t", "ewma"]
+    crps_tests = report["tests"]["crps"]
+    assert set(crps_tests["diebold_mariano"]) == set(rows) - {"model"}
+    assert crps_tests["diebold_mariano"]["reference"]["mean_difference"] == 0  # the same weights and draws
+    assert crps_tests["diebold_mariano"]["garch_t"]["mean_difference"] == pytest.approx(
+        rows["model"]["features"]["close"]["crps"]["normalised"]["mean"]
+        - rows["garch_t"]["features"]["close"]["crps"]["normalised"]["mean"], abs=0.2)  # per-date vs per-origin mean
+    assert set(report["tests"]["qlike"]["diebold_mariano"]) == set(report["volatility"]["rows"]) - {"model"}
     assert section["paths"] == paths and section["random_walk_window"] == 20
     for row in rows.values():
         assert list(row["features"])[0] == "close"
@@ -419,6 +435,13 @@ def test_deepspeed_two_ranks_match_one_process(demo_prepared_dir, tiny_models, t
     # The probabilistic scores (model and baselines) and the IC's significance come out the same too.
     a, b = finite_numbers(one["probabilistic"]), finite_numbers(two["probabilistic"])
     assert len(a) == len(b) > 0 and a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    # So do the arch baselines, each rank fitting its own symbols' origins, and the tests against them.
+    assert "garch_t" in two["probabilistic"]["rows"] and two["tests"]["crps"]["mcs"]["included"]
+    for section in ("tests", "volatility"):
+        strip = {"volatility": lambda v: {**v, "baseline_fits": {**v["baseline_fits"], "seconds": 0}}}.get(
+            section, lambda v: v)
+        a, b = finite_numbers(strip(one[section])), finite_numbers(strip(two[section]))
+        assert len(a) == len(b) > 0 and a == pytest.approx(b, rel=1e-4, abs=1e-6), section
     assert two["model"]["ic"]["significance"]["ic"]["t"] == pytest.approx(
         one["model"]["ic"]["significance"]["ic"]["t"], rel=1e-4)
 

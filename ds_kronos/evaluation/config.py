@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ds_kronos.config import ProcessOptions, option, output_dir_problems
 from ds_kronos.data.manifest import SPLITS
 from ds_kronos.data.verify import prepared_data_problems
+from ds_kronos.evaluation.arch_baselines import parse_baselines
 from ds_kronos.evaluation.baselines import RANDOM_WALK_WINDOW
 from ds_kronos.forecast.config import SamplingOptions, clip_option, quantiles_option
 
@@ -45,6 +46,13 @@ class EvalConfig(SamplingOptions, ProcessOptions):
                    "(true with one path is an error)")
     random_walk_window: int = option(RANDOM_WALK_WINDOW, ge=2, help="bars of history whose one-bar changes give "
                                                                     "the random-walk baseline's volatility")
+    baselines: str = option("all", help="with the probabilistic scores: the arch volatility baselines fitted per "
+                                        "origin (garch_t, gjr_garch_t, ewma, har), comma-separated, 'all' or "
+                                        "'none' (skips their cost)")
+    baseline_history: int | None = option(None, ge=2, help="bars of history each baseline fit uses, where the "
+                                                           "split has them (default: the lookback)")
+    walk_forward: int | None = option(None, ge=1, help="also score K consecutive, non-overlapping test windows "
+                                                       "(by origin date) one by one: report.json's folds")
     seed: int = option(0, help="seed of the sampler (rank r uses seed + r) and of preset (random) weights")
     batch_size: int = option(64, help="origins forecast together per rank", ge=1)
     clip: float = clip_option()
@@ -79,6 +87,9 @@ class EvalConfig(SamplingOptions, ProcessOptions):
         if self.probabilistic and self.sample_count < 2:
             problems.append(f"--probabilistic needs at least 2 sampled paths per origin, got --sample_count "
                             f"{self.sample_count}")
+        problems += parse_baselines(self.baselines)[1]
+        if self.walk_forward and not self.scores_distribution:
+            problems.append("--walk_forward scores the windows' sampled paths: it needs --sample_count 2 or more")
         if self.backtest and not self.benchmark:
             problems.append("--benchmark must name a Qlib instrument with --backtest")
         return problems

@@ -23,6 +23,15 @@ import torch
 from ds_kronos.console import say
 from ds_kronos.data.series import VALUE_COLUMNS
 from ds_kronos.evaluation import metrics
+from ds_kronos.evaluation.arch_baselines import (
+    BaselineForecasts,
+    BaselinePlan,
+    forecast_baselines,
+    parse_baselines,
+    plan_baselines,
+)
+from ds_kronos.evaluation.baseline_report import format_volatility, score_distributions
+from ds_kronos.evaluation.comparisons import format_tests
 from ds_kronos.evaluation.config import EvalConfig
 from ds_kronos.evaluation.gather import gather_forecasts
 from ds_kronos.evaluation.origins import Origins, origin_windows
@@ -46,10 +55,16 @@ from ds_kronos.evaluation.scoring import (
     pick_examples,
     realised_windows,
     score_all,
-    score_probabilistic,
 )
 from ds_kronos.evaluation.selection import EvaluationSet, calibration_quantiles, select_evaluation
 from ds_kronos.evaluation.significance import ic_significance
+from ds_kronos.evaluation.walk_forward import (
+    WALK_FORWARD_PLOT,
+    fold_dates,
+    format_walk_forward,
+    plot_walk_forward,
+    walk_forward_section,
+)
 from ds_kronos.forecast import sample_paths
 from ds_kronos.forecast.sampler_file import SamplerSettings, resolve_sampler
 from ds_kronos.jsonio import write_json_atomic
@@ -134,6 +149,9 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = say) -> dict
 def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any] | None:
     t0 = time.perf_counter()
     selection = select_evaluation(config)
+    plan = baseline_plan(config, selection)
+    if config.walk_forward:
+        fold_dates(selection.origins.dates(selection.split.timestamps), config.walk_forward)  # enough dates?
     # Explicit options, else the predictor folder's sampler.json, else upstream's defaults (checked here, before
     # any process group, so a bad file is one line).
     sampler = resolve_sampler(config.predictor, config.temperature, config.top_p, config.sampler_file, config.spread)
@@ -175,10 +193,37 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any] 
 
     gathered = forecast(predictor)
     gathered_reference = forecast(reference) if reference is not None else None
+    baselines = None
+    if plan is not None:  # each rank fits its own origins, as it forecasts them
+        fitted = forecast_baselines(plan, selection.split.values, selection.split.offsets, mine, selection.origins,
+                                    selection.pred_len, config.sample_count, config.seed)
+        baselines = gather_baselines(fitted, runtime.rank, runtime.world_size, runtime.device)
     report = None if gathered is None else write_outputs(config, selection, gathered, runtime.world_size, t0,
-                                                         load_seconds, log, gathered_reference, sampler)
+                                                         load_seconds, log, gathered_reference, sampler,
+                                                         (plan, baselines) if plan is not None else None)
     runtime.close()
     return report
+
+
+def baseline_plan(config: EvalConfig, selection: EvaluationSet) -> BaselinePlan | None:
+    """The arch baselines to fit (with the probabilistic scores only), checked before any forecast is drawn."""
+    names = parse_baselines(config.baselines)[0]
+    if not config.scores_distribution or not names:
+        return None
+    plan = plan_baselines(names, config.baseline_history, selection.split.offsets, selection.origins,
+                          selection.lookback, named=config.baselines.strip() != "all")
+    return plan if plan.names else None
+
+
+def gather_baselines(fitted: BaselineForecasts, rank: int, world_size: int,
+                     device: torch.device) -> BaselineForecasts | None:
+    """Every rank's baseline forecasts on rank 0 in row order (three collectives), None on the other ranks."""
+    parts = [gather_forecasts(fitted.rows, array, fitted.seconds, rank, world_size, device)
+             for array in (fitted.paths, fitted.variance, fitted.flags)]
+    if parts[0] is None:
+        return None
+    (rows, paths, seconds), (_, variance, _), (_, flags, _) = parts
+    return BaselineForecasts(rows, paths, variance, flags, seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +306,8 @@ def _add_backtest(config: EvalConfig, selection: EvaluationSet, report: dict[str
 def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gathered, world_size: int, t0: float,
                   load_seconds: float, log: Callable[[str], None],
                   gathered_reference: Gathered | None = None,
-                  sampler: SamplerSettings | None = None) -> dict[str, Any]:
+                  sampler: SamplerSettings | None = None,
+                  baselines: tuple[BaselinePlan, BaselineForecasts | None] | None = None) -> dict[str, Any]:
     """Rank 0: score the gathered forecasts, write report.json and the plots, print the table."""
     rows, pred_norm, forecast_seconds = gathered.rows, gathered.mean, gathered.seconds
     if not np.array_equal(rows, selection.origins.rows):  # origins are in row order; a mismatch is a bug, not input
@@ -276,29 +322,45 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
     ic_dates, ic, rank_ic = metrics.daily_ic(dates, metrics.window_returns(model_close, real.last_close)[:, -1],
                                              metrics.window_returns(real.future_close, real.last_close)[:, -1])
     scores["model"]["ic"]["significance"] = ic_significance(ic, rank_ic, selection.pred_len, selection.stride)
-    distribution = None
+    distribution = volatility = tests = folds = band_paths = None
     if config.scores_distribution:
-        distribution = score_probabilistic(
-            gathered.paths, real, calibration_quantiles(config), config.seed, config.random_walk_window,
-            None if gathered_reference is None else gathered_reference.paths)
+        scored = score_distributions(
+            gathered.paths, None if gathered_reference is None else gathered_reference.paths, baselines, real, dates,
+            calibration_quantiles(config), config.seed, config.random_walk_window, config.clip, selection.pred_len,
+            selection.stride)
+        distribution, volatility, tests, band_paths = (scored.probabilistic, scored.volatility, scored.tests,
+                                                       scored.band_paths)
+        if config.walk_forward:
+            folds = walk_forward_section(
+                config.walk_forward, dates, scored.losses.crps, scored.losses.qlike,
+                metrics.window_returns(model_close, real.last_close)[:, -1],
+                metrics.window_returns(real.future_close, real.last_close)[:, -1], selection.pred_len,
+                selection.stride)
     scoring_seconds = time.perf_counter() - t_scoring
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     title = f"{Path(selection.prepared.path).name} / {config.split}, pred_len {selection.pred_len}"
-    plot_examples(out / EXAMPLES_PLOT, pick_examples(selection, real, model_close, config.examples), title)
+    plot_examples(out / EXAMPLES_PLOT, pick_examples(selection, real, model_close, config.examples, band_paths),
+                  title)
     plot_ic(out / IC_PLOT, ic_dates, ic, rank_ic, f"daily cross-sectional IC, {title}")
 
     report = _build_report(config, selection, dates, scores, (ic_dates, ic, rank_ic), world_size, t0, load_seconds,
                            forecast_seconds)
     report["calibration"] = _calibration_section(config, gathered, gathered_reference, real)
     report["probabilistic"] = distribution
+    report["volatility"], report["tests"], report["folds"] = volatility, tests, folds
     report["sampler"] = (sampler or SamplerSettings()).describe()
     report["timing"]["scoring_seconds"] = scoring_seconds
+    if baselines is not None and baselines[1] is not None:
+        report["timing"]["baseline_fit_seconds"] = baselines[1].seconds  # the slowest rank's
     written = [out / REPORT_NAME, out / EXAMPLES_PLOT, out / IC_PLOT]
     if distribution is not None:
         plot_probabilistic(out / PROBABILISTIC_PLOT, distribution, title)
         written.append(out / PROBABILISTIC_PLOT)
+    if folds is not None:
+        plot_walk_forward(out / WALK_FORWARD_PLOT, folds, title)
+        written.append(out / WALK_FORWARD_PLOT)
     backtest_table = None
     if selection.qlib_dir is not None:
         backtest_table, backtest_plot = _add_backtest(config, selection, report, dates, model_close, real, out, title,
@@ -310,6 +372,10 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
         log(format_calibration(report["calibration"]))
     if distribution is not None:
         log(format_probabilistic(distribution))
+        log(format_volatility(volatility))
+        log(format_tests(tests))
+    if folds is not None:
+        log(format_walk_forward(folds))
     log(format_sampler(report["sampler"]))
     log(format_significance(scores["model"]["ic"]["significance"]))
     if backtest_table is not None:

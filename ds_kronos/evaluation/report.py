@@ -6,7 +6,7 @@ a half-written report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,6 +34,7 @@ class Example:
     future_ns: np.ndarray
     actual_close: np.ndarray
     forecast_close: np.ndarray
+    bands: dict[str, np.ndarray] = field(default_factory=dict)  # label -> [2, H] 10% and 90% quantiles of paths
 
 
 def _date_axis(ax: Any) -> None:
@@ -58,6 +59,10 @@ def plot_examples(path: Path, examples: Sequence[Example], title: str) -> None:
                 label="actual")
         ax.plot(_datetimes(joint_ns), np.concatenate([ex.history_close[-1:], ex.forecast_close]), color="C3",
                 lw=1.5, ls="--", label="forecast")
+        for (label, band), color in zip(ex.bands.items(), ("C3", "C2")):
+            last = ex.history_close[-1:]
+            ax.fill_between(_datetimes(joint_ns), np.concatenate([last, band[0]]), np.concatenate([last, band[1]]),
+                            color=color, alpha=0.18, lw=0, label=f"{label} 80% band")
         ax.set_title(ex.symbol, fontsize=9)
         ax.set_ylabel("close")
         ax.grid(alpha=0.3)

@@ -90,16 +90,17 @@ def score_all(pred_norm: np.ndarray, real: Realised, dates: np.ndarray,
     return scores, model_close
 
 
-def score_distribution(paths_norm: np.ndarray, real: Realised, quantiles: list[float], seed: int) -> dict[str, Any]:
+def score_distribution(paths_norm: np.ndarray, real: Realised, quantiles: list[float], seed: int,
+                       columns: list[int] = FEATURE_ORDER) -> dict[str, Any]:
     """Probabilistic scores (:mod:`ds_kronos.evaluation.probabilistic`) of the ensemble ``paths_norm`` [n, S, H, 6]
-    (normalised units; S = 1 for a point forecast) per feature, the close first: CRPS in normalised and price
-    units, MASE and WQL, and with S >= 2 the coverage of the central bands and the PIT (price units); for the
-    close also the Brier score of P(up) and the volatility error."""
+    (normalised units; S = 1 for a point forecast) per feature of ``columns`` (the close first): CRPS in
+    normalised and price units, MASE and WQL, and with S >= 2 the coverage of the central bands and the PIT (price
+    units); for the close also the Brier score of P(up) and the volatility error."""
     paths_count = paths_norm.shape[1]
     rng = np.random.default_rng([seed, PIT_STREAM])  # a fresh stream per forecaster: row order does not matter
     features: dict[str, Any] = {}
     close_price = None
-    for f in FEATURE_ORDER:
+    for f in columns:
         norm = paths_norm[..., f]
         price = denormalise(norm.astype(np.float64), real.mean[:, None, None, f].astype(np.float64),
                             real.std[:, None, None, f].astype(np.float64))  # [n, S, H]
@@ -138,11 +139,10 @@ def skill(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
             for units in ("normalised", "price")}
 
 
-def score_probabilistic(paths_norm: np.ndarray, real: Realised, quantiles: list[float], seed: int,
-                        random_walk_window: int, reference_paths: np.ndarray | None = None) -> dict[str, Any]:
-    """The report's probabilistic section: the model (and reference) ensembles, the random walk and bootstrap
-    baselines with as many paths, and the point baselines as one-member ensembles, each with its skill against
-    the random walk."""
+def probabilistic_ensembles(paths_norm: np.ndarray, real: Realised, seed: int, random_walk_window: int,
+                            reference_paths: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The model (and reference) ensembles, the random walk and bootstrap baselines with as many paths, and the
+    point baselines as one-member ensembles, all [n, S, H, 6] in normalised units."""
     probabilistic.require_paths(paths_norm)
     paths_count, horizon = paths_norm.shape[1], paths_norm.shape[2]
     history = real.history_norm.astype(np.float64)
@@ -153,13 +153,36 @@ def score_probabilistic(paths_norm: np.ndarray, real: Realised, quantiles: list[
     ensembles["bootstrap"] = bootstrap_paths(history, horizon, paths_count, seed)
     ensembles["last_value"] = np.repeat(real.last_norm[:, None, None, :], horizon, axis=2)
     ensembles["history_mean"] = np.zeros_like(ensembles["last_value"])  # the lookback mean, 0 when normalised
-    rows = {name: score_distribution(paths, real, quantiles, seed) for name, paths in ensembles.items()}
+    return ensembles
+
+
+def score_ensembles(ensembles: dict[str, np.ndarray], real: Realised, quantiles: list[float], seed: int,
+                    random_walk_window: int, close_only: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The report's probabilistic section: every ensemble scored (those in ``close_only`` forecast the close
+    alone), each with its skill against the random walk."""
+    rows = {name: score_distribution(paths, real, quantiles, seed,
+                                     [CLOSE] if name in close_only else FEATURE_ORDER)
+            for name, paths in ensembles.items()}
     for row in rows.values():
         row["skill_vs_random_walk"] = skill(row, rows["random_walk"])
-    return {"paths": paths_count, "quantiles": quantiles, "random_walk_window": random_walk_window, "seed": seed,
+    return {"paths": ensembles["model"].shape[1], "quantiles": quantiles, "random_walk_window": random_walk_window,
+            "seed": seed,
             "units": "CRPS in normalised units (as MAE) and in price/data units; WQL, MASE, coverage, PIT, P(up) "
                      "and volatility in price/data units",
             "rows": rows}
+
+
+def score_probabilistic(paths_norm: np.ndarray, real: Realised, quantiles: list[float], seed: int,
+                        random_walk_window: int, reference_paths: np.ndarray | None = None) -> dict[str, Any]:
+    """:func:`score_ensembles` of :func:`probabilistic_ensembles`."""
+    return score_ensembles(probabilistic_ensembles(paths_norm, real, seed, random_walk_window, reference_paths),
+                           real, quantiles, seed, random_walk_window)
+
+
+def close_crps(ensembles: dict[str, np.ndarray], real: Realised) -> dict[str, np.ndarray]:
+    """Per ensemble, the CRPS of the close (normalised units) per origin [n], the mean over the horizons."""
+    return {name: probabilistic.crps_values(paths[..., CLOSE], real.future_norm[..., CLOSE]).mean(axis=1)
+            for name, paths in ensembles.items()}
 
 
 def calibrate(bands_norm: np.ndarray, real: Realised, quantiles: list[float]) -> dict[str, Any]:
@@ -169,8 +192,10 @@ def calibrate(bands_norm: np.ndarray, real: Realised, quantiles: list[float]) ->
             for f, name in enumerate(VALUE_COLUMNS)}
 
 
-def pick_examples(selection: EvaluationSet, real: Realised, model_close: np.ndarray, count: int) -> list[Example]:
-    """The latest origin of up to ``count`` symbols spread over the symbol list."""
+def pick_examples(selection: EvaluationSet, real: Realised, model_close: np.ndarray, count: int,
+                  band_paths: dict[str, np.ndarray] | None = None) -> list[Example]:
+    """The latest origin of up to ``count`` symbols spread over the symbol list, with the 80% band (10% and 90%
+    quantiles) of each ensemble of ``band_paths`` (label -> [n, S, H, 6] normalised paths)."""
     symbols_present = np.unique(selection.origins.symbols)
     if count == 0 or symbols_present.size == 0:
         return []
@@ -186,5 +211,8 @@ def pick_examples(selection: EvaluationSet, real: Realised, model_close: np.ndar
             history_ns=np.asarray(selection.split.timestamps[history]),
             history_close=np.asarray(selection.split.values[history, CLOSE]),
             future_ns=np.asarray(selection.split.timestamps[row:row + selection.pred_len]),
-            actual_close=real.future_close[i], forecast_close=model_close[i]))
+            actual_close=real.future_close[i], forecast_close=model_close[i],
+            bands={label: np.quantile(denormalise(paths[i, :, :, CLOSE].astype(np.float64), real.close_mean[i],
+                                                  real.close_std[i]), [0.1, 0.9], axis=0)
+                   for label, paths in (band_paths or {}).items()}))
     return examples

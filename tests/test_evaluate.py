@@ -183,7 +183,9 @@ def test_the_evaluation_samples_with_the_spread_factor(demo_prepared_dir):
 
     from ds_kronos.evaluation.config import EvalConfig
     from ds_kronos.evaluation.job import forecast_origins
+    from ds_kronos.evaluation.origins import origin_windows
     from ds_kronos.evaluation.selection import select_evaluation
+    from ds_kronos.forecast import widen_bars
     from ds_kronos.model import Kronos, KronosTokenizer
 
     torch.manual_seed(0)
@@ -199,7 +201,12 @@ def test_the_evaluation_samples_with_the_spread_factor(demo_prepared_dir):
 
     plain, wide = paths(1.0), paths(1.8)
     mean = plain.mean(axis=1, keepdims=True)
-    np.testing.assert_allclose(wide, mean + 1.8 * (plain - mean), rtol=1e-5, atol=1e-5)
+    # The close is widened around its mean path; whole bars move with it in each window's own units (widen_bars).
+    np.testing.assert_allclose(wide[..., 3], (mean + 1.8 * (plain - mean))[..., 3], rtol=1e-5, atol=1e-5)
+    win = origin_windows(selection.split, origins.rows, selection.lookback, selection.pred_len, config.clip)
+    bars = widen_bars(torch.from_numpy(plain), 1.8, torch.from_numpy(win.mean[:, 0]), torch.from_numpy(win.std[:, 0]))
+    np.testing.assert_allclose(wide, bars.numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(wide, mean + 1.8 * (plain - mean), rtol=1e-5, atol=1e-5)  # not each feature on its own
     assert np.abs(plain - mean).max() > 0.01  # the paths differ, so the check means something
 
 

@@ -130,7 +130,9 @@ def forecast_origins(config: EvalConfig, selection: EvaluationSet, origins: Orig
         y_stamp = torch.from_numpy(np.ascontiguousarray(win.stamp[:, lookback:])).to(device)
         paths = sample_paths(tokenizer, predictor, x, x_stamp, y_stamp, config.max_context, pred_len, config.clip,
                              config.temperature, config.top_k, config.top_p, config.sample_count, generator,
-                             config.use_cache, 1.0 if config.spread is None else config.spread)[:, :, -pred_len:, :]
+                             config.use_cache, 1.0 if config.spread is None else config.spread,
+                             units=(torch.from_numpy(win.mean[:, 0]).to(device),
+                                    torch.from_numpy(win.std[:, 0]).to(device)))[:, :, -pred_len:, :]
         out[start:start + len(rows)] = paths.cpu().numpy()
         done = start + len(rows)
         # About ten progress lines per run, whatever its size.

@@ -40,6 +40,8 @@ def _day(ns: int) -> np.datetime64:
 def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole preparation described by ``config``; returns the written manifest."""
     validate(config)
+    if config.store:
+        return _prepare_store(config, log)
     # The staging folder is made first: an unusable --out fails now rather than after the (possibly long) read,
     # and any failure removes what this run created.
     with prepared_output(config.out, config.overwrite) as staging:
@@ -51,6 +53,27 @@ def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -
             f"{info['first']} .. {info['last']}" + (f" ({dropped} symbols too short here)" if dropped else ""))
     log(f"wrote {config.out} (bar spacing {manifest['freq']}, sha256 {manifest['sha256'][:12]})")
     return manifest
+
+
+def _prepare_store(config: PrepareConfig, log: Callable[[str], None]) -> dict:
+    from ds_kronos.data.store.build import build_store
+    from ds_kronos.data.store.view import open_store
+
+    if config.qlib_dir is not None:
+        raise DataError("--qlib_dir writes format 1 only (read whole through pyqlib); use --csv or --parquet for a "
+                        "store")
+    index = build_store(config, log)
+    store = open_store(config.out)
+    for name in SPLITS:
+        split = store.split(name)
+        windows = int(np.maximum(split.lengths - index["window"] + 1, 0).sum())
+        log(f"{name:5s}: {len(split.symbols)} symbols, {len(split.values)} rows, {windows} windows")
+    bars = sum(e["rows"] for e in index["shards"])
+    dropped = index["dropped"]
+    log(f"wrote {config.out}: {len(index['shards'])} shards, {bars} bars (bar spacing {index['freq']}, sha256 "
+        f"{index['sha256'][:12]}); dropped {len(dropped['too_short'])} symbols shorter than one window, skipped "
+        f"{len(dropped['skipped'])} files")
+    return index
 
 
 def _prepare_into(folder: Path, config: PrepareConfig, log: Callable[[str], None]) -> tuple[dict, dict]:

@@ -26,6 +26,18 @@ class PrepareConfig:
     qlib_dir: str | None = option(None, help="Qlib provider folder (calendars/, instruments/, features/)")
     csv: list[str] | None = option(None, nargs="+",
                                    help="CSV file(s), one symbol per file (symbol = file stem); not with --qlib_dir")
+    parquet: list[str] | None = option(None, nargs="+",
+                                       help="Parquet files, folders or globs: long format with a symbol column (see "
+                                            "--symbol_column), rows in any order, or one symbol per file without it "
+                                            "(symbol = file stem); writes a store (format 2)")
+    symbol_column: str = option("symbol", help="name of the symbol column of --parquet input")
+    format: int = option(1, choices=(1, 2), help="1: one folder per split (the original format); 2: a sharded, "
+                                                 "appendable store whose splits are views (implied by --parquet)")
+    workers: int = option(1, help="processes that prepare buckets of symbols in parallel (format 2)", ge=1)
+    memory_gb: float = option(2.0, help="memory for the whole preparation, all workers together (format 2): it sets "
+                                        "how many buckets the symbols are spread over", gt=0)
+    append: bool = option(False, help="add the input to the store at --out: later bars of its symbols and new "
+                                      "symbols, as new shards; stored files are not rewritten")
     instrument: str = option("csi300", help="Qlib market (csi300, all, ...) or a comma list of symbols")
     out: str | None = option(None, help="output folder of the prepared dataset")
     train_range: list[str] | None = option(None, help=f"train dates START,END (default {DEFAULT_RANGES['train']})")
@@ -43,6 +55,11 @@ class PrepareConfig:
                                 "in the manifest (dropped.bad_rows)")
 
     @property
+    def store(self) -> bool:
+        """Whether the output is a store (format 2)."""
+        return self.format == 2 or bool(self.parquet) or self.append
+
+    @property
     def window(self) -> int:
         return self.lookback + self.predict + 1
 
@@ -53,8 +70,10 @@ class PrepareConfig:
 
     def problems(self) -> list[str]:
         problems = []
-        if (self.qlib_dir is None) == (not self.csv):
-            problems.append("give exactly one of --qlib_dir DIR or --csv FILE [FILE ...]")
+        if sum(x is not None and x != [] for x in (self.qlib_dir, self.csv, self.parquet)) != 1:
+            problems.append("give exactly one of --qlib_dir DIR, --csv FILE [FILE ...] or --parquet PATH [PATH ...]")
+        if self.append and self.overwrite:
+            problems.append("--append and --overwrite are mutually exclusive")
         if not self.out:
             problems.append("--out is required (folder to write the prepared dataset to)")
         elif self.qlib_dir and Path(self.out).resolve() == Path(self.qlib_dir).resolve():

@@ -1,0 +1,149 @@
+"""The store (format 2): the same windows as format 1 from the same bars, whatever the input format, the number of
+workers and buckets, the split chosen at open time, or whether the bars came at once or by --append."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ds_kronos.data import PrepareConfig, PreparedDataset, WindowDataset, prepare_dataset
+from ds_kronos.data.store.shards import INDEX_NAME
+from ds_kronos.data.store.view import open_store
+from ds_kronos.errors import DataError
+from helpers import SEED, single_process_val_losses
+
+LOOKBACK, PREDICT = 20, 4
+RANGES = {"train_range": ["2024-01-01", "2024-01-20"], "val_range": ["2024-01-18", "2024-01-26"],
+          "test_range": ["2024-01-24", "2024-02-05"]}
+
+
+def market(symbols: int = 9, seed: int = 0, start: str = "2024-01-02", days: int = 30) -> dict[str, pd.DataFrame]:
+    """Hourly bars of ``symbols`` random walks with staggered listings (one too short for a window)."""
+    rng = np.random.default_rng(seed)
+    frames = {}
+    for k in range(symbols):
+        times = pd.date_range(start, periods=days * 24, freq="1h")[k * 37:]
+        if k == symbols - 1:
+            times = times[:LOOKBACK]  # shorter than one window: dropped by both formats
+        close = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, len(times))))
+        frames[f"S{k:02d}"] = pd.DataFrame({
+            "timestamps": times, "open": close * (1 + rng.normal(0, 0.001, len(times))), "close": close,
+            "high": close * 1.01, "low": close * 0.99, "volume": rng.uniform(100, 1000, len(times))})
+    return frames
+
+
+def write_csv(frames: dict[str, pd.DataFrame], folder) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, frame in frames.items():
+        frame.to_csv(folder / f"{name}.csv", index=False)
+    return [str(folder / f"{name}.csv") for name in sorted(frames)]
+
+
+def write_long_parquet(frames: dict[str, pd.DataFrame], folder, files: int = 3, seed: int = 1) -> str:
+    """Every symbol in each file (one file per stretch of time), rows shuffled, symbol column named 'ticker'."""
+    folder.mkdir(parents=True, exist_ok=True)
+    long = pd.concat([f.assign(ticker=name) for name, f in frames.items()], ignore_index=True)
+    long = long.sample(frac=1.0, random_state=seed)
+    edges = np.quantile(long["timestamps"].astype("int64"), np.linspace(0, 1, files + 1))
+    for i in range(files):
+        stamps = long["timestamps"].astype("int64")
+        part = long[(stamps >= edges[i]) & ((stamps < edges[i + 1]) | (i == files - 1))]
+        part.to_parquet(folder / f"month-{i}.parquet", index=False)
+    return str(folder)
+
+
+def same_windows(a, b) -> None:
+    for name in ("train", "val", "test"):
+        x, y = a.split(name), b.split(name)
+        assert x.symbols == y.symbols and x.symbols
+        np.testing.assert_array_equal(x.offsets, y.offsets)
+        for array in ("values", "timestamps", "time_features"):
+            np.testing.assert_array_equal(np.asarray(getattr(x, array)), np.asarray(getattr(y, array)))
+        wx, wy = WindowDataset(a, name, seed=SEED), WindowDataset(b, name, seed=SEED)
+        ids = list(range(min(len(wx), 50)))
+        for u, v in zip(wx.get_batch(ids), wy.get_batch(ids)):
+            np.testing.assert_array_equal(u.numpy(), v.numpy())
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return market()
+
+
+@pytest.fixture(scope="module")
+def v1_and_inputs(frames, tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    csv = write_csv(frames, root / "csv")
+    parquet = write_long_parquet(frames, root / "parquet")
+    v1 = root / "v1"
+    prepare_dataset(PrepareConfig(csv=csv, out=str(v1), lookback=LOOKBACK, predict=PREDICT, **RANGES),
+                    log=lambda line: None)
+    return root, csv, parquet, v1
+
+
+def _store(out, log=None, **options) -> dict:
+    ranges = {} if "split" in options else RANGES
+    config = PrepareConfig(out=str(out), lookback=LOOKBACK, predict=PREDICT, **ranges, **options)
+    return prepare_dataset(config, log=log or (lambda line: None))
+
+
+@pytest.mark.parametrize("workers,memory_gb", [(1, 2.0), (2, 0.3916)])
+def test_parquet_store_has_format_1_windows(v1_and_inputs, tmp_path, workers, memory_gb):
+    root, _, parquet, v1 = v1_and_inputs
+    index = _store(tmp_path / "s", parquet=[parquet], symbol_column="ticker", workers=workers, memory_gb=memory_gb)
+    assert index["format_version"] == 2 and index["dropped"]["too_short"] == ["S08"]
+    if workers == 2:  # a budget this small spreads the symbols over several buckets, hence shards
+        assert len(index["shards"]) > 2
+    same_windows(PreparedDataset.open(v1), PreparedDataset.open(tmp_path / "s"))
+    assert not (tmp_path / "s" / ".work").exists()
+
+
+def test_csv_store_has_format_1_windows_and_first_validation_loss(v1_and_inputs, tmp_path, tiny_checkpoints):
+    _, csv, _, v1 = v1_and_inputs
+    _store(tmp_path / "s", csv=csv, format=2)
+    store = PreparedDataset.open(tmp_path / "s")
+    same_windows(PreparedDataset.open(v1), store)
+    # The validation the trainer runs first, scored on both: identical per-sample losses.
+    a = single_process_val_losses(v1, tiny_checkpoints, 40)
+    b = single_process_val_losses(tmp_path / "s", tiny_checkpoints, 40)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_split_is_chosen_at_open_time(v1_and_inputs, frames, tmp_path):
+    root, csv, parquet, _ = v1_and_inputs
+    _store(tmp_path / "s", parquet=[parquet], symbol_column="ticker")
+    v1_fractions = tmp_path / "v1f"
+    prepare_dataset(PrepareConfig(csv=csv, out=str(v1_fractions), lookback=LOOKBACK, predict=PREDICT,
+                                  split=[0.7, 0.15, 0.15]), log=lambda line: None)
+    same_windows(PreparedDataset.open(v1_fractions), open_store(tmp_path / "s", fractions=(0.7, 0.15, 0.15)))
+    other = {"train": "2024-01-05,2024-01-15", "val": "2024-01-10,2024-01-25", "test": "2024-01-20,2024-02-10"}
+    v1_other = tmp_path / "v1o"
+    prepare_dataset(PrepareConfig(csv=csv, out=str(v1_other), lookback=LOOKBACK, predict=PREDICT,
+                                  **{f"{k}_range": v.split(",") for k, v in other.items()}), log=lambda line: None)
+    same_windows(PreparedDataset.open(v1_other), open_store(tmp_path / "s", ranges=other))
+
+
+def test_time_zones_become_the_wall_clock(frames, tmp_path):
+    local = {name: f.assign(timestamps=f["timestamps"].dt.tz_localize("Asia/Shanghai")) for name, f in
+             list(frames.items())[:3]}
+    for name, frame in local.items():  # one symbol per file, no symbol column: the stem names it
+        (tmp_path / "in").mkdir(exist_ok=True)
+        frame.to_parquet(tmp_path / "in" / f"{name}.parquet", index=False)
+    _store(tmp_path / "s", parquet=[str(tmp_path / "in" / "*.parquet")], split=[0.8, 0.1, 0.1])
+    train = PreparedDataset.open(tmp_path / "s").split("train")
+    rows = train.symbol_rows("S00")
+    expected = frames["S00"]["timestamps"].to_numpy().astype("datetime64[ns]").astype(np.int64)
+    np.testing.assert_array_equal(np.asarray(train.timestamps[rows]), expected[:rows.stop - rows.start])
+    assert int(train.time_features[rows][0][1]) == frames["S00"]["timestamps"].iloc[0].hour
+
+
+def test_unknown_format_version_is_refused(v1_and_inputs, tmp_path):
+    _, _, parquet, _ = v1_and_inputs
+    _store(tmp_path / "s", parquet=[parquet], symbol_column="ticker")
+    index = json.loads((tmp_path / "s" / INDEX_NAME).read_text())
+    (tmp_path / "s" / INDEX_NAME).write_text(json.dumps({**index, "format_version": 3}))
+    with pytest.raises(DataError, match="version 3 is not 'ds_kronos.store' version 2"):
+        PreparedDataset.open(tmp_path / "s")

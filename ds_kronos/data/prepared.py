@@ -51,6 +51,9 @@ class PreparedDataset:
 
             return open_store(root)
         manifest_path = root / "manifest.json"
+        if (root / ".work").is_dir():
+            raise DataError(f"{root}: its preparation did not finish; run the same launch/prepare_data.py command "
+                            f"again to resume it")
         if not root.is_dir():
             raise DataError(f"{root}: not a folder (a prepared dataset is a folder; see launch/prepare_data.py)")
         if not manifest_path.is_file():

@@ -1,0 +1,175 @@
+"""Preparing a store: resuming an interrupted preparation, --append, the memory budget, and bad input (one line,
+exit 2, nothing half-written that looks complete)."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import numpy as np
+import pytest
+from test_data_store import LOOKBACK, PREDICT, RANGES, market, same_windows, write_long_parquet
+
+import ds_kronos.data.store.build as build
+import ds_kronos.data.store.shards as shards
+from ds_kronos.data import PreparedDataset, prepare_dataset
+from ds_kronos.data.store.shards import INDEX_NAME
+from ds_kronos.data.verify import verify_prepared
+from ds_kronos.errors import DataError
+from helpers import run_in_process
+
+ONE_WORKER = ("--workers", "1", "--memory_gb", "0.1958")  # a budget that spreads the symbols over 5 buckets
+SPLIT_AT = np.datetime64("2024-01-21T00:00")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """All bars; the same bars in two parts (before and from SPLIT_AT, S09 listed only in the later part)."""
+    root = tmp_path_factory.mktemp("build")
+    frames = market(symbols=10)
+    frames["S09"] = market(symbols=10, seed=3, start="2024-01-21", days=12)["S00"]
+    early = {n: f[f["timestamps"] < SPLIT_AT] for n, f in frames.items() if n != "S09"}
+    late = {n: f[f["timestamps"] >= SPLIT_AT] for n, f in frames.items()}
+    return (write_long_parquet(frames, root / "all"), write_long_parquet(early, root / "early", files=2),
+            write_long_parquet(late, root / "late", files=2))
+
+
+def argv(out, parquet, *extra) -> list[str]:
+    ranges = [x for k, (a, b) in RANGES.items() for x in (f"--{k}", f"{a},{b}")]
+    return ["--parquet", parquet, "--symbol_column", "ticker", "--out", str(out), "--lookback", str(LOOKBACK),
+            "--predict", str(PREDICT), "--memory_gb", "0.3916", "--workers", "2", *ranges, *extra]
+
+
+def file_stamps(folder) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*.npy"))}
+
+
+def test_interrupted_preparation_resumes_to_the_same_store(inputs, tmp_path, capsys, monkeypatch):
+    everything = inputs[0]
+    assert run_in_process("prepare_data.py", argv(tmp_path / "whole", everything, *ONE_WORKER), capsys)[0] == 0
+    out = tmp_path / "s"
+    calls = []
+
+    def dies_at_the_third(job):
+        calls.append(job.shard)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a kill would: nothing after this point runs
+        return real(job)
+
+    real = build.run_bucket
+    monkeypatch.setattr(build, "run_bucket", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(build.PrepareConfig(**_config(out, everything, workers=1, memory_gb=0.1958)),
+                        log=lambda line: None)
+    assert not (out / INDEX_NAME).exists()
+    with pytest.raises(DataError, match="did not finish; run the same"):
+        PreparedDataset.open(out)
+    finished = file_stamps(out / "shards")
+    assert len({k.split("/")[0] for k in finished}) == 2
+    monkeypatch.setattr(build, "run_bucket", real)
+    lines: list[str] = []
+    prepare_dataset(build.PrepareConfig(**_config(out, everything, workers=1, memory_gb=0.1958)), log=lines.append)
+    assert any("resuming the interrupted preparation" in line for line in lines)
+    after = file_stamps(out / "shards")
+    assert {k: after[k] for k in finished} == finished  # finished shards kept, not rewritten
+    whole = json.loads((tmp_path / "whole" / INDEX_NAME).read_text())
+    assert json.loads((out / INDEX_NAME).read_text())["sha256"] == whole["sha256"]
+
+
+def _config(out, parquet, **options) -> dict:
+    return {"parquet": [parquet], "symbol_column": "ticker", "out": str(out), "lookback": LOOKBACK,
+            "predict": PREDICT, "memory_gb": 0.3916, **RANGES, **options}
+
+
+def test_append_gives_the_windows_of_one_preparation(inputs, tmp_path, capsys):
+    everything, early, late = inputs
+    assert run_in_process("prepare_data.py", argv(tmp_path / "whole", everything), capsys)[0] == 0
+    out = tmp_path / "s"
+    assert run_in_process("prepare_data.py", argv(out, early), capsys)[0] == 0
+    before = file_stamps(out)
+    assert run_in_process("prepare_data.py", argv(out, late, "--append"), capsys)[0] == 0
+    after = file_stamps(out)
+    assert {k: after[k] for k in before} == before and len(after) > len(before)  # new shards only
+    same_windows(PreparedDataset.open(tmp_path / "whole"), PreparedDataset.open(out))
+    assert verify_prepared(out, local_rank=0).split("train").symbols
+    # The same bars again overlap the stored range: refused, the store unchanged.
+    index = (out / INDEX_NAME).read_text()
+    code, err = run_in_process("prepare_data.py", argv(out, late, "--append"), capsys)
+    assert code == 2 and "not after its last stored bar" in err and len(err.strip().splitlines()) == 1
+    assert (out / INDEX_NAME).read_text() == index and {k: file_stamps(out)[k] for k in after} == after
+
+
+def test_append_with_other_columns_is_refused(inputs, tmp_path, capsys):
+    import pandas as pd
+
+    everything, early, late = inputs
+    out = tmp_path / "s"
+    assert run_in_process("prepare_data.py", argv(out, early), capsys)[0] == 0
+    frame = pd.read_parquet(next(iter(sorted((tmp_path.parent).glob("build*/late/*.parquet")))))
+    frame.assign(amount=frame["close"] * frame["volume"]).to_parquet(tmp_path / "more.parquet")
+    code, err = run_in_process("prepare_data.py", argv(out, str(tmp_path / "more.parquet"), "--append"), capsys)
+    assert code == 2 and "append data with the same columns" in err and len(err.strip().splitlines()) == 1
+
+
+def test_changed_or_truncated_shard_is_named(inputs, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert run_in_process("prepare_data.py", argv(out, inputs[0]), capsys)[0] == 0
+    values = sorted(out.glob("shards/*/values.npy"))[1]
+    data = bytearray(values.read_bytes())
+    data[-1] ^= 0xFF
+    values.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"shard {values.parent.name} changed after preparation"):
+        verify_prepared(out, local_rank=0)
+    values.write_bytes(bytes(data[:-8]))
+    with pytest.raises(DataError, match="truncated or padded"):
+        PreparedDataset.open(out)
+
+
+def test_full_disk_mid_preparation_is_one_line_and_resumable(inputs, tmp_path, capsys, monkeypatch):
+    saved = []
+    real_save = np.save
+
+    def fills_the_disk(file, array, **kwargs):
+        saved.append(file)
+        if len(saved) == 7:  # in the second shard
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(file, array, **kwargs)
+
+    monkeypatch.setattr(shards.np, "save", fills_the_disk)
+    out = tmp_path / "s"
+    code, err = run_in_process("prepare_data.py", argv(out, inputs[0], *ONE_WORKER), capsys)
+    assert code == 2 and "no space left on" in err and len(err.strip().splitlines()) == 1
+    assert not (out / INDEX_NAME).exists() and not list(out.glob("shards/.*"))  # no half-written shard
+    monkeypatch.setattr(shards.np, "save", real_save)
+    assert run_in_process("prepare_data.py", argv(out, inputs[0], *ONE_WORKER), capsys)[0] == 0
+
+
+def test_memory_budget_sets_the_buckets(inputs, tmp_path, capsys):
+    small = build._plan(build.PrepareConfig(**_config(tmp_path / "a", inputs[0], workers=2)), 0)
+    share = 0.3916 * build.GIB / 2 - build.BASE_BYTES
+    assert small["buckets"] == max(2, int(np.ceil(small_bars(inputs[0]) * build.BUCKET_BYTES_PER_BAR / share)))
+    assert small["buckets"] > 2 and small["buffer_bytes"] <= share
+    large = build._plan(build.PrepareConfig(**_config(tmp_path / "a", inputs[0], workers=2, memory_gb=8.0)), 0)
+    assert large["buckets"] == 2
+    code, err = run_in_process("prepare_data.py", argv(tmp_path / "b", inputs[0], "--memory_gb", "0.2",
+                                                       "--workers", "4"), capsys)
+    assert code == 2 and "too small for 4 worker(s)" in err
+
+
+def small_bars(folder) -> int:
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in Path(folder).glob("*.parquet"))
+
+
+def test_bad_input_paths_are_one_line(tmp_path, capsys):
+    code, err = run_in_process("prepare_data.py", ["--parquet", str(tmp_path / "none*.parquet"), "--out",
+                                                   str(tmp_path / "s")], capsys)
+    assert code == 2 and "no file matches" in err
+    (tmp_path / "x.parquet").write_bytes(b"not parquet")
+    code, err = run_in_process("prepare_data.py", ["--parquet", str(tmp_path / "x.parquet"), "--out",
+                                                   str(tmp_path / "s")], capsys)
+    assert code == 2 and "cannot read as Parquet" in err and len(err.strip().splitlines()) == 1

@@ -173,3 +173,22 @@ def test_bad_input_paths_are_one_line(tmp_path, capsys):
     code, err = run_in_process("prepare_data.py", ["--parquet", str(tmp_path / "x.parquet"), "--out",
                                                    str(tmp_path / "s")], capsys)
     assert code == 2 and "cannot read as Parquet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_nodes_without_a_shared_folder_join_into_one_store(inputs, tmp_path, capsys):
+    import shutil
+
+    everything = inputs[0]
+    assert run_in_process("prepare_data.py", argv(tmp_path / "whole", everything), capsys)[0] == 0
+    for rank in (0, 1):  # each node writes into its own folder
+        code, _ = run_in_process("prepare_data.py", argv(tmp_path / f"node{rank}", everything, "--num_nodes", "2",
+                                                         "--node_rank", str(rank)), capsys)
+        assert code == 0 and not (tmp_path / f"node{rank}" / INDEX_NAME).exists()
+    joined = tmp_path / "joined"
+    shutil.copytree(tmp_path / "node0", joined)
+    code, err = run_in_process("prepare_data.py", ["--join", "--out", str(joined)], capsys)
+    assert code == 2 and "no shard list from node(s) 1 of 2" in err and len(err.strip().splitlines()) == 1
+    shutil.copytree(tmp_path / "node1", joined, dirs_exist_ok=True)  # what rsync of the second node's folder does
+    assert run_in_process("prepare_data.py", ["--join", "--out", str(joined)], capsys)[0] == 0
+    same_windows(PreparedDataset.open(tmp_path / "whole"), PreparedDataset.open(joined))
+    assert verify_prepared(joined, local_rank=0).split("val").symbols

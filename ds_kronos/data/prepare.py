@@ -57,12 +57,18 @@ def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -
 
 def _prepare_store(config: PrepareConfig, log: Callable[[str], None]) -> dict:
     from ds_kronos.data.store.build import build_store
+    from ds_kronos.data.store.nodes import join_store
     from ds_kronos.data.store.view import open_store
 
     if config.qlib_dir is not None:
         raise DataError("--qlib_dir writes format 1 only (read whole through pyqlib); use --csv or --parquet for a "
                         "store")
-    index = build_store(config, log)
+    if config.join:
+        index = join_store(Path(config.out), log)
+    else:
+        index = build_store(config, log)
+    if config.num_nodes > 1:
+        return index  # a share of the store: it opens once the nodes are joined
     store = open_store(config.out)
     for name in SPLITS:
         split = store.split(name)

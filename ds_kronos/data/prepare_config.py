@@ -38,6 +38,11 @@ class PrepareConfig:
                                         "how many buckets the symbols are spread over", gt=0)
     append: bool = option(False, help="add the input to the store at --out: later bars of its symbols and new "
                                       "symbols, as new shards; stored files are not rewritten")
+    num_nodes: int = option(1, help="machines that prepare one store together, each a disjoint share of the "
+                                    "symbols (format 2); then --join", ge=1)
+    node_rank: int = option(0, help="this machine's share, 0 .. --num_nodes - 1", ge=0)
+    join: bool = option(False, help="write the store's index at --out from the shard lists of all --num_nodes "
+                                    "nodes (their shards/ and store.node-K.json copied there)")
     instrument: str = option("csi300", help="Qlib market (csi300, all, ...) or a comma list of symbols")
     out: str | None = option(None, help="output folder of the prepared dataset")
     train_range: list[str] | None = option(None, help=f"train dates START,END (default {DEFAULT_RANGES['train']})")
@@ -57,7 +62,7 @@ class PrepareConfig:
     @property
     def store(self) -> bool:
         """Whether the output is a store (format 2)."""
-        return self.format == 2 or bool(self.parquet) or self.append
+        return self.format == 2 or bool(self.parquet) or self.append or self.num_nodes > 1 or self.join
 
     @property
     def window(self) -> int:
@@ -70,7 +75,13 @@ class PrepareConfig:
 
     def problems(self) -> list[str]:
         problems = []
-        if sum(x is not None and x != [] for x in (self.qlib_dir, self.csv, self.parquet)) != 1:
+        if self.node_rank >= self.num_nodes:
+            problems.append(f"--node_rank {self.node_rank} is not below --num_nodes {self.num_nodes}")
+        if self.num_nodes > 1 and self.append:
+            problems.append("--append runs on one machine (not with --num_nodes)")
+        if self.join and (self.qlib_dir or self.csv or self.parquet):
+            problems.append("--join takes no input, only --out (the folder holding every node's shards)")
+        elif not self.join and sum(x is not None and x != [] for x in (self.qlib_dir, self.csv, self.parquet)) != 1:
             problems.append("give exactly one of --qlib_dir DIR, --csv FILE [FILE ...] or --parquet PATH [PATH ...]")
         if self.append and self.overwrite:
             problems.append("--append and --overwrite are mutually exclusive")

@@ -21,6 +21,7 @@ from ds_kronos.atomic import write_text_atomic
 from ds_kronos.data.csv_source import has_amount
 from ds_kronos.data.prepare_config import PrepareConfig
 from ds_kronos.data.store.bucket import BucketJob, run_bucket
+from ds_kronos.data.store.nodes import NODE_INDEX_PREFIX, write_node_index
 from ds_kronos.data.store.partition import bucket_of, expand_inputs, file_fields, partition_file
 from ds_kronos.data.store.shards import INDEX_NAME, read_index, write_index
 from ds_kronos.errors import DataError, naming_path
@@ -65,7 +66,14 @@ def _plan(config: PrepareConfig, generation: int) -> dict:
     buckets = max(config.workers, math.ceil(need / share))
     return {"kind": "parquet" if config.parquet else "csv", "inputs": [str(p) for p in files], "buckets": buckets,
             "generation": generation, "window": config.window, "bad_rows": config.bad_rows,
-            "symbol_column": config.symbol_column, "amount": amount, "buffer_bytes": int(share // 4)}
+            "symbol_column": config.symbol_column, "amount": amount, "buffer_bytes": int(share // 4),
+            "node": [config.node_rank, config.num_nodes]}
+
+
+def _owned(bucket: int, plan: dict) -> bool:
+    """Whether this node prepares ``bucket`` (with --num_nodes N, node k takes buckets k, k + N, ...)."""
+    rank, nodes = plan["node"]
+    return bucket % nodes == rank
 
 
 def _start(out: Path, config: PrepareConfig) -> tuple[dict | None, Path]:
@@ -78,12 +86,13 @@ def _start(out: Path, config: PrepareConfig) -> tuple[dict | None, Path]:
         if not config.overwrite:
             raise DataError(f"{out}: output path exists; pass --overwrite to replace it, or --append to add to it")
         shutil.rmtree(out)
-    elif out.exists() and not (out / ".work").is_dir() and (not out.is_dir() or any(out.iterdir())):
+    elif out.exists() and (not out.is_dir() or any(p.name not in ("shards", ".work") and not p.name.startswith(
+            (".work-node", NODE_INDEX_PREFIX)) for p in out.iterdir())):
         raise DataError(f"{out}: exists and is not a store; refusing to write into it")
-    return None, out / ".work"
+    return None, out / (".work" if config.num_nodes == 1 else f".work-node{config.node_rank}")
 
 
-def _resume_or_reset(work: Path, shards: Path, plan: dict, prefix: str, log: Callable[[str], None]) -> None:
+def _resume_or_reset(work: Path, shards: Path, plan: dict, log: Callable[[str], None]) -> None:
     plan_file = work / "plan.json"
     try:
         if json.loads(plan_file.read_text(encoding="utf-8")) == plan:
@@ -92,8 +101,9 @@ def _resume_or_reset(work: Path, shards: Path, plan: dict, prefix: str, log: Cal
     except (OSError, ValueError):
         pass
     shutil.rmtree(work, ignore_errors=True)
-    for folder in shards.glob(f"{prefix}*") if shards.is_dir() else []:
-        shutil.rmtree(folder)  # shards of another plan's unfinished run
+    for folder in shards.glob(f"g{plan['generation']:03d}-b*") if shards.is_dir() else []:
+        if _owned(int(folder.name.split("-b")[1]), plan):
+            shutil.rmtree(folder)  # shards of another plan's unfinished run
     (work / "done").mkdir(parents=True)
     write_text_atomic(plan_file, json.dumps(plan) + "\n")
 
@@ -108,7 +118,8 @@ def _partition(plan: dict, work: Path, workers: int, log: Callable[[str], None])
         return
     log(f"partitioning {len(pending)} Parquet file(s) into {plan['buckets']} buckets with {workers} worker(s)")
     tasks = [(i, (Path(plan["inputs"][i]), i, work / "parts", plan["buckets"], plan["symbol_column"],
-                  plan["buffer_bytes"])) for i in pending]
+                  plan["buffer_bytes"], None if plan["node"][1] == 1 else
+                  {b for b in range(plan["buckets"]) if _owned(b, plan)})) for i in pending]
     for i, _ in _pool_map(workers, _indexed_partition, tasks):
         (work / "done" / f"f{i:06d}").write_text("", encoding="utf-8")  # all of this file's parts are in place
 
@@ -125,7 +136,7 @@ def _bucket_jobs(plan: dict, work: Path, shards: Path, config: PrepareConfig, st
             csv_by_bucket.setdefault(bucket_of(Path(p).stem, plan["buckets"]), []).append(Path(p))
     for b in range(plan["buckets"]):
         shard = f"g{plan['generation']:03d}-b{b:05d}"
-        if (work / "done" / f"{shard}.json").exists():
+        if not _owned(b, plan) or (work / "done" / f"{shard}.json").exists():
             continue
         parts = sorted((work / "parts" / f"b{b:05d}").glob("f*.parquet"))
         if not parts and b not in csv_by_bucket:
@@ -185,7 +196,7 @@ def build_store(config: PrepareConfig, log: Callable[[str], None] = print) -> di
         fields = old["fields"]
     shards = out / "shards"
     with naming_path(out):
-        _resume_or_reset(work, shards, plan, f"g{generation:03d}-", log)
+        _resume_or_reset(work, shards, plan, log)
         if plan["kind"] == "parquet":
             _partition(plan, work, config.workers, log)
         stored: dict[str, int] = {}
@@ -196,6 +207,12 @@ def build_store(config: PrepareConfig, log: Callable[[str], None] = print) -> di
         _run_buckets(_bucket_jobs(plan, work, shards, config, stored), work, config.workers, log)
         results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((work / "done").glob("g*.json"))]
         entries, meta = _merge(results, old, config, plan, fields)
+        if config.num_nodes > 1:
+            node = write_node_index(out, config.node_rank, config.num_nodes, plan["buckets"], meta, entries)
+            shutil.rmtree(work, ignore_errors=True)
+            log(f"node {config.node_rank} of {config.num_nodes}: wrote {len(entries)} shard(s); join the nodes' "
+                f"shards and run launch/prepare_data.py --join --out {out} once all nodes are done")
+            return node
         if not entries:
             raise DataError(f"{', '.join(plan['inputs'][:3])}: no symbol with a full window of {config.window} bars "
                             f"(lookback {config.lookback} + predict {config.predict} + 1); nothing to prepare")

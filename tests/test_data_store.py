@@ -147,3 +147,18 @@ def test_unknown_format_version_is_refused(v1_and_inputs, tmp_path):
     (tmp_path / "s" / INDEX_NAME).write_text(json.dumps({**index, "format_version": 3}))
     with pytest.raises(DataError, match="version 3 is not 'ds_kronos.store' version 2"):
         PreparedDataset.open(tmp_path / "s")
+
+
+def test_row_views_index_like_the_arrays_they_stand_for(v1_and_inputs, tmp_path):
+    """Training, evaluation and verification index a split's arrays with ints, slices, row arrays of any shape and
+    (rows, column) pairs; a store's views must answer each as the format-1 arrays do."""
+    _, _, parquet, v1 = v1_and_inputs
+    _store(tmp_path / "s", parquet=[parquet], symbol_column="ticker", memory_gb=0.1958)
+    a, b = PreparedDataset.open(v1).split("val"), PreparedDataset.open(tmp_path / "s").split("val")
+    rows = np.array([[0, 5, 9], [len(a.values) - 1, 3, 40]])
+    for key in (7, slice(3, 60), slice(None), rows, (rows, 3), (slice(10, 20), 3), (np.arange(5), slice(1, 3))):
+        np.testing.assert_array_equal(np.asarray(b.values[key]), np.asarray(a.values[key]))
+    np.testing.assert_array_equal(b.time_features[rows], a.time_features[rows])
+    assert np.max(b.timestamps) == np.max(a.timestamps) and b.values.shape == a.values.shape
+    with pytest.raises(IndexError):
+        b.values[np.array([len(a.values)])]

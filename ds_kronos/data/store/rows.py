@@ -41,6 +41,10 @@ class ConcatRows:
         return out
 
     def __getitem__(self, key):
+        if isinstance(key, tuple):  # (rows, columns...): the rows gathered from the shards, then the rest applied
+            rows = self[key[0]]
+            lead = np.ndim(rows) - (len(self.shape) - 1)  # dimensions that come from the row index
+            return rows[(slice(None),) * lead + tuple(key[1:])]
         if isinstance(key, slice):
             return self.take(np.arange(*key.indices(len(self))))
         if isinstance(key, (int, np.integer)):

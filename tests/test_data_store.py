@@ -162,3 +162,18 @@ def test_row_views_index_like_the_arrays_they_stand_for(v1_and_inputs, tmp_path)
     assert np.max(b.timestamps) == np.max(a.timestamps) and b.values.shape == a.values.shape
     with pytest.raises(IndexError):
         b.values[np.array([len(a.values)])]
+
+
+def test_windows_across_shards_and_an_appended_boundary_read_right():
+    """Row views over three arrays, one segment split in two (an appended symbol): windows inside a segment take the
+    per-window path, a window across the boundary the per-row path; both equal plain indexing."""
+    from ds_kronos.data.store.rows import ConcatRows, Segments
+
+    arrays = [np.arange(100) * 10, np.arange(50) * 10 + 5000, np.arange(80) * 10 + 9000]
+    segments = [(0, 10, 30), (2, 0, 20), (1, 5, 40), (0, 60, 25)]
+    whole = np.concatenate([arrays[a][first:first + n] for a, first, n in segments])
+    view = ConcatRows(arrays, Segments(segments, 3), (), np.int64)
+    inside = np.array([0, 31, 55, 96])[:, None] + np.arange(4)
+    across = np.array([27, 48])[:, None] + np.arange(5)  # rows 27..31 span segments 0 and 1
+    for rows in (inside, across, np.concatenate([inside[:, :4], across[:, :4]])):
+        np.testing.assert_array_equal(view[rows], whole[rows])

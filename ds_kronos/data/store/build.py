@@ -64,7 +64,10 @@ def _plan(config: PrepareConfig, generation: int) -> dict:
         raise DataError(f"--memory_gb {config.memory_gb:g} is too small for {config.workers} worker(s): each needs "
                         f"about {BASE_BYTES >> 20} MiB before it holds any bars")
     buckets = max(config.workers, math.ceil(need / share))
-    return {"kind": "parquet" if config.parquet else "csv", "inputs": [str(p) for p in files], "buckets": buckets,
+    # Size and mtime of each input: a resumed preparation reuses parts only of the very same files.
+    stamps = [[p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return {"kind": "parquet" if config.parquet else "csv", "inputs": [str(p) for p in files], "stamps": stamps,
+            "buckets": buckets,
             "generation": generation, "window": config.window, "bad_rows": config.bad_rows,
             "symbol_column": config.symbol_column, "amount": amount, "buffer_bytes": int(share // 4),
             "node": [config.node_rank, config.num_nodes]}

@@ -20,7 +20,7 @@ from ds_kronos.data.npy import open_npy
 from ds_kronos.data.series import TIME_FEATURE_COLUMNS, VALUE_COLUMNS
 from ds_kronos.data.split_arrays import SplitArrays
 from ds_kronos.data.splits import parse_range
-from ds_kronos.data.store.rows import ConcatRows
+from ds_kronos.data.store.rows import ConcatRows, Segments
 from ds_kronos.data.store.shards import DTYPES, INDEX_NAME, SHARD_ARRAYS, file_sha256, read_index
 from ds_kronos.errors import DataError
 
@@ -178,7 +178,8 @@ def _split_view(name: str, bounds: dict[str, tuple[int, int]], pieces: dict[str,
             if hi > lo:
                 segments.append((p.shard, p.row0 + lo - before, hi - lo))
             before += p.rows
-    views = {a: ConcatRows([x[a] for x in arrays], segments, _TAILS[a], DTYPES[a]) for a in _TAILS}
+    shared = Segments(segments, len(arrays))
+    views = {a: ConcatRows([x[a] for x in arrays], shared, _TAILS[a], DTYPES[a]) for a in _TAILS}
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return SplitArrays(name=name, offsets=offsets, symbols=tuple(symbols), **views), short
 

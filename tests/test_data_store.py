@@ -177,3 +177,24 @@ def test_windows_across_shards_and_an_appended_boundary_read_right():
     across = np.array([27, 48])[:, None] + np.arange(5)  # rows 27..31 span segments 0 and 1
     for rows in (inside, across, np.concatenate([inside[:, :4], across[:, :4]])):
         np.testing.assert_array_equal(view[rows], whole[rows])
+
+
+def test_a_split_view_gives_another_split_without_preparing_again(v1_and_inputs, tmp_path, capsys):
+    from helpers import run_in_process
+
+    _, csv, parquet, _ = v1_and_inputs
+    _store(tmp_path / "s", parquet=[parquet], symbol_column="ticker")
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("*.npy"))
+    code, _ = run_in_process("prepare_data.py", ["--view_of", str(tmp_path / "s"), "--out", str(tmp_path / "view"),
+                                                 "--split", "0.7,0.15,0.15"], capsys)
+    assert code == 0 and [p.name for p in (tmp_path / "view").iterdir()] == ["split_view.json"]
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "s").rglob("*.npy")) == before
+    v1_fractions = tmp_path / "v1f"
+    prepare_dataset(PrepareConfig(csv=csv, out=str(v1_fractions), lookback=LOOKBACK, predict=PREDICT,
+                                  split=[0.7, 0.15, 0.15]), log=lambda line: None)
+    from ds_kronos.data.verify import verify_prepared
+
+    same_windows(PreparedDataset.open(v1_fractions), verify_prepared(tmp_path / "view", local_rank=0))
+    code, err = run_in_process("prepare_data.py", ["--view_of", str(tmp_path / "nothing"), "--out",
+                                                   str(tmp_path / "v2"), "--split", "0.7,0.15,0.15"], capsys)
+    assert code == 2 and "not a store" in err

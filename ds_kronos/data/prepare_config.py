@@ -43,6 +43,9 @@ class PrepareConfig:
     node_rank: int = option(0, help="this machine's share, 0 .. --num_nodes - 1", ge=0)
     join: bool = option(False, help="write the store's index at --out from the shard lists of all --num_nodes "
                                     "nodes (their shards/ and store.node-K.json copied there)")
+    view_of: str | None = option(None, help="write at --out a split view of this store: the split options given "
+                                            "(--train_range/... or --split) over its bars, nothing copied; --data OUT "
+                                            "then uses that split")
     instrument: str = option("csi300", help="Qlib market (csi300, all, ...) or a comma list of symbols")
     out: str | None = option(None, help="output folder of the prepared dataset")
     train_range: list[str] | None = option(None, help=f"train dates START,END (default {DEFAULT_RANGES['train']})")
@@ -62,7 +65,8 @@ class PrepareConfig:
     @property
     def store(self) -> bool:
         """Whether the output is a store (format 2)."""
-        return self.format == 2 or bool(self.parquet) or self.append or self.num_nodes > 1 or self.join
+        return (self.format == 2 or bool(self.parquet) or self.append or self.num_nodes > 1 or self.join
+                or self.view_of is not None)
 
     @property
     def window(self) -> int:
@@ -73,13 +77,23 @@ class PrepareConfig:
         return {name: parse_range(value if value is not None else DEFAULT_RANGES[name])
                 for name, value in given.items()}
 
+    def split_choice(self) -> dict:
+        """The split as a store records it: fractions, or date ranges split -> "START,END"."""
+        if self.split is not None:
+            return {"fractions": list(self.split), "ranges": None}
+        return {"fractions": None, "ranges": {n: str(r).replace("..", ",") for n, r in self.ranges().items()}}
+
     def problems(self) -> list[str]:
         problems = []
         if self.node_rank >= self.num_nodes:
             problems.append(f"--node_rank {self.node_rank} is not below --num_nodes {self.num_nodes}")
         if self.num_nodes > 1 and self.append:
             problems.append("--append runs on one machine (not with --num_nodes)")
-        if self.join and (self.qlib_dir or self.csv or self.parquet):
+        if self.view_of is not None and (self.qlib_dir or self.csv or self.parquet or self.join or self.append):
+            problems.append("--view_of takes no input, only the store, --out and the split options")
+        elif self.view_of is not None:
+            pass
+        elif self.join and (self.qlib_dir or self.csv or self.parquet):
             problems.append("--join takes no input, only --out (the folder holding every node's shards)")
         elif not self.join and sum(x is not None and x != [] for x in (self.qlib_dir, self.csv, self.parquet)) != 1:
             problems.append("give exactly one of --qlib_dir DIR, --csv FILE [FILE ...] or --parquet PATH [PATH ...]")

@@ -24,7 +24,7 @@ from ds_kronos.data.npy import open_npy
 from ds_kronos.data.output import staged_output
 from ds_kronos.data.series import TIME_FEATURE_COLUMNS, VALUE_COLUMNS, SymbolSeries, time_features
 from ds_kronos.data.split_arrays import SplitArrays
-from ds_kronos.data.store.shards import INDEX_NAME
+from ds_kronos.data.store.shards import INDEX_NAME, SPLIT_VIEW_NAME
 from ds_kronos.errors import DataError
 
 __all__ = ["ARRAYS", "FILES", "FORMAT_NAME", "FORMAT_VERSION", "SPLITS", "PreparedDataset", "SplitArrays",
@@ -50,6 +50,10 @@ class PreparedDataset:
             from ds_kronos.data.store.view import open_store
 
             return open_store(root)
+        if (root / SPLIT_VIEW_NAME).is_file():  # another split of a store, named by a small file
+            from ds_kronos.data.store.split_view import open_split_view
+
+            return open_split_view(root)
         manifest_path = root / "manifest.json"
         if (root / ".work").is_dir():
             raise DataError(f"{root}: its preparation did not finish; run the same launch/prepare_data.py command "

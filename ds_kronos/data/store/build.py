@@ -178,11 +178,9 @@ def _merge(results: list[dict], old: dict | None, config: PrepareConfig, plan: d
         return old["shards"] + entries, {**{k: old[k] for k in ("lookback", "predict", "freq", "bad_rows", "splits",
                                                                   "fields")},
                                          "sources": old["sources"] + [source], "dropped": dropped}
-    splits = ({"fractions": list(config.split), "ranges": None} if config.split is not None else
-              {"fractions": None, "ranges": {n: str(r).replace("..", ",") for n, r in config.ranges().items()}})
     return entries, {"lookback": config.lookback, "predict": config.predict,
                      "freq": max(set(freqs), key=freqs.count) if freqs else "", "bad_rows": config.bad_rows,
-                     "splits": splits, "fields": fields, "sources": [source], "dropped": dropped}
+                     "splits": config.split_choice(), "fields": fields, "sources": [source], "dropped": dropped}
 
 
 def build_store(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:

@@ -26,6 +26,7 @@ from ds_kronos.errors import DataError, naming_path
 STORE_FORMAT = "ds_kronos.store"
 STORE_VERSION = 2
 INDEX_NAME = "store.json"
+SPLIT_VIEW_NAME = "split_view.json"
 SHARD_META = "shard.json"
 SHARD_ARRAYS: tuple[str, ...] = ("values", "timestamps", "time_features", "offsets", "times")
 DTYPES = {"values": np.float32, "timestamps": np.int64, "time_features": np.int8, "offsets": np.int64,

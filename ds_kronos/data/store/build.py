@@ -111,10 +111,6 @@ def _resume_or_reset(work: Path, shards: Path, plan: dict, log: Callable[[str], 
     write_text_atomic(plan_file, json.dumps(plan) + "\n")
 
 
-def _partition_task(task: tuple) -> int:
-    return partition_file(*task)
-
-
 def _partition(plan: dict, work: Path, workers: int, log: Callable[[str], None]) -> None:
     pending = [i for i in range(len(plan["inputs"])) if not (work / "done" / f"f{i:06d}").exists()]
     if not pending:

@@ -146,11 +146,11 @@ def test_full_disk_mid_preparation_is_one_line_and_resumable(inputs, tmp_path, c
 
 
 def test_memory_budget_sets_the_buckets(inputs, tmp_path, capsys):
-    small = build._plan(build.PrepareConfig(**_config(tmp_path / "a", inputs[0], workers=2)), 0)
+    small = build._plan(build.PrepareConfig(**_config(tmp_path / "a", inputs[0], workers=2)), 0, 25)
     share = 0.3916 * build.GIB / 2 - build.BASE_BYTES
     assert small["buckets"] == max(2, int(np.ceil(small_bars(inputs[0]) * build.BUCKET_BYTES_PER_BAR / share)))
     assert small["buckets"] > 2 and small["buffer_bytes"] <= share
-    large = build._plan(build.PrepareConfig(**_config(tmp_path / "a", inputs[0], workers=2, memory_gb=8.0)), 0)
+    large = build._plan(build.PrepareConfig(**_config(tmp_path / "a", inputs[0], workers=2, memory_gb=8.0)), 0, 25)
     assert large["buckets"] == 2
     code, err = run_in_process("prepare_data.py", argv(tmp_path / "b", inputs[0], "--memory_gb", "0.2",
                                                        "--workers", "4"), capsys)

@@ -50,7 +50,7 @@ def _closing(pool, results: Iterable) -> Iterable:
         pool.join()
 
 
-def _plan(config: PrepareConfig, generation: int) -> dict:
+def _plan(config: PrepareConfig, generation: int, window: int) -> dict:
     if config.parquet:
         files = expand_inputs(config.parquet, ".parquet")
         fields = [file_fields(p, config.symbol_column) for p in files]
@@ -68,7 +68,7 @@ def _plan(config: PrepareConfig, generation: int) -> dict:
     stamps = [[p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     return {"kind": "parquet" if config.parquet else "csv", "inputs": [str(p) for p in files], "stamps": stamps,
             "buckets": buckets,
-            "generation": generation, "window": config.window, "bad_rows": config.bad_rows,
+            "generation": generation, "window": window, "bad_rows": config.bad_rows,
             "symbol_column": config.symbol_column, "amount": amount, "buffer_bytes": int(share // 4),
             "node": [config.node_rank, config.num_nodes]}
 
@@ -143,7 +143,7 @@ def _bucket_jobs(plan: dict, work: Path, shards: Path, config: PrepareConfig, st
             continue
         shutil.rmtree(shards / shard, ignore_errors=True)  # written, but its result not recorded: do it again
         mine = {s: t for s, t in stored.items() if bucket_of(s, plan["buckets"]) == b}
-        jobs.append(BucketJob(shard=shard, shards_dir=shards, window=config.window, bad_rows=config.bad_rows,
+        jobs.append(BucketJob(shard=shard, shards_dir=shards, window=plan["window"], bad_rows=config.bad_rows,
                               parts=parts, csv_files=csv_by_bucket.get(b, []), stored_last=mine))
     return jobs
 
@@ -184,7 +184,8 @@ def build_store(config: PrepareConfig, log: Callable[[str], None] = print) -> di
     out = Path(config.out)
     old, work = _start(out, config)
     generation = 0 if old is None else 1 + max(int(e["name"][1:4]) for e in old["shards"])
-    plan = _plan(config, generation)
+    # Appended symbols are kept or dropped by the store's window, not by this command's --lookback/--predict.
+    plan = _plan(config, generation, config.window if old is None else int(old["window"]))
     fields = ["open", "high", "low", "close", "volume"] + (["amount"] if plan["amount"] else [])
     if old is not None:
         if fields != old["fields"]:

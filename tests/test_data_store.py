@@ -212,3 +212,13 @@ def test_two_ranks_train_on_a_store_with_format_1_validation(v1_and_inputs, tmp_
     first_val = summary(tmp_path / "run")["history"]["val"][0]
     per_sample = single_process_val_losses(v1, tiny_checkpoints, VAL_SAMPLES)
     assert first_val[1] == pytest.approx(per_sample.double().mean().item(), abs=1e-5)
+
+
+def test_qlib_folder_into_a_store_has_format_1_windows(demo_qlib_dir, demo_prepared_dir, tmp_path):
+    from conftest import DEMO_LOOKBACK, DEMO_PREDICT
+
+    prepare_dataset(PrepareConfig(qlib_dir=str(demo_qlib_dir), instrument="all", out=str(tmp_path / "s"), format=2,
+                                  lookback=DEMO_LOOKBACK, predict=DEMO_PREDICT, memory_gb=0.001),
+                    log=lambda line: None)
+    assert len(json.loads((tmp_path / "s" / INDEX_NAME).read_text())["shards"]) > 1
+    same_windows(PreparedDataset.open(demo_prepared_dir), PreparedDataset.open(tmp_path / "s"))

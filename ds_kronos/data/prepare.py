@@ -56,20 +56,20 @@ def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -
 
 
 def _prepare_store(config: PrepareConfig, log: Callable[[str], None]) -> dict:
-    from ds_kronos.data.store.build import build_store
+    from ds_kronos.data.store.build import build_store, store_from_series
     from ds_kronos.data.store.nodes import join_store
     from ds_kronos.data.store.split_view import write_split_view
     from ds_kronos.data.store.view import open_store
 
-    if config.qlib_dir is not None:
-        raise DataError("--qlib_dir writes format 1 only (read whole through pyqlib); use --csv or --parquet for a "
-                        "store")
     if config.view_of is not None:
         store = write_split_view(Path(config.out), Path(config.view_of), config.split_choice())
         _log_splits(store, log)
         log(f"wrote the split view {config.out} of {config.view_of}")
         return store.manifest
-    if config.join:
+    if config.qlib_dir is not None:  # pyqlib reads the whole range at once, as for format 1
+        data, source = _read_source(config, log)
+        index = store_from_series(config, data, source)
+    elif config.join:
         index = join_store(Path(config.out), log)
     else:
         index = build_store(config, log)

@@ -87,6 +87,8 @@ class PrepareConfig:
         problems = []
         if self.node_rank >= self.num_nodes:
             problems.append(f"--node_rank {self.node_rank} is not below --num_nodes {self.num_nodes}")
+        if self.qlib_dir is not None and (self.append or self.num_nodes > 1):
+            problems.append("--qlib_dir is read whole through pyqlib: no --append or --num_nodes (use --parquet)")
         if self.num_nodes > 1 and self.append:
             problems.append("--append runs on one machine (not with --num_nodes)")
         if self.view_of is not None and (self.qlib_dir or self.csv or self.parquet or self.join or self.append):

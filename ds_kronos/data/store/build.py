@@ -20,10 +20,11 @@ from typing import Callable, Iterable
 from ds_kronos.atomic import write_text_atomic
 from ds_kronos.data.csv_source import has_amount
 from ds_kronos.data.prepare_config import PrepareConfig
+from ds_kronos.data.series import SourceData, SymbolSeries
 from ds_kronos.data.store.bucket import BucketJob, run_bucket
 from ds_kronos.data.store.nodes import NODE_INDEX_PREFIX, write_node_index
 from ds_kronos.data.store.partition import bucket_of, expand_inputs, file_fields, partition_file
-from ds_kronos.data.store.shards import INDEX_NAME, read_index, write_index
+from ds_kronos.data.store.shards import INDEX_NAME, read_index, write_index, write_shard
 from ds_kronos.errors import DataError, naming_path
 
 GIB = 1 << 30
@@ -217,3 +218,25 @@ def build_store(config: PrepareConfig, log: Callable[[str], None] = print) -> di
         index = write_index(out, meta, entries)
     shutil.rmtree(work, ignore_errors=True)
     return index
+
+
+def store_from_series(config: PrepareConfig, data: SourceData, source: dict) -> dict:
+    """A store from bars already read whole (a Qlib folder through pyqlib): one shard per bucket, no resume."""
+    out = Path(config.out)
+    _start(out, config)
+    usable = [x for x in data.series if len(x) >= config.window]
+    buckets = max(1, math.ceil(sum(map(len, usable)) * BUCKET_BYTES_PER_BAR / (config.memory_gb * GIB)))
+    groups: dict[int, list[SymbolSeries]] = {}
+    for x in usable:
+        groups.setdefault(bucket_of(x.symbol, buckets), []).append(x)
+    if not groups:
+        raise DataError(f"{config.qlib_dir}: every series is shorter than one window ({config.window} bars); "
+                        f"nothing to prepare")
+    with naming_path(out):
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+        entries = [write_shard(out / "shards", f"g000-b{b:05d}", group) for b, group in sorted(groups.items())]
+        dropped = {"too_short": [x.symbol for x in data.series if len(x) < config.window],
+                   "skipped": [list(x) for x in data.skipped], "bad_rows": data.bad_rows, "dropped_rows": {}}
+        return write_index(out, {"lookback": config.lookback, "predict": config.predict, "freq": data.freq,
+                                 "bad_rows": config.bad_rows, "splits": config.split_choice(), "fields": data.fields,
+                                 "sources": [source], "dropped": dropped}, entries)

@@ -148,10 +148,11 @@ def test_full_disk_mid_preparation_is_one_line_and_resumable(inputs, tmp_path, c
 def test_memory_budget_sets_the_buckets(inputs, tmp_path, capsys):
     small = build._plan(build.PrepareConfig(**_config(tmp_path / "a", inputs[0], workers=2)), 0, 25)
     share = 0.3916 * build.GIB / 2 - build.BASE_BYTES
-    assert small["buckets"] == max(2, int(np.ceil(small_bars(inputs[0]) * build.BUCKET_BYTES_PER_BAR / share)))
-    assert small["buckets"] > 2 and small["buffer_bytes"] <= share
+    jobs = max(2, int(np.ceil(small_bars(inputs[0]) * build.BUCKET_BYTES_PER_BAR / share)))
+    assert small["buckets"] == jobs * build.FINE_BUCKETS and jobs > 2
+    assert small["buffer_bytes"] <= share and small["job_bytes"] == int(share)
     large = build._plan(build.PrepareConfig(**_config(tmp_path / "a", inputs[0], workers=2, memory_gb=8.0)), 0, 25)
-    assert large["buckets"] == 2
+    assert large["buckets"] == 2 * build.FINE_BUCKETS
     code, err = run_in_process("prepare_data.py", argv(tmp_path / "b", inputs[0], "--memory_gb", "0.2",
                                                        "--workers", "4"), capsys)
     assert code == 2 and "too small for 4 worker(s)" in err
@@ -192,3 +193,19 @@ def test_nodes_without_a_shared_folder_join_into_one_store(inputs, tmp_path, cap
     assert run_in_process("prepare_data.py", ["--join", "--out", str(joined)], capsys)[0] == 0
     same_windows(PreparedDataset.open(tmp_path / "whole"), PreparedDataset.open(joined))
     assert verify_prepared(joined, local_rank=0).split("val").symbols
+
+
+def test_jobs_are_packed_up_to_a_workers_share(inputs, tmp_path):
+    """Small buckets packed by their real sizes into jobs (shards): each within a worker's share of the budget
+    unless it is one bucket alone, and no more jobs than twice the fewest that could hold the bars."""
+    for name, source in (("early", inputs[1]), ("all", inputs[0])):
+        config = build.PrepareConfig(**_config(tmp_path / name, source, workers=1, memory_gb=0.1958))
+        plan = build._plan(config, 0, config.window)
+        work = tmp_path / name / ".work"
+        build._resume_or_reset(work, tmp_path / name / "shards", plan, log=lambda line: None)
+        build._partition(plan, work, 1, log=lambda line: None)
+        groups = build._groups(plan, work, {})
+        sizes = [[build._bucket_bytes(plan, work, {}, b)[1] for b in buckets] for buckets, _ in groups]
+        assert all(sum(s) <= plan["job_bytes"] or len(s) == 1 for s in sizes)
+        assert 3 <= len(groups) <= 2 * np.ceil(sum(map(sum, sizes)) / plan["job_bytes"])
+        assert sum(len(parts) for _, parts in groups) == len(list(work.glob("parts/*/f*.parquet")))

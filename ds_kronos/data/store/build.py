@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterable
 
+import pyarrow.parquet as pq
+
 from ds_kronos.atomic import write_text_atomic
 from ds_kronos.data.csv_source import has_amount
 from ds_kronos.data.prepare_config import PrepareConfig
@@ -34,6 +36,10 @@ BUCKET_BYTES_PER_BAR = 400
 """Peak bytes per bar while a worker turns a bucket into a shard (Arrow table, float64 copies, sort order)."""
 CSV_BYTES_PER_FILE_BYTE = 12
 """Peak bytes per byte of CSV while its file is parsed (pandas reads every field as a string)."""
+FINE_BUCKETS = 4
+"""Buckets per worker-sized job: consecutive buckets are packed into one job (one shard) by their real sizes,
+known once they are partitioned, so jobs come close to a worker's share at any corpus size (memory stays flat)
+rather than varying with how the hash happened to spread the symbols."""
 
 
 def _pool_map(workers: int, function: Callable, tasks: list) -> Iterable:
@@ -64,13 +70,14 @@ def _plan(config: PrepareConfig, generation: int, window: int) -> dict:
     if share <= 0:
         raise DataError(f"--memory_gb {config.memory_gb:g} is too small for {config.workers} worker(s): each needs "
                         f"about {BASE_BYTES >> 20} MiB before it holds any bars")
-    buckets = max(config.workers, math.ceil(need / share))
+    buckets = max(config.workers, math.ceil(need / share)) * FINE_BUCKETS
     # Size and mtime of each input: a resumed preparation reuses parts only of the very same files.
     stamps = [[p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     return {"kind": "parquet" if config.parquet else "csv", "inputs": [str(p) for p in files], "stamps": stamps,
             "buckets": buckets,
             "generation": generation, "window": window, "bad_rows": config.bad_rows,
             "symbol_column": config.symbol_column, "amount": amount, "buffer_bytes": int(share // 4),
+            "job_bytes": int(share),
             "node": [config.node_rank, config.num_nodes]}
 
 
@@ -128,24 +135,49 @@ def _indexed_partition(item: tuple) -> tuple[int, int]:
     return item[0], partition_file(*item[1])
 
 
+def _bucket_bytes(plan: dict, work: Path, csv_by_bucket: dict[int, list[Path]], b: int) -> tuple[list[Path], int]:
+    """A bucket's parts (Parquet) and the memory turning it into a shard is expected to take."""
+    if plan["kind"] == "csv":
+        return [], sum(p.stat().st_size for p in csv_by_bucket.get(b, [])) * CSV_BYTES_PER_FILE_BYTE
+    parts = sorted((work / "parts" / f"b{b:05d}").glob("f*.parquet"))
+    return parts, sum(pq.ParquetFile(p).metadata.num_rows for p in parts) * BUCKET_BYTES_PER_BAR
+
+
+def _groups(plan: dict, work: Path, csv_by_bucket: dict[int, list[Path]]) -> list[tuple[list[int], list[Path]]]:
+    """This node's non-empty buckets packed, in order, into jobs of at most a worker's share (a bucket larger than
+    that is a job alone): [(buckets, their parts)]. Deterministic, so a resumed run finds the same jobs."""
+    groups: list[tuple[list[int], list[Path]]] = []
+    held = 0
+    for b in range(plan["buckets"]):
+        if not _owned(b, plan):
+            continue
+        parts, size = _bucket_bytes(plan, work, csv_by_bucket, b)
+        if size == 0:
+            continue
+        if not groups or held + size > plan["job_bytes"]:
+            groups.append(([], []))
+            held = 0
+        groups[-1][0].append(b)
+        groups[-1][1].extend(parts)
+        held += size
+    return groups
+
+
 def _bucket_jobs(plan: dict, work: Path, shards: Path, config: PrepareConfig, stored: dict[str, int]) -> list:
     jobs = []
     csv_by_bucket: dict[int, list[Path]] = {}
     if plan["kind"] == "csv":
         for p in plan["inputs"]:
             csv_by_bucket.setdefault(bucket_of(Path(p).stem, plan["buckets"]), []).append(Path(p))
-    for b in range(plan["buckets"]):
-        shard = f"g{plan['generation']:03d}-b{b:05d}"
-        if not _owned(b, plan) or (work / "done" / f"{shard}.json").exists():
-            continue
-        parts = sorted((work / "parts" / f"b{b:05d}").glob("f*.parquet"))
-        if not parts and b not in csv_by_bucket:
-            write_text_atomic(work / "done" / f"{shard}.json", json.dumps({"entry": None}) + "\n")
+    for buckets, parts in _groups(plan, work, csv_by_bucket):
+        shard = f"g{plan['generation']:03d}-b{buckets[0]:05d}"
+        if (work / "done" / f"{shard}.json").exists():
             continue
         shutil.rmtree(shards / shard, ignore_errors=True)  # written, but its result not recorded: do it again
-        mine = {s: t for s, t in stored.items() if bucket_of(s, plan["buckets"]) == b}
+        mine = {s: t for s, t in stored.items() if bucket_of(s, plan["buckets"]) in buckets}
         jobs.append(BucketJob(shard=shard, shards_dir=shards, window=plan["window"], bad_rows=config.bad_rows,
-                              parts=parts, csv_files=csv_by_bucket.get(b, []), stored_last=mine))
+                              parts=parts, csv_files=[p for b in buckets for p in csv_by_bucket.get(b, [])],
+                              stored_last=mine))
     return jobs
 
 

@@ -208,7 +208,8 @@ def test_two_ranks_train_on_a_store_with_format_1_validation(v1_and_inputs, tmp_
 
     _, _, parquet, v1 = v1_and_inputs
     _store(tmp_path / "s", parquet=[parquet], symbol_column="ticker", memory_gb=0.1958)
-    deepspeed_train(train_args(tmp_path / "s", tiny_checkpoints, tmp_path / "run", epochs=1), timeout=300)
+    deepspeed_train(train_args(tmp_path / "s", tiny_checkpoints, tmp_path / "run", epochs=1,
+                               deepspeed_config="ds_configs/zero3.json"), timeout=300)
     first_val = summary(tmp_path / "run")["history"]["val"][0]
     per_sample = single_process_val_losses(v1, tiny_checkpoints, VAL_SAMPLES)
     assert first_val[1] == pytest.approx(per_sample.double().mean().item(), abs=1e-5)

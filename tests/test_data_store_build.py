@@ -7,6 +7,7 @@ import errno
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from test_data_store import LOOKBACK, PREDICT, RANGES, market, same_windows, write_long_parquet
 
@@ -209,3 +210,26 @@ def test_jobs_are_packed_up_to_a_workers_share(inputs, tmp_path):
         assert all(sum(s) <= plan["job_bytes"] or len(s) == 1 for s in sizes)
         assert 3 <= len(groups) <= 2 * np.ceil(sum(map(sum, sizes)) / plan["job_bytes"])
         assert sum(len(parts) for _, parts in groups) == len(list(work.glob("parts/*/f*.parquet")))
+
+
+def test_bad_rows_duplicates_and_gaps_as_format_1(tmp_path, capsys):
+    """An inf high refuses with the symbol, bar and column, or under --bad_rows drop is left out and counted; a
+    duplicate bar keeps its first row in input order; a missing value drops and counts its row."""
+    frame = market(symbols=2)["S00"]
+    frame.loc[30, "high"] = np.inf
+    frame.loc[40, "volume"] = np.nan
+    frame = pd.concat([frame, frame.iloc[[50]].assign(close=1.0)])  # a later duplicate of bar 50
+    frame.to_parquet(tmp_path / "S00.parquet", index=False)
+    args = ["--parquet", str(tmp_path / "S00.parquet"), "--split", "0.8,0.1,0.1", "--lookback", str(LOOKBACK),
+            "--predict", str(PREDICT)]
+    code, err = run_in_process("prepare_data.py", args + ["--out", str(tmp_path / "a")], capsys)
+    stamp = str(frame["timestamps"].iloc[30]).replace(" ", "T")
+    assert code == 2 and f"S00: bar {stamp}, column 'high': value inf is not a finite number" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "a" / INDEX_NAME).exists()
+    code, _ = run_in_process("prepare_data.py", args + ["--out", str(tmp_path / "b"), "--bad_rows", "drop"], capsys)
+    index = json.loads((tmp_path / "b" / INDEX_NAME).read_text())
+    assert code == 0 and index["dropped"]["bad_rows"] == {"S00": {"not finite": 1}}
+    assert index["dropped"]["dropped_rows"] == {"S00": {"nan": 1, "duplicates": 1}}
+    train = PreparedDataset.open(tmp_path / "b").split("train")
+    kept = np.asarray(train.values)[train.timestamps[:] == frame["timestamps"].iloc[50].value]
+    assert kept[0, 3] == np.float32(frame["close"].iloc[50])  # the first of the duplicates

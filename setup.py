@@ -22,6 +22,9 @@ setup(
         "pyqlib>=0.9.7",
         "numpy>=1.26",
         "pandas>=2.2",
+        # Parquet input and the out-of-core preparation of a store (docs/data_format.md).
+        # Already pulled in by pyqlib's mlflow; named because ds_kronos.data.store uses it directly.
+        "pyarrow>=14",
         "safetensors>=0.4",
         "huggingface_hub>=0.33",
         "matplotlib>=3.8",

@@ -54,7 +54,7 @@ def _cases(tmp: Path, qlib_dir: Path) -> dict[str, tuple[list[str], str]]:
         "all_series_too_short": (["--csv", short, "--split", "0.8,0.1,0.1", "--out", "OUT"],
                                  f"{short}: every series is shorter than one window"),
         "output_exists": (q + ["--instrument", "all", "--out", str(exists)], f"{exists}: output path exists"),
-        "qlib_and_csv": (q + ["--csv", short, "--out", "OUT"], "give exactly one of --qlib_dir DIR or --csv FILE"),
+        "qlib_and_csv": (q + ["--csv", short, "--out", "OUT"], "give exactly one of --qlib_dir DIR, --csv FILE"),
         "bad_range": (q + ["--train_range", "2011-01-01", "--out", "OUT"], "--train_range: expected START,END"),
         "demo_output_exists": (["--out", str(qlib_dir)], f"{qlib_dir}: output path exists"),
     }

@@ -3,7 +3,8 @@
 Modules: ``series`` (column conventions), ``qlib_source`` / ``csv_source`` (readers), ``splits``, ``prepared``
 (on-disk format), ``manifest`` (its checks), ``quality`` (bad values), ``output`` (atomic output folders),
 ``verify`` (files against the manifest), ``prepare`` (the job), ``demo_market`` (synthetic Qlib folder),
-``windows`` (Dataset, sampler).
+``windows`` (Dataset, sampler), ``split_arrays`` and ``npy`` (what both formats share), ``store`` (format 2: a
+sharded, appendable store prepared out of core, splits as views).
 
 Names are resolved lazily so that ``import ds_kronos.data`` pulls in neither torch nor qlib until they are used.
 """

@@ -159,7 +159,7 @@ def read_csv_files(paths: list[str | os.PathLike], bad_rows: str = "refuse") -> 
                      + f"; bar spacing {freq or 'unknown'}")
         if drops["bad"]:
             bad[s.symbol] = drops["bad_reasons"]
-        amount_everywhere &= _has_amount(path)
+        amount_everywhere &= has_amount(path)
         series.append(s)
         freqs[freq] += 1
     if not series:
@@ -173,6 +173,10 @@ def read_csv_files(paths: list[str | os.PathLike], bad_rows: str = "refuse") -> 
     return SourceData(series=series, fields=fields, freq=freq, skipped=skipped, notes=notes, bad_rows=bad)
 
 
-def _has_amount(path: Path) -> bool:
-    header = pd.read_csv(path, nrows=0).columns
+def has_amount(path: Path) -> bool:
+    """Whether the file's header names an amount column (False for a file whose header cannot be read)."""
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+    except (ValueError, OSError, UnicodeDecodeError):
+        return False
     return any(str(c).strip().lower() in OPTIONAL["amount"] for c in header)

@@ -40,6 +40,8 @@ def _day(ns: int) -> np.datetime64:
 def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
     """Run the whole preparation described by ``config``; returns the written manifest."""
     validate(config)
+    if config.store:
+        return _prepare_store(config, log)
     # The staging folder is made first: an unusable --out fails now rather than after the (possibly long) read,
     # and any failure removes what this run created.
     with prepared_output(config.out, config.overwrite) as staging:
@@ -51,6 +53,42 @@ def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -
             f"{info['first']} .. {info['last']}" + (f" ({dropped} symbols too short here)" if dropped else ""))
     log(f"wrote {config.out} (bar spacing {manifest['freq']}, sha256 {manifest['sha256'][:12]})")
     return manifest
+
+
+def _prepare_store(config: PrepareConfig, log: Callable[[str], None]) -> dict:
+    from ds_kronos.data.store.build import build_store, store_from_series
+    from ds_kronos.data.store.nodes import join_store
+    from ds_kronos.data.store.split_view import write_split_view
+    from ds_kronos.data.store.view import open_store
+
+    if config.view_of is not None:
+        store = write_split_view(Path(config.out), Path(config.view_of), config.split_choice())
+        _log_splits(store, log)
+        log(f"wrote the split view {config.out} of {config.view_of}")
+        return store.manifest
+    if config.qlib_dir is not None:  # pyqlib reads the whole range at once, as for format 1
+        data, source = _read_source(config, log)
+        index = store_from_series(config, data, source)
+    elif config.join:
+        index = join_store(Path(config.out), log)
+    else:
+        index = build_store(config, log)
+    if config.num_nodes > 1:
+        return index  # a share of the store: it opens once the nodes are joined
+    _log_splits(open_store(config.out), log)
+    bars = sum(e["rows"] for e in index["shards"])
+    dropped = index["dropped"]
+    log(f"wrote {config.out}: {len(index['shards'])} shards, {bars} bars (bar spacing {index['freq']}, sha256 "
+        f"{index['sha256'][:12]}); dropped {len(dropped['too_short'])} symbols shorter than one window, skipped "
+        f"{len(dropped['skipped'])} files")
+    return index
+
+
+def _log_splits(store, log: Callable[[str], None]) -> None:
+    for name in SPLITS:
+        split = store.split(name)
+        windows = int(np.maximum(split.lengths - store.manifest["window"] + 1, 0).sum())
+        log(f"{name:5s}: {len(split.symbols)} symbols, {len(split.values)} rows, {windows} windows")
 
 
 def _prepare_into(folder: Path, config: PrepareConfig, log: Callable[[str], None]) -> tuple[dict, dict]:

@@ -26,6 +26,26 @@ class PrepareConfig:
     qlib_dir: str | None = option(None, help="Qlib provider folder (calendars/, instruments/, features/)")
     csv: list[str] | None = option(None, nargs="+",
                                    help="CSV file(s), one symbol per file (symbol = file stem); not with --qlib_dir")
+    parquet: list[str] | None = option(None, nargs="+",
+                                       help="Parquet files, folders or globs: long format with a symbol column (see "
+                                            "--symbol_column), rows in any order, or one symbol per file without it "
+                                            "(symbol = file stem); writes a store (format 2)")
+    symbol_column: str = option("symbol", help="name of the symbol column of --parquet input")
+    format: int = option(1, choices=(1, 2), help="1: one folder per split (the original format); 2: a sharded, "
+                                                 "appendable store whose splits are views (implied by --parquet)")
+    workers: int = option(1, help="processes that prepare buckets of symbols in parallel (format 2)", ge=1)
+    memory_gb: float = option(2.0, help="memory for the whole preparation, all workers together (format 2): it sets "
+                                        "how many buckets the symbols are spread over", gt=0)
+    append: bool = option(False, help="add the input to the store at --out: later bars of its symbols and new "
+                                      "symbols, as new shards; stored files are not rewritten")
+    num_nodes: int = option(1, help="machines that prepare one store together, each a disjoint share of the "
+                                    "symbols (format 2); then --join", ge=1)
+    node_rank: int = option(0, help="this machine's share, 0 .. --num_nodes - 1", ge=0)
+    join: bool = option(False, help="write the store's index at --out from the shard lists of all --num_nodes "
+                                    "nodes (their shards/ and store.node-K.json copied there)")
+    view_of: str | None = option(None, help="write at --out a split view of this store: the split options given "
+                                            "(--train_range/... or --split) over its bars, nothing copied; --data OUT "
+                                            "then uses that split")
     instrument: str = option("csi300", help="Qlib market (csi300, all, ...) or a comma list of symbols")
     out: str | None = option(None, help="output folder of the prepared dataset")
     train_range: list[str] | None = option(None, help=f"train dates START,END (default {DEFAULT_RANGES['train']})")
@@ -43,6 +63,12 @@ class PrepareConfig:
                                 "in the manifest (dropped.bad_rows)")
 
     @property
+    def store(self) -> bool:
+        """Whether the output is a store (format 2)."""
+        return (self.format == 2 or bool(self.parquet) or self.append or self.num_nodes > 1 or self.join
+                or self.view_of is not None)
+
+    @property
     def window(self) -> int:
         return self.lookback + self.predict + 1
 
@@ -51,10 +77,30 @@ class PrepareConfig:
         return {name: parse_range(value if value is not None else DEFAULT_RANGES[name])
                 for name, value in given.items()}
 
+    def split_choice(self) -> dict:
+        """The split as a store records it: fractions, or date ranges split -> "START,END"."""
+        if self.split is not None:
+            return {"fractions": list(self.split), "ranges": None}
+        return {"fractions": None, "ranges": {n: str(r).replace("..", ",") for n, r in self.ranges().items()}}
+
     def problems(self) -> list[str]:
         problems = []
-        if (self.qlib_dir is None) == (not self.csv):
-            problems.append("give exactly one of --qlib_dir DIR or --csv FILE [FILE ...]")
+        if self.node_rank >= self.num_nodes:
+            problems.append(f"--node_rank {self.node_rank} is not below --num_nodes {self.num_nodes}")
+        if self.qlib_dir is not None and (self.append or self.num_nodes > 1):
+            problems.append("--qlib_dir is read whole through pyqlib: no --append or --num_nodes (use --parquet)")
+        if self.num_nodes > 1 and self.append:
+            problems.append("--append runs on one machine (not with --num_nodes)")
+        if self.view_of is not None and (self.qlib_dir or self.csv or self.parquet or self.join or self.append):
+            problems.append("--view_of takes no input, only the store, --out and the split options")
+        elif self.view_of is not None:
+            pass
+        elif self.join and (self.qlib_dir or self.csv or self.parquet):
+            problems.append("--join takes no input, only --out (the folder holding every node's shards)")
+        elif not self.join and sum(x is not None and x != [] for x in (self.qlib_dir, self.csv, self.parquet)) != 1:
+            problems.append("give exactly one of --qlib_dir DIR, --csv FILE [FILE ...] or --parquet PATH [PATH ...]")
+        if self.append and self.overwrite:
+            problems.append("--append and --overwrite are mutually exclusive")
         if not self.out:
             problems.append("--out is required (folder to write the prepared dataset to)")
         elif self.qlib_dir and Path(self.out).resolve() == Path(self.qlib_dir).resolve():

@@ -14,41 +14,23 @@ import datetime as _dt
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
 
 from ds_kronos.data.manifest import ARRAYS, FILES, FORMAT_NAME, FORMAT_VERSION, SPLITS, check_manifest
+from ds_kronos.data.npy import open_npy
 from ds_kronos.data.output import staged_output
 from ds_kronos.data.series import TIME_FEATURE_COLUMNS, VALUE_COLUMNS, SymbolSeries, time_features
+from ds_kronos.data.split_arrays import SplitArrays
+from ds_kronos.data.store.shards import INDEX_NAME, SPLIT_VIEW_NAME
 from ds_kronos.errors import DataError
 
 __all__ = ["ARRAYS", "FILES", "FORMAT_NAME", "FORMAT_VERSION", "SPLITS", "PreparedDataset", "SplitArrays",
            "content_hashes", "count_windows", "write_prepared"]
 _DTYPES = MappingProxyType({"values": np.float32, "timestamps": np.int64, "time_features": np.int8,
                            "offsets": np.int64})
-
-
-@dataclass(frozen=True)
-class SplitArrays:
-    """One split of a prepared dataset: memory-mapped arrays plus the symbol names in row order."""
-
-    name: str
-    values: np.ndarray
-    timestamps: np.ndarray
-    time_features: np.ndarray
-    offsets: np.ndarray
-    symbols: tuple[str, ...]
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def symbol_rows(self, symbol: str) -> slice:
-        i = self.symbols.index(symbol)
-        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
 
 
 class PreparedDataset:
@@ -64,7 +46,18 @@ class PreparedDataset:
         """Open a prepared folder after the checks that read no array data: the manifest's keys and types, every
         file's header, size and shape, and the offsets against the manifest's rows per symbol."""
         root = Path(path)
+        if (root / INDEX_NAME).is_file():  # a store (format 2): the same interface over its shards
+            from ds_kronos.data.store.view import open_store
+
+            return open_store(root)
+        if (root / SPLIT_VIEW_NAME).is_file():  # another split of a store, named by a small file
+            from ds_kronos.data.store.split_view import open_split_view
+
+            return open_split_view(root)
         manifest_path = root / "manifest.json"
+        if (root / ".work").is_dir():
+            raise DataError(f"{root}: its preparation did not finish; run the same launch/prepare_data.py command "
+                            f"again to resume it")
         if not root.is_dir():
             raise DataError(f"{root}: not a folder (a prepared dataset is a folder; see launch/prepare_data.py)")
         if not manifest_path.is_file():
@@ -107,33 +100,8 @@ class PreparedDataset:
         return str(self.manifest["freq"])
 
 
-def _npy_header(file: Path) -> tuple[tuple[int, ...], np.dtype, bool, int]:
-    """(shape, dtype, fortran_order, data offset) from a .npy header, without reading the data."""
-    try:
-        with open(file, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read(handle)
-            return tuple(shape), dtype, fortran, handle.tell()
-    except ValueError as exc:
-        raise DataError(f"{file}: not a readable .npy file ({exc})") from None
-
-
 def _open_array(file: Path, array: str, shape: tuple[int, ...]) -> np.ndarray:
-    if not file.is_file():
-        raise DataError(f"{file}: missing (prepared dataset incomplete)")
-    found_shape, dtype, fortran, offset = _npy_header(file)
-    if dtype != _DTYPES[array] or fortran:
-        raise DataError(f"{file}: dtype {dtype}{' (Fortran order)' if fortran else ''}, expected "
-                        f"{np.dtype(_DTYPES[array])}")
-    if found_shape != shape:
-        raise DataError(f"{file}: shape {found_shape}, manifest says {shape}")
-    size, expected = file.stat().st_size, offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if size != expected:
-        raise DataError(f"{file}: {size} bytes, expected {expected} for {dtype} {shape} (truncated or padded)")
-    if expected == offset:
-        return np.zeros(shape, dtype)  # nothing to map (an empty split)
-    return np.load(file, mmap_mode="r", allow_pickle=False)
+    return open_npy(file, _DTYPES[array], shape)
 
 
 def _open_split(root: Path, name: str, info: dict) -> SplitArrays:

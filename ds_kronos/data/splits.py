@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ds_kronos.data.prepared import SPLITS
+from ds_kronos.data.manifest import SPLITS
 from ds_kronos.data.series import SymbolSeries
 
 

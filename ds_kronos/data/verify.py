@@ -159,7 +159,9 @@ def verify_prepared(path: str | os.PathLike, *, local_rank: int | None = None,
     line naming the file and what is wrong) otherwise. Call it on every rank: only local rank 0 (default: from
     the launcher's environment, else 0) reads the content, once per node and change of the files."""
     prepared = PreparedDataset.open(path)
-    key = verdict_key(prepared)
+    # A store (format 2) keys and checks its own files (per shard, naming a changed one).
+    v1 = isinstance(prepared, PreparedDataset)
+    key = verdict_key(prepared) if v1 else prepared.verdict_key()
     verdict = read_verdict(prepared.path, key)
     if verdict is None:
         if (_local_rank() if local_rank is None else local_rank) != 0:
@@ -171,7 +173,7 @@ def verify_prepared(path: str | os.PathLike, *, local_rank: int | None = None,
         if verdict is None:
             if log is not None:
                 log(f"verifying {prepared.path} against its manifest (sha256 and values; once per change)")
-            problem = content_problem(prepared)
+            problem = content_problem(prepared) if v1 else prepared.content_problem()
             write_verdict(prepared.path, key, problem)
             verdict = {"problem": problem}
     if verdict["problem"]:

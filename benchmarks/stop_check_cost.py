@@ -5,18 +5,20 @@ step it follows.
     DS_ACCELERATOR=cpu python benchmarks/stop_check_cost.py --variant tiny --world_size 2 --steps 200
 
 The trainer's own micro-step as in train_throughput.py (ds_kronos.train.step.train_micro_step, random bars), ZeRO-2
-fp32. Every rank listens for the default signals (TERM, USR1; none arrives). Steps alternate: even steps are followed
-by the check, odd ones are not; a barrier before each step lines the ranks up. The check right after a step also
-absorbs the ranks' skew (the slower rank's step), which without it the next collective would absorb; so the cost
-is read from the steps: the median over pairs of (step + check) minus the next step without it. Then the check alone,
-after a barrier, as many times as there were timed steps. Printed: both, the median step times and the ratios; the
-last line is JSON.
+fp32. Every rank listens for the default signals (TERM, USR1; none arrives) and watches its launcher (a pidfd on the
+benchmark's main process, as a rank on DeepSpeed's launch.py watches that one). Steps alternate: even steps are
+followed by the check, odd ones are not; a barrier before each step lines the ranks up. The check right after a step
+also absorbs the ranks' skew (the slower rank's step), which without it the next collective would absorb; so the
+cost is read from the steps: the median over pairs of (step + check) minus the next step without it. Then the check
+alone, after a barrier, as many times as there were timed steps. Printed: both, the median step times and the
+ratios; the last line is JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -50,10 +52,12 @@ def worker(rank: int, values: dict[str, Any], port: int, out_dir: str) -> None:
                                 steps=config.steps, warmup=config.warmup, threads=config.threads)
     runtime, inputs, engine = deepspeed_engine(measured, rank, port)
     from ds_kronos.runtime import barrier
+    from ds_kronos.train.launcher_watch import LauncherWatch
     from ds_kronos.train.preemption import StopRequests
     from ds_kronos.train.step import train_micro_step
 
-    stops = StopRequests(["TERM", "USR1"])
+    # Every rank also watches a launcher, as under DeepSpeed's launch.py: here the benchmark's own main process.
+    stops = StopRequests(["TERM", "USR1"], launcher=LauncherWatch({os.getppid(): "the benchmark's main process"}))
     times: dict[str, list[float]] = {"with_check": [], "without_check": [], "check": []}
     for i in range(config.warmup + config.steps):
         checked = i % 2 == 0

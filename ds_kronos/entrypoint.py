@@ -117,7 +117,7 @@ class Entrypoint:
         for sig in self.signals:
             signal.signal(sig, self.forward)
         try:
-            self.child = subprocess.Popen(self.command, process_group=0)
+            self.child = subprocess.Popen(self.command, preexec_fn=os.setpgrp)  # its own group; no threads here
         except (FileNotFoundError, PermissionError) as exc:
             raise UserError(f"cannot run {self.command[0]!r}: {exc.strerror}") from None
         code, left_behind_saved = None, False

@@ -36,7 +36,6 @@ from helpers import (
     deepspeed_train,
     env,
     free_port,
-    run_in_process,
     summary,
     train_args,
     two_at_a_time,
@@ -337,15 +336,6 @@ def test_a_signal_during_a_validation_or_a_periodic_save_stops_at_that_step(demo
     assert "resumed from step 8" in output
     assert summary(runs["validation"])["history"]["val"] == summary(runs["straight"])["history"]["val"]
     assert_ends_as_uninterrupted(runs["validation"], runs["straight"])
-
-
-def test_the_entrypoint_refuses_a_missing_command_or_a_signal_it_cannot_forward(capsys):
-    for argv, message in (([], "no command to run"), (["--"], "no command to run"),
-                          (["--forward", "TERM,KILL", "--", "deepspeed"], "--forward: unknown or unsupported signal"),
-                          (["--forward"], "--forward needs a comma-separated list of signals"),
-                          (["--bogus", "deepspeed"], "unknown option '--bogus'")):
-        code, err = run_in_process("entrypoint.py", argv, capsys)
-        assert code == 2 and err.count("\n") == 1 and f": error: {message}" in err, (argv, err)
 
 
 def test_signal_names_are_checked_before_anything_starts():

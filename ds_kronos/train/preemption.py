@@ -93,8 +93,9 @@ class StopRequests:
         self.received.append(signum)
 
     def poll(self, step: int, total_steps: int, runtime) -> bool:
-        """Collective at every optimizer-step boundary (when any signal is listened for): whether every rank stops
-        at ``step`` now, because some rank received a signal or ``--exit_after_steps`` is reached. Sets
+        """Collective at every optimizer-step boundary, and again after a validation or a periodic save there (when
+        any signal is listened for; every rank polls at the same points): whether every rank stops at ``step`` now,
+        because some rank received a signal or lost its launcher, or ``--exit_after_steps`` is reached. Sets
         :attr:`reason` and :attr:`status`; rank 0 says why."""
         from ds_kronos.train.reporting import PREEMPTED, STOPPED_BY_REQUEST
 

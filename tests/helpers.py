@@ -257,3 +257,16 @@ def stopped_after_step_3(run: Path, target: Path) -> Path:
     for name in ("final_model", "summary.json"):
         shutil.rmtree(target / name) if (target / name).is_dir() else (target / name).unlink()
     return target
+
+
+# --- Containers (tests/test_preemption.py, tests/test_entrypoint.py) ---------------------------------------------
+PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc"]
+"""A new PID namespace whose first process is PID 1 (as in a container); needs root or user namespaces."""
+
+
+def as_pid_1() -> list[str]:
+    """The command prefix that runs launch/entrypoint.py as PID 1 of a new PID namespace, or (where this system does
+    not allow one) as a plain process."""
+    entrypoint = [sys.executable, str(REPO / "launch" / "entrypoint.py")]
+    allowed = subprocess.run([*PID_NAMESPACE, "true"], capture_output=True).returncode == 0
+    return [*PID_NAMESPACE, *entrypoint] if allowed else entrypoint

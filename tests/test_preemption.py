@@ -31,7 +31,9 @@ from ds_kronos.train.preemption import StopRequests, parse_signals
 from ds_kronos.train.training_state import resume_candidates
 from helpers import (
     LAUNCHER,
+    PID_NAMESPACE,
     REPO,
+    as_pid_1,
     common_args,
     deepspeed_train,
     env,
@@ -41,8 +43,6 @@ from helpers import (
     two_at_a_time,
 )
 
-PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc"]
-"""A new PID namespace whose first process is PID 1 (as in a container); needs root or user namespaces."""
 GRACE_S = 30
 """Kubernetes' default terminationGracePeriodSeconds, and DeepSpeed launch.py's wait before its SIGKILL."""
 
@@ -88,14 +88,6 @@ def launched(args: list[str], act: Callable[[subprocess.Popen, str], None],
     command = [*prefix, str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port()),
                str(REPO / "launch" / "train.py"), *args]
     return run_acting(command, act)
-
-
-def as_pid_1() -> list[str]:
-    """The command prefix that runs launch/entrypoint.py as PID 1 of a new PID namespace, or (where this system does
-    not allow one) as a plain process."""
-    entrypoint = [sys.executable, str(REPO / "launch" / "entrypoint.py")]
-    allowed = subprocess.run([*PID_NAMESPACE, "true"], capture_output=True).returncode == 0
-    return [*PID_NAMESPACE, *entrypoint] if allowed else entrypoint
 
 
 def stopped_step(output: str) -> int:

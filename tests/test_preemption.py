@@ -201,7 +201,8 @@ def test_a_signal_to_launch_py_a_rank_deepspeed_or_pid_1_saves_that_step_and_res
     code, output = results["pid1"]
     assert code == EXIT_PREEMPTED, output[-3000:]  # the ranks' code, through launch.py, deepspeed and PID 1
     assert "entrypoint: SIGTERM received: passed on to 2 rank(s)" in output
-    assert "(SIGTERM on 2 of 2 rank(s)): saving a checkpoint" in output
+    # One rank after the other: the second may get it only after a poll where the first's flag already stops both.
+    assert re.search(r"\(SIGTERM on [12] of 2 rank\(s\)\): saving a checkpoint", output), output[-3000:]
     assert_saved_at_the_stop(runs["pid1"], output)
 
     resumed = dict(zip(runs, two_at_a_time(

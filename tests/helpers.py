@@ -293,3 +293,18 @@ def forked_holder(save_dir: Path) -> int:
 def stopped_after_step_3(run: Path, target: Path) -> Path:
     """:func:`stopped_after` step 3 (a run preempted after its step-3 checkpoint)."""
     return stopped_after(run, target, 3)
+
+
+# --- Containers (tests/test_preemption.py, tests/test_entrypoint.py) ---------------------------------------------
+PID_NAMESPACE = ["unshare", "--pid", "--fork", "--mount-proc"]
+"""A new PID namespace whose first process is PID 1 (as in a container); needs root or user namespaces."""
+
+
+def as_pid_1() -> list[str]:
+    """The command prefix that runs launch/entrypoint.py as PID 1 of a new PID namespace, or (where this system does
+    not allow one to a user who is not root) as a plain process.
+    Root (CI) must get the namespace: no silent fallback."""
+    entrypoint = [sys.executable, str(REPO / "launch" / "entrypoint.py")]
+    allowed = subprocess.run([*PID_NAMESPACE, "true"], capture_output=True).returncode == 0
+    assert allowed or os.geteuid() != 0, "unshare --pid --fork --mount-proc failed as root: the PID-1 test cannot run"
+    return [*PID_NAMESPACE, *entrypoint] if allowed else entrypoint

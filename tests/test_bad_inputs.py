@@ -192,6 +192,11 @@ def _cases(tmp: Path, prepared: Path) -> dict[str, tuple[str, list[str], list[st
                               ["--freeze * freezes every parameter of the predictor"], "OUT"),
         "unknown_signal": ("train.py", train("--save_on_signal", "TERM,BOGUS"),
                            ["--save_on_signal: unknown or unsupported signal 'BOGUS'", "or none"], "OUT"),
+        # --- the container entrypoint (issue 32) ---
+        "entrypoint_no_command": ("entrypoint.py", [], ["no command to run (usage: python launch/entrypoint.py"],
+                                  None),
+        "entrypoint_unforwardable_signal": ("entrypoint.py", ["--forward", "TERM,KILL", "--", "true"],
+                                            ["--forward: unknown or unsupported signal 'KILL'"], None),
         # --- training: DeepSpeed JSON (item 6) ---
         "ds_zero_stage_4": ("train.py", ds("stage4", lambda c: c["zero_optimization"].update(stage=4)),
                             ["zero_optimization.stage must be 0, 1, 2 or 3, got 4"], "OUT"),
@@ -255,6 +260,7 @@ CASE_NAMES = [
     "save_dir_is_a_file", "save_dir_unwritable", "train_yaml_option_of_wrong_type", "s1_bits_40",
     "select_by_crps_one_path", "select_by_without_origins",
     "lora_target_matches_nothing", "lora_rank_above_the_layer", "freeze_everything", "unknown_signal",
+    "entrypoint_no_command", "entrypoint_unforwardable_signal",
     "ds_zero_stage_4", "ds_negative_lr", "ds_string_for_object", "ds_unknown_optimizer", "ds_unknown_zero_key",
     "ds_micro_batch_0", "ds_micro_batch_abc", "ds_unknown_top_level_key", "ds_monitor_path_is_a_file",
     "ds_comet_section_and_comet_option",

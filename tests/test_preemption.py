@@ -1,6 +1,7 @@
-"""Preemption (issue 24): a signal to the launcher or to one rank makes every rank save the step it is in and stop
-with exit code 75; ``--resume`` (which starts from scratch when there is no checkpoint yet) continues to the weights
-of an uninterrupted run. The Slurm recipe (launch/slurm/train.sbatch) runs against stand-ins for srun and scontrol.
+"""Preemption (issue 24): a signal to the launcher, to one rank, to the ``deepspeed`` command or to the container
+entrypoint as PID 1 makes every rank save the step it is in and stop with exit code 75; ``--resume`` (which starts
+from scratch when there is no checkpoint yet) continues to the weights of an uninterrupted run. The Slurm recipe
+(launch/slurm/train.sbatch) runs against stand-ins for srun and scontrol.
 
 The runs use the arguments of the zero2 config run (tests/conftest.py: dropout and sampled s1 conditioning on, as by
 default), so they end where that uninterrupted run ends.
@@ -8,6 +9,7 @@ default), so they end where that uninterrupted run ends.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -18,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
 import pytest
 import torch
 
@@ -26,9 +29,22 @@ from ds_kronos.errors import ConfigError
 from ds_kronos.model import Kronos
 from ds_kronos.train.preemption import StopRequests, parse_signals
 from ds_kronos.train.training_state import resume_candidates
-from helpers import REPO, common_args, deepspeed_train, env, free_port, summary, two_at_a_time
+from helpers import (
+    LAUNCHER,
+    PID_NAMESPACE,
+    REPO,
+    as_pid_1,
+    common_args,
+    deepspeed_train,
+    env,
+    free_port,
+    summary,
+    train_args,
+    two_at_a_time,
+)
 
-LAUNCHER = REPO / ".venv" / "bin" / "deepspeed"
+GRACE_S = 30
+"""Kubernetes' default terminationGracePeriodSeconds, and DeepSpeed launch.py's wait before its SIGKILL."""
 
 
 def zero2_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) -> list[str]:
@@ -38,6 +54,14 @@ def zero2_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) -
 def session_pids(session: int, pattern: str) -> list[int]:
     found = subprocess.run(["pgrep", "-f", "-s", str(session), "--", pattern], capture_output=True, text=True)
     return [int(pid) for pid in found.stdout.split()]
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie has ended: whoever adopted it may reap it late)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def run_acting(command: list[str], act: Callable[[subprocess.Popen, str], None], cwd: Path = REPO,
@@ -59,15 +83,18 @@ def run_acting(command: list[str], act: Callable[[subprocess.Popen, str], None],
     return job.returncode, "".join(lines)
 
 
-def launched(args: list[str], act: Callable[[subprocess.Popen, str], None]) -> tuple[int, str]:
-    command = [str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "launch" / "train.py"),
-               *args]
+def launched(args: list[str], act: Callable[[subprocess.Popen, str], None],
+             prefix: list[str] = ()) -> tuple[int, str]:
+    command = [*prefix, str(LAUNCHER), "--num_gpus", "2", "--master_port", str(free_port()),
+               str(REPO / "launch" / "train.py"), *args]
     return run_acting(command, act)
 
 
 def stopped_step(output: str) -> int:
-    line = next(line for line in output.splitlines() if line.startswith("preempted after step "))
-    return int(line.removeprefix("preempted after step ").split()[0])
+    # Anywhere in a line: the output of several processes (ranks, launchers, the entrypoint) shares one pipe.
+    found = re.search(r"preempted after step (\d+) ", output)
+    assert found, output[-3000:]
+    return int(found.group(1))
 
 
 def assert_ends_as_uninterrupted(save_dir: Path, reference: Path) -> None:
@@ -92,41 +119,67 @@ def assert_saved_at_the_stop(save_dir: Path, output: str) -> int:
 
 
 @pytest.mark.processes
-def test_a_signal_to_the_launcher_or_to_one_rank_saves_that_step_and_resume_ends_as_uninterrupted(
+def test_a_signal_to_launch_py_a_rank_deepspeed_or_pid_1_saves_that_step_and_resume_ends_as_uninterrupted(
         config_runs, demo_prepared_dir, tiny_checkpoints, tmp_path):
-    """Both runs start with --resume in an empty save_dir, as a requeued job script always does.
-    A: SIGTERM to DeepSpeed's per-node launcher (launch.py), which forwards it to rank 0 (only: it waits for that
-    rank to end before it signals the next). B: SIGUSR1 to rank 1 alone, then SIGTERM to rank 0 while the save is
-    under way. Both save the step they are in, agreed by every rank, and exit 75 (the launcher's own exit code: see
-    below); each resumed run ends with the uninterrupted run's weights, bit for bit."""
-    runs = {"launcher": tmp_path / "launcher", "rank": tmp_path / "rank"}
-    pids: dict[str, dict[str, int]] = {"launcher": {}, "rank": {}}
-    signalled: dict[str, list[str]] = {"launcher": [], "rank": []}
+    """Every run starts with --resume in an empty save_dir, as a requeued job script always does.
+    launcher: SIGTERM to DeepSpeed's per-node launcher (launch.py), which forwards it to rank 0 (only: it waits for
+    that rank to end before it signals the next). rank: SIGUSR1 to rank 1 alone, then SIGTERM to rank 0 while the save
+    is under way. runner: SIGTERM to the `deepspeed` command, which ends at once and passes nothing on: the ranks see
+    their launcher gone. pid1: SIGTERM to launch/entrypoint.py running `deepspeed` as PID 1 of a new PID namespace (a
+    container), which passes it on to the ranks. Each saves the step it is in, agreed by every rank, every process
+    ends within the grace period, and each resumed run ends with the uninterrupted run's weights, bit for bit."""
+    runs = {name: tmp_path / name for name in ("launcher", "rank", "runner", "pid1")}
+    pids: dict[str, dict[str, int]] = {name: {} for name in runs}
+    signalled: dict[str, list[str]] = {name: [] for name in runs}
+    sent_at: dict[str, float] = {}
+    ended: dict[str, tuple[float, list[int]]] = {}
 
     def find(name: str, job: subprocess.Popen, line: str) -> None:
         if line.startswith("batch ") and not pids[name]:  # the banner: every process is up; look them up now
             pids[name] = {pattern: pid for pattern in ("deepspeed.launcher.launch", "--local_rank=0", "--local_rank=1")
                           for pid in session_pids(job.pid, pattern)}
 
-    def to_the_launcher(job: subprocess.Popen, line: str) -> None:
-        find("launcher", job, line)
-        if line.startswith("step 2/") and not signalled["launcher"]:
-            os.kill(pids["launcher"]["deepspeed.launcher.launch"], signal.SIGTERM)
-            signalled["launcher"].append("TERM to launch.py")
+    def send(name: str, pid: int, sig: signal.Signals, what: str) -> None:
+        os.kill(pid, sig)
+        sent_at.setdefault(name, time.monotonic())
+        signalled[name].append(what)
+
+    def at_step_2(name: str, target: Callable[[subprocess.Popen], int], what: str):
+        def act(job: subprocess.Popen, line: str) -> None:
+            find(name, job, line)
+            if line.startswith("step 2/") and not signalled[name]:
+                send(name, target(job), signal.SIGTERM, what)
+        return act
 
     def to_one_rank(job: subprocess.Popen, line: str) -> None:
         find("rank", job, line)
         if line.startswith("step 3/") and not signalled["rank"]:  # lands in step 4, the end of the first epoch
-            os.kill(pids["rank"]["--local_rank=1"], signal.SIGUSR1)
-            signalled["rank"].append("USR1 to rank 1")
+            send("rank", pids["rank"]["--local_rank=1"], signal.SIGUSR1, "USR1 to rank 1")
         elif line.startswith("preempted after step") and len(signalled["rank"]) == 1:
-            os.kill(pids["rank"]["--local_rank=0"], signal.SIGTERM)  # the second signal, during the save
-            signalled["rank"].append("TERM to rank 0")
+            send("rank", pids["rank"]["--local_rank=0"], signal.SIGTERM, "TERM to rank 0")  # during the save
 
-    acts = {"launcher": to_the_launcher, "rank": to_one_rank}
-    results = dict(zip(runs, two_at_a_time(
-        lambda name: launched(zero2_args(demo_prepared_dir, tiny_checkpoints, runs[name]) + ["--resume"], acts[name]),
-        runs)))
+    def pid_1(job: subprocess.Popen) -> int:  # unshare's child: PID 1 inside the namespace
+        children = psutil.Process(job.pid).children()
+        return children[0].pid if job.args[0] == PID_NAMESPACE[0] else job.pid
+
+    acts = {"launcher": at_step_2("launcher", lambda job: pids["launcher"]["deepspeed.launcher.launch"],
+                                  "TERM to launch.py"),
+            "rank": to_one_rank,
+            "runner": at_step_2("runner", lambda job: job.pid, "TERM to deepspeed"),
+            "pid1": at_step_2("pid1", pid_1, "TERM to PID 1")}
+    prefixes = {"pid1": as_pid_1()}
+
+    def run(name: str) -> tuple[int, str]:
+        result = launched(zero2_args(demo_prepared_dir, tiny_checkpoints, runs[name]) + ["--resume"], acts[name],
+                          prefixes.get(name, []))
+        # The output ends when its last writer has: launcher, ranks and their workers alike.
+        ended[name] = (time.monotonic(), [pid for pid in pids[name].values() if running(pid)])
+        return result
+
+    results = dict(zip(runs, two_at_a_time(run, runs)))
+    for name in runs:
+        assert signalled[name], (name, results[name][1][-3000:])
+        assert ended[name][0] - sent_at[name] < GRACE_S and not ended[name][1], (name, ended[name], sent_at[name])
 
     code, output = results["launcher"]
     assert "--resume: no checkpoint in" in output and "yet: starting from scratch" in output
@@ -140,6 +193,19 @@ def test_a_signal_to_the_launcher_or_to_one_rank_saves_that_step_and_resume_ends
     assert "(SIGUSR1 on 1 of 2 rank(s)): saving a checkpoint" in output
     assert code == EXIT_PREEMPTED, output[-3000:]  # the ranks' own code, passed on by the launcher
     step = assert_saved_at_the_stop(runs["rank"], output)
+
+    code, output = results["runner"]
+    assert code == -signal.SIGTERM, output[-3000:]  # the deepspeed command itself died at once
+    assert re.search(r"\(the launcher \(pid \d+\) is gone: the deepspeed command ended\): saving a checkpoint",
+                     output), output[-3000:]
+    assert_saved_at_the_stop(runs["runner"], output)
+
+    code, output = results["pid1"]
+    assert code == EXIT_PREEMPTED, output[-3000:]  # the ranks' code, through launch.py, deepspeed and PID 1
+    assert "entrypoint: SIGTERM received: passed on to 2 rank(s)" in output
+    # One rank after the other: the second may get it only after a poll where the first's flag already stops both.
+    assert re.search(r"\(SIGTERM on [12] of 2 rank\(s\)\): saving a checkpoint", output), output[-3000:]
+    assert_saved_at_the_stop(runs["pid1"], output)
 
     resumed = dict(zip(runs, two_at_a_time(
         lambda name: deepspeed_train(zero2_args(demo_prepared_dir, tiny_checkpoints, runs[name]) + ["--resume"]),
@@ -214,6 +280,57 @@ def test_the_slurm_recipe_forwards_the_warning_saves_requeues_and_continues(conf
     assert "resumed from step" in again.stdout
     assert log.read_text().split() == ["requeue", "4242"]  # a finished run is not requeued
     assert_ends_as_uninterrupted(save_dir, config_runs["zero2"])
+
+
+SIGNAL_DURING = """
+import json, os, signal, sys
+from ds_kronos.config import parse_config
+from ds_kronos.train import trainer
+from ds_kronos.train.config import TrainConfig
+common, runs = json.loads(sys.argv[1])
+for name, call, args in runs:  # one process, one run after another: the start-up cost is paid once
+    original, calls = getattr(trainer, name, None), []
+
+    def signalling(*pargs, **kwargs):  # the call-th call of trainer.<name> receives SIGUSR1 before it returns
+        result = original(*pargs, **kwargs)
+        calls.append(1)
+        if len(calls) == call:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return result
+
+    if original is not None:
+        setattr(trainer, name, signalling)
+    trainer.Trainer(parse_config(TrainConfig, common + args)).run()
+    if original is not None:
+        setattr(trainer, name, original)
+"""
+
+
+@pytest.mark.processes
+def test_a_signal_during_a_validation_or_a_periodic_save_stops_at_that_step(demo_prepared_dir, tiny_checkpoints,
+                                                                            tmp_path):
+    """One process (8 steps per epoch): SIGUSR1 arrives while the end-of-epoch validation of step 8 runs (its second
+    validation, after the one before training), or while the periodic checkpoint of step 2 is written (--save_every
+    2). The ranks agree again right after each, so the run saves step 8 (with that validation done) or stops at step
+    2, not a whole step later; the run stopped after its validation resumes to the uninterrupted run's weights, bit
+    for bit."""
+    runs = {name: tmp_path / name for name in ("validation", "save", "straight")}
+    common = train_args(demo_prepared_dir, tiny_checkpoints, None)
+    plan = [("validate", 2, ["--save_dir", str(runs["validation"])]),
+            ("save_training_state", 1, ["--save_dir", str(runs["save"]), "--save_every", "2"]),
+            ("", 0, ["--save_dir", str(runs["validation"]), "--resume"]),
+            ("", 0, ["--save_dir", str(runs["straight"])])]
+    preempted = subprocess.run([sys.executable, "-c", SIGNAL_DURING, json.dumps([common, plan])], cwd=REPO,
+                               env=env(), capture_output=True, text=True, timeout=300)
+    output = preempted.stdout + preempted.stderr
+    assert preempted.returncode == 0, output[-3000:]
+    assert "preempted after step 8 (SIGUSR1 on 1 of 1 rank(s)): saving a checkpoint" in output, output[-3000:]
+    assert "validation end of epoch at step 8" in output
+    assert "preempted after step 2 (SIGUSR1 on 1 of 1 rank(s)): saving a checkpoint" in output, output[-3000:]
+    assert sorted(path.name for path in (runs["save"] / "checkpoints").glob("step*")) == ["step00000002"]
+    assert "resumed from step 8" in output
+    assert summary(runs["validation"])["history"]["val"] == summary(runs["straight"])["history"]["val"]
+    assert_ends_as_uninterrupted(runs["validation"], runs["straight"])
 
 
 def test_signal_names_are_checked_before_anything_starts():

@@ -9,8 +9,12 @@ agree in one all-reduce of a few numbers (:meth:`StopRequests.poll`, a collectiv
 received a signal, every rank writes a checkpoint of that step (atomic, ds_kronos.train.training_state) and the job
 ends with exit code ``EXIT_PREEMPTED`` (75, ds_kronos.cli), ``status: "preempted"`` in summary.json. A signal is
 therefore acted on at the end of the step it arrives in; a validation due at that step is left to the resumed run,
-which runs it first (``Position.due_validation``), so a save does not wait for it. A second signal during the save
-is recorded like the first and changes nothing; anything harder (SIGKILL) finds the atomic tags.
+which runs it first (``Position.due_validation``), so a save does not wait for it. The ranks agree once more right
+after a validation and after a periodic checkpoint (both can take minutes), so a signal that arrives during one is
+acted on at that step, not a whole step later. A second signal during the save is recorded like the first and
+changes nothing; anything harder (SIGKILL) finds the atomic tags. A rank whose DeepSpeed launcher ended (SIGTERM to
+the ``deepspeed`` command, which does not pass it on) counts as one that received a signal
+(ds_kronos.train.launcher_watch): the ranks do not outlive their launcher.
 
 DataLoader workers ignore these signals (:func:`worker_init`): DeepSpeed's launcher sends SIGTERM to each rank's
 whole process tree, and Slurm signals every process of a job step, so without it the workers would die under the
@@ -31,6 +35,7 @@ from typing import Any, Callable
 from ds_kronos.cli import EXIT_PREEMPTED, Preempted
 from ds_kronos.console import say
 from ds_kronos.errors import ConfigError
+from ds_kronos.train.launcher_watch import LauncherWatch
 
 CATCHABLE = ("TERM", "USR1", "USR2", "INT", "HUP", "XCPU")
 """Signals --save_on_signal accepts: those whose default action ends the process and that schedulers send as a
@@ -39,8 +44,9 @@ warning (SIGXCPU: LSF and some Slurm set-ups at a CPU-time limit). Not KILL/STOP
 OFF = "none"
 
 
-def parse_signals(names: list[str] | None) -> tuple[signal.Signals, ...]:
-    """``["TERM", "USR1"]`` (or ``SIGTERM``, any case) -> the signals; ``["none"]`` or nothing -> none."""
+def parse_signals(names: list[str] | None, option: str = "--save_on_signal") -> tuple[signal.Signals, ...]:
+    """``["TERM", "USR1"]`` (or ``SIGTERM``, any case) -> the signals; ``["none"]`` or nothing -> none. ``option``:
+    the option named in the error."""
     names = [name.strip() for name in names or [] if name.strip()]
     if [name.lower() for name in names] in ([], [OFF]):
         return ()
@@ -49,7 +55,7 @@ def parse_signals(names: list[str] | None) -> tuple[signal.Signals, ...]:
         bare = name.upper().removeprefix("SIG")
         (chosen if bare in CATCHABLE else unknown).append(bare)
     if unknown:
-        raise ConfigError(f"--save_on_signal: unknown or unsupported signal {', '.join(map(repr, unknown))} "
+        raise ConfigError(f"{option}: unknown or unsupported signal {', '.join(map(repr, unknown))} "
                           f"(choose from {', '.join(CATCHABLE)}, comma-separated, or {OFF})")
     return tuple(dict.fromkeys(getattr(signal, f"SIG{name}") for name in chosen))
 
@@ -68,9 +74,12 @@ def _ignore_in_worker(signals: tuple[int, ...], worker_id: int) -> None:
 class StopRequests:
     """Listens for the preemption signals (from construction on) and decides, with every rank, when to stop."""
 
-    def __init__(self, signal_names: list[str] | None, exit_after_steps: int = 0):
+    def __init__(self, signal_names: list[str] | None, exit_after_steps: int = 0,
+                 launcher: LauncherWatch | None = None):
         self.signals = parse_signals(signal_names)
         self.exit_after_steps = exit_after_steps
+        self.launcher = launcher if launcher or not self.signals else LauncherWatch.of_this_rank()
+        """DeepSpeed's launcher above this rank, watched while signals are listened for (None: not launched by it)."""
         self.received: list[int] = []
         """Signal numbers this rank received, in order (appended by the handler: nothing else happens there)."""
         self.reason: str | None = None
@@ -84,8 +93,9 @@ class StopRequests:
         self.received.append(signum)
 
     def poll(self, step: int, total_steps: int, runtime) -> bool:
-        """Collective at every optimizer-step boundary (when any signal is listened for): whether every rank stops
-        at ``step`` now, because some rank received a signal or ``--exit_after_steps`` is reached. Sets
+        """Collective at every optimizer-step boundary, and again after a validation or a periodic save there (when
+        any signal is listened for; every rank polls at the same points): whether every rank stops at ``step`` now,
+        because some rank received a signal or lost its launcher, or ``--exit_after_steps`` is reached. Sets
         :attr:`reason` and :attr:`status`; rank 0 says why."""
         from ds_kronos.train.reporting import PREEMPTED, STOPPED_BY_REQUEST
 
@@ -93,11 +103,16 @@ class StopRequests:
             from ds_kronos.runtime import host_all_reduce_sum
 
             first = self.received[0] if self.received else None
-            counts = host_all_reduce_sum([float(first == sig) for sig in self.signals])  # host only: no device sync
-            if any(counts):
-                who = ", ".join(f"{sig.name} on {int(n)} of {runtime.world_size} rank(s)"
-                                for sig, n in zip(self.signals, counts) if n)
-                self.reason, self.status = f"preempted after step {step} ({who})", PREEMPTED
+            launcher_gone = self.launcher.gone() if self.launcher else None
+            # Host only (no device sync); the last number: ranks whose launcher is gone, a preemption request too.
+            *counts, lost = host_all_reduce_sum([float(first == sig) for sig in self.signals]
+                                                + [float(launcher_gone is not None)])
+            if any(counts) or lost:
+                who = [f"{sig.name} on {int(n)} of {runtime.world_size} rank(s)"
+                       for sig, n in zip(self.signals, counts) if n]
+                if lost:
+                    who.append(launcher_gone or f"the launcher of {int(lost)} of {runtime.world_size} rank(s) is gone")
+                self.reason, self.status = f"preempted after step {step} ({'; '.join(who)})", PREEMPTED
         if self.reason is None and self.exit_after_steps and step == self.exit_after_steps < total_steps:
             self.reason = f"stopping after step {step} as asked (--exit_after_steps)"
             self.status = STOPPED_BY_REQUEST

@@ -216,8 +216,11 @@ class Trainer:
             self._check_divergence()
             self._validate(due)
             self.timed_since = time.perf_counter()
+            if self.stops.poll(pos.step, self.total_steps, self.runtime):  # a signal during the validation
+                return
         if (c.save_every and pos.step % c.save_every == 0) or (end_of_epoch and not c.save_every):
             self._checkpoint()
+            self.stops.poll(pos.step, self.total_steps, self.runtime)  # during the save: _train stops, saved already
 
     def _stop_timing(self) -> None:
         """Add the time since ``timed_since`` to the training time (validation and exports are not in it)."""

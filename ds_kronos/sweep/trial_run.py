@@ -5,7 +5,8 @@ The command is the one a user would type (the deepspeed launcher, its ``--num_gp
 ``train.log`` in the trial's folder. While it runs, each new complete line of the trainer's ``metrics.jsonl`` is
 handed to ``report(step, value)``; when that returns True (prune), the trial is asked to stop cleanly through its
 stop file (:mod:`ds_kronos.train.stop_file`), never killed. Only when the sweep itself is interrupted is the
-launcher sent SIGTERM (it passes it on to the ranks), and SIGKILL after ``TERMINATE_WAIT_S``.
+launcher sent SIGTERM, and SIGKILL after ``TERMINATE_WAIT_S``: the ``deepspeed`` command ends at once, and its ranks
+find it gone at their next step, save and exit 75 (:mod:`ds_kronos.train.launcher_watch`).
 """
 
 from __future__ import annotations

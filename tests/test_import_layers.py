@@ -26,8 +26,9 @@ LAYERS = {
     "evaluation": 4,
     # 5: the training and planning jobs, which use all of the above and not each other
     "train": 5, "plan": 5,
-    # 6: sweeps, which launch training jobs (they read the train config and the files a run writes)
-    "sweep": 6,
+    # 6: what launches training jobs: sweeps (they read the train config and the files a run writes) and the
+    # container entrypoint (it forwards the signals training saves on)
+    "sweep": 6, "entrypoint": 6,
 }
 """Above layer 0, two packages of one layer are siblings: neither imports the other."""
 

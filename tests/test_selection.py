@@ -255,3 +255,40 @@ def test_forecast_scores_are_the_crps_and_rank_ic_of_the_sampled_paths(demo_prep
                                                  rel=1e-5)
     assert list(scores.daily["rank_ic"].values()) == pytest.approx(rank_ic.tolist(), rel=1e-5)
     assert math.isfinite(validation.random_walk_crps) and validation.random_walk_crps > 0
+
+
+def test_the_baselines_are_scored_once_and_equal_on_one_rank_and_two(demo_prepared_dir, monkeypatch):
+    """The selection line's strongest baseline: the econometric baselines' CRPS on the validation origins, fitted once,
+    dealt to the ranks by symbol (as the evaluation does) and summed, so the figures do not depend on the world size."""
+    prepared = verify_prepared(str(demo_prepared_dir))
+
+    def validation() -> ForecastValidation:
+        return ForecastValidation(prepared.split("val"), prepared.lookback, prepared.predict,
+                                  origins=2 * CHUNK_ORIGINS + 5, paths=4, clip=5.0, seed=7, sampler=SamplerSettings(),
+                                  max_context=512, pad_forwards=False)
+
+    def rank(r: int, world_size: int) -> SimpleNamespace:
+        return SimpleNamespace(rank=r, world_size=world_size, device=torch.device("cpu"))
+
+    one = validation()
+    assert one.strongest_baseline() is None  # nothing fitted before the first evaluation
+    monkeypatch.setattr(forecast_validation, "all_reduce_sum", lambda tensor: tensor)
+    one._score_baselines(rank(0, 1))
+    # Two ranks: rank 1's share, then rank 0's with rank 1's added as the all-reduce would.
+    shares = []
+    monkeypatch.setattr(forecast_validation, "all_reduce_sum", lambda tensor: shares.append(tensor) or tensor)
+    validation()._score_baselines(rank(1, 2))
+    two = validation()
+    monkeypatch.setattr(forecast_validation, "all_reduce_sum", lambda tensor: tensor + shares[0])
+    two._score_baselines(rank(0, 2))
+    assert 0 < shares[0].count_nonzero() < shares[0].numel()  # rank 1 fitted some origins, not all
+
+    assert set(one.baseline_crps) >= {"GARCH-t", "GJR-GARCH-t", "EWMA"}
+    assert two.baseline_crps == pytest.approx(one.baseline_crps, rel=1e-12)
+    assert two.baseline_fits == one.baseline_fits
+    assert all(sum(counts.values()) == len(one) for counts in one.baseline_fits.values())
+    assert all(math.isfinite(v) and v > 0 for v in one.baseline_crps.values())
+    label, value = one.strongest_baseline()
+    assert value == min(one.baseline_crps.values()) and one.baseline_crps[label] == value
+    summary = one.summary()
+    assert summary["baselines_crps"] == one.baseline_crps and summary["baseline_fits"] == one.baseline_fits

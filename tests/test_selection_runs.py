@@ -77,6 +77,14 @@ def test_forecast_scores_do_not_depend_on_the_ranks_or_the_zero_stage(demo_prepa
         assert forecast[0][3] == pytest.approx(1 - forecast[0][1] / result["forecast_validation"]["random_walk_crps"])
         assert "forecasts at step 0: crps" in outputs[name].stdout
         assert "skill" in outputs[name].stdout
+        # The strongest econometric baseline on the same origins, fitted once, the same on every layout.
+        baselines = result["forecast_validation"]["baselines_crps"]
+        label = min(baselines, key=baselines.get)
+        assert f"than {label}'s {baselines[label]:.4f}, the strongest baseline" in outputs[name].stdout
+    first = summary(tmp_path / next(iter(layouts)))["forecast_validation"]["baselines_crps"]
+    assert {"GARCH-t", "EWMA"} <= set(first)
+    for name in layouts:
+        assert summary(tmp_path / name)["forecast_validation"]["baselines_crps"] == pytest.approx(first, rel=1e-12)
 
 
 @pytest.mark.processes

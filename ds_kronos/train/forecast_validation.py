@@ -10,7 +10,11 @@ and scored with the evaluation module's implementations (ds_kronos.evaluation.pr
   last horizon) against the realised one (higher is better);
 * and, computed once at set-up, the CRPS of the random walk with historical volatility on the same origins with
   the same number of paths, so every evaluation line says whether the model beats it (``skill`` = 1 - CRPS /
-  random walk's).
+  random walk's);
+* and, computed once at the first evaluation (fitted on each origin's lookback, dealt to the ranks by symbol as
+  the evaluation does), the CRPS of the econometric baselines of ``launch/evaluate.py`` (GARCH-t, GJR-GARCH-t,
+  EWMA and, when the lookback is long enough, HAR: ds_kronos.evaluation.arch_baselines), so every evaluation
+  line names the strongest of them too.
 
 Fixed origins: the validation split's forecast origins (ds_kronos.evaluation.origins: one per ``predict`` bars
 of the common calendar), whole dates spread evenly over the split with every symbol of each date (the RankIC
@@ -34,10 +38,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ds_kronos.data.normalise import denormalise
+from ds_kronos.data.normalise import denormalise, normalise
 from ds_kronos.data.series import CLOSE
 from ds_kronos.errors import DataError
 from ds_kronos.evaluation import metrics, probabilistic
+from ds_kronos.evaluation.arch_baselines import BASELINES, LABELS, forecast_baselines, plan_baselines
 from ds_kronos.evaluation.baselines import RANDOM_WALK_WINDOW, random_walk_paths
 from ds_kronos.evaluation.origins import Origins, build_origins, origin_windows
 from ds_kronos.forecast.sampler import sample_paths
@@ -108,6 +113,11 @@ class ForecastValidation:
         history = self.windows.norm[:, :lookback, CLOSE:CLOSE + 1].astype(np.float64)
         walk = random_walk_paths(history, pred_len, paths, RANDOM_WALK_WINDOW, stream_seed(seed, BASELINE_STREAM))
         self.random_walk_crps = float(probabilistic.crps_values(walk[..., 0], self.actual_close_norm).mean())
+        self.values, self.offsets = split.values, split.offsets
+        self.baseline_plan = plan_baselines(BASELINES, None, split.offsets, self.origins, lookback, named=False)
+        self.baseline_crps: dict[str, float] | None = None
+        """Each baseline's mean CRPS on the origins (label -> CRPS), set by the first :meth:`score`."""
+        self.baseline_fits: dict[str, dict[str, int]] = {}
 
     def __len__(self) -> int:
         return len(self.origins)
@@ -116,7 +126,9 @@ class ForecastValidation:
         """What summary.json records about the forecast validation (the scores are in the history)."""
         return {"origins": len(self), "dates": int(np.unique(self.dates).size), "paths": self.paths,
                 "horizon": self.pred_len, "random_walk_crps": self.random_walk_crps,
-                "random_walk_window": RANDOM_WALK_WINDOW, "seed": self.seed, "sampler": self.sampler.describe(),
+                "random_walk_window": RANDOM_WALK_WINDOW, "baselines_crps": self.baseline_crps,
+                "baseline_fits": self.baseline_fits, "baselines_skipped": self.baseline_plan.skipped,
+                "seed": self.seed, "sampler": self.sampler.describe(),
                 "sampler_file_in_exports": True,  # the trainer writes these settings into every export
                 "units": "close, normalised by each origin's lookback mean and std"}
 
@@ -135,8 +147,41 @@ class ForecastValidation:
         starts = range(rank * CHUNK_ORIGINS, len(self), world_size * CHUNK_ORIGINS)
         return [np.arange(s, min(s + CHUNK_ORIGINS, len(self))) for s in starts]
 
+    def strongest_baseline(self) -> tuple[str, float] | None:
+        """(label, CRPS) of the baseline with the lowest CRPS on the origins, once scored."""
+        return min(self.baseline_crps.items(), key=lambda item: item[1]) if self.baseline_crps else None
+
+    def _score_baselines(self, runtime: Runtime) -> None:
+        """Collective, once: each rank fits the baselines at the origins of its symbols (as the evaluation deals
+        them: a fit starts from its symbol's previous one, so a symbol stays on one rank); one all-reduce sum (zeros
+        elsewhere, exact) gives every rank every origin's CRPS, so the result does not depend on the world size."""
+        names = self.baseline_plan.names
+        mine = np.flatnonzero(self.origins.symbols % runtime.world_size == runtime.rank)
+        crps = torch.zeros(len(names), len(self), dtype=torch.float64)
+        outcomes = torch.zeros(len(names), 3, dtype=torch.float64)  # converged, not converged, failed fits
+        if mine.size and names:
+            ours = Origins(self.origins.rows[mine], self.origins.symbols[mine])
+            fitted = forecast_baselines(self.baseline_plan, self.values, self.offsets, ours, self.origins,
+                                        self.pred_len, self.paths, self.seed)
+            w = self.windows
+            for b in range(len(names)):
+                paths = normalise(fitted.paths[..., b], w.mean[mine, 0, CLOSE, None, None],
+                                  w.std[mine, 0, CLOSE, None, None], self.clip).astype(np.float64)
+                crps[b, mine] = torch.from_numpy(
+                    probabilistic.crps_values(paths, self.actual_close_norm[mine]).mean(axis=1))
+            for outcome in range(3):  # FIT_OK, NOT_CONVERGED, FAILED
+                outcomes[:, outcome] = torch.from_numpy((fitted.flags == outcome).sum(axis=0).astype(np.float64))
+        totals = all_reduce_sum(torch.cat([crps.flatten(), outcomes.flatten()]).to(runtime.device)).cpu().numpy()
+        per_origin = totals[:crps.numel()].reshape(crps.shape)
+        self.baseline_crps = {LABELS[name]: float(per_origin[b].mean()) for b, name in enumerate(names)}
+        counts = totals[crps.numel():].reshape(outcomes.shape).round().astype(np.int64)
+        self.baseline_fits = {name: dict(zip(("converged", "not_converged", "failed"), map(int, counts[b])))
+                              for b, name in enumerate(names)}
+
     def score(self, engine, tokenizer, runtime: Runtime) -> ForecastScores:
         """Collective: every rank must call it. Sample and score every origin; identical result on every rank."""
+        if self.baseline_crps is None:
+            self._score_baselines(runtime)
         started = time.perf_counter()
         mine = self._chunks_of(runtime.rank, runtime.world_size)
         crps = torch.zeros(len(self), dtype=torch.float64)

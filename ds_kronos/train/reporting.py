@@ -197,8 +197,11 @@ def validation_line(trainer, label: str, result, improved: bool, forecast=None) 
     if forecast is not None:
         rank_ic = "undefined" if forecast.rank_ic is None else f"{forecast.rank_ic:+.4f}"
         verdict = "better" if forecast.skill > 0 else "WORSE"
+        strongest = trainer.forecasts.strongest_baseline()
+        against = "" if strongest is None else (f"; {'better' if forecast.crps < strongest[1] else 'WORSE'} than "
+                                                f"{strongest[0]}'s {strongest[1]:.4f}, the strongest baseline")
         say(f"  forecasts at step {pos.step}: crps {forecast.crps:.4f} ({verdict} than the random walk's "
-            f"{trainer.forecasts.random_walk_crps:.4f}: skill {forecast.skill:+.3f}), rank_ic {rank_ic}; "
+            f"{trainer.forecasts.random_walk_crps:.4f}: skill {forecast.skill:+.3f}{against}), rank_ic {rank_ic}; "
             f"{len(trainer.forecasts)} origins x {trainer.forecasts.paths} paths in {forecast.seconds:.1f} s{note}")
 
 

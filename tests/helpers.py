@@ -165,7 +165,9 @@ def stall_a_rank(command: list[str], when: Callable[[str], bool], rank: int = 1,
 
     Once the launcher starts killing its ranks it sends SIGTERM, which a stopped process only receives once it
     runs again, so the stopped rank is continued then: waiting for DeepSpeed's 30 s SIGKILL grace would test
-    DeepSpeed, not ds_kronos."""
+    DeepSpeed, not ds_kronos. The launcher logs "Killing subprocess" before it signals each rank, so the stopped one
+    is continued once its SIGTERM is pending (continued earlier, it would find its collective failed before the
+    signal came, a race of the test's making)."""
     job = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            start_new_session=True)
     lines: list[str] = []
@@ -182,6 +184,7 @@ def stall_a_rank(command: list[str], when: Callable[[str], bool], rank: int = 1,
         for line in job.stdout:
             lines.append(line)
             if "Killing subprocess" in line:
+                wait_for_pending(int(pids[0]), signal.SIGTERM)
                 os.kill(int(pids[0]), signal.SIGCONT)
                 break
         lines += job.stdout.readlines()
@@ -191,6 +194,23 @@ def stall_a_rank(command: list[str], when: Callable[[str], bool], rank: int = 1,
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
             job.wait()
+
+
+def wait_for_pending(pid: int, sig: signal.Signals, timeout: float = 10.0) -> bool:
+    """Wait until ``sig`` is pending for the (stopped) process ``pid`` (/proc's SigPnd/ShdPnd masks); False when it
+    did not come within ``timeout`` s or the process is gone."""
+    bit = 1 << (int(sig) - 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigPnd:", "ShdPnd:"))]
+        if any(mask & bit for mask in masks):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def two_at_a_time(run: Callable[[object], object], items: Iterable) -> list:

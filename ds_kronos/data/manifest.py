@@ -94,3 +94,21 @@ def check_manifest(manifest: Any, path: Path) -> None:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise DataError(f"{path}: {'; '.join(problems[:3])}{more}; prepare the data again with "
                         f"launch/prepare_data.py")
+
+
+class ManifestWindow:
+    """The window settings every opened dataset (a format-1 folder, a store) reads from its ``manifest``."""
+
+    manifest: dict
+
+    @property
+    def lookback(self) -> int:
+        return int(self.manifest["lookback"])
+
+    @property
+    def predict(self) -> int:
+        return int(self.manifest["predict"])
+
+    @property
+    def freq(self) -> str:
+        return str(self.manifest.get("freq", ""))

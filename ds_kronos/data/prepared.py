@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ds_kronos.data.manifest import ARRAYS, FILES, FORMAT_NAME, FORMAT_VERSION, SPLITS, check_manifest
+from ds_kronos.data.manifest import ARRAYS, FILES, FORMAT_NAME, FORMAT_VERSION, SPLITS, ManifestWindow, check_manifest
 from ds_kronos.data.npy import open_npy
 from ds_kronos.data.output import staged_output
 from ds_kronos.data.series import TIME_FEATURE_COLUMNS, VALUE_COLUMNS, SymbolSeries, time_features
@@ -33,7 +33,7 @@ _DTYPES = MappingProxyType({"values": np.float32, "timestamps": np.int64, "time_
                            "offsets": np.int64})
 
 
-class PreparedDataset:
+class PreparedDataset(ManifestWindow):
     """A prepared dataset folder, validated on open; arrays are memory-mapped read-only."""
 
     def __init__(self, path: Path, manifest: dict, splits: dict[str, SplitArrays]):
@@ -86,18 +86,6 @@ class PreparedDataset:
     @property
     def test(self) -> SplitArrays:
         return self._splits["test"]
-
-    @property
-    def lookback(self) -> int:
-        return int(self.manifest["lookback"])
-
-    @property
-    def predict(self) -> int:
-        return int(self.manifest["predict"])
-
-    @property
-    def freq(self) -> str:
-        return str(self.manifest["freq"])
 
 
 def _open_array(file: Path, array: str, shape: tuple[int, ...]) -> np.ndarray:

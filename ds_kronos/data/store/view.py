@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ds_kronos.data.manifest import SPLITS
+from ds_kronos.data.manifest import SPLITS, ManifestWindow
 from ds_kronos.data.npy import open_npy
 from ds_kronos.data.series import TIME_FEATURE_COLUMNS, VALUE_COLUMNS
 from ds_kronos.data.split_arrays import SplitArrays
@@ -36,7 +36,7 @@ class _Piece:
         self.shard, self.row0, self.rows, self.first, self.last = shard, row0, rows, first, last
 
 
-class StoreDataset:
+class StoreDataset(ManifestWindow):
     """A store opened for one choice of splits; ``split(name)`` gives a :class:`SplitArrays` of row views."""
 
     def __init__(self, path: Path, index: dict, arrays: list[dict[str, np.ndarray]], splits: dict):
@@ -49,18 +49,6 @@ class StoreDataset:
         if name not in self._splits:
             raise DataError(f"{self.path}: unknown split {name!r} (known: {', '.join(SPLITS)})")
         return self._splits[name]
-
-    @property
-    def lookback(self) -> int:
-        return int(self.manifest["lookback"])
-
-    @property
-    def predict(self) -> int:
-        return int(self.manifest["predict"])
-
-    @property
-    def freq(self) -> str:
-        return str(self.manifest.get("freq", ""))
 
     def files(self) -> list[str]:
         """Every file of the store relative to its folder, index first."""

@@ -217,11 +217,11 @@ def _cpu_node(**values) -> PlanRequest:
 
 def test_cpu_ranks_share_the_node_memory():
     """2 ranks on a 24 GiB node: large ZeRO-0 no longer fits (each rank's process counts, and both share the host)."""
-    p = plan(_cpu_node(variant="large", zero=0))
+    p = plan(_cpu_node(predictor="large", zero_stage=0))
     e = p.estimate
     assert e.node_host >= 2 * e.rank_peak > 2 * e.total  # the rank process holds more than the "device" states
     assert not p.fits(24, 0.2)
-    rec = recommend(_cpu_node(variant="large", memory_gb=24))
+    rec = recommend(_cpu_node(predictor="large", memory_gb=24))
     assert rec.chosen is not None and rec.chosen.estimate.node_host <= 24 * GIB * 0.8
     assert rec.tried[0].setup.zero == 0 and rec.tried[0] is not rec.chosen
     # On GPU --memory_gb stays per device: the same request fits ZeRO-0 on 24 GiB devices by its device total.
@@ -230,9 +230,9 @@ def test_cpu_ranks_share_the_node_memory():
 
 def test_nvme_is_a_candidate_only_with_disk_and_when_the_swap_fits():
     assert SHARDING_LADDER == ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (3, "cpu"), (3, "nvme"))
-    without = recommend(_cpu_node(variant="1b", memory_gb=24))
+    without = recommend(_cpu_node(predictor="1b", memory_gb=24))
     assert all(p.setup.offload != "nvme" for p in without.tried)
-    rec = recommend(_cpu_node(variant="1b", memory_gb=24, disk_gb=60))
+    rec = recommend(_cpu_node(predictor="1b", memory_gb=24, disk_gb=60))
     assert rec.chosen is not None and (rec.chosen.setup.zero, rec.chosen.setup.offload) == (3, "nvme")
     e = rec.chosen.estimate
     counts = model_counts("1b")
@@ -261,7 +261,7 @@ def test_nvme_buffers_follow_the_shipped_json():
 
     zero = load_ds_config("ds_configs/zero3_nvme_bf16.json")["zero_optimization"]
     param, sub = zero["offload_param"], zero["sub_group_size"]
-    e = plan(_cpu_node(variant="1b", zero=3, offload="nvme")).estimate
+    e = plan(_cpu_node(predictor="1b", zero_stage=3, offload="nvme")).estimate
     assert e.rank_states["param_swap_buffers"] == param["buffer_count"] * param["buffer_size"] * 2
     largest = model_counts("1b").largest_tensor_params
     count = zero["offload_optimizer"]["buffer_count"]
@@ -273,14 +273,14 @@ def test_build_and_load_can_be_the_peak():
     """ZeRO-2 bf16 from a checkpoint: full fp32 model + state dict, then the exact fp32 copy next to the engine's
     states; ZeRO-3 (zero.Init) builds and loads a shard and one module at a time."""
     counts = model_counts("large")
-    zero2 = plan(_cpu_node(variant="large", zero=2, from_model_folder=True)).estimate
-    zero3 = plan(_cpu_node(variant="large", zero=3, from_model_folder=True)).estimate
+    zero2 = plan(_cpu_node(predictor="large", zero_stage=2, from_model_folder=True)).estimate
+    zero3 = plan(_cpu_node(predictor="large", zero_stage=3, from_model_folder=True)).estimate
     assert zero2.rank_build == {"model": 4 * counts.total_params, "checkpoint": 4 * counts.total_params,
                                 "fp32_copy": 4 * counts.total_params}
     assert zero2.rank_build_peak > zero3.rank_build_peak
     assert zero3.rank_build["model"] == 2 * -(-counts.total_params // 2)
     assert zero3.rank_build["checkpoint"] == 4 * counts.largest_tensor_params
-    assert plan(_cpu_node(variant="large", zero=2)).estimate.rank_build["checkpoint"] == 0
+    assert plan(_cpu_node(predictor="large", zero_stage=2)).estimate.rank_build["checkpoint"] == 0
     assert zero2.rank_peak == max(zero2.rank_build_peak, zero2.rank_train)
 
 
@@ -332,7 +332,7 @@ def test_lora_keeps_every_parameter_but_states_for_the_adapters_only():
     assert zero2.model_states == zero2.deepspeed_model_states == 2 * T + int(18 * T / 8) + 2 * (P - T)
     full = plan(_request(predictor="large", zero_stage=2, world_size=8)).estimate
     assert full.grads + full.optimizer > 100 * (zero2.grads + zero2.optimizer) and zero2.params == 2 * P
-    zero3 = plan(_cpu_node(variant="large", zero=3, offload="cpu", finetune="lora")).estimate
+    zero3 = plan(_cpu_node(predictor="large", zero_stage=3, offload="cpu", finetune="lora")).estimate
     assert zero3.rank_states["fp32_master"] == 4 * -(-T // 2) and zero3.rank_states["lp_partition"] == 2 * -(-P // 2)
     # Rank 0 keeps the frozen model's exact fp32 values for the exports (bf16); an export adds the merged layers.
     assert zero2.rank0_frozen_copy == 4 * (P - T) and full.rank0_frozen_copy == 0

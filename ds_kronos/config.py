@@ -1,7 +1,8 @@
 """Job configs: kw-only dataclasses with a docstring per field, loadable from YAML/JSON, overridable on the CLI.
 
 Each job (data preparation, training, evaluation) has one dataclass. Fields are declared with :func:`option`,
-which records the help text; :func:`parse_config` builds the argument parser from the fields, reads
+which records the help text, in option groups that the job's dataclass inherits (:mod:`ds_kronos.option_groups`:
+``--help`` shows them as argument groups); :func:`parse_config` builds the argument parser from the fields, reads
 ``--config FILE`` first, applies command-line overrides on top, then calls the dataclass's ``problems()`` method
 and raises one :class:`ConfigError` that lists every problem (rather than stopping at the first).
 """

@@ -1,5 +1,7 @@
 """Options of the two training jobs: the predictor (``launch/train.py``) and the tokenizer
-(``launch/train_tokenizer.py``). They share every option of the trainer; each adds what its model needs.
+(``launch/train_tokenizer.py``). They share every option of the trainer; each adds what its model needs. Options are
+declared in groups (``DataOptions``, ``ScheduleOptions``, ...: :mod:`ds_kronos.option_groups`) that ``--help`` shows;
+the config object a job gets is flat (``config.save_every``).
 
 Defaults follow upstream's finetune/config.py where it has one (batch 50, 30 epochs, n_train_iter 2000 x batch,
 n_val_iter 400 x batch, seed 100, clip 5). The DeepSpeed JSON owns the optimizer, precision and ZeRO settings;

@@ -29,6 +29,7 @@ from ds_kronos.atomic import write_text_atomic
 from ds_kronos.data.manifest import FILES, SPLITS
 from ds_kronos.data.prepared import PreparedDataset, content_hashes
 from ds_kronos.data.series import VALUE_COLUMNS
+from ds_kronos.data.split_choice import SplitChoice
 from ds_kronos.errors import DataError
 
 VERDICT_NAME = ".ds_kronos_verified.json"
@@ -154,11 +155,12 @@ def _local_rank() -> int:
 
 
 def verify_prepared(path: str | os.PathLike, *, local_rank: int | None = None,
-                    log: Callable[[str], None] | None = None) -> PreparedDataset:
+                    log: Callable[[str], None] | None = None, split: SplitChoice | None = None) -> PreparedDataset:
     """Open a prepared folder and make sure its files are the ones its manifest describes; raise DataError (one
     line naming the file and what is wrong) otherwise. Call it on every rank: only local rank 0 (default: from
-    the launcher's environment, else 0) reads the content, once per node and change of the files."""
-    prepared = PreparedDataset.open(path)
+    the launcher's environment, else 0) reads the content, once per node and change of the files. ``split``:
+    another split than the prepared one (a store's; see :class:`ds_kronos.data.split_choice.SplitChoice`)."""
+    prepared = PreparedDataset.open(path, split)
     # A store (format 2) keys and checks its own files (per shard, naming a changed one).
     v1 = isinstance(prepared, PreparedDataset)
     key = verdict_key(prepared) if v1 else prepared.verdict_key()

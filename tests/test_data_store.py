@@ -12,7 +12,7 @@ import pytest
 from ds_kronos.data import PrepareConfig, PreparedDataset, WindowDataset, prepare_dataset
 from ds_kronos.data.store.shards import INDEX_NAME
 from ds_kronos.data.store.view import open_store
-from ds_kronos.errors import DataError
+from ds_kronos.errors import ConfigError, DataError
 from helpers import SEED, single_process_val_losses
 
 LOOKBACK, PREDICT = 20, 4
@@ -124,6 +124,41 @@ def test_split_is_chosen_at_open_time(v1_and_inputs, frames, tmp_path):
     prepare_dataset(PrepareConfig(csv=csv, out=str(v1_other), lookback=LOOKBACK, predict=PREDICT,
                                   **{f"{k}_range": v.split(",") for k, v in other.items()}), log=lambda line: None)
     same_windows(PreparedDataset.open(v1_other), open_store(tmp_path / "s", ranges=other))
+
+
+def test_a_job_chooses_the_split_when_it_opens_a_store(v1_and_inputs, tmp_path):
+    """The split given at preparation is a default: a job opening the store with other ranges (all, or one of
+    them) or fractions gets the windows of a store prepared with those, and nothing is prepared or read again."""
+    from ds_kronos.data.split_choice import SplitChoice
+    from ds_kronos.data.verify import verify_prepared
+
+    _, _, parquet, v1 = v1_and_inputs
+    _store(tmp_path / "s", parquet=[parquet], symbol_column="ticker")
+    verify_prepared(tmp_path / "s", local_rank=0)
+    verdict = (tmp_path / "s" / ".ds_kronos_verified.json").stat().st_mtime_ns
+    other = {"train_range": "2024-01-05,2024-01-15", "val_range": "2024-01-10,2024-01-25",
+             "test_range": "2024-01-20,2024-02-10"}
+    only_val = {**RANGES, "val_range": other["val_range"].split(",")}
+    for name, options, prepared_with in (("all", other, {k: v.split(",") for k, v in other.items()}),
+                                         ("val", {"val_range": other["val_range"]}, only_val),
+                                         ("fractions", {"split": "0.7,0.15,0.15"}, {"split": [0.7, 0.15, 0.15]})):
+        prepare_dataset(PrepareConfig(parquet=[parquet], symbol_column="ticker", out=str(tmp_path / name),
+                                      lookback=LOOKBACK, predict=PREDICT, **prepared_with), log=lambda line: None)
+        chosen = verify_prepared(tmp_path / "s", local_rank=0, split=SplitChoice.from_options(**options))
+        same_windows(PreparedDataset.open(tmp_path / name), chosen)
+    assert (tmp_path / "s" / ".ds_kronos_verified.json").stat().st_mtime_ns == verdict  # no second verification
+    with pytest.raises(ConfigError, match="a format-1 folder holds the split it was prepared with"):
+        PreparedDataset.open(v1, SplitChoice.from_options(split=[0.7, 0.15, 0.15]))
+    _store(tmp_path / "f", parquet=[parquet], symbol_column="ticker", split=[0.8, 0.1, 0.1])
+    with pytest.raises(ConfigError, match="default split is by fractions.*--train_range, --test_range missing"):
+        PreparedDataset.open(tmp_path / "f", SplitChoice.from_options(val_range=other["val_range"]))
+    bad = {"both": ({"split": "0.7,0.2,0.1", "val_range": "2024-01-01,2024-01-05"}, "mutually exclusive"),
+           "sum": ({"split": "0.7,0.2,0.2"}, "summing to at most 1"),
+           "range": ({"test_range": "2024-02-01,2024-01-01"}, "--test_range: range .* ends before it starts")}
+    for options, message in bad.values():
+        with pytest.raises(ConfigError, match=message):
+            SplitChoice.from_options(**options)
+    assert SplitChoice.from_options() is None
 
 
 def test_time_zones_become_the_wall_clock(frames, tmp_path):

@@ -161,6 +161,59 @@ def test_a_job_chooses_the_split_when_it_opens_a_store(v1_and_inputs, tmp_path):
     assert SplitChoice.from_options() is None
 
 
+def _each_rank(datasets: list, work) -> list:
+    """Run ``work(dataset, gather)`` as one thread per rank, ``gather`` handing every rank's object in rank order
+    (the collective of ds_kronos.runtime.all_gather_objects); returns each rank's exception or None."""
+    import threading
+
+    barrier, slots, outcome = threading.Barrier(len(datasets)), [None] * len(datasets), [None] * len(datasets)
+
+    def rank(r: int) -> None:
+        def gather(obj):
+            slots[r] = obj
+            barrier.wait()
+            gathered = list(slots)
+            barrier.wait()
+            return gathered
+        try:
+            work(datasets[r], gather)
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            outcome[r] = exc
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(len(datasets))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcome
+
+
+def test_each_node_may_hold_its_own_copy_but_not_another_content(v1_and_inputs, frames, tmp_path):
+    """Nodes without a shared file system: a copy of the store at another path is the same data; a store prepared
+    from other bars is refused on every rank with one line naming that copy and the first shard that differs."""
+    import shutil
+
+    from ds_kronos.data.copies import check_same_copies
+    from ds_kronos.data.verify import verify_prepared
+
+    _, _, parquet, v1 = v1_and_inputs
+    _store(tmp_path / "node0" / "s", parquet=[parquet], symbol_column="ticker", memory_gb=0.1958)
+    shutil.copytree(tmp_path / "node0" / "s", tmp_path / "node1" / "elsewhere")
+    changed = {**frames, "S03": frames["S03"].assign(close=frames["S03"]["close"] * 1.001)}
+    _store(tmp_path / "node2" / "s", parquet=[write_long_parquet(changed, tmp_path / "changed")],
+           symbol_column="ticker", memory_gb=0.1958)
+    copies = [verify_prepared(tmp_path / f, local_rank=0) for f in ("node0/s", "node1/elsewhere", "node2/s")]
+    assert len(copies[0].manifest["shards"]) > 1
+    assert _each_rank(copies[:2], check_same_copies) == [None, None]
+    outcome = _each_rank(copies, check_same_copies)
+    assert all(isinstance(e, DataError) for e in outcome) and len({str(e) for e in outcome}) == 1
+    shard = next(e["name"] for e in copies[2].manifest["shards"] if "S03" in e["symbols"])
+    message = str(outcome[0])
+    assert "\n" not in message and f"at {(tmp_path / 'node2' / 's').resolve()} (rank 2)" in message
+    assert f"at {(tmp_path / 'node0' / 's').resolve()} (rank 0): shard {shard} differs" in message
+    folder = PreparedDataset.open(v1)  # a format-1 folder is compared file by file
+    assert _each_rank([folder, folder], check_same_copies) == [None, None]
+
+
 def test_time_zones_become_the_wall_clock(frames, tmp_path):
     local = {name: f.assign(timestamps=f["timestamps"].dt.tz_localize("Asia/Shanghai")) for name, f in
              list(frames.items())[:3]}

@@ -4,7 +4,8 @@ Every rank runs :meth:`PreparedDataset.open`'s checks, which read no array data 
 headers, sizes and shapes, offsets against the manifest). The content check reads every byte: each file's
 SHA-256 against the manifest (the overall one for manifests written before per-file hashes), every value finite,
 time increasing within each symbol. Its verdict is recorded in
-a small JSON file keyed by the manifest's hash and every file's size and modification time, so it runs once
+a small JSON file keyed by the manifest's hash and every file's size, modification and change time (see
+:mod:`ds_kronos.data.file_stamp`), so it runs once
 after preparation (or after any change to a file), on local rank 0 of each node only; the other local ranks wait
 for the verdict and later runs reuse it. A verdict whose key no longer matches the files is never trusted.
 
@@ -26,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ds_kronos.atomic import write_text_atomic
+from ds_kronos.data.file_stamp import file_stamp
 from ds_kronos.data.manifest import FILES, SPLITS
 from ds_kronos.data.prepared import PreparedDataset, content_hashes
 from ds_kronos.data.series import VALUE_COLUMNS
@@ -95,12 +97,10 @@ def content_problem(prepared: PreparedDataset) -> str | None:
 
 
 def verdict_key(prepared: PreparedDataset) -> dict[str, Any]:
-    """What a verdict is valid for: the manifest's hash and the size and mtime of the manifest and every file."""
-    files = {}
-    for rel in ("manifest.json", *FILES):
-        stat = (prepared.path / rel).stat()
-        files[rel] = [stat.st_size, stat.st_mtime_ns]
-    return {"sha256": prepared.manifest["sha256"], "files": files}
+    """What a verdict is valid for: the manifest's hash and the stamp (size, mtime, ctime) of the manifest and every
+    file."""
+    return {"sha256": prepared.manifest["sha256"],
+            "files": {rel: file_stamp(prepared.path / rel) for rel in ("manifest.json", *FILES)}}
 
 
 def _cache_dir() -> Path:

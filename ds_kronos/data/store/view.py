@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ds_kronos.data.file_stamp import file_stamp
 from ds_kronos.data.manifest import SPLITS, ManifestWindow
 from ds_kronos.data.npy import open_npy
 from ds_kronos.data.series import TIME_FEATURE_COLUMNS, VALUE_COLUMNS
@@ -56,12 +57,8 @@ class StoreDataset(ManifestWindow):
         return [INDEX_NAME] + [f"shards/{e['name']}/{a}.npy" for e in self.manifest["shards"] for a in SHARD_ARRAYS]
 
     def verdict_key(self) -> dict[str, Any]:
-        """What a verification verdict is valid for: the index's hash and every file's size and mtime."""
-        files = {}
-        for rel in self.files():
-            stat = (self.path / rel).stat()
-            files[rel] = [stat.st_size, stat.st_mtime_ns]
-        return {"sha256": self.manifest["sha256"], "files": files}
+        """What a verification verdict is valid for: the index's hash and every file's stamp (size, mtime, ctime)."""
+        return {"sha256": self.manifest["sha256"], "files": {rel: file_stamp(self.path / rel) for rel in self.files()}}
 
     def content_problem(self) -> str | None:
         """Read every byte: each shard's files against their hashes (naming the shard), values finite, time

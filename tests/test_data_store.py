@@ -302,11 +302,25 @@ def test_two_ranks_train_on_a_store_as_on_format_1(v1_and_inputs, tmp_path, tiny
     assert store["val"] and store["val"] == folder["val"] and store["train"] == folder["train"]
 
 
-def test_qlib_folder_into_a_store_has_format_1_windows(demo_qlib_dir, demo_prepared_dir, tmp_path):
+@pytest.mark.parametrize("instrument", ["all", "csi300"])
+def test_qlib_folder_into_a_store_has_format_1_windows(demo_qlib_dir, demo_prepared_dir, tmp_path, monkeypatch,
+                                                       instrument):
+    """Qlib is read a group of symbols at a time (a bucket sized by --memory_gb), market members within their
+    membership spans, and gives the windows of format 1's whole read."""
     from conftest import DEMO_LOOKBACK, DEMO_PREDICT
+    from ds_kronos.data import qlib_source
 
-    prepare_dataset(PrepareConfig(qlib_dir=str(demo_qlib_dir), instrument="all", out=str(tmp_path / "s"), format=2,
-                                  lookback=DEMO_LOOKBACK, predict=DEMO_PREDICT, memory_gb=0.001),
+    groups = []
+    real = qlib_source.read_qlib_group
+    monkeypatch.setattr(qlib_source, "read_qlib_group", lambda u, symbols, *a: groups.append(symbols) or real(
+        u, symbols, *a))
+    options = dict(qlib_dir=str(demo_qlib_dir), instrument=instrument, lookback=DEMO_LOOKBACK, predict=DEMO_PREDICT)
+    prepare_dataset(PrepareConfig(out=str(tmp_path / "s"), format=2, memory_gb=0.1958, **options),
                     log=lambda line: None)
-    assert len(json.loads((tmp_path / "s" / INDEX_NAME).read_text())["shards"]) > 1
-    same_windows(PreparedDataset.open(demo_prepared_dir), PreparedDataset.open(tmp_path / "s"))
+    assert len(groups) > 2 and sorted(sum(groups, [])) == sorted(set(sum(groups, [])))
+    assert len(json.loads((tmp_path / "s" / INDEX_NAME).read_text())["shards"]) > 2
+    folder = demo_prepared_dir
+    if instrument != "all":
+        folder = tmp_path / "v1"
+        prepare_dataset(PrepareConfig(out=str(folder), **options), log=lambda line: None)
+    same_windows(PreparedDataset.open(folder), PreparedDataset.open(tmp_path / "s"))

@@ -86,6 +86,11 @@ def test_blend_shares_and_samples_are_pure_functions_of_seed_epoch_and_position(
         own = WindowDataset(sources[k].dataset, "train", seed=SEED, max_samples=int(blend._draw[k]))
         x, _ = own.get_batch(list(zip(epochs[mask].tolist(), positions[mask].tolist())))
         torch.testing.assert_close(x, x1[torch.from_numpy(np.flatnonzero(mask))], rtol=0, atol=0)
+    # An epoch of 1e8 samples costs no memory of its own (one period of 10 positions) and reads at its far end.
+    huge = BlendedWindowDataset([s.dataset for s in sources], ["0.7", "0.2", "0.1"], "train", num_samples=10**8,
+                                seed=SEED)
+    assert huge.period == 10 and huge.source_samples.tolist() == [7 * 10**7, 2 * 10**7, 10**7]
+    assert huge.get_batch([(0, 10**8 - 1), (5, 10**8 - 2)])[0].shape == (2, blend.window, 6)
     # Any number of ranks together serve exactly the epoch's samples (the sampler deals positions).
     dealt = sorted(p for r in range(3) for _, p in _rank_positions(len(blend), r, 3))
     assert dealt == list(range(len(blend) // 3 * 3))

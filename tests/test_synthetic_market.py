@@ -63,11 +63,12 @@ def test_daily_bars_show_clustering_by_persistence_fat_tails_leverage_and_volume
     clustering = {name: _mean_over_symbols(r ** 2, lambda x: np.mean([_acf(x, k) for k in range(5, 21)]))
                   for name, r in (("more", more), ("less", less))}
     assert clustering["more"] > 0.05 and clustering["less"] > 0
-    assert clustering["more"] > 3 * clustering["less"]
+    assert clustering["more"] > 2 * clustering["less"]
     for r in (more, less):
         assert _mean_over_symbols(r, lambda x: pd.Series(x).kurt() + 3.0) > 3.5
-        # leverage: a fall raises the next bar's variance more than a rise
-        assert _mean_over_symbols(r, lambda x: np.corrcoef(x[:-1], x[1:] ** 2)[0, 1]) < -0.01
+    # Leverage: a fall raises the next bar's variance more than a rise (about -0.02 here; 0 +- 0.005 with gamma 0).
+    both = pd.concat([more, less], axis=1)
+    assert _mean_over_symbols(both, lambda x: np.corrcoef(x[:-1], np.abs(x[1:]))[0, 1]) < -0.01
     volume = np.log(_panel(daily / "BETA" / "1D", "volume"))
     pairs = [pd.concat([volume[c], less[c].abs()], axis=1).dropna().to_numpy() for c in less.columns]
     assert np.mean([np.corrcoef(p[:, 0], p[:, 1])[0, 1] for p in pairs if len(p) > 10]) > 0.2
@@ -157,10 +158,10 @@ def test_oracle_beats_a_random_walk_with_20_bar_volatility(daily):
     folder = daily / "BETA" / "1D"
     close = _panel(folder, "close")
     horizon, paths, scores = 5, 200, {"oracle": [], "random_walk": []}
-    for i, symbol in enumerate(c for c in close.columns if close[c].count() > 400):
+    for i, symbol in enumerate(c for c in close.columns if close[c].count() > 700):
         series = close[symbol].dropna()
         spec = load_symbol_spec(daily, symbol)
-        for origin in (200, 300, 390):
+        for origin in range(100, 700, 60):
             frame = pd.DataFrame({"timestamps": series.index[:origin + 1], "close": series.to_numpy()[:origin + 1]})
             actual = np.log(series.to_numpy()[origin + 1:origin + 1 + horizon])[None]
             oracle = np.log(oracle_paths(spec, frame, horizon, paths, seed=i)[:, :, 3])[None]
@@ -169,7 +170,7 @@ def test_oracle_beats_a_random_walk_with_20_bar_volatility(daily):
             scores["oracle"].append(crps_values(oracle, actual).mean())
             scores["random_walk"].append(crps_values(walk, actual).mean())
     oracle, walk = np.array(scores["oracle"]), np.array(scores["random_walk"])
-    assert len(oracle) >= 150
+    assert len(oracle) >= 500
     difference = walk - oracle
     assert difference.mean() > 2 * difference.std(ddof=1) / np.sqrt(len(difference))  # better, significantly
 

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from helpers import error_lines, run_in_process, run_job
 
 from ds_kronos.data.synthetic import load_symbol_spec, oracle_paths, oracle_variance
 from ds_kronos.data.synthetic.calendar import day_template, first_day, grid_stamps
@@ -19,6 +18,7 @@ from ds_kronos.data.synthetic.process import Params, State, bars
 from ds_kronos.data.synthetic.spec import MarketSpec, default_markets, draw_symbol_specs
 from ds_kronos.evaluation.baselines import random_walk_paths
 from ds_kronos.evaluation.probabilistic import crps_values
+from helpers import error_lines, run_in_process, run_job
 
 
 def _corpus(root: Path, **options) -> Path:

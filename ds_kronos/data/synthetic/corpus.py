@@ -30,8 +30,15 @@ from ds_kronos.config import option
 from ds_kronos.data.output import staged_output
 from ds_kronos.data.synthetic.calendar import DayTemplate, day_template, first_day, grid_stamps
 from ds_kronos.data.synthetic.process import BAR_FIELDS, Params, State, bars
-from ds_kronos.data.synthetic.spec import (SYMBOLS_FILE, MarketSpec, SymbolSpec, check_markets, draw_symbol_specs,
-                                           load_markets, write_symbol_specs)
+from ds_kronos.data.synthetic.spec import (
+    SYMBOLS_FILE,
+    MarketSpec,
+    SymbolSpec,
+    check_markets,
+    draw_symbol_specs,
+    load_markets,
+    write_symbol_specs,
+)
 from ds_kronos.errors import ConfigError
 
 CORPUS_FILE = "corpus.json"

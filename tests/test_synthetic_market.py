@@ -13,7 +13,7 @@ import pytest
 
 from ds_kronos.data.synthetic import load_symbol_spec, oracle_paths, oracle_variance
 from ds_kronos.data.synthetic.calendar import day_template, first_day, grid_stamps
-from ds_kronos.data.synthetic.corpus import MakeMarketConfig, write_corpus
+from ds_kronos.data.synthetic.corpus import MakeMarketConfig, block_bars, write_corpus
 from ds_kronos.data.synthetic.process import Params, State, bars
 from ds_kronos.data.synthetic.spec import MarketSpec, default_markets, draw_symbol_specs
 from ds_kronos.evaluation.baselines import random_walk_paths
@@ -152,6 +152,27 @@ def test_oracle_one_step_variance_is_the_generators(name, freq):
     assert (paths[..., 1] >= paths[..., [0, 3]].max(axis=-1)).all() and (paths[..., 4] >= 0).all()
     again = oracle_paths(spec, (stamps[:301], values[:301]), 5, 100, seed=0)
     assert np.array_equal(again, oracle_paths(spec, (stamps[:301], values[:301]), 5, 100, seed=0))
+
+
+def test_oracle_state_is_exact_for_symbols_that_list_late_in_a_block():
+    """A symbol listing inside a chunk or at a chunk's first bar starts from its first price and long-run variance,
+    as the oracle assumes: its variance from the listing on is the generator's."""
+    market = next(m for m in default_markets() if m.name == "DELTA")
+    template = day_template(market.sessions, "1h", market.overnight, market.lunch, market.u_shape)
+    day0, total, first = first_day("2022-03-01"), 60, np.array([0, 7, 10, 23])
+    stamps_all, _ = grid_stamps(template, day0, np.arange(total))
+    listed = [str(stamps_all[f].astype("datetime64[ns]")) for f in first]
+    specs = draw_symbol_specs(market, "1h", template.bars_per_day, 4, listed, [None] * 4, np.random.default_rng(0))
+    chunks = list(block_bars(specs, first, np.full(4, total - 1), template, day0, total, 10, np.random.default_rng(1)))
+    stamps = np.concatenate([c[0] for c in chunks])
+    drawn = {f: np.concatenate([c[2][f] for c in chunks]) for f in ("open", "high", "low", "close", "volume",
+                                                                       "amount", "variance")}
+    for i, f in enumerate(first):
+        values = np.stack([drawn[name][:, i] for name in ("open", "high", "low", "close", "volume", "amount")], 1)
+        assert values[f, 0] == pytest.approx(specs[i].price0, rel=0.2)  # trades from its first price
+        for end in (f, f + 5, total - 2):
+            got = oracle_variance(specs[i], (stamps[f:end + 1], values[f:end + 1]), 1)[0]
+            assert got == pytest.approx(drawn["variance"][end + 1, i], rel=1e-9), (i, end)
 
 
 def test_oracle_beats_a_random_walk_with_20_bar_volatility(daily):

@@ -20,7 +20,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -103,23 +103,31 @@ def _stamp_text(template: DayTemplate, day0: np.datetime64, bar: int) -> str:
     return str(grid_stamps(template, day0, np.array([bar]))[0][0].astype("datetime64[ns]").astype("datetime64[s]"))
 
 
+def block_bars(specs: list[SymbolSpec], first: np.ndarray, last: np.ndarray, template: DayTemplate,
+               day0: np.datetime64, total: int, rows: int, rng: np.random.Generator) -> Iterator[tuple]:
+    """The bars of ``specs`` (listed at bar ``first``, delisted after bar ``last``) over ``total`` bars of the grid,
+    ``rows`` bars of each at a time: (timestamps [T], where each trades [T, S], bars [T, S] by field)."""
+    params = Params.of(specs)
+    state = State.at_listing(params, np.array([s.price0 for s in specs]))
+    listings = np.unique(first[first > 0])
+    for t0 in range(0, total, rows):
+        index = np.arange(t0, min(t0 + rows, total))
+        stamps, k = grid_stamps(template, day0, index)
+        active = (index[:, None] >= first) & (index[:, None] <= last)
+        resets = {int(t - t0): np.flatnonzero(first == t) for t in listings[(listings >= t0) & (listings < t0 + rows)]}
+        yield stamps, active, bars(params, state, template.scale[k], template.gap[k], rng, resets, active)
+
+
 def _write_block(path: Path, specs: list[SymbolSpec], first: np.ndarray, last: np.ndarray, template: DayTemplate,
                  day0: np.datetime64, total: int, config: MakeMarketConfig, rng: np.random.Generator) -> int:
     """One Parquet file: the bars of ``specs`` over the whole calendar, ``config.chunk_bars`` at a time."""
-    params = Params.of(specs)
-    state = State.at_listing(params, np.array([s.price0 for s in specs]))
     names = pa.array([s.symbol for s in specs], pa.string())
     columns = np.arange(len(specs), dtype=np.int32)
     rows = max(1, config.chunk_bars // len(specs))
     written = 0
     compression = None if config.compression == "none" else config.compression
     with pq.ParquetWriter(path, SCHEMA, compression=compression) as writer:
-        for t0 in range(0, total, rows):
-            index = np.arange(t0, min(t0 + rows, total))
-            stamps, k = grid_stamps(template, day0, index)
-            active = (index[:, None] >= first) & (index[:, None] <= last)
-            resets = {int(t - t0): np.flatnonzero(first == t) for t in np.unique(first) if t0 < t <= index[-1]}
-            drawn = bars(params, state, template.scale[k], template.gap[k], rng, resets, active)
+        for stamps, active, drawn in block_bars(specs, first, last, template, day0, total, rows, rng):
             keep = active.ravel()
             symbol = pa.DictionaryArray.from_arrays(pa.array(np.broadcast_to(columns, active.shape).ravel()[keep]),
                                                     names)

@@ -126,7 +126,8 @@ def _write_block(path: Path, specs: list[SymbolSpec], first: np.ndarray, last: n
     rows = max(1, config.chunk_bars // len(specs))
     written = 0
     compression = None if config.compression == "none" else config.compression
-    with pq.ParquetWriter(path, SCHEMA, compression=compression) as writer:
+    # Dictionary encoding only for the symbol: on the float columns it costs half the write time and saves ~1%.
+    with pq.ParquetWriter(path, SCHEMA, compression=compression, use_dictionary=["symbol"]) as writer:
         for stamps, active, drawn in block_bars(specs, first, last, template, day0, total, rows, rng):
             keep = active.ravel()
             symbol = pa.DictionaryArray.from_arrays(pa.array(np.broadcast_to(columns, active.shape).ravel()[keep]),

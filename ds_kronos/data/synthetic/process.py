@@ -101,6 +101,19 @@ def draw_shocks(params: Params, steps: int, rng: np.random.Generator) -> np.ndar
     return rng.standard_t(params.nu, size=(steps, params.nu.shape[0])) * params.t_scale()
 
 
+def _bridge_extreme(mid: np.ndarray, move: np.ndarray, rest: np.ndarray, rng: np.random.Generator,
+                    sign: float) -> np.ndarray:
+    """exp of the bridge's maximum (sign 1) or minimum (-1): (a + b +- sqrt((b - a)^2 + 2 v' E)) / 2, E ~ Exp(1)."""
+    extreme = rng.standard_exponential(mid.shape)
+    extreme *= rest
+    extreme += move
+    np.sqrt(extreme, out=extreme)
+    extreme *= sign
+    extreme += mid
+    extreme *= 0.5
+    return np.exp(extreme, out=extreme)
+
+
 def bars(params: Params, state: State, scale: np.ndarray, gap: np.ndarray, rng: np.random.Generator,
          resets: dict[int, np.ndarray] | None = None, active: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Bars [T, S] of every field of :data:`BAR_FIELDS`, plus ``variance`` (the conditional variance s^2 h of each
@@ -121,18 +134,22 @@ def bars(params: Params, state: State, scale: np.ndarray, gap: np.ndarray, rng: 
         noise = rng.standard_normal((gapped.size, z.shape[1]))
         wg = w[gapped]
         log_open[gapped] += wg * returns[gapped] + np.sqrt(wg * (1.0 - wg) * variance[gapped]) * noise
-    rest = 2.0 * (1.0 - w) * variance
+    rest = (2.0 * (1.0 - w)) * variance
     move = (log_close - log_open) ** 2
     mid = log_open + log_close
-    high = np.exp(0.5 * (mid + np.sqrt(move + rest * rng.standard_exponential(z.shape))))
-    low = np.exp(0.5 * (mid - np.sqrt(move + rest * rng.standard_exponential(z.shape))))
+    high = _bridge_extreme(mid, move, rest, rng, 1.0)
+    low = _bridge_extreme(mid, move, rest, rng, -1.0)
     open_, close = np.exp(log_open), np.exp(log_close)
     np.maximum(high, np.maximum(open_, close), out=high)  # rounding of exp must not undo the bridge's order
     np.minimum(low, np.minimum(open_, close), out=low)
-    surprise = params.volume_shock * (np.abs(z) - params.mean_abs_z())
-    noise = params.volume_noise * rng.standard_normal(z.shape, dtype=np.float32)
-    volume = (params.volume_base * (scale * scale)[:, None] * (h / params.bar_variance) ** (params.volume_elasticity
-              / 2.0) * np.exp(surprise + noise - params.volume_noise ** 2 / 2.0))
-    amount = volume * (high + low + 2.0 * close) / 4.0
+    log_volume = np.log(h / params.bar_variance)
+    log_volume *= params.volume_elasticity / 2.0
+    log_volume += params.volume_shock * (np.abs(z) - params.mean_abs_z()) - params.volume_noise ** 2 / 2.0
+    log_volume += params.volume_noise * rng.standard_normal(z.shape, dtype=np.float32)
+    volume = np.exp(log_volume, out=log_volume)
+    volume *= params.volume_base * (scale * scale)[:, None]
+    amount = high + low
+    amount += 2.0 * close
+    amount *= volume / 4.0
     return {"open": open_, "high": high, "low": low, "close": close, "volume": volume, "amount": amount,
             "variance": variance}

@@ -212,7 +212,7 @@ class SymbolSpec:
         return self.bar_variance * (1.0 - self.alpha - self.beta - self.gamma / 2.0)
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "sessions": list(self.sessions)}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {"sessions": list(self.sessions)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "SymbolSpec":

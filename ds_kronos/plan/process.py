@@ -28,7 +28,7 @@ LAUNCHER_PROCESSES_PER_NODE = 2
 # for large with CPU offload and 2.17-2.90 GiB for 1b with NVMe offload (both ranks, training and export peaks),
 # and 0.1 GiB for base without offload. Likely the allocator keeping freed blocks of the step's large transients
 # (glibc; see ds_kronos.plan.measure.fix_mmap_threshold). A calibration from those very runs, so it is checked
-# by them only; the README's scale table shows the planner with and without it.
+# by them only; docs/performance.md's table of larger variants shows the planner with and without it.
 OFFLOAD_UNATTRIBUTED_BYTES = int(2.4 * 1024 ** 3)
 
 

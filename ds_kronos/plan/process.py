@@ -9,26 +9,17 @@ import math
 from ds_kronos.plan.counts import ModelCounts
 from ds_kronos.plan.setup import ADAM, BYTES, FP32, Setup
 
-# Resident memory of one training process before any model exists: torch + deepspeed imported and a gloo process
-# group of 1 (DS_ACCELERATOR=cpu, torch 2.13 CPU, deepspeed 0.19.8, Linux x86-64), measured as VmRSS after
-# ``deepspeed.init_distributed("gloo")`` and ``import ds_kronos.train.trainer``: 374,916-375,172 KiB over 4 runs
-# (RssAnon ~254 MB, RssFile ~121 MB; the file-backed part is the shared libraries, which the ranks of a node share
-# in reality but which each rank's RSS counts). The frozen tokenizer and the activations are separate terms.
+# The calibrations below were measured on the CPU; how, and the figures: docs/memory_planner.md, "Calibrations".
+# Resident memory of one training process before any model exists (torch + deepspeed imported, a gloo group of 1).
+# The frozen tokenizer and the activations are separate terms.
 BASELINE_PROCESS_BYTES = 375_000 * 1024
-# What importing peft (and the transformers it imports) adds to a --finetune lora rank, on top of the baseline:
-# VmRSS before and after ``import peft`` in a process set up as for BASELINE_PROCESS_BYTES, 154.3-154.6 MiB over 3
-# runs (peft 0.21.2, transformers 5.25.0). Without it the plan was 1.30-1.33x under base's measured rank peak
-# (benchmarks/finetune_memory.py; docs/performance.md, "Full fine-tuning against LoRA").
+# What importing peft (and the transformers it imports) adds to a --finetune lora rank, on top of the baseline.
 LORA_IMPORT_BYTES = 155 * 1024 ** 2
 # Processes a ``deepspeed`` launch adds on each node besides the ranks: the runner (``deepspeed`` CLI) and
-# ``deepspeed.launcher.launch`` both import torch and deepspeed (measured: ~385 MB VmRSS each next to a 2-rank run).
+# ``deepspeed.launcher.launch``, each importing torch and deepspeed (about one baseline each).
 LAUNCHER_PROCESSES_PER_NODE = 2
-# Resident memory of an offloading ZeRO-3 rank on the CPU that no term below accounts for: measured, not derived.
-# benchmarks/scale_run.py (2 CPU ranks, bf16, micro batch 2, 100 tokens) left 2.15-2.35 GiB per rank unexplained
-# for large with CPU offload and 2.17-2.90 GiB for 1b with NVMe offload (both ranks, training and export peaks),
-# and 0.1 GiB for base without offload. Likely the allocator keeping freed blocks of the step's large transients
-# (glibc; see ds_kronos.plan.measure.fix_mmap_threshold). A calibration from those very runs, so it is checked
-# by them only; docs/performance.md's table of larger variants shows the planner with and without it.
+# Resident memory of an offloading ZeRO-3 rank on the CPU that no term below accounts for: measured, not derived
+# (likely the allocator keeping freed blocks of the step's large transients; see plan.measure.fix_mmap_threshold).
 OFFLOAD_UNATTRIBUTED_BYTES = int(2.4 * 1024 ** 3)
 
 

@@ -142,15 +142,16 @@ def _simulate(signal: pd.Series, start: pd.Timestamp, end: pd.Timestamp, k: int,
     _import_gym_quietly()
     from qlib.backtest import backtest, executor
     from qlib.contrib.strategy import TopkDropoutStrategy
+    from qlib.log import set_global_logger_level
 
+    # Before the executor is built: per-order/per-day warnings (limits, suspended days) flood stdout, and building
+    # and starting the backtest warns of what a plain backtest does not use (common_infra, a future calendar).
+    set_global_logger_level(logging.ERROR)
     codes = sorted(signal.index.get_level_values("instrument").unique())
     exchange_kwargs = {"freq": FREQ, "codes": codes, "deal_price": "close",
                        "limit_threshold": limit_threshold or None, **COSTS}
     strategy = TopkDropoutStrategy(signal=signal, topk=k, n_drop=drop)
     day_executor = executor.SimulatorExecutor(time_per_step=FREQ, generate_portfolio_metrics=True)
-    from qlib.log import set_global_logger_level
-
-    set_global_logger_level(logging.ERROR)  # per-order/per-day warnings (limits, suspended days) flood stdout
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # qlib's nanmean over days without a price
         portfolio, _ = backtest(start_time=start, end_time=end, strategy=strategy, executor=day_executor,

@@ -70,10 +70,10 @@ def recommended_config(cfg: FinetuneMemoryConfig, variant: str, mode: str, conte
     from ds_kronos.plan import PlanRequest
     from ds_kronos.plan.planner import recommend
 
-    request = PlanRequest(variant=variant, world_size=cfg.world_size, micro_batch=cfg.micro_batch, context=context,
+    request = PlanRequest(predictor=variant, world_size=cfg.world_size, batch_size=cfg.micro_batch, context=context,
                           precision="bf16", device="cpu", memory_gb=cfg.memory_gb, finetune=mode)
     chosen = recommend(request).chosen
-    if chosen is None or chosen.request.micro_batch != cfg.micro_batch or chosen.request.activation_checkpointing:
+    if chosen is None or chosen.request.batch_size != cfg.micro_batch or chosen.request.activation_checkpointing:
         raise UserError(f"{variant} {mode}: the planner finds no config at micro batch {cfg.micro_batch} without "
                          f"activation checkpointing within {cfg.memory_gb:g} GiB")
     if not chosen.ds_config.overrides:

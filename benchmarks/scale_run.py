@@ -159,8 +159,8 @@ def planned(variant: str, config: str, world_size: int, micro_batch: int, contex
     from ds_kronos.plan import PlanRequest, plan
 
     view = DeepSpeedView.of(load_ds_config(config))
-    estimate = plan(PlanRequest(variant=variant, world_size=world_size, zero=view.zero_stage,
-                                offload=view.offload_optimizer, micro_batch=micro_batch, context=context,
+    estimate = plan(PlanRequest(predictor=variant, world_size=world_size, zero_stage=view.zero_stage,
+                                offload=view.offload_optimizer, batch_size=micro_batch, context=context,
                                 precision=view.precision, device="cpu", finetune=finetune)).estimate
     return {"rank_peak": estimate.rank_peak, "node_host": estimate.node_host, "node_disk": estimate.node_disk}
 

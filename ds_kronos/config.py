@@ -1,7 +1,8 @@
 """Job configs: kw-only dataclasses with a docstring per field, loadable from YAML/JSON, overridable on the CLI.
 
 Each job (data preparation, training, evaluation) has one dataclass. Fields are declared with :func:`option`,
-which records the help text; :func:`parse_config` builds the argument parser from the fields, reads
+which records the help text, in option groups that the job's dataclass inherits (:mod:`ds_kronos.option_groups`:
+``--help`` shows them as argument groups); :func:`parse_config` builds the argument parser from the fields, reads
 ``--config FILE`` first, applies command-line overrides on top, then calls the dataclass's ``problems()`` method
 and raises one :class:`ConfigError` that lists every problem (rather than stopping at the first).
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
 
 from ds_kronos.errors import ConfigError
+from ds_kronos.option_groups import PROCESSES, RenamedFlag, flat_values, group_of
 
 T = TypeVar("T")
 
@@ -38,17 +40,19 @@ upstream's ``auto_regressive_inference`` default, :data:`ds_kronos.forecast.samp
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[Any] | None = None,
            default_factory: Any = dataclasses.MISSING, cli: bool = True, nargs: str | None = None,
-           ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+           ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+           renamed_from: Sequence[str] = ()) -> Any:
     """Declare a config field with its help text (shown by ``--help`` and in the docs).
 
     ``nargs="+"`` (list fields only) lets the flag take several space-separated values (``--csv a.csv b.csv``);
     each value may still be comma-separated, so the comma form keeps working. ``ge``/``gt``/``le``/``lt`` bound a
     number, or every item of a list of numbers (a None value, where the field allows it, is not checked);
-    :func:`validate` reports a value outside.
+    :func:`validate` reports a value outside. ``renamed_from``: the option's former names, still accepted for one
+    release (:mod:`ds_kronos.option_groups`).
     """
     bounds = {key: value for key, value in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if value is not None}
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "cli": cli, "nargs": nargs,
-                "bounds": bounds}
+                "bounds": bounds, "renamed_from": tuple(renamed_from)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -194,7 +198,9 @@ def load_file(path: str) -> dict[str, Any]:
 
 def from_mapping(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
     """Build ``cls`` from a mapping, rejecting unknown keys with their names and values of the wrong type with
-    the option, the expected type and the value (all at once)."""
+    the option, the expected type and the value (all at once). Group sections and old option names are accepted
+    (:func:`ds_kronos.option_groups.flat_values`)."""
+    values = flat_values(cls, values, source)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -225,26 +231,18 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see --help)")
 
 
-def _job_fields_first(cls: type) -> list[dataclasses.Field]:
-    """The fields of ``cls``, those it declares itself first, then each option group it inherits (``--help``
-    lists a job's own options before the shared groups such as :class:`ProcessOptions`)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    ordered: dict[str, dataclasses.Field] = {}
-    for klass in cls.__mro__:
-        for name in vars(klass).get("__annotations__", {}):
-            if name in fields and name not in ordered:
-                ordered[name] = fields[name]
-    return list(ordered.values())
-
-
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """The job's parser: one argument group per option group (:mod:`ds_kronos.option_groups`) in their declared
+    order, options without a group beside ``--config``; old names of renamed options hidden."""
     parser = _Parser(description=description or (cls.__doc__ or "").strip().split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML or JSON file with option values (CLI flags win)")
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML or JSON file with option values (CLI flags win); "
+                                                        "flat, or in sections named by the groups below")
     hints = typing.get_type_hints(cls)
-    for field in _job_fields_first(cls):
-        if not field.metadata.get("cli", True):
-            continue
+    fields = [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+    groups = sorted({g for f in fields if (g := group_of(cls, f.name))}, key=lambda g: g.position)
+    containers: dict[Any, Any] = {None: parser, **{g: parser.add_argument_group(g.title) for g in groups}}
+    for field in fields:
         tp, optional = _base_type(hints[field.name])
         default = field.default if field.default is not dataclasses.MISSING else (
             field.default_factory() if field.default_factory is not dataclasses.MISSING else None)
@@ -261,7 +259,10 @@ def build_parser(cls: type, description: str | None = None) -> argparse.Argument
             kwargs["type"] = _converter(tp, optional)
             if field.metadata.get("nargs"):
                 kwargs.update(nargs=field.metadata["nargs"], action=_FlattenLists)
-        parser.add_argument(f"--{field.name}", **kwargs)
+        containers[group_of(cls, field.name)].add_argument(f"--{field.name}", **kwargs)
+        for old in field.metadata.get("renamed_from", ()):
+            parser.add_argument(f"--{old}", **{**kwargs, "dest": field.name, "action": RenamedFlag,
+                                               "help": argparse.SUPPRESS})
     return parser
 
 
@@ -274,7 +275,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, description: s
         raise ConfigError(f"unrecognised argument(s): {' '.join(extra)} (see --help)")
     values: dict[str, Any] = {}
     if args.config:
-        values.update(load_file(args.config))
+        values.update(flat_values(cls, load_file(args.config), args.config))
     values.update({k: v for k, v in vars(args).items() if k != "config"})
     config = from_mapping(cls, values, source=args.config or "command line")
     validate(config)
@@ -358,6 +359,8 @@ def to_dict(config: Any) -> dict[str, Any]:
 @dataclass(kw_only=True)
 class ProcessOptions:
     """The options of a job's process (every job that joins a process group through the deepspeed launcher)."""
+
+    GROUP = PROCESSES
 
     local_rank: int = option(-1, help="set by the deepspeed launcher")
     threads: int | None = option(None, help="torch threads per process (default: CPU cores / local processes)", ge=1)

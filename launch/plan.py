@@ -1,8 +1,8 @@
 """Per-rank memory of a Kronos training configuration, and the least-sharded DeepSpeed config that fits a device.
 
-    python launch/plan.py --variant base --world_size 8 --zero 2 --micro_batch 32 --context 512 --precision bf16
-    python launch/plan.py --variant 3b --world_size 8 --micro_batch 16 --precision bf16 --memory_gb 80
-    python launch/plan.py --variant 1b --world_size 2 --device cpu --micro_batch 1 --context 100 --precision bf16 \
+    python launch/plan.py --predictor base --world_size 8 --zero_stage 2 --batch_size 32 --context 512 --precision bf16
+    python launch/plan.py --predictor 3b --world_size 8 --batch_size 16 --precision bf16 --memory_gb 80
+    python launch/plan.py --predictor 1b --world_size 2 --device cpu --batch_size 1 --context 100 --precision bf16 \
         --memory_gb 24 --disk_gb 60
 
 On --device cpu, --memory_gb is the host memory of a node, shared by its ranks; --disk_gb (free disk per node)

@@ -122,6 +122,17 @@ def run_in_process(script: str, argv: list[str], capsys) -> tuple[int, str]:
     """``launch/<script>``'s main in this process, as its command line would run it (``ds_kronos.cli.run_main``):
     returns the exit code and what it wrote to stderr (``capsys``: pytest's fixture). For the checks that end
     before any process group exists."""
+    code = _exit_code_of(script, argv)
+    return code, capsys.readouterr().err
+
+
+def script_help(script: str, capsys) -> str:
+    """What ``launch/<script> --help`` prints, run in this process."""
+    assert _exit_code_of(script, ["--help"]) == 0
+    return capsys.readouterr().out
+
+
+def _exit_code_of(script: str, argv: list[str]) -> int:
     from importlib import util
 
     import pytest
@@ -133,7 +144,7 @@ def run_in_process(script: str, argv: list[str], capsys) -> tuple[int, str]:
     spec.loader.exec_module(module)
     with pytest.raises(SystemExit) as exit_info:
         run_main(module.main, argv)
-    return exit_info.value.code, capsys.readouterr().err
+    return exit_info.value.code
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:

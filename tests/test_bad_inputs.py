@@ -153,9 +153,9 @@ def _cases(tmp: Path, prepared: Path) -> dict[str, tuple[str, list[str], list[st
         "demo_out_below_a_file": ("make_demo_data.py", ["--out", str(a_file / "demo")],
                                   [f"{a_file} is a file, not a folder"], None),
         # --- planner ---
-        "memory_gb_nan": ("plan.py", ["--variant", "tiny", "--memory_gb", "nan"],
+        "memory_gb_nan": ("plan.py", ["--predictor", "tiny", "--memory_gb", "nan"],
                           ["--memory_gb: invalid float value: 'nan'"], None),
-        "write_ds_config_missing_folder": ("plan.py", ["--variant", "tiny", "--write_ds_config",
+        "write_ds_config_missing_folder": ("plan.py", ["--predictor", "tiny", "--write_ds_config",
                                                        str(tmp / "missing" / "ds.json")],
                                            [f"folder {tmp / 'missing'} does not exist"], str(tmp / "missing")),
         # --- training: the prepared set (item 3) ---
@@ -225,7 +225,7 @@ def _cases(tmp: Path, prepared: Path) -> dict[str, tuple[str, list[str], list[st
             ["comet.enabled and --comet offline would each start a comet_ml experiment", "use one of them"], "OUT"),
     }
     if Path("/dev/full").exists():  # a device that answers every write with ENOSPC: a full disk, for real
-        cases["full_disk"] = ("plan.py", ["--variant", "tiny", "--write_ds_config", "/dev/full"],
+        cases["full_disk"] = ("plan.py", ["--predictor", "tiny", "--write_ds_config", "/dev/full"],
                               ["no space left on /dev/full"], None)
     return cases
 

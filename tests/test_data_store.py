@@ -12,7 +12,7 @@ import pytest
 from ds_kronos.data import PrepareConfig, PreparedDataset, WindowDataset, prepare_dataset
 from ds_kronos.data.store.shards import INDEX_NAME
 from ds_kronos.data.store.view import open_store
-from ds_kronos.errors import DataError
+from ds_kronos.errors import ConfigError, DataError
 from helpers import SEED, single_process_val_losses
 
 LOOKBACK, PREDICT = 20, 4
@@ -126,6 +126,94 @@ def test_split_is_chosen_at_open_time(v1_and_inputs, frames, tmp_path):
     same_windows(PreparedDataset.open(v1_other), open_store(tmp_path / "s", ranges=other))
 
 
+def test_a_job_chooses_the_split_when_it_opens_a_store(v1_and_inputs, tmp_path):
+    """The split given at preparation is a default: a job opening the store with other ranges (all, or one of
+    them) or fractions gets the windows of a store prepared with those, and nothing is prepared or read again."""
+    from ds_kronos.data.split_choice import SplitChoice
+    from ds_kronos.data.verify import verify_prepared
+
+    _, _, parquet, v1 = v1_and_inputs
+    _store(tmp_path / "s", parquet=[parquet], symbol_column="ticker")
+    verify_prepared(tmp_path / "s", local_rank=0)
+    verdict = (tmp_path / "s" / ".ds_kronos_verified.json").stat().st_mtime_ns
+    other = {"train_range": "2024-01-05,2024-01-15", "val_range": "2024-01-10,2024-01-25",
+             "test_range": "2024-01-20,2024-02-10"}
+    only_val = {**RANGES, "val_range": other["val_range"].split(",")}
+    for name, options, prepared_with in (("all", other, {k: v.split(",") for k, v in other.items()}),
+                                         ("val", {"val_range": other["val_range"]}, only_val),
+                                         ("fractions", {"split": "0.7,0.15,0.15"}, {"split": [0.7, 0.15, 0.15]})):
+        prepare_dataset(PrepareConfig(parquet=[parquet], symbol_column="ticker", out=str(tmp_path / name),
+                                      lookback=LOOKBACK, predict=PREDICT, **prepared_with), log=lambda line: None)
+        chosen = verify_prepared(tmp_path / "s", local_rank=0, split=SplitChoice.from_options(**options))
+        same_windows(PreparedDataset.open(tmp_path / name), chosen)
+    assert (tmp_path / "s" / ".ds_kronos_verified.json").stat().st_mtime_ns == verdict  # no second verification
+    with pytest.raises(ConfigError, match="a format-1 folder holds the split it was prepared with"):
+        PreparedDataset.open(v1, SplitChoice.from_options(split=[0.7, 0.15, 0.15]))
+    _store(tmp_path / "f", parquet=[parquet], symbol_column="ticker", split=[0.8, 0.1, 0.1])
+    with pytest.raises(ConfigError, match="default split is by fractions.*--train_range, --test_range missing"):
+        PreparedDataset.open(tmp_path / "f", SplitChoice.from_options(val_range=other["val_range"]))
+    bad = {"both": ({"split": "0.7,0.2,0.1", "val_range": "2024-01-01,2024-01-05"}, "mutually exclusive"),
+           "sum": ({"split": "0.7,0.2,0.2"}, "summing to at most 1"),
+           "range": ({"test_range": "2024-02-01,2024-01-01"}, "--test_range: range .* ends before it starts")}
+    for options, message in bad.values():
+        with pytest.raises(ConfigError, match=message):
+            SplitChoice.from_options(**options)
+    assert SplitChoice.from_options() is None
+
+
+def _each_rank(datasets: list, work) -> list:
+    """Run ``work(dataset, gather)`` as one thread per rank, ``gather`` handing every rank's object in rank order
+    (the collective of ds_kronos.runtime.all_gather_objects); returns each rank's exception or None."""
+    import threading
+
+    barrier, slots, outcome = threading.Barrier(len(datasets)), [None] * len(datasets), [None] * len(datasets)
+
+    def rank(r: int) -> None:
+        def gather(obj):
+            slots[r] = obj
+            barrier.wait()
+            gathered = list(slots)
+            barrier.wait()
+            return gathered
+        try:
+            work(datasets[r], gather)
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            outcome[r] = exc
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(len(datasets))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcome
+
+
+def test_each_node_may_hold_its_own_copy_but_not_another_content(v1_and_inputs, frames, tmp_path):
+    """Nodes without a shared file system: a copy of the store at another path is the same data; a store prepared
+    from other bars is refused on every rank with one line naming that copy and the first shard that differs."""
+    import shutil
+
+    from ds_kronos.data.copies import check_same_copies
+    from ds_kronos.data.verify import verify_prepared
+
+    _, _, parquet, v1 = v1_and_inputs
+    _store(tmp_path / "node0" / "s", parquet=[parquet], symbol_column="ticker", memory_gb=0.1958)
+    shutil.copytree(tmp_path / "node0" / "s", tmp_path / "node1" / "elsewhere")
+    changed = {**frames, "S03": frames["S03"].assign(close=frames["S03"]["close"] * 1.001)}
+    _store(tmp_path / "node2" / "s", parquet=[write_long_parquet(changed, tmp_path / "changed")],
+           symbol_column="ticker", memory_gb=0.1958)
+    copies = [verify_prepared(tmp_path / f, local_rank=0) for f in ("node0/s", "node1/elsewhere", "node2/s")]
+    assert len(copies[0].manifest["shards"]) > 1
+    assert _each_rank(copies[:2], check_same_copies) == [None, None]
+    outcome = _each_rank(copies, check_same_copies)
+    assert all(isinstance(e, DataError) for e in outcome) and len({str(e) for e in outcome}) == 1
+    shard = next(e["name"] for e in copies[2].manifest["shards"] if "S03" in e["symbols"])
+    message = str(outcome[0])
+    assert "\n" not in message and f"at {(tmp_path / 'node2' / 's').resolve()} (rank 2)" in message
+    assert f"at {(tmp_path / 'node0' / 's').resolve()} (rank 0): shard {shard} differs" in message
+    folder = PreparedDataset.open(v1)  # a format-1 folder is compared file by file
+    assert _each_rank([folder, folder], check_same_copies) == [None, None]
+
+
 def test_time_zones_become_the_wall_clock(frames, tmp_path):
     local = {name: f.assign(timestamps=f["timestamps"].dt.tz_localize("Asia/Shanghai")) for name, f in
              list(frames.items())[:3]}
@@ -214,11 +302,25 @@ def test_two_ranks_train_on_a_store_as_on_format_1(v1_and_inputs, tmp_path, tiny
     assert store["val"] and store["val"] == folder["val"] and store["train"] == folder["train"]
 
 
-def test_qlib_folder_into_a_store_has_format_1_windows(demo_qlib_dir, demo_prepared_dir, tmp_path):
+@pytest.mark.parametrize("instrument", ["all", "csi300"])
+def test_qlib_folder_into_a_store_has_format_1_windows(demo_qlib_dir, demo_prepared_dir, tmp_path, monkeypatch,
+                                                       instrument):
+    """Qlib is read a group of symbols at a time (a bucket sized by --memory_gb), market members within their
+    membership spans, and gives the windows of format 1's whole read."""
     from conftest import DEMO_LOOKBACK, DEMO_PREDICT
+    from ds_kronos.data import qlib_source
 
-    prepare_dataset(PrepareConfig(qlib_dir=str(demo_qlib_dir), instrument="all", out=str(tmp_path / "s"), format=2,
-                                  lookback=DEMO_LOOKBACK, predict=DEMO_PREDICT, memory_gb=0.001),
+    groups = []
+    real = qlib_source.read_qlib_group
+    monkeypatch.setattr(qlib_source, "read_qlib_group", lambda u, symbols, *a: groups.append(symbols) or real(
+        u, symbols, *a))
+    options = dict(qlib_dir=str(demo_qlib_dir), instrument=instrument, lookback=DEMO_LOOKBACK, predict=DEMO_PREDICT)
+    prepare_dataset(PrepareConfig(out=str(tmp_path / "s"), format=2, memory_gb=0.1958, **options),
                     log=lambda line: None)
-    assert len(json.loads((tmp_path / "s" / INDEX_NAME).read_text())["shards"]) > 1
-    same_windows(PreparedDataset.open(demo_prepared_dir), PreparedDataset.open(tmp_path / "s"))
+    assert len(groups) > 2 and sorted(sum(groups, [])) == sorted(set(sum(groups, [])))
+    assert len(json.loads((tmp_path / "s" / INDEX_NAME).read_text())["shards"]) > 2
+    folder = demo_prepared_dir
+    if instrument != "all":
+        folder = tmp_path / "v1"
+        prepare_dataset(PrepareConfig(out=str(folder), **options), log=lambda line: None)
+    same_windows(PreparedDataset.open(folder), PreparedDataset.open(tmp_path / "s"))

@@ -160,6 +160,19 @@ def test_a_verdict_for_other_files_is_not_trusted(copy, monkeypatch):
     assert calls == [1]
 
 
+def test_a_verdict_copied_with_the_data_is_not_trusted_on_the_copy(copy, tmp_path):
+    """A node's own copy (rsync -a, cp -a: sizes and mtimes kept, the verdict file too) is checked again on that
+    node: a byte changed on the way, with the size and mtime restored, is found."""
+    verify_prepared(copy)
+    staged = tmp_path / "node1" / "prepared"
+    shutil.copytree(copy, staged)  # copy2: mtimes kept, .ds_kronos_verified.json copied along
+    stamp = (staged / "train" / "values.npy").stat().st_mtime_ns
+    _poke(staged / "train" / "values.npy", 5, 1, 123.0)
+    os.utime(staged / "train" / "values.npy", ns=(stamp, stamp))
+    with pytest.raises(DataError, match=r"node1/prepared/train/values\.npy: sha256 \w+\.\.\. differs"):
+        verify_prepared(staged)
+
+
 def test_other_local_ranks_wait_for_local_rank_0(copy, monkeypatch):
     monkeypatch.setattr(verify_module, "POLL_S", 0.01)
     calls = _count_content_checks(monkeypatch)

@@ -15,6 +15,8 @@ LAYERS = {
     # 0: plumbing every module may use
     "ds_kronos": 0, "errors": 0, "console": 0, "atomic": 0, "jsonio": 0, "plotting": 0, "shm_buffers": 0,
     "memory_usage": 0,
+    # 0 too: the option groups and renamed options that the option system (config, layer 1) builds parsers from
+    "option_groups": 0,
     # 1: the option system, the scripts' error handling, the models, the view of a DeepSpeed JSON, the LoRA/freeze
     # rules over a model
     "config": 1, "cli": 1, "model": 1, "deepspeed_json": 1, "adapters": 1,

@@ -23,7 +23,7 @@ from helpers import REPO
 
 
 def _request(**values) -> PlanRequest:
-    defaults = dict(variant="base", world_size=1, zero=0, micro_batch=8, context=512, precision="bf16")
+    defaults = dict(predictor="base", world_size=1, zero_stage=0, batch_size=8, context=512, precision="bf16")
     return PlanRequest(**{**defaults, **values})
 
 
@@ -69,10 +69,10 @@ def test_activation_formula_counts_what_autograd_saves():
 
 def test_zero0_fp32_is_16_bytes_per_param_and_bf16_zero2_is_deepspeeds_figure():
     counts = model_counts("base")
-    p = plan(_request(zero=0, precision="fp32"))
+    p = plan(_request(zero_stage=0, precision="fp32"))
     assert p.estimate.model_states == 16 * counts.total_params
     assert "no DeepSpeed estimator" in p.estimate.model_states_source
-    p = plan(_request(zero=2, world_size=8))
+    p = plan(_request(zero_stage=2, world_size=8))
     assert p.estimate.model_states == p.estimate.deepspeed_model_states == 2 * counts.total_params + int(
         18 * counts.total_params / 8)
     assert p.estimate.model_states_source.startswith("DeepSpeed estimate_zero2")
@@ -81,32 +81,33 @@ def test_zero0_fp32_is_16_bytes_per_param_and_bf16_zero2_is_deepspeeds_figure():
 def test_zero3_model_states_shrink_with_world_size():
     counts = model_counts("1b")
     gathered = 2 * 2 * counts.largest_layer_params  # DeepSpeed's 4 x largest layer in 16-bit
-    states = {n: plan(_request(variant="1b", zero=3, world_size=n)).estimate.model_states for n in (1, 2, 4, 8, 64)}
+    states = {n: plan(_request(predictor="1b", zero_stage=3, world_size=n)).estimate.model_states
+              for n in (1, 2, 4, 8, 64)}
     for n, value in states.items():
         # The partitioned part is 1/N of the single-rank one; only the gathered layer stays whole.
         assert value - gathered == pytest.approx((states[1] - gathered) / n, rel=1e-6)
     assert states[8] < states[1] / 7
     # ZeRO-2 keeps the 16-bit params whole: it cannot shrink below 2 bytes/param.
-    zero2 = plan(_request(variant="1b", zero=2, world_size=64)).estimate.model_states
+    zero2 = plan(_request(predictor="1b", zero_stage=2, world_size=64)).estimate.model_states
     assert zero2 > 2 * counts.total_params > states[64]
 
 
 def test_offload_moves_optimizer_states_to_host():
-    on_device = plan(_request(variant="1b", zero=3, world_size=8)).estimate
-    offloaded = plan(_request(variant="1b", zero=3, world_size=8, offload="cpu")).estimate
+    on_device = plan(_request(predictor="1b", zero_stage=3, world_size=8)).estimate
+    offloaded = plan(_request(predictor="1b", zero_stage=3, world_size=8, offload="cpu")).estimate
     assert on_device.optimizer > 0 and on_device.host_offload == 0
     assert offloaded.optimizer == 0 and offloaded.grads == 0
     assert offloaded.host_offload > on_device.optimizer  # the states still exist, in host memory
     assert offloaded.model_states < on_device.model_states / 10
     assert offloaded.activations == on_device.activations
-    zero2 = plan(_request(variant="1b", zero=2, world_size=8, offload="cpu")).estimate
+    zero2 = plan(_request(predictor="1b", zero_stage=2, world_size=8, offload="cpu")).estimate
     assert zero2.optimizer == 0 and zero2.params == 2 * model_counts("1b").total_params and zero2.host_offload > 0
 
 
 def test_activation_checkpointing_and_micro_batch_scale_activations():
-    full = plan(_request(micro_batch=8)).estimate
-    assert plan(_request(micro_batch=16)).estimate.activations == 2 * full.activations
-    checkpointed = plan(_request(micro_batch=8, activation_checkpointing=True)).estimate
+    full = plan(_request(batch_size=8)).estimate
+    assert plan(_request(batch_size=16)).estimate.activations == 2 * full.activations
+    checkpointed = plan(_request(batch_size=8, activation_checkpointing=True)).estimate
     assert checkpointed.activations < full.activations / 3
     assert checkpointed.model_states == full.model_states
 
@@ -116,7 +117,7 @@ def _rung(p) -> int:
 
 
 def test_recommend_picks_the_first_configuration_that_fits():
-    request = _request(variant="1b", world_size=8, micro_batch=16, memory_gb=40)
+    request = _request(predictor="1b", world_size=8, batch_size=16, memory_gb=40)
     rec = recommend(request)
     assert rec.chosen is not None
     budget = 40 * GIB * (1 - request.margin)
@@ -131,7 +132,7 @@ def test_recommend_picks_the_first_configuration_that_fits():
 
 def test_bigger_variant_needs_more_sharding():
     def choice(variant):
-        rec = recommend(_request(variant=variant, world_size=8, micro_batch=8, memory_gb=80))
+        rec = recommend(_request(predictor=variant, world_size=8, batch_size=8, memory_gb=80))
         assert rec.chosen is not None and not rec.chosen.setup.activation_checkpointing
         return rec.chosen
 
@@ -141,12 +142,12 @@ def test_bigger_variant_needs_more_sharding():
 
 
 def test_recommend_falls_back_to_checkpointing_then_smaller_batches():
-    rec = recommend(_request(variant="base", world_size=1, micro_batch=64, memory_gb=6))
+    rec = recommend(_request(predictor="base", world_size=1, batch_size=64, memory_gb=6))
     assert rec.chosen is not None
     assert rec.chosen.setup.activation_checkpointing or rec.chosen.setup.micro_batch < 64
     if rec.chosen.setup.micro_batch < 64:
         assert rec.grad_accum_factor == 64 // rec.chosen.setup.micro_batch
-    assert recommend(_request(variant="3b", world_size=1, memory_gb=0.05)).chosen is None
+    assert recommend(_request(predictor="3b", world_size=1, memory_gb=0.05)).chosen is None
 
 
 @pytest.mark.parametrize("zero, offload, precision, expected", [
@@ -175,10 +176,11 @@ def all_problems(request: PlanRequest) -> list[str]:
 
 
 def test_request_problems_are_listed():
-    problems = all_problems(dataclasses.replace(_request(), variant="huge", zero=1, offload="cpu", micro_batch=0))
+    problems = all_problems(dataclasses.replace(_request(), predictor="huge", zero_stage=1, offload="cpu",
+                                                batch_size=0))
     assert any("huge" in p for p in problems)
     assert any("--offload needs" in p for p in problems)
-    assert any("--micro_batch" in p for p in problems)
+    assert any("--batch_size" in p for p in problems)
     with pytest.raises(ConfigError):
         recommend(_request())  # no memory given
 
@@ -187,14 +189,14 @@ def test_request_problems_are_listed():
 def test_plan_cli(tmp_path):
     out = tmp_path / "ds.json"
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    ok = subprocess.run([sys.executable, "launch/plan.py", "--variant", "3b", "--world_size", "8", "--micro_batch",
+    ok = subprocess.run([sys.executable, "launch/plan.py", "--predictor", "3b", "--world_size", "8", "--batch_size",
                          "16", "--precision", "bf16", "--memory_gb", "80", "--write_ds_config", str(out)],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "Recommended: ZeRO-1, micro batch 16" in ok.stdout
     written = json.loads(out.read_text())
     assert written["zero_optimization"]["stage"] == 1 and written["bf16"]["enabled"] is True
-    bad = subprocess.run([sys.executable, "launch/plan.py", "--variant", "huge"], cwd=REPO, env=env,
+    bad = subprocess.run([sys.executable, "launch/plan.py", "--predictor", "huge"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown predictor preset 'huge'" in bad.stderr
 
@@ -212,27 +214,27 @@ def test_memory_and_output_file_are_checked(tmp_path):
 # ------------------------------------------------------------------------------ offload targets, host per node, disk
 def _cpu_node(**values) -> PlanRequest:
     """2 CPU ranks on one node, micro batch 1, short context: the reported OOM setting."""
-    return _request(**{**dict(world_size=2, device="cpu", micro_batch=1, context=100), **values})
+    return _request(**{**dict(world_size=2, device="cpu", batch_size=1, context=100), **values})
 
 
 def test_cpu_ranks_share_the_node_memory():
     """2 ranks on a 24 GiB node: large ZeRO-0 no longer fits (each rank's process counts, and both share the host)."""
-    p = plan(_cpu_node(variant="large", zero=0))
+    p = plan(_cpu_node(predictor="large", zero_stage=0))
     e = p.estimate
     assert e.node_host >= 2 * e.rank_peak > 2 * e.total  # the rank process holds more than the "device" states
     assert not p.fits(24, 0.2)
-    rec = recommend(_cpu_node(variant="large", memory_gb=24))
+    rec = recommend(_cpu_node(predictor="large", memory_gb=24))
     assert rec.chosen is not None and rec.chosen.estimate.node_host <= 24 * GIB * 0.8
     assert rec.tried[0].setup.zero == 0 and rec.tried[0] is not rec.chosen
     # On GPU --memory_gb stays per device: the same request fits ZeRO-0 on 24 GiB devices by its device total.
-    assert plan(_request(variant="large", world_size=2, micro_batch=1, context=100)).fits(24, 0.2)
+    assert plan(_request(predictor="large", world_size=2, batch_size=1, context=100)).fits(24, 0.2)
 
 
 def test_nvme_is_a_candidate_only_with_disk_and_when_the_swap_fits():
     assert SHARDING_LADDER == ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (3, "cpu"), (3, "nvme"))
-    without = recommend(_cpu_node(variant="1b", memory_gb=24))
+    without = recommend(_cpu_node(predictor="1b", memory_gb=24))
     assert all(p.setup.offload != "nvme" for p in without.tried)
-    rec = recommend(_cpu_node(variant="1b", memory_gb=24, disk_gb=60))
+    rec = recommend(_cpu_node(predictor="1b", memory_gb=24, disk_gb=60))
     assert rec.chosen is not None and (rec.chosen.setup.zero, rec.chosen.setup.offload) == (3, "nvme")
     e = rec.chosen.estimate
     counts = model_counts("1b")
@@ -261,7 +263,7 @@ def test_nvme_buffers_follow_the_shipped_json():
 
     zero = load_ds_config("ds_configs/zero3_nvme_bf16.json")["zero_optimization"]
     param, sub = zero["offload_param"], zero["sub_group_size"]
-    e = plan(_cpu_node(variant="1b", zero=3, offload="nvme")).estimate
+    e = plan(_cpu_node(predictor="1b", zero_stage=3, offload="nvme")).estimate
     assert e.rank_states["param_swap_buffers"] == param["buffer_count"] * param["buffer_size"] * 2
     largest = model_counts("1b").largest_tensor_params
     count = zero["offload_optimizer"]["buffer_count"]
@@ -273,30 +275,30 @@ def test_build_and_load_can_be_the_peak():
     """ZeRO-2 bf16 from a checkpoint: full fp32 model + state dict, then the exact fp32 copy next to the engine's
     states; ZeRO-3 (zero.Init) builds and loads a shard and one module at a time."""
     counts = model_counts("large")
-    zero2 = plan(_cpu_node(variant="large", zero=2, from_model_folder=True)).estimate
-    zero3 = plan(_cpu_node(variant="large", zero=3, from_model_folder=True)).estimate
+    zero2 = plan(_cpu_node(predictor="large", zero_stage=2, from_model_folder=True)).estimate
+    zero3 = plan(_cpu_node(predictor="large", zero_stage=3, from_model_folder=True)).estimate
     assert zero2.rank_build == {"model": 4 * counts.total_params, "checkpoint": 4 * counts.total_params,
                                 "fp32_copy": 4 * counts.total_params}
     assert zero2.rank_build_peak > zero3.rank_build_peak
     assert zero3.rank_build["model"] == 2 * -(-counts.total_params // 2)
     assert zero3.rank_build["checkpoint"] == 4 * counts.largest_tensor_params
-    assert plan(_cpu_node(variant="large", zero=2)).estimate.rank_build["checkpoint"] == 0
+    assert plan(_cpu_node(predictor="large", zero_stage=2)).estimate.rank_build["checkpoint"] == 0
     assert zero2.rank_peak == max(zero2.rank_build_peak, zero2.rank_train)
 
 
 def test_offload_problems():
     with pytest.raises(ConfigError, match="--offload: invalid choice: 'true'"):
-        parse_config(PlanRequest, ["--variant", "base", "--offload", "true"])
-    bad = PlanRequest(variant="base", zero=2, offload="nvme").problems()
-    assert any("--offload nvme needs --zero 3" in p for p in bad)
+        parse_config(PlanRequest, ["--predictor", "base", "--offload", "true"])
+    bad = PlanRequest(predictor="base", zero_stage=2, offload="nvme").problems()
+    assert any("--offload nvme needs --zero_stage 3" in p for p in bad)
     assert any("--disk_gb must be in (0, inf)" in p for p in all_problems(_request(disk_gb=0.0)))
 
 
 @pytest.mark.processes
 def test_plan_cli_cpu_node_with_offload():
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    out = subprocess.run([sys.executable, "launch/plan.py", "--variant", "large", "--zero", "3", "--offload", "cpu",
-                          "--world_size", "2", "--micro_batch", "1", "--context", "100", "--device", "cpu",
+    out = subprocess.run([sys.executable, "launch/plan.py", "--predictor", "large", "--zero_stage", "3", "--offload",
+                          "cpu", "--world_size", "2", "--batch_size", "1", "--context", "100", "--device", "cpu",
                           "--precision", "bf16", "--memory_gb", "24", "--disk_gb", "60"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -325,14 +327,14 @@ def test_lora_counts_the_adapters_from_rank_and_targets():
 def test_lora_keeps_every_parameter_but_states_for_the_adapters_only():
     counts, full_counts = model_counts("large", 8), model_counts("large")
     P, T = counts.total_params, counts.trained_params
-    zero0 = plan(_request(variant="large", zero=0, precision="fp32", finetune="lora")).estimate
+    zero0 = plan(_request(predictor="large", zero_stage=0, precision="fp32", finetune="lora")).estimate
     assert (zero0.params, zero0.grads, zero0.optimizer) == (4 * P, 4 * T, 8 * T)
     # ZeRO-2 bf16 on 8 ranks: DeepSpeed's estimator for the adapters, plus the frozen model in bf16 on every rank.
-    zero2 = plan(_request(variant="large", zero=2, world_size=8, finetune="lora")).estimate
+    zero2 = plan(_request(predictor="large", zero_stage=2, world_size=8, finetune="lora")).estimate
     assert zero2.model_states == zero2.deepspeed_model_states == 2 * T + int(18 * T / 8) + 2 * (P - T)
-    full = plan(_request(variant="large", zero=2, world_size=8)).estimate
+    full = plan(_request(predictor="large", zero_stage=2, world_size=8)).estimate
     assert full.grads + full.optimizer > 100 * (zero2.grads + zero2.optimizer) and zero2.params == 2 * P
-    zero3 = plan(_cpu_node(variant="large", zero=3, offload="cpu", finetune="lora")).estimate
+    zero3 = plan(_cpu_node(predictor="large", zero_stage=3, offload="cpu", finetune="lora")).estimate
     assert zero3.rank_states["fp32_master"] == 4 * -(-T // 2) and zero3.rank_states["lp_partition"] == 2 * -(-P // 2)
     # Rank 0 keeps the frozen model's exact fp32 values for the exports (bf16); an export adds the merged layers.
     assert zero2.rank0_frozen_copy == 4 * (P - T) and full.rank0_frozen_copy == 0

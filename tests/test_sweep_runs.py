@@ -49,7 +49,7 @@ def test_a_seeded_sweep_prunes_the_bad_trial_which_stops_cleanly(demo_prepared_d
     # pruner compares trial 1's evaluation at step 8 with trial 0's, which has learnt and is lower (at step 0 both
     # score the same start model).
     args = sweep_args(tmp_path, "lr: [1.0e-3, 1.0e-9]\n",
-                      ["--trials", "2", "--seed", "6", "--pruner_startup_trials", "1", "--num_gpus", "2"],
+                      ["--trials", "2", "--sampler_seed", "6", "--pruner_startup_trials", "1", "--num_gpus", "2"],
                       demo_prepared_dir, tiny_checkpoints, max_steps=40, n_train_iter=640, eval_every=8)
     result = run_job("sweep.py", args, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -19,11 +19,7 @@ from ds_kronos.errors import DataError
 
 def _read_source(config: PrepareConfig, log: Callable[[str], None]) -> tuple[SourceData, dict]:
     if config.qlib_dir is not None:
-        ranges = config.ranges()
-        start = min(r.start for r in ranges.values())
-        stop = max(r.stop for r in ranges.values())
-        # qlib takes inclusive date strings; stop is exclusive, so step back one nanosecond.
-        first, last = str(_day(start)), str(_day(stop - 1))
+        first, last = config.read_dates()
         log(f"reading Qlib folder {config.qlib_dir} ({config.instrument}, {first}..{last}) through pyqlib")
         data = read_qlib(config.qlib_dir, config.instrument, first, last, bad_rows=config.bad_rows)
         return data, {"kind": "qlib", "path": str(Path(config.qlib_dir).resolve()), "instrument": config.instrument,
@@ -31,10 +27,6 @@ def _read_source(config: PrepareConfig, log: Callable[[str], None]) -> tuple[Sou
     log(f"reading {len(config.csv)} CSV file(s)")
     data = read_csv_files(config.csv, bad_rows=config.bad_rows)
     return data, {"kind": "csv", "path": [str(Path(p).resolve()) for p in config.csv], "fields": data.fields}
-
-
-def _day(ns: int) -> np.datetime64:
-    return np.datetime64(int(ns), "ns").astype("datetime64[D]")
 
 
 def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -> dict:
@@ -56,7 +48,7 @@ def prepare_dataset(config: PrepareConfig, log: Callable[[str], None] = print) -
 
 
 def _prepare_store(config: PrepareConfig, log: Callable[[str], None]) -> dict:
-    from ds_kronos.data.store.build import build_store, store_from_series
+    from ds_kronos.data.store.build import build_store, store_from_qlib
     from ds_kronos.data.store.nodes import join_store
     from ds_kronos.data.store.split_view import write_split_view
     from ds_kronos.data.store.view import open_store
@@ -66,9 +58,9 @@ def _prepare_store(config: PrepareConfig, log: Callable[[str], None]) -> dict:
         _log_splits(store, log)
         log(f"wrote the split view {config.out} of {config.view_of}")
         return store.manifest
-    if config.qlib_dir is not None:  # pyqlib reads the whole range at once, as for format 1
-        data, source = _read_source(config, log)
-        index = store_from_series(config, data, source)
+    if config.qlib_dir is not None:  # pyqlib reads one group of symbols at a time
+        index = store_from_qlib(config, {"kind": "qlib", "path": str(Path(config.qlib_dir).resolve()),
+                                         "instrument": config.instrument}, log)
     elif config.join:
         index = join_store(Path(config.out), log)
     else:

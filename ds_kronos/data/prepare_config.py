@@ -7,6 +7,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
+import numpy as np
+
 from ds_kronos.config import option
 from ds_kronos.data.quality import BAD_ROW_POLICIES
 from ds_kronos.data.splits import DateRange, parse_range
@@ -76,6 +78,13 @@ class PrepareConfig:
         given = {"train": self.train_range, "val": self.val_range, "test": self.test_range}
         return {name: parse_range(value if value is not None else DEFAULT_RANGES[name])
                 for name, value in given.items()}
+
+    def read_dates(self) -> tuple[str, str]:
+        """The first and last day (inclusive, as Qlib takes them) that any split's date range covers."""
+        ranges = self.ranges().values()
+        day = lambda ns: str(np.datetime64(int(ns), "ns").astype("datetime64[D]"))  # noqa: E731
+        # stop is exclusive: step back one nanosecond
+        return day(min(r.start for r in ranges)), day(max(r.stop for r in ranges) - 1)
 
     def split_choice(self) -> dict:
         """The split as a store records it: fractions, or date ranges split -> "START,END"."""

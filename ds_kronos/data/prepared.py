@@ -24,8 +24,9 @@ from ds_kronos.data.npy import open_npy
 from ds_kronos.data.output import staged_output
 from ds_kronos.data.series import TIME_FEATURE_COLUMNS, VALUE_COLUMNS, SymbolSeries, time_features
 from ds_kronos.data.split_arrays import SplitArrays
+from ds_kronos.data.split_choice import SplitChoice
 from ds_kronos.data.store.shards import INDEX_NAME, SPLIT_VIEW_NAME
-from ds_kronos.errors import DataError
+from ds_kronos.errors import ConfigError, DataError
 
 __all__ = ["ARRAYS", "FILES", "FORMAT_NAME", "FORMAT_VERSION", "SPLITS", "PreparedDataset", "SplitArrays",
            "content_hashes", "count_windows", "write_prepared"]
@@ -42,18 +43,23 @@ class PreparedDataset(ManifestWindow):
         self._splits = splits
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "PreparedDataset":
+    def open(cls, path: str | os.PathLike, split: SplitChoice | None = None) -> "PreparedDataset":
         """Open a prepared folder after the checks that read no array data: the manifest's keys and types, every
-        file's header, size and shape, and the offsets against the manifest's rows per symbol."""
+        file's header, size and shape, and the offsets against the manifest's rows per symbol. ``split``: another
+        split than the one prepared (stores only: their splits are views)."""
         root = Path(path)
         if (root / INDEX_NAME).is_file():  # a store (format 2): the same interface over its shards
             from ds_kronos.data.store.view import open_store
 
-            return open_store(root)
+            return open_store(root, ranges=None if split is None else split.ranges,
+                              fractions=None if split is None else split.fractions)
         if (root / SPLIT_VIEW_NAME).is_file():  # another split of a store, named by a small file
             from ds_kronos.data.store.split_view import open_split_view
 
-            return open_split_view(root)
+            return open_split_view(root, split)
+        if split is not None and root.is_dir():
+            raise ConfigError(f"{root}: a format-1 folder holds the split it was prepared with; to choose the split "
+                              f"when a job opens the data, prepare a store (launch/prepare_data.py --format 2)")
         manifest_path = root / "manifest.json"
         if (root / ".work").is_dir():
             raise DataError(f"{root}: its preparation did not finish; run the same launch/prepare_data.py command "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,26 @@ def _drop_unknown(root: Path, symbols: list[str], skipped: list[tuple[str, str]]
     return symbols
 
 
+def _fields(root: Path, symbols: list[str]) -> tuple[list[str], bool]:
+    """The fields to read: the base ones, and $amount and $vwap when some symbol stores them."""
+    have = {f: any((root / "features" / s.lower() / f"{f[1:]}.day.bin").is_file() for s in symbols)
+            for f in ("$amount", "$vwap")}
+    return list(BASE_FIELDS) + [f for f in ("$amount", "$vwap") if have[f]], have["$amount"]
+
+
+def _features(universe, fields: list[str], start: str, end: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(instrument, ns stamp, values) per row of Qlib's answer, sorted by instrument and time; None for no rows."""
+    from qlib.data import D
+
+    frame = D.features(universe, fields, start_time=start, end_time=end, freq="day")
+    if frame is None or frame.empty:
+        return None
+    frame = frame.sort_index()
+    inst = frame.index.get_level_values("instrument").to_numpy()
+    stamps = frame.index.get_level_values("datetime").to_numpy().astype("datetime64[ns]").astype(np.int64)
+    return inst, stamps, frame[fields].to_numpy(dtype=np.float64)
+
+
 def _read_features(root: Path, market: str | None, symbols: list[str], instrument: str, start: str, end: str
                    ) -> tuple[list[str], list[str], bool, np.ndarray, np.ndarray, np.ndarray]:
     """Ask Qlib for the bars; returns (symbols, fields, has $amount, instrument, ns stamp, values per row)."""
@@ -73,17 +94,11 @@ def _read_features(root: Path, market: str | None, symbols: list[str], instrumen
         symbols = D.list_instruments(universe, start_time=start, end_time=end, as_list=True)
         if not symbols:
             raise DataError(f"{root / 'instruments' / (market + '.txt')}: no symbols listed between {start} and {end}")
-    # $amount and $vwap are optional: a field is read only when some symbol stores it.
-    have = {f: [s for s in symbols if (root / "features" / s.lower() / f"{f[1:]}.day.bin").is_file()]
-            for f in ("$amount", "$vwap")}
-    fields = list(BASE_FIELDS) + [f for f in ("$amount", "$vwap") if have[f]]
-    frame = D.features(universe, fields, start_time=start, end_time=end, freq="day")
-    if frame is None or frame.empty:
+    fields, has_amount = _fields(root, symbols)
+    rows = _features(universe, fields, start, end)
+    if rows is None:
         raise DataError(f"{root}: no rows for {instrument!r} between {start} and {end}")
-    frame = frame.sort_index()
-    inst = frame.index.get_level_values("instrument").to_numpy()
-    stamps = frame.index.get_level_values("datetime").to_numpy().astype("datetime64[ns]").astype(np.int64)
-    return symbols, fields, bool(have["$amount"]), inst, stamps, frame[fields].to_numpy(dtype=np.float64)
+    return symbols, fields, has_amount, *rows
 
 
 def _one_series(symbol: str, block: np.ndarray, ts: np.ndarray, amount_col: int | None, bad_rows: str,
@@ -111,7 +126,7 @@ def _one_series(symbol: str, block: np.ndarray, ts: np.ndarray, amount_col: int 
     return SymbolSeries(symbol, ts, values.astype(np.float32)), nan_rows
 
 
-def _read_notes(nan_rows: int, bad: dict, has_amount: bool) -> list[str]:
+def read_notes(nan_rows: int, bad: dict, has_amount: bool) -> list[str]:
     """What was dropped or derived while reading, for the prepare report."""
     notes = [f"dropped {nan_rows} bars with missing values (suspended days)"] if nan_rows else []
     if bad:
@@ -120,6 +135,21 @@ def _read_notes(nan_rows: int, bad: dict, has_amount: bool) -> list[str]:
     if not has_amount:
         notes.append("no $amount field: amt derived as mean(open, high, low, close) x volume")
     return notes
+
+
+def _series_of(inst: np.ndarray, stamps: np.ndarray, data: np.ndarray, fields: list[str], bad_rows: str,
+               skipped: list[tuple[str, str]], bad: dict) -> tuple[list[SymbolSeries], int]:
+    """Each instrument's rows (sorted by instrument) as a screened series; returns them and the NaN bars dropped."""
+    starts = np.flatnonzero(np.r_[True, inst[1:] != inst[:-1]])
+    bounds = np.r_[starts, len(inst)]
+    series, nan_rows = [], 0
+    amount_col = fields.index("$amount") if "$amount" in fields else None
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        one, dropped = _one_series(str(inst[a]), data[a:b], stamps[a:b], amount_col, bad_rows, skipped, bad)
+        nan_rows += dropped
+        if one is not None:
+            series.append(one)
+    return series, nan_rows
 
 
 def read_qlib(qlib_dir: str | os.PathLike, instrument: str, start: str, end: str,
@@ -137,17 +167,64 @@ def read_qlib(qlib_dir: str | os.PathLike, instrument: str, start: str, end: str
     symbols, fields, has_amount, inst, stamps, data = _read_features(root, market, symbols, instrument, start, end)
     present = set(inst.tolist())
     skipped += [(s, "no rows in the date range") for s in symbols if s not in present]
-    starts = np.flatnonzero(np.r_[True, inst[1:] != inst[:-1]])
-    bounds = np.r_[starts, len(inst)]
-    series, nan_rows, bad = [], 0, {}
-    amount_col = fields.index("$amount") if "$amount" in fields else None
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        one, dropped = _one_series(str(inst[a]), data[a:b], stamps[a:b], amount_col, bad_rows, skipped, bad)
-        nan_rows += dropped
-        if one is not None:
-            series.append(one)
-    notes = _read_notes(nan_rows, bad, has_amount)
+    bad: dict = {}
+    series, nan_rows = _series_of(inst, stamps, data, fields, bad_rows, skipped, bad)
+    notes = read_notes(nan_rows, bad, has_amount)
     return SourceData(series=series, fields=fields, freq="1D", skipped=skipped, notes=notes, bad_rows=bad)
+
+
+@dataclass(frozen=True)
+class QlibUniverse:
+    """What a Qlib read covers, listed without reading bars: the symbols, their market membership spans (None for
+    an explicit list: every bar in the dates) and the fields every symbol is read with."""
+
+    root: Path
+    symbols: list[str]
+    spans: dict[str, list] | None
+    fields: list[str]
+    has_amount: bool
+    skipped: list[tuple[str, str]]
+    start: str
+    end: str
+
+
+def qlib_universe(qlib_dir: str | os.PathLike, instrument: str, start: str, end: str) -> QlibUniverse:
+    """List ``instrument`` between two dates, to read it one group of symbols at a time (:func:`read_qlib_group`)."""
+    root = Path(qlib_dir).expanduser().resolve()
+    _check_provider(root)
+    market, symbols = _resolve_instruments(root, instrument)
+    skipped: list[tuple[str, str]] = []
+    init_qlib(root)
+    spans = None
+    if market:
+        from qlib.data import D
+
+        spans = D.list_instruments(D.instruments(market), start_time=start, end_time=end, as_list=False)
+        symbols = list(spans)
+        if not symbols:
+            raise DataError(f"{root / 'instruments' / (market + '.txt')}: no symbols listed between {start} and {end}")
+    else:
+        symbols = _drop_unknown(root, symbols, skipped)
+    fields, has_amount = _fields(root, symbols)
+    return QlibUniverse(root, symbols, spans, fields, has_amount, skipped, start, end)
+
+
+def read_qlib_group(universe: QlibUniverse, symbols: list[str], bad_rows: str = "refuse"
+                    ) -> tuple[list[SymbolSeries], list[tuple[str, str]], dict, int]:
+    """The bars of some of the universe's symbols, read as the whole universe would read them (the same fields,
+    market symbols within their membership spans: Qlib takes a {symbol: spans} dict for that):
+    (series, skipped, bad rows per symbol, NaN bars dropped). Call it in the process that listed the universe
+    (Qlib is initialised there)."""
+    ask = symbols if universe.spans is None else {s: universe.spans[s] for s in symbols}
+    rows = _features(ask, universe.fields, universe.start, universe.end)
+    skipped: list[tuple[str, str]] = []
+    bad: dict = {}
+    if rows is None:
+        return [], [(s, "no rows in the date range") for s in symbols], bad, 0
+    present = set(rows[0].tolist())
+    skipped += [(s, "no rows in the date range") for s in symbols if s not in present]
+    series, nan_rows = _series_of(*rows, universe.fields, bad_rows, skipped, bad)
+    return series, skipped, bad, nan_rows
 
 
 def _day(ns: int) -> str:

@@ -4,7 +4,8 @@ Every rank runs :meth:`PreparedDataset.open`'s checks, which read no array data 
 headers, sizes and shapes, offsets against the manifest). The content check reads every byte: each file's
 SHA-256 against the manifest (the overall one for manifests written before per-file hashes), every value finite,
 time increasing within each symbol. Its verdict is recorded in
-a small JSON file keyed by the manifest's hash and every file's size and modification time, so it runs once
+a small JSON file keyed by the manifest's hash and every file's size, modification and change time (see
+:mod:`ds_kronos.data.file_stamp`), so it runs once
 after preparation (or after any change to a file), on local rank 0 of each node only; the other local ranks wait
 for the verdict and later runs reuse it. A verdict whose key no longer matches the files is never trusted.
 
@@ -26,9 +27,11 @@ from typing import Any, Callable
 import numpy as np
 
 from ds_kronos.atomic import write_text_atomic
+from ds_kronos.data.file_stamp import file_stamp
 from ds_kronos.data.manifest import FILES, SPLITS
 from ds_kronos.data.prepared import PreparedDataset, content_hashes
 from ds_kronos.data.series import VALUE_COLUMNS
+from ds_kronos.data.split_choice import SplitChoice
 from ds_kronos.errors import DataError
 
 VERDICT_NAME = ".ds_kronos_verified.json"
@@ -94,12 +97,10 @@ def content_problem(prepared: PreparedDataset) -> str | None:
 
 
 def verdict_key(prepared: PreparedDataset) -> dict[str, Any]:
-    """What a verdict is valid for: the manifest's hash and the size and mtime of the manifest and every file."""
-    files = {}
-    for rel in ("manifest.json", *FILES):
-        stat = (prepared.path / rel).stat()
-        files[rel] = [stat.st_size, stat.st_mtime_ns]
-    return {"sha256": prepared.manifest["sha256"], "files": files}
+    """What a verdict is valid for: the manifest's hash and the stamp (size, mtime, ctime) of the manifest and every
+    file."""
+    return {"sha256": prepared.manifest["sha256"],
+            "files": {rel: file_stamp(prepared.path / rel) for rel in ("manifest.json", *FILES)}}
 
 
 def _cache_dir() -> Path:
@@ -154,11 +155,12 @@ def _local_rank() -> int:
 
 
 def verify_prepared(path: str | os.PathLike, *, local_rank: int | None = None,
-                    log: Callable[[str], None] | None = None) -> PreparedDataset:
+                    log: Callable[[str], None] | None = None, split: SplitChoice | None = None) -> PreparedDataset:
     """Open a prepared folder and make sure its files are the ones its manifest describes; raise DataError (one
     line naming the file and what is wrong) otherwise. Call it on every rank: only local rank 0 (default: from
-    the launcher's environment, else 0) reads the content, once per node and change of the files."""
-    prepared = PreparedDataset.open(path)
+    the launcher's environment, else 0) reads the content, once per node and change of the files. ``split``:
+    another split than the prepared one (a store's; see :class:`ds_kronos.data.split_choice.SplitChoice`)."""
+    prepared = PreparedDataset.open(path, split)
     # A store (format 2) keys and checks its own files (per shard, naming a changed one).
     v1 = isinstance(prepared, PreparedDataset)
     key = verdict_key(prepared) if v1 else prepared.verdict_key()

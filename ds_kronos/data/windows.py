@@ -99,9 +99,13 @@ class WindowDataset(Dataset):
         positions = np.empty(len(indices), dtype=np.int64)
         for k, index in enumerate(indices):
             epochs[k], positions[k] = index if isinstance(index, tuple) else (self._epoch, index)
+        return self.epoch_ids_of(epochs, positions)
+
+    def epoch_ids_of(self, epochs: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The window id at each (epoch, position) pair."""
         if len(positions) and (positions.min() < 0 or positions.max() >= self.num_samples):
             raise IndexError(f"window position out of range 0..{self.num_samples - 1}")
-        ids = np.empty(len(indices), dtype=np.int64)
+        ids = np.empty(len(positions), dtype=np.int64)
         for epoch in np.unique(epochs):
             mask = epochs == epoch
             ids[mask] = self.epoch_window_ids(int(epoch))[positions[mask]]

@@ -92,7 +92,7 @@ def measure(config: MeasureConfig) -> dict[str, float]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     measured = peak_rss_bytes() - before
-    estimate = plan(PlanRequest(variant=config.variant, world_size=1, zero=0, micro_batch=config.micro_batch,
+    estimate = plan(PlanRequest(predictor=config.variant, world_size=1, zero_stage=0, batch_size=config.micro_batch,
                                 context=config.context, precision="fp32", device="cpu")).estimate
     return {"variant": config.variant, "micro_batch": config.micro_batch, "context": config.context,
             "measured_bytes": measured, "planned_bytes": estimate.total, "ratio": measured / estimate.total,

@@ -23,6 +23,7 @@ from ds_kronos.deepspeed_json.files import SHIPPED_DIR
 from ds_kronos.deepspeed_json.view import OFFLOAD_DEVICES, DeepSpeedView
 from ds_kronos.errors import ConfigError, ModelFolderError, naming_path
 from ds_kronos.model import PREDICTOR_PRESETS
+from ds_kronos.option_groups import DATA, FINETUNING, MODEL, PERFORMANCE, SCHEDULE, OptionGroup
 from ds_kronos.plan.counts import ModelCounts, model_counts
 from ds_kronos.plan.memory import MemoryEstimate, estimate
 from ds_kronos.plan.setup import BYTES, Setup, ZeroKnobs
@@ -36,37 +37,62 @@ SHARDING_LADDER: tuple[tuple[int, str], ...] = ((0, "none"), (1, "none"), (2, "n
                                                 (3, "nvme"))
 
 
-@dataclass(kw_only=True)
-class PlanRequest:
-    """Per-rank memory of a Kronos training configuration, and the configuration that fits a device."""
+HARDWARE = OptionGroup("hardware", "hardware to fit")
+OUTPUT = OptionGroup("output", "output")
 
-    variant: str | None = option(None, help=f"predictor preset: {', '.join(PREDICTOR_PRESETS)}")
-    world_size: int = option(1, ge=1, help="data-parallel processes (GPUs) in all")
-    gpus_per_node: int | None = option(None, ge=1, help="processes per node (default: world_size, at most 8)")
-    zero: int = option(0, choices=(0, 1, 2, 3), help="ZeRO stage")
+
+@dataclass(kw_only=True)
+class PlanModelOptions:
+    """The model the run trains."""
+
+    GROUP = MODEL
+
+    predictor: str | None = option(None, renamed_from=("variant",),
+                                   help=f"predictor preset: {', '.join(PREDICTOR_PRESETS)}")
+    from_model_folder: bool = option(False, help="the predictor is loaded from a model folder (ZeRO-0/1/2 read "
+                                   "the whole state dict next to the model)")
+
+
+@dataclass(kw_only=True)
+class PlanDataOptions:
+    """What one sample is."""
+
+    GROUP = DATA
+
+    context: int | None = option(None, ge=1, help="tokens per sample (default: the preset's max_context)")
+
+
+@dataclass(kw_only=True)
+class PlanScheduleOptions:
+    """The batch (as launch/train.py takes it)."""
+
+    GROUP = SCHEDULE
+
+    batch_size: int = option(16, ge=1, renamed_from=("micro_batch",),
+                             help="micro batch: samples per rank per micro step (launch/train.py --batch_size)")
+
+
+@dataclass(kw_only=True)
+class PlanPerformanceOptions:
+    """Sharding, offload, precision and recomputation: what the DeepSpeed JSON and launch/train.py choose."""
+
+    GROUP = PERFORMANCE
+
+    zero_stage: int = option(0, choices=(0, 1, 2, 3), renamed_from=("zero",),
+                             help="ZeRO stage (the DeepSpeed JSON's zero_optimization.stage)")
     offload: str = option("none", choices=OFFLOAD_DEVICES,
                           help="offload target: none; cpu (optimizer states with ZeRO-2, optimizer and params with "
                           "ZeRO-3); nvme (ZeRO-3 only: ZeRO-Infinity swap files)")
-    micro_batch: int = option(16, ge=1, help="samples per rank per micro step")
-    context: int | None = option(None, ge=1, help="tokens per sample (default: the preset's max_context)")
     precision: str = option("fp32", choices=tuple(BYTES), help="training precision")
     activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward")
-    memory_gb: float | None = option(None, gt=0, lt=math.inf,
-                                     help="memory in GiB to fit: per device on --device gpu; on --device cpu host "
-                                     "memory per node, shared by that node's ranks. Recommends a configuration "
-                                     "that fits")
-    disk_gb: float | None = option(None, gt=0, lt=math.inf,
-                                   help="free disk in GiB per node for NVMe (ZeRO-Infinity) swap files; without it "
-                                   "NVMe offload is not a candidate")
-    from_model_folder: bool = option(False, help="the predictor is loaded from a model folder (ZeRO-0/1/2 read "
-                                   "the whole state dict next to the model)")
-    margin: float = option(0.2, ge=0, lt=1,
-                           help="share of --memory_gb kept free (allocator slack, CUDA context, buffers)")
-    write_ds_config: str | None = option(None, help="write the recommended (else the planned) DeepSpeed JSON "
-                                         "here, with any changes it needs merged in")
-    device: str = option("gpu", choices=("gpu", "cpu"), help="accelerator kind: on CPU the ranks of a node share "
-                         "its host memory (--memory_gb is per node), and attention dropout takes torch's math "
-                         "attention kernel, which stores the T x T scores")
+
+
+@dataclass(kw_only=True)
+class PlanFinetuneOptions:
+    """What trains (launch/train.py --finetune)."""
+
+    GROUP = FINETUNING
+
     finetune: str = option("full", choices=("full", "lora"),
                            help="what trains (launch/train.py --finetune): every parameter, or LoRA adapters only "
                                 "(gradients and optimizer states for the adapters; the predictor held frozen)")
@@ -74,30 +100,68 @@ class PlanRequest:
     lora_targets: list[str] = option(default_factory=lambda: list(DEFAULT_LORA_TARGETS),
                                      help="--finetune lora: adapted modules (launch/train.py --lora_targets)")
 
+
+@dataclass(kw_only=True)
+class PlanHardwareOptions:
+    """The processes and the memory (and disk) a configuration must fit."""
+
+    GROUP = HARDWARE
+
+    world_size: int = option(1, ge=1, help="data-parallel processes (GPUs) in all")
+    num_gpus: int | None = option(None, ge=1, renamed_from=("gpus_per_node",),
+                                  help="processes per node, as the deepspeed launcher's --num_gpus (default: "
+                                       "world_size, at most 8)")
+    device: str = option("gpu", choices=("gpu", "cpu"), help="accelerator kind: on CPU the ranks of a node share "
+                         "its host memory (--memory_gb is per node), and attention dropout takes torch's math "
+                         "attention kernel, which stores the T x T scores")
+    memory_gb: float | None = option(None, gt=0, lt=math.inf,
+                                     help="memory in GiB to fit: per device on --device gpu; on --device cpu host "
+                                     "memory per node, shared by that node's ranks. Recommends a configuration "
+                                     "that fits")
+    disk_gb: float | None = option(None, gt=0, lt=math.inf,
+                                   help="free disk in GiB per node for NVMe (ZeRO-Infinity) swap files; without it "
+                                   "NVMe offload is not a candidate")
+    margin: float = option(0.2, ge=0, lt=1,
+                           help="share of --memory_gb kept free (allocator slack, CUDA context, buffers)")
+
+
+@dataclass(kw_only=True)
+class PlanOutputOptions:
+    GROUP = OUTPUT
+
+    write_ds_config: str | None = option(None, help="write the recommended (else the planned) DeepSpeed JSON "
+                                         "here, with any changes it needs merged in")
+
+
+@dataclass(kw_only=True)
+class PlanRequest(PlanOutputOptions, PlanFinetuneOptions, PlanHardwareOptions, PlanPerformanceOptions,
+                  PlanScheduleOptions, PlanDataOptions, PlanModelOptions):
+    """Per-rank memory of a Kronos training configuration, and the configuration that fits a device."""
+
     def counts(self) -> ModelCounts:
         """The preset's parameter counts under this request's fine-tuning."""
         rank = self.lora_rank if self.finetune == "lora" else 0
-        return model_counts(self.variant, rank, tuple(self.lora_targets))
+        return model_counts(self.predictor, rank, tuple(self.lora_targets))
 
     def problems(self) -> list[str]:
         problems = []
-        if self.variant is None:
-            problems.append(f"--variant is required ({', '.join(PREDICTOR_PRESETS)})")
+        if self.predictor is None:
+            problems.append(f"--predictor is required ({', '.join(PREDICTOR_PRESETS)})")
         else:
             try:
-                model_counts(self.variant)
+                model_counts(self.predictor)
             except ModelFolderError as exc:
                 problems.append(str(exc))
             else:
                 problems += self._lora_problems()
-        if self.offload == "cpu" and self.zero < 2:
-            problems.append(f"--offload needs --zero 2 or 3 (got --zero {self.zero})")
-        elif self.offload == "nvme" and self.zero != 3:
-            problems.append(f"--offload nvme needs --zero 3 (got --zero {self.zero})")
+        if self.offload == "cpu" and self.zero_stage < 2:
+            problems.append(f"--offload needs --zero_stage 2 or 3 (got --zero_stage {self.zero_stage})")
+        elif self.offload == "nvme" and self.zero_stage != 3:
+            problems.append(f"--offload nvme needs --zero_stage 3 (got --zero_stage {self.zero_stage})")
         problems += _output_file_problems("--write_ds_config", self.write_ds_config)
-        gpn = self.gpus_per_node
+        gpn = self.num_gpus
         if gpn and self.world_size >= 1 and self.world_size % min(gpn, self.world_size):
-            problems.append(f"--world_size {self.world_size} is not a multiple of --gpus_per_node {gpn}")
+            problems.append(f"--world_size {self.world_size} is not a multiple of --num_gpus {gpn}")
         return problems
 
     def _lora_problems(self) -> list[str]:
@@ -108,12 +172,12 @@ class PlanRequest:
         from ds_kronos.model import Kronos
 
         with torch.device("meta"):
-            return lora_problems(Kronos.from_preset(self.variant), tuple(self.lora_targets), self.lora_rank)
+            return lora_problems(Kronos.from_preset(self.predictor), tuple(self.lora_targets), self.lora_rank)
 
     def setup(self, counts: ModelCounts, knobs: ZeroKnobs | None = None) -> Setup:
-        gpn = min(self.gpus_per_node or min(self.world_size, 8), self.world_size)
-        return Setup(world_size=self.world_size, gpus_per_node=gpn, zero=self.zero, offload=self.offload,
-                     micro_batch=self.micro_batch, context=self.context or counts.max_context,
+        gpn = min(self.num_gpus or min(self.world_size, 8), self.world_size)
+        return Setup(world_size=self.world_size, gpus_per_node=gpn, zero=self.zero_stage, offload=self.offload,
+                     micro_batch=self.batch_size, context=self.context or counts.max_context,
                      precision=self.precision, activation_checkpointing=self.activation_checkpointing,
                      math_attention=self.device == "cpu" and counts.config.attn_dropout_p > 0,
                      on_cpu=self.device == "cpu", from_model_folder=self.from_model_folder,
@@ -235,7 +299,7 @@ class Plan:
 
 def plan(request: PlanRequest) -> Plan:
     counts = request.counts()
-    choice = ds_config_for(request.zero, request.offload, request.precision)
+    choice = ds_config_for(request.zero_stage, request.offload, request.precision)
     setup = request.setup(counts, ZeroKnobs.from_ds_config(choice.load()))
     return Plan(request, counts, setup, estimate(counts, setup), choice)
 
@@ -251,13 +315,13 @@ class Recommendation:
 
 def candidates(request: PlanRequest):
     """Requests in escalation order (see the module docstring)."""
-    micro = request.micro_batch
+    micro = request.batch_size
     while True:
         for checkpointing in (False, True):
             for zero, offload in SHARDING_LADDER:
                 if offload == "nvme" and request.disk_gb is None:
                     continue  # no disk given: ZeRO-Infinity is not a candidate
-                yield dataclasses.replace(request, zero=zero, offload=offload, micro_batch=micro,
+                yield dataclasses.replace(request, zero_stage=zero, offload=offload, batch_size=micro,
                                           activation_checkpointing=checkpointing or request.activation_checkpointing)
         if micro == 1:
             return
@@ -275,5 +339,5 @@ def recommend(request: PlanRequest, memory_gb: float | None = None) -> Recommend
         option_plan = plan(candidate)
         tried.append(option_plan)
         if option_plan.fits(memory_gb, request.margin, request.disk_gb):
-            return Recommendation(option_plan, tuple(tried), request.micro_batch // candidate.micro_batch)
+            return Recommendation(option_plan, tuple(tried), request.batch_size // candidate.batch_size)
     return Recommendation(None, tuple(tried), 1)

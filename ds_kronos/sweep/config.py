@@ -10,17 +10,23 @@ from typing import Sequence
 
 from ds_kronos.config import option, output_dir_problems, parse_config
 from ds_kronos.errors import ConfigError
+from ds_kronos.option_groups import OptionGroup
 from ds_kronos.sweep.storage import default_storage_url, storage_problems
 
 SEPARATOR = "--"
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-@dataclass(kw_only=True)
-class SweepConfig:
-    """Hyper-parameter sweep of launch/train.py on Optuna: launch/sweep.py --space FILE [options] -- TRAIN_OPTIONS
+STUDY = OptionGroup("study", "study")
+SAMPLING = OptionGroup("sampling", "sampling and pruning")
+TRIAL_LAUNCH = OptionGroup("trials", "each trial's launch")
 
-    The options after -- go to every trial's train.py."""
+
+@dataclass(kw_only=True)
+class StudyOptions:
+    """What is searched, how long, and where the study is stored."""
+
+    GROUP = STUDY
 
     space: str = option(None, help="YAML/JSON search space: train.py options with a range {low, high, log, step} "
                                    "or choices [...] (docs/sweeps.md)")
@@ -33,18 +39,43 @@ class SweepConfig:
                                             "postgresql://... or mysql://... (a database server several machines "
                                             "share), journal:///FILE (Optuna's journal file on a shared file "
                                             "system)")
+
+
+@dataclass(kw_only=True)
+class SamplingOptions:
+    """How trials draw their values and when a trial is stopped early."""
+
+    GROUP = SAMPLING
+
     sampler: str = option("tpe", choices=("tpe", "random"), help="Optuna sampler: tree-structured Parzen "
                                                                  "estimator, or uniform random draws")
-    seed: int = option(0, help="sampler seed: trial k draws with the seed (seed, k), so that workers never repeat "
-                               "each other's draws and a one-worker sweep repeats exactly")
+    sampler_seed: int = option(0, renamed_from=("seed",),
+                               help="sampler seed (train.py's --seed, after --, seeds each trial's run): trial k "
+                                    "draws with the seed (sampler_seed, k), so that workers never repeat each "
+                                    "other's draws and a one-worker sweep repeats exactly")
     pruner: str = option("median", choices=("median", "none"), help="Optuna pruner: stop a trial whose evaluation "
                                                                      "is worse than the median of the finished "
                                                                      "trials' at the same step")
     pruner_startup_trials: int = option(5, ge=0, help="median pruner: no pruning until this many trials finished")
     pruner_warmup_steps: int = option(0, ge=0, help="median pruner: no pruning at evaluations before this step")
+
+
+@dataclass(kw_only=True)
+class TrialLaunchOptions:
+    """How each trial's deepspeed launch of train.py is started."""
+
+    GROUP = TRIAL_LAUNCH
+
     num_gpus: int = option(1, ge=1, help="processes per trial on each node: the deepspeed launcher's --num_gpus "
                                          "(CPU processes with DS_ACCELERATOR=cpu)")
     hostfile: str | None = option(None, help="the deepspeed launcher's --hostfile: each trial on its nodes")
+
+
+@dataclass(kw_only=True)
+class SweepConfig(TrialLaunchOptions, SamplingOptions, StudyOptions):
+    """Hyper-parameter sweep of launch/train.py on Optuna: launch/sweep.py --space FILE [options] -- TRAIN_OPTIONS
+
+    The options after -- go to every trial's train.py."""
 
     @property
     def storage_url(self) -> str:

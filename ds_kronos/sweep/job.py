@@ -105,7 +105,7 @@ def open_study(config: SweepConfig, metric: str):
               if config.pruner == "median" else optuna.pruners.NopPruner())
     with creation_lock(config.storage_url):
         study = optuna.create_study(storage=open_storage(config.storage_url), study_name=config.study,
-                                    sampler=make_sampler(config.sampler, config.seed, 0), pruner=pruner,
+                                    sampler=make_sampler(config.sampler, config.sampler_seed, 0), pruner=pruner,
                                     direction="maximize" if HIGHER_IS_BETTER[metric] else "minimize",
                                     load_if_exists=True)
         recorded = study.user_attrs.get(METRIC_ATTR)
@@ -156,7 +156,7 @@ class Sweep:
             trial.set_user_attr(report.FAILURE_ATTR, "not run: the last of --trials went to other workers")
             study.stop()
             raise BudgetTaken()
-        study.sampler = make_sampler(self.config.sampler, self.config.seed, trial.number)
+        study.sampler = make_sampler(self.config.sampler, self.config.sampler_seed, trial.number)
         params = self.space.suggest(trial)  # a continuation's: the interrupted trial's (queued with them)
         continues = trial.user_attrs.get(CONTINUES_ATTR)
         if continues is None:
@@ -301,7 +301,7 @@ def write_report(study, sweep: Sweep, storage: str, startup_seconds: float) -> d
     summary = {"study": study.study_name, "storage": storage, "metric": sweep.metric,
                "direction": study.direction.name.lower(), "trials_requested": sweep.config.trials,
                "states": {name: n for name, n in counts.items() if n}, "space": sweep.space.describe(),
-               "sampler": sweep.config.sampler, "seed": sweep.config.seed, "pruner": sweep.config.pruner,
+               "sampler": sweep.config.sampler, "seed": sweep.config.sampler_seed, "pruner": sweep.config.pruner,
                "train_arguments": sweep.train_args, "best": best, "trials": rows,
                "sweep_seconds_per_trial": report.overhead_figures(rows),
                "worker_startup_seconds": round(startup_seconds, 3), "this_worker_ran": sweep.ran,

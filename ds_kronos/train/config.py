@@ -1,5 +1,7 @@
 """Options of the two training jobs: the predictor (``launch/train.py``) and the tokenizer
-(``launch/train_tokenizer.py``). They share every option of the trainer; each adds what its model needs.
+(``launch/train_tokenizer.py``). They share every option of the trainer; each adds what its model needs. Options are
+declared in groups (``DataOptions``, ``ScheduleOptions``, ...: :mod:`ds_kronos.option_groups`) that ``--help`` shows;
+the config object a job gets is flat (``config.save_every``).
 
 Defaults follow upstream's finetune/config.py where it has one (batch 50, 30 epochs, n_train_iter 2000 x batch,
 n_val_iter 400 x batch, seed 100, clip 5). The DeepSpeed JSON owns the optimizer, precision and ZeRO settings;
@@ -15,6 +17,7 @@ from ds_kronos.adapters import DEFAULT_LORA_TARGETS
 from ds_kronos.config import ProcessOptions, option, output_dir_problems, problems_of
 from ds_kronos.data.verify import prepared_data_problems
 from ds_kronos.forecast.config import clip_option
+from ds_kronos.option_groups import CHECKPOINTING, DATA, EVALUATION, FINETUNING, LOGGING, MODEL, PERFORMANCE, SCHEDULE
 from ds_kronos.train.finetune import DEFAULT_LORA_ALPHA, DEFAULT_LORA_RANK, FINETUNE_MODES, FinetuneSpec
 from ds_kronos.train.preemption import parse_signals
 from ds_kronos.train.selection import SELECT_BY, Selection
@@ -82,19 +85,28 @@ def rollback_checkpoint_problem(save_every: int, epochs: int, max_steps: int,
 
 
 @dataclass(kw_only=True)
-class CommonTrainConfig(ProcessOptions):
-    """Options shared by both training jobs."""
+class DataOptions:
+    """What the run reads: the prepared dataset and how much of it each epoch and evaluation sees."""
+
+    GROUP = DATA
 
     data: str = option(None, help="prepared dataset folder (launch/prepare_data.py output)")
-    save_dir: str = option("runs/predictor", help="output folder: best_model/, checkpoints/, summary.json, plots")
-    deepspeed_config: str = option("ds_configs/zero2.json", help="DeepSpeed JSON (ZeRO stage, optimizer, precision)")
-
-    epochs: int = option(30, help="passes over n_train_iter samples each", ge=1)
-    max_steps: int = option(0, help="stop after this many optimizer steps (0: epochs decide); sets the schedule "
-                                     "length", ge=0)
     n_train_iter: int = option(100_000, help="training samples per epoch, over all ranks (capped by the data)", ge=1)
     n_val_iter: int = option(20_000, ge=1,
                              help="validation samples per evaluation, over all ranks (capped by the data)")
+    clip: float = clip_option(help="clip normalised features to [-clip, clip]")
+
+
+@dataclass(kw_only=True)
+class ScheduleOptions:
+    """How long the run trains, in what batches, at what learning rate (the DeepSpeed JSON owns the optimizer)."""
+
+    GROUP = SCHEDULE
+
+    deepspeed_config: str = option("ds_configs/zero2.json", help="DeepSpeed JSON (ZeRO stage, optimizer, precision)")
+    epochs: int = option(30, help="passes over n_train_iter samples each", ge=1)
+    max_steps: int = option(0, help="stop after this many optimizer steps (0: epochs decide); sets the schedule "
+                                     "length", ge=0)
     batch_size: int | None = option(None, help="micro batch per rank; default 50 unless the JSON sets it", ge=1)
     grad_accum: int | None = option(None, help="gradient accumulation steps; default 1 unless the JSON sets it", ge=1)
     lr: float | None = option(None, help="peak learning rate; default the JSON's (4e-5 in ds_configs/)", gt=0)
@@ -103,6 +115,13 @@ class CommonTrainConfig(ProcessOptions):
                                    "OneCycleLR exactly as upstream (also cycles AdamW's beta1 0.85-0.95)")
     seed: int = option(100, help="seed of model init (presets), data order and sampling")
 
+
+@dataclass(kw_only=True)
+class EvaluationOptions:
+    """When the run validates, and when it stops early."""
+
+    GROUP = EVALUATION
+
     eval_every: int = option(0, help="also validate every K optimizer steps (0: once per epoch)", ge=0)
     eval_at_start: bool = option(True, help="validate before the first step: the start model is then a candidate "
                                             "for best_model/ like any evaluation")
@@ -110,6 +129,15 @@ class CommonTrainConfig(ProcessOptions):
                                    "(0: never stop early)", ge=0)
     min_delta: float = option(0.0, help="an evaluation improves on the best only by more than this (in the "
                                         "selection metric's units)", ge=0)
+
+
+@dataclass(kw_only=True)
+class CheckpointOptions:
+    """What the run writes and how it survives preemption and divergence."""
+
+    GROUP = CHECKPOINTING
+
+    save_dir: str = option("runs/predictor", help="output folder: best_model/, checkpoints/, summary.json, plots")
     save_every: int = option(0, help="DeepSpeed checkpoint every N optimizer steps (0: at the end of each epoch)", ge=0)
     keep_last: int = option(2, help="DeepSpeed checkpoints to keep", ge=1)
     resume: bool = option(False, help="continue from save_dir/checkpoints/latest (model, optimizer, scheduler, data "
@@ -134,6 +162,13 @@ class CommonTrainConfig(ProcessOptions):
                                         "5-8,20-21 (counted from 1, as in the log): reproduces a roll-back's skip from "
                                         "the start")
 
+
+@dataclass(kw_only=True)
+class LoggingOptions:
+    """The progress line and the experiment trackers."""
+
+    GROUP = LOGGING
+
     log_every: int = option(10, help="progress line every N optimizer steps", ge=1)
     peak_tflops: float | None = option(None, gt=0, help="peak dense TFLOP/s of one device, for the MFU in the log "
                                        "(default: the datasheet figure of a known GPU at the run's precision; on "
@@ -144,9 +179,15 @@ class CommonTrainConfig(ProcessOptions):
     comet_project: str = option("kronos-finetune", help="comet project name")
     comet_name: str | None = option(None, help="comet experiment name")
 
+
+@dataclass(kw_only=True)
+class PerformanceOptions:
+    """Speed and memory: the same arithmetic, computed differently."""
+
+    GROUP = PERFORMANCE
+
     num_workers: int | None = option(None, help="DataLoader workers per rank (default: 0 on CPU, 2 on GPU)", ge=0)
     activation_checkpointing: bool = option(False, help="recompute transformer blocks in backward (saves memory)")
-    clip: float = clip_option(help="clip normalised features to [-clip, clip]")
     compile: bool = option(False, help="compile the model with DeepSpeed's engine.compile (torch.compile, the "
                            "accelerator's backend) before the first step")
     overlap_grad_reduce: bool = option(False, help="at ZeRO-0, start each bucket's gradient all-reduce during "
@@ -157,6 +198,12 @@ class CommonTrainConfig(ProcessOptions):
                                    "bucket_cap_mb default)", gt=0)
     nvme_dir: str | None = option(None, help="folder for ZeRO-Infinity's NVMe swap files when the JSON offloads to "
                                   "\"nvme\" (default: save_dir/nvme_swap; removed at the end of the run)")
+
+
+@dataclass(kw_only=True)
+class CommonTrainConfig(PerformanceOptions, LoggingOptions, CheckpointOptions, EvaluationOptions, ScheduleOptions,
+                        DataOptions, ProcessOptions):
+    """Options shared by both training jobs (one flat config object; the groups are what --help shows)."""
 
     def selection(self) -> Selection:
         """How best_model/ is chosen and when the run stops early (ds_kronos.train.selection)."""
@@ -195,8 +242,10 @@ class CommonTrainConfig(ProcessOptions):
 
 
 @dataclass(kw_only=True)
-class TrainConfig(CommonTrainConfig):
-    """Fine-tune a Kronos predictor over a frozen tokenizer with DeepSpeed."""
+class PredictorModelOptions:
+    """The predictor job's models: the frozen tokenizer and the predictor it fine-tunes."""
+
+    GROUP = MODEL
 
     tokenizer: str = option("tiny", help="frozen tokenizer: model folder (e.g. from launch/train_tokenizer.py) "
                                          "or a preset name for a random one")
@@ -205,6 +254,14 @@ class TrainConfig(CommonTrainConfig):
     tokenizer_dtype: str = option("auto", choices=("auto", "fp32", "bf16", "fp16"),
                                   help="frozen tokenizer dtype: auto = fp16 on GPU (upstream: fp32; see README), "
                                        "fp32 on CPU")
+
+
+@dataclass(kw_only=True)
+class ForecastSelectionOptions:
+    """Selecting best_model/ by sampled forecasts of validation origins (ds_kronos.train.selection)."""
+
+    GROUP = EVALUATION
+
     select_by: str = option("loss", choices=SELECT_BY,
                             help="what picks best_model/ (and drives --patience): the validation token loss, or "
                                  "the sampled forecasts of fixed validation origins: crps (lower is better) or "
@@ -219,7 +276,13 @@ class TrainConfig(CommonTrainConfig):
                                       "its per-date improvement on the validation origins is significant at this "
                                       "one-sided p-value (paired Newey-West t-test); 1 = any improvement")
 
-    # What is trained (ds_kronos.train.finetune).
+
+@dataclass(kw_only=True)
+class FinetuneOptions:
+    """What is trained (ds_kronos.train.finetune)."""
+
+    GROUP = FINETUNING
+
     finetune: str = option("full", choices=FINETUNE_MODES,
                            help="full: every parameter; lora: low-rank adapters (peft) on --lora_targets, the "
                                 "predictor frozen; freeze: every parameter but those --freeze names")
@@ -236,6 +299,11 @@ class TrainConfig(CommonTrainConfig):
         default_factory=list, help="--finetune freeze: globs over parameter names (as in model.safetensors) to "
         "freeze; '!GLOB' exempts, the last match wins. e.g. 'embedding.*,time_emb.*' (embeddings), "
         "'transformer.[0-3].*' (blocks 0-3), '*,!head.*' (heads only)")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(PredictorModelOptions, ForecastSelectionOptions, FinetuneOptions, CommonTrainConfig):
+    """Fine-tune a Kronos predictor over a frozen tokenizer with DeepSpeed."""
 
     def selection(self) -> Selection:
         return Selection(self.select_by, self.patience, self.min_delta, self.beat_start_p)
@@ -273,10 +341,18 @@ class TrainConfig(CommonTrainConfig):
 
 
 @dataclass(kw_only=True)
-class TokenizerTrainConfig(CommonTrainConfig):
-    """Fine-tune a Kronos tokenizer with DeepSpeed (upstream's first stage)."""
+class TokenizerModelOptions:
+    """The tokenizer job's model."""
+
+    GROUP = MODEL
 
     tokenizer: str = option("tiny", help="tokenizer model folder to fine-tune, or a preset name (random init)")
+
+
+@dataclass(kw_only=True)
+class TokenizerTrainConfig(TokenizerModelOptions, CommonTrainConfig):
+    """Fine-tune a Kronos tokenizer with DeepSpeed (upstream's first stage)."""
+
     save_dir: str = option("runs/tokenizer", help="output folder: best_model/, checkpoints/, summary.json, plots")
     deepspeed_config: str = option("ds_configs/tokenizer_zero2.json",
                                    help="DeepSpeed JSON (upstream's tokenizer settings: lr 2e-4, clipping 2.0)")

@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 from ds_kronos.atomic import write_text_atomic
 from ds_kronos.data.csv_source import has_amount
 from ds_kronos.data.prepare_config import PrepareConfig
-from ds_kronos.data.series import SourceData, SymbolSeries
 from ds_kronos.data.store.bucket import BucketJob, run_bucket
 from ds_kronos.data.store.nodes import NODE_INDEX_PREFIX, write_node_index
 from ds_kronos.data.store.partition import bucket_of, expand_inputs, file_fields, partition_file
@@ -252,23 +251,47 @@ def build_store(config: PrepareConfig, log: Callable[[str], None] = print) -> di
     return index
 
 
-def store_from_series(config: PrepareConfig, data: SourceData, source: dict) -> dict:
-    """A store from bars already read whole (a Qlib folder through pyqlib): one shard per bucket, no resume."""
+def store_from_qlib(config: PrepareConfig, source: dict, log: Callable[[str], None] = print) -> dict:
+    """A store from a Qlib folder read through pyqlib symbol group by symbol group: one bucket of symbols in memory
+    at a time (buckets sized from the calendar and ``--memory_gb``), one shard per bucket, no resume."""
+    from ds_kronos.data.qlib_source import qlib_universe, read_notes, read_qlib_group
+
     out = Path(config.out)
     _start(out, config)
-    usable = [x for x in data.series if len(x) >= config.window]
-    buckets = max(1, math.ceil(sum(map(len, usable)) * BUCKET_BYTES_PER_BAR / (config.memory_gb * GIB)))
-    groups: dict[int, list[SymbolSeries]] = {}
-    for x in usable:
-        groups.setdefault(bucket_of(x.symbol, buckets), []).append(x)
-    if not groups:
-        raise DataError(f"{config.qlib_dir}: every series is shorter than one window ({config.window} bars); "
-                        f"nothing to prepare")
+    first, last = config.read_dates()
+    universe = qlib_universe(config.qlib_dir, config.instrument, first, last)
+    from qlib.data import D
+
+    days = len(D.calendar(start_time=first, end_time=last, freq="day"))
+    share = config.memory_gb * GIB - BASE_BYTES
+    if share <= 0:
+        raise DataError(f"--memory_gb {config.memory_gb:g} is too small: the preparation needs about "
+                        f"{BASE_BYTES >> 20} MiB before it holds any bars")
+    buckets = max(1, math.ceil(len(universe.symbols) * days * BUCKET_BYTES_PER_BAR / share))
+    groups: dict[int, list[str]] = {}
+    for symbol in universe.symbols:
+        groups.setdefault(bucket_of(symbol, buckets), []).append(symbol)
+    log(f"reading {len(universe.symbols)} symbols of {config.qlib_dir} through pyqlib in {len(groups)} group(s)")
+    entries, too_short, skipped, bad_rows, nan_rows = [], [], list(universe.skipped), {}, 0
     with naming_path(out):
         (out / "shards").mkdir(parents=True, exist_ok=True)
-        entries = [write_shard(out / "shards", f"g000-b{b:05d}", group) for b, group in sorted(groups.items())]
-        dropped = {"too_short": [x.symbol for x in data.series if len(x) < config.window],
-                   "skipped": [list(x) for x in data.skipped], "bad_rows": data.bad_rows, "dropped_rows": {}}
-        return write_index(out, {"lookback": config.lookback, "predict": config.predict, "freq": data.freq,
-                                 "bad_rows": config.bad_rows, "splits": config.split_choice(), "fields": data.fields,
-                                 "sources": [source], "dropped": dropped}, entries)
+        for b, group in sorted(groups.items()):
+            series, group_skipped, group_bad, group_nan = read_qlib_group(universe, group, config.bad_rows)
+            skipped += group_skipped
+            bad_rows.update(group_bad)
+            nan_rows += group_nan
+            too_short += [x.symbol for x in series if len(x) < config.window]
+            usable = [x for x in series if len(x) >= config.window]
+            if usable:
+                entries.append(write_shard(out / "shards", f"g000-b{b:05d}", usable))
+        for note in read_notes(nan_rows, bad_rows, universe.has_amount):
+            log(note)
+        if not entries:
+            raise DataError(f"{config.qlib_dir}: every series is shorter than one window ({config.window} bars); "
+                            f"nothing to prepare")
+        dropped = {"too_short": sorted(too_short), "skipped": [list(x) for x in skipped], "bad_rows": bad_rows,
+                   "dropped_rows": {}}
+        return write_index(out, {"lookback": config.lookback, "predict": config.predict, "freq": "1D",
+                                 "bad_rows": config.bad_rows, "splits": config.split_choice(),
+                                 "fields": universe.fields, "sources": [{**source, "fields": universe.fields}],
+                                 "dropped": dropped}, entries)

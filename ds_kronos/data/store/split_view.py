@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ds_kronos.atomic import write_text_atomic
+from ds_kronos.data.split_choice import SplitChoice
 from ds_kronos.data.store.shards import INDEX_NAME, SPLIT_VIEW_NAME, STORE_VERSION
 from ds_kronos.data.store.view import StoreDataset, open_store
 from ds_kronos.errors import DataError
@@ -17,7 +18,9 @@ from ds_kronos.errors import DataError
 VIEW_FORMAT = "ds_kronos.split_view"
 
 
-def _open(store: Path, splits: dict) -> StoreDataset:
+def _open(store: Path, splits: dict, choice: SplitChoice | None = None) -> StoreDataset:
+    if choice is not None:  # a job's split, over the view's
+        splits = choice.settings(splits, str(store))
     return open_store(store, ranges=splits.get("ranges"),
                       fractions=tuple(splits["fractions"]) if splits.get("fractions") else None)
 
@@ -36,7 +39,7 @@ def write_split_view(out: Path, store: Path, splits: dict) -> StoreDataset:
     return opened
 
 
-def open_split_view(folder: Path) -> StoreDataset:
+def open_split_view(folder: Path, choice: SplitChoice | None = None) -> StoreDataset:
     path = folder / SPLIT_VIEW_NAME
     try:
         view = json.loads(path.read_text(encoding="utf-8"))
@@ -49,4 +52,4 @@ def open_split_view(folder: Path) -> StoreDataset:
     store = (folder / view["store"]).resolve()
     if not (store / INDEX_NAME).is_file():
         raise DataError(f"{path}: its store {store} is gone (no {INDEX_NAME})")
-    return _open(store, view["splits"])
+    return _open(store, view["splits"], choice)

@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ds_kronos.data.file_stamp import file_stamp
 from ds_kronos.data.manifest import SPLITS, ManifestWindow
 from ds_kronos.data.npy import open_npy
 from ds_kronos.data.series import TIME_FEATURE_COLUMNS, VALUE_COLUMNS
 from ds_kronos.data.split_arrays import SplitArrays
+from ds_kronos.data.split_choice import SplitChoice
 from ds_kronos.data.splits import parse_range
 from ds_kronos.data.store.rows import ConcatRows, Segments
 from ds_kronos.data.store.shards import DTYPES, INDEX_NAME, SHARD_ARRAYS, file_sha256, read_index
@@ -55,12 +57,8 @@ class StoreDataset(ManifestWindow):
         return [INDEX_NAME] + [f"shards/{e['name']}/{a}.npy" for e in self.manifest["shards"] for a in SHARD_ARRAYS]
 
     def verdict_key(self) -> dict[str, Any]:
-        """What a verification verdict is valid for: the index's hash and every file's size and mtime."""
-        files = {}
-        for rel in self.files():
-            stat = (self.path / rel).stat()
-            files[rel] = [stat.st_size, stat.st_mtime_ns]
-        return {"sha256": self.manifest["sha256"], "files": files}
+        """What a verification verdict is valid for: the index's hash and every file's stamp (size, mtime, ctime)."""
+        return {"sha256": self.manifest["sha256"], "files": {rel: file_stamp(self.path / rel) for rel in self.files()}}
 
     def content_problem(self) -> str | None:
         """Read every byte: each shard's files against their hashes (naming the shard), values finite, time
@@ -173,25 +171,25 @@ def _split_view(name: str, bounds: dict[str, tuple[int, int]], pieces: dict[str,
 
 
 def split_settings(index: dict, ranges: dict[str, str] | None = None,
-                   fractions: tuple[float, float, float] | None = None) -> dict:
-    """The split settings in force: those given, else the store's defaults from preparation."""
-    if fractions is not None:
-        return {"fractions": list(fractions), "ranges": None}
-    if ranges is not None:
-        return {"fractions": None, "ranges": dict(ranges)}
-    return dict(index["splits"])
+                   fractions: tuple[float, float, float] | None = None, where: str = "store") -> dict:
+    """The split settings in force: those given (ranges for some splits keep the others' defaults), else the
+    store's defaults from preparation."""
+    if fractions is None and ranges is None:
+        return dict(index["splits"])
+    choice = SplitChoice(ranges=ranges, fractions=None if fractions is None else tuple(fractions))
+    return choice.settings(index["splits"], where)
 
 
 def open_store(path: str | os.PathLike, ranges: dict[str, str] | None = None,
                fractions: tuple[float, float, float] | None = None) -> StoreDataset:
     """Open a store after the checks that read no array data (index, every file's header, size and shape, offsets
-    against the index) and compute its split views; ``ranges`` (split -> 'START,END') or ``fractions`` override
-    the store's default split."""
+    against the index) and compute its split views; ``ranges`` (split -> 'START,END', any of the three) or
+    ``fractions`` override the store's default split."""
     root = Path(path)
     index = read_index(root)
+    settings = split_settings(index, ranges, fractions, str(root))
     arrays = _open_shards(root, index)
     pieces = _pieces(index)
-    settings = split_settings(index, ranges, fractions)
     window = int(index["window"])
     splits, too_short = {}, {}
     for name, bounds in _symbol_bounds(index, pieces, arrays, settings).items():

@@ -10,7 +10,7 @@ with the frozen ``base`` tokenizer preset, no validation before training and a s
     base   ZeRO-3, bf16                         ds_configs/zero3_bf16.json       (partitioned construction)
     large  ZeRO-3 + CPU offload, bf16           ds_configs/zero3_offload_bf16.json
     1b     ZeRO-3 + NVMe offload, bf16          ds_configs/zero3_nvme_bf16.json  (swap files in --work_dir)
-    3b     as 1b                                (not in the default list: see the README's scale table)
+    3b     as 1b                                (not in the default list: see docs/performance.md, larger variants)
 
 Measured per row: seconds per optimizer step (median over the steps after the first, timed by the arrival of
 the progress lines the ranks print unbuffered), samples/s, each rank's peak resident memory (VmHWM, reported by

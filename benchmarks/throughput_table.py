@@ -1,4 +1,4 @@
-"""Run benchmarks/train_throughput.py over a grid and print the README's markdown table.
+"""Run benchmarks/train_throughput.py over a grid and print the markdown table of docs/performance.md.
 
     DS_ACCELERATOR=cpu python benchmarks/throughput_table.py --variants mini small --world_sizes 1 2 \\
         --zero 0 2 3 --precisions fp32 bf16 --micro_batch 8 --context 100 --steps 6 --warmup 2

@@ -8,6 +8,7 @@ import os
 import random
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +70,14 @@ def slurm_rendezvous(environ: dict[str, str]) -> dict[str, str]:
             "MASTER_PORT": environ.get("MASTER_PORT", "29500")}
 
 
+def hide_deepspeed_collective_deprecations() -> None:
+    """torch 2.13 deprecates the collectives DeepSpeed 0.19's comm calls for ZeRO (all_gather_into_tensor after each
+    step, reduce_scatter_tensor on GPUs): a FutureWarning for DeepSpeed to act on, not a user, so exactly these two
+    are hidden."""
+    for name in ("all_gather_into_tensor", "reduce_scatter_tensor"):
+        warnings.filterwarnings("ignore", rf"`torch\.distributed\.{name}` is deprecated", FutureWarning)
+
+
 def init_runtime(threads: int | None = None, timeout_s: float = DEFAULT_DIST_TIMEOUT_S) -> Runtime:
     """Initialise torch.distributed through ``deepspeed.init_distributed`` (gloo/shm on CPU, NCCL on GPU).
 
@@ -78,6 +87,7 @@ def init_runtime(threads: int | None = None, timeout_s: float = DEFAULT_DIST_TIM
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    hide_deepspeed_collective_deprecations()
     os.environ.update(slurm_rendezvous(dict(os.environ)))
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",

@@ -17,7 +17,8 @@ import torch
 
 from ds_kronos.forecast import autoregressive_forecast, generate_tokens, sample_paths
 from ds_kronos.model import PREDICTOR_PRESETS, Kronos, KronosTokenizer
-from ds_kronos.model.layers import DependencyAwareLayer, KVCache, TransformerBlock
+from ds_kronos.model.heads import DependencyAwareLayer
+from ds_kronos.model.layers import KVCache, TransformerBlock
 from helpers import fixtures_dir
 
 SETTINGS = {

@@ -15,8 +15,10 @@ from ds_kronos.config import bound_problems, parse_config
 from ds_kronos.errors import ConfigError
 from ds_kronos.model import Kronos
 from ds_kronos.plan import PlanRequest, model_counts, plan, recommend
-from ds_kronos.plan.memory import BASELINE_PROCESS_BYTES, LORA_IMPORT_BYTES, Setup, block_bytes_per_token
+from ds_kronos.plan.activations import block_bytes_per_token
 from ds_kronos.plan.planner import GIB, SHARDING_LADDER
+from ds_kronos.plan.process import BASELINE_PROCESS_BYTES, LORA_IMPORT_BYTES
+from ds_kronos.plan.setup import Setup
 from helpers import REPO
 
 

@@ -117,7 +117,7 @@ def resolve_ds_config(config: dict, path: str, *, batch: BatchLayout, total_step
         raise ConfigError(f"{path}: optimizer.params.lr is \"auto\" and --lr is not set")
     if on_cpu and not DeepSpeedView.of(resolved).offloads_optimizer:
         # DeepSpeed's FusedAdam needs CUDA; on the CPU accelerator use torch's AdamW, in its fused CPU kernel (the
-        # same update as the default loop, several times faster on large models; see README, throughput).
+        # same update as the default loop, several times faster on large models; see docs/performance.md).
         params.setdefault("torch_adam", True)
         params.setdefault("fused", True)
 

@@ -18,6 +18,8 @@ setup fails fast with one line.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import warnings
@@ -81,7 +83,19 @@ def build_signal(dates_ns: np.ndarray, instruments: np.ndarray, scores: np.ndarr
     return signal.sort_index().rename("score")
 
 
+def _import_gym_quietly() -> None:
+    """Import gym with its notice silenced, before qlib's backtest does. qlib's executor imports its RL package,
+    which imports the unmaintained gym, and gym prints a deprecation notice (gym_notices) to stderr on import: noise
+    for a backtest that uses no gym. A print, not a warning, so only a redirect of this one import can hide it."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            import gym  # noqa: F401
+    except ImportError:  # a qlib that no longer needs gym
+        pass
+
+
 def _risk(returns: pd.Series) -> dict[str, float | None]:
+    _import_gym_quietly()
     from qlib.contrib.evaluate import risk_analysis
 
     table = risk_analysis(returns, freq=FREQ)["risk"]
@@ -125,17 +139,19 @@ def _strategy_size(signal: pd.Series, topk: int, n_drop: int, log: Callable[[str
 def _simulate(signal: pd.Series, start: pd.Timestamp, end: pd.Timestamp, k: int, drop: int, benchmark: str,
               limit_threshold: float) -> pd.DataFrame:
     """Run qlib's TopkDropout backtest quietly; returns its daily portfolio report."""
+    _import_gym_quietly()
     from qlib.backtest import backtest, executor
     from qlib.contrib.strategy import TopkDropoutStrategy
+    from qlib.log import set_global_logger_level
 
+    # Before the executor is built: per-order/per-day warnings (limits, suspended days) flood stdout, and building
+    # and starting the backtest warns of what a plain backtest does not use (common_infra, a future calendar).
+    set_global_logger_level(logging.ERROR)
     codes = sorted(signal.index.get_level_values("instrument").unique())
     exchange_kwargs = {"freq": FREQ, "codes": codes, "deal_price": "close",
                        "limit_threshold": limit_threshold or None, **COSTS}
     strategy = TopkDropoutStrategy(signal=signal, topk=k, n_drop=drop)
     day_executor = executor.SimulatorExecutor(time_per_step=FREQ, generate_portfolio_metrics=True)
-    from qlib.log import set_global_logger_level
-
-    set_global_logger_level(logging.ERROR)  # per-order/per-day warnings (limits, suspended days) flood stdout
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # qlib's nanmean over days without a price
         portfolio, _ = backtest(start_time=start, end_time=end, strategy=strategy, executor=day_executor,

@@ -1,4 +1,6 @@
-"""Building blocks shared by the Kronos tokenizer and predictor.
+"""The Transformer blocks shared by the Kronos tokenizer and predictor: RMSNorm, the SwiGLU feed-forward, rotary
+self- and cross-attention with their key/value cache, and the block. The predictor's embeddings and heads are in
+``embeddings.py`` and ``heads.py``.
 
 Module and parameter names mirror the published checkpoints (``q_proj``, ``rotary.inv_freq``, ``ffn.w1`` ...),
 so their state dicts load strictly. Behaviour that defines what the published weights mean is kept as upstream
@@ -7,13 +9,9 @@ has it; the places where this code deliberately differs are marked "Differs from
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from ds_kronos.model.partitioned import modifiable
 
 
 class RMSNorm(nn.Module):
@@ -268,143 +266,3 @@ class TransformerBlock(nn.Module):
         """:meth:`forward` for the next positions only, attending over the cached ones (see the attention)."""
         x = x + self.self_attn.forward_cached(self.norm1(x), cache)
         return x + self.ffn(self.norm2(x))
-
-
-class HierarchicalEmbedding(nn.Module):
-    """Embeds (s1, s2) token pairs: both tables scaled by sqrt(d_model), concatenated, then fused linearly."""
-
-    def __init__(self, s1_bits: int, s2_bits: int, d_model: int):
-        super().__init__()
-        self.s1_bits = s1_bits
-        self.s2_bits = s2_bits
-        self.d_model = d_model
-        self.emb_s1 = nn.Embedding(2 ** s1_bits, d_model)
-        self.emb_s2 = nn.Embedding(2 ** s2_bits, d_model)
-        self.fusion_proj = nn.Linear(2 * d_model, d_model)
-        for table in (self.emb_s1, self.emb_s2):
-            # Under deepspeed.zero.Init the tables are partitioned by now: gathered, the draw is the full table's,
-            # so the random stream (and every later initial weight) is the same as in a plain build.
-            with modifiable(table):
-                nn.init.normal_(table.weight, mean=0.0, std=d_model ** -0.5)
-
-    def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor) -> torch.Tensor:
-        scale = math.sqrt(self.d_model)
-        return self.fusion_proj(torch.cat([self.emb_s1(s1_ids) * scale, self.emb_s2(s2_ids) * scale], dim=-1))
-
-
-class FixedEmbedding(nn.Module):
-    """Frozen sinusoidal table (used when ``learn_te`` is false); stored as ``emb.weight`` like upstream."""
-
-    def __init__(self, num_embeddings: int, d_model: int):
-        super().__init__()
-        position = torch.arange(num_embeddings).float().unsqueeze(1)
-        div_term = (torch.arange(0, d_model, 2).float() * -(math.log(10000.0) / d_model)).exp()
-        table = torch.zeros(num_embeddings, d_model)
-        table[:, 0::2] = torch.sin(position * div_term)
-        table[:, 1::2] = torch.cos(position * div_term)
-        self.emb = nn.Embedding(num_embeddings, d_model)
-        self.emb.weight = nn.Parameter(table, requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.emb(x).detach()
-
-
-class TemporalEmbedding(nn.Module):
-    """Sum of embeddings of [minute, hour, weekday, day, month] (stamp[..., 0..4])."""
-
-    def __init__(self, d_model: int, learn_te: bool):
-        super().__init__()
-        table = nn.Embedding if learn_te else FixedEmbedding
-        self.minute_embed = table(60, d_model)
-        self.hour_embed = table(24, d_model)
-        self.weekday_embed = table(7, d_model)
-        self.day_embed = table(32, d_model)
-        self.month_embed = table(13, d_model)
-
-    def forward(self, stamp: torch.Tensor) -> torch.Tensor:
-        stamp = stamp.long()
-        # Summation order as upstream, so fp32 results match to the last bit.
-        return (self.hour_embed(stamp[..., 1]) + self.weekday_embed(stamp[..., 2]) + self.day_embed(stamp[..., 3])
-                + self.month_embed(stamp[..., 4]) + self.minute_embed(stamp[..., 0]))
-
-
-class DependencyAwareLayer(nn.Module):
-    """Conditions the s2 prediction on an s1 token: cross-attention from the s1 embedding to the context.
-
-    The published models build it without ``n_heads``, so it always has 4 heads; that is part of the format.
-    """
-
-    N_HEADS = 4
-
-    def __init__(self, d_model: int, attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0):
-        super().__init__()
-        self.cross_attn = MultiHeadCrossAttentionWithRoPE(d_model, self.N_HEADS, attn_dropout_p, resid_dropout_p)
-        self.norm = RMSNorm(d_model)
-
-    def forward(self, hidden_states: torch.Tensor, sibling_embed: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None, causal: bool | None = None) -> torch.Tensor:
-        attn_out = self.cross_attn(sibling_embed, hidden_states, key_padding_mask=key_padding_mask, causal=causal)
-        return self.norm(hidden_states + attn_out)
-
-    def new_cache(self, batch: int, capacity: int, device: torch.device, dtype: torch.dtype) -> KVCache:
-        attn = self.cross_attn
-        return KVCache.empty(batch, attn.n_heads, attn.head_dim, capacity, device, dtype)
-
-    def extend_cache(self, hidden_states: torch.Tensor, cache: KVCache) -> None:
-        """Add the next context positions [B, n, d] to the keys/values the decode step attends over."""
-        self.cross_attn.append_keys(hidden_states, cache)
-
-    def forward_cached(self, last_hidden: torch.Tensor, sibling_embed: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """The decode step of :meth:`forward` in eval mode for the last position only: ``sibling_embed`` [B, 1, d]
-        attends, unmasked, over every cached context position; ``last_hidden`` [B, 1, d] is the last context.
-
-        :meth:`forward` adds the single attention row to every context position and the caller keeps the last
-        one; here only that one is computed.
-        """
-        return self.norm(last_hidden + self.cross_attn.attend_cached(sibling_embed, cache))
-
-
-class DualHead(nn.Module):
-    """Two linear heads (s1 and s2 vocabularies) and the dual cross-entropy loss."""
-
-    def __init__(self, s1_bits: int, s2_bits: int, d_model: int):
-        super().__init__()
-        self.vocab_s1 = 2 ** s1_bits
-        self.vocab_s2 = 2 ** s2_bits
-        self.proj_s1 = nn.Linear(d_model, self.vocab_s1)
-        self.proj_s2 = nn.Linear(d_model, self.vocab_s2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj_s1(x)
-
-    def cond_forward(self, x2: torch.Tensor) -> torch.Tensor:
-        return self.proj_s2(x2)
-
-    def compute_loss(self, s1_logits: torch.Tensor, s2_logits: torch.Tensor, s1_targets: torch.Tensor,
-                     s2_targets: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                     reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (loss, s1_loss, s2_loss) with loss = (ce_s1 + ce_s2) / 2; positions where ``padding_mask`` is
-        nonzero are left out. ``reduction="none"`` gives per-sample means ([B]) for exact distributed averages."""
-        if reduction == "none":
-            return self._per_sample_loss(s1_logits, s2_logits, s1_targets, s2_targets, padding_mask)
-        if padding_mask is not None:
-            valid = padding_mask == 0
-            s1_logits, s2_logits = s1_logits[valid], s2_logits[valid]
-            s1_targets, s2_targets = s1_targets[valid], s2_targets[valid]
-        ce_s1 = F.cross_entropy(s1_logits.reshape(-1, self.vocab_s1).float(), s1_targets.reshape(-1))
-        ce_s2 = F.cross_entropy(s2_logits.reshape(-1, self.vocab_s2).float(), s2_targets.reshape(-1))
-        return (ce_s1 + ce_s2) / 2, ce_s1, ce_s2
-
-    def _per_sample_loss(self, s1_logits, s2_logits, s1_targets, s2_targets, padding_mask):
-        batch = s1_logits.shape[0]
-        ce_s1 = F.cross_entropy(s1_logits.reshape(-1, self.vocab_s1).float(), s1_targets.reshape(-1),
-                                reduction="none").view(batch, -1)
-        ce_s2 = F.cross_entropy(s2_logits.reshape(-1, self.vocab_s2).float(), s2_targets.reshape(-1),
-                                reduction="none").view(batch, -1)
-        if padding_mask is None:
-            ce_s1, ce_s2 = ce_s1.mean(dim=1), ce_s2.mean(dim=1)
-        else:
-            valid = (padding_mask == 0).to(ce_s1.dtype)
-            count = valid.sum(dim=1).clamp_min(1)
-            ce_s1, ce_s2 = (ce_s1 * valid).sum(dim=1) / count, (ce_s2 * valid).sum(dim=1) / count
-        return (ce_s1 + ce_s2) / 2, ce_s1, ce_s2

@@ -11,16 +11,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ds_kronos.model.configs import PREDICTOR_ALIASES, PREDICTOR_PRESETS, KronosConfig, PredictorPreset, resolve_preset
-from ds_kronos.model.layers import (
-    DependencyAwareLayer,
-    DualHead,
-    FixedEmbedding,
-    HierarchicalEmbedding,
-    KVCache,
-    RMSNorm,
-    TemporalEmbedding,
-    TransformerBlock,
-)
+from ds_kronos.model.embeddings import FixedEmbedding, HierarchicalEmbedding, TemporalEmbedding
+from ds_kronos.model.heads import DependencyAwareLayer, DualHead
+from ds_kronos.model.layers import KVCache, RMSNorm, TransformerBlock
 from ds_kronos.model.partitioned import modifiable
 from ds_kronos.model.published import PretrainedMixin
 

@@ -25,7 +25,8 @@ from ds_kronos.errors import ConfigError, ModelFolderError, naming_path
 from ds_kronos.model import PREDICTOR_PRESETS
 from ds_kronos.option_groups import DATA, FINETUNING, MODEL, PERFORMANCE, SCHEDULE, OptionGroup
 from ds_kronos.plan.counts import ModelCounts, model_counts
-from ds_kronos.plan.memory import BYTES, MemoryEstimate, Setup, ZeroKnobs, estimate
+from ds_kronos.plan.memory import MemoryEstimate, estimate
+from ds_kronos.plan.setup import BYTES, Setup, ZeroKnobs
 
 GIB = 1024 ** 3
 # The shipped files (package data), so an installed package plans from any working directory. Choices name them

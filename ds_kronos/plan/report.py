@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ds_kronos.plan.memory import BASELINE_PROCESS_BYTES
 from ds_kronos.plan.planner import GIB, Plan, Recommendation
+from ds_kronos.plan.process import BASELINE_PROCESS_BYTES
 
 
 def gib(nbytes: float) -> str:

@@ -119,20 +119,39 @@ def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py
 
 
 def run_in_process(script: str, argv: list[str], capsys) -> tuple[int, str]:
-    """``launch/<script>``'s main in this process, as its command line would run it (``ds_kronos.cli.run_main``):
-    returns the exit code and what it wrote to stderr (``capsys``: pytest's fixture). For the checks that end
-    before any process group exists."""
+    """``launch/<script>``'s main in this process, as its command line would run it (``ds_kronos.cli.run_main``,
+    ``sys.argv[0]`` the script, so its error line names it): returns the exit code and what it wrote to stderr
+    (``capsys``: pytest's fixture, or ``capfd`` to see the process's whole stderr). For the checks that end before
+    any process group exists: reaching ``torch.distributed.init_process_group`` fails the test (such a case needs a
+    process: ``run_job``).
+    Signal handlers the script installs (train.py's preemption listener) and the environment are put back."""
     from importlib import util
 
     import pytest
+    import torch.distributed
 
     from ds_kronos.cli import run_main
+
+    def refuse_process_group(*args, **kwargs):
+        raise AssertionError(f"{script} {argv} reached the process group: run it as a process (run_job)")
 
     spec = util.spec_from_file_location(f"{Path(script).stem}_script", REPO / "launch" / script)
     module = util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(module.main, argv)
+    handlers = {sig: signal.getsignal(sig) for sig in signal.valid_signals()
+                if sig not in (signal.SIGKILL, signal.SIGSTOP)}
+    saved_argv, saved_env, init_group = sys.argv, dict(os.environ), torch.distributed.init_process_group
+    sys.argv, torch.distributed.init_process_group = [str(REPO / "launch" / script), *argv], refuse_process_group
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(module.main, argv)
+    finally:
+        sys.argv, torch.distributed.init_process_group = saved_argv, init_group
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for sig, handler in handlers.items():
+            if handler is not None and signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
     return exit_info.value.code, capsys.readouterr().err
 
 

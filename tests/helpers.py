@@ -119,11 +119,17 @@ def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py
 
 
 def run_in_process(script: str, argv: list[str], capsys) -> tuple[int, str]:
+    """:func:`run_in_process_output` without the standard output: the exit code and what was written to stderr."""
+    code, _, err = run_in_process_output(script, argv, capsys)
+    return code, err
+
+
+def run_in_process_output(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
     """``launch/<script>``'s main in this process, as its command line would run it (``ds_kronos.cli.run_main``,
-    ``sys.argv[0]`` the script, so its error line names it): returns the exit code and what it wrote to stderr
-    (``capsys``: pytest's fixture, or ``capfd`` to see the process's whole stderr). For the checks that end before
-    any process group exists: reaching ``torch.distributed.init_process_group`` fails the test (such a case needs a
-    process: ``run_job``).
+    ``sys.argv[0]`` the script, so its error line names it): returns the exit code and what it wrote to stdout and
+    stderr (``capsys``: pytest's fixture, or ``capfd`` to see the process's whole output). For the checks that end
+    before any process group exists: reaching ``torch.distributed.init_process_group`` fails the test (such a case
+    needs a process: ``run_job``).
     Signal handlers the script installs (train.py's preemption listener) and the environment are put back."""
     from importlib import util
 
@@ -152,7 +158,8 @@ def run_in_process(script: str, argv: list[str], capsys) -> tuple[int, str]:
         for sig, handler in handlers.items():
             if handler is not None and signal.getsignal(sig) is not handler:
                 signal.signal(sig, handler)
-    return exit_info.value.code, capsys.readouterr().err
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:

@@ -17,7 +17,7 @@ from ds_kronos.model import Kronos
 from ds_kronos.plan import PlanRequest, model_counts, plan, recommend
 from ds_kronos.plan.memory import BASELINE_PROCESS_BYTES, LORA_IMPORT_BYTES, Setup, block_bytes_per_token
 from ds_kronos.plan.planner import GIB, SHARDING_LADDER
-from helpers import REPO
+from helpers import REPO, run_in_process, run_in_process_output
 
 
 def _request(**values) -> PlanRequest:
@@ -181,20 +181,17 @@ def test_request_problems_are_listed():
         recommend(_request())  # no memory given
 
 
-@pytest.mark.processes
-def test_plan_cli(tmp_path):
+def test_plan_cli(tmp_path, capfd):
     out = tmp_path / "ds.json"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    ok = subprocess.run([sys.executable, "launch/plan.py", "--variant", "3b", "--world_size", "8", "--micro_batch",
-                         "16", "--precision", "bf16", "--memory_gb", "80", "--write_ds_config", str(out)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert "Recommended: ZeRO-1, micro batch 16" in ok.stdout
+    code, stdout, err = run_in_process_output("plan.py", [
+        "--variant", "3b", "--world_size", "8", "--micro_batch", "16", "--precision", "bf16", "--memory_gb", "80",
+        "--write_ds_config", str(out)], capfd)
+    assert code == 0, err
+    assert "Recommended: ZeRO-1, micro batch 16" in stdout
     written = json.loads(out.read_text())
     assert written["zero_optimization"]["stage"] == 1 and written["bf16"]["enabled"] is True
-    bad = subprocess.run([sys.executable, "launch/plan.py", "--variant", "huge"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "unknown predictor preset 'huge'" in bad.stderr
+    code, err = run_in_process("plan.py", ["--variant", "huge"], capfd)
+    assert code == 2 and "unknown predictor preset 'huge'" in err
 
 
 def test_memory_and_output_file_are_checked(tmp_path):

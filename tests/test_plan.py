@@ -287,16 +287,13 @@ def test_offload_problems():
     assert any("--disk_gb must be in (0, inf)" in p for p in all_problems(_request(disk_gb=0.0)))
 
 
-@pytest.mark.processes
-def test_plan_cli_cpu_node_with_offload():
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    out = subprocess.run([sys.executable, "launch/plan.py", "--variant", "large", "--zero", "3", "--offload", "cpu",
-                          "--world_size", "2", "--micro_batch", "1", "--context", "100", "--device", "cpu",
-                          "--precision", "bf16", "--memory_gb", "24", "--disk_gb", "60"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "ZeRO-3 + CPU offload" in out.stdout and "node host (estimate.node_host)" in out.stdout
-    assert "host memory per node (shared by its ranks)" in out.stdout and "node disk" in out.stdout
+def test_plan_cli_cpu_node_with_offload(capfd):
+    code, stdout, err = run_in_process_output("plan.py", [
+        "--variant", "large", "--zero", "3", "--offload", "cpu", "--world_size", "2", "--micro_batch", "1",
+        "--context", "100", "--device", "cpu", "--precision", "bf16", "--memory_gb", "24", "--disk_gb", "60"], capfd)
+    assert code == 0, err
+    assert "ZeRO-3 + CPU offload" in stdout and "node host (estimate.node_host)" in stdout
+    assert "host memory per node (shared by its ranks)" in stdout and "node disk" in stdout
 
 
 def test_lora_counts_the_adapters_from_rank_and_targets():

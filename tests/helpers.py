@@ -274,6 +274,12 @@ def common_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) 
     return train_args(prepared, checkpoints, save_dir)
 
 
+def zero2_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path, *extra: str) -> list[str]:
+    """The zero2 config run's arguments (``config_runs["zero2"]``: the uninterrupted reference of the resume and
+    preemption tests), then ``extra``."""
+    return common_args(prepared, checkpoints, save_dir) + ["--deepspeed_config", "ds_configs/zero2.json", *extra]
+
+
 def summary(save_dir: Path) -> dict:
     return json.loads((save_dir / "summary.json").read_text())
 

@@ -33,11 +33,8 @@ from helpers import (
     run_job,
     stall_a_rank,
     summary,
+    zero2_args,
 )
-
-
-def zero2_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path, *extra: str) -> list[str]:
-    return common_args(prepared, checkpoints, save_dir) + ["--deepspeed_config", "ds_configs/zero2.json", *extra]
 
 
 def set_manifest_size(tag: Path, name: str) -> None:

@@ -75,12 +75,18 @@ LAUNCHER = Path(sys.executable).parent / "deepspeed"
 """The deepspeed launcher of the interpreter that runs the tests (the repository's .venv under ``make test``)."""
 
 
+WITHOUT_MLFLOW = REPO / "tests" / "without_mlflow"
+"""First on the import path of the processes the tests start: ``import mlflow`` fails there (its __init__ says
+why: about a second per process, three times per launcher run, for DeepSpeed's autotuner, which no test uses)."""
+
+
 def env(**extra: str) -> dict[str, str]:
     """The environment of every process a test starts: the CPU accelerator, no comet auto-logging, wandb offline,
-    unbuffered output, this checkout first on the import path; ``extra`` adds or overrides variables."""
+    unbuffered output, no mlflow (WITHOUT_MLFLOW), this checkout first on the import path; ``extra`` adds or
+    overrides variables."""
     return {**os.environ, "DS_ACCELERATOR": "cpu", "COMET_DISABLE_AUTO_LOGGING": "1", "WANDB_MODE": "offline",
             "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": str(REPO), **extra}
+            "PYTHONPATH": f"{WITHOUT_MLFLOW}{os.pathsep}{REPO}", **extra}
 
 
 def launch_command(script: str, args: list[str], processes: int = 2) -> list[str]:
@@ -119,32 +125,54 @@ def deepspeed_train(args: list[str], timeout: int = 600, script: str = "train.py
 
 
 def run_in_process(script: str, argv: list[str], capsys) -> tuple[int, str]:
-    """``launch/<script>``'s main in this process, as its command line would run it (``ds_kronos.cli.run_main``):
-    returns the exit code and what it wrote to stderr (``capsys``: pytest's fixture). For the checks that end
-    before any process group exists."""
-    code = _exit_code_of(script, argv)
-    return code, capsys.readouterr().err
+    """:func:`run_in_process_output` without the standard output: the exit code and what was written to stderr."""
+    code, _, err = run_in_process_output(script, argv, capsys)
+    return code, err
 
 
 def script_help(script: str, capsys) -> str:
     """What ``launch/<script> --help`` prints, run in this process."""
-    assert _exit_code_of(script, ["--help"]) == 0
-    return capsys.readouterr().out
+    code, out, _ = run_in_process_output(script, ["--help"], capsys)
+    assert code == 0
+    return out
 
 
-def _exit_code_of(script: str, argv: list[str]) -> int:
+def run_in_process_output(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """``launch/<script>``'s main in this process, as its command line would run it (``ds_kronos.cli.run_main``,
+    ``sys.argv[0]`` the script, so its error line names it): returns the exit code and what it wrote to stdout and
+    stderr (``capsys``: pytest's fixture, or ``capfd`` to see the process's whole output). For the checks that end
+    before any process group exists: reaching ``torch.distributed.init_process_group`` fails the test (such a case
+    needs a process: ``run_job``).
+    Signal handlers the script installs (train.py's preemption listener) and the environment are put back."""
     from importlib import util
 
     import pytest
+    import torch.distributed
 
     from ds_kronos.cli import run_main
+
+    def refuse_process_group(*args, **kwargs):
+        raise AssertionError(f"{script} {argv} reached the process group: run it as a process (run_job)")
 
     spec = util.spec_from_file_location(f"{Path(script).stem}_script", REPO / "launch" / script)
     module = util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(module.main, argv)
-    return exit_info.value.code
+    handlers = {sig: signal.getsignal(sig) for sig in signal.valid_signals()
+                if sig not in (signal.SIGKILL, signal.SIGSTOP)}
+    saved_argv, saved_env, init_group = sys.argv, dict(os.environ), torch.distributed.init_process_group
+    sys.argv, torch.distributed.init_process_group = [str(REPO / "launch" / script), *argv], refuse_process_group
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(module.main, argv)
+    finally:
+        sys.argv, torch.distributed.init_process_group = saved_argv, init_group
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for sig, handler in handlers.items():
+            if handler is not None and signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -251,6 +279,12 @@ def train_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path, *
 def common_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) -> list[str]:
     """The short run every config makes (:func:`train_args` with its defaults)."""
     return train_args(prepared, checkpoints, save_dir)
+
+
+def zero2_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path, *extra: str) -> list[str]:
+    """The zero2 config run's arguments (``config_runs["zero2"]``: the uninterrupted reference of the resume and
+    preemption tests), then ``extra``."""
+    return common_args(prepared, checkpoints, save_dir) + ["--deepspeed_config", "ds_configs/zero2.json", *extra]
 
 
 def summary(save_dir: Path) -> dict:

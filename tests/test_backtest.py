@@ -14,7 +14,7 @@ import pytest
 
 from ds_kronos.data import PrepareConfig, prepare_dataset, write_demo_market
 from ds_kronos.evaluation.backtest import build_signal, effective_topk
-from helpers import run_job
+from helpers import run_in_process, run_job
 
 BENCH = "SH000300"
 RANGES = dict(train_range=["2022-01-01", "2023-06-30"], val_range=["2023-07-01", "2023-12-31"],
@@ -86,12 +86,16 @@ def test_end_to_end_backtest(market, tmp_path):
     assert "excess with cost" in result.stdout and "backtest.png" in result.stdout
 
 
-@pytest.mark.processes
-def test_missing_benchmark_and_csv_source_fail_with_one_line(tmp_path):
+def eval_in_process(capfd, *args: str) -> tuple[int, str]:
+    return run_in_process("evaluate.py", ["--tokenizer", "tiny", "--predictor", "tiny", "--top_k", "1", "--threads",
+                                          "1", *args], capfd)
+
+
+def test_missing_benchmark_and_csv_source_fail_with_one_line(tmp_path, capfd):
     _, prepared = make_market(tmp_path / "nobench", None)
-    result = run_eval("--data", str(prepared), "--out", str(tmp_path / "e1"), "--backtest")
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    code, err = eval_in_process(capfd, "--data", str(prepared), "--out", str(tmp_path / "e1"), "--backtest")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err[-2000:]
     assert BENCH in lines[0] and str((tmp_path / "nobench" / "qlib").resolve()) in lines[0]
 
     days = pd.bdate_range("2020-01-01", periods=120)
@@ -101,7 +105,7 @@ def test_missing_benchmark_and_csv_source_fail_with_one_line(tmp_path):
                   "close": close, "volume": 1000.0}).to_csv(csv, index=False)
     prepare_dataset(PrepareConfig(csv=[str(csv)], out=str(tmp_path / "csvp"), split=[0.6, 0.2, 0.2], lookback=10,
                                   predict=3), log=lambda _: None)
-    result = run_eval("--data", str(tmp_path / "csvp"), "--out", str(tmp_path / "e2"), "--backtest")
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    code, err = eval_in_process(capfd, "--data", str(tmp_path / "csvp"), "--out", str(tmp_path / "e2"), "--backtest")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err[-2000:]
     assert "Qlib provider folder" in lines[0] and "'csv'" in lines[0]

@@ -1,6 +1,7 @@
-"""Every bad input of issue 10 through the real launch scripts: exit code 2, exactly one line
-``prog: error: ...`` naming what is wrong, no traceback, and no output left behind. One case runs under the real
-deepspeed launcher on 2 ranks to show the line comes from one rank only. Then the pieces the table relies on, in
+"""Every bad input of issue 10 through the launch scripts' mains, as their command lines run them (in this process;
+one case per script also as a real interpreter): exit code 2, exactly one line ``prog: error: ...`` naming what is
+wrong, no traceback, and no output left behind. One case runs under the real deepspeed launcher on 2 ranks to show
+the line comes from one rank only. Then the pieces the table relies on, in
 process: the OSError mapping (a full disk, a read-only file system), who prints under a launcher, option files
 read with the command line's types, and the DeepSpeed JSON checks.
 """
@@ -13,14 +14,14 @@ import os
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
 
-from helpers import REPO, run_job
+from helpers import REPO, run_in_process, run_job
 
 
 @contextmanager
@@ -232,24 +233,58 @@ def _cases(tmp: Path, prepared: Path) -> dict[str, tuple[str, list[str], list[st
 
 LOCKED_CASES = {"out_unwritable", "save_dir_unwritable"}
 
+# Every case runs in this process (its check ends before any process group: run_in_process fails one that reaches
+# it), with the process's whole stderr captured (capfd). One case per script also runs as a real interpreter: what a
+# fresh process adds (import-time warnings, start-up output) must not add a line either.
+ALSO_IN_A_PROCESS = ["all_nan_csv", "sha256_mismatch_nan_rows", "memory_gb_nan", "entrypoint_no_command",
+                     "demo_out_below_a_file"]
+
 
 @pytest.fixture(scope="module")
-def table(demo_prepared_dir, tmp_path_factory):
+def cases(demo_prepared_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """The table's files, made once: (folder, name -> (script, argv, expected texts, output path or None))."""
     tmp = tmp_path_factory.mktemp("bad_inputs")
-    cases = _cases(tmp, demo_prepared_dir)
+    resolved = {}
+    for name, (script, argv, expected, out) in _cases(tmp, demo_prepared_dir).items():
+        out = str(tmp / f"out_{name}") if out == "OUT" else out
+        resolved[name] = (script, [out if a == "OUT" else a for a in argv], expected, out)
+    return tmp, resolved
+
+
+@pytest.fixture(scope="module")
+def table(cases):
+    """The ALSO_IN_A_PROCESS cases, each run once as a plain process: name -> (exit code, stdout, stderr)."""
+    tmp, resolved = cases
 
     def run(name: str):
-        script, argv, expected, out = cases[name]
-        out = str(tmp / f"out_{name}") if out == "OUT" else out
-        argv = [out if a == "OUT" else a for a in argv]
+        script, argv, _, _ = resolved[name]
         result = run_job(script, argv, cwd=tmp)
-        return name, (script, result, expected, out)
+        return name, (result.returncode, result.stdout, result.stderr)
 
-    with unwritable(tmp / "locked") as locked:
-        # Two at a time: the machine has two cores, and each run is one interpreter start.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            done = dict(pool.map(run, [n for n in cases if locked or n not in LOCKED_CASES]))
-    return tmp, done, locked
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two cores, and each run is mostly one interpreter start
+        return dict(pool.map(run, ALSO_IN_A_PROCESS))
+
+
+def assert_one_line(tmp: Path, case: tuple, returncode: int, stdout: str, stderr: str) -> None:
+    """Exit code 2, exactly one line ``<script>: error: ...`` with the case's texts, no traceback, nothing left."""
+    script, _, expected, out = case
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode == 2, (stdout[-2000:], stderr[-2000:])
+    assert "Traceback" not in stdout + stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"{script}: error: "), lines[0]
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    if out is not None:
+        assert not Path(out).exists(), f"{out} was left behind"
+    assert not list(tmp.rglob("*.tmp-*")), "a temporary folder was left behind"
+
+
+def unavailable(name: str) -> str:
+    # Never skipped: a machine that cannot make a folder unwritable (root without chattr +i) or has no /dev/full
+    # fails here, so a green run always means every case was exercised.
+    return ("cannot make a folder unwritable here (root needs chattr +i on this file system)"
+            if name in LOCKED_CASES else "no /dev/full here to simulate a full disk")
 
 
 CASE_NAMES = [
@@ -267,29 +302,27 @@ CASE_NAMES = [
 ]
 
 
-@pytest.mark.processes
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_bad_input_ends_in_one_line(table, name):
-    tmp, done, locked = table
-    # Never skipped: a machine that cannot make a folder unwritable (root without chattr +i) or has no /dev/full
-    # fails here, so a green run always means every case was exercised.
-    assert name in done, ("cannot make a folder unwritable here (root needs chattr +i on this file system)"
-                          if name in LOCKED_CASES else "no /dev/full here to simulate a full disk")
-    script, result, expected, out = done[name]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-2000:])
-    assert "Traceback" not in result.stdout + result.stderr
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"{script}: error: "), lines[0]
-    for text in expected:
-        assert text in lines[0], (text, lines[0])
-    if out is not None:
-        assert not Path(out).exists(), f"{out} was left behind"
-    assert not list(tmp.rglob("*.tmp-*")), "a temporary folder was left behind"
+def test_bad_input_ends_in_one_line(cases, name, capfd, monkeypatch):
+    tmp, resolved = cases
+    assert name in resolved, unavailable(name)
+    script, argv, _, _ = resolved[name]
+    monkeypatch.chdir(tmp)
+    with unwritable(tmp / "locked") if name in LOCKED_CASES else nullcontext(True) as locked:
+        assert locked, unavailable(name)
+        code, err = run_in_process(script, argv, capfd)
+    assert_one_line(tmp, resolved[name], code, "", err)
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("name", ALSO_IN_A_PROCESS)
+def test_bad_input_in_a_process_ends_in_one_line(cases, table, name):
+    tmp, resolved = cases
+    assert_one_line(tmp, resolved[name], *table[name])
 
 
 def test_every_case_is_in_the_table(tmp_path, demo_prepared_dir):
-    assert set(_cases(tmp_path, demo_prepared_dir)) <= set(CASE_NAMES)
+    assert set(_cases(tmp_path, demo_prepared_dir)) <= set(CASE_NAMES) and set(ALSO_IN_A_PROCESS) <= set(CASE_NAMES)
 
 
 @pytest.mark.processes

@@ -1,20 +1,14 @@
-"""Bad input through the real launch scripts: one clear line naming the file or symbol, non-zero exit, nothing
-left behind. All cases run concurrently once per module (each is a fresh interpreter)."""
+"""Bad input through the launch scripts' mains, as their command lines run them (in this process: every check ends
+before any process starts; tests/test_bad_inputs.py runs both scripts as real interpreters too): one clear line
+naming the file or symbol, exit code 2, nothing left behind."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO
-
-pytestmark = pytest.mark.processes  # every test here starts processes
-
-PREPARE = str(REPO / "launch" / "prepare_data.py")
-DEMO = str(REPO / "launch" / "make_demo_data.py")
+from helpers import run_in_process
 
 
 def _csv(path: Path, header: str, rows: list[str]) -> str:
@@ -61,20 +55,17 @@ def _cases(tmp: Path, qlib_dir: Path) -> dict[str, tuple[list[str], str]]:
 
 
 @pytest.fixture(scope="module")
-def results(demo_qlib_dir, tmp_path_factory):
+def cases(demo_qlib_dir, tmp_path_factory) -> tuple[Path, dict]:
     tmp = tmp_path_factory.mktemp("bad")
-    running = {}
-    for name, (argv, expected) in _cases(tmp, demo_qlib_dir).items():
-        out = tmp / f"out_{name}"
-        argv = [str(out) if a == "OUT" else a for a in argv]
-        script = DEMO if name.startswith("demo") else PREPARE
-        running[name] = (subprocess.Popen([sys.executable, script, *argv], stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, cwd=tmp), out, expected)
-    done = {}
-    for name, (proc, out, expected) in running.items():
-        stdout, stderr = proc.communicate(timeout=120)
-        done[name] = (proc.returncode, stdout, stderr, out, expected)
-    return tmp, done
+    return tmp, _cases(tmp, demo_qlib_dir)
+
+
+def run_case(tmp: Path, table: dict, name: str, capfd) -> tuple[int, str, Path, str]:
+    argv, expected = table[name]
+    out = tmp / f"out_{name}"
+    script = "make_demo_data.py" if name.startswith("demo") else "prepare_data.py"
+    code, err = run_in_process(script, [str(out) if a == "OUT" else a for a in argv], capfd)
+    return code, err, out, expected
 
 
 CASES = ["missing_qlib_dir", "empty_qlib_dir", "unknown_instrument", "unknown_symbol", "range_without_data",
@@ -83,19 +74,21 @@ CASES = ["missing_qlib_dir", "empty_qlib_dir", "unknown_instrument", "unknown_sy
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_bad_input_gives_one_clear_line(results, name):
-    tmp, done = results
-    returncode, stdout, stderr, out, expected = done[name]
+def test_bad_input_gives_one_clear_line(cases, name, capfd, monkeypatch):
+    tmp, table = cases
+    monkeypatch.chdir(tmp)
+    returncode, stderr, out, expected = run_case(tmp, table, name, capfd)
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert returncode == 2, (stdout, stderr)
+    assert returncode == 2, stderr
     assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr + stdout
+    assert "Traceback" not in stderr
     assert lines[0].startswith(("prepare_data.py: error: ", "make_demo_data.py: error: "))
     assert expected in lines[0], lines[0]
     assert not out.exists()
     assert not list(tmp.glob("*.tmp-*"))
 
 
-def test_existing_output_is_untouched(results):
-    tmp, _ = results
+def test_existing_output_is_untouched(cases, capfd):
+    tmp, table = cases
+    assert run_case(tmp, table, "output_exists", capfd)[0] == 2
     assert (tmp / "already_there" / "manifest.json").read_text() == "{}"

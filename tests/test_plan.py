@@ -19,7 +19,7 @@ from ds_kronos.plan.activations import block_bytes_per_token
 from ds_kronos.plan.planner import GIB, SHARDING_LADDER
 from ds_kronos.plan.process import BASELINE_PROCESS_BYTES, LORA_IMPORT_BYTES
 from ds_kronos.plan.setup import Setup
-from helpers import REPO
+from helpers import REPO, run_in_process, run_in_process_output
 
 
 def _request(**values) -> PlanRequest:
@@ -185,20 +185,17 @@ def test_request_problems_are_listed():
         recommend(_request())  # no memory given
 
 
-@pytest.mark.processes
-def test_plan_cli(tmp_path):
+def test_plan_cli(tmp_path, capfd):
     out = tmp_path / "ds.json"
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    ok = subprocess.run([sys.executable, "launch/plan.py", "--predictor", "3b", "--world_size", "8", "--batch_size",
-                         "16", "--precision", "bf16", "--memory_gb", "80", "--write_ds_config", str(out)],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert "Recommended: ZeRO-1, micro batch 16" in ok.stdout
+    code, stdout, err = run_in_process_output("plan.py", [
+        "--predictor", "3b", "--world_size", "8", "--batch_size", "16", "--precision", "bf16", "--memory_gb", "80",
+        "--write_ds_config", str(out)], capfd)
+    assert code == 0, err
+    assert "Recommended: ZeRO-1, micro batch 16" in stdout
     written = json.loads(out.read_text())
     assert written["zero_optimization"]["stage"] == 1 and written["bf16"]["enabled"] is True
-    bad = subprocess.run([sys.executable, "launch/plan.py", "--predictor", "huge"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "unknown predictor preset 'huge'" in bad.stderr
+    code, err = run_in_process("plan.py", ["--predictor", "huge"], capfd)
+    assert code == 2 and "unknown predictor preset 'huge'" in err
 
 
 def test_memory_and_output_file_are_checked(tmp_path):
@@ -294,16 +291,13 @@ def test_offload_problems():
     assert any("--disk_gb must be in (0, inf)" in p for p in all_problems(_request(disk_gb=0.0)))
 
 
-@pytest.mark.processes
-def test_plan_cli_cpu_node_with_offload():
-    env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    out = subprocess.run([sys.executable, "launch/plan.py", "--predictor", "large", "--zero_stage", "3", "--offload",
-                          "cpu", "--world_size", "2", "--batch_size", "1", "--context", "100", "--device", "cpu",
-                          "--precision", "bf16", "--memory_gb", "24", "--disk_gb", "60"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "ZeRO-3 + CPU offload" in out.stdout and "node host (estimate.node_host)" in out.stdout
-    assert "host memory per node (shared by its ranks)" in out.stdout and "node disk" in out.stdout
+def test_plan_cli_cpu_node_with_offload(capfd):
+    code, stdout, err = run_in_process_output("plan.py", [
+        "--predictor", "large", "--zero_stage", "3", "--offload", "cpu", "--world_size", "2", "--batch_size", "1",
+        "--context", "100", "--device", "cpu", "--precision", "bf16", "--memory_gb", "24", "--disk_gb", "60"], capfd)
+    assert code == 0, err
+    assert "ZeRO-3 + CPU offload" in stdout and "node host (estimate.node_host)" in stdout
+    assert "host memory per node (shared by its ranks)" in stdout and "node disk" in stdout
 
 
 def test_lora_counts_the_adapters_from_rank_and_targets():

@@ -34,21 +34,17 @@ from helpers import (
     PID_NAMESPACE,
     REPO,
     as_pid_1,
-    common_args,
     deepspeed_train,
     env,
     free_port,
     summary,
     train_args,
     two_at_a_time,
+    zero2_args,
 )
 
 GRACE_S = 30
 """Kubernetes' default terminationGracePeriodSeconds, and DeepSpeed launch.py's wait before its SIGKILL."""
-
-
-def zero2_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path) -> list[str]:
-    return common_args(prepared, checkpoints, save_dir) + ["--deepspeed_config", "ds_configs/zero2.json"]
 
 
 def session_pids(session: int, pattern: str) -> list[int]:

@@ -33,11 +33,8 @@ from helpers import (
     run_job,
     stall_a_rank,
     summary,
+    zero2_args,
 )
-
-
-def zero2_args(prepared: Path, checkpoints: tuple[Path, Path], save_dir: Path, *extra: str) -> list[str]:
-    return common_args(prepared, checkpoints, save_dir) + ["--deepspeed_config", "ds_configs/zero2.json", *extra]
 
 
 def set_manifest_size(tag: Path, name: str) -> None:
@@ -118,31 +115,27 @@ def test_truncated_files_and_empty_pointers_are_passed_over(stopped_run, tmp_pat
 
 
 @pytest.mark.processes
-def test_no_complete_checkpoint_is_one_clear_line(stopped_run, tmp_path, demo_prepared_dir, tiny_checkpoints):
+def test_no_complete_checkpoint_is_one_clear_line_and_leaves_nothing_half_written(stopped_run, tmp_path,
+                                                                                 demo_prepared_dir, tiny_checkpoints):
+    """One run that fails before training: --resume finds no complete checkpoint (every tag lost its manifest), and
+    the start-up clean-up has already run: an interrupted replacement of best_model/ (the complete previous folder
+    waits under its retired name) is put back, a half-written final_model/ is removed, nothing is exported (the
+    predictor is a preset) and the tags are left as they were."""
     save_dir = copy_run(stopped_run, tmp_path / "run")
     for tag in (save_dir / "checkpoints").glob("step*"):
         (tag / "manifest.json").unlink()
     candidates, notes = resume_candidates(save_dir / "checkpoints")
     assert candidates == [] and len(notes) == 3 and all("no manifest.json" in note for note in notes)
-    result = run_job("train.py", zero2_args(demo_prepared_dir, tiny_checkpoints, save_dir, "--resume"))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert len(error_lines(result)) == 1 and "no complete checkpoint to resume from" in error_lines(result)[0]
-
-
-@pytest.mark.processes
-def test_a_run_that_fails_before_training_leaves_nothing_half_written(demo_prepared_dir, tiny_checkpoints, tmp_path):
-    save_dir = tmp_path / "run"
-    save_dir.mkdir()
-    # An interrupted replacement of best_model/: the complete previous folder waits under its retired name.
+    tags = sorted(p.name for p in (save_dir / "checkpoints").iterdir())
     retired = save_dir / ".best_model.old-4242"
+    shutil.rmtree(save_dir / "best_model")
     Kronos.from_pretrained(tiny_checkpoints[1]).save_pretrained(retired)
     (save_dir / ".final_model.tmp-4243").mkdir()
-    (save_dir / "checkpoints" / "step00000001").mkdir(parents=True)  # a tag with nothing in it: --resume fails
     result = run_job("train.py", zero2_args(demo_prepared_dir, (tiny_checkpoints[0], Path("tiny")), save_dir,
                                             "--resume"))
-    assert result.returncode == 2, result.stderr
-    assert "no complete checkpoint to resume from" in result.stderr
-    assert [p.name for p in (save_dir / "checkpoints").iterdir()] == ["step00000001"]
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(error_lines(result)) == 1 and "no complete checkpoint to resume from" in error_lines(result)[0]
+    assert sorted(p.name for p in (save_dir / "checkpoints").iterdir()) == tags
     assert not (save_dir / "initial_model").exists()
     assert (save_dir / "best_model" / "config.json").is_file() and not retired.exists()
     assert not (save_dir / ".final_model.tmp-4243").exists()

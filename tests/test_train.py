@@ -25,14 +25,16 @@ from helpers import (
     MONITORED,
     TOTAL_STEPS,
     VAL_SAMPLES,
+    run_in_process,
     run_job,
     single_process_val_losses,
     summary,
 )
 
-pytestmark = pytest.mark.processes  # every test here starts processes
+# Every test here that looks at a run starts processes (the config_runs fixture); the option checks run in process.
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_trains_and_writes_loadable_models(config_runs, name):
     result = summary(config_runs[name])
@@ -59,6 +61,7 @@ def test_every_config_trains_and_writes_loadable_models(config_runs, name):
         assert result["mfu"] is None and result["peak_tflops"] is None
 
 
+@pytest.mark.processes
 def test_training_moves_the_weights_and_lowers_the_loss(config_runs, tiny_checkpoints):
     result = summary(config_runs["zero2"])
     assert result["final_val_loss"] < result["first_val_loss"]
@@ -72,6 +75,7 @@ def test_training_moves_the_weights_and_lowers_the_loss(config_runs, tiny_checkp
             assert torch.equal(before[key], bf16[key])
 
 
+@pytest.mark.processes
 def test_zero0_and_zero2_give_the_same_losses(config_runs):
     zero0, zero2 = summary(config_runs["zero0"]), summary(config_runs["zero2"])
     np.testing.assert_allclose([v for _, v in zero0["history"]["train"]], [v for _, v in zero2["history"]["train"]],
@@ -84,12 +88,14 @@ def test_zero0_and_zero2_give_the_same_losses(config_runs):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
 
 
+@pytest.mark.processes
 def test_bf16_run_tracks_fp32(config_runs):
     fp32, bf16 = summary(config_runs["zero2"]), summary(config_runs["zero2_bf16"])
     np.testing.assert_allclose([v for _, v in bf16["history"]["val"]], [v for _, v in fp32["history"]["val"]],
                                atol=0.02)
 
 
+@pytest.mark.processes
 def test_all_reduced_validation_equals_single_process(config_runs, demo_prepared_dir, tiny_checkpoints):
     """75 samples over 2 ranks (38 + 37): the all-reduced mean must equal one process scoring all 75."""
     first_val = summary(config_runs["zero3"])["history"]["val"][0]
@@ -102,6 +108,7 @@ def test_all_reduced_validation_equals_single_process(config_runs, demo_prepared
     assert abs(rank_means.item() - per_sample.mean().item()) > 1e-7
 
 
+@pytest.mark.processes
 def test_learning_rate_trajectories_in_real_runs(config_runs):
     deepspeed_lrs = [lr for _, lr in summary(config_runs["zero2"])["history"]["lr"]]
     np.testing.assert_allclose(deepspeed_lrs, warmup_cosine_trajectory(4e-5, TOTAL_STEPS, warmup_steps(TOTAL_STEPS)),
@@ -110,6 +117,7 @@ def test_learning_rate_trajectories_in_real_runs(config_runs):
     np.testing.assert_allclose(onecycle_lrs, onecycle_trajectory(4e-5, TOTAL_STEPS)[0], rtol=1e-9)
 
 
+@pytest.mark.processes
 def test_comet_offline_archive_holds_upstream_metric_names(config_runs):
     archives = list((config_runs[COMET_RUN] / "comet").glob("*.zip"))
     assert len(archives) == 1
@@ -167,6 +175,7 @@ def comet_scalars(monitors: Path) -> dict[str, list[tuple[int, float]]]:
     return scalars
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("tool", ["tensorboard", "wandb", "comet"])
 def test_deepspeed_monitors_get_the_losses_next_to_deepspeeds_learning_rate(config_runs, tool):
     """zero1's JSON has tensorboard, csv_monitor, wandb (offline) and comet (offline) sections: DeepSpeed's own
@@ -194,39 +203,46 @@ def test_deepspeed_monitors_get_the_losses_next_to_deepspeeds_learning_rate(conf
     np.testing.assert_allclose([v for _, v in lrs[:-1]], [lr for _, lr in result["history"]["lr"][1:]], rtol=1e-6)
 
 
-@pytest.mark.parametrize("content,expected", [
-    (None, "file not found"),
-    ('{"optimizer": {"type": "AdamW", ', "not valid JSON (line 1"),
-    ('{"train_micro_batch_size_per_gpu": 8, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}}',
-     "sets train_micro_batch_size_per_gpu=8 but --batch_size is 16"),
-])
-def test_bad_deepspeed_config_is_one_clear_line(demo_prepared_dir, tmp_path, content, expected):
+def bad_deepspeed_config_args(data: Path, tmp_path: Path, content: str | None) -> tuple[Path, list[str]]:
     path = tmp_path / "ds.json"
     if content is not None:
         path.write_text(content)
-    result = run_job("train.py", ["--data", str(demo_prepared_dir), "--deepspeed_config", str(path), "--batch_size",
-                                  "16", "--save_dir", str(tmp_path / "out")])
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    return path, ["--data", str(data), "--deepspeed_config", str(path), "--batch_size", "16", "--save_dir",
+                  str(tmp_path / "out")]
+
+
+def assert_bad_deepspeed_config_line(code: int, err: str, path: Path, expected: str, tmp_path: Path) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0], err
+    assert "Traceback" not in err
     assert not (tmp_path / "out" / "summary.json").exists()
 
 
-def test_bad_options_are_listed_together(tmp_path):
-    result = run_job("train.py", ["--data", str(tmp_path / "missing"), "--epochs", "0", "--lr", "-1"])
-    assert result.returncode == 2
-    assert "3 problems" in result.stderr and "--epochs must be >= 1" in result.stderr
-    assert "--lr must be > 0" in result.stderr and "no such folder" in result.stderr
-    assert "Traceback" not in result.stderr
+@pytest.mark.parametrize("content,expected", [
+    (None, "file not found"),
+    ('{"optimizer": {"type": "AdamW", ', "not valid JSON (line 1"),
+])
+def test_bad_deepspeed_config_is_one_clear_line(demo_prepared_dir, tmp_path, content, expected, capfd):
+    """In process: the options' check, before any process group (under the launcher: tests/test_bad_inputs.py)."""
+    path, args = bad_deepspeed_config_args(demo_prepared_dir, tmp_path, content)
+    assert_bad_deepspeed_config_line(*run_in_process("train.py", args, capfd), path, expected, tmp_path)
 
 
-def test_user_error_under_the_launcher_is_one_line(demo_prepared_dir, tmp_path):
-    """Both ranks hit the same bad input; the user sees it once, and the launcher exits non-zero."""
-    path = tmp_path / "ds.json"
-    path.write_text('{"optimizer": ')
-    result = run_job("train.py", ["--data", str(demo_prepared_dir), "--deepspeed_config", str(path)], processes=2)
-    assert result.returncode != 0
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
-    assert len(errors) == 1 and "not valid JSON" in errors[0], errors
-    assert "Traceback" not in result.stdout + result.stderr
+@pytest.mark.processes
+def test_a_deepspeed_config_that_contradicts_the_options_is_one_clear_line(demo_prepared_dir, tmp_path):
+    """Found when the batch layout is resolved, once the process group exists: a plain process."""
+    path, args = bad_deepspeed_config_args(demo_prepared_dir, tmp_path, '{"train_micro_batch_size_per_gpu": 8, '
+                                           '"optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}}')
+    result = run_job("train.py", args)
+    assert_bad_deepspeed_config_line(result.returncode, result.stderr, path,
+                                     "sets train_micro_batch_size_per_gpu=8 but --batch_size is 16", tmp_path)
+
+
+def test_bad_options_are_listed_together(tmp_path, capfd):
+    code, err = run_in_process("train.py", ["--data", str(tmp_path / "missing"), "--epochs", "0", "--lr", "-1"],
+                               capfd)
+    assert code == 2
+    assert "3 problems" in err and "--epochs must be >= 1" in err
+    assert "--lr must be > 0" in err and "no such folder" in err
+    assert "Traceback" not in err

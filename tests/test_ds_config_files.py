@@ -45,3 +45,15 @@ def test_config_path_names_the_shipped_files_when_it_finds_none():
     with pytest.raises(ConfigError) as err:
         config_path("zero9")
     assert "no shipped DeepSpeed config 'zero9'" in str(err.value) and "zero2_bf16" in str(err.value)
+
+
+def test_muon_passes_the_checks_and_zero3_needs_reduce_scatter_off():
+    from ds_kronos.deepspeed_json.checks import ds_config_problems
+
+    muon = json.loads((SHIPPED_DIR / "zero2_muon.json").read_text())
+    assert ds_config_problems(muon) == []
+    zero3 = {**muon, "zero_optimization": json.loads((SHIPPED_DIR / "zero3.json").read_text())["zero_optimization"]}
+    problems = ds_config_problems(zero3)
+    assert len(problems) == 1 and '"reduce_scatter": false' in problems[0], problems
+    zero3["zero_optimization"] = {**zero3["zero_optimization"], "reduce_scatter": False}
+    assert ds_config_problems(zero3) == []

@@ -237,3 +237,17 @@ def test_make_market_writes_a_corpus_the_store_prepares(tmp_path):
     listed = json.loads((corpus / "ALPHA" / "5min" / "symbols.json").read_text())["symbols"]
     assert set(symbols) <= set(listed) and len(symbols) >= 4  # a late listing may be too short for a window
     assert not error_lines(prepared)
+    # The store evaluated with the corpus's oracle as a row (random-weight tiny models: only the plumbing counts).
+    evaluated = run_job("evaluate.py", ["--data", str(store), "--tokenizer", "tiny", "--predictor", "tiny", "--out",
+                                        str(tmp_path / "eval"), "--oracle", str(corpus), "--sample_count", "4",
+                                        "--max_origins_per_symbol", "2", "--baselines", "ewma", "--threads", "1"],
+                        timeout=180, OMP_NUM_THREADS="1")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    rows = report["probabilistic"]["rows"]
+    assert {"model", "random_walk", "ewma", "oracle"} <= set(rows) and list(rows["oracle"]["features"]) == ["close"]
+    crps = {name: rows[name]["features"]["close"]["crps"]["normalised"]["mean"] for name in rows}
+    assert report["oracle"]["gap_closed"] == pytest.approx(
+        (crps["random_walk"] - crps["model"]) / (crps["random_walk"] - crps["oracle"]))
+    assert "oracle" in report["tests"]["crps"]["diebold_mariano"] and "oracle" in report["volatility"]["rows"]
+    assert "gap closed by the model" in evaluated.stdout

@@ -25,10 +25,12 @@ from helpers import (
     MONITORED,
     TOTAL_STEPS,
     VAL_SAMPLES,
+    deepspeed_train,
     run_in_process,
     run_job,
     single_process_val_losses,
     summary,
+    train_args,
 )
 
 # Every test here that looks at a run starts processes (the config_runs fixture); the option checks run in process.
@@ -73,6 +75,17 @@ def test_training_moves_the_weights_and_lowers_the_loss(config_runs, tiny_checkp
     for key in before:
         if key.endswith("inv_freq"):
             assert torch.equal(before[key], bf16[key])
+
+
+@pytest.mark.processes
+def test_muon_config_trains_two_ranks_and_lowers_the_loss(demo_prepared_dir, tiny_checkpoints, tmp_path):
+    # DeepSpeed's Muon (matrices) with AdamW for embeddings and vectors, through ZeRO-2 on 2 CPU ranks.
+    deepspeed_train(train_args(demo_prepared_dir, tiny_checkpoints, tmp_path / "muon", epochs=1,
+                               deepspeed_config="ds_configs/zero2_muon.json"))
+    result = summary(tmp_path / "muon")
+    assert result["status"] == "finished" and result["deepspeed_config"]["optimizer"]["type"] == "Muon"
+    assert all(np.isfinite([loss for _, loss in result["history"]["train"]]))
+    assert result["final_val_loss"] < result["first_val_loss"]
 
 
 @pytest.mark.processes

@@ -205,6 +205,12 @@ def ds_config_problems(config: dict[str, Any]) -> list[str]:
         # Checked here: DeepSpeed's enum would list its alias max_stage as a fifth choice ("0, 1, 2, 3 or 3").
         problems.append(f"zero_optimization.stage must be 0, 1, 2 or 3, got {zero['stage']!r}")
         zero = {k: v for k, v in zero.items() if k != "stage"}
+    optimizer = config.get("optimizer")
+    if (isinstance(optimizer, dict) and str(optimizer.get("type", "")).lower() == "muon" and isinstance(zero, dict)
+            and zero.get("stage") == 3 and zero.get("reduce_scatter", True) is not False):
+        # DeepSpeed 0.19's stage3.py refuses the pair inside deepspeed.initialize, with a traceback on every rank.
+        problems.append("optimizer Muon with zero_optimization.stage 3 needs \"reduce_scatter\": false in "
+                        "zero_optimization (DeepSpeed's ZeRO-3 cannot reduce-scatter Muon's gradients)")
     for key, model in _section_models().items():
         section = zero if key == "zero_optimization" else config.get(key)
         if isinstance(section, dict):

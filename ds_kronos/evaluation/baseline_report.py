@@ -14,10 +14,11 @@ from ds_kronos.data.normalise import denormalise, normalise
 from ds_kronos.data.series import CLOSE, VALUE_COLUMNS
 from ds_kronos.evaluation.arch_baselines import BaselineForecasts, BaselinePlan, fit_counts
 from ds_kronos.evaluation.comparisons import tests_section
+from ds_kronos.evaluation.oracle_row import ORACLE, oracle_section
 from ds_kronos.evaluation.scoring import Realised, close_crps, probabilistic_ensembles, score_ensembles
 from ds_kronos.evaluation.volatility import path_variance, score_volatility
 
-MODEL_ROWS = ("model", "reference")  # rows that are not baselines
+MODEL_ROWS = ("model", "reference", ORACLE)  # rows that are not baselines (the oracle is no forecaster's rival)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +67,14 @@ def strongest_baseline(rows: dict[str, Any]) -> str | None:
 
 
 def score_baselines(ensembles: dict[str, np.ndarray], forecasts: BaselineForecasts | None, plan: BaselinePlan | None,
-                    real: Realised, dates: np.ndarray, pred_len: int, stride: int,
-                    seed: int) -> tuple[dict[str, Any], dict[str, Any], Losses]:
+                    real: Realised, dates: np.ndarray, pred_len: int, stride: int, seed: int,
+                    oracle: BaselineForecasts | None = None) -> tuple[dict[str, Any], dict[str, Any], Losses]:
     """The report's volatility and tests sections, and the per-origin losses."""
     names = plan.names if plan is not None else ()
-    volatility, qlike = score_volatility(predicted_variances(ensembles, forecasts, names, real), real.future_close,
-                                         real.last_close)
+    variances = predicted_variances(ensembles, forecasts, names, real)
+    if oracle is not None:  # the true process's analytic variance, not its paths'
+        variances[ORACLE] = oracle.variance[..., 0].astype(np.float64)
+    volatility, qlike = score_volatility(variances, real.future_close, real.last_close)
     if plan is not None and forecasts is not None:
         volatility["baseline_fits"] = {**plan.describe(), "fits": fit_counts(names, forecasts.flags),
                                        "seconds": forecasts.seconds}
@@ -94,15 +97,20 @@ class DistributionScores:
 def score_distributions(paths: np.ndarray, reference_paths: np.ndarray | None,
                         baselines: tuple[BaselinePlan, BaselineForecasts | None] | None, real: Realised,
                         dates: np.ndarray, quantiles: list[float], seed: int, random_walk_window: int, clip: float,
-                        pred_len: int, stride: int) -> DistributionScores:
-    """The model's (and reference's) paths, the sampled and point baselines and the arch baselines, scored."""
+                        pred_len: int, stride: int, oracle: BaselineForecasts | None = None) -> DistributionScores:
+    """The model's (and reference's) paths, the sampled and point baselines, the arch baselines and the oracle
+    (``--oracle``), scored."""
     ensembles = probabilistic_ensembles(paths, real, seed, random_walk_window, reference_paths)
     plan, fitted = baselines if baselines is not None else (None, None)
     if plan is not None and fitted is not None:
         ensembles.update(arch_ensembles(fitted, plan.names, real, clip))
+    if oracle is not None:
+        ensembles.update(arch_ensembles(oracle, (ORACLE,), real, clip))
     distribution = score_ensembles(ensembles, real, quantiles, seed, random_walk_window,
-                                   frozenset(plan.names if plan else ()))
-    volatility, tests, losses = score_baselines(ensembles, fitted, plan, real, dates, pred_len, stride, seed)
+                                   frozenset((plan.names if plan else ()) + (ORACLE,)))
+    if oracle is not None:
+        distribution["oracle"] = oracle_section(distribution["rows"])
+    volatility, tests, losses = score_baselines(ensembles, fitted, plan, real, dates, pred_len, stride, seed, oracle)
     strongest = strongest_baseline(distribution["rows"])
     band_paths = {"model": ensembles["model"], **({strongest: ensembles[strongest]} if strongest else {})}
     return DistributionScores(distribution, volatility, tests, losses, band_paths)

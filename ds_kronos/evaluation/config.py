@@ -51,6 +51,10 @@ class EvalConfig(SamplingOptions, ProcessOptions):
                                         "'none' (skips their cost)")
     baseline_history: int | None = option(None, ge=2, help="bars of history each baseline fit uses, where the "
                                                            "split has them (default: the lookback)")
+    oracle: str | None = option(None, help="with the probabilistic scores, on data prepared from a synthetic corpus: "
+                                           "its folder (launch/make_market.py --out); adds the true process's "
+                                           "paths as the row 'oracle' and the share of the random walk's gap to it "
+                                           "that the model closes")
     walk_forward: int | None = option(None, ge=1, help="also score K consecutive, non-overlapping test windows "
                                                        "(by origin date) one by one: report.json's folds")
     seed: int = option(0, help="seed of the sampler (rank r uses seed + r) and of preset (random) weights")
@@ -90,6 +94,9 @@ class EvalConfig(SamplingOptions, ProcessOptions):
         problems += parse_baselines(self.baselines)[1]
         if self.walk_forward and not self.scores_distribution:
             problems.append("--walk_forward scores the windows' sampled paths: it needs --sample_count 2 or more")
+        if self.oracle and not self.scores_distribution:
+            problems.append("--oracle scores the true process's paths beside the model's: it needs --sample_count 2 "
+                            "or more")
         if self.backtest and not self.benchmark:
             problems.append("--benchmark must name a Qlib instrument with --backtest")
         return problems

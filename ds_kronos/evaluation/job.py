@@ -34,6 +34,7 @@ from ds_kronos.evaluation.baseline_report import format_volatility, score_distri
 from ds_kronos.evaluation.comparisons import format_tests
 from ds_kronos.evaluation.config import EvalConfig
 from ds_kronos.evaluation.gather import gather_forecasts
+from ds_kronos.evaluation.oracle_row import corpus_specs, forecast_oracle, format_oracle
 from ds_kronos.evaluation.origins import Origins, origin_windows
 from ds_kronos.evaluation.report import (
     EXAMPLES_PLOT,
@@ -152,6 +153,8 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any] 
     t0 = time.perf_counter()
     selection = select_evaluation(config)
     plan = baseline_plan(config, selection)
+    specs = (corpus_specs(config.oracle, selection.prepared.manifest, list(selection.split.symbols),
+                          selection.prepared.freq) if config.oracle else None)
     if config.walk_forward:
         fold_dates(selection.origins.dates(selection.split.timestamps), config.walk_forward)  # enough dates?
     # Explicit options, else the predictor folder's sampler.json, else upstream's defaults (checked here, before
@@ -200,9 +203,15 @@ def _evaluate(config: EvalConfig, log: Callable[[str], None]) -> dict[str, Any] 
         fitted = forecast_baselines(plan, selection.split.values, selection.split.offsets, mine, selection.origins,
                                     selection.pred_len, config.sample_count, config.seed)
         baselines = gather_baselines(fitted, runtime.rank, runtime.world_size, runtime.device)
+    oracle = None
+    if specs is not None and config.scores_distribution:  # the true process's paths, per rank as the baselines
+        oracle = gather_baselines(forecast_oracle(specs, selection.split.values, selection.split.timestamps,
+                                                  selection.split.offsets, mine, selection.pred_len,
+                                                  config.sample_count, config.seed),
+                                  runtime.rank, runtime.world_size, runtime.device)
     report = None if gathered is None else write_outputs(config, selection, gathered, runtime.world_size, t0,
                                                          load_seconds, log, gathered_reference, sampler,
-                                                         (plan, baselines) if plan is not None else None)
+                                                         (plan, baselines) if plan is not None else None, oracle)
     runtime.close()
     return report
 
@@ -309,7 +318,8 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
                   load_seconds: float, log: Callable[[str], None],
                   gathered_reference: Gathered | None = None,
                   sampler: SamplerSettings | None = None,
-                  baselines: tuple[BaselinePlan, BaselineForecasts | None] | None = None) -> dict[str, Any]:
+                  baselines: tuple[BaselinePlan, BaselineForecasts | None] | None = None,
+                  oracle: BaselineForecasts | None = None) -> dict[str, Any]:
     """Rank 0: score the gathered forecasts, write report.json and the plots, print the table."""
     rows, pred_norm, forecast_seconds = gathered.rows, gathered.mean, gathered.seconds
     if not np.array_equal(rows, selection.origins.rows):  # origins are in row order; a mismatch is a bug, not input
@@ -329,7 +339,7 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
         scored = score_distributions(
             gathered.paths, None if gathered_reference is None else gathered_reference.paths, baselines, real, dates,
             calibration_quantiles(config), config.seed, config.random_walk_window, config.clip, selection.pred_len,
-            selection.stride)
+            selection.stride, oracle)
         distribution, volatility, tests, band_paths = (scored.probabilistic, scored.volatility, scored.tests,
                                                        scored.band_paths)
         if config.walk_forward:
@@ -353,6 +363,7 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
     report["probabilistic"] = distribution
     report["volatility"], report["tests"], report["folds"] = volatility, tests, folds
     report["sampler"] = (sampler or SamplerSettings()).describe()
+    report["oracle"] = None if distribution is None else distribution.get("oracle")
     report["timing"]["scoring_seconds"] = scoring_seconds
     if baselines is not None and baselines[1] is not None:
         report["timing"]["baseline_fit_seconds"] = baselines[1].seconds  # the slowest rank's
@@ -376,6 +387,8 @@ def write_outputs(config: EvalConfig, selection: EvaluationSet, gathered: Gather
         log(format_probabilistic(distribution))
         log(format_volatility(volatility))
         log(format_tests(tests))
+        if report["oracle"] is not None:
+            log(format_oracle(report["oracle"]))
     if folds is not None:
         log(format_walk_forward(folds))
     log(format_sampler(report["sampler"]))

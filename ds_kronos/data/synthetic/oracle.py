@@ -71,8 +71,8 @@ def oracle_variance(spec: SymbolSpec, history, horizon: int) -> np.ndarray:
     shock = h * template.scale[k] ** 2  # variance of bar j's own shock
     steps = np.arange(horizon)
     # The shock of bar j adds (1 + ar + ... + ar^(m-j)) of itself to the log return up to bar m.
-    carry = np.where(steps[None, :] <= steps[:, None], (1.0 - spec.ar ** (steps[:, None] - steps[None, :] + 1))
-                     / (1.0 - spec.ar), 0.0)
+    lag = steps[:, None] - steps[None, :]
+    carry = np.where(lag >= 0, (1.0 - spec.ar ** (np.maximum(lag, 0) + 1)) / (1.0 - spec.ar), 0.0)
     return (carry ** 2) @ shock
 
 

@@ -139,12 +139,19 @@ def script_help(script: str, capsys) -> str:
 
 
 def run_in_process_output(script: str, argv: list[str], capsys) -> tuple[int, str, str]:
+    """:func:`exit_code_in_process` with what the script wrote to stdout and stderr (``capsys``: pytest's fixture, or
+    ``capfd`` to see the process's whole output)."""
+    code = exit_code_in_process(script, argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def exit_code_in_process(script: str, argv: list[str]) -> int:
     """``launch/<script>``'s main in this process, as its command line would run it (``ds_kronos.cli.run_main``,
-    ``sys.argv[0]`` the script, so its error line names it): returns the exit code and what it wrote to stdout and
-    stderr (``capsys``: pytest's fixture, or ``capfd`` to see the process's whole output). For the checks that end
-    before any process group exists: reaching ``torch.distributed.init_process_group`` fails the test (such a case
-    needs a process: ``run_job``).
-    Signal handlers the script installs (train.py's preemption listener) and the environment are put back."""
+    ``sys.argv[0]`` the script, so its error line names it): returns the exit code. For the checks that end before any
+    process group exists: reaching ``torch.distributed.init_process_group`` fails the test (such a case needs a
+    process: ``run_job``). Signal handlers the script installs (train.py's preemption listener) and the environment
+    are put back."""
     from importlib import util
 
     import pytest
@@ -172,8 +179,7 @@ def run_in_process_output(script: str, argv: list[str], capsys) -> tuple[int, st
         for sig, handler in handlers.items():
             if handler is not None and signal.getsignal(sig) is not handler:
                 signal.signal(sig, handler)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+    return exit_info.value.code
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:

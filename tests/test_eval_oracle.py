@@ -15,7 +15,7 @@ from ds_kronos.evaluation.baselines import random_walk_paths
 from ds_kronos.evaluation.oracle_row import corpus_specs, forecast_oracle, gap_closed, oracle_section
 from ds_kronos.evaluation.origins import build_origins
 from ds_kronos.evaluation.probabilistic import crps_values
-from helpers import _exit_code_of, run_in_process
+from helpers import exit_code_in_process, run_in_process
 
 HORIZON, PATHS = 5, 64
 
@@ -31,7 +31,7 @@ def _corpus(root: Path, market: str) -> Path:
 def synthetic_store(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("oracle")
     corpus, store = _corpus(root, "BETA"), root / "store"
-    assert _exit_code_of("prepare_data.py", ["--parquet", str(corpus / "BETA" / "1D"), "--split", "0.5,0.1,0.4",
+    assert exit_code_in_process("prepare_data.py", ["--parquet", str(corpus / "BETA" / "1D"), "--split", "0.5,0.1,0.4",
                                              "--lookback", "60", "--predict", str(HORIZON), "--out", str(store)]) == 0
     return corpus, store
 

@@ -27,8 +27,8 @@ import torch
 from ds_kronos.cli import EXIT_PREEMPTED
 from ds_kronos.errors import ConfigError
 from ds_kronos.model import Kronos
-from ds_kronos.train.preemption import StopRequests, parse_signals
-from ds_kronos.train.training_state import resume_candidates
+from ds_kronos.train.checkpoint.training_state import resume_candidates
+from ds_kronos.train.control.preemption import StopRequests, parse_signals
 from helpers import (
     LAUNCHER,
     PID_NAMESPACE,
@@ -377,7 +377,7 @@ def test_dataloader_workers_outlive_a_signal_sent_to_the_whole_process_tree(demo
     from torch.utils.data import DataLoader
 
     from ds_kronos.data import PreparedDataset, WindowDataset
-    from ds_kronos.train.preemption import worker_init
+    from ds_kronos.train.control.preemption import worker_init
 
     dataset = WindowDataset(PreparedDataset.open(demo_prepared_dir), "train", max_samples=64, seed=0)
     loader = DataLoader(dataset, batch_size=4, num_workers=2, worker_init_fn=worker_init(["TERM", "USR1"]))

@@ -17,13 +17,13 @@ import torch
 
 from ds_kronos.atomic import replace_folder
 from ds_kronos.errors import ConfigError
-from ds_kronos.train.best_model import keep_best_model, restore_best_model
+from ds_kronos.train.checkpoint.best_model import keep_best_model, restore_best_model
+from ds_kronos.train.checkpoint.safe_load import weights_only_loading
 from ds_kronos.train.config import TrainConfig
+from ds_kronos.train.control.rollback import Rollbacks, ScaledSchedule, set_lr_factor
+from ds_kronos.train.control.skipped_steps import SkippedSteps, micro_batch_spans, parse_step_ranges
 from ds_kronos.train.position import Position
-from ds_kronos.train.rollback import Rollbacks, ScaledSchedule, set_lr_factor
-from ds_kronos.train.safe_load import weights_only_loading
-from ds_kronos.train.selection import SelectionState
-from ds_kronos.train.skipped_steps import SkippedSteps, micro_batch_spans, parse_step_ranges
+from ds_kronos.train.validation.selection import SelectionState
 from helpers import (
     REPO,
     model_weights,

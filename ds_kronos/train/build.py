@@ -1,5 +1,6 @@
-"""Building a training run: the data (datasets, samplers, loaders and the resolved batch and schedule), the task
-(the model and its loss) and the DeepSpeed engine around the model.
+"""Building a training run's inputs: the data (datasets, samplers, loaders and the resolved batch and schedule),
+the task (the model and its loss) and the forecast validation. The DeepSpeed engine around the model is built by
+ds_kronos.train.engine.build.
 
 The Trainer calls these in order; each returns what it built, so the Trainer holds the run's parts and the loop,
 not the recipe for them.
@@ -7,19 +8,29 @@ not the recipe for them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
+from ds_kronos.atomic import recover_folders
 from ds_kronos.config import DEFAULT_MAX_CONTEXT
+from ds_kronos.console import say
 from ds_kronos.data import ShardedWindowSampler, WindowDataset, verify_prepared
-from ds_kronos.deepspeed_json.resolve import BatchLayout, resolve_run
+from ds_kronos.deepspeed_json.resolve import BatchLayout, load_ds_config, resolve_run
 from ds_kronos.deepspeed_json.view import DeepSpeedView
-from ds_kronos.forecast.sampler_file import resolve_sampler
-from ds_kronos.runtime import Runtime
-from ds_kronos.train.compiled import compile_engine
+from ds_kronos.forecast.sampler_file import resolve_sampler, selection_sampler_writer
+from ds_kronos.memory_usage import peak_rss_bytes
+from ds_kronos.model.published import is_model_folder
+from ds_kronos.runtime import Runtime, barrier, init_runtime, rank_seed, seed_everything
+from ds_kronos.train.checkpoint.checkpointer import Checkpointer
+from ds_kronos.train.checkpoint.nvme import prepare_swap_folder, remove_swap_files
+from ds_kronos.train.checkpoint.resume import find_resume_source
+from ds_kronos.train.checkpoint.save_dir_lock import SaveDirLock, hold_save_dir
+from ds_kronos.train.checkpoint.training_state import remove_leftovers, run_layout
 from ds_kronos.train.config import (
     DEFAULT_GRAD_ACCUM,
     DEFAULT_MICRO_BATCH,
@@ -27,12 +38,18 @@ from ds_kronos.train.config import (
     TokenizerTrainConfig,
     TrainConfig,
 )
-from ds_kronos.train.forecast_validation import ForecastValidation
-from ds_kronos.train.grad_overlap import OverlappedGradientReduction, overlap_gradient_reduction
-from ds_kronos.train.masters import exact_fp32_start, set_fp32_masters
-from ds_kronos.train.preemption import worker_init
-from ds_kronos.train.schedule import onecycle_factory
+from ds_kronos.train.context import RunContext
+from ds_kronos.train.control.preemption import StopRequests, worker_init
+from ds_kronos.train.control.rollback import rollback_enabled
+from ds_kronos.train.control.run_control import RunControl
+from ds_kronos.train.control.stop_file import StopFile
+from ds_kronos.train.engine.build import build_engine
+from ds_kronos.train.observe.monitors import check_monitors
+from ds_kronos.train.observe.observer import Observer
+from ds_kronos.train.observe.summary import memory, summary, write_outputs
 from ds_kronos.train.tasks import PredictorTask, TokenizerTask
+from ds_kronos.train.validation.forecast_validation import ForecastValidation
+from ds_kronos.train.validation.validator import Validator
 
 
 @dataclass
@@ -106,50 +123,6 @@ def build_task(config: CommonTrainConfig, runtime: Runtime, ds_config: dict[str,
     raise TypeError(f"no training task for {type(config).__name__}")
 
 
-@dataclass
-class RunEngine:
-    """The DeepSpeed engine and what was built with it."""
-
-    engine: Any
-    scheduler: Any
-    frozen_fp32: dict[str, torch.Tensor]
-    """Exact fp32 values of the parameters the engine does not train (for the exports)."""
-    compile_backend: str | None
-    grad_reduction: OverlappedGradientReduction | None
-
-
-def build_engine(config: CommonTrainConfig, task: PredictorTask | TokenizerTask, ds_config: dict[str, Any],
-                 total_steps: int, *, resuming: bool, universal: bool) -> RunEngine:
-    """``deepspeed.initialize`` over the task's trainable parameters, with the exact fp32 start, the schedule, the
-    optional compile and the optional overlapped gradient reduction. ``universal``: the resume loads a universal
-    checkpoint (a changed world size)."""
-    import deepspeed
-    from deepspeed import comm as dist
-
-    use_onecycle = config.lr_schedule == "onecycle"
-    if universal:
-        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
-    # bf16/fp16 engines build their fp32 masters from the cast module: keep the exact values to restore them.
-    # Only the rank that writes the exports keeps the frozen tensors' fp32 values (all of LoRA's base model).
-    exact, frozen_fp32 = exact_fp32_start(task.model, task, DeepSpeedView.of(ds_config).low_precision,
-                                          keep_frozen=dist.get_rank() == 0)
-    trainable = [p for p in task.model.parameters() if p.requires_grad]
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=task.model, model_parameters=trainable, config=ds_config,
-        lr_scheduler=onecycle_factory(ds_config["optimizer"]["params"]["lr"], total_steps) if use_onecycle else None)
-    if exact and not resuming:  # a resumed run loads its masters from the checkpoint
-        set_fp32_masters(engine, exact)
-    del exact
-    task.checkpoint_weights = None  # done with the checkpoint file (if any): close it
-    if not use_onecycle and getattr(scheduler, "last_batch_iteration", None) == -1:
-        # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
-        scheduler.step()
-    return RunEngine(engine=engine, scheduler=scheduler, frozen_fp32=frozen_fp32,
-                     compile_backend=compile_engine(engine) if config.compile else None,
-                     grad_reduction=(overlap_gradient_reduction(engine, int(config.grad_bucket_mb * 2 ** 20))
-                                     if config.overlap_grad_reduce else None))
-
-
 def build_forecast_validation(config: CommonTrainConfig, data: RunData, task: PredictorTask | TokenizerTask,
                               ds_config: dict[str, Any]) -> ForecastValidation | None:
     """The fixed validation origins scored by forecast at every evaluation, or None (the tokenizer job; the
@@ -162,3 +135,78 @@ def build_forecast_validation(config: CommonTrainConfig, data: RunData, task: Pr
                               sampler=resolve_sampler(config.predictor, None, None),
                               max_context=DEFAULT_MAX_CONTEXT,
                               pad_forwards=DeepSpeedView.of(ds_config).partitioned)
+
+
+@dataclass
+class Run:
+    """A built run: its context and components, and what its end reports or cleans up."""
+
+    context: RunContext
+    control: RunControl
+    checkpoints: Checkpointer
+    validator: Validator
+    observer: Observer
+    model_peak_rss: int
+    """Peak resident memory after building (and loading) the model, before DeepSpeed's engine."""
+    build_peak_rss: int
+    """... and after the engine's set-up (building, loading and partitioning the model)."""
+    swap_dir: Path | None
+    removes_swap_dir: bool
+    save_dir_lock: SaveDirLock | None
+
+    def finish(self, position, status: str, started: float) -> dict[str, Any]:
+        """summary.json (ds_kronos.train.observe.summary) and the loss curve (rank 0); returns the summary.
+        Collective (the memory figures and a barrier). ``started``: the run's perf_counter at start."""
+        progress, rt = self.observer.progress, self.context.runtime
+        figures = memory(rt, self.model_peak_rss, self.build_peak_rss, self.swap_dir)
+        result = summary(self.context, position, status, started=started,
+                         efficiency=progress.efficiency if progress else None, selection=self.validator.selection,
+                         forecasts=self.validator.forecasts, last_checkpoint=self.checkpoints.last_step,
+                         skipped=self.control.skips.ranges, memory_figures=figures)
+        if rt.is_main:
+            write_outputs(self.context, position, self.validator.selection, result)
+        barrier()
+        return result
+
+    def remove_swap_files(self) -> None:
+        """This rank's NVMe swap files (no collective: a failing run cleans up too)."""
+        if self.swap_dir is not None:
+            remove_swap_files(self.swap_dir, self.context.runtime.rank, remove_dir=self.removes_swap_dir)
+
+
+def build_run(config: CommonTrainConfig, stops: StopRequests) -> Run:
+    """Everything a training run needs, in order: the runtime, the save_dir lock and start-up clean-up, the data,
+    the NVMe swap folder, the checkpoint to resume from, the task, the engine; then the components."""
+    ds_json = load_ds_config(config.deepspeed_config)  # fail fast, before processes wait on each other
+    check_monitors(ds_json, config.deepspeed_config, config.comet)
+    rt = init_runtime(config.threads, config.dist_timeout)
+    save_dir = Path(config.save_dir)
+    save_dir_lock = hold_save_dir(save_dir, rt)  # before anything touches save_dir
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    seed_everything(config.seed)  # identical preset init on every rank
+    stop_file = StopFile(save_dir, rt.is_main)
+    if rt.is_main:
+        for note in remove_leftovers(save_dir / "checkpoints") + recover_folders(save_dir, is_model_folder):
+            say(f"start-up clean-up: {note}")
+    data = build_data(config, rt, ds_json)
+    layout = run_layout(data.batch, data.ds_config, config.trained())  # recorded in each checkpoint
+    swap_dir, removes_swap_dir = prepare_swap_folder(data.ds_config, config.nvme_dir, config.save_dir, rt)
+    resume_source = (find_resume_source(save_dir / "checkpoints", data.batch, rt, say, data.ds_config,
+                                        config.trained()) if config.resume else None)
+    rollback_enabled(config, data.steps_per_epoch, resuming=bool(resume_source))  # refuses a run that never could
+    task = build_task(config, rt, data.ds_config)
+    model_peak_rss = peak_rss_bytes()
+    forecasts = build_forecast_validation(config, data, task, data.ds_config)
+    # The model is built (identically on every rank); from here each rank draws its own random numbers.
+    seed_everything(rank_seed(config.seed, rt.rank))
+    built = build_engine(config, task, data.ds_config, data.total_steps, resuming=bool(resume_source),
+                         universal=bool(resume_source and resume_source.universal))
+    context = RunContext(config=config, runtime=rt, data=data, task=task, ds_view=DeepSpeedView.of(data.ds_config),
+                         built=built, save_dir=save_dir)
+    control = RunControl(context, stops, stop_file)
+    # Exports carry the sampler settings their forecasts were scored with (None: no forecast validation).
+    export_extra = None if forecasts is None else selection_sampler_writer(forecasts.sampler)
+    checkpoints = Checkpointer(context, resume_source, layout, export_extra, before_save=control.check)
+    validator = Validator(context, forecasts)
+    return Run(context, control, checkpoints, validator, Observer(context, validator.selection.metric, forecasts),
+               model_peak_rss, peak_rss_bytes(), swap_dir, removes_swap_dir, save_dir_lock)

@@ -15,10 +15,10 @@ from ds_kronos.adapters import DEFAULT_LORA_TARGETS
 from ds_kronos.config import ProcessOptions, option, output_dir_problems, problems_of
 from ds_kronos.data.verify import prepared_data_problems
 from ds_kronos.forecast.config import clip_option
-from ds_kronos.train.finetune import DEFAULT_LORA_ALPHA, DEFAULT_LORA_RANK, FINETUNE_MODES, FinetuneSpec
-from ds_kronos.train.preemption import parse_signals
-from ds_kronos.train.selection import SELECT_BY, Selection
-from ds_kronos.train.skipped_steps import parse_step_ranges
+from ds_kronos.train.control.preemption import parse_signals
+from ds_kronos.train.control.skipped_steps import parse_step_ranges
+from ds_kronos.train.engine.finetune import DEFAULT_LORA_ALPHA, DEFAULT_LORA_RANK, FINETUNE_MODES, FinetuneSpec
+from ds_kronos.train.validation.selection import SELECT_BY, Selection
 
 DEFAULT_MICRO_BATCH = 50
 DEFAULT_GRAD_ACCUM = 1
@@ -159,7 +159,7 @@ class CommonTrainConfig(ProcessOptions):
                                   "\"nvme\" (default: save_dir/nvme_swap; removed at the end of the run)")
 
     def selection(self) -> Selection:
-        """How best_model/ is chosen and when the run stops early (ds_kronos.train.selection)."""
+        """How best_model/ is chosen and when the run stops early (ds_kronos.train.validation.selection)."""
         return Selection("loss", self.patience, self.min_delta)
 
     def trained(self) -> str:
@@ -219,7 +219,7 @@ class TrainConfig(CommonTrainConfig):
                                       "its per-date improvement on the validation origins is significant at this "
                                       "one-sided p-value (paired Newey-West t-test); 1 = any improvement")
 
-    # What is trained (ds_kronos.train.finetune).
+    # What is trained (ds_kronos.train.engine.finetune).
     finetune: str = option("full", choices=FINETUNE_MODES,
                            help="full: every parameter; lora: low-rank adapters (peft) on --lora_targets, the "
                                 "predictor frozen; freeze: every parameter but those --freeze names")
@@ -265,7 +265,7 @@ class TrainConfig(CommonTrainConfig):
         return problems + self.finetune_spec().option_problems()
 
     def model_problems(self) -> list[str]:
-        from ds_kronos.train.finetune import finetune_problems
+        from ds_kronos.train.engine.finetune import finetune_problems
 
         problems = (model_option_problems("tokenizer", self.tokenizer, "tokenizer")
                     + model_option_problems("predictor", self.predictor, "predictor"))

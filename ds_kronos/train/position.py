@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ds_kronos.train.reporting import History
-from ds_kronos.train.selection import SelectionState
+from ds_kronos.train.observe.history import History
+from ds_kronos.train.validation.selection import SelectionState
 
 
 @dataclass
@@ -29,7 +29,8 @@ class Position:
     """The label of a validation that was due at ``step`` when the run stopped there on a signal (it saves without
     waiting for it): the resumed run runs it first, so it decides as an uninterrupted run."""
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
-    """The run's roll-backs so far (ds_kronos.train.rollback), as in summary.json: a resumed run goes on skipping
+    """The run's roll-backs so far (ds_kronos.train.control.rollback), as in summary.json: a resumed run goes on
+    skipping
     their steps, keeps their lr factor and counts them against --max_rollbacks."""
 
     def take_due_validation(self, eval_at_start: bool) -> str | None:

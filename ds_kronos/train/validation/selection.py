@@ -203,7 +203,7 @@ def _describe(test: dict[str, Any] | None, threshold: float) -> str:
 
 def scoring_setup(metric: str, val_samples: int, forecasts: dict[str, Any] | None) -> dict[str, Any]:
     """What a selection score depends on besides the weights: the metric and, by loss, the validation samples; by
-    forecast, the forecast validation's set-up (ds_kronos.train.forecast_validation.ForecastValidation.setup:
+    forecast, the forecast validation's set-up (ds_kronos.train.validation.forecast_validation.ForecastValidation.setup:
     origins, paths, seed, sampler settings)."""
     if metric == "loss":
         return {"metric": metric, "val_samples": val_samples}

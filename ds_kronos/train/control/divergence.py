@@ -61,7 +61,8 @@ class DivergenceGuard:
         self.check(step, mean, lr, skipped_steps)
 
     def restart(self, step: int, skipped_steps: int) -> None:
-        """After a roll-back to ``step`` (ds_kronos.train.rollback): count from there, as if it had just passed."""
+        """After a roll-back to ``step`` (ds_kronos.train.control.rollback): count from there, as if it had just
+        passed."""
         self._sums.zero_()
         self._count, self.consecutive_skips = 0, 0
         self._step_before, self._skipped_before, self.good_through = step, skipped_steps, step

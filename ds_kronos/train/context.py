@@ -14,8 +14,8 @@ from ds_kronos.runtime import Runtime
 from ds_kronos.train.config import CommonTrainConfig
 
 if TYPE_CHECKING:
-    from ds_kronos.train.build import RunData
     from ds_kronos.train.engine.build import RunEngine
+    from ds_kronos.train.inputs import RunData
     from ds_kronos.train.tasks import PredictorTask, TokenizerTask
 
 

@@ -20,13 +20,13 @@ from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.runtime import stream_seed
 from ds_kronos.train.config import TrainConfig
 from ds_kronos.train.position import Position
+from ds_kronos.train.validation import forecast_validation
 from ds_kronos.train.validation.forecast_validation import (
     CHUNK_ORIGINS,
     FORECAST_STREAM,
     ForecastValidation,
     choose_origins,
 )
-from ds_kronos.train.validation.loss import forecast_validation
 from ds_kronos.train.validation.selection import Selection, SelectionState, scoring_setup
 
 

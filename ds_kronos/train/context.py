@@ -1,6 +1,6 @@
 """What every component of a training run reads and none changes: the options, the processes, the data, the task,
-the engine and where outputs go. Built once by the Trainer after the engine; each component gets it with the state it
-owns (never the Trainer)."""
+the engine and where outputs go. Built once by the set-up (ds_kronos.train.build) after the engine; each component gets
+it with the state it owns (never the Trainer)."""
 
 from __future__ import annotations
 

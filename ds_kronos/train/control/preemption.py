@@ -5,7 +5,8 @@ Schedulers warn before they kill: Slurm sends SIGTERM (then SIGKILL after its Ki
 period; spot instances give 30-120 s. With ``--save_on_signal`` (default TERM,USR1) every rank installs a handler
 for those signals that only records which signal arrived: a handler runs between any two bytecodes, possibly inside
 a collective or a file write, so it does no I/O and no communication. At every optimizer-step boundary the ranks
-agree in one all-reduce of a few numbers (:meth:`StopRequests.poll`, a collective and a host sync): if any rank
+agree in one all-reduce of a few numbers (:meth:`StopRequests.poll`, a collective and a host sync; after an evaluation
+it carries the early-stop verdict too, ds_kronos.train.control.run_control): if any rank
 received a signal, every rank writes a checkpoint of that step (atomic, ds_kronos.train.checkpoint.training_state) and
 the job ends with exit code ``EXIT_PREEMPTED`` (75, ds_kronos.cli), ``status: "preempted"`` in summary.json. A signal is
 therefore acted on at the end of the step it arrives in; a validation due at that step is left to the resumed run,

@@ -16,10 +16,11 @@ import torch
 
 from ds_kronos.atomic import replace_folder
 from ds_kronos.errors import ConfigError
+from ds_kronos.train.build import rollback_enabled
 from ds_kronos.train.checkpoint.best_model import keep_best_model, restore_best_model
 from ds_kronos.train.checkpoint.safe_load import weights_only_loading
 from ds_kronos.train.config import TrainConfig
-from ds_kronos.train.control.rollback import ScaledSchedule, rollback_enabled, set_lr_factor
+from ds_kronos.train.control.rollback import ScaledSchedule, set_lr_factor
 from ds_kronos.train.control.skipped_steps import SkippedSteps, micro_batch_spans, parse_step_ranges
 from ds_kronos.train.position import Position
 from ds_kronos.train.validation.selection import SelectionState

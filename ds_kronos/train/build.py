@@ -15,6 +15,7 @@ from ds_kronos.atomic import recover_folders
 from ds_kronos.console import say
 from ds_kronos.deepspeed_json.resolve import load_ds_config
 from ds_kronos.deepspeed_json.view import DeepSpeedView
+from ds_kronos.errors import ConfigError
 from ds_kronos.forecast.sampler_file import selection_sampler_writer
 from ds_kronos.memory_usage import peak_rss_bytes
 from ds_kronos.model.published import is_model_folder
@@ -26,10 +27,11 @@ from ds_kronos.train.checkpoint.save_dir_lock import SaveDirLock, hold_save_dir
 from ds_kronos.train.checkpoint.training_state import remove_leftovers, run_layout
 from ds_kronos.train.config import (
     CommonTrainConfig,
+    rollback_checkpoint_problem,
 )
 from ds_kronos.train.context import RunContext
 from ds_kronos.train.control.preemption import StopRequests
-from ds_kronos.train.control.rollback import rollback_enabled
+from ds_kronos.train.control.rollback import ROLLBACK
 from ds_kronos.train.control.run_control import RunControl
 from ds_kronos.train.control.stop_file import StopFile
 from ds_kronos.train.engine.build import build_engine
@@ -38,6 +40,16 @@ from ds_kronos.train.observe.monitors import check_monitors
 from ds_kronos.train.observe.observer import Observer
 from ds_kronos.train.observe.summary import memory, summary, write_outputs
 from ds_kronos.train.validation.validator import Validator
+
+
+def rollback_enabled(config, steps_per_epoch: int, resuming: bool) -> bool:
+    """Whether ``--on_divergence rollback`` is chosen; refuses, once the data sized the epochs (before the model is
+    built), a run that could never roll back."""
+    enabled = config.on_divergence == ROLLBACK
+    problem = rollback_checkpoint_problem(config.save_every, config.epochs, config.max_steps, steps_per_epoch)
+    if enabled and problem and not resuming:
+        raise ConfigError(problem)  # what the options alone could not tell: the data sized the epochs
+    return enabled
 
 
 @dataclass
@@ -102,7 +114,10 @@ def build_run(config: CommonTrainConfig, stops: StopRequests) -> Run:
     forecasts = build_forecast_validation(config, data, task, data.ds_config)
     # The model is built (identically on every rank); from here each rank draws its own random numbers.
     seed_everything(rank_seed(config.seed, rt.rank))
-    built = build_engine(config, task, data.ds_config, data.total_steps, resuming=bool(resume_source),
+    built = build_engine(task, data.ds_config, data.total_steps, onecycle=config.lr_schedule == "onecycle",
+                         compiled=config.compile, resuming=bool(resume_source),
+                         overlap_bucket_bytes=(int(config.grad_bucket_mb * 2 ** 20) if config.overlap_grad_reduce
+                                               else None),
                          universal=bool(resume_source and resume_source.universal))
     context = RunContext(config=config, runtime=rt, data=data, task=task, ds_view=DeepSpeedView.of(data.ds_config),
                          built=built, save_dir=save_dir)

@@ -29,8 +29,7 @@ import math
 from typing import Any
 
 from ds_kronos.console import say
-from ds_kronos.errors import ConfigError, UserError
-from ds_kronos.train.config import rollback_checkpoint_problem
+from ds_kronos.errors import UserError
 from ds_kronos.train.control.divergence import Diverged, DivergenceGuard
 from ds_kronos.train.control.skipped_steps import SkippedSteps, describe_spans, micro_batch_spans
 
@@ -64,16 +63,6 @@ class ScaledSchedule:
         if name == "inner":  # not set yet (a copy being built): no recursion
             raise AttributeError(name)
         return getattr(self.inner, name)
-
-
-def rollback_enabled(config, steps_per_epoch: int, resuming: bool) -> bool:
-    """Whether ``--on_divergence rollback`` is chosen; refuses, once the data sized the epochs (before the model is
-    built), a run that could never roll back."""
-    enabled = config.on_divergence == ROLLBACK
-    problem = rollback_checkpoint_problem(config.save_every, config.epochs, config.max_steps, steps_per_epoch)
-    if enabled and problem and not resuming:
-        raise ConfigError(problem)  # what the options alone could not tell: the data sized the epochs
-    return enabled
 
 
 class Rollbacks:

@@ -9,7 +9,6 @@ from typing import Any
 import torch
 
 from ds_kronos.deepspeed_json.view import DeepSpeedView
-from ds_kronos.train.config import CommonTrainConfig
 from ds_kronos.train.engine.compiled import compile_engine
 from ds_kronos.train.engine.grad_overlap import OverlappedGradientReduction, overlap_gradient_reduction
 from ds_kronos.train.engine.masters import exact_fp32_start, set_fp32_masters
@@ -28,15 +27,15 @@ class RunEngine:
     grad_reduction: OverlappedGradientReduction | None
 
 
-def build_engine(config: CommonTrainConfig, task, ds_config: dict[str, Any],
-                 total_steps: int, *, resuming: bool, universal: bool) -> RunEngine:
-    """``deepspeed.initialize`` over the task's trainable parameters, with the exact fp32 start, the schedule, the
-    optional compile and the optional overlapped gradient reduction. ``universal``: the resume loads a universal
+def build_engine(task, ds_config: dict[str, Any], total_steps: int, *, onecycle: bool, compiled: bool,
+                 overlap_bucket_bytes: int | None, resuming: bool, universal: bool) -> RunEngine:
+    """``deepspeed.initialize`` over the task's trainable parameters, with the exact fp32 start, the schedule
+    (``onecycle``: upstream's OneCycleLR, else the JSON's), the optional compile and the optional overlapped gradient
+    reduction (``overlap_bucket_bytes``; None: DeepSpeed's own). ``universal``: the resume loads a universal
     checkpoint (a changed world size)."""
     import deepspeed
     from deepspeed import comm as dist
 
-    use_onecycle = config.lr_schedule == "onecycle"
     if universal:
         ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     # bf16/fp16 engines build their fp32 masters from the cast module: keep the exact values to restore them.
@@ -46,15 +45,15 @@ def build_engine(config: CommonTrainConfig, task, ds_config: dict[str, Any],
     trainable = [p for p in task.model.parameters() if p.requires_grad]
     engine, _, _, scheduler = deepspeed.initialize(
         model=task.model, model_parameters=trainable, config=ds_config,
-        lr_scheduler=onecycle_factory(ds_config["optimizer"]["params"]["lr"], total_steps) if use_onecycle else None)
+        lr_scheduler=onecycle_factory(ds_config["optimizer"]["params"]["lr"], total_steps) if onecycle else None)
     if exact and not resuming:  # a resumed run loads its masters from the checkpoint
         set_fp32_masters(engine, exact)
     del exact
     task.checkpoint_weights = None  # done with the checkpoint file (if any): close it
-    if not use_onecycle and getattr(scheduler, "last_batch_iteration", None) == -1:
+    if not onecycle and getattr(scheduler, "last_batch_iteration", None) == -1:
         # DeepSpeed's schedulers start at iteration -1 (lr 0); step once so step 0 uses the warm-up start lr.
         scheduler.step()
     return RunEngine(engine=engine, scheduler=scheduler, frozen_fp32=frozen_fp32,
-                     compile_backend=compile_engine(engine) if config.compile else None,
-                     grad_reduction=(overlap_gradient_reduction(engine, int(config.grad_bucket_mb * 2 ** 20))
-                                     if config.overlap_grad_reduce else None))
+                     compile_backend=compile_engine(engine) if compiled else None,
+                     grad_reduction=(overlap_gradient_reduction(engine, overlap_bucket_bytes)
+                                     if overlap_bucket_bytes is not None else None))

@@ -13,6 +13,7 @@ import torch
 from ds_kronos.console import say
 from ds_kronos.jsonio import write_json_atomic
 from ds_kronos.memory_usage import peak_rss_bytes
+from ds_kronos.plotting import pyplot, save_figure
 from ds_kronos.runtime import all_reduce_sum
 from ds_kronos.train.checkpoint.nvme import SWAP_SUBFOLDER, folder_bytes
 from ds_kronos.train.engine.compiled import compile_seconds
@@ -84,7 +85,7 @@ def write_outputs(context, position, selection, summary: dict[str, Any]) -> None
     """summary.json, loss_curve.png and the closing line (rank 0)."""
     pos, save_dir, kind = position, context.save_dir, context.task.kind
     write_json_atomic(save_dir / "summary.json", summary)
-    pos.history.plot(save_dir / "loss_curve.png", f"Kronos {kind} training",
+    plot_history(pos.history, save_dir / "loss_curve.png", f"Kronos {kind} training",
                      "mean of s1 and s2 cross-entropy" if kind == "predictor"
                      else "(recon_pre + recon_all + bsq) / 2; val: full recon MSE")
     verdict = selection.verdict_line(pos.selection)
@@ -93,3 +94,27 @@ def write_outputs(context, position, selection, summary: dict[str, Any]) -> None
     if summary["status"] in WITH_FINAL_MODEL + (STOPPED_BY_REQUEST,):
         say(f"done: {summary['status']} at step {pos.step}; best val {summary['best_val_loss']}, final val "
             f"{summary['final_val_loss']}; {summary['samples_per_s']} samples/s; outputs in {save_dir}")
+
+
+def plot_history(history, path: Path, title: str, ylabel: str) -> None:
+    """The loss curve: training and validation loss, and the forecast CRPS on its own axis when scored."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if history.train:
+        ax.plot(*zip(*history.train), label="train loss (mean over log interval)", lw=1)
+    if history.val:
+        ax.plot(*zip(*history.val), "o-", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if history.forecast:  # the forecast's CRPS has its own scale
+        crps_axis = ax.twinx()
+        steps, crps = [p[0] for p in history.forecast], [p[1] for p in history.forecast]
+        crps_axis.plot(steps, crps, "s--", color="tab:red", label="validation forecast CRPS (close)")
+        crps_axis.set_ylabel("CRPS, normalised units")
+        more_handles, more_labels = crps_axis.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels)
+    save_figure(fig, path)

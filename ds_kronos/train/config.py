@@ -159,7 +159,7 @@ class CommonTrainConfig(ProcessOptions):
                                   "\"nvme\" (default: save_dir/nvme_swap; removed at the end of the run)")
 
     def selection(self) -> Selection:
-        """How best_model/ is chosen and when the run stops early (ds_kronos.train.validation.selection)."""
+        """How best_model/ is chosen and when the run stops early (ds_kronos.train.selection)."""
         return Selection("loss", self.patience, self.min_delta)
 
     def trained(self) -> str:
@@ -219,7 +219,7 @@ class TrainConfig(CommonTrainConfig):
                                       "its per-date improvement on the validation origins is significant at this "
                                       "one-sided p-value (paired Newey-West t-test); 1 = any improvement")
 
-    # What is trained (ds_kronos.train.engine.finetune).
+    # What is trained (ds_kronos.train.finetune).
     finetune: str = option("full", choices=FINETUNE_MODES,
                            help="full: every parameter; lora: low-rank adapters (peft) on --lora_targets, the "
                                 "predictor frozen; freeze: every parameter but those --freeze names")

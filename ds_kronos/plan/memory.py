@@ -70,7 +70,7 @@ class MemoryEstimate:
     part of it is ``rank0_frozen_copy`` (the same tensors), and the merged layers are new copies."""
     rank0_frozen_copy: int = 0
     """Exact fp32 values of the frozen parameters, which rank 0 (the exporter) keeps for the whole run under bf16
-    (train/masters.py: the engine holds them in bf16 only): the base model under LoRA."""
+    (train/engine/masters.py: the engine holds them in bf16 only): the base model under LoRA."""
 
     @property
     def model_states(self) -> int:

@@ -132,7 +132,7 @@ def build_terms(counts: ModelCounts, setup: Setup) -> dict[str, int]:
         "model": FP32 * P,  # every rank builds the whole fp32 model
         # checkpoint.load reads the whole safetensors state dict (fp32) next to the model
         "checkpoint": FP32 * P if setup.from_model_folder else 0,
-        # train/masters.capture_fp32 (bf16): exact fp32 copy of the trained params until initialize is done
+        # train/engine/masters.capture_fp32 (bf16): exact fp32 copy of the trained params until initialize is done
         "fp32_copy": FP32 * counts.trained_params if setup.precision != "fp32" else 0,
     }
 

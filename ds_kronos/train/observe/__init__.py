@@ -1,0 +1,1 @@
+"""What a training run reports (lines, metrics.jsonl, comet, monitors, summary.json); entry point: observer.Observer."""

@@ -161,7 +161,7 @@ def throughput(dry_run: bool, workdir: Path) -> dict:
                              "tflops": float(f'{r["samples_per_s"] * r["flops_per_sample"] / 1e12:.3g}'),
                              "mfu": round(r["mfu"], 4), "step_s_median": round(r["step_s_median"], 4),
                              "peak_gpu_mb": round(r["peak_gpu_mb"]), "micro_batch": micro_batch, "context": context}
-    # ds_kronos.train.grad_overlap.overlap_unsupported: the overlapped reduction needs ZeRO-0 and 2+ ranks.
+    # ds_kronos.train.engine.grad_overlap.overlap_unsupported: the overlapped reduction needs ZeRO-0 and 2+ ranks.
     note = ("ZeRO-2 reduces in its own optimizer: each ZeRO-2 on/off pair times the same step (its spread is the "
             "noise)" + ("; on one GPU ZeRO-0's pairs too (the overlap needs 2+ ranks)" if world_size < 2 else ""))
     return {"peak_tflops": peak_tflops, "mfu_against": "datasheet bf16 dense" if peak_tflops else "matmul probe",

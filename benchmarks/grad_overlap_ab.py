@@ -50,7 +50,7 @@ def worker(rank: int, values: dict[str, Any], port: int, out_dir: str) -> None:
                                 steps=config.steps, warmup=config.warmup, threads=config.threads)
     runtime, inputs, engine = deepspeed_engine(measured, rank, port)
     from ds_kronos.runtime import barrier
-    from ds_kronos.train.grad_overlap import OverlappedGradientReduction
+    from ds_kronos.train.engine.grad_overlap import OverlappedGradientReduction
     from ds_kronos.train.step import train_micro_step
 
     reduction = OverlappedGradientReduction(engine, int(config.grad_bucket_mb * 2 ** 20))

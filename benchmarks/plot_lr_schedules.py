@@ -12,7 +12,7 @@ import numpy as np
 
 from ds_kronos.deepspeed_json.resolve import warmup_steps
 from ds_kronos.plotting import pyplot, save_figure
-from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
+from ds_kronos.train.engine.schedule import onecycle_trajectory, warmup_cosine_trajectory
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 from ds_kronos.cli import run_main
 from ds_kronos.config import option, parse_config
 from ds_kronos.errors import UserError
-from ds_kronos.train.nvme import folder_bytes
+from ds_kronos.train.checkpoint.nvme import folder_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"base": "ds_configs/zero3_bf16.json", "large": "ds_configs/zero3_offload_bf16.json",

@@ -1,6 +1,6 @@
 """What the per-step preemption check costs: the all-reduce with which the ranks agree on a stop request at every
-optimizer-step boundary (ds_kronos.train.preemption.StopRequests.poll, a collective and a host sync), against the
-step it follows.
+optimizer-step boundary (ds_kronos.train.control.preemption.StopRequests.poll, a collective and a host sync), against
+the step it follows.
 
     DS_ACCELERATOR=cpu python benchmarks/stop_check_cost.py --variant tiny --world_size 2 --steps 200
 
@@ -53,8 +53,8 @@ def worker(rank: int, values: dict[str, Any], port: int, out_dir: str) -> None:
                                 steps=config.steps, warmup=config.warmup, threads=config.threads)
     runtime, inputs, engine = deepspeed_engine(measured, rank, port)
     from ds_kronos.runtime import barrier
-    from ds_kronos.train.launcher_watch import LauncherWatch
-    from ds_kronos.train.preemption import StopRequests
+    from ds_kronos.train.control.launcher_watch import LauncherWatch
+    from ds_kronos.train.control.preemption import StopRequests
     from ds_kronos.train.step import train_micro_step
 
     # Every rank also watches a launcher, as under DeepSpeed's launch.py: here the benchmark's own main process.

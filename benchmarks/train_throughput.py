@@ -128,8 +128,8 @@ def _deepspeed_step(task, ds_json: dict[str, Any], compile: bool, overlap: bool)
     ``overlap``: the gradient all-reduce overlapped with backward at ZeRO-0 (launch/train.py --overlap_grad_reduce)."""
     import deepspeed
 
-    from ds_kronos.train.compiled import compile_engine
-    from ds_kronos.train.grad_overlap import overlap_gradient_reduction
+    from ds_kronos.train.engine.compiled import compile_engine
+    from ds_kronos.train.engine.grad_overlap import overlap_gradient_reduction
     from ds_kronos.train.step import train_micro_step
 
     model = task.model
@@ -150,7 +150,7 @@ def _ddp_step(task, device, bf16: bool, ds_json: dict[str, Any], compile: bool):
     import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    from ds_kronos.train.compiled import compile_module
+    from ds_kronos.train.engine.compiled import compile_module
 
     model = task.model.to(device)
     if compile:
@@ -258,7 +258,7 @@ def worker(rank: int, mode: str, values: dict[str, Any], port: int, out_dir: str
     runtime = join_group(config, rank, port)
     import torch
 
-    from ds_kronos.train.compiled import compile_seconds
+    from ds_kronos.train.engine.compiled import compile_seconds
 
     device, bf16 = runtime.device, config.precision == "bf16"
     probe = None

@@ -1,5 +1,5 @@
 """Which parts of a Kronos predictor LoRA adapts (``--lora_targets``) and ``--freeze`` freezes: the rules, their
-checks and the adapter's size. Shared by the trainer (ds_kronos.train.finetune) and the planner (ds_kronos.plan);
+checks and the adapter's size. Shared by the trainer (ds_kronos.train.engine.finetune) and the planner (ds_kronos.plan);
 torch-free at import (the functions take a model, e.g. one built on the meta device).
 
 LoRA targets follow peft's rule for a list of names: a module is adapted when its full name is a target or ends

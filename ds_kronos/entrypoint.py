@@ -31,7 +31,7 @@ import psutil
 
 from ds_kronos.cli import EXIT_PREEMPTED
 from ds_kronos.errors import ConfigError, UserError
-from ds_kronos.train.preemption import parse_signals
+from ds_kronos.train.control.preemption import parse_signals
 
 DEFAULT_FORWARD = ("TERM", "USR1", "INT")
 RANK_VARIABLE = "LOCAL_RANK"

@@ -15,7 +15,7 @@ from ds_kronos.cli import run_main
 def main(argv=None) -> None:
     from deepspeed.accelerator import get_accelerator
 
-    from ds_kronos.train.nvme import load_async_io
+    from ds_kronos.train.checkpoint.nvme import load_async_io
 
     builder = get_accelerator().create_op_builder("AsyncIOBuilder")
     if builder is None or not builder.is_compatible(verbose=False):

@@ -267,7 +267,7 @@ def single_process_val_losses(prepared: Path, checkpoints: tuple[Path, Path], sa
     from ds_kronos.data import PreparedDataset, WindowDataset
     from ds_kronos.model import Kronos, KronosTokenizer
     from ds_kronos.model.objective import per_sample_uniforms
-    from ds_kronos.train.validation import sample_keys
+    from ds_kronos.train.validation.loss import sample_keys
 
     tokenizer = KronosTokenizer.from_pretrained(checkpoints[0]).eval()
     model = Kronos.from_pretrained(checkpoints[1]).eval()
@@ -302,7 +302,7 @@ def stopped_after(run: Path, target: Path, step: int) -> Path:
 def forked_holder(save_dir: Path) -> int:
     """A child process (forked: no new interpreter) that holds the save_dir lock of ``save_dir`` until it is killed
     (``os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)``)."""
-    from ds_kronos.train.save_dir_lock import SaveDirLock
+    from ds_kronos.train.checkpoint.save_dir_lock import SaveDirLock
 
     ready_r, ready_w = os.pipe()
     pid = os.fork()

@@ -459,7 +459,7 @@ def test_monitor_sections_are_checked_as_deepspeed_reads_them(tmp_path, monkeypa
     import importlib.util
 
     from ds_kronos.deepspeed_json.checks import ds_config_problems
-    from ds_kronos.train.monitors import monitor_problems
+    from ds_kronos.train.observe.monitors import monitor_problems
 
     config = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
     a_file = tmp_path / "a_file"

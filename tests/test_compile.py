@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from ds_kronos.train.safe_load import deepspeed_state_classes
+from ds_kronos.train.checkpoint.safe_load import deepspeed_state_classes
 from helpers import SEED, assert_same_weights, deepspeed_train, summary, two_at_a_time
 
 pytestmark = pytest.mark.processes  # every test here starts processes

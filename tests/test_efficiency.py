@@ -13,8 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.model.flops import device_peak, flops_per_sample, matmul_params, tokenizer_flops_per_sample
 from ds_kronos.model.objective import predict_and_score, tokenize_batch
-from ds_kronos.train.efficiency import run_efficiency
-from ds_kronos.train.reporting import Progress
+from ds_kronos.train.observe.efficiency import run_efficiency
+from ds_kronos.train.observe.progress import Progress
 
 WINDOW = 36  # bars per training window of the tests' prepared set (lookback 30 + predict 5 + 1)
 
@@ -57,7 +57,7 @@ def test_frozen_weights_count_no_weight_gradient(one_torch_thread):
     gradient that flows on to block 0), 6 for the rest, as the formula says. With LoRA the base layers of block 0
     and the input projection need no backward at all (nothing before them trains): the count overstates, but is
     far below counting every weight as trained."""
-    from ds_kronos.train.finetune import FinetuneSpec, Finetuning
+    from ds_kronos.train.engine.finetune import FinetuneSpec, Finetuning
 
     torch.manual_seed(0)
     tokenizer = KronosTokenizer.from_preset("tiny")

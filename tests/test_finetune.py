@@ -16,7 +16,13 @@ from ds_kronos.adapters import DEFAULT_LORA_TARGETS, frozen_by
 from ds_kronos.forecast.sampler_file import SamplerSettings, resolve_sampler, selection_sampler_writer
 from ds_kronos.model import Kronos
 from ds_kronos.train.config import TrainConfig
-from ds_kronos.train.finetune import ADAPTER_FOLDER, FinetuneSpec, Finetuning, finetune_problems, parameter_counts
+from ds_kronos.train.engine.finetune import (
+    ADAPTER_FOLDER,
+    FinetuneSpec,
+    Finetuning,
+    finetune_problems,
+    parameter_counts,
+)
 
 TINY_NAMES = [name for name, _ in Kronos.from_preset("tiny").named_parameters()]
 
@@ -182,8 +188,8 @@ def test_a_resume_with_other_finetune_options_is_refused_by_name(tmp_path):
 
     from ds_kronos.deepspeed_json.resolve import BatchLayout
     from ds_kronos.errors import UserError
-    from ds_kronos.train import training_state
-    from ds_kronos.train.resume import find_resume_source
+    from ds_kronos.train.checkpoint import training_state
+    from ds_kronos.train.checkpoint.resume import find_resume_source
 
     lora = TrainConfig(finetune="lora", lora_rank=4)
     batch, ds_config = BatchLayout(micro_batch=8, grad_accum=1, world_size=1), {"zero_optimization": {"stage": 2}}

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from ds_kronos.adapters import DEFAULT_LORA_TARGETS, frozen_by, lora_parameter_count
 from ds_kronos.model import Kronos
-from ds_kronos.train.finetune import ADAPTER_FOLDER
+from ds_kronos.train.engine.finetune import ADAPTER_FOLDER
 from helpers import (
     REPO,
     SEED,
@@ -100,7 +100,7 @@ def logits(model) -> tuple[torch.Tensor, torch.Tensor]:
 
 def optimizer_elements(tag: Path) -> int:
     """fp32 master elements the optimizer holds, over every rank's file of a DeepSpeed checkpoint tag."""
-    from ds_kronos.train.safe_load import weights_only_loading
+    from ds_kronos.train.checkpoint.safe_load import weights_only_loading
 
     total = 0
     with weights_only_loading():
@@ -176,7 +176,7 @@ def test_lora_at_zero3_bf16_starts_from_the_draw_of_every_other_stage(demo_prepa
     3e-3 relative), every B still zero to 1e-20."""
     from ds_kronos.model import KronosTokenizer
     from ds_kronos.runtime import seed_everything
-    from ds_kronos.train.finetune import FinetuneSpec, Finetuning
+    from ds_kronos.train.engine.finetune import FinetuneSpec, Finetuning
 
     config = json.loads((REPO / "ds_configs" / "zero3_bf16.json").read_text())
     config["optimizer"]["params"]["lr"] = 1e-30

@@ -80,7 +80,7 @@ import torch
 import deepspeed
 import deepspeed.comm as dist
 from ds_kronos.runtime import init_runtime
-from ds_kronos.train.grad_overlap import OverlappedGradientReduction
+from ds_kronos.train.engine.grad_overlap import OverlappedGradientReduction
 from ds_kronos.train.step import train_micro_step
 
 runtime = init_runtime(threads=1)

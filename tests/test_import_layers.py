@@ -118,6 +118,32 @@ def test_no_two_modules_import_each_other():
     assert not cycles(import_graph())
 
 
+TRAIN_TOP = {"config", "tasks", "position", "step", "inputs", "context", "build", "trainer"}
+"""The modules at the top of ds_kronos/train: the job's options, the task, the run's position, the micro-step, the
+inputs, the frozen run context, the set-up and the loop. Everything else sits in a subpackage with one job."""
+TRAIN_COMPONENTS = {"checkpoint": "checkpointer", "control": "run_control", "observe": "observer",
+                    "validation": "validator", "engine": "build"}
+"""Each subpackage of ds_kronos/train and its one entry point (docs/architecture.md)."""
+TRAIN_ASSEMBLY = {"ds_kronos.train.build", "ds_kronos.train.trainer"}
+"""Where the components meet: the set-up that builds them and the loop that calls them (the run context names
+what the engine's set-up built, a type only)."""
+
+
+def test_the_training_job_is_a_few_subpackages_whose_components_meet_only_in_the_loop():
+    graph = import_graph()
+    train = {m for m in graph if m.startswith("ds_kronos.train.")}
+    stray = sorted(m for m in train if m.split(".")[2] not in TRAIN_TOP | set(TRAIN_COMPONENTS))
+    assert not stray, f"put these in a subpackage of ds_kronos/train (or name them in TRAIN_TOP): {stray}"
+    entry_points = {f"ds_kronos.train.{package}.{module}" for package, module in TRAIN_COMPONENTS.items()}
+    assert entry_points <= set(graph), sorted(entry_points - set(graph))
+    wrong = [f"{a} imports {b}" for a in sorted(graph) for b in sorted(graph[a])
+             if (b in entry_points and a not in TRAIN_ASSEMBLY | {"ds_kronos.train.context"}
+                 and a.rsplit(".", 1)[0] != b.rsplit(".", 1)[0])
+             or (b in TRAIN_ASSEMBLY and a not in TRAIN_ASSEMBLY and b != "ds_kronos.train.trainer")
+             or (b == "ds_kronos.train.trainer" and a.startswith("ds_kronos.train."))]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_the_checks_see_a_planted_cycle_and_an_upward_import():
     graph = import_graph()
     graph["ds_kronos.data.verify"] = graph["ds_kronos.data.verify"] | {"ds_kronos.train.trainer"}

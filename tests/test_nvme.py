@@ -1,4 +1,5 @@
-"""NVMe offload plumbing (ds_kronos.train.nvme): where the swap folder is, the one-line refusal where the async I/O
+"""NVMe offload plumbing (ds_kronos.train.checkpoint.nvme): where the swap folder is, the one-line refusal where the
+async I/O
 op cannot work, and the clean-up. The real NVMe training run is in tests/test_scale.py."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pytest
 
 from ds_kronos.deepspeed_json.resolve import load_ds_config
 from ds_kronos.errors import ConfigError, UserError
-from ds_kronos.train import nvme
+from ds_kronos.train.checkpoint import nvme
 
 
 @pytest.fixture

@@ -27,8 +27,8 @@ import torch
 from ds_kronos.cli import EXIT_PREEMPTED
 from ds_kronos.errors import ConfigError
 from ds_kronos.model import Kronos
-from ds_kronos.train.preemption import StopRequests, parse_signals
-from ds_kronos.train.training_state import resume_candidates
+from ds_kronos.train.checkpoint.training_state import resume_candidates
+from ds_kronos.train.control.preemption import StopRequests, parse_signals
 from helpers import (
     LAUNCHER,
     PID_NAMESPACE,
@@ -283,15 +283,17 @@ def test_the_slurm_recipe_forwards_the_warning_saves_requeues_and_continues(conf
 
 
 SIGNAL_DURING = """
-import json, os, signal, sys
+import importlib, json, os, signal, sys
 from ds_kronos.config import parse_config
 from ds_kronos.train import trainer
 from ds_kronos.train.config import TrainConfig
 common, runs = json.loads(sys.argv[1])
-for name, call, args in runs:  # one process, one run after another: the start-up cost is paid once
-    original, calls = getattr(trainer, name, None), []
+for target, call, args in runs:  # one process, one run after another: the start-up cost is paid once
+    where, _, name = target.partition(":")  # "module:function", the function as that module calls it
+    module = importlib.import_module(where) if where else trainer
+    original, calls = getattr(module, name, None), []
 
-    def signalling(*pargs, **kwargs):  # the call-th call of trainer.<name> receives SIGUSR1 before it returns
+    def signalling(*pargs, **kwargs):  # the call-th call of <name> receives SIGUSR1 before it returns
         result = original(*pargs, **kwargs)
         calls.append(1)
         if len(calls) == call:
@@ -299,10 +301,10 @@ for name, call, args in runs:  # one process, one run after another: the start-u
         return result
 
     if original is not None:
-        setattr(trainer, name, signalling)
+        setattr(module, name, signalling)
     trainer.Trainer(parse_config(TrainConfig, common + args)).run()
     if original is not None:
-        setattr(trainer, name, original)
+        setattr(module, name, original)
 """
 
 
@@ -316,8 +318,9 @@ def test_a_signal_during_a_validation_or_a_periodic_save_stops_at_that_step(demo
     for bit."""
     runs = {name: tmp_path / name for name in ("validation", "save", "straight")}
     common = train_args(demo_prepared_dir, tiny_checkpoints, None)
-    plan = [("validate", 2, ["--save_dir", str(runs["validation"])]),
-            ("save_training_state", 1, ["--save_dir", str(runs["save"]), "--save_every", "2"]),
+    plan = [("ds_kronos.train.validation.validator:validate", 2, ["--save_dir", str(runs["validation"])]),
+            ("ds_kronos.train.checkpoint.checkpointer:save_training_state", 1,
+             ["--save_dir", str(runs["save"]), "--save_every", "2"]),
             ("", 0, ["--save_dir", str(runs["validation"]), "--resume"]),
             ("", 0, ["--save_dir", str(runs["straight"])])]
     preempted = subprocess.run([sys.executable, "-c", SIGNAL_DURING, json.dumps([common, plan])], cwd=REPO,
@@ -377,7 +380,7 @@ def test_dataloader_workers_outlive_a_signal_sent_to_the_whole_process_tree(demo
     from torch.utils.data import DataLoader
 
     from ds_kronos.data import PreparedDataset, WindowDataset
-    from ds_kronos.train.preemption import worker_init
+    from ds_kronos.train.control.preemption import worker_init
 
     dataset = WindowDataset(PreparedDataset.open(demo_prepared_dir), "train", max_samples=64, seed=0)
     loader = DataLoader(dataset, batch_size=4, num_workers=2, worker_init_fn=worker_init(["TERM", "USR1"]))

@@ -20,9 +20,9 @@ from ds_kronos.deepspeed_json.resolve import BatchLayout, load_ds_config
 from ds_kronos.errors import UserError
 from ds_kronos.model import Kronos
 from ds_kronos.runtime import Runtime
-from ds_kronos.train import training_state
-from ds_kronos.train.resume import find_resume_source
-from ds_kronos.train.training_state import RunLayout, remove_leftovers, resume_candidates
+from ds_kronos.train.checkpoint import training_state
+from ds_kronos.train.checkpoint.resume import find_resume_source
+from ds_kronos.train.checkpoint.training_state import RunLayout, remove_leftovers, resume_candidates
 from helpers import (
     REPO,
     assert_same_weights,
@@ -402,7 +402,7 @@ def test_resume_with_no_checkpoint_at_all_starts_afresh_but_a_damaged_run_is_ref
 def test_restricted_loading_holds_with_the_users_force_no_weights_only_switch(tmp_path, monkeypatch):
     """torch refuses every load when both of its switches are set; a user's TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD must
     neither make resume fail nor let a payload run (DeepSpeed passes weights_only=False itself)."""
-    from ds_kronos.train.safe_load import weights_only_loading
+    from ds_kronos.train.checkpoint.safe_load import weights_only_loading
 
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from ds_kronos.atomic import replace_folder
 from ds_kronos.errors import ConfigError
-from ds_kronos.train.best_model import keep_best_model, restore_best_model
+from ds_kronos.train.build import rollback_enabled
+from ds_kronos.train.checkpoint.best_model import keep_best_model, restore_best_model
+from ds_kronos.train.checkpoint.safe_load import weights_only_loading
 from ds_kronos.train.config import TrainConfig
+from ds_kronos.train.control.rollback import ScaledSchedule, set_lr_factor
+from ds_kronos.train.control.skipped_steps import SkippedSteps, micro_batch_spans, parse_step_ranges
 from ds_kronos.train.position import Position
-from ds_kronos.train.rollback import Rollbacks, ScaledSchedule, set_lr_factor
-from ds_kronos.train.safe_load import weights_only_loading
-from ds_kronos.train.selection import SelectionState
-from ds_kronos.train.skipped_steps import SkippedSteps, micro_batch_spans, parse_step_ranges
+from ds_kronos.train.validation.selection import SelectionState
 from helpers import (
     REPO,
     model_weights,
@@ -203,16 +203,14 @@ def test_the_lr_factor_scales_the_schedule_from_the_roll_back_on():
 
 def test_a_run_whose_first_checkpoint_comes_too_late_is_refused_once_the_data_sized_its_epochs():
     # --max_steps 3 with a checkpoint per epoch: the options alone cannot tell (the epoch's length comes from the
-    # data); the Trainer's Rollbacks can, before the engine is built.
-    trainer = SimpleNamespace(config=TrainConfig(on_divergence="rollback", max_steps=3), resume_source=None,
-                              data=SimpleNamespace(steps_per_epoch=4))
+    # data); the run's set-up can, before the model is built.
+    config = TrainConfig(on_divergence="rollback", max_steps=3)
     with pytest.raises(ConfigError, match=r"no checkpoint would be written before the run's last step \(step 3\), as "
                                           r"checkpoints come at the end of each epoch"):
-        Rollbacks(trainer)
-    trainer.data.steps_per_epoch = 2  # a checkpoint at step 2
-    assert Rollbacks(trainer).enabled
-    trainer.config.on_divergence = "stop"
-    assert not Rollbacks(trainer).enabled
+        rollback_enabled(config, steps_per_epoch=4, resuming=False)
+    assert rollback_enabled(config, steps_per_epoch=2, resuming=False)  # a checkpoint at step 2
+    config.on_divergence = "stop"
+    assert not rollback_enabled(config, steps_per_epoch=4, resuming=False)
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ds_kronos.errors import ConfigError
-from ds_kronos.train.save_dir_lock import LOCK_NAME, SaveDirInUse, SaveDirLock, probe
+from ds_kronos.train.checkpoint.save_dir_lock import LOCK_NAME, SaveDirInUse, SaveDirLock, probe
 from helpers import LAUNCHER, REPO, env, forked_holder, free_port, run_job, summary, train_args
 
 

@@ -13,7 +13,7 @@ from ds_kronos.deepspeed_json.resolve import (
     warmup_steps,
 )
 from ds_kronos.errors import ConfigError
-from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
+from ds_kronos.train.engine.schedule import onecycle_trajectory, warmup_cosine_trajectory
 
 MAX_LR = 4e-5
 

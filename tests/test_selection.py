@@ -18,11 +18,16 @@ from ds_kronos.forecast.sampler import sample_paths
 from ds_kronos.forecast.sampler_file import SamplerSettings
 from ds_kronos.model import Kronos, KronosTokenizer
 from ds_kronos.runtime import stream_seed
-from ds_kronos.train import forecast_validation
 from ds_kronos.train.config import TrainConfig
-from ds_kronos.train.forecast_validation import CHUNK_ORIGINS, FORECAST_STREAM, ForecastValidation, choose_origins
 from ds_kronos.train.position import Position
-from ds_kronos.train.selection import Selection, SelectionState, scoring_setup
+from ds_kronos.train.validation import forecast_validation
+from ds_kronos.train.validation.forecast_validation import (
+    CHUNK_ORIGINS,
+    FORECAST_STREAM,
+    ForecastValidation,
+    choose_origins,
+)
+from ds_kronos.train.validation.selection import Selection, SelectionState, scoring_setup
 
 
 def feed(selection: Selection, scores: list[float | None]) -> tuple[SelectionState, list[bool]]:

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 from ds_kronos.data import verify_prepared
 from ds_kronos.forecast.sampler_file import SAMPLER_FILE, resolve_sampler, write_sampler_file
 from ds_kronos.model import Kronos, KronosTokenizer
-from ds_kronos.train import forecast_validation
-from ds_kronos.train.forecast_validation import CHUNK_ORIGINS, ForecastValidation
+from ds_kronos.train.validation import forecast_validation
+from ds_kronos.train.validation.forecast_validation import CHUNK_ORIGINS, ForecastValidation
 from helpers import SEED, deepspeed_train, error_lines, run_job, summary, train_args, two_at_a_time
 
 ORIGINS = 72  # whole dates of up to 8 symbols: 5 chunks of 16 (3 + 2 on 2 ranks, 2 + 2 + 1 on 3)

@@ -23,10 +23,10 @@ from ds_kronos.sweep.space import load_space
 from ds_kronos.sweep.storage import creation_lock, describe_storage, open_storage, storage_problems
 from ds_kronos.sweep.trial_run import MetricsFollower, Outcome, take_over
 from ds_kronos.sweep.workers import CONTINUES_ATTR, fail_lost_trials, this_worker
-from ds_kronos.train import metrics_log
 from ds_kronos.train.config import TrainConfig
+from ds_kronos.train.control.stop_file import STOP_NAME, StopFile
+from ds_kronos.train.observe import metrics_log
 from ds_kronos.train.position import Position
-from ds_kronos.train.stop_file import STOP_NAME, StopFile
 from helpers import REPO, forked_holder, run_in_process
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

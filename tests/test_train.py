@@ -18,7 +18,7 @@ import torch
 
 from ds_kronos.deepspeed_json.resolve import warmup_steps
 from ds_kronos.model import Kronos
-from ds_kronos.train.schedule import onecycle_trajectory, warmup_cosine_trajectory
+from ds_kronos.train.engine.schedule import onecycle_trajectory, warmup_cosine_trajectory
 from helpers import (
     COMET_RUN,
     CONFIGS,

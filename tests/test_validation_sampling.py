@@ -10,7 +10,7 @@ from torch import nn
 
 from ds_kronos.data import PreparedDataset, WindowDataset
 from ds_kronos.train.tasks import PredictorTask
-from ds_kronos.train.validation import sample_keys
+from ds_kronos.train.validation.loss import sample_keys
 from helpers import SEED
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -44,7 +44,7 @@ class DeepSpeedView:
 
     @property
     def low_precision(self) -> bool:
-        """bf16/fp16: the engine builds fp32 masters from the cast module (see ds_kronos.train.masters)."""
+        """bf16/fp16: the engine builds fp32 masters from the cast module (see ds_kronos.train.engine.masters)."""
         return self.precision != "fp32"
 
     @property

@@ -118,7 +118,8 @@ def write_sampler_file(path: str | Path, temperature: float, top_p: float, sprea
 
 
 def selection_sampler_writer(settings: SamplerSettings) -> Callable[[Path], None]:
-    """What a training run adds to each export when it scores forecasts (ds_kronos.train.forecast_validation): the
+    """What a training run adds to each export when it scores forecasts
+    (ds_kronos.train.validation.forecast_validation): the
     sampler settings those forecasts were sampled with, as the folder's sampler.json, so that a job reading the
     export (``evaluate.py --predictor best_model``) samples it as the selection scored it. The calibration says where
     they came from (a start folder's sampler.json was fitted to the start model, not to this one)."""

@@ -47,7 +47,7 @@ from ds_kronos.sweep.workers import (
     this_worker,
 )
 from ds_kronos.train.config import TrainConfig
-from ds_kronos.train.selection import HIGHER_IS_BETTER
+from ds_kronos.train.validation.selection import HIGHER_IS_BETTER
 
 MAX_CRASHES_IN_A_ROW = 3
 """Trials of one worker in a row that end without a summary.json (the launch itself failing: a crash, memory)

@@ -4,9 +4,9 @@ The command is the one a user would type (the deepspeed launcher, its ``--num_gp
 ``--master_port``, then train.py with the sweep's options, the trial's and its ``--save_dir``); its output goes to
 ``train.log`` in the trial's folder. While it runs, each new complete line of the trainer's ``metrics.jsonl`` is
 handed to ``report(step, value)``; when that returns True (prune), the trial is asked to stop cleanly through its
-stop file (:mod:`ds_kronos.train.stop_file`), never killed. Only when the sweep itself is interrupted is the
+stop file (:mod:`ds_kronos.train.control.stop_file`), never killed. Only when the sweep itself is interrupted is the
 launcher sent SIGTERM, and SIGKILL after ``TERMINATE_WAIT_S``: the ``deepspeed`` command ends at once, and its ranks
-find it gone at their next step, save and exit 75 (:mod:`ds_kronos.train.launcher_watch`).
+find it gone at their next step, save and exit 75 (:mod:`ds_kronos.train.control.launcher_watch`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any, Callable
 
 from ds_kronos.errors import ConfigError
 from ds_kronos.runtime import free_port
-from ds_kronos.train.metrics_log import METRICS_NAME
-from ds_kronos.train.reporting import FINISHED, STOPPED_BY_STOP_FILE, STOPPED_EARLY
-from ds_kronos.train.save_dir_lock import probe
-from ds_kronos.train.stop_file import STOP_NAME
+from ds_kronos.train.checkpoint.save_dir_lock import probe
+from ds_kronos.train.control.stop_file import STOP_NAME
+from ds_kronos.train.observe.metrics_log import METRICS_NAME
+from ds_kronos.train.observe.status import FINISHED, STOPPED_BY_STOP_FILE, STOPPED_EARLY
 
 POLL_S = 0.5
 """How often a running trial's metrics.jsonl is read (its end is noticed at once)."""
@@ -109,9 +109,9 @@ def _read_lines(path: Path) -> list[str]:
 class MetricsFollower:
     """The evaluations of a trial's metrics.jsonl as its run writes them: each step once, and again when its value
     changes. A run rewrites the file from an earlier step when it starts (a resumed run: up to its checkpoint) and
-    when it rolls back (ds_kronos.train.metrics_log.restart: a new file, shorter), then trains the later steps again;
-    their new values are what count. The file holds one short line per evaluation, so each poll reads it whole: no
-    byte offset can point into a file that has been replaced."""
+    when it rolls back (ds_kronos.train.observe.metrics_log.restart: a new file, shorter), then trains the later steps
+    again; their new values are what count. The file holds one short line per evaluation, so each poll reads it whole:
+    no byte offset can point into a file that has been replaced."""
 
     def __init__(self, path: Path, reported: dict[int, float | None] | None = None):
         self.path = path

@@ -11,7 +11,7 @@ parameters is queued (Optuna's ``enqueue_trial``) that runs in the same folder w
 (:func:`continue_later`), so no finished step is lost. Optuna cannot revive a failed trial, so the interrupted one
 stays failed and its continuation carries ``continues`` (its number). Only the worker that marked the trial failed
 queues it (Optuna lets one ``tell`` win), and the continuation starts only once no live job holds the folder
-(the save_dir lock, :mod:`ds_kronos.train.save_dir_lock`).
+(the save_dir lock, :mod:`ds_kronos.train.checkpoint.save_dir_lock`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import psutil
 
-from ds_kronos.train.stop_file import STOP_NAME
+from ds_kronos.train.control.stop_file import STOP_NAME
 
 WORKER_ATTR = "worker"
 SAVE_DIR_ATTR = "save_dir"
@@ -61,7 +61,7 @@ def gone(worker: dict[str, Any]) -> bool:
 
 def has_checkpoint(save_dir: str | None) -> bool:
     """Whether ``save_dir`` holds a complete checkpoint to ``--resume`` from."""
-    from ds_kronos.train.training_state import resume_candidates
+    from ds_kronos.train.checkpoint.training_state import resume_candidates
 
     return bool(save_dir) and bool(resume_candidates(Path(save_dir) / "checkpoints")[0])
 

@@ -18,10 +18,10 @@ from ds_kronos.config import ProcessOptions, option, output_dir_problems, proble
 from ds_kronos.data.verify import prepared_data_problems
 from ds_kronos.forecast.config import clip_option
 from ds_kronos.option_groups import CHECKPOINTING, DATA, EVALUATION, FINETUNING, LOGGING, MODEL, PERFORMANCE, SCHEDULE
-from ds_kronos.train.finetune import DEFAULT_LORA_ALPHA, DEFAULT_LORA_RANK, FINETUNE_MODES, FinetuneSpec
-from ds_kronos.train.preemption import parse_signals
-from ds_kronos.train.selection import SELECT_BY, Selection
-from ds_kronos.train.skipped_steps import parse_step_ranges
+from ds_kronos.train.control.preemption import parse_signals
+from ds_kronos.train.control.skipped_steps import parse_step_ranges
+from ds_kronos.train.engine.finetune import DEFAULT_LORA_ALPHA, DEFAULT_LORA_RANK, FINETUNE_MODES, FinetuneSpec
+from ds_kronos.train.validation.selection import SELECT_BY, Selection
 
 DEFAULT_MICRO_BATCH = 50
 DEFAULT_GRAD_ACCUM = 1
@@ -333,7 +333,7 @@ class TrainConfig(PredictorModelOptions, ForecastSelectionOptions, FinetuneOptio
         return problems + self.finetune_spec().option_problems()
 
     def model_problems(self) -> list[str]:
-        from ds_kronos.train.finetune import finetune_problems
+        from ds_kronos.train.engine.finetune import finetune_problems
 
         problems = (model_option_problems("tokenizer", self.tokenizer, "tokenizer")
                     + model_option_problems("predictor", self.predictor, "predictor"))

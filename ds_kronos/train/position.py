@@ -7,8 +7,28 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ds_kronos.train.reporting import History
-from ds_kronos.train.selection import SelectionState
+from ds_kronos.train.validation.selection import SelectionState
+
+
+@dataclass
+class History:
+    """Everything plotted and summarised at the end (rank 0)."""
+
+    train: list[tuple[int, float]] = field(default_factory=list)
+    """(step, mean training loss over the log interval)"""
+    val: list[tuple[int, float]] = field(default_factory=list)
+    """(step, validation loss)"""
+    lr: list[tuple[int, float]] = field(default_factory=list)
+    """(step, learning rate used by that optimizer step), at log intervals"""
+    forecast: list[tuple[int, float, float | None, float]] = field(default_factory=list)
+    """(step, CRPS, RankIC, skill vs the random walk) of the forecast validation, when it runs"""
+
+    def to_dict(self) -> dict[str, list]:
+        return {"train": self.train, "val": self.val, "lr": self.lr, "forecast": self.forecast}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, list]) -> "History":
+        return cls(*([tuple(p) for p in values.get(key, [])] for key in ("train", "val", "lr", "forecast")))
 
 
 @dataclass
@@ -29,7 +49,8 @@ class Position:
     """The label of a validation that was due at ``step`` when the run stopped there on a signal (it saves without
     waiting for it): the resumed run runs it first, so it decides as an uninterrupted run."""
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
-    """The run's roll-backs so far (ds_kronos.train.rollback), as in summary.json: a resumed run goes on skipping
+    """The run's roll-backs so far (ds_kronos.train.control.rollback), as in summary.json: a resumed run goes on
+    skipping
     their steps, keeps their lr factor and counts them against --max_rollbacks."""
 
     def take_due_validation(self, eval_at_start: bool) -> str | None:

@@ -15,7 +15,7 @@ def train_micro_step(engine, task, x: torch.Tensor, stamp: torch.Tensor, grad_re
                      ) -> tuple[torch.Tensor, float]:
     """Forward and backward of one micro-batch, then ``engine.step()``. Returns the task's losses (detached, on the
     device: [loss, components...]) and the lr this step applied (the scheduler moves on inside ``step()``).
-    ``grad_reduction``: the overlapped gradient all-reduce (ds_kronos.train.grad_overlap), which finishes its
+    ``grad_reduction``: the overlapped gradient all-reduce (ds_kronos.train.engine.grad_overlap), which finishes its
     reductions and steps the engine."""
     losses = task.train_losses(engine, x, stamp)
     engine.backward(losses[0])

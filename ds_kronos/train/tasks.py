@@ -19,7 +19,7 @@ from ds_kronos.model.objective import per_sample_uniforms, predict_and_score, to
 from ds_kronos.model.pairing import check_pair
 from ds_kronos.model.partitioned import SafetensorsTensors, build_partitioned
 from ds_kronos.model.published import names_model_folder
-from ds_kronos.train.finetune import FinetuneSpec, Finetuning
+from ds_kronos.train.engine.finetune import FinetuneSpec, Finetuning
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -85,7 +85,8 @@ class PredictorTask:
 
     def publish(self, folder: Path, state: Mapping[str, torch.Tensor],
                 extra: Callable[[Path], None] | None = None) -> None:
-        """Write an export (the engine module's full fp32 state) as a published folder (ds_kronos.train.finetune);
+        """Write an export (the engine module's full fp32 state) as a published folder
+        (ds_kronos.train.engine.finetune);
         ``extra(staging)`` adds files to it before it is swapped into place."""
         self.finetuning.publish(folder, state, extra)
 

@@ -9,13 +9,12 @@ By forecast (crps, rank_ic), a trained candidate must also beat the start by mor
 scores the same origins with the same sampler draws, so the candidate's and the start's per-date scores are paired,
 and their per-date difference must have a mean in the candidate's favour with a one-sided p-value below
 ``beat_start_p`` (Newey-West HAC t-test of ds_kronos.evaluation.significance, the dates' overlap in the lag).
-Why: on the market the start was trained on, where there is nothing to learn, the validation CRPS of a fine-tuned
-model wanders by about 1% between evaluations and the best of them "beat" the start by 0.8% while being 1.2%
-worse on test (docs/finetune.md). With fewer than 3 dates, or by loss, there is no test and ``min_delta`` alone
-decides. The
-state lives in the run's :class:`ds_kronos.train.position.Position`, so a resumed run decides exactly as an
-uninterrupted one. Every rank holds the same all-reduced scores, so every rank reaches the same verdict; the
-Trainer still agrees on a stop with one reduction, at evaluations only.
+Why: the validation score of a fine-tuned model wanders between evaluations, so the best of them can "beat" the
+start by chance and still be worse on test (measured in docs/finetune.md). With fewer than 3 dates, or by loss,
+there is no test and ``min_delta`` alone decides. The state lives in the run's
+:class:`ds_kronos.train.position.Position`, so a resumed run decides exactly as an uninterrupted one. Every rank
+holds the same all-reduced scores, so every rank reaches the same verdict; the run control
+(ds_kronos.train.control.run_control) still agrees on a stop, at evaluations only.
 """
 
 from __future__ import annotations
@@ -203,7 +202,7 @@ def _describe(test: dict[str, Any] | None, threshold: float) -> str:
 
 def scoring_setup(metric: str, val_samples: int, forecasts: dict[str, Any] | None) -> dict[str, Any]:
     """What a selection score depends on besides the weights: the metric and, by loss, the validation samples; by
-    forecast, the forecast validation's set-up (ds_kronos.train.forecast_validation.ForecastValidation.setup:
+    forecast, the forecast validation's set-up (ds_kronos.train.validation.forecast_validation.ForecastValidation.setup:
     origins, paths, seed, sampler settings)."""
     if metric == "loss":
         return {"metric": metric, "val_samples": val_samples}

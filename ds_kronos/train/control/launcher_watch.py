@@ -6,7 +6,7 @@ scheduler's SIGKILL after its grace period then loses everything since the last 
 ours to change, so the ranks watch it: at start-up a rank whose parent is DeepSpeed's ``launch.py`` opens a pidfd
 (Linux >= 5.3) on it and, when launch.py's parent is the ``deepspeed`` runner, on that one too. A pidfd turns
 readable when its process ends, zombie or not, and cannot be fooled by a reused pid; asking costs one ``poll`` with
-no wait (well under a microsecond), so :class:`ds_kronos.train.preemption.StopRequests` asks at every per-step
+no wait (well under a microsecond), so :class:`ds_kronos.train.control.preemption.StopRequests` asks at every per-step
 agreement and a lost launcher counts there as a preemption request: every rank saves the same step and exits 75.
 
 Not watched: a rank started without DeepSpeed's launcher (srun, a plain process, torchrun), or a launch.py whose

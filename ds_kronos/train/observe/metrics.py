@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ds_kronos.train.reporting import CometLogger
+from ds_kronos.train.observe.comet import CometLogger
 
 TRAIN, VALIDATION = "Train/Samples", "Validation/Samples"
 
@@ -48,16 +48,16 @@ class RunMetrics:
         self.monitor = monitor if monitor is not None and monitor.enabled else None
 
     @classmethod
-    def of(cls, trainer) -> "RunMetrics":
-        """The trainer's sinks: on rank 0 its --comet experiment and its engine's monitors; elsewhere none."""
-        c, rt = trainer.config, trainer.runtime
+    def for_run(cls, context) -> "RunMetrics":
+        """The run's sinks: on rank 0 its --comet experiment and its engine's monitors; elsewhere none."""
+        c, rt, names = context.config, context.runtime, context.task.names
         if not rt.is_main:
-            return cls(trainer.task.names)
+            return cls(names)
         comet = None
         if c.comet != "off":
-            comet = CometLogger(c.comet, c.comet_project, c.comet_name, trainer.save_dir / "comet",
+            comet = CometLogger(c.comet, c.comet_project, c.comet_name, context.save_dir / "comet",
                                 {**dataclasses.asdict(c), "world_size": rt.world_size})
-        return cls(trainer.task.names, comet, getattr(trainer.engine, "monitor", None))
+        return cls(names, comet, getattr(context.engine, "monitor", None))
 
     def train(self, step: int, samples: int, mean: list[float], lr: float) -> None:
         if self.comet:

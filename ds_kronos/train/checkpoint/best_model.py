@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from ds_kronos.atomic import replace_folder, temporary_sibling
-from ds_kronos.train.selection import SelectionState
+from ds_kronos.train.validation.selection import SelectionState
 
 BEST_MODEL = "best_model"
 

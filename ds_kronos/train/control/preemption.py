@@ -5,16 +5,17 @@ Schedulers warn before they kill: Slurm sends SIGTERM (then SIGKILL after its Ki
 period; spot instances give 30-120 s. With ``--save_on_signal`` (default TERM,USR1) every rank installs a handler
 for those signals that only records which signal arrived: a handler runs between any two bytecodes, possibly inside
 a collective or a file write, so it does no I/O and no communication. At every optimizer-step boundary the ranks
-agree in one all-reduce of a few numbers (:meth:`StopRequests.poll`, a collective and a host sync): if any rank
-received a signal, every rank writes a checkpoint of that step (atomic, ds_kronos.train.training_state) and the job
-ends with exit code ``EXIT_PREEMPTED`` (75, ds_kronos.cli), ``status: "preempted"`` in summary.json. A signal is
+agree in one all-reduce of a few numbers (:meth:`StopRequests.poll`, a collective and a host sync; after an evaluation
+it carries the early-stop verdict too, ds_kronos.train.control.run_control): if any rank
+received a signal, every rank writes a checkpoint of that step (atomic, ds_kronos.train.checkpoint.training_state) and
+the job ends with exit code ``EXIT_PREEMPTED`` (75, ds_kronos.cli), ``status: "preempted"`` in summary.json. A signal is
 therefore acted on at the end of the step it arrives in; a validation due at that step is left to the resumed run,
 which runs it first (``Position.due_validation``), so a save does not wait for it. The ranks agree once more right
 after a validation and after a periodic checkpoint (both can take minutes), so a signal that arrives during one is
 acted on at that step, not a whole step later. A second signal during the save is recorded like the first and
 changes nothing; anything harder (SIGKILL) finds the atomic tags. A rank whose DeepSpeed launcher ended (SIGTERM to
 the ``deepspeed`` command, which does not pass it on) counts as one that received a signal
-(ds_kronos.train.launcher_watch): the ranks do not outlive their launcher.
+(ds_kronos.train.control.launcher_watch): the ranks do not outlive their launcher.
 
 DataLoader workers ignore these signals (:func:`worker_init`): DeepSpeed's launcher sends SIGTERM to each rank's
 whole process tree, and Slurm signals every process of a job step, so without it the workers would die under the
@@ -35,7 +36,8 @@ from typing import Any, Callable
 from ds_kronos.cli import EXIT_PREEMPTED, Preempted
 from ds_kronos.console import say
 from ds_kronos.errors import ConfigError
-from ds_kronos.train.launcher_watch import LauncherWatch
+from ds_kronos.train.control.launcher_watch import LauncherWatch
+from ds_kronos.train.observe.status import PREEMPTED, STOPPED_BY_REQUEST
 
 CATCHABLE = ("TERM", "USR1", "USR2", "INT", "HUP", "XCPU")
 """Signals --save_on_signal accepts: those whose default action ends the process and that schedulers send as a
@@ -85,6 +87,8 @@ class StopRequests:
         self.reason: str | None = None
         """Why the run stops (set by :meth:`poll`); None while it goes on."""
         self.status: str | None = None
+        self.agreed: list[float] | None = None
+        """The extra flags of the last :meth:`poll`, summed over the ranks (None: that poll made no all-reduce)."""
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 signal.signal(sig, self._record)
@@ -92,21 +96,23 @@ class StopRequests:
     def _record(self, signum: int, frame: Any) -> None:
         self.received.append(signum)
 
-    def poll(self, step: int, total_steps: int, runtime) -> bool:
+    def poll(self, step: int, total_steps: int, runtime, flags: tuple[float, ...] = ()) -> bool:
         """Collective at every optimizer-step boundary, and again after a validation or a periodic save there (when
         any signal is listened for; every rank polls at the same points): whether every rank stops at ``step`` now,
         because some rank received a signal or lost its launcher, or ``--exit_after_steps`` is reached. Sets
-        :attr:`reason` and :attr:`status`; rank 0 says why."""
-        from ds_kronos.train.reporting import PREEMPTED, STOPPED_BY_REQUEST
-
+        :attr:`reason` and :attr:`status`; rank 0 says why. ``flags``: more numbers the ranks agree on in the same
+        all-reduce (summed into :attr:`agreed`; only when signals are listened for, else :attr:`agreed` is None)."""
+        self.agreed = None
         if self.signals:
-            from ds_kronos.runtime import host_all_reduce_sum
+            from ds_kronos.runtime import host_all_reduce_sum  # torch: not when the options are checked
 
             first = self.received[0] if self.received else None
             launcher_gone = self.launcher.gone() if self.launcher else None
-            # Host only (no device sync); the last number: ranks whose launcher is gone, a preemption request too.
-            *counts, lost = host_all_reduce_sum([float(first == sig) for sig in self.signals]
-                                                + [float(launcher_gone is not None)])
+            # Host only (no device sync); then: ranks whose launcher is gone (a preemption request too), the flags.
+            reduced = host_all_reduce_sum([float(first == sig) for sig in self.signals]
+                                          + [float(launcher_gone is not None)] + list(flags))
+            counts, lost = reduced[:len(self.signals)], reduced[len(self.signals)]
+            self.agreed = reduced[len(self.signals) + 1:]
             if any(counts) or lost:
                 who = [f"{sig.name} on {int(n)} of {runtime.world_size} rank(s)"
                        for sig, n in zip(self.signals, counts) if n]
@@ -120,20 +126,15 @@ class StopRequests:
             say(f"{self.reason}: saving a checkpoint")
         return self.reason is not None
 
-    def closing_line(self, step: int) -> str:
-        """Rank 0's line once the checkpoint of ``step`` is written."""
-        from ds_kronos.train.reporting import PREEMPTED
-        from ds_kronos.train.training_state import tag_for
-
+    def closing_line(self, tag: str, step: int) -> str:
+        """Rank 0's line once the checkpoint of ``step`` is written (as ``tag``)."""
         then = (f"exit code {EXIT_PREEMPTED}: run the same command with --resume to continue"
                 if self.status == PREEMPTED else "resume with --resume")
-        return f"saved checkpoint {tag_for(step)} (step {step}); {then}"
+        return f"saved checkpoint {tag} (step {step}); {then}"
 
 
 def stop_if_preempted(summary: dict[str, Any]) -> dict[str, Any]:
     """The run's summary, or :class:`Preempted` when it stopped on a signal (the launch scripts then exit 75)."""
-    from ds_kronos.train.reporting import PREEMPTED
-
     if summary.get("status") == PREEMPTED:
         raise Preempted(f"checkpoint at step {summary.get('last_checkpoint')}")
     return summary

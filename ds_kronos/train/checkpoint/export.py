@@ -1,22 +1,22 @@
 """The weights a run publishes (best_model/, final_model/, initial_model/): the fp32 masters gathered in full.
 
-Not training state: DeepSpeed's own checkpoints (ds_kronos.train.training_state) hold that, partitioned and with the
-optimizer; an export is the model alone, in the published folder format that upstream's loader reads.
+Not training state: DeepSpeed's own checkpoints (ds_kronos.train.checkpoint.training_state) hold that, partitioned and
+with the optimizer; an export is the model alone, in the published folder format that upstream's loader reads.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ds_kronos.train.masters import full_fp32_master, zero3_fp32_masters
+from ds_kronos.train.engine.masters import full_fp32_master, zero3_fp32_masters
 
 
 def export_fp32_state_dict(engine, frozen: dict[str, torch.Tensor] | None = None, keep: bool = True
                            ) -> dict[str, torch.Tensor]:
     """Full fp32 weights from the optimizer's master copies (bf16/fp16 modules hold low-precision copies),
     gathered across ZeRO partitions, plus buffers. ``frozen`` holds the exact values of tensors that have no master
-    (frozen parameters, buffers; see ds_kronos.train.masters). Collective: every rank must call it; only ranks with
-    ``keep`` hold the result (the others return {} and never hold the whole model)."""
+    (frozen parameters, buffers; see ds_kronos.train.engine.masters). Collective: every rank must call it; only ranks
+    with ``keep`` hold the result (the others return {} and never hold the whole model)."""
     import deepspeed
 
     module, frozen = engine.module, frozen or {}

@@ -5,7 +5,7 @@ file at every log interval and adds what it saw to the all-reduce that the log l
 batch's mean loss), so asking costs no collective and no host sync of its own, and every rank reads the same sum:
 all ranks stop after the same step. The run then ends as an early stop does, less the final validation (a stop is
 asked for to save time): a checkpoint of that step, ``final_model/``, and ``summary.json`` with the status
-:data:`ds_kronos.train.reporting.STOPPED_BY_STOP_FILE`. ``--resume`` continues such a run.
+:data:`ds_kronos.train.observe.status.STOPPED_BY_STOP_FILE`. ``--resume`` continues such a run.
 
 A file left from an earlier run is removed when the run starts: it asked that run to stop, not this one.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ds_kronos.console import say
-from ds_kronos.train.reporting import STOPPED_BY_STOP_FILE
+from ds_kronos.train.observe.status import STOPPED_BY_STOP_FILE
 
 STOP_NAME = "STOP"
 
@@ -32,9 +32,13 @@ class StopFile:
             self.path.unlink()
             say(f"start-up clean-up: removed {self.path} (a stop request to an earlier run)")
 
+    def flag(self) -> float:
+        """1.0 on rank 0 when the file exists, else 0.0 (one stat, on rank 0 only)."""
+        return float(self.is_main and self.path.exists())
+
     def with_flag(self, sums: torch.Tensor) -> torch.Tensor:
-        """``sums`` and one more element: 1 on rank 0 when the file exists, else 0 (one stat, on rank 0 only)."""
-        return torch.cat([sums, sums.new_tensor([float(self.is_main and self.path.exists())])])
+        """``sums`` and one more element, :meth:`flag`."""
+        return torch.cat([sums, sums.new_tensor([self.flag()])])
 
     def agree(self, reduced: list[float], step: int) -> list[float]:
         """The all-reduced :meth:`with_flag` tensor less its flag, which sets :attr:`requested` on every rank."""

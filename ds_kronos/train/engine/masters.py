@@ -1,8 +1,8 @@
 """The optimizer's fp32 master weights under bf16/fp16 engines: set them exactly, read them back in full.
 
 ``deepspeed.initialize`` casts the module to bf16/fp16 and builds the fp32 masters *from the cast module*, so a
-published fp32 checkpoint would lose up to ~2e-3 per weight before the first step (60x the first updates). The
-trainer keeps the values it loaded and writes them back into the masters with DeepSpeed's own
+published fp32 checkpoint would lose precision before the first step (by how much: docs/training.md). The trainer
+keeps the values it loaded and writes them back into the masters with DeepSpeed's own
 ``safe_set_full_fp32_param`` (ZeRO-1/2/3 and the bf16 optimizer). DeepSpeed's ZeRO-0 low-precision optimizers
 (``FP16_UnfusedOptimizer``, ``FP16_Optimizer``) have no per-parameter mapping; their master lists are used.
 

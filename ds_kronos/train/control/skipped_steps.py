@@ -1,5 +1,5 @@
 """Skipped optimizer steps: ``--skip_steps`` (from the start) and the steps a roll-back passes over
-(ds_kronos.train.rollback), one implementation for both so that a run given a roll-back's range from the start
+(ds_kronos.train.control.rollback), one implementation for both so that a run given a roll-back's range from the start
 trains exactly what the rolled-back run trained.
 
 A skipped step trains nothing: the micro-batches it would have drawn (``grad_accum`` per rank, at the same indices
@@ -75,12 +75,6 @@ class SkippedSteps:
         self.engine, self.is_main = engine, is_main
         self._firsts = [first for first, _ in self.ranges]
 
-    @classmethod
-    def of(cls, trainer) -> "SkippedSteps":
-        """The trainer's ``--skip_steps`` (a roll-back adds its steps later)."""
-        return cls(parse_step_ranges(trainer.config.skip_steps), trainer.batch.grad_accum,
-                   trainer.data.micro_per_epoch, trainer.engine, trainer.runtime.is_main)
-
     def add(self, first: int, last: int) -> None:
         self.ranges = merge(self.ranges + [(first, last)])
         self._firsts = [f for f, _ in self.ranges]
@@ -98,7 +92,7 @@ class SkippedSteps:
     def move_past(self, position, total_steps: int, progress=None) -> None:
         """At a step boundary: move ``position`` (step, epoch, micro-batch) past the skipped steps that begin at the
         next step, stepping the lr scheduler once per step (rank 0 says which data was passed over); ``progress``
-        (ds_kronos.train.reporting.Progress) leaves them out of the speed it reports."""
+        (ds_kronos.train.observe.progress.Progress) leaves them out of the speed it reports."""
         while self.due(position) and position.step < total_steps:
             first, last = position.step + 1, min(self._last_skipped(position.step + 1), total_steps)
             steps = last - position.step

@@ -67,7 +67,7 @@ class ForecastScores:
     seconds: float
     daily: dict[str, dict[int, float]]
     """Per metric, the score of each origin date (date -> mean CRPS of its origins, or its RankIC): what the
-    selection pairs with the start model's to test an improvement (ds_kronos.train.selection)."""
+    selection pairs with the start model's to test an improvement (ds_kronos.train.validation.selection)."""
 
     def value(self, metric: str) -> float | None:
         return {"crps": self.crps, "rank_ic": self.rank_ic}[metric]
@@ -133,7 +133,7 @@ class ForecastValidation:
                 "units": "close, normalised by each origin's lookback mean and std"}
 
     def setup(self) -> dict:
-        """What the scores depend on besides the weights (the selection keeps it: ds_kronos.train.selection
+        """What the scores depend on besides the weights (the selection keeps it: ds_kronos.train.validation.selection
         .scoring_setup): the origins and their data (a digest), the paths, seed, clip and sampler settings."""
         digest = hashlib.sha256()
         for values in (self.origins.rows, self.origins.symbols, self.dates, self.windows.raw):

@@ -1,13 +1,13 @@
 """``--resume``: which checkpoint to continue from, and loading it with a fall-back to older complete ones.
 
 Decided before the engine is built (an elastic resume needs ``load_universal`` in the DeepSpeed config): the
-complete checkpoints, newest first (see ds_kronos.train.training_state), the layout of the run that wrote them, and
-whether the world size changed. What DeepSpeed cannot load is refused first with one line: another ZeRO stage (but
-ZeRO-1 <-> 2), another optimizer offload device, and a changed world size with NVMe optimizer offload.
+complete checkpoints, newest first (see ds_kronos.train.checkpoint.training_state), the layout of the run that wrote
+them, and whether the world size changed. What DeepSpeed cannot load is refused first with one line: another ZeRO stage
+(but ZeRO-1 <-> 2), another optimizer offload device, and a changed world size with NVMe optimizer offload.
 Loading then tries them in turn; every rank agrees on each attempt (one small
 all-reduce), so a file that one rank cannot read moves all ranks on together. On another world size rank 0 first
-converts the candidate (ds_kronos.train.universal) while the others wait for its outcome outside any collective, so
-a conversion that outlasts ``--dist_timeout`` is not taken for a rank that stopped answering.
+converts the candidate (ds_kronos.train.checkpoint.universal) while the others wait for its outcome outside any
+collective, so a conversion that outlasts ``--dist_timeout`` is not taken for a rank that stopped answering.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from ds_kronos.deepspeed_json.resolve import BatchLayout
 from ds_kronos.deepspeed_json.view import DeepSpeedView
 from ds_kronos.errors import UserError
 from ds_kronos.runtime import Runtime, all_reduce_max, outcome_on_main, rank_seed, seed_everything
-from ds_kronos.train.best_model import restore_best_model
-from ds_kronos.train.position import Position
-from ds_kronos.train.training_state import (
+from ds_kronos.train.checkpoint.best_model import restore_best_model
+from ds_kronos.train.checkpoint.training_state import (
     Candidate,
     RunLayout,
     load_training_state,
@@ -32,12 +31,13 @@ from ds_kronos.train.training_state import (
     resume_candidates,
     written_offload,
 )
-from ds_kronos.train.universal import (
+from ds_kronos.train.checkpoint.universal import (
     CONVERSION_WAIT_S,
     conversion_space_problem,
     convert_to_universal,
     remove_universal_copy,
 )
+from ds_kronos.train.position import Position
 
 
 @dataclass(frozen=True)
@@ -175,10 +175,10 @@ def load_newest(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSo
 def load_position(engine, runtime: Runtime, checkpoint_dir: Path, source: ResumeSource, batch: BatchLayout,
                   seed: int, save_dir: Path) -> tuple[Candidate, Position]:
     """Collective: load the newest readable checkpoint (:func:`load_newest`) and return it with where the run stood
-    then; rank 0 puts back the ``best_model/`` of that step (ds_kronos.train.best_model). On another world size
-    (elastic) the data position is kept in global samples, so the same global batch continues the same sample
+    then; rank 0 puts back the ``best_model/`` of that step (ds_kronos.train.checkpoint.best_model). On another world
+    size (elastic) the data position is kept in global samples, so the same global batch continues the same sample
     order, and ranks without a saved random stream of their own start one for this step. ``--resume`` and a
-    roll-back (ds_kronos.train.rollback) both load through here."""
+    roll-back (ds_kronos.train.control.rollback) both load through here."""
     candidate, state = load_newest(engine, runtime, checkpoint_dir, source, say)
     position = Position.from_client_state(state)
     if runtime.is_main:

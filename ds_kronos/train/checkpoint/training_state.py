@@ -11,7 +11,8 @@ dot-folder, which no run takes for a checkpoint and the next run removes.
 Resuming. Candidates are the ``stepNNNNNNNN`` folders inside ``checkpoints/`` (``latest`` is a hint, never a path:
 a pointer elsewhere is ignored), newest first; a candidate is complete when its manifest lists every file at its
 size. Incomplete ones are skipped with one line each saying why; loading itself (restricted unpickling, see
-ds_kronos.train.safe_load) may still find a file unreadable, and then every rank moves on to the next candidate.
+ds_kronos.train.checkpoint.safe_load) may still find a file unreadable, and then every rank moves on to the next
+candidate.
 
 Per-rank torch RNG states (the s1 sampling and dropout streams) are stored as safetensors, one file per rank.
 """
@@ -54,7 +55,8 @@ class RunLayout:
     optimizer_offload: str | None = None
     """Where the optimizer state lived: "none", "cpu" or "nvme" (None: a manifest from before it was recorded)."""
     trained: str | None = None
-    """What the run trained (ds_kronos.train.finetune.FinetuneSpec.signature; None: from before it was recorded)."""
+    """What the run trained (ds_kronos.train.engine.finetune.FinetuneSpec.signature; None: from before it was
+    recorded)."""
 
     def to_manifest(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self.batch), "zero_stage": self.zero_stage,
@@ -98,7 +100,8 @@ def _rng_name(rank: int) -> str:
 def save_training_state(engine, runtime: Runtime, checkpoint_dir: Path, step: int, client_state: dict[str, Any],
                         keep_last: int, layout: RunLayout, extra: Callable[[Path], None] | None = None) -> str:
     """Collective: every rank must call it at the same step. ``extra(staging)``: rank 0 adds more to the tag before
-    its manifest is written (the best export of the step, ds_kronos.train.best_model), so the manifest lists it."""
+    its manifest is written (the best export of the step, ds_kronos.train.checkpoint.best_model), so the manifest lists
+    it."""
     tag = tag_for(step)
     staging = checkpoint_dir / f".{tag}.partial"
     if runtime.is_main:
@@ -301,8 +304,8 @@ def load_training_state(engine, runtime: Runtime, checkpoint_dir: Path, tag: str
                         restore_rng: bool) -> dict[str, Any] | None:
     """Restore model, optimizer, scheduler and (``restore_rng``: same world size) this rank's RNG; returns the
     client state saved with them, or None when DeepSpeed found nothing to load."""
-    from ds_kronos.train.nvme import offloads_optimizer_to_nvme, restore_swapped_optimizer
-    from ds_kronos.train.safe_load import weights_only_loading
+    from ds_kronos.train.checkpoint.nvme import offloads_optimizer_to_nvme, restore_swapped_optimizer
+    from ds_kronos.train.checkpoint.safe_load import weights_only_loading
 
     load_dir = checkpoint_dir / UNIVERSAL_DIR if universal else checkpoint_dir
     with weights_only_loading():

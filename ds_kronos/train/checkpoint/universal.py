@@ -27,9 +27,9 @@ import torch
 
 from ds_kronos.atomic import replace_folder, temporary_sibling
 from ds_kronos.errors import UserError
-from ds_kronos.train.best_model import BEST_MODEL
-from ds_kronos.train.nvme import folder_bytes
-from ds_kronos.train.training_state import UNIVERSAL_DIR
+from ds_kronos.train.checkpoint.best_model import BEST_MODEL
+from ds_kronos.train.checkpoint.nvme import folder_bytes
+from ds_kronos.train.checkpoint.training_state import UNIVERSAL_DIR
 
 CONVERSION_WAIT_S = 3 * 3600.0
 """How long the other ranks wait for rank 0's conversion: far above any conversion (linear in the checkpoint's
@@ -59,7 +59,7 @@ def conversion_space_problem(checkpoint_dir: Path, tag: str) -> str | None:
     """Why ``tag`` cannot be converted here for lack of disk space (None: there is room, or it is converted)."""
     if universal_copy(checkpoint_dir, tag).is_dir():
         return None
-    # The tag's best_model/ (hard links of an export, ds_kronos.train.best_model) is not converted.
+    # The tag's best_model/ (hard links of an export, ds_kronos.train.checkpoint.best_model) is not converted.
     needed = COPIES_NEEDED * (folder_bytes(checkpoint_dir / tag) - folder_bytes(checkpoint_dir / tag / BEST_MODEL))
     free = shutil.disk_usage(checkpoint_dir).free
     if free >= needed:
@@ -101,10 +101,11 @@ def _one_torch_thread(forks: bool):
 
 def convert_to_universal(checkpoint_dir: Path, tag: str) -> Conversion:
     """``ds_to_universal`` of ``tag`` (rank 0 only). The result is published by a rename, so a crash mid-conversion
-    leaves no folder that looks complete. Unpickling is restricted as for loading (ds_kronos.train.safe_load)."""
+    leaves no folder that looks complete. Unpickling is restricted as for loading
+    (ds_kronos.train.checkpoint.safe_load)."""
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
-    from ds_kronos.train.safe_load import weights_only_loading
+    from ds_kronos.train.checkpoint.safe_load import weights_only_loading
 
     started = time.perf_counter()
     target = universal_copy(checkpoint_dir, tag)

@@ -47,8 +47,8 @@ BUCKET_BYTES = 25 * 2 ** 20
 class _Bucket:
     params: list[torch.nn.Parameter]
     ready: int = 0
-    # One buffer for the bucket's gradients, kept from step to step (a fresh one each step costs a page fault per
-    # 4 KiB, which on this CPU took longer than the copy itself); the parameters' .grad are views into it.
+    # One buffer for the bucket's gradients, kept from step to step (a fresh one each step pays its page faults
+    # again, every step); the parameters' .grad are views into it.
     flat: torch.Tensor | None = None
     views: list[torch.Tensor] = field(default_factory=list)  # each parameter's slice of ``flat``, shaped like it
     sent: torch.Tensor | None = None  # ``flat`` in the communication data type

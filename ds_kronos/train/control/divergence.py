@@ -1,9 +1,9 @@
 """Noticing a run that diverged, within a few steps, without a host sync in every step.
 
-The trainer hands each micro-batch's loss to :meth:`DivergenceGuard.add`, which adds it to a device tensor (a NaN
-or inf anywhere makes the sum non-finite); every ``CHECK_EVERY`` optimizer steps and before any checkpoint or
-export, :meth:`DivergenceGuard.check_all_ranks` all-reduces it (one small collective and a host sync, so every rank
-reaches the same verdict). A run has diverged
+The run control (ds_kronos.train.control.run_control) hands each micro-batch's loss to :meth:`DivergenceGuard.add`,
+which adds it to a device tensor (a NaN or inf anywhere makes the sum non-finite); every ``CHECK_EVERY`` optimizer steps
+and before any checkpoint or export, :meth:`DivergenceGuard.check_all_ranks` all-reduces it (one small collective and a
+host sync, so every rank reaches the same verdict). A run has diverged
 when that mean is not finite, or is more than ``EXPLOSION_FACTOR`` times the loss of the run's first micro-batch
 (taken before any update, floored at 1). Under fp16, DeepSpeed's loss scaler skips steps whose gradients overflow:
 that is normal and not divergence, unless it skips ``MAX_CONSECUTIVE_SKIPS`` steps in a row.
@@ -61,7 +61,8 @@ class DivergenceGuard:
         self.check(step, mean, lr, skipped_steps)
 
     def restart(self, step: int, skipped_steps: int) -> None:
-        """After a roll-back to ``step`` (ds_kronos.train.rollback): count from there, as if it had just passed."""
+        """After a roll-back to ``step`` (ds_kronos.train.control.rollback): count from there, as if it had just
+        passed."""
         self._sums.zero_()
         self._count, self.consecutive_skips = 0, 0
         self._step_before, self._skipped_before, self.good_through = step, skipped_steps, step

@@ -10,7 +10,7 @@ from torch import nn
 
 from ds_kronos.data import PreparedDataset, WindowDataset
 from ds_kronos.train.tasks import PredictorTask
-from ds_kronos.train.validation.loss import sample_keys
+from ds_kronos.train.validation.loss import batch_sums, sample_keys
 from helpers import SEED
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -39,7 +39,7 @@ def test_a_windows_sampled_loss_does_not_depend_on_its_batch(demo_prepared_dir, 
         x, stamp = dataset.get_batch(chosen)
         torch.manual_seed(len(chosen))  # torch's own generator plays no part
         with torch.no_grad():
-            return task.validation_sums(engine, x, stamp, sample_keys(seed, chosen))
+            return batch_sums(task.validation_losses(engine, x, stamp, sample_keys(seed, chosen)))
 
     one_rank = sums(positions)
     two_ranks = sums(positions[0::2]) + sums(positions[1::2])  # what 2 ranks sum, in batches of 3

@@ -11,10 +11,25 @@ from dataclasses import dataclass
 
 from ds_kronos.config import ProcessOptions, option, output_dir_problems
 from ds_kronos.data.manifest import SPLITS
+from ds_kronos.data.sources import parse_data_spec
 from ds_kronos.data.verify import prepared_data_problems
+from ds_kronos.errors import ConfigError
 from ds_kronos.evaluation.arch_baselines import parse_baselines
 from ds_kronos.evaluation.baselines import RANDOM_WALK_WINDOW
 from ds_kronos.forecast.config import SamplingOptions, clip_option, quantiles_option
+
+
+def mixture_problems(data: str | None) -> list[str]:
+    """Evaluation scores one prepared dataset: a ``--data`` mixture (several sources, or a weight) is refused with
+    one line; each source is evaluated on its own (its metrics are then per source by construction)."""
+    try:
+        sources = parse_data_spec(data or "")
+    except ConfigError:
+        return []  # not a mixture: the dataset check says what is wrong
+    if len(sources) > 1 or sources[0].weight is not None:
+        return [f"--data {data}: evaluation scores one prepared dataset, not a mixture; evaluate each source with "
+                f"its own --data ({', '.join(s.path for s in sources)})"]
+    return []
 
 
 @dataclass(kw_only=True)
@@ -80,7 +95,8 @@ class EvalConfig(SamplingOptions, ProcessOptions):
         return self.sample_count >= 2 if self.probabilistic is None else self.probabilistic
 
     def problems(self) -> list[str]:
-        problems = prepared_data_problems(self.data) + output_dir_problems("--out", self.out)
+        problems = mixture_problems(self.data) or prepared_data_problems(self.data)
+        problems += output_dir_problems("--out", self.out)
         for name in ("tokenizer", "predictor"):
             if not getattr(self, name):
                 problems.append(f"--{name} is required: a model folder or a preset name")

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 from ds_kronos.adapters import DEFAULT_LORA_TARGETS
 from ds_kronos.config import ProcessOptions, option, output_dir_problems, problems_of
+from ds_kronos.data.sources import data_spec_problems, parse_data_spec
+from ds_kronos.data.split_choice import SplitChoice
 from ds_kronos.data.verify import prepared_data_problems
+from ds_kronos.errors import ConfigError
 from ds_kronos.forecast.config import clip_option
 from ds_kronos.option_groups import CHECKPOINTING, DATA, EVALUATION, FINETUNING, LOGGING, MODEL, PERFORMANCE, SCHEDULE
 from ds_kronos.train.control.preemption import parse_signals
@@ -90,11 +93,40 @@ class DataOptions:
 
     GROUP = DATA
 
-    data: str = option(None, help="prepared dataset folder (launch/prepare_data.py output)")
+    data: str = option(None, help="prepared dataset folder or store (launch/prepare_data.py output), or a mixture "
+                                  "of several as PATH:WEIGHT,PATH:WEIGHT (docs/data_format.md, 'Mixtures')")
     n_train_iter: int = option(100_000, help="training samples per epoch, over all ranks (capped by the data)", ge=1)
     n_val_iter: int = option(20_000, ge=1,
-                             help="validation samples per evaluation, over all ranks (capped by the data)")
+                             help="validation samples per evaluation, over all ranks (capped by the data; per "
+                                  "source with a mixture)")
     clip: float = clip_option(help="clip normalised features to [-clip, clip]")
+    train_range: str | None = option(None, help="a store's train split as START,END dates, instead of the one it was "
+                                                "prepared with (no re-preparation)")
+    val_range: str | None = option(None, help="a store's validation split as START,END dates")
+    test_range: str | None = option(None, help="a store's test split as START,END dates")
+
+    def split_choice(self) -> SplitChoice | None:
+        """The split the job asks its stores for (None: each store's default)."""
+        return SplitChoice.from_options(train_range=self.train_range, val_range=self.val_range,
+                                        test_range=self.test_range)
+
+    def data_problems(self) -> list[str]:
+        """``--data`` and the ranges: one path as always, or every source of a mixture opened, verified and
+        agreeing with the others (one line for the first problem)."""
+        try:
+            split = self.split_choice()
+            plain = not self.data or (split is None and parse_data_spec(self.data)[0].weight is None
+                                      and self.source_count() == 1)
+        except ConfigError as exc:
+            return [str(exc)]
+        return prepared_data_problems(self.data) if plain else data_spec_problems(self.data, split)
+
+    def source_count(self) -> int:
+        """How many sources ``--data`` names (0 when it names none or cannot be read)."""
+        try:
+            return len(parse_data_spec(self.data or ""))
+        except ConfigError:
+            return 0
 
 
 @dataclass(kw_only=True)
@@ -225,7 +257,7 @@ class CommonTrainConfig(PerformanceOptions, LoggingOptions, CheckpointOptions, E
 
     def option_problems(self) -> list[str]:
         """The checks that need neither DeepSpeed nor torch."""
-        return (prepared_data_problems(self.data) + output_dir_problems("--save_dir", self.save_dir)
+        return (self.data_problems() + output_dir_problems("--save_dir", self.save_dir)
                 + problems_of(lambda: parse_signals(self.save_on_signal))
                 + problems_of(lambda: parse_step_ranges(self.skip_steps))
                 + self.rollback_problems())
@@ -327,6 +359,10 @@ class TrainConfig(PredictorModelOptions, ForecastSelectionOptions, FinetuneOptio
         if self.select_by != "loss" and self.forecast_origins() == 0:
             problems.append(f"--select_by {self.select_by} scores forecasts of validation origins: "
                             f"--val_forecast_origins must be 1 or more")
+        if self.forecast_origins() and self.source_count() > 1:
+            problems.append(f"--select_by {self.select_by} / --val_forecast_origins: forecast validation scores "
+                            f"origins of one source; with several --data sources select by loss (the per-source "
+                            f"losses are reported) and give --val_forecast_origins 0")
         if self.select_by == "crps" and self.val_paths < 2:
             problems.append(f"--select_by crps needs --val_paths 2 or more (the CRPS scores a distribution of "
                             f"sampled paths; one path is a point forecast), got {self.val_paths}")

@@ -22,13 +22,17 @@ class History:
     """(step, learning rate used by that optimizer step), at log intervals"""
     forecast: list[tuple[int, float, float | None, float]] = field(default_factory=list)
     """(step, CRPS, RankIC, skill vs the random walk) of the forecast validation, when it runs"""
+    val_sources: list[tuple[int, list[float | None]]] = field(default_factory=list)
+    """(step, validation loss of each source) with a ``--data`` mixture"""
 
     def to_dict(self) -> dict[str, list]:
-        return {"train": self.train, "val": self.val, "lr": self.lr, "forecast": self.forecast}
+        return {"train": self.train, "val": self.val, "lr": self.lr, "forecast": self.forecast,
+                "val_sources": self.val_sources}
 
     @classmethod
     def from_dict(cls, values: dict[str, list]) -> "History":
-        return cls(*([tuple(p) for p in values.get(key, [])] for key in ("train", "val", "lr", "forecast")))
+        return cls(*([tuple(p) for p in values.get(key, [])]
+                     for key in ("train", "val", "lr", "forecast", "val_sources")))
 
 
 @dataclass

@@ -95,16 +95,16 @@ class PredictorTask:
         batch = tokenize_batch(self.tokenizer, x, stamp, self.device, self.tokenizer_dtype)
         return torch.stack(predict_and_score(engine, engine.module.head, batch, self.teacher_forcing))
 
-    def validation_sums(self, engine, x: torch.Tensor, stamp: torch.Tensor, sample_keys: Sequence[int]
-                        ) -> torch.Tensor:
-        """Sums over the batch of per-sample [loss, s1, s2] and the sample count. Without teacher forcing each
-        sample's s1 conditioning is drawn from its own stream, ``sample_keys`` (one per sample)."""
+    def validation_losses(self, engine, x: torch.Tensor, stamp: torch.Tensor, sample_keys: Sequence[int]
+                          ) -> tuple[torch.Tensor, ...]:
+        """Per-sample [loss, s1, s2], each [B]. Without teacher forcing each sample's s1 conditioning is drawn from
+        its own stream, ``sample_keys`` (one per sample)."""
         batch = tokenize_batch(self.tokenizer, x, stamp, self.device, self.tokenizer_dtype)
         uniform = (None if self.teacher_forcing
                    else per_sample_uniforms(sample_keys, batch.s1_in.shape[1]).to(self.device, non_blocking=True))
         per_sample = predict_and_score(engine, engine.module.head, batch, self.teacher_forcing, causal_s2=True,
                                        reduction="none", s1_uniform=uniform)
-        return _sums(per_sample)
+        return tuple(per_sample)
 
 
 class TokenizerTask:
@@ -145,16 +145,11 @@ class TokenizerTask:
         loss_pre, loss_all = F.mse_loss(recon_pre, x), F.mse_loss(recon_all, x)
         return torch.stack([(loss_pre + loss_all + bsq_loss) / 2, loss_pre, loss_all, bsq_loss])
 
-    def validation_sums(self, engine, x: torch.Tensor, stamp: torch.Tensor, sample_keys: Sequence[int]
-                        ) -> torch.Tensor:
-        """Sums over the batch of per-sample [full MSE (the validation loss), s1-only MSE, bsq] and the count.
-        The quantizer loss is a batch statistic; it enters as batch mean x batch size."""
+    def validation_losses(self, engine, x: torch.Tensor, stamp: torch.Tensor, sample_keys: Sequence[int]
+                          ) -> tuple[torch.Tensor, ...]:
+        """Per-sample [full MSE (the validation loss), s1-only MSE, bsq], each [B]. The quantizer loss is a batch
+        statistic; each sample carries the batch mean."""
         x, recon_pre, recon_all, bsq_loss = self._forward(engine, x)
         per_all = (recon_all - x).pow(2).flatten(1).mean(dim=1)
         per_pre = (recon_pre - x).pow(2).flatten(1).mean(dim=1)
-        return _sums((per_all, per_pre, bsq_loss.expand_as(per_all)))
-
-
-def _sums(per_sample: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    count = torch.tensor(float(per_sample[0].numel()), device=per_sample[0].device)
-    return torch.stack([t.double().sum() for t in per_sample] + [count.double()])
+        return per_all, per_pre, bsq_loss.expand_as(per_all)

@@ -102,7 +102,8 @@ class Observer:
             return
         metrics_log.append_last(self.ctx.save_dir, position, self.metric)
         validation_line(self.ctx.task.names, self.metric, position.step, verdict.label, verdict.result,
-                        verdict.improved, verdict.forecast, self.forecasts)
+                        verdict.improved, verdict.forecast, self.forecasts,
+                        tuple(source["path"] for source in self.ctx.data.sources))
         self.metrics.validation(position.step, position.epoch, position.samples, verdict.result, verdict.forecast)
 
     def restart(self, position) -> None:

@@ -4,6 +4,7 @@ ETA) and the validation lines."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 from ds_kronos.console import say
@@ -68,20 +69,26 @@ def banner(context) -> None:
     train_set, val_set = data.train_set, data.val_set
     say(f"data {c.data}: {train_set.num_windows:,} train windows ({len(train_set):,} per epoch), "
         f"{val_set.num_windows:,} val windows ({len(val_set):,} per evaluation); window {train_set.window} bars")
+    if len(data.sources) > 1:
+        say("mixture: " + "; ".join(f"{Path(s['path']).name} weight {s['weight']:.4g}, {s['train_samples']:,} "
+                                    f"samples per epoch of {s['windows']:,} windows" for s in data.sources))
     say(f"batch {batch.micro_batch} per rank x {batch.grad_accum} accumulation x {rt.world_size} ranks = "
         f"{batch.global_batch}; {data.steps_per_epoch} steps/epoch, {data.total_steps} steps over "
         f"{data.epochs} epoch(s); lr schedule {c.lr_schedule} (warm-up {warmup_steps(data.total_steps)} steps)")
 
 
 def validation_line(names, metric: str, step: int, label: str, result, improved: bool, forecast=None,
-                    forecasts=None) -> None:
+                    forecasts=None, source_paths: tuple[str, ...] = ()) -> None:
     """One line per evaluation, two with forecast scores (rank 0). ``names``: the task's metric names; ``metric``:
-    the selection metric; ``forecasts``: the run's forecast validation."""
+    the selection metric; ``forecasts``: the run's forecast validation; ``source_paths``: a mixture's sources, whose
+    losses (``result.source_losses``) the line adds."""
     note = f" (best so far by {metric}: saved best_model/)" if improved else ""
     parts = ", ".join(f"{name.removeprefix('val_').removesuffix('_loss')} {value:.4f}"
                       for name, value in zip(names.val_components_comet, result.components))
+    by_source = "".join(f"; {Path(path).name} {'n/a' if loss is None else f'{loss:.4f}'}"
+                        for path, loss in zip(source_paths, result.source_losses))
     say(f"validation {label} at step {step}: loss {result.loss:.4f} ({parts}) over {result.samples} "
-        f"samples{note if forecast is None else ''}")
+        f"samples{by_source}{note if forecast is None else ''}")
     if forecast is not None:
         rank_ic = "undefined" if forecast.rank_ic is None else f"{forecast.rank_ic:+.4f}"
         verdict = "better" if forecast.skill > 0 else "WORSE"

@@ -78,7 +78,17 @@ def summary(context, position, status: str, *, started: float, efficiency, selec
         "partitioned_construction": context.task.partitioned,
         "parameters": dict(zip(("trained", "total"), parameter_counts(context.task.model))),
         "memory": memory_figures,
+        "sources": sources(context.data.sources, pos),
     }
+
+
+def sources(described: list[dict[str, Any]], position) -> list[dict[str, Any]]:
+    """summary.json's ``sources``: every source of ``--data`` (one entry for a single one) with its latest
+    validation loss (a single source's is ``final_val_loss``)."""
+    latest = position.history.val_sources[-1][1] if position.history.val_sources else None
+    if len(described) == 1:
+        latest = [position.last_val]
+    return [{**source, "val_loss": None if latest is None else latest[k]} for k, source in enumerate(described)]
 
 
 def write_outputs(context, position, selection, summary: dict[str, Any]) -> None:

@@ -54,6 +54,8 @@ class Validator:
         pos.first_val = result.loss if pos.first_val is None else pos.first_val
         pos.best_val = min(pos.best_val, result.loss)
         pos.history.val.append((pos.step, result.loss))
+        if result.source_losses:
+            pos.history.val_sources.append((pos.step, list(result.source_losses)))
         forecast = None
         if self.forecasts is not None:
             forecast = self.forecasts.score(ctx.engine, ctx.task.tokenizer, ctx.runtime)

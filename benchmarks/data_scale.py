@@ -4,6 +4,7 @@ Parquet (one file per month, every symbol in each, rows shuffled) with 1 and 2 w
 windows/s served by WindowDataset.get_batch from each. Results: docs/data_format.md.
 
     python benchmarks/data_scale.py --bars 8000000,20000000 --memory_gb 1.5
+    python benchmarks/data_scale.py --bars 20000000,200000000 --workers 1,2 --v1 --append_day
 """
 
 from __future__ import annotations
@@ -53,6 +54,26 @@ def write_inputs(root: Path, bars: int, symbols: int, months: int, csv: bool) ->
                                                                                       index=False)
 
 
+def write_day(root: Path, bars: int, symbols: int, months: int) -> Path:
+    """One trading day of 5-minute bars (288) of every symbol, right after the corpus's last bar: what a daily update
+    appends."""
+    per_month = bars // symbols // months
+    steps = np.arange(per_month * months, per_month * months + 288, dtype=np.int64)
+    sym = np.repeat(np.arange(symbols), len(steps))
+    ts = np.datetime64("2020-01-01T00:00", "ns").astype(np.int64) + np.tile(steps, symbols) * BAR_NS
+    close = 10 + np.abs(np.sin(ts / 1e13 + sym)) * 5
+    names = np.array([f"S{i:05d}" for i in range(symbols)])
+    path = root / "day.parquet"
+    pq.write_table(pa.table({"symbol": names[sym], "timestamp": ts.astype("datetime64[ns]"), "open": close,
+                             "high": close * 1.01, "low": close * 0.99, "close": close,
+                             "volume": np.full(len(sym), 100.0)}), path)
+    return path
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
 def peak_rss(command: list[str]) -> tuple[float, float]:
     """(seconds, peak summed RSS in GiB of the process and its children)."""
     start = time.perf_counter()
@@ -91,6 +112,8 @@ def main() -> None:
     parser.add_argument("--memory_gb", type=float, default=1.5)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--v1", action="store_true", help="also prepare format 1 from CSV (first size only)")
+    parser.add_argument("--append_day", action="store_true",
+                        help="also append one day of every symbol to the last store of each size, timed")
     args = parser.parse_args()
     prepare = [sys.executable, str(REPO / "launch" / "prepare_data.py"), "--lookback", "90", "--predict", "10",
                "--split", "0.8,0.1,0.1"]
@@ -109,7 +132,13 @@ def main() -> None:
                 out = root / f"out{k}"
                 seconds, rss = peak_rss(prepare + extra + ["--out", str(out)])
                 print(f"{bars:11,d} {name:32s} {seconds:8.1f} {bars / seconds:10,.0f} {rss:12.2f} "
-                      f"{windows_per_s(out):10,.0f}", flush=True)
+                      f"{windows_per_s(out):10,.0f}   {disk_bytes(out) / bars:.1f} disk bytes/bar", flush=True)
+            if args.append_day:
+                day = write_day(root, bars, args.symbols, args.months)
+                seconds, rss = peak_rss([sys.executable, str(REPO / "launch" / "prepare_data.py"), "--parquet",
+                                         str(day), "--append", "--out", str(out)])
+                print(f"{bars:11,d} {'append one day (' + str(288 * args.symbols) + ' bars)':32s} {seconds:8.1f} "
+                      f"{288 * args.symbols / seconds:10,.0f} {rss:12.2f} {windows_per_s(out):10,.0f}", flush=True)
 
 
 if __name__ == "__main__":

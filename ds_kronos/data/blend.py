@@ -26,10 +26,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ds_kronos.data.prepared import PreparedDataset
-from ds_kronos.data.windows import Index, WindowDataset
+from ds_kronos.data.windows import BatchedWindows, Index, WindowDataset, epochs_and_positions
 from ds_kronos.errors import ConfigError
 
 MAX_PERIOD = 1 << 16
@@ -93,7 +92,7 @@ def blend_period(counts: np.ndarray, period: int) -> tuple[np.ndarray, np.ndarra
     return source, number
 
 
-class _Sources(Dataset):
+class _Sources(BatchedWindows):
     """What both ways of serving several sources share: locating positions in the sources and batched reads."""
 
     parts: list[WindowDataset]
@@ -117,10 +116,7 @@ class _Sources(Dataset):
         return self.num_samples
 
     def _split_indices(self, indices: Sequence[Index]) -> tuple[np.ndarray, np.ndarray]:
-        epochs = np.empty(len(indices), dtype=np.int64)
-        positions = np.empty(len(indices), dtype=np.int64)
-        for k, index in enumerate(indices):
-            epochs[k], positions[k] = index if isinstance(index, tuple) else (self._epoch, index)
+        epochs, positions = epochs_and_positions(indices, self._epoch)
         if len(positions) and (positions.min() < 0 or positions.max() >= self.num_samples):
             raise IndexError(f"position out of range 0..{self.num_samples - 1}")
         return epochs, positions
@@ -151,14 +147,6 @@ class _Sources(Dataset):
         if x is None:
             return (torch.empty((0, self.window, 6)), torch.empty((0, self.window, 5)))
         return x, stamp
-
-    def __getitem__(self, index: Index) -> tuple[torch.Tensor, torch.Tensor]:
-        x, stamp = self.get_batch([index])
-        return x[0], stamp[0]
-
-    def __getitems__(self, indices: Sequence[Index]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        x, stamp = self.get_batch(indices)
-        return list(zip(x.unbind(0), stamp.unbind(0)))
 
 
 class BlendedWindowDataset(_Sources):

@@ -42,7 +42,33 @@ from ds_kronos.errors import DataError
 Index = int | tuple[int, int]
 
 
-class WindowDataset(Dataset):
+def epochs_and_positions(indices: Sequence[Index], epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's indices as (epoch, position) arrays: the sampler's ``(epoch, position)`` pairs, or plain positions
+    of ``epoch``."""
+    epochs = np.empty(len(indices), dtype=np.int64)
+    positions = np.empty(len(indices), dtype=np.int64)
+    for k, index in enumerate(indices):
+        epochs[k], positions[k] = index if isinstance(index, tuple) else (epoch, index)
+    return epochs, positions
+
+
+class BatchedWindows(Dataset):
+    """A dataset whose reads all go through ``get_batch`` (one vectorised read per batch of indices)."""
+
+    def get_batch(self, indices: Sequence[Index]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: Index) -> tuple[torch.Tensor, torch.Tensor]:
+        x, stamp = self.get_batch([index])
+        return x[0], stamp[0]
+
+    def __getitems__(self, indices: Sequence[Index]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # The DataLoader's fetcher calls this with a whole batch of indices: one vectorised read instead of B.
+        x, stamp = self.get_batch(indices)
+        return list(zip(x.unbind(0), stamp.unbind(0)))
+
+
+class WindowDataset(BatchedWindows):
     """Normalised windows of one split: item ``(x float32 [T, 6], stamp float32 [T, 5])``, T = window length."""
 
     def __init__(self, prepared: PreparedDataset, split: str, *, lookback: int | None = None,
@@ -95,11 +121,7 @@ class WindowDataset(Dataset):
         return self._row0[symbol] + (ids - self._first_id[symbol])
 
     def _ids(self, indices: Sequence[Index]) -> np.ndarray:
-        epochs = np.empty(len(indices), dtype=np.int64)
-        positions = np.empty(len(indices), dtype=np.int64)
-        for k, index in enumerate(indices):
-            epochs[k], positions[k] = index if isinstance(index, tuple) else (self._epoch, index)
-        return self.epoch_ids_of(epochs, positions)
+        return self.epoch_ids_of(*epochs_and_positions(indices, self._epoch))
 
     def epoch_ids_of(self, epochs: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """The window id at each (epoch, position) pair."""
@@ -129,15 +151,6 @@ class WindowDataset(Dataset):
         x, _, _ = normalise_windows(raw, self.lookback, self.clip)
         stamp = self.arrays.time_features[rows].astype(np.float32)
         return torch.from_numpy(x), torch.from_numpy(stamp)
-
-    def __getitem__(self, index: Index) -> tuple[torch.Tensor, torch.Tensor]:
-        x, stamp = self.get_batch([index])
-        return x[0], stamp[0]
-
-    def __getitems__(self, indices: Sequence[Index]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        # The DataLoader's fetcher calls this with a whole batch of indices: one vectorised read instead of B.
-        x, stamp = self.get_batch(indices)
-        return list(zip(x.unbind(0), stamp.unbind(0)))
 
 
 class ShardedWindowSampler(Sampler[tuple[int, int]]):
